@@ -1,0 +1,167 @@
+"""The exception tree of fiefdom. Every error the library raises derives from
+:class:`FiefdomError`; where a standard exception fits the meaning it is a base too.
+
+    FiefdomError
+    ├── ActorError
+    │   ├── ActorStopped              the actor is stopped; the message was not taken
+    │   ├── MailboxFull               tell_nowait on a full mailbox (also BufferError)
+    │   ├── AskTimeout                deadline passed, queued or running (also TimeoutError)
+    │   ├── CallCycleError            an ask would wait on an actor already waiting on it
+    │   └── ActivationFailed          a domain actor's on_start raised
+    ├── ProcessFailed                 run_process(check=True) saw a non-zero exit
+    ├── SupervisorError
+    │   └── RestartIntensityExceeded  too many restarts within the period: escalated
+    ├── ConfigurationError            invalid configuration (also ValueError)
+    ├── StoreError                    storage failures (wrapped driver errors)
+    │   ├── SchemaMismatch            the database schema is not the one the code knows
+    │   └── StoreUnavailable          the database cannot be reached right now
+    └── JobError                      job-engine misuse and failures
+        ├── UnknownJobKind            a job kind that has no registration or handler
+        └── StaleLease                an outcome reported with a fencing token that lost its lease
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+
+class FiefdomError(Exception):
+    """Root of every error fiefdom raises."""
+
+
+class ActorError(FiefdomError):
+    """An error about an actor or a message to one."""
+
+
+class ActorStopped(ActorError):
+    """The actor is stopped (or stopping) and does not take new messages."""
+
+    def __init__(self, path: str, detail: str = "") -> None:
+        self.path = path
+        text = f"actor {path} is stopped and takes no new messages"
+        super().__init__(f"{text}: {detail}" if detail else text)
+
+
+class MailboxFull(ActorError, BufferError):
+    """``tell_nowait`` found the mailbox at capacity; use ``await tell(...)`` to wait."""
+
+    def __init__(self, path: str, capacity: int) -> None:
+        self.path = path
+        self.capacity = capacity
+        super().__init__(
+            f"mailbox of {path} is full ({capacity} messages); "
+            "use 'await ref.tell(msg)' to wait for space instead of tell_nowait"
+        )
+
+
+AskPhase = Literal["queued", "running"]
+
+
+class AskTimeout(ActorError, TimeoutError):
+    """An ask's deadline passed.
+
+    ``phase`` says what happened to the message: ``"queued"`` means it was removed
+    from the mailbox and never ran; ``"running"`` means its handler was cancelled.
+    ``handler_exited`` is False only when the handler ignored its cancellation past
+    the actor's grace period (the actor then shows as stuck in its statistics).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        message_type: str,
+        timeout: float,
+        phase: AskPhase,
+        *,
+        handler_exited: bool = True,
+    ) -> None:
+        self.path = path
+        self.message_type = message_type
+        self.timeout = timeout
+        self.phase: AskPhase = phase
+        self.handler_exited = handler_exited
+        if phase == "queued":
+            what = "while queued: the message was removed and never ran"
+        elif handler_exited:
+            what = "while running: its handler was cancelled and has returned"
+        else:
+            what = (
+                "while running: its handler was cancelled but has not returned "
+                "within the grace period (the actor is reported as stuck)"
+            )
+        super().__init__(f"ask {message_type} to {path} timed out after {timeout:g}s {what}")
+
+
+class CallCycleError(ActorError):
+    """An ask would close a cycle of actors waiting on each other."""
+
+    def __init__(self, cycle: Sequence[str]) -> None:
+        self.cycle = tuple(cycle)
+        super().__init__(
+            "call cycle: "
+            + " -> ".join(self.cycle)
+            + "; an actor cannot wait on an actor that is waiting on it "
+            "(use tell, or reply from outside the handler)"
+        )
+
+
+class ActivationFailed(ActorError):
+    """A domain actor failed in its constructor or ``on_start``; queued asks get this."""
+
+
+class ProcessFailed(FiefdomError):
+    """A process run with ``check=True`` exited with a non-zero status."""
+
+    def __init__(self, command: Sequence[str], returncode: int, stderr: bytes) -> None:
+        self.command = tuple(command)
+        self.returncode = returncode
+        self.stderr = stderr
+        tail = stderr.decode(errors="replace").strip()[-500:]
+        super().__init__(
+            f"process {self.command[0]!r} exited with status {returncode}"
+            + (f": {tail}" if tail else "")
+        )
+
+
+class SupervisorError(FiefdomError):
+    """An error about a supervisor or its children."""
+
+
+class RestartIntensityExceeded(SupervisorError):
+    """A supervisor's children restarted too often; the supervisor gave up and escalated."""
+
+    def __init__(self, path: str, restarts: int, within: float) -> None:
+        self.path = path
+        super().__init__(
+            f"supervisor {path} exceeded its restart intensity "
+            f"({restarts} restarts within {within:g}s) and escalated to its parent"
+        )
+
+
+class ConfigurationError(FiefdomError, ValueError):
+    """Invalid configuration; the message names the key and what was expected."""
+
+
+class StoreError(FiefdomError):
+    """A storage operation failed; the driver's error is the ``__cause__``."""
+
+
+class SchemaMismatch(StoreError):
+    """The database schema version differs from the one this code knows."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached at the moment (the store retries with backoff)."""
+
+
+class JobError(FiefdomError):
+    """An error about a job kind or a job."""
+
+
+class UnknownJobKind(JobError):
+    """A job kind that is not registered, or has no handler."""
+
+
+class StaleLease(JobError):
+    """An outcome was reported with a fencing token whose lease was taken over."""

@@ -1,0 +1,37 @@
+"""Actors, refs, mailboxes, domains (one actor per id) and owned subprocesses."""
+
+from ._actor import Actor as Actor
+from ._actor import ActorContext as ActorContext
+from ._cell import DEFAULT_ASK_TIMEOUT as DEFAULT_ASK_TIMEOUT
+from ._cell import DEFAULT_CANCEL_GRACE as DEFAULT_CANCEL_GRACE
+from ._cell import DEFAULT_CAPACITY as DEFAULT_CAPACITY
+from ._cell import ActorState as ActorState
+from ._cell import ActorStatistics as ActorStatistics
+from ._cell import Cell as Cell
+from ._cell import StopMode as StopMode
+from ._domain import Domain as Domain
+from ._domain import DomainStatistics as DomainStatistics
+from ._message import Request as Request
+from ._process import ProcessResult as ProcessResult
+from ._process import run_process as run_process
+from ._ref import ActorRef as ActorRef
+from ._ref import CellRef as CellRef
+
+__all__ = [
+    "DEFAULT_ASK_TIMEOUT",
+    "DEFAULT_CANCEL_GRACE",
+    "DEFAULT_CAPACITY",
+    "Actor",
+    "ActorContext",
+    "ActorRef",
+    "ActorState",
+    "ActorStatistics",
+    "Cell",
+    "CellRef",
+    "Domain",
+    "DomainStatistics",
+    "ProcessResult",
+    "Request",
+    "StopMode",
+    "run_process",
+]

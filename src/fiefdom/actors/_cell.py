@@ -1,0 +1,358 @@
+"""The runtime of one actor: its mailbox, its current instance and the loop that
+feeds messages to ``receive`` one at a time. A cell outlives restarts (refs stay
+valid, the mailbox is kept); each incarnation is one call of ``Cell.serve``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import enum
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+
+import anyio
+import msgspec
+import structlog
+
+from .._errors import ActivationFailed, ActorStopped, AskTimeout, CallCycleError, MailboxFull
+from ._envelope import DONE, QUEUED, RUNNING, Ask
+from ._mailbox import EMPTY, Mailbox
+from ._message import Request
+
+if TYPE_CHECKING:
+    from ._actor import Actor
+
+M = TypeVar("M")
+R = TypeVar("R")
+
+DEFAULT_CAPACITY = 1000
+DEFAULT_ASK_TIMEOUT = 5.0
+DEFAULT_CANCEL_GRACE = 5.0
+
+# The cells whose handlers are waiting on the ask being made, innermost last.
+call_chain: contextvars.ContextVar[tuple[Cell[Any], ...]] = contextvars.ContextVar(
+    "fiefdom_call_chain", default=()
+)
+# The cell whose handler is running in this task (None outside actors).
+current_cell: contextvars.ContextVar[Cell[Any] | None] = contextvars.ContextVar(
+    "fiefdom_current_cell", default=None
+)
+
+
+class ActorState(enum.StrEnum):
+    """Lifecycle of an actor cell."""
+
+    PENDING = "pending"  # created; waiting to start (a domain actor waiting for a slot)
+    STARTING = "starting"  # running on_start
+    RUNNING = "running"
+    RESTARTING = "restarting"  # between incarnations; the mailbox is kept
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+StopMode = Literal["restart", "drain", "exit"]
+
+
+class ActorStatistics(msgspec.Struct, frozen=True, kw_only=True, tag="actor", tag_field="kind"):
+    """A snapshot of one actor, as ``ref.statistics()`` returns it."""
+
+    path: str
+    key: str | None
+    state: ActorState
+    mailbox_depth: int
+    mailbox_capacity: int
+    messages_handled: int
+    current_message: str | None
+    current_for: float | None  # seconds the current message has been running
+    restarts: int
+    stuck: bool  # a cancelled handler has not returned within the grace period
+    processes: tuple[int, ...]
+
+
+class StartFailed(Exception):
+    """Internal: the actor's factory or on_start raised (the cause is the original)."""
+
+
+class Cell(Generic[M]):
+    __slots__ = (
+        "__weakref__",
+        "_cancel_requested_at",
+        "_log",
+        "_running_ask",
+        "_scope",
+        "cancel_grace",
+        "current",
+        "current_since",
+        "factory",
+        "handled",
+        "idle",
+        "instance",
+        "key",
+        "mailbox",
+        "on_idle",
+        "path",
+        "predecessor",
+        "processes",
+        "restarts",
+        "state",
+        "stop_mode",
+        "stopped",
+    )
+
+    def __init__(
+        self,
+        factory: Callable[[], Actor[M]],
+        path: str,
+        *,
+        key: object = None,
+        capacity: int = DEFAULT_CAPACITY,
+        cancel_grace: float = DEFAULT_CANCEL_GRACE,
+    ) -> None:
+        self.factory = factory
+        self.path = path
+        self.key = key
+        self.mailbox = Mailbox(capacity, path)
+        self.cancel_grace = cancel_grace
+        self.instance: Actor[M] | None = None
+        self.state = ActorState.PENDING
+        self.stop_mode: StopMode | None = None
+        self.handled = 0
+        self.restarts = 0
+        self.current: object | None = None
+        self.current_since = 0.0
+        self.processes: set[int] = set()
+        self.stopped = asyncio.Event()
+        self.idle = False
+        self.on_idle: Callable[[Cell[M]], None] | None = None
+        self.predecessor: Cell[M] | None = None
+        self._running_ask: Ask | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._cancel_requested_at: float | None = None
+        self._log: Any = None
+
+    # -- logging -----------------------------------------------------------------
+
+    @property
+    def log(self) -> Any:
+        # Bound lazily: a domain may create a million cells that never log.
+        if self._log is None:
+            log = structlog.get_logger("fiefdom.actor").bind(actor=self.path)
+            self._log = log.bind(key=str(self.key)) if self.key is not None else log
+        return self._log
+
+    # -- sending -----------------------------------------------------------------
+
+    def tell_nowait(self, msg: object) -> None:
+        if not self.mailbox.put_nowait(msg):
+            raise MailboxFull(self.path, self.mailbox.capacity)
+
+    async def tell(self, msg: object) -> None:
+        if not self.mailbox.put_nowait(msg):
+            await self.mailbox.put(msg)
+
+    async def ask(self, msg: object, timeout: float | None) -> object:
+        chain = call_chain.get()
+        if self in chain:
+            start = chain.index(self)
+            raise CallCycleError([c.path for c in chain[start:]] + [self.path])
+        loop = asyncio.get_running_loop()
+        ask = Ask(self, msg, loop.create_future(), chain, timeout)
+        if timeout is not None:
+            deadline = loop.time() + timeout
+        if not self.mailbox.put_nowait(ask):
+            try:
+                with anyio.fail_after(timeout):
+                    await self.mailbox.put(ask)
+            except TimeoutError:
+                raise self.timeout_error(ask, "queued") from None
+        if timeout is not None:
+            ask.timer = loop.call_at(deadline, ask.on_deadline)
+        try:
+            return await ask.future
+        except asyncio.CancelledError:
+            ask.abandon()
+            raise
+
+    def timeout_error(
+        self, ask: Ask, phase: Literal["queued", "running"], **kw: bool
+    ) -> AskTimeout:
+        return AskTimeout(self.path, type(ask.msg).__name__, ask.timeout or 0.0, phase, **kw)
+
+    def cancel_running(self, ask: Ask) -> None:
+        if ask.scope is not None and self._running_ask is ask:
+            self._cancel_requested_at = time.monotonic()
+            ask.scope.cancel()
+
+    # -- running -----------------------------------------------------------------
+
+    async def serve(self, started: Callable[[], None] | None = None) -> None:
+        """Run one incarnation: create the instance, start it, handle messages until
+        a stop is requested, stop it. Raises what a handler raised (a crash), or
+        StartFailed when the factory or on_start raised."""
+        from ._actor import ActorContext
+
+        current_cell.set(self)
+        self.state = ActorState.STARTING
+        with anyio.CancelScope() as scope:
+            self._scope = scope
+            try:
+                try:
+                    instance = self.factory()
+                    instance._fiefdom_context = ActorContext(self)
+                    self.instance = instance
+                    await instance.on_start()
+                except Exception as exc:
+                    raise StartFailed(f"actor {self.path} failed to start: {exc!r}") from exc
+                self.state = ActorState.RUNNING
+                if started is not None:
+                    started()
+                await self._loop(instance)
+            finally:
+                self.state = ActorState.STOPPING
+                self._scope = None
+                inst, self.instance = self.instance, None
+                if inst is not None:
+                    await self._stop_instance(inst)
+        if scope.cancelled_caught:
+            self.log.warning("actor cancelled at its shutdown deadline")
+
+    async def _stop_instance(self, instance: Actor[M]) -> None:
+        # on_stop runs even when the incarnation was cancelled, within the grace period.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.cancel_grace):
+            try:
+                await instance.on_stop()
+            except Exception:
+                self.log.exception("on_stop raised")
+
+    async def _loop(self, instance: Actor[M]) -> None:
+        mailbox = self.mailbox
+        receive = instance.receive
+        while True:
+            mode = self.stop_mode
+            if mode is not None and mode != "drain":
+                return
+            item = mailbox.get_nowait()
+            if item is EMPTY:
+                if mode == "drain":
+                    return
+                if self.on_idle is not None:
+                    self.on_idle(self)
+                    if self.stop_mode is not None:
+                        continue
+                await mailbox.wait()
+                continue
+            if type(item) is Ask:
+                await self._handle_ask(receive, item)
+            else:
+                self.current = item
+                self.current_since = time.monotonic()
+                await receive(item)  # type: ignore[arg-type]  # tells are stored bare
+                self.current = None
+                self.handled += 1
+
+    async def _handle_ask(self, receive: Callable[[Any], Any], ask: Ask) -> None:
+        ask.state = RUNNING
+        self.current = ask.msg
+        self.current_since = time.monotonic()
+        self._running_ask = ask
+        token = call_chain.set((*ask.chain, self))
+        future = ask.future
+        try:
+            with anyio.CancelScope() as scope:
+                ask.scope = scope
+                try:
+                    result = await receive(ask.msg)
+                except Exception as exc:
+                    ask.finish()
+                    if not future.done():
+                        future.set_exception(exc)
+                    raise
+        finally:
+            call_chain.reset(token)
+            self._running_ask = None
+            self.current = None
+            self._cancel_requested_at = None
+            self.handled += 1
+        ask.finish()
+        if not future.done():
+            if scope.cancel_called:
+                future.set_exception(self.timeout_error(ask, "running"))
+            else:
+                future.set_result(result)
+
+    def request_stop(self, mode: StopMode) -> None:
+        """Ask the running incarnation to end: ``restart`` after the current message
+        (mailbox kept), ``drain`` once the mailbox is empty (no new messages taken),
+        ``exit`` after the current message (no new messages taken)."""
+        if self.stop_mode is None or mode != "drain":
+            self.stop_mode = mode
+        if mode != "restart":
+            self.mailbox.close("it is stopping")
+        self.mailbox.wake()
+
+    def reset(self) -> None:
+        """Prepare for a new incarnation after a restart (the mailbox is kept)."""
+        self.stop_mode = None
+        self.mailbox.reopen()
+        self.state = ActorState.RESTARTING
+        self.restarts += 1
+
+    def cancel(self) -> None:
+        """Cancel the running incarnation (a shutdown deadline passed)."""
+        if self._scope is not None:
+            self._cancel_requested_at = time.monotonic()
+            self._scope.cancel()
+
+    def close(self, reason: str) -> None:
+        """The actor is gone for good: refuse messages; queued asks fail, tells are dropped."""
+        self.mailbox.close(reason)
+        self.state = ActorState.STOPPED
+        dropped = 0
+        for item in self.mailbox.drain():
+            if type(item) is Ask:
+                item.finish()
+                if not item.future.done():
+                    item.future.set_exception(ActorStopped(self.path, reason))
+            else:
+                dropped += 1
+        if dropped:
+            self.log.warning("dropped messages of a stopped actor", dropped=dropped)
+
+    def fail_queued(self, exc: BaseException) -> None:
+        """Fail every queued ask with ``exc`` (the actor could not be activated)."""
+        for item in self.mailbox.drain():
+            if type(item) is Ask:
+                item.finish()
+                if not item.future.done():
+                    err = ActivationFailed(f"actor {self.path} could not be activated: {exc!r}")
+                    err.__cause__ = exc
+                    item.future.set_exception(err)
+
+    def statistics(self) -> ActorStatistics:
+        now = time.monotonic()
+        running = self.current is not None
+        cancel_at = self._cancel_requested_at
+        return ActorStatistics(
+            path=self.path,
+            key=None if self.key is None else str(self.key),
+            state=self.state,
+            mailbox_depth=self.mailbox.depth,
+            mailbox_capacity=self.mailbox.capacity,
+            messages_handled=self.handled,
+            current_message=type(self.current).__name__ if running else None,
+            current_for=now - self.current_since if running else None,
+            restarts=self.restarts,
+            stuck=cancel_at is not None and now - cancel_at > self.cancel_grace,
+            processes=tuple(sorted(self.processes)),
+        )
+
+
+__all__ = [
+    "DONE",
+    "QUEUED",
+    "ActorState",
+    "ActorStatistics",
+    "Cell",
+    "Request",
+]

@@ -1,0 +1,332 @@
+"""``Domain``: at most one live actor per key (a resource id), activated on its
+first message and passivated when idle or when the cap on live actors needs room.
+
+A message for a key whose actor is passivating goes to a new activation that
+starts only after the old one has stopped, so there are never two activations
+of one key. Live actors (holding a slot: starting, running or stopping) never
+exceed ``max_active``; an activation past the cap waits for the least recently
+used idle actor to be passivated, or for any actor to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from functools import partial
+from typing import Generic, TypeVar, cast
+
+import anyio
+import msgspec
+import structlog
+from anyio.abc import TaskGroup
+
+from .._errors import ActorStopped
+from ._actor import Actor
+from ._cell import (
+    DEFAULT_ASK_TIMEOUT,
+    DEFAULT_CANCEL_GRACE,
+    DEFAULT_CAPACITY,
+    ActorStatistics,
+    Cell,
+    StartFailed,
+    StopMode,
+)
+from ._message import Request
+from ._ref import ActorRef, KeyRef
+
+K = TypeVar("K", bound=Hashable)
+M = TypeVar("M")
+R = TypeVar("R")
+
+log = structlog.get_logger("fiefdom.domain")
+
+
+class DomainStatistics(msgspec.Struct, frozen=True, kw_only=True, tag="domain", tag_field="kind"):
+    """A snapshot of a domain, as ``domain.statistics()`` returns it."""
+
+    path: str
+    live: int  # activations holding a slot (starting, running or stopping)
+    idle: int  # live activations with nothing to do
+    waiting: int  # activations waiting for a slot
+    max_active: int | None
+    idle_timeout: float | None
+    activations: int
+    passivations: int
+    crashes: int
+
+
+class Domain(Generic[K, M]):
+    """One actor per key. Create it with ``system.domain(name, ActorClass, ...)``;
+    ``ActorClass(key)`` builds the actor of a key."""
+
+    def __init__(
+        self,
+        path: str,
+        factory: Callable[[K], Actor[M]],
+        *,
+        idle_timeout: float | None = 60.0,
+        max_active: int | None = None,
+        mailbox_capacity: int = DEFAULT_CAPACITY,
+        cancel_grace: float = DEFAULT_CANCEL_GRACE,
+    ) -> None:
+        if max_active is not None and max_active < 1:
+            raise ValueError(f"max_active must be at least 1 or None, got {max_active}")
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise ValueError(f"idle_timeout must be positive or None, got {idle_timeout}")
+        self.path = path
+        self._factory = factory
+        self._idle_timeout = idle_timeout
+        self._max_active = max_active
+        self._capacity = mailbox_capacity
+        self._cancel_grace = cancel_grace
+        self._cells: dict[K, Cell[M]] = {}
+        self._idle: dict[K, Cell[M]] = {}  # insertion order = least recently used first
+        self._idle_appeared = asyncio.Event()
+        self._live = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._evicting: set[Cell[M]] = set()
+        self._tg: TaskGroup | None = None
+        self._backlog: list[Cell[M]] = []
+        self._closed: str | None = None
+        self._stop_requested = asyncio.Event()
+        self._scope: anyio.CancelScope | None = None
+        self.stopped = asyncio.Event()
+        self._activations = 0
+        self._passivations = 0
+        self._crashes = 0
+
+    # -- sending -----------------------------------------------------------------
+
+    async def tell(self, key: K, msg: M) -> None:
+        """Send to ``key``'s actor (activating it); waits while its mailbox is full."""
+        await self._deliverable_cell(key).tell(msg)
+
+    def tell_nowait(self, key: K, msg: M) -> None:
+        """Send to ``key``'s actor; raises MailboxFull when its mailbox is full."""
+        self._deliverable_cell(key).tell_nowait(msg)
+
+    async def ask(
+        self, key: K, msg: Request[R], *, timeout: float | None = DEFAULT_ASK_TIMEOUT
+    ) -> R:
+        """Ask ``key``'s actor (activating it) and wait for the reply."""
+        return cast(R, await self._deliverable_cell(key).ask(msg, timeout))
+
+    def ref(self, key: K) -> ActorRef[M]:
+        """A ref that routes every message to ``key``'s current activation."""
+        return KeyRef(self, key)
+
+    async def passivate(self, key: K) -> None:
+        """Stop ``key``'s actor once its mailbox is empty, and wait until it has stopped."""
+        cell = self._cells.get(key)
+        if cell is not None:
+            self._passivate(cell)
+            await cell.stopped.wait()
+
+    def is_active(self, key: K) -> bool:
+        cell = self._cells.get(key)
+        return cell is not None and not cell.mailbox.closed
+
+    def key_statistics(self, key: K) -> ActorStatistics | None:
+        cell = self._cells.get(key)
+        return None if cell is None else cell.statistics()
+
+    def statistics(self) -> DomainStatistics:
+        return DomainStatistics(
+            path=self.path,
+            live=self._live,
+            idle=len(self._idle),
+            waiting=len(self._waiters),
+            max_active=self._max_active,
+            idle_timeout=self._idle_timeout,
+            activations=self._activations,
+            passivations=self._passivations,
+            crashes=self._crashes,
+        )
+
+    # -- activation and passivation --------------------------------------------
+
+    def _deliverable_cell(self, key: K) -> Cell[M]:
+        cell = self._cells.get(key)
+        if cell is not None and not cell.mailbox.closed:
+            if cell.idle:
+                # Marked busy before the put: a failed put means a full mailbox,
+                # which is not idle either.
+                cell.idle = False
+                del self._idle[key]
+            return cell
+        if self._closed is not None:
+            raise ActorStopped(f"{self.path}/{key}", self._closed)
+        new: Cell[M] = Cell(
+            partial(self._factory, key),
+            f"{self.path}/{key}",
+            key=key,
+            capacity=self._capacity,
+            cancel_grace=self._cancel_grace,
+        )
+        new.on_idle = self._on_idle
+        new.predecessor = cell  # a passivating activation this one must wait for
+        self._cells[key] = new
+        if self._tg is None:
+            self._backlog.append(new)
+        else:
+            self._tg.start_soon(self._run_cell, new, name=new.path)
+        return new
+
+    async def _run_cell(self, cell: Cell[M]) -> None:
+        try:
+            if cell.predecessor is not None:
+                await cell.predecessor.stopped.wait()
+                cell.predecessor = None
+            await self._acquire_slot()
+            try:
+                self._activations += 1
+                while True:
+                    try:
+                        await cell.serve()
+                        break
+                    except StartFailed as exc:
+                        cell.mailbox.close("it failed to start")
+                        cell.fail_queued(exc.__cause__ or exc)
+                        cell.log.error("activation failed", exc_info=exc.__cause__)
+                        break
+                    except Exception as exc:
+                        self._crashes += 1
+                        cell.log.error("actor crashed", exc_info=exc)
+                        if cell.stop_mode is not None or cell.mailbox.depth == 0:
+                            break
+                        cell.restarts += 1  # messages are waiting: a fresh instance takes them
+            finally:
+                self._release_slot(cell)
+        finally:
+            if self._cells.get(cell.key) is cell:  # type: ignore[arg-type]
+                del self._cells[cell.key]  # type: ignore[arg-type]
+            if cell.idle:
+                cell.idle = False
+                del self._idle[cell.key]  # type: ignore[arg-type]
+            cell.close("it was passivated")
+            self._passivations += 1
+            cell.stopped.set()
+
+    async def _acquire_slot(self) -> None:
+        if self._max_active is None or (self._live < self._max_active and not self._waiters):
+            self._live += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._evict()
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._hand_on_slot()  # we were given a slot but will not use it
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def _release_slot(self, cell: Cell[M]) -> None:
+        self._evicting.discard(cell)
+        self._hand_on_slot()
+
+    def _hand_on_slot(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot moves to the waiter: _live unchanged
+                return
+        self._live -= 1
+
+    def _evict(self) -> None:
+        # One passivation in flight per activation waiting for a slot, LRU first.
+        while len(self._waiters) > len(self._evicting) and self._idle:
+            cell = next(iter(self._idle.values()))
+            self._evicting.add(cell)
+            self._passivate(cell)
+
+    def _on_idle(self, cell: Cell[M]) -> None:
+        if cell.idle or cell.mailbox.closed:
+            return
+        cell.idle = True
+        cell.current_since = time.monotonic()
+        self._idle[cell.key] = cell  # type: ignore[index]
+        if len(self._idle) == 1:
+            self._idle_appeared.set()
+        if self._waiters:
+            self._evict()
+
+    def _passivate(self, cell: Cell[M]) -> None:
+        if cell.idle:
+            cell.idle = False
+            del self._idle[cell.key]  # type: ignore[arg-type]
+        cell.request_stop("drain")
+
+    async def _sweep_idle(self, idle_timeout: float) -> None:
+        while True:
+            if not self._idle:
+                self._idle_appeared.clear()
+                await self._idle_appeared.wait()
+            now = time.monotonic()
+            while self._idle:
+                oldest = next(iter(self._idle.values()))
+                due = oldest.current_since + idle_timeout
+                if due > now:
+                    await anyio.sleep(due - now)
+                    break
+                self._passivate(oldest)
+
+    # -- lifetime (driven by a supervisor) ---------------------------------------
+
+    async def serve(self, started: Callable[[], None] | None = None) -> None:
+        """Host the domain's actors until a stop is requested, then drain them all."""
+        try:
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    for cell in self._backlog:
+                        tg.start_soon(self._run_cell, cell, name=cell.path)
+                    self._backlog.clear()
+                    with anyio.CancelScope() as sweeper:
+                        if self._idle_timeout is not None:
+                            tg.start_soon(self._sweep_idle_in, sweeper, self._idle_timeout)
+                        if started is not None:
+                            started()
+                        await self._stop_requested.wait()
+                        self._closed = self._closed or "its domain is stopping"
+                        sweeper.cancel()
+                        for cell in list(self._cells.values()):
+                            cell.request_stop("drain")
+        finally:
+            self._tg = None
+            self._scope = None
+            self._closed = self._closed or "its domain has stopped"
+            self.stopped.set()
+
+    async def _sweep_idle_in(self, scope: anyio.CancelScope, idle_timeout: float) -> None:
+        with scope:
+            await self._sweep_idle(idle_timeout)
+
+    def request_stop(self, mode: StopMode) -> None:
+        self._closed = "its domain is stopping"
+        self._stop_requested.set()
+
+    def reset(self) -> None:
+        self._closed = None
+        self._stop_requested = asyncio.Event()
+        self.stopped = asyncio.Event()
+
+    def cancel(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def close(self, reason: str) -> None:
+        self._closed = reason
+        for cell in self._backlog:
+            cell.close(reason)
+        self._backlog.clear()
+
+    def statistics_of_live(self) -> list[ActorStatistics]:
+        return [c.statistics() for c in self._cells.values()]
+
+    def __repr__(self) -> str:
+        return f"<Domain {self.path} live={self._live}>"

@@ -1,0 +1,86 @@
+"""The internal envelope of an ask: the message, the caller's future, the deadline
+timer, and the cancel scope of the handler once it runs."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+if TYPE_CHECKING:
+    from ._cell import Cell
+
+QUEUED = 0
+RUNNING = 1
+DONE = 2
+
+
+class Ask:
+    __slots__ = (
+        "cell",
+        "chain",
+        "future",
+        "msg",
+        "scope",
+        "state",
+        "timeout",
+        "timer",
+        "tombstoned",
+    )
+
+    def __init__(
+        self,
+        cell: Cell[Any],
+        msg: object,
+        future: asyncio.Future[object],
+        chain: tuple[Cell[Any], ...],
+        timeout: float | None,
+    ) -> None:
+        self.cell = cell
+        self.msg = msg
+        self.future = future
+        self.chain = chain
+        self.timeout = timeout
+        self.state = QUEUED
+        self.scope: anyio.CancelScope | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.tombstoned = False
+
+    def on_deadline(self) -> None:
+        """Timer callback: remove the message if it has not started, else cancel it."""
+        self.timer = None
+        if self.state == QUEUED:
+            self.state = DONE
+            self.cell.mailbox.discard(self)
+            if not self.future.done():
+                self.future.set_exception(self.cell.timeout_error(self, "queued"))
+        elif self.state == RUNNING:
+            self.cell.cancel_running(self)
+            grace = self.cell.cancel_grace
+            self.timer = asyncio.get_running_loop().call_later(grace, self.on_grace_expired)
+
+    def on_grace_expired(self) -> None:
+        """The handler ignored its cancellation: stop waiting for it (it is reported stuck)."""
+        self.timer = None
+        if self.state == RUNNING and not self.future.done():
+            self.future.set_exception(
+                self.cell.timeout_error(self, "running", handler_exited=False)
+            )
+
+    def abandon(self) -> None:
+        """The caller was cancelled: remove the message, or cancel its running handler."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.state == QUEUED:
+            self.state = DONE
+            self.cell.mailbox.discard(self)
+        elif self.state == RUNNING:
+            self.cell.cancel_running(self)
+
+    def finish(self) -> None:
+        self.state = DONE
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None

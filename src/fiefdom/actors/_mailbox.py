@@ -1,0 +1,147 @@
+"""A bounded single-consumer mailbox. Tells are stored as the bare message and asks
+as an ``_Ask`` envelope, so the hot path of a tell allocates nothing of its own.
+An ask whose deadline passes while queued is removed in O(1) by leaving a tombstone
+that the consumer skips; tombstones do not count against the capacity."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Final
+
+from .._errors import ActorStopped
+from ._envelope import Ask
+
+
+class _Empty:
+    __slots__ = ()
+
+
+EMPTY: Final = _Empty()
+
+
+class Mailbox:
+    """Bounded FIFO with back-pressure for writers and one reader."""
+
+    __slots__ = ("_capacity", "_closed", "_getter", "_items", "_path", "_putters", "_size")
+
+    def __init__(self, capacity: int, path: str) -> None:
+        if capacity < 1:
+            raise ValueError(f"mailbox capacity must be at least 1, got {capacity}")
+        self._capacity = capacity
+        self._path = path
+        self._items: deque[object] = deque()
+        self._size = 0  # live items: the deque may also hold tombstoned asks
+        self._getter: asyncio.Future[None] | None = None
+        self._putters: deque[asyncio.Future[None]] = deque()
+        self._closed: str | None = None
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def depth(self) -> int:
+        return self._size
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    def put_nowait(self, item: object) -> bool:
+        """Append ``item``; False when full. Raises ActorStopped when closed."""
+        if self._closed is not None:
+            raise ActorStopped(self._path, self._closed)
+        if self._size >= self._capacity:
+            return False
+        self._items.append(item)
+        self._size += 1
+        getter = self._getter
+        if getter is not None:
+            self._getter = None
+            if not getter.done():
+                getter.set_result(None)
+        return True
+
+    async def put(self, item: object) -> None:
+        """Append ``item``, waiting for space (back-pressure)."""
+        while not self.put_nowait(item):
+            waiter = asyncio.get_running_loop().create_future()
+            self._putters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                # Pass our wake-up on so a freed slot is not lost with us.
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_putter()
+                raise
+
+    def get_nowait(self) -> object:
+        """The next live item, or EMPTY."""
+        items = self._items
+        while items:
+            item = items.popleft()
+            if type(item) is Ask and item.tombstoned:
+                continue
+            self._size -= 1
+            if self._putters:
+                self._wake_putter()
+            return item
+        return EMPTY
+
+    async def wait(self) -> None:
+        """Return when an item may be available or ``wake()`` was called."""
+        if self._size:
+            return
+        getter = asyncio.get_running_loop().create_future()
+        self._getter = getter
+        try:
+            await getter
+        finally:
+            if self._getter is getter:
+                self._getter = None
+
+    def wake(self) -> None:
+        """Wake the reader without an item (a stop or restart request)."""
+        getter = self._getter
+        if getter is not None:
+            self._getter = None
+            if not getter.done():
+                getter.set_result(None)
+
+    def discard(self, ask: Ask) -> None:
+        """Remove a queued ask (its deadline passed or its caller gave up)."""
+        ask.tombstoned = True
+        self._size -= 1
+        if self._putters:
+            self._wake_putter()
+        if len(self._items) > 2 * self._capacity:
+            # Tombstones of a stuck actor must not grow without bound.
+            self._items = deque(i for i in self._items if not (type(i) is Ask and i.tombstoned))
+
+    def close(self, reason: str) -> None:
+        """Refuse further puts; writers waiting for space get ActorStopped."""
+        if self._closed is None:
+            self._closed = reason
+        while self._putters:
+            waiter = self._putters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the woken putter retries and sees the close
+        self.wake()
+
+    def reopen(self) -> None:
+        self._closed = None
+
+    def drain(self) -> list[object]:
+        """Remove and return every live item (used when the actor is gone for good)."""
+        out: list[object] = []
+        while (item := self.get_nowait()) is not EMPTY:
+            out.append(item)
+        return out
+
+    def _wake_putter(self) -> None:
+        while self._putters:
+            waiter = self._putters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return

@@ -1,0 +1,125 @@
+"""``ActorRef``: the only way to talk to an actor. A ref to a spawned actor stays
+valid across its restarts; a ref to a domain key routes each message to the key's
+current activation (activating it when needed)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+
+from ._cell import DEFAULT_ASK_TIMEOUT, ActorStatistics, Cell
+from ._message import Request
+
+if TYPE_CHECKING:
+    from ._domain import Domain
+
+M = TypeVar("M")
+R = TypeVar("R")
+
+
+class ActorRef(Generic[M]):
+    """A handle to an actor that accepts messages of type ``M``."""
+
+    __slots__ = ()
+
+    @property
+    def path(self) -> str:
+        raise NotImplementedError
+
+    def _cell(self) -> Cell[M]:
+        raise NotImplementedError
+
+    async def tell(self, msg: M) -> None:
+        """Send without waiting for a reply; waits while the mailbox is full."""
+        await self._cell().tell(msg)
+
+    def tell_nowait(self, msg: M) -> None:
+        """Send without waiting; raises MailboxFull when the mailbox is full."""
+        self._cell().tell_nowait(msg)
+
+    async def ask(self, msg: Request[R], *, timeout: float | None = DEFAULT_ASK_TIMEOUT) -> R:
+        """Send and wait for the reply. Past ``timeout`` seconds a queued message is
+        removed (it never runs) and a running one is cancelled; either way AskTimeout."""
+        return cast(R, await self._cell().ask(msg, timeout))
+
+    async def stop(self) -> None:
+        """Stop the actor after it has handled what is already in its mailbox."""
+        raise NotImplementedError
+
+    def statistics(self) -> ActorStatistics:
+        return self._cell().statistics()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.path}>"
+
+
+class CellRef(ActorRef[M]):
+    """A ref bound to one cell (a spawned actor)."""
+
+    __slots__ = ("_target",)
+
+    def __init__(self, cell: Cell[M]) -> None:
+        self._target = cell
+
+    @property
+    def path(self) -> str:
+        return self._target.path
+
+    def _cell(self) -> Cell[M]:
+        return self._target
+
+    async def tell(self, msg: M) -> None:
+        # Bypasses the base class indirection: this is the hot path.
+        await self._target.tell(msg)
+
+    def tell_nowait(self, msg: M) -> None:
+        self._target.tell_nowait(msg)
+
+    async def ask(self, msg: Request[R], *, timeout: float | None = DEFAULT_ASK_TIMEOUT) -> R:
+        return cast(R, await self._target.ask(msg, timeout))
+
+    async def stop(self) -> None:
+        cell = self._target
+        if cell.stopped.is_set():
+            return
+        cell.request_stop("drain")
+        await cell.stopped.wait()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CellRef) and other._target is self._target
+
+    def __hash__(self) -> int:
+        return id(self._target)
+
+
+class KeyRef(ActorRef[M]):
+    """A ref to a domain key: each message goes to the key's current activation."""
+
+    __slots__ = ("_domain", "_key")
+
+    def __init__(self, domain: Domain[Any, M], key: Any) -> None:
+        self._domain = domain
+        self._key = key
+
+    @property
+    def path(self) -> str:
+        return f"{self._domain.path}/{self._key}"
+
+    def _cell(self) -> Cell[M]:
+        return self._domain._deliverable_cell(self._key)
+
+    async def stop(self) -> None:
+        await self._domain.passivate(self._key)
+
+    def statistics(self) -> ActorStatistics:
+        stats = self._domain.key_statistics(self._key)
+        if stats is None:
+            raise LookupError(f"{self.path} has no live activation")
+        return stats
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, KeyRef) and other._domain is self._domain and other._key == self._key
+        )
+
+    def __hash__(self) -> int:
+        return hash((id(self._domain), self._key))

@@ -1,0 +1,27 @@
+"""Supervisors, child specifications, restart strategies and the ActorSystem root."""
+
+from ._spec import ActorSpec as ActorSpec
+from ._spec import Backoff as Backoff
+from ._spec import ChildSpec as ChildSpec
+from ._spec import DomainSpec as DomainSpec
+from ._spec import Restart as Restart
+from ._spec import Strategy as Strategy
+from ._spec import SupervisorSpec as SupervisorSpec
+from ._supervisor import SupervisorRef as SupervisorRef
+from ._supervisor import SupervisorStatistics as SupervisorStatistics
+from ._system import ActorSystem as ActorSystem
+from ._system import SystemState as SystemState
+
+__all__ = [
+    "ActorSpec",
+    "ActorSystem",
+    "Backoff",
+    "ChildSpec",
+    "DomainSpec",
+    "Restart",
+    "Strategy",
+    "SupervisorRef",
+    "SupervisorSpec",
+    "SupervisorStatistics",
+    "SystemState",
+]
