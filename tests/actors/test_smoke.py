@@ -79,3 +79,15 @@ async def test_ask_deadline_while_queued_never_runs() -> None:
 
 class Bad(msgspec.Struct):
     pass
+
+
+async def test_domain_call_runs_inside_the_key_actor() -> None:
+    """domain.call runs a function with the key's actor instance, in its turn."""
+    async with fiefdom.ActorSystem(name="t") as system:
+        domain = system.domain("d", lambda key: Sleeper())
+
+        async def peek(actor: Sleeper) -> list[str]:
+            return list(actor.log)
+
+        await domain.ask("k", Echo("one"))
+        assert await domain.call("k", peek) == ["one"]

@@ -18,7 +18,7 @@ import structlog
 from .._errors import ActivationFailed, ActorStopped, AskTimeout, CallCycleError, MailboxFull
 from ._envelope import DONE, QUEUED, RUNNING, Ask
 from ._mailbox import EMPTY, Mailbox
-from ._message import Request
+from ._message import Invoke, Request
 
 if TYPE_CHECKING:
     from ._actor import Actor
@@ -262,7 +262,11 @@ class Cell(Generic[M]):
             with anyio.CancelScope() as scope:
                 ask.scope = scope
                 try:
-                    result = await receive(ask.msg)
+                    msg = ask.msg
+                    if type(msg) is Invoke:
+                        result = await msg.fn(self.instance)
+                    else:
+                        result = await receive(msg)
                 except Exception as exc:
                     ask.finish()
                     if not future.done():
@@ -340,12 +344,16 @@ class Cell(Generic[M]):
             mailbox_depth=self.mailbox.depth,
             mailbox_capacity=self.mailbox.capacity,
             messages_handled=self.handled,
-            current_message=type(self.current).__name__ if running else None,
+            current_message=_describe(self.current) if running else None,
             current_for=now - self.current_since if running else None,
             restarts=self.restarts,
             stuck=cancel_at is not None and now - cancel_at > self.cancel_grace,
             processes=tuple(sorted(self.processes)),
         )
+
+
+def _describe(msg: object) -> str:
+    return msg.name if type(msg) is Invoke else type(msg).__name__
 
 
 __all__ = [

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from functools import partial
-from typing import Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 import anyio
 import msgspec
@@ -111,6 +111,18 @@ class Domain(Generic[K, M]):
     ) -> R:
         """Ask ``key``'s actor (activating it) and wait for the reply."""
         return cast(R, await self._deliverable_cell(key).ask(msg, timeout))
+
+    async def call(
+        self,
+        key: K,
+        fn: Callable[[Any], Awaitable[R]],
+        *,
+        timeout: float | None = DEFAULT_ASK_TIMEOUT,
+        name: str | None = None,
+    ) -> R:
+        """Run ``fn(actor)`` inside ``key``'s actor (activating it), serialised with
+        every other message for that key; cancellable exactly like an ask."""
+        return await KeyRef(self, key).call(fn, timeout=timeout, name=name)
 
     def ref(self, key: K) -> ActorRef[M]:
         """A ref that routes every message to ``key``'s current activation."""

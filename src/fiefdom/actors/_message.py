@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
@@ -12,3 +13,11 @@ R = TypeVar("R")
 
 class Request(msgspec.Struct, Generic[R]):
     """A message that expects a reply of type ``R`` (subclass it: ``class Get(Request[int])``)."""
+
+
+class Invoke(Request[R]):
+    """Internal: run ``fn(actor)`` inside the actor's turn (``ref.call`` / ``domain.call``),
+    serialised with its messages and cancellable like any ask."""
+
+    fn: Callable[[Any], Awaitable[R]]
+    name: str

@@ -4,10 +4,11 @@ current activation (activating it when needed)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from ._cell import DEFAULT_ASK_TIMEOUT, ActorStatistics, Cell
-from ._message import Request
+from ._message import Invoke, Request
 
 if TYPE_CHECKING:
     from ._domain import Domain
@@ -40,6 +41,17 @@ class ActorRef(Generic[M]):
         """Send and wait for the reply. Past ``timeout`` seconds a queued message is
         removed (it never runs) and a running one is cancelled; either way AskTimeout."""
         return cast(R, await self._cell().ask(msg, timeout))
+
+    async def call(
+        self,
+        fn: Callable[[Any], Awaitable[R]],
+        *,
+        timeout: float | None = DEFAULT_ASK_TIMEOUT,
+        name: str | None = None,
+    ) -> R:
+        """Run ``fn(actor_instance)`` inside the actor's turn, serialised with its
+        messages; deadlines and caller cancellation behave exactly as for ``ask``."""
+        return await self.ask(Invoke(fn, name or _name_of(fn)), timeout=timeout)
 
     async def stop(self) -> None:
         """Stop the actor after it has handled what is already in its mailbox."""
@@ -123,3 +135,7 @@ class KeyRef(ActorRef[M]):
 
     def __hash__(self) -> int:
         return hash((id(self._domain), self._key))
+
+
+def _name_of(fn: Callable[..., object]) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
