@@ -10,6 +10,8 @@ from ._errors import ActorStopped as ActorStopped
 from ._errors import AskTimeout as AskTimeout
 from ._errors import CallCycleError as CallCycleError
 from ._errors import ConfigurationError as ConfigurationError
+from ._errors import ControlConnectionError as ControlConnectionError
+from ._errors import ControlError as ControlError
 from ._errors import FiefdomError as FiefdomError
 from ._errors import JobError as JobError
 from ._errors import MailboxFull as MailboxFull
@@ -58,6 +60,8 @@ __all__ = [
     "Backoff",
     "CallCycleError",
     "ConfigurationError",
+    "ControlConnectionError",
+    "ControlError",
     "Domain",
     "DomainSpec",
     "DomainStatistics",

@@ -15,9 +15,12 @@
     ├── StoreError                    storage failures (wrapped driver errors)
     │   ├── SchemaMismatch            the database schema is not the one the code knows
     │   └── StoreUnavailable          the database cannot be reached right now
-    └── JobError                      job-engine misuse and failures
-        ├── UnknownJobKind            a job kind that has no registration or handler
-        └── StaleLease                an outcome reported with a fencing token that lost its lease
+    ├── JobError                      job-engine misuse and failures
+    │   ├── UnknownJobKind            a job kind that has no registration or handler
+    │   └── StaleLease                an outcome reported with a fencing token that lost its lease
+    └── ControlError                  the control channel answered with a typed error (code, details)
+        └── ControlConnectionError    the control channel cannot be reached or was lost
+                                      (also ConnectionError)
 """
 
 from __future__ import annotations
@@ -165,3 +168,22 @@ class UnknownJobKind(JobError):
 
 class StaleLease(JobError):
     """An outcome was reported with a fencing token whose lease was taken over."""
+
+
+class ControlError(FiefdomError):
+    """The control channel refused or failed a request.
+
+    ``code`` is the wire error code (``"forbidden"``, ``"not_found"``, ...), and
+    ``details`` the structured details the server sent with it."""
+
+    def __init__(self, code: str, message: str, details: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.details = details or {}
+
+
+class ControlConnectionError(ControlError, ConnectionError):
+    """The control channel cannot be reached, or the connection was lost."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("unavailable", message)

@@ -1,0 +1,68 @@
+"""The control channel: wire messages, codecs, the aiohttp server (health,
+readiness, metrics, schema, websocket) and the Python client."""
+
+from ._client import Client as Client
+from ._client import ClientState as ClientState
+from ._client import EventStream as EventStream
+from ._client import connect as connect
+from ._codec import Encoding as Encoding
+from ._codec import json_schema as json_schema
+from ._hub import EventHub as EventHub
+from ._hub import Subscription as Subscription
+from ._messages import PROTOCOL_VERSION as PROTOCOL_VERSION
+from ._messages import REQUIRED_ROLE as REQUIRED_ROLE
+from ._messages import ActorEvent as ActorEvent
+from ._messages import ClientMessage as ClientMessage
+from ._messages import Dropped as Dropped
+from ._messages import ErrorCode as ErrorCode
+from ._messages import JobEvent as JobEvent
+from ._messages import JobInfo as JobInfo
+from ._messages import LogEvent as LogEvent
+from ._messages import QueueInfo as QueueInfo
+from ._messages import Role as Role
+from ._messages import ServerMessage as ServerMessage
+from ._messages import StatusReply as StatusReply
+from ._messages import TargetInfo as TargetInfo
+from ._metrics import ControlMetrics as ControlMetrics
+from ._registry import ControlHost as ControlHost
+from ._registry import JobService as JobService
+from ._registry import Registry as Registry
+from ._server import ControlServer as ControlServer
+from ._settings import ControlSettings as ControlSettings
+from ._settings import Credential as Credential
+from ._settings import TokenSpec as TokenSpec
+from ._settings import TokenTable as TokenTable
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "REQUIRED_ROLE",
+    "ActorEvent",
+    "Client",
+    "ClientMessage",
+    "ClientState",
+    "ControlHost",
+    "ControlMetrics",
+    "ControlServer",
+    "ControlSettings",
+    "Credential",
+    "Dropped",
+    "Encoding",
+    "ErrorCode",
+    "EventHub",
+    "EventStream",
+    "JobEvent",
+    "JobInfo",
+    "JobService",
+    "LogEvent",
+    "QueueInfo",
+    "Registry",
+    "Role",
+    "ServerMessage",
+    "StatusReply",
+    "Subscription",
+    "TargetInfo",
+    "TokenSpec",
+    "TokenTable",
+    "connect",
+    "json_schema",
+]

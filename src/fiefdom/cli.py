@@ -1,0 +1,441 @@
+"""The ``fiefdom`` command line: run the daemon (``serve``), migrate its store, and
+drive a running daemon through its control channel. Output is a readable table by
+default and JSON with ``--json``; an error is one line on stderr and exit status 1."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, NoReturn
+
+import msgspec
+
+from ._errors import FiefdomError
+from .daemon import Config, Daemon, load_config, read_token_file
+from .protocol import Client, JobInfo, QueueInfo, StatusReply, connect
+
+EXIT_ERROR = 1
+
+
+class CommandError(Exception):
+    """A one-line error for the user."""
+
+
+# -- configuration and where the daemon is ---------------------------------------------
+
+
+def _config(args: argparse.Namespace) -> Config:
+    path = args.config or os.environ.get("FIEFDOM_CONFIG")
+    if path is None and Path("config.toml").is_file():
+        path = "config.toml"
+    return load_config(path)
+
+
+def _url(args: argparse.Namespace, config: Config) -> str:
+    if args.url:
+        return str(args.url)
+    if os.environ.get("FIEFDOM_URL"):
+        return os.environ["FIEFDOM_URL"]
+    endpoint = config.endpoint_path
+    if endpoint.is_file():
+        # The running daemon's actual address (its port may have been chosen by the OS).
+        try:
+            return str(json.loads(endpoint.read_text(encoding="utf-8"))["url"])
+        except (OSError, ValueError, KeyError):
+            pass
+    host, port = config.control.host_port()
+    return f"http://{host}:{port}"
+
+
+def _token(args: argparse.Namespace, config: Config) -> str:
+    if args.token:
+        return str(args.token)
+    if os.environ.get("FIEFDOM_TOKEN"):
+        return os.environ["FIEFDOM_TOKEN"]
+    rank = {"read": 0, "operate": 1, "admin": 2}
+    for spec in sorted(config.control.tokens, key=lambda s: -rank[s.role]):
+        if spec.token:
+            return spec.token
+        if spec.token_file:
+            return read_token_file(Path(config.base_dir) / spec.token_file)
+    path = config.admin_token_path
+    if not path.is_file():
+        raise CommandError(
+            f"no token: {path} does not exist (has the daemon started once?); "
+            "pass --token or set FIEFDOM_TOKEN"
+        )
+    return read_token_file(path)
+
+
+# -- output ----------------------------------------------------------------------------
+
+
+def _emit_json(value: Any) -> None:
+    print(msgspec.json.encode(value).decode())
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, value in enumerate(row):
+            widths[i] = max(widths[i], len(value))
+    print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _print_status(status: StatusReply) -> None:
+    state = "draining" if status.draining else ("ready" if status.ready else "not ready")
+    print(f"{status.name} {status.version}  pid {status.pid}  up {status.uptime:.0f}s  {state}")
+    print(f"loop {status.loop}  connections {status.connections}")
+    print()
+    rows: list[list[Any]] = []
+
+    def walk(node: dict[str, Any]) -> None:
+        kind = node.get("kind")
+        if kind == "supervisor":
+            rows.append([node["path"], "supervisor", "-", "-", node["restarts"], "-"])
+            for child in node.get("children", []):
+                walk(child)
+        elif kind == "actor":
+            rows.append(
+                [
+                    node["path"],
+                    "actor",
+                    node["state"] + (" (stuck)" if node.get("stuck") else ""),
+                    f"{node['mailbox_depth']}/{node['mailbox_capacity']}",
+                    node["restarts"],
+                    node["messages_handled"],
+                ]
+            )
+        elif kind == "domain":
+            rows.append(
+                [
+                    node["path"],
+                    "domain",
+                    f"{node['live']} live",
+                    "-",
+                    node["crashes"],
+                    node["activations"],
+                ]
+            )
+
+    walk(status.tree)
+    _table(["path", "kind", "state", "mailbox", "restarts", "handled"], rows)
+    if status.targets:
+        print()
+        _table(
+            ["target", "kind", "messages"],
+            [[t.name, t.kind, ", ".join(t.messages)] for t in status.targets],
+        )
+    if status.queues:
+        print()
+        _print_queues(status.queues)
+
+
+def _print_queues(queues: Sequence[QueueInfo]) -> None:
+    states = sorted({s for q in queues for s in q.counts})
+    _table(
+        ["queue", "paused", *states],
+        [
+            [q.name, "yes" if q.paused else "no", *(q.counts.get(s, 0) for s in states)]
+            for q in queues
+        ],
+    )
+
+
+def _print_jobs(jobs: Sequence[JobInfo]) -> None:
+    _table(
+        ["id", "kind", "queue", "state", "attempt", "key", "created"],
+        [
+            [
+                j.id,
+                j.kind,
+                j.queue,
+                j.state,
+                f"{j.attempt}/{j.max_attempts}",
+                j.key,
+                _when(j.created_at),
+            ]
+            for j in jobs
+        ],
+    )
+
+
+def _print_job(job: JobInfo) -> None:
+    for name in ("id", "kind", "queue", "state", "key"):
+        print(f"{name:<10} {_cell(getattr(job, name))}")
+    print(f"{'attempt':<10} {job.attempt}/{job.max_attempts}")
+    for name in ("created_at", "scheduled_at", "started_at", "finished_at"):
+        print(f"{name.removesuffix('_at'):<10} {_when(getattr(job, name))}")
+    print(f"{'args':<10} {json.dumps(job.args)}")
+    for error in job.errors:
+        print(f"{'error':<10} {error}")
+
+
+# -- commands --------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = _config(args)
+    wanted = config.daemon.loop
+    loop_name = "asyncio"
+    runner: Callable[[Awaitable[None]], None] = asyncio.run  # type: ignore[assignment]
+    if wanted in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if wanted == "uvloop":
+                raise CommandError(
+                    "daemon.loop = 'uvloop' but uvloop is not installed: "
+                    "pip install 'fiefdom[fast]'"
+                ) from None
+        else:
+            runner = uvloop.run  # type: ignore[assignment]
+            loop_name = "uvloop"
+    daemon = Daemon(config, loop_name=loop_name)
+    runner(daemon.run())
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    config = _config(args)
+
+    async def run() -> int:
+        from .daemon._storage import open_store
+
+        config.data_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        store = open_store(config.store_url)
+        await store.open(migrate=True)
+        try:
+            return await store.schema_version()
+        finally:
+            await store.close()
+
+    version = asyncio.run(run())
+    if args.json:
+        _emit_json({"schema_version": version})
+    else:
+        print(f"schema at version {version}")
+    return 0
+
+
+def _remote(action: Callable[[Client, argparse.Namespace], Awaitable[int]]) -> Callable[..., int]:
+    def command(args: argparse.Namespace) -> int:
+        config = _config(args)
+        url = _url(args, config)
+        token = _token(args, config)
+
+        async def run() -> int:
+            async with connect(url, token=token, timeout=args.timeout) as client:
+                return await action(client, args)
+
+        return asyncio.run(run())
+
+    return command
+
+
+async def _status(client: Client, args: argparse.Namespace) -> int:
+    status = await client.status()
+    if args.json:
+        _emit_json(status)
+    else:
+        _print_status(status)
+    return 0
+
+
+async def _jobs_ls(client: Client, args: argparse.Namespace) -> int:
+    jobs = await client.jobs(queue=args.queue, state=args.state, kind=args.kind, limit=args.limit)
+    if args.json:
+        _emit_json(jobs)
+    else:
+        _print_jobs(jobs)
+    return 0
+
+
+async def _job_action(client: Client, args: argparse.Namespace) -> int:
+    action = {"show": client.job, "retry": client.retry, "cancel": client.cancel}[args.jobs_command]
+    job = await action(args.job_id)
+    if args.json:
+        _emit_json(job)
+    else:
+        _print_job(job)
+    return 0
+
+
+async def _jobs_enqueue(client: Client, args: argparse.Namespace) -> int:
+    try:
+        payload = json.loads(args.args)
+    except ValueError as exc:
+        raise CommandError(f"job arguments are not JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise CommandError("job arguments must be a JSON object")
+    job = await client.enqueue(args.kind, payload, key=args.key, delay=args.delay)
+    if args.json:
+        _emit_json(job)
+    else:
+        print(f"enqueued job {job.id} ({job.kind} on {job.queue})")
+    return 0
+
+
+async def _queues(client: Client, args: argparse.Namespace) -> int:
+    command = args.queues_command
+    if command == "ls":
+        queues = await client.queues()
+        if args.json:
+            _emit_json(queues)
+        else:
+            _print_queues(queues)
+        return 0
+    if command == "pause":
+        await client.pause(args.queue)
+    elif command == "resume":
+        await client.resume(args.queue)
+    else:
+        await client.drain_queue(args.queue, timeout=args.wait)
+    done = {"pause": "paused", "resume": "resumed", "drain": "drained"}[command]
+    if args.json:
+        _emit_json({"queue": args.queue, "done": done})
+    else:
+        print(f"queue {args.queue} {done}")
+    return 0
+
+
+async def _drain(client: Client, args: argparse.Namespace) -> int:
+    await client.drain(timeout=args.wait)
+    if args.json:
+        _emit_json({"drained": True})
+    else:
+        print("drained: no new jobs are claimed and none is running (stop it with 'fiefdom stop')")
+    return 0
+
+
+async def _stop(client: Client, args: argparse.Namespace) -> int:
+    mode: Literal["drain", "cancel"] = "cancel" if args.cancel else "drain"
+    await client.stop(mode)
+    if args.json:
+        _emit_json({"stopping": mode})
+    else:
+        print(f"stopping ({mode})")
+    return 0
+
+
+async def _dump(client: Client, args: argparse.Namespace) -> int:
+    reply = await client.dump()
+    if args.json:
+        _emit_json({"path": reply.path, "events": reply.events})
+    else:
+        print(f"wrote {reply.events} events to {reply.path}")
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", metavar="PATH", help="configuration file (default: ./config.toml)"
+    )
+    common.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    remote = argparse.ArgumentParser(add_help=False, parents=[common])
+    remote.add_argument("--url", help="the daemon's address (default: from the configuration)")
+    remote.add_argument("--token", help="a control token (default: from the data folder)")
+    remote.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply")
+
+    parser = argparse.ArgumentParser(prog="fiefdom", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("serve", parents=[common], help="run the daemon").set_defaults(func=_serve)
+    sub.add_parser("migrate", parents=[common], help="apply the store's migrations").set_defaults(
+        func=_migrate
+    )
+    sub.add_parser("status", parents=[remote], help="the daemon's actors and queues").set_defaults(
+        func=_remote(_status)
+    )
+
+    jobs = sub.add_parser("jobs", help="list, inspect, enqueue, retry and cancel jobs")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    ls = jobs_sub.add_parser("ls", parents=[remote], help="list jobs")
+    ls.add_argument("--queue")
+    ls.add_argument("--state")
+    ls.add_argument("--kind")
+    ls.add_argument("--limit", type=int, default=100)
+    ls.set_defaults(func=_remote(_jobs_ls))
+    for name, text in (("show", "show a job"), ("retry", "run a job again"), ("cancel", "cancel")):
+        p = jobs_sub.add_parser(name, parents=[remote], help=text)
+        p.add_argument("job_id", type=int)
+        p.set_defaults(func=_remote(_job_action))
+    enqueue = jobs_sub.add_parser("enqueue", parents=[remote], help="enqueue a job")
+    enqueue.add_argument("kind")
+    enqueue.add_argument("args", nargs="?", default="{}", help="the job's arguments as JSON")
+    enqueue.add_argument("--key")
+    enqueue.add_argument("--delay", type=float, default=0.0)
+    enqueue.set_defaults(func=_remote(_jobs_enqueue))
+
+    queues = sub.add_parser("queues", help="list, pause, resume and drain queues")
+    queues_sub = queues.add_subparsers(dest="queues_command", required=True, metavar="ACTION")
+    queues_sub.add_parser("ls", parents=[remote], help="jobs per queue and state").set_defaults(
+        func=_remote(_queues)
+    )
+    for name, text in (
+        ("pause", "stop claiming jobs"),
+        ("resume", "claim jobs again"),
+        ("drain", "stop claiming and wait for running jobs"),
+    ):
+        p = queues_sub.add_parser(name, parents=[remote], help=text)
+        p.add_argument("queue")
+        p.add_argument("--wait", type=float, default=None, help="seconds to wait (drain)")
+        p.set_defaults(func=_remote(_queues))
+
+    drain = sub.add_parser("drain", parents=[remote], help="stop taking work; let running finish")
+    drain.add_argument("--wait", type=float, default=None, help="seconds to wait at most")
+    drain.set_defaults(func=_remote(_drain))
+    stop = sub.add_parser("stop", parents=[remote], help="stop the daemon (drains first)")
+    stop.add_argument("--cancel", action="store_true", help="cancel running work at once")
+    stop.set_defaults(func=_remote(_stop))
+    sub.add_parser("dump", parents=[remote], help="write the flight recorder now").set_defaults(
+        func=_remote(_dump)
+    )
+    return parser
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"fiefdom: error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (CommandError, FiefdomError) as exc:
+        _fail(str(exc) or type(exc).__name__)
+    except OSError as exc:
+        _fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

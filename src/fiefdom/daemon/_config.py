@@ -1,0 +1,184 @@
+"""The daemon's configuration: TOML decoded into msgspec Structs, with single
+settings overridden from the environment as ``FIEFDOM_<SECTION>__<KEY>``. A wrong
+key or type fails at start with a message naming the key and what was expected."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from .._errors import ConfigurationError
+from ..protocol import ControlSettings
+
+ENV_PREFIX = "FIEFDOM_"
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class DaemonSection(_Section):
+    name: str = "fiefdom"
+    # Relative paths are resolved against the folder of the configuration file.
+    data_dir: str = "data"
+    shutdown_timeout: float = 30.0  # a drain lets running work finish this long, then cancels
+    log_level: LogLevel = "info"
+    log_format: Literal["console", "json"] = "console"
+    loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    modules: list[str] = msgspec.field(default_factory=list)  # each has a setup(daemon) hook
+    python_path: list[str] = msgspec.field(default_factory=list)  # folders to import them from
+
+
+class StoreSection(_Section):
+    url: str | None = None  # default: sqlite:///<data_dir>/fiefdom.db
+    migrate: bool = True  # apply pending migrations at start (else refuse an old schema)
+
+
+class QueueSection(_Section):
+    concurrency: int = 10
+    paused: bool = False
+
+
+class JobsSection(_Section):
+    enabled: bool = True
+    queues: dict[str, QueueSection] = msgspec.field(
+        default_factory=lambda: {"default": QueueSection()}
+    )
+    poll_interval: float = 1.0
+
+
+class RecorderSection(_Section):
+    folder: str = "flight-recorder"  # relative to data_dir
+    capacity: int = 10_000  # events kept (debug included)
+
+
+class Config(_Section):
+    daemon: DaemonSection = msgspec.field(default_factory=DaemonSection)
+    store: StoreSection = msgspec.field(default_factory=StoreSection)
+    control: ControlSettings = msgspec.field(default_factory=ControlSettings)
+    jobs: JobsSection = msgspec.field(default_factory=JobsSection)
+    recorder: RecorderSection = msgspec.field(default_factory=RecorderSection)
+    app: dict[str, Any] = msgspec.field(default_factory=dict)  # free-form, for user modules
+    # Where relative paths start; set by load_config, not read from the file.
+    base_dir: str = "."
+
+    @property
+    def data_path(self) -> Path:
+        return (Path(self.base_dir) / self.daemon.data_dir).resolve()
+
+    @property
+    def store_url(self) -> str:
+        if self.store.url is not None:
+            return self.store.url
+        return f"sqlite:///{self.data_path / 'fiefdom.db'}"
+
+    @property
+    def recorder_path(self) -> Path:
+        return self.data_path / self.recorder.folder
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.data_path / "admin.token"
+
+    @property
+    def endpoint_path(self) -> Path:
+        """Where the running daemon writes its actual address and pid."""
+        return self.data_path / "control.json"
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, ...], tuple[str, Any]]:
+    overrides: dict[tuple[str, ...], tuple[str, Any]] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
+        if any(not part for part in path):
+            raise ConfigurationError(f"{name}: empty part in the name of an override")
+        stripped = value.strip()
+        parsed: Any = value
+        if stripped.startswith(("[", "{")):
+            # Lists and tables are written in TOML syntax.
+            try:
+                parsed = tomllib.loads(f"v = {stripped}")["v"]
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigurationError(f"{name}: not a TOML array or table: {exc}") from None
+        overrides[path] = (name, parsed)
+    return overrides
+
+
+def _apply(raw: dict[str, Any], path: tuple[str, ...], value: Any, env_name: str) -> None:
+    node = raw
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigurationError(
+                f"{env_name}: {'.'.join(path)} cannot be set: {part!r} is not a table"
+            )
+        node = child
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (or the built-in defaults when None), apply environment overrides
+    and validate. Raises ConfigurationError naming the key that is wrong."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    source = "the defaults"
+    base_dir = Path.cwd()
+    if path is not None:
+        file = Path(path)
+        source = str(file)
+        try:
+            raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigurationError(f"{file}: configuration file not found") from None
+        except OSError as exc:
+            raise ConfigurationError(f"{file}: cannot read: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigurationError(f"{file}: not valid TOML: {exc}") from None
+        base_dir = file.resolve().parent
+    if "base_dir" in raw:
+        raise ConfigurationError(f"{source}: 'base_dir' is not a setting (it is the file's folder)")
+    overrides = _env_overrides(environ)
+    for key_path, (env_name, value) in overrides.items():
+        _apply(raw, key_path, value, env_name)
+    raw["base_dir"] = str(base_dir)
+    try:
+        # Not strict: environment values arrive as text and must become the field's
+        # type ("9000" -> 9000); a value of the wrong kind in the file still fails.
+        config = msgspec.convert(raw, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigurationError(_explain(exc, source, overrides)) from None
+    try:
+        config.control.host_port()
+    except ValueError as exc:
+        raise ConfigurationError(f"{source}: {exc}") from None
+    return config
+
+
+def _explain(
+    exc: msgspec.ValidationError,
+    source: str,
+    overrides: Mapping[tuple[str, ...], tuple[str, Any]],
+) -> str:
+    text = str(exc)
+    message, marker, where = text.rpartition(" - at `")
+    if not marker:
+        return f"{source}: invalid configuration: {text}"
+    key = where.rstrip("`").removeprefix("$").lstrip(".")
+    if message.startswith("Object contains unknown field"):
+        field = message.split("`")[1]
+        key = f"{key}.{field}" if key else field
+        return f"{source}: unknown key {key!r} (check its spelling and section)"
+    detail = message[0].lower() + message[1:] if message else "invalid value"
+    origin = ""
+    for key_path, (env_name, _) in overrides.items():
+        if ".".join(key_path) == key:
+            origin = f" (from the environment variable {env_name})"
+    return f"{source}: {key}: {detail}{origin}"

@@ -1,0 +1,8 @@
+"""The storage entry points the daemon uses, in one place (so that the daemon and
+the command line open the store the same way)."""
+
+from __future__ import annotations
+
+from ..storage._store import Store, open_store
+
+__all__ = ["Store", "open_store"]

@@ -1,0 +1,471 @@
+"""The Python client of the control channel::
+
+    async with fiefdom.connect("ws://127.0.0.1:8765", token=token) as client:
+        status = await client.status()
+        async with client.subscribe(["jobs"]) as events:
+            async for event in events: ...
+
+One reader task routes replies to their requests by id and events to their
+subscriptions; a typed ``error`` frame raises ``ControlError``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import itertools
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Literal, TypeVar, overload
+
+import aiohttp
+import anyio
+import msgspec
+
+from .._errors import ControlConnectionError, ControlError
+from ..actors import Request
+from ._codec import CLIENT_JSON, CLIENT_MSGPACK, Codec, Encoding
+from ._messages import (
+    PROTOCOL_VERSION,
+    Ack,
+    Call,
+    CallReply,
+    CancelJob,
+    Drain,
+    DrainQueue,
+    Dropped,
+    Dump,
+    DumpReply,
+    EnqueueJob,
+    Error,
+    Event,
+    EventData,
+    GetJob,
+    GetStatus,
+    Hello,
+    JobInfo,
+    JobReply,
+    JobsReply,
+    ListJobs,
+    ListQueues,
+    LogLevel,
+    PauseQueue,
+    Ping,
+    Pong,
+    QueueInfo,
+    QueuesReply,
+    ResumeQueue,
+    RetryJob,
+    Role,
+    StatusReply,
+    Stop,
+    Subscribe,
+    Subscribed,
+    Topic,
+    Unsubscribe,
+    Welcome,
+)
+
+R = TypeVar("R")
+F = TypeVar("F")
+
+
+class ClientState(enum.StrEnum):
+    NEW = "new"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+def _ws_url(url: str) -> str:
+    if url.startswith("http://"):
+        url = "ws://" + url[len("http://") :]
+    elif url.startswith("https://"):
+        url = "wss://" + url[len("https://") :]
+    elif "://" not in url:
+        url = "ws://" + url
+    return url if url.rstrip("/").endswith("/ws") else url.rstrip("/") + "/ws"
+
+
+def reply_type_of(message_type: type[Any]) -> Any:
+    """The ``R`` of a ``Request[R]`` subclass (``Any`` when it cannot be told)."""
+    for klass in message_type.__mro__:
+        for base in getattr(klass, "__orig_bases__", ()):
+            if typing.get_origin(base) is Request:
+                (arg,) = typing.get_args(base)
+                return Any if isinstance(arg, TypeVar) else arg
+    return Any
+
+
+class EventStream:
+    """A subscription: an async iterator of events (and ``Dropped`` notices).
+
+    Use it as ``async with client.subscribe([...]) as events``; leaving the block
+    unsubscribes."""
+
+    def __init__(self, client: Client, topics: Sequence[Topic], level: LogLevel) -> None:
+        self._client = client
+        self._topics = list(topics)
+        self._level: LogLevel = level
+        self._queue: asyncio.Queue[EventData | Dropped | BaseException] = asyncio.Queue(
+            client.event_buffer
+        )
+        self._local_dropped = 0
+        self.subscription: int | None = None
+
+    async def __aenter__(self) -> EventStream:
+        reply = await self._client._request(
+            lambda i: Subscribe(id=i, topics=self._topics, level=self._level), Subscribed
+        )
+        self.subscription = reply.subscription
+        self._client._streams[reply.subscription] = self
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        sub, self.subscription = self.subscription, None
+        if sub is None:
+            return
+        self._client._streams.pop(sub, None)
+        if self._client.state is ClientState.OPEN:
+            with contextlib.suppress(ControlConnectionError):
+                await self._client._request(lambda i: Unsubscribe(id=i, subscription=sub), Ack)
+
+    def _deliver(self, item: EventData | Dropped | BaseException) -> None:
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            # The consumer is slower than the server: count locally, like the server.
+            self._local_dropped += 1
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> EventData | Dropped:
+        if self._local_dropped:
+            count, self._local_dropped = self._local_dropped, 0
+            return Dropped(subscription=self.subscription or 0, count=count)
+        if self.subscription is None and self._queue.empty():
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
+class Client:
+    """A connection to a daemon's control channel. Create it with ``fiefdom.connect``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None,
+        encoding: Encoding | Literal["json", "msgpack"] = Encoding.JSON,
+        timeout: float = 30.0,
+        event_buffer: int = 10_000,
+        max_frame_bytes: int = 16 << 20,
+    ) -> None:
+        self.url = _ws_url(url)
+        self.token = token
+        self.encoding = Encoding(encoding)
+        self.codec: Codec = CLIENT_JSON if self.encoding is Encoding.JSON else CLIENT_MSGPACK
+        self.timeout = timeout
+        self.event_buffer = event_buffer
+        self.max_frame_bytes = max_frame_bytes
+        self.state = ClientState.NEW
+        self.role: Role | None = None
+        self.server: str | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._streams: dict[int, EventStream] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._lost: ControlConnectionError | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def __aenter__(self) -> Client:
+        if self.state is not ClientState.NEW:
+            raise RuntimeError(
+                f"this client is {self.state}: a client connects once; call fiefdom.connect() again"
+            )
+        self._session = aiohttp.ClientSession()
+        try:
+            self._ws = await self._session.ws_connect(
+                self.url, max_msg_size=self.max_frame_bytes, autoping=True
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            await self._session.close()
+            self.state = ClientState.CLOSED
+            if exc.status == 401:
+                raise ControlError("unauthenticated", f"{self.url}: the token was refused") from exc
+            if exc.status == 403:
+                raise ControlError(
+                    "forbidden", f"{self.url}: the token's role is too weak"
+                ) from exc
+            raise ControlConnectionError(
+                f"cannot open the control channel at {self.url}: HTTP {exc.status}"
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            await self._session.close()
+            self.state = ClientState.CLOSED
+            raise ControlConnectionError(
+                f"cannot connect to the control channel at {self.url}: {exc}"
+            ) from exc
+        # A plain task, not a task group around the caller's block: a failure of the
+        # reader must fail pending requests, not cancel the caller's code.
+        self._reader = asyncio.get_running_loop().create_task(
+            self._read(), name=f"fiefdom-client-reader {self.url}"
+        )
+        self.state = ClientState.OPEN
+        try:
+            welcome = await self._request(
+                lambda i: Hello(id=i, version=PROTOCOL_VERSION, token=self.token, client="fiefdom"),
+                Welcome,
+            )
+        except BaseException:
+            await self.aclose()
+            raise
+        self.role = welcome.role
+        self.server = welcome.server
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self.state is ClientState.CLOSED:
+            return
+        self.state = ClientState.CLOSED
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+            self._reader = None
+        if self._session is not None:
+            await self._session.close()
+        self._fail_all(ControlConnectionError("the client was closed"))
+
+    def _fail_all(self, error: ControlConnectionError) -> None:
+        self._lost = error
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+        for stream in self._streams.values():
+            stream._deliver(error)
+        self._streams.clear()
+
+    async def _read(self) -> None:
+        assert self._ws is not None
+        reason = "the daemon closed the control channel"
+        try:
+            async for msg in self._ws:
+                if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                    data = msg.data.encode() if isinstance(msg.data, str) else msg.data
+                    codec = CLIENT_JSON if msg.type is aiohttp.WSMsgType.TEXT else CLIENT_MSGPACK
+                    try:
+                        frame = codec.decode(data)
+                    except msgspec.DecodeError as exc:
+                        reason = f"the daemon sent a frame this client cannot read: {exc}"
+                        break
+                    self._route(frame)
+                elif msg.type is aiohttp.WSMsgType.ERROR:
+                    reason = f"the control channel failed: {self._ws.exception()}"
+                    break
+        finally:
+            if self._ws.close_code is not None and self._ws.close_code != 1000:
+                reason += f" (close code {self._ws.close_code})"
+            self._fail_all(ControlConnectionError(reason))
+
+    def _route(self, frame: Any) -> None:
+        if isinstance(frame, Event):
+            stream = self._streams.get(frame.subscription)
+            if stream is not None:
+                stream._deliver(frame.data)
+            return
+        if isinstance(frame, Dropped):
+            stream = self._streams.get(frame.subscription)
+            if stream is not None:
+                stream._deliver(frame)
+            return
+        frame_id = frame.id
+        future = self._pending.pop(frame_id, None) if frame_id is not None else None
+        if future is not None and not future.done():
+            future.set_result(frame)
+
+    async def _request(self, make: Callable[[int], object], expect: type[F]) -> F:
+        if self.state is not ClientState.OPEN:
+            raise ControlConnectionError(f"the client is {self.state}; use 'async with connect()'")
+        if self._lost is not None:
+            raise self._lost
+        assert self._ws is not None
+        frame_id = next(self._ids)
+        frame = make(frame_id)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[frame_id] = future
+        data = self.codec.encode(frame)
+        try:
+            if self.encoding is Encoding.JSON:
+                await self._ws.send_str(data.decode())
+            else:
+                await self._ws.send_bytes(data)
+            with anyio.fail_after(self.timeout):
+                reply = await future
+        except TimeoutError:
+            raise ControlConnectionError(
+                f"no reply to {type(frame).__name__} within {self.timeout:g}s"
+            ) from None
+        except ConnectionError as exc:
+            if isinstance(exc, ControlError):
+                raise
+            raise ControlConnectionError(f"the control channel was lost: {exc}") from exc
+        finally:
+            self._pending.pop(frame_id, None)
+        if isinstance(reply, Error):
+            raise ControlError(str(reply.code), reply.message, reply.details)
+        if not isinstance(reply, expect):
+            raise ControlError(
+                "internal", f"expected a {expect.__name__} reply, got {type(reply).__name__}"
+            )
+        return reply
+
+    # -- typed requests ------------------------------------------------------------
+
+    async def ping(self) -> None:
+        await self._request(lambda i: Ping(id=i), Pong)
+
+    async def status(self) -> StatusReply:
+        return await self._request(lambda i: GetStatus(id=i), StatusReply)
+
+    # A Request is also a Struct, so the overloads overlap by design: the first,
+    # more precise one wins for requests.
+    @overload
+    async def call(  # type: ignore[overload-overlap]
+        self,
+        target: str,
+        message: Request[R],
+        *,
+        key: str | None = None,
+        timeout: float | None = 5.0,
+    ) -> R: ...
+
+    @overload
+    async def call(
+        self,
+        target: str,
+        message: msgspec.Struct,
+        *,
+        key: str | None = None,
+        timeout: float | None = 5.0,
+    ) -> None: ...
+
+    async def call(
+        self,
+        target: str,
+        message: msgspec.Struct,
+        *,
+        key: str | None = None,
+        timeout: float | None = 5.0,
+    ) -> Any:
+        """Send ``message`` to the exposed actor ``target`` (``key`` for a domain).
+        A ``Request[R]`` returns the actor's reply decoded as ``R``; others return None."""
+        payload = msgspec.Raw(self.codec.encode(message))
+        reply = await self._request(
+            lambda i: Call(
+                id=i,
+                target=target,
+                message_type=type(message).__name__,
+                message=payload,
+                key=key,
+                timeout=timeout,
+            ),
+            CallReply,
+        )
+        if not isinstance(message, Request):
+            return None
+        return self.codec.decode_as(reply.result, reply_type_of(type(message)))
+
+    async def jobs(
+        self,
+        *,
+        queue: str | None = None,
+        state: str | None = None,
+        kind: str | None = None,
+        limit: int = 100,
+    ) -> list[JobInfo]:
+        reply = await self._request(
+            lambda i: ListJobs(id=i, queue=queue, state=state, kind=kind, limit=limit), JobsReply
+        )
+        return reply.jobs
+
+    async def job(self, job_id: int) -> JobInfo:
+        return (await self._request(lambda i: GetJob(id=i, job_id=job_id), JobReply)).job
+
+    async def enqueue(
+        self,
+        kind: str,
+        args: msgspec.Struct | Mapping[str, Any] | None = None,
+        *,
+        key: str | None = None,
+        delay: float = 0.0,
+    ) -> JobInfo:
+        payload = msgspec.Raw(self.codec.encode(args if args is not None else {}))
+        reply = await self._request(
+            lambda i: EnqueueJob(id=i, kind=kind, args=payload, key=key, delay=delay), JobReply
+        )
+        return reply.job
+
+    async def retry(self, job_id: int) -> JobInfo:
+        return (await self._request(lambda i: RetryJob(id=i, job_id=job_id), JobReply)).job
+
+    async def cancel(self, job_id: int) -> JobInfo:
+        return (await self._request(lambda i: CancelJob(id=i, job_id=job_id), JobReply)).job
+
+    async def queues(self) -> list[QueueInfo]:
+        return (await self._request(lambda i: ListQueues(id=i), QueuesReply)).queues
+
+    async def pause(self, queue: str) -> None:
+        await self._request(lambda i: PauseQueue(id=i, queue=queue), Ack)
+
+    async def resume(self, queue: str) -> None:
+        await self._request(lambda i: ResumeQueue(id=i, queue=queue), Ack)
+
+    async def drain_queue(self, queue: str, *, timeout: float | None = None) -> None:
+        await self._request(lambda i: DrainQueue(id=i, queue=queue, timeout=timeout), Ack)
+
+    async def drain(self, *, timeout: float | None = None) -> None:
+        """Drain the daemon: no new jobs are claimed and running ones finish."""
+        await self._request(lambda i: Drain(id=i, timeout=timeout), Ack)
+
+    async def stop(self, mode: Literal["drain", "cancel"] = "drain") -> None:
+        await self._request(lambda i: Stop(id=i, mode=mode), Ack)
+
+    async def dump(self) -> DumpReply:
+        return await self._request(lambda i: Dump(id=i), DumpReply)
+
+    def subscribe(self, topics: Sequence[Topic], *, level: LogLevel = "info") -> EventStream:
+        """Events of ``topics`` (``"jobs"``, ``"actors"``, ``"logs"`` at or above ``level``)."""
+        return EventStream(self, topics, level)
+
+
+def connect(
+    url: str,
+    *,
+    token: str | None,
+    encoding: Encoding | Literal["json", "msgpack"] = Encoding.JSON,
+    timeout: float = 30.0,
+) -> Client:
+    """A client of the daemon at ``url`` (``ws://host:port``, ``http://host:port``
+    or ``host:port``); use it as ``async with fiefdom.connect(url, token=...) as c``."""
+    return Client(url, token=token, encoding=encoding, timeout=timeout)

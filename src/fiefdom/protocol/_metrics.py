@@ -1,0 +1,138 @@
+"""Prometheus metrics of the daemon, in a registry of its own (never the global
+one, so that two daemons in one process do not collide). Actor figures are read
+from the supervisor tree at scrape time; job figures come from job events."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ..actors import ActorStatistics, DomainStatistics
+from ..supervisors import ActorSystem, SupervisorStatistics
+from ._messages import QueueInfo
+
+_DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0)
+
+
+class _TreeCollector(Collector):
+    def __init__(self, metrics: ControlMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        depth = GaugeMetricFamily(
+            "fiefdom_actor_mailbox_depth",
+            "Messages waiting in an actor's mailbox",
+            labels=["actor"],
+        )
+        handled = CounterMetricFamily(
+            "fiefdom_actor_messages_handled", "Messages an actor has handled", labels=["actor"]
+        )
+        restarts = CounterMetricFamily(
+            "fiefdom_restarts", "Restarts of an actor or by a supervisor", labels=["path", "kind"]
+        )
+        stuck = GaugeMetricFamily(
+            "fiefdom_actor_stuck", "1 when a cancelled handler has not returned", labels=["actor"]
+        )
+        live = GaugeMetricFamily(
+            "fiefdom_domain_live_actors", "Live activations of a domain", labels=["domain"]
+        )
+        activations = CounterMetricFamily(
+            "fiefdom_domain_activations", "Activations of a domain's actors", labels=["domain"]
+        )
+        crashes = CounterMetricFamily(
+            "fiefdom_domain_crashes", "Crashes of a domain's actors", labels=["domain"]
+        )
+        system = self._metrics.system
+        if system is not None:
+            stack: list[ActorStatistics | DomainStatistics | SupervisorStatistics] = [
+                system.statistics()
+            ]
+            while stack:
+                node = stack.pop()
+                if isinstance(node, SupervisorStatistics):
+                    restarts.add_metric([node.path, "supervisor"], node.restarts)
+                    stack.extend(node.children)
+                elif isinstance(node, ActorStatistics):
+                    depth.add_metric([node.path], node.mailbox_depth)
+                    handled.add_metric([node.path], node.messages_handled)
+                    restarts.add_metric([node.path, "actor"], node.restarts)
+                    stuck.add_metric([node.path], 1.0 if node.stuck else 0.0)
+                else:
+                    # Per-key actors are summed into their domain: a label per key
+                    # would grow the series without bound.
+                    live.add_metric([node.path], node.live)
+                    activations.add_metric([node.path], node.activations)
+                    crashes.add_metric([node.path], node.crashes)
+        yield from (depth, handled, restarts, stuck, live, activations, crashes)
+        jobs = GaugeMetricFamily(
+            "fiefdom_jobs", "Jobs by queue and state", labels=["queue", "state"]
+        )
+        paused = GaugeMetricFamily(
+            "fiefdom_queue_paused", "1 when a queue is paused", labels=["queue"]
+        )
+        for queue in self._metrics.queues:
+            paused.add_metric([queue.name], 1.0 if queue.paused else 0.0)
+            for state, count in sorted(queue.counts.items()):
+                jobs.add_metric([queue.name, state], count)
+        yield jobs
+        yield paused
+
+
+class ControlMetrics:
+    """The metric objects; ``render()`` produces the exposition text."""
+
+    def __init__(self, system: ActorSystem | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.system = system
+        self.queues: Sequence[QueueInfo] = ()
+        self.ws_connections = Gauge(
+            "fiefdom_ws_connections", "Open control-channel websockets", registry=self.registry
+        )
+        self.ws_frames = Counter(
+            "fiefdom_ws_frames",
+            "Control-channel frames received, by message type",
+            ["type"],
+            registry=self.registry,
+        )
+        self.ws_errors = Counter(
+            "fiefdom_ws_errors", "Error frames sent, by code", ["code"], registry=self.registry
+        )
+        self.ws_refused = Counter(
+            "fiefdom_ws_refused",
+            "Connections refused before the upgrade, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.events_dropped = Counter(
+            "fiefdom_events_dropped",
+            "Events dropped because a subscriber was too slow",
+            registry=self.registry,
+        )
+        self.job_outcomes = Counter(
+            "fiefdom_job_outcomes",
+            "Job attempts ended, by queue, kind and outcome",
+            ["queue", "kind", "outcome"],
+            registry=self.registry,
+        )
+        self.job_duration = Histogram(
+            "fiefdom_job_duration_seconds",
+            "Run time of a job attempt",
+            ["queue", "kind", "outcome"],
+            buckets=_DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.job_time_in_queue = Histogram(
+            "fiefdom_job_time_in_queue_seconds",
+            "Time from when a job was due to when an attempt started",
+            ["queue", "kind"],
+            buckets=_DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_TreeCollector(self))
+
+    def render(self, queues: Sequence[QueueInfo]) -> bytes:
+        self.queues = queues
+        return generate_latest(self.registry)

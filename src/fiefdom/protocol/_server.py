@@ -1,0 +1,618 @@
+"""The control server (aiohttp): ``/healthz``, ``/readyz``, ``/metrics``,
+``/schema`` and the websocket control channel ``/ws``. Authentication happens
+once, at this boundary, from ``REQUIRED_ROLE`` and ``ENDPOINT_ROLE``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import msgspec
+import structlog
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from .._errors import ActorStopped, AskTimeout, ControlError, FiefdomError, JobError, MailboxFull
+from ._codec import SERVER_JSON, SERVER_MSGPACK, Codec, json_schema
+from ._hub import Subscription
+from ._messages import (
+    ENDPOINT_ROLE,
+    PROTOCOL_VERSION,
+    REQUIRED_ROLE,
+    Ack,
+    Call,
+    CallReply,
+    CancelJob,
+    Drain,
+    DrainQueue,
+    Dropped,
+    Dump,
+    DumpReply,
+    EnqueueJob,
+    Error,
+    ErrorCode,
+    Event,
+    GetJob,
+    GetStatus,
+    Hello,
+    JobReply,
+    JobsReply,
+    ListJobs,
+    ListQueues,
+    PauseQueue,
+    Ping,
+    Pong,
+    QueueInfo,
+    QueuesReply,
+    ResumeQueue,
+    RetryJob,
+    Role,
+    StatusReply,
+    Stop,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Welcome,
+    role_allows,
+)
+from ._metrics import ControlMetrics
+from ._registry import ControlHost, JobService, is_request
+from ._settings import ControlSettings, TokenTable
+
+log = structlog.get_logger("fiefdom.control")
+
+_NULL = msgspec.Raw(b"null")
+_MSGPACK_NIL = msgspec.Raw(b"\xc0")
+_TOPICS: list[Any] = ["jobs", "actors", "logs"]
+
+
+def _fail(code: ErrorCode, message: str, **details: Any) -> ControlError:
+    """A typed error to raise in a request handler; it becomes the ``error`` frame."""
+    return ControlError(code, message, details)
+
+
+class _RateLimiter:
+    """A token bucket: ``rate`` frames per second, bursts up to ``burst``."""
+
+    __slots__ = ("_burst", "_last", "_level", "_rate")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._level = float(burst)
+        self._last = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._level = min(self._burst, self._level + (now - self._last) * self._rate)
+        self._last = now
+        if self._level >= 1.0:
+            self._level -= 1.0
+            return True
+        return False
+
+
+class ControlServer:
+    """Serves the control channel for one daemon (``host``)."""
+
+    def __init__(
+        self,
+        host: ControlHost,
+        settings: ControlSettings,
+        tokens: TokenTable,
+        metrics: ControlMetrics | None = None,
+    ) -> None:
+        self.host = host
+        self.settings = settings
+        self.tokens = tokens
+        self.metrics = metrics or ControlMetrics(host.system)
+        self._connections: set[_Connection] = set()
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._schema = json.dumps(json_schema(), indent=2).encode()
+        self.port: int | None = None
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    def _app(self) -> web.Application:
+        app = web.Application(client_max_size=self.settings.max_frame_bytes)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._guard("/readyz", self._readyz))
+        app.router.add_get("/metrics", self._guard("/metrics", self._metrics))
+        app.router.add_get("/schema", self._guard("/schema", self._schema_endpoint))
+        app.router.add_get("/ws", self._websocket)
+        return app
+
+    async def start(self) -> None:
+        host, port = self.settings.host_port()
+        # A short aiohttp shutdown timeout: websockets are closed by stop() first.
+        self._runner = web.AppRunner(
+            self._app(), access_log=None, shutdown_timeout=self.settings.shutdown_timeout
+        )
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await self._site.start()
+        server = self._site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        log.info("control channel listening", host=host, port=self.port)
+
+    async def stop(self) -> None:
+        """Stop listening, close every websocket (going away), then clean up."""
+        if self._runner is None:
+            return
+        runner, self._runner = self._runner, None
+        if self._site is not None:
+            await self._site.stop()
+        for conn in list(self._connections):
+            await conn.close(WSCloseCode.GOING_AWAY, "the daemon is stopping")
+        await runner.cleanup()
+        log.info("control channel stopped")
+
+    # -- HTTP --------------------------------------------------------------------
+
+    def _bearer(self, request: web.Request) -> str | None:
+        header = request.headers.get("Authorization")
+        if header is None:
+            return None
+        scheme, _, value = header.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" else None
+
+    def _refuse(self, request: web.Request, needed: Role) -> web.Response | None:
+        presented = self._bearer(request)
+        role = self.tokens.role_of(presented)
+        if role is None:
+            reason = "missing" if presented is None else "wrong"
+            self.metrics.ws_refused.labels(reason=f"token_{reason}").inc()
+            return web.json_response(
+                {
+                    "code": ErrorCode.UNAUTHENTICATED,
+                    "message": f"{reason} token: send 'Authorization: Bearer <token>'",
+                },
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="fiefdom"'},
+            )
+        if not role_allows(role, needed):
+            self.metrics.ws_refused.labels(reason="forbidden").inc()
+            return web.json_response(
+                {
+                    "code": ErrorCode.FORBIDDEN,
+                    "message": f"{request.path} needs role {needed!r}, the token has {role!r}",
+                },
+                status=403,
+            )
+        return None
+
+    def _guard(
+        self, path: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        needed = ENDPOINT_ROLE[path]
+
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            refused = self._refuse(request, needed)
+            return refused if refused is not None else await handler(request)
+
+        return guarded
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive", "pid": os.getpid()})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        checks = await self.host.readiness()
+        ready = all(checks.values())
+        return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        queues: list[QueueInfo] = []
+        jobs = self.host.jobs
+        if jobs is not None:
+            try:
+                queues = await jobs.queues()
+            except FiefdomError as exc:
+                # Metrics keep answering during a database outage; /readyz reports it.
+                log.warning("queue counts unavailable for /metrics", error=str(exc))
+        body = self.metrics.render(queues)
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    async def _schema_endpoint(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._schema, content_type="application/schema+json")
+
+    # -- websocket -----------------------------------------------------------------
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        if len(self._connections) >= self.settings.max_connections:
+            self.metrics.ws_refused.labels(reason="too_many_connections").inc()
+            return web.json_response(
+                {
+                    "code": ErrorCode.UNAVAILABLE,
+                    "message": f"too many connections (limit {self.settings.max_connections})",
+                },
+                status=503,
+            )
+        role: Role | None = None
+        if self._bearer(request) is not None or "Authorization" in request.headers:
+            refused = self._refuse(request, ENDPOINT_ROLE["/ws"])
+            if refused is not None:
+                return refused
+            role = self.tokens.role_of(self._bearer(request))
+        if self._runner is None:
+            return web.json_response(
+                {"code": ErrorCode.UNAVAILABLE, "message": "the daemon is stopping"}, status=503
+            )
+        ws = web.WebSocketResponse(
+            max_msg_size=self.settings.max_frame_bytes,
+            decode_text=False,
+            compress=False,
+            heartbeat=30.0,
+        )
+        await ws.prepare(request)
+        conn = _Connection(self, ws, role)
+        self._connections.add(conn)
+        self.metrics.ws_connections.inc()
+        try:
+            await conn.run()
+        finally:
+            self._connections.discard(conn)
+            self.metrics.ws_connections.dec()
+        return ws
+
+
+class _Connection:
+    """One websocket client: its role, rate limit, in-flight requests and subscriptions."""
+
+    def __init__(self, server: ControlServer, ws: web.WebSocketResponse, role: Role | None) -> None:
+        self.server = server
+        self.host = server.host
+        self.ws = ws
+        self.role = role
+        settings = server.settings
+        self.limiter = _RateLimiter(settings.messages_per_second, settings.burst)
+        self.in_flight = anyio.Semaphore(settings.max_in_flight)
+        self.subscriptions: dict[int, Subscription] = {}
+        self.tg: anyio.abc.TaskGroup | None = None
+        self.welcomed = role is not None
+
+    async def close(self, code: int, message: str) -> None:
+        for sub in self.subscriptions.values():
+            self.host.hub.unsubscribe(sub)
+        await self.ws.close(code=code, message=message.encode())
+
+    async def run(self) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                self.tg = tg
+                if self.role is None:
+                    tg.start_soon(self._hello_deadline)
+                async for msg in self.ws:
+                    if msg.type is WSMsgType.TEXT:
+                        await self._frame(msg.data, SERVER_JSON)
+                    elif msg.type is WSMsgType.BINARY:
+                        await self._frame(msg.data, SERVER_MSGPACK)
+                    else:
+                        break
+                # The client is gone: nothing can be replied any more.
+                tg.cancel_scope.cancel()
+        finally:
+            for sub in self.subscriptions.values():
+                self.host.hub.unsubscribe(sub)
+            self.subscriptions.clear()
+
+    async def _hello_deadline(self) -> None:
+        await anyio.sleep(self.server.settings.hello_timeout)
+        if self.role is None:
+            await self.close(WSCloseCode.POLICY_VIOLATION, "no hello within the deadline")
+
+    async def send(self, codec: Codec, frame: object) -> None:
+        if isinstance(frame, Error):
+            self.server.metrics.ws_errors.labels(code=str(frame.code)).inc()
+        data = codec.encode(frame)
+        opcode = WSMsgType.TEXT if codec is SERVER_JSON else WSMsgType.BINARY
+        # The peer may go away between its request and our reply; nothing to tell then.
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.ws.send_frame(data, opcode)
+
+    async def _frame(self, data: bytes, codec: Codec) -> None:
+        allowed = self.limiter.take()
+        try:
+            msg = codec.decode(data)
+        except msgspec.DecodeError as exc:
+            self.server.metrics.ws_frames.labels(type="invalid").inc()
+            await self.send(codec, codec.explain(data, exc) if allowed else self._limited(None))
+            return
+        if not allowed:
+            await self.send(codec, self._limited(msg.id))
+            return
+        self.server.metrics.ws_frames.labels(type=type(msg).__struct_config__.tag).inc()
+        if isinstance(msg, Hello):
+            await self._hello(msg, codec)
+            return
+        if self.role is None or not self.welcomed:
+            await self.send(
+                codec,
+                Error(
+                    id=msg.id,
+                    code=ErrorCode.UNAUTHENTICATED,
+                    message="send 'hello' with a token first",
+                ),
+            )
+            return
+        needed = REQUIRED_ROLE[type(msg)]
+        if not role_allows(self.role, needed):
+            await self.send(
+                codec,
+                Error(
+                    id=msg.id,
+                    code=ErrorCode.FORBIDDEN,
+                    message=f"{msg.__struct_config__.tag!r} needs role {needed!r}, "
+                    f"the token has {self.role!r}",
+                    details={"needed": needed, "role": self.role},
+                ),
+            )
+            return
+        if isinstance(msg, Ping):
+            await self.send(codec, Pong(id=msg.id))
+        elif isinstance(msg, Subscribe):
+            await self._subscribe(msg, codec)
+        elif isinstance(msg, Unsubscribe):
+            await self._unsubscribe(msg, codec)
+        else:
+            # Requests run concurrently (a slow call must not hold up a status); the
+            # semaphore bounds how many, and reading stops while it is exhausted.
+            await self.in_flight.acquire()
+            assert self.tg is not None
+            self.tg.start_soon(self._request, msg, codec)
+
+    def _limited(self, frame_id: int | None) -> Error:
+        rate = self.server.settings.messages_per_second
+        return Error(
+            id=frame_id,
+            code=ErrorCode.RATE_LIMITED,
+            message=f"too many frames: this connection may send {rate:g} per second",
+            details={"messages_per_second": rate, "burst": self.server.settings.burst},
+        )
+
+    async def _hello(self, msg: Hello, codec: Codec) -> None:
+        if msg.version != PROTOCOL_VERSION:
+            await self.send(
+                codec,
+                Error(
+                    id=msg.id,
+                    code=ErrorCode.VERSION_MISMATCH,
+                    message=f"protocol version {msg.version} is not supported; "
+                    f"this server speaks {PROTOCOL_VERSION}",
+                    details={"supported": [PROTOCOL_VERSION]},
+                ),
+            )
+            return
+        role = self.server.tokens.role_of(msg.token) if msg.token is not None else self.role
+        if role is None:
+            await self.send(
+                codec,
+                Error(
+                    id=msg.id,
+                    code=ErrorCode.UNAUTHENTICATED,
+                    message="wrong or missing token" if msg.token else "missing token",
+                ),
+            )
+            await self.close(WSCloseCode.POLICY_VIOLATION, "authentication failed")
+            return
+        self.role = role
+        self.welcomed = True
+        await self.send(
+            codec,
+            Welcome(
+                id=msg.id,
+                version=PROTOCOL_VERSION,
+                role=role,
+                server=self.host.name,
+                topics=_TOPICS,
+            ),
+        )
+
+    async def _subscribe(self, msg: Subscribe, codec: Codec) -> None:
+        sub = self.host.hub.subscribe(msg.topics, msg.level)
+        self.subscriptions[sub.id] = sub
+        await self.send(codec, Subscribed(id=msg.id, subscription=sub.id))
+        assert self.tg is not None
+        self.tg.start_soon(self._pump, sub, codec)
+
+    async def _unsubscribe(self, msg: Unsubscribe, codec: Codec) -> None:
+        sub = self.subscriptions.pop(msg.subscription, None)
+        if sub is None:
+            await self.send(
+                codec,
+                Error(
+                    id=msg.id,
+                    code=ErrorCode.NOT_FOUND,
+                    message=f"no subscription {msg.subscription} on this connection",
+                ),
+            )
+            return
+        self.host.hub.unsubscribe(sub)
+        await self.send(codec, Ack(id=msg.id))
+
+    async def _pump(self, sub: Subscription, codec: Codec) -> None:
+        while True:
+            events, dropped = await sub.next_batch()
+            if dropped:
+                self.server.metrics.events_dropped.inc(dropped)
+                await self.send(codec, Dropped(subscription=sub.id, count=dropped))
+            if not events and not dropped:
+                return  # unsubscribed
+            for event in events:
+                await self.send(codec, Event(subscription=sub.id, data=event))
+
+    async def _request(self, msg: Any, codec: Codec) -> None:
+        try:
+            reply = await self._dispatch(msg, codec)
+        except ControlError as exc:
+            reply = Error(
+                id=msg.id, code=ErrorCode(exc.code), message=str(exc), details=exc.details
+            )
+        except AskTimeout as exc:
+            reply = Error(
+                id=msg.id,
+                code=ErrorCode.TIMEOUT,
+                message=str(exc),
+                details={"phase": exc.phase, "handler_exited": exc.handler_exited},
+            )
+        except (ActorStopped, MailboxFull) as exc:
+            reply = Error(id=msg.id, code=ErrorCode.UNAVAILABLE, message=str(exc))
+        except JobError as exc:
+            reply = Error(id=msg.id, code=ErrorCode.JOB_ERROR, message=str(exc))
+        except LookupError as exc:
+            reply = Error(id=msg.id, code=ErrorCode.NOT_FOUND, message=str(exc.args[0]))
+        except Exception as exc:
+            log.exception("control request failed", request=msg.__struct_config__.tag)
+            reply = Error(
+                id=msg.id,
+                code=ErrorCode.INTERNAL,
+                message=f"{type(exc).__name__}: {exc}",
+            )
+        finally:
+            self.in_flight.release()
+        await self.send(codec, reply)
+
+    def _jobs(self) -> JobService:
+        jobs = self.host.jobs
+        if jobs is None:
+            raise _fail(ErrorCode.UNAVAILABLE, "the job engine is not running")
+        return jobs
+
+    async def _dispatch(self, msg: Any, codec: Codec) -> object:
+        match msg:
+            case Call():
+                return await self._call(msg, codec)
+            case GetStatus():
+                return await self._status(msg)
+            case ListJobs(queue=queue, state=state, kind=kind, limit=limit):
+                jobs = await self._jobs().list_jobs(
+                    queue=queue, state=state, kind=kind, limit=max(1, min(limit, 10_000))
+                )
+                return JobsReply(id=msg.id, jobs=jobs)
+            case GetJob(job_id=job_id):
+                return JobReply(id=msg.id, job=await self._jobs().get_job(job_id))
+            case EnqueueJob():
+                try:
+                    args = codec.decode_as(msg.args, dict[str, Any])
+                except msgspec.DecodeError as exc:
+                    raise _fail(
+                        ErrorCode.INVALID_MESSAGE, f"job args must be an object: {exc}"
+                    ) from None
+                if self.host.draining:
+                    raise _fail(
+                        ErrorCode.UNAVAILABLE, "the daemon is draining and takes no new jobs"
+                    )
+                job = await self._jobs().enqueue(msg.kind, args, key=msg.key, delay=msg.delay)
+                return JobReply(id=msg.id, job=job)
+            case RetryJob(job_id=job_id):
+                return JobReply(id=msg.id, job=await self._jobs().retry(job_id))
+            case CancelJob(job_id=job_id):
+                return JobReply(id=msg.id, job=await self._jobs().cancel(job_id))
+            case ListQueues():
+                return QueuesReply(id=msg.id, queues=await self._jobs().queues())
+            case PauseQueue(queue=queue):
+                await self._jobs().pause(queue)
+                return Ack(id=msg.id)
+            case ResumeQueue(queue=queue):
+                await self._jobs().resume(queue)
+                return Ack(id=msg.id)
+            case DrainQueue(queue=queue, timeout=timeout):
+                await self._jobs().drain(queue, timeout)
+                return Ack(id=msg.id)
+            case Drain(timeout=timeout):
+                await self.host.drain(timeout)
+                return Ack(id=msg.id)
+            case Stop(mode=mode):
+                self.host.request_stop(mode)
+                return Ack(id=msg.id)
+            case Dump():
+                path, count = await self.host.dump()
+                return DumpReply(id=msg.id, path=path, events=count)
+        raise _fail(ErrorCode.UNKNOWN_TYPE, f"no handler for {type(msg).__name__}")
+
+    async def _call(self, msg: Call, codec: Codec) -> CallReply:
+        target = self.host.registry.get(msg.target)
+        if target is None:
+            raise _fail(
+                ErrorCode.NOT_FOUND,
+                f"no exposed actor or domain named {msg.target!r}",
+                known=[t.name for t in self.host.registry.targets()],
+            )
+        message_type = target.messages.get(msg.message_type)
+        if message_type is None:
+            raise _fail(
+                ErrorCode.NOT_FOUND,
+                f"{msg.target!r} accepts no message type {msg.message_type!r}",
+                known=sorted(target.messages),
+            )
+        try:
+            payload = codec.decode_as(msg.message, message_type)
+        except msgspec.DecodeError as exc:
+            raise _fail(
+                ErrorCode.INVALID_MESSAGE, f"invalid {msg.message_type} message: {exc}"
+            ) from None
+        asks = is_request(message_type)
+        if target.domain is not None:
+            if msg.key is None:
+                raise _fail(
+                    ErrorCode.INVALID_MESSAGE,
+                    f"{msg.target!r} is a domain: the call needs a 'key'",
+                    path="$.key",
+                )
+            if asks:
+                result = await target.domain.ask(msg.key, payload, timeout=msg.timeout)
+            else:
+                await target.domain.tell(msg.key, payload)
+                result = None
+        else:
+            assert target.ref is not None
+            if msg.key is not None:
+                raise _fail(
+                    ErrorCode.INVALID_MESSAGE,
+                    f"{msg.target!r} is a single actor: a call to it takes no 'key'",
+                    path="$.key",
+                )
+            if asks:
+                result = await target.ref.ask(payload, timeout=msg.timeout)
+            else:
+                await target.ref.tell(payload)
+                result = None
+        if result is None:
+            raw = _NULL if codec is SERVER_JSON else _MSGPACK_NIL
+        else:
+            raw = msgspec.Raw(codec.encode(result))
+        return CallReply(id=msg.id, result=raw)
+
+    async def _status(self, msg: GetStatus) -> StatusReply:
+        host = self.host
+        queues: list[QueueInfo] = []
+        if host.jobs is not None:
+            queues = await host.jobs.queues()
+        checks = await host.readiness()
+        return StatusReply(
+            id=msg.id,
+            name=host.name,
+            version=_version(),
+            pid=os.getpid(),
+            uptime=time.time() - host.started_at,
+            ready=all(checks.values()),
+            draining=host.draining,
+            loop=host.loop_name,
+            tree=msgspec.to_builtins(host.system.statistics()),
+            targets=[t.info() for t in host.registry.targets()],
+            queues=queues,
+            connections=self.server.connections,
+        )
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__

@@ -1,0 +1,71 @@
+"""Settings of the control channel (the ``[control]`` section of the daemon's
+configuration) and the tokens it accepts."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgspec
+
+from ._messages import Role
+
+
+class TokenSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A token and the role it carries; give the secret inline or in a file."""
+
+    role: Role
+    token: str | None = None
+    token_file: str | None = None
+    name: str = ""
+
+
+class ControlSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    listen: str = "127.0.0.1:8765"
+    tokens: list[TokenSpec] = msgspec.field(default_factory=list)
+    max_frame_bytes: int = 1 << 20
+    max_connections: int = 256
+    messages_per_second: float = 1000.0
+    burst: int = 2000
+    max_in_flight: int = 64  # requests of one connection handled at once
+    subscriber_buffer: int = 1000  # events held for a slow subscriber before dropping
+    hello_timeout: float = 10.0  # an unauthenticated connection is closed after this
+    shutdown_timeout: float = 5.0  # open connections get this long to finish on stop
+
+    def host_port(self) -> tuple[str, int]:
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(
+                "control.listen must be HOST:PORT (for example 127.0.0.1:8765), "
+                f"got {self.listen!r}"
+            )
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    secret: bytes
+    role: Role
+    name: str
+
+
+class TokenTable:
+    """Resolves a presented token to its role, comparing in constant time."""
+
+    def __init__(self, credentials: Sequence[Credential]) -> None:
+        if not credentials:
+            raise ValueError("the control channel needs at least one token")
+        self._credentials = tuple(credentials)
+
+    def role_of(self, presented: str | None) -> Role | None:
+        if presented is None:
+            return None
+        candidate = presented.encode()
+        found: Role | None = None
+        # Compare against every credential, without stopping at a match, so that the
+        # time taken does not tell which (or whether a) token matched.
+        for cred in self._credentials:
+            if hmac.compare_digest(candidate, cred.secret) and found is None:
+                found = cred.role
+        return found
