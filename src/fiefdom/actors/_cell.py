@@ -70,8 +70,8 @@ class ActorStatistics(msgspec.Struct, frozen=True, kw_only=True, tag="actor", ta
     processes: tuple[int, ...]
 
 
-class StartFailed(Exception):
-    """Internal: the actor's factory or on_start raised (the cause is the original)."""
+class StartFailed(ActivationFailed):
+    """The actor's factory or on_start raised (the cause is the original error)."""
 
 
 class Cell(Generic[M]):
@@ -159,7 +159,11 @@ class Cell(Generic[M]):
         loop = asyncio.get_running_loop()
         ask = Ask(self, msg, loop.create_future(), chain, timeout)
         if timeout is not None:
-            deadline = loop.time() + timeout
+            if timeout <= 0:
+                if self.mailbox.closed:
+                    self.mailbox.put_nowait(ask)  # raises ActorStopped, as any put would
+                raise self.timeout_error(ask, "queued")
+            ask.deadline = deadline = loop.time() + timeout
         if not self.mailbox.put_nowait(ask):
             try:
                 with anyio.fail_after(timeout):
@@ -193,6 +197,11 @@ class Cell(Generic[M]):
         from ._actor import ActorContext
 
         current_cell.set(self)
+        # The task was created in the context of whoever activated this actor (a
+        # handler telling a new domain key, a spawn from a handler); that caller's
+        # chain of waiting actors is not this actor's, or a reply to it would be
+        # reported as a cycle.
+        call_chain.set(())
         self.state = ActorState.STARTING
         with anyio.CancelScope() as scope:
             self._scope = scope
@@ -214,6 +223,7 @@ class Cell(Generic[M]):
                 inst, self.instance = self.instance, None
                 if inst is not None:
                     await self._stop_instance(inst)
+                self._cancel_requested_at = None  # whatever was cancelled has returned
         if scope.cancelled_caught:
             self.log.warning("actor cancelled at its shutdown deadline")
 
@@ -247,31 +257,46 @@ class Cell(Generic[M]):
             else:
                 self.current = item
                 self.current_since = time.monotonic()
-                await receive(item)  # type: ignore[arg-type]  # tells are stored bare
-                self.current = None
-                self.handled += 1
+                try:
+                    await receive(item)  # type: ignore[arg-type]  # tells are stored bare
+                finally:
+                    self.current = None
+                    self.handled += 1
 
     async def _handle_ask(self, receive: Callable[[Any], Any], ask: Ask) -> None:
+        future = ask.future
+        deadline = ask.deadline
+        if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+            # Due, but its timer has not run yet: it expired while queued, so it never runs.
+            ask.finish()
+            if not future.done():
+                future.set_exception(self.timeout_error(ask, "queued"))
+            return
         ask.state = RUNNING
         self.current = ask.msg
         self.current_since = time.monotonic()
         self._running_ask = ask
         token = call_chain.set((*ask.chain, self))
-        future = ask.future
         try:
             with anyio.CancelScope() as scope:
                 ask.scope = scope
-                try:
-                    msg = ask.msg
-                    if type(msg) is Invoke:
-                        result = await msg.fn(self.instance)
-                    else:
-                        result = await receive(msg)
-                except Exception as exc:
-                    ask.finish()
-                    if not future.done():
-                        future.set_exception(exc)
-                    raise
+                msg = ask.msg
+                if type(msg) is Invoke:
+                    result = await msg.fn(self.instance)
+                else:
+                    result = await receive(msg)
+        except BaseException as exc:
+            # A crash fails this ask with the handler's error; a cancellation from
+            # outside (the actor's shutdown deadline) fails it as stopped.
+            ask.finish()
+            if not future.done():
+                if isinstance(exc, Exception):
+                    future.set_exception(exc)
+                else:
+                    future.set_exception(
+                        ActorStopped(self.path, "it was cancelled while handling this message")
+                    )
+            raise
         finally:
             call_chain.reset(token)
             self._running_ask = None
@@ -299,6 +324,8 @@ class Cell(Generic[M]):
         """Prepare for a new incarnation after a restart (the mailbox is kept)."""
         self.stop_mode = None
         self.mailbox.reopen()
+        if self.stopped.is_set():
+            self.stopped = asyncio.Event()
         self.state = ActorState.RESTARTING
         self.restarts += 1
 
@@ -322,6 +349,7 @@ class Cell(Generic[M]):
                 dropped += 1
         if dropped:
             self.log.warning("dropped messages of a stopped actor", dropped=dropped)
+        self.stopped.set()
 
     def fail_queued(self, exc: BaseException) -> None:
         """Fail every queued ask with ``exc`` (the actor could not be activated)."""

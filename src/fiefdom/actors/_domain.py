@@ -32,6 +32,7 @@ from ._cell import (
     StartFailed,
     StopMode,
 )
+from ._mailbox import MailboxClosed
 from ._message import Request
 from ._ref import ActorRef, KeyRef
 
@@ -100,7 +101,18 @@ class Domain(Generic[K, M]):
 
     async def tell(self, key: K, msg: M) -> None:
         """Send to ``key``'s actor (activating it); waits while its mailbox is full."""
-        await self._deliverable_cell(key).tell(msg)
+        cell = self._deliverable_cell(key)
+        if cell.mailbox.put_nowait(msg):
+            return
+        while True:
+            try:
+                await cell.mailbox.put(msg)
+                return
+            except MailboxClosed:
+                # Passivated while we waited for space: the key's next activation takes it.
+                if self._closed is not None:
+                    raise
+                cell = self._deliverable_cell(key)
 
     def tell_nowait(self, key: K, msg: M) -> None:
         """Send to ``key``'s actor; raises MailboxFull when its mailbox is full."""
@@ -110,7 +122,22 @@ class Domain(Generic[K, M]):
         self, key: K, msg: Request[R], *, timeout: float | None = DEFAULT_ASK_TIMEOUT
     ) -> R:
         """Ask ``key``'s actor (activating it) and wait for the reply."""
-        return cast(R, await self._deliverable_cell(key).ask(msg, timeout))
+        try:
+            return cast(R, await self._deliverable_cell(key).ask(msg, timeout))
+        except MailboxClosed:
+            # Passivated while the ask waited for space: the key's next activation
+            # takes it, within what is left of the deadline.
+            if self._closed is not None:
+                raise
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            left = None if deadline is None else deadline - loop.time()
+            try:
+                return cast(R, await self._deliverable_cell(key).ask(msg, left))
+            except MailboxClosed:
+                if self._closed is not None:
+                    raise
 
     async def call(
         self,
@@ -205,9 +232,11 @@ class Domain(Generic[K, M]):
                     except Exception as exc:
                         self._crashes += 1
                         cell.log.error("actor crashed", exc_info=exc)
-                        if cell.stop_mode is not None or cell.mailbox.depth == 0:
+                        if cell.mailbox.depth == 0 or cell.stop_mode == "exit":
                             break
-                        cell.restarts += 1  # messages are waiting: a fresh instance takes them
+                        # Messages are waiting (also while passivating: they were sent
+                        # before it began): a fresh instance takes them.
+                        cell.restarts += 1
             finally:
                 self._release_slot(cell)
         finally:
@@ -298,20 +327,28 @@ class Domain(Generic[K, M]):
                     for cell in self._backlog:
                         tg.start_soon(self._run_cell, cell, name=cell.path)
                     self._backlog.clear()
-                    with anyio.CancelScope() as sweeper:
-                        if self._idle_timeout is not None:
-                            tg.start_soon(self._sweep_idle_in, sweeper, self._idle_timeout)
-                        if started is not None:
-                            started()
-                        await self._stop_requested.wait()
-                        self._closed = self._closed or "its domain is stopping"
-                        sweeper.cancel()
-                        for cell in list(self._cells.values()):
-                            cell.request_stop("drain")
+                    # Entered by the sweeper's own task: a cancel scope belongs to the
+                    # task that enters it.
+                    sweeper = anyio.CancelScope()
+                    if self._idle_timeout is not None:
+                        tg.start_soon(self._sweep_idle_in, sweeper, self._idle_timeout)
+                    if started is not None:
+                        started()
+                    await self._stop_requested.wait()
+                    self._closed = self._closed or "its domain is stopping"
+                    sweeper.cancel()
+                    for cell in list(self._cells.values()):
+                        cell.request_stop("drain")
         finally:
             self._tg = None
             self._scope = None
             self._closed = self._closed or "its domain has stopped"
+            # A cell whose task never ran (cancelled before its first step) must not
+            # be found by a later incarnation of the domain.
+            for cell in self._cells.values():
+                cell.close(self._closed)
+            self._cells.clear()
+            self._idle.clear()
             self.stopped.set()
 
     async def _sweep_idle_in(self, scope: anyio.CancelScope, idle_timeout: float) -> None:

@@ -20,6 +20,7 @@ class Ask:
     __slots__ = (
         "cell",
         "chain",
+        "deadline",
         "future",
         "msg",
         "scope",
@@ -42,6 +43,7 @@ class Ask:
         self.future = future
         self.chain = chain
         self.timeout = timeout
+        self.deadline: float | None = None  # loop time; set once the ask is queued
         self.state = QUEUED
         self.scope: anyio.CancelScope | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -73,6 +75,9 @@ class Ask:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        # Nobody awaits the outcome any more: a cancelled future takes no late result
+        # (and no "exception was never retrieved" report).
+        self.future.cancel()
         if self.state == QUEUED:
             self.state = DONE
             self.cell.mailbox.discard(self)

@@ -13,6 +13,11 @@ from .._errors import ActorStopped
 from ._envelope import Ask
 
 
+class MailboxClosed(ActorStopped):
+    """Raised by a put on a closed mailbox: the message was not taken. A domain
+    catches it to route the message to the key's next activation instead."""
+
+
 class _Empty:
     __slots__ = ()
 
@@ -49,9 +54,9 @@ class Mailbox:
         return self._closed is not None
 
     def put_nowait(self, item: object) -> bool:
-        """Append ``item``; False when full. Raises ActorStopped when closed."""
+        """Append ``item``; False when full. Raises MailboxClosed (an ActorStopped) when closed."""
         if self._closed is not None:
-            raise ActorStopped(self._path, self._closed)
+            raise MailboxClosed(self._path, self._closed)
         if self._size >= self._capacity:
             return False
         self._items.append(item)
@@ -120,7 +125,7 @@ class Mailbox:
             self._items = deque(i for i in self._items if not (type(i) is Ask and i.tombstoned))
 
     def close(self, reason: str) -> None:
-        """Refuse further puts; writers waiting for space get ActorStopped."""
+        """Refuse further puts; writers waiting for space get MailboxClosed."""
         if self._closed is None:
             self._closed = reason
         while self._putters:

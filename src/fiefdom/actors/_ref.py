@@ -119,6 +119,12 @@ class KeyRef(ActorRef[M]):
     def _cell(self) -> Cell[M]:
         return self._domain._deliverable_cell(self._key)
 
+    async def tell(self, msg: M) -> None:
+        await self._domain.tell(self._key, msg)
+
+    async def ask(self, msg: Request[R], *, timeout: float | None = DEFAULT_ASK_TIMEOUT) -> R:
+        return await self._domain.ask(self._key, msg, timeout=timeout)
+
     async def stop(self) -> None:
         await self._domain.passivate(self._key)
 

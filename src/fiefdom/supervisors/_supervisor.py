@@ -187,6 +187,7 @@ class Supervisor:
         self._events.put_nowait(_Exit(child, generation, exc))
 
     async def serve(self, started: Callable[[], None] | None = None) -> None:
+        failure: Exception | None = None
         try:
             with anyio.CancelScope() as scope:
                 self._scope = scope
@@ -198,12 +199,19 @@ class Supervisor:
                         if started is not None:
                             started()
                         await self._supervise()
+                    except Exception as exc:
+                        # Escalation (or a child that failed its first start): raised
+                        # below, outside the task group, so the parent sees the error
+                        # itself rather than an exception group around it.
+                        failure = exc
                     finally:
                         with anyio.CancelScope(shield=True):
                             await self._stop_all()
         finally:
             self._tg = None
             self._scope = None
+        if failure is not None:
+            raise failure
 
     async def _supervise(self) -> None:
         while True:
@@ -224,11 +232,18 @@ class Supervisor:
             log.error("child crashed", supervisor=self.path, child=path, exc_info=exc)
         else:
             log.info("child exited", supervisor=self.path, child=path)
+        runnable = child.runnable
+        if isinstance(runnable, Cell) and runnable.stop_mode == "drain":
+            # Stopped through its ref (``ref.stop()``): gone for good, whatever its
+            # restart type, and even if it crashed while draining.
+            runnable.close("it was stopped")
+            self._children.remove(child)
+            return
         restart = spec.restart == Restart.PERMANENT or (
             spec.restart == Restart.TRANSIENT and exc is not None
         )
         if not restart:
-            child.runnable.close("it exited" if exc is None else f"it crashed: {exc!r}")
+            runnable.close("it exited" if exc is None else f"it crashed: {exc!r}")
             self._children.remove(child)
             return
         now = time.monotonic()
@@ -251,7 +266,9 @@ class Supervisor:
             if other is not child and other.running:
                 await self._stop(other, "restart")
         if self.spec.backoff is not None:
-            await anyio.sleep(self.spec.backoff.delay(len(self._restart_times)))
+            delay = self.spec.backoff.delay(len(self._restart_times))
+            log.info("backing off before a restart", supervisor=self.path, delay=delay)
+            await anyio.sleep(delay)
         self.restarts += 1
         for target in targets:
             if target is not child and target.spec.restart == Restart.TEMPORARY:
@@ -296,6 +313,12 @@ class Supervisor:
         self._events.put_nowait(_STOP)
 
     def cancel(self) -> None:
+        # Our own shutdown deadline passed: the children's deadlines are void too.
+        # _stop_all runs shielded (so that a cancelled supervisor still waits for
+        # its children), hence each running child is cancelled directly.
+        for child in self._children:
+            if child.running:
+                child.runnable.cancel()
         if self._scope is not None:
             self._scope.cancel()
 

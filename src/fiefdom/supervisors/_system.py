@@ -52,6 +52,7 @@ class ActorSystem:
         self._stack: AsyncExitStack | None = None
         self._state = SystemState.NEW
         self._stopped = anyio.Event()
+        self._failure: Exception | None = None
 
     @property
     def state(self) -> SystemState:
@@ -78,6 +79,9 @@ class ActorSystem:
     async def _run_root(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         try:
             await self._root.serve(task_status.started)
+        except Exception as exc:
+            self._failure = exc
+            raise
         finally:
             self._state = SystemState.STOPPED
             self._stopped.set()
@@ -92,6 +96,13 @@ class ActorSystem:
         self._begin_stop()
         try:
             return await self._stack.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            failure = self._failure
+            if failure is not None and group.exceptions == (failure,):
+                # The root gave up (restart intensity): raise its error as such, not
+                # wrapped in the exception group of the system's task group.
+                raise failure from failure.__cause__
+            raise
         finally:
             log.info("actor system stopped", system=self.name)
 
