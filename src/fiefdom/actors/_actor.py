@@ -69,7 +69,8 @@ class Actor(Generic[M]):
         """Called in the actor's task before the first message."""
 
     async def on_stop(self) -> None:
-        """Called in the actor's task after the last message, a crash or a cancellation."""
+        """Called in the actor's task after the last message, a crash or a cancellation;
+        not when ``on_start`` raised (the actor never started)."""
 
     async def receive(self, msg: M) -> object:
         """Handle one message; the return value is the reply to an ask."""

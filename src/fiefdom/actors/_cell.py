@@ -209,10 +209,11 @@ class Cell(Generic[M]):
                 try:
                     instance = self.factory()
                     instance._fiefdom_context = ActorContext(self)
-                    self.instance = instance
                     await instance.on_start()
                 except Exception as exc:
                     raise StartFailed(f"actor {self.path} failed to start: {exc!r}") from exc
+                # Only now: on_stop pairs with an on_start that completed.
+                self.instance = instance
                 self.state = ActorState.RUNNING
                 if started is not None:
                     started()

@@ -1,0 +1,164 @@
+"""Subprocesses owned by actors (GUARANTEES 000/1a): a deadline kills and reaps the
+process before the key takes its next message; stopping the actor or cancelling the
+caller leaves no child process behind."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+import anyio
+import pytest
+
+import fiefdom
+
+
+class RunSleep(fiefdom.Request[str]):
+    """Runs ``sleep 30`` through fiefdom.run_process."""
+
+
+class Echo(fiefdom.Request[str]):
+    tag: str
+
+
+class Run(fiefdom.Request[fiefdom.ProcessResult]):
+    command: list[str]
+    input: bytes | None = None
+    check: bool = True
+
+
+class Worker(fiefdom.Actor[RunSleep | Echo | Run]):
+    """Logs handler entry and exit; exits are recorded even on cancellation."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    async def receive(self, msg: RunSleep | Echo | Run) -> object:
+        match msg:
+            case RunSleep():
+                self.log.append("sleep enter")
+                try:
+                    await fiefdom.run_process(["sleep", "30"])
+                finally:
+                    self.log.append("sleep exit")
+                return "woke"
+            case Echo(tag=tag):
+                self.log.append(f"echo {tag}")
+                return tag
+            case Run(command=command, input=data, check=check):
+                return await fiefdom.run_process(command, input=data, check=check)
+        raise AssertionError(msg)
+
+
+def is_gone(pid: int) -> bool:
+    """True when no process (not even a zombie) has this pid."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return not pathlib.Path(f"/proc/{pid}").exists()
+    return False
+
+
+async def wait_for_pid(stats: object) -> int:
+    """Poll the actor's statistics until its process is listed."""
+    assert callable(stats)
+
+    def processes() -> tuple[int, ...]:
+        current = stats()  # None while a domain key is not active yet
+        return () if current is None else tuple(current.processes)
+
+    with anyio.fail_after(10):
+        # Statistics are computed on demand: there is no event to wait on.
+        while not processes():  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+    (pid,) = processes()
+    assert isinstance(pid, int)
+    return pid
+
+
+async def test_deadline_kills_the_process_before_the_key_moves_on() -> None:
+    """000/1a: a handler in `sleep 30` asked with a 0.2 s deadline: AskTimeout(running), the
+    process is gone by pid, and the next message for the key starts only after the
+    first handler has returned."""
+    log: list[str] = []
+    async with fiefdom.ActorSystem(name="t") as system:
+        domain = system.domain("files", lambda key: Worker(log))
+        outcome: list[BaseException] = []
+        replies: list[str] = []
+
+        async def first() -> None:
+            try:
+                await domain.ask("f1", RunSleep(), timeout=0.2)
+            except fiefdom.AskTimeout as exc:
+                outcome.append(exc)
+
+        async def second() -> None:
+            replies.append(await domain.ask("f1", Echo("second"), timeout=10))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            pid = await wait_for_pid(lambda: domain.key_statistics("f1"))
+            assert not is_gone(pid)
+            tg.start_soon(second)  # queued behind the running handler
+        assert isinstance(outcome[0], fiefdom.AskTimeout)
+        assert outcome[0].phase == "running"
+        assert outcome[0].handler_exited
+        assert is_gone(pid)
+        assert replies == ["second"]
+        assert log == ["sleep enter", "sleep exit", "echo second"]
+        assert domain.key_statistics("f1").processes == ()  # type: ignore[union-attr]
+
+
+async def test_stopping_the_actor_leaves_no_child_process() -> None:
+    """An actor stopped at its shutdown deadline while running a process kills and reaps it."""
+    log: list[str] = []
+    async with fiefdom.ActorSystem(name="t") as system:
+        ref = await system.spawn(lambda: Worker(log), name="w", shutdown=0.1)
+        await ref.tell(RunSleep())
+        pid = await wait_for_pid(ref.statistics)
+    assert is_gone(pid)
+    assert log == ["sleep enter", "sleep exit"]
+
+
+async def test_caller_cancellation_leaves_no_child_process() -> None:
+    """A caller that gives up cancels the handler, which kills and reaps its process."""
+    log: list[str] = []
+    async with fiefdom.ActorSystem(name="t") as system:
+        ref = await system.spawn(lambda: Worker(log), name="w")
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ref.ask, RunSleep())
+                pid = await wait_for_pid(ref.statistics)
+                scope.cancel()
+        assert await ref.ask(Echo("after")) == "after"  # runs only once the handler returned
+        assert is_gone(pid)
+        assert log == ["sleep enter", "sleep exit", "echo after"]
+
+
+async def test_passivation_and_domain_stop_leave_no_child_process() -> None:
+    """Leaving the system while a domain key runs a process kills and reaps it."""
+    log: list[str] = []
+    async with fiefdom.ActorSystem(name="t") as system:
+        domain = system.domain("d", lambda key: Worker(log), shutdown=0.1)
+        await domain.tell("k", RunSleep())
+        pid = await wait_for_pid(lambda: domain.key_statistics("k"))
+    assert is_gone(pid)
+    assert log == ["sleep enter", "sleep exit"]
+
+
+async def test_run_process_returns_output_and_checks_the_status() -> None:
+    """run_process returns the exit status and output; check=True raises ProcessFailed."""
+    async with fiefdom.ActorSystem(name="t") as system:
+        ref = await system.spawn(lambda: Worker([]), name="w")
+        result = await ref.ask(
+            Run([sys.executable, "-c", "import sys; print(sys.stdin.read())"], input=b"hello")
+        )
+        assert (result.returncode, result.stdout.strip()) == (0, b"hello")
+        failing = [sys.executable, "-c", "import sys; sys.stderr.write('bad'); sys.exit(3)"]
+        with pytest.raises(fiefdom.ProcessFailed) as info:
+            await ref.ask(Run(failing))
+        assert (info.value.returncode, info.value.stderr) == (3, b"bad")
+        assert "status 3" in str(info.value)
+        unchecked = await ref.ask(Run(failing, check=False))
+        assert unchecked.returncode == 3
