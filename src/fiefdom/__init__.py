@@ -33,6 +33,7 @@ from .actors import DomainStatistics as DomainStatistics
 from .actors import ProcessResult as ProcessResult
 from .actors import Request as Request
 from .actors import run_process as run_process
+from .protocol import connect as connect
 from .supervisors import ActorSpec as ActorSpec
 from .supervisors import ActorSystem as ActorSystem
 from .supervisors import Backoff as Backoff
@@ -83,5 +84,6 @@ __all__ = [
     "SupervisorSpec",
     "SupervisorStatistics",
     "UnknownJobKind",
+    "connect",
     "run_process",
 ]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import pytest
-from daemon_harness import DaemonProcess, write_config
+from daemon_harness import APP_DIR, DaemonProcess, write_config
+
+# The hosted test app is imported by the tests too (its message types).
+sys.path.insert(0, str(APP_DIR))
 
 
 @pytest.fixture(scope="module")

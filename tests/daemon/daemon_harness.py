@@ -57,7 +57,9 @@ burst = 100000
 class DaemonProcess:
     """One daemon subprocess; ``start()`` returns once ``/readyz`` answers 200."""
 
-    def __init__(self, config: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, env: Mapping[str, str] | None = None, token: str | None = None
+    ) -> None:
         self.config = config
         self.folder = config.parent
         self.data = self.folder / "data"
@@ -65,7 +67,7 @@ class DaemonProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.folder / f"daemon-{time.monotonic_ns()}.log"
         self.url = ""
-        self.token = ""
+        self.token = token or ""
 
     @property
     def ws_url(self) -> str:
@@ -86,10 +88,17 @@ class DaemonProcess:
         while not endpoint.is_file():
             self._check_alive(deadline, "write its control.json")
         self.url = json.loads(endpoint.read_text())["url"]
-        self.token = (self.data / "admin.token").read_text().strip()
+        if not self.token:
+            self.token = (self.data / "admin.token").read_text().strip()
         while self.http("/readyz")[0] != 200:
             self._check_alive(deadline, "answer /readyz")
         return self
+
+    def __enter__(self) -> DaemonProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def _check_alive(self, deadline: float, what: str) -> None:
         assert self.proc is not None
@@ -147,3 +156,13 @@ class DaemonProcess:
                 self.proc.kill()
                 self.proc.wait(15)
         self.log_file.close()
+
+
+TOKENS = {
+    "read": "read-token-0123456789",
+    "operate": "operate-token-0123456789",
+    "admin": "admin-token-0123456789",
+}
+TOKENS_TOML = "\n".join(
+    f'[[control.tokens]]\nrole = "{role}"\ntoken = "{token}"\n' for role, token in TOKENS.items()
+)

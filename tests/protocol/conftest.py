@@ -11,7 +11,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "daemon"))
 
-from daemon_harness import DaemonProcess, write_config
+from daemon_harness import APP_DIR, DaemonProcess, write_config
+
+# The hosted test app is imported by the tests too (its message types).
+sys.path.insert(0, str(APP_DIR))
 
 
 @pytest.fixture(scope="module")

@@ -60,7 +60,7 @@ from ._messages import (
     role_allows,
 )
 from ._metrics import ControlMetrics
-from ._registry import ControlHost, JobService, is_request
+from ._registry import ControlHost, JobService, Target, is_request
 from ._settings import ControlSettings, TokenTable
 
 log = structlog.get_logger("fiefdom.control")
@@ -235,8 +235,18 @@ class ControlServer:
                 },
                 status=503,
             )
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            refused = self._refuse(request, ENDPOINT_ROLE["/ws"])
+            if refused is not None:
+                return refused
+            return web.json_response(
+                {"code": ErrorCode.INVALID_FRAME, "message": "/ws is a websocket endpoint"},
+                status=400,
+            )
         role: Role | None = None
-        if self._bearer(request) is not None or "Authorization" in request.headers:
+        # A browser cannot set headers on a websocket: without one, the first frame
+        # ("hello") must carry the token. A header that is present must be valid.
+        if "Authorization" in request.headers:
             refused = self._refuse(request, ENDPOINT_ROLE["/ws"])
             if refused is not None:
                 return refused
@@ -558,7 +568,25 @@ class _Connection:
             raise _fail(
                 ErrorCode.INVALID_MESSAGE, f"invalid {msg.message_type} message: {exc}"
             ) from None
-        asks = is_request(message_type)
+        try:
+            result = await self._deliver(target, msg, payload, is_request(message_type))
+        except (FiefdomError, ControlError):
+            raise
+        except Exception as exc:
+            # The actor's handler raised: the caller gets it as a typed error (the
+            # actor itself crashed and is handled by its supervisor).
+            raise _fail(
+                ErrorCode.ACTOR_ERROR,
+                f"{msg.target} failed on {msg.message_type}: {type(exc).__name__}: {exc}",
+                exception=type(exc).__name__,
+            ) from exc
+        if result is None:
+            raw = _NULL if codec is SERVER_JSON else _MSGPACK_NIL
+        else:
+            raw = msgspec.Raw(codec.encode(result))
+        return CallReply(id=msg.id, result=raw)
+
+    async def _deliver(self, target: Target, msg: Call, payload: Any, asks: bool) -> Any:
         if target.domain is not None:
             if msg.key is None:
                 raise _fail(
@@ -567,28 +595,20 @@ class _Connection:
                     path="$.key",
                 )
             if asks:
-                result = await target.domain.ask(msg.key, payload, timeout=msg.timeout)
-            else:
-                await target.domain.tell(msg.key, payload)
-                result = None
-        else:
-            assert target.ref is not None
-            if msg.key is not None:
-                raise _fail(
-                    ErrorCode.INVALID_MESSAGE,
-                    f"{msg.target!r} is a single actor: a call to it takes no 'key'",
-                    path="$.key",
-                )
-            if asks:
-                result = await target.ref.ask(payload, timeout=msg.timeout)
-            else:
-                await target.ref.tell(payload)
-                result = None
-        if result is None:
-            raw = _NULL if codec is SERVER_JSON else _MSGPACK_NIL
-        else:
-            raw = msgspec.Raw(codec.encode(result))
-        return CallReply(id=msg.id, result=raw)
+                return await target.domain.ask(msg.key, payload, timeout=msg.timeout)
+            await target.domain.tell(msg.key, payload)
+            return None
+        assert target.ref is not None
+        if msg.key is not None:
+            raise _fail(
+                ErrorCode.INVALID_MESSAGE,
+                f"{msg.target!r} is a single actor: a call to it takes no 'key'",
+                path="$.key",
+            )
+        if asks:
+            return await target.ref.ask(payload, timeout=msg.timeout)
+        await target.ref.tell(payload)
+        return None
 
     async def _status(self, msg: GetStatus) -> StatusReply:
         host = self.host

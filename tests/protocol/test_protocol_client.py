@@ -1,0 +1,146 @@
+"""The control channel of a real daemon subprocess, driven by the Python client and
+by a raw aiohttp websocket in both encodings."""
+
+from __future__ import annotations
+
+import aiohttp
+import msgspec
+import pytest
+from daemon_harness import DaemonProcess
+from hosted_app import Balance, Crash, Deposit, Echo, GetCount, Increment
+
+import fiefdom
+from fiefdom.protocol import ActorEvent, LogEvent
+
+
+async def test_status_shows_the_tree_and_the_exposed_targets(daemon: DaemonProcess) -> None:
+    """status returns the supervisor tree with the hosted actors and their message types."""
+    async with fiefdom.connect(daemon.url, token=daemon.token) as client:
+        status = await client.status()
+    assert status.name == "test-daemon"
+    assert status.ready
+    assert not status.draining
+    paths = {child["path"] for child in status.tree["children"]}
+    assert {"test-daemon/counter", "test-daemon/accounts", "test-daemon/echo"} <= paths
+    targets = {t.name: t for t in status.targets}
+    assert targets["counter"].messages == ["Crash", "GetCount", "Increment"]
+    assert targets["accounts"].kind == "domain"
+
+
+@pytest.mark.parametrize("encoding", ["json", "msgpack"])
+async def test_call_a_hosted_actor_and_a_domain_key(daemon: DaemonProcess, encoding: str) -> None:
+    """A tell and a typed ask reach the hosted actor; a domain call reaches its key's actor."""
+    async with fiefdom.connect(daemon.url, token=daemon.token, encoding=encoding) as client:
+        before = await client.call("counter", GetCount())
+        assert await client.call("counter", Increment(by=5)) is None
+        after = await client.call("counter", GetCount())
+        assert isinstance(after, int)
+        assert after == before + 5
+        key = f"alice-{encoding}"
+        await client.call("accounts", Deposit(amount=7), key=key)
+        await client.call("accounts", Deposit(amount=3), key=key)
+        assert await client.call("accounts", Balance(), key=key) == 10
+        echoed = await client.call("echo", Echo(payload={"nested": [1, 2.5, "x", None]}))
+        assert echoed == {"nested": [1, 2.5, "x", None]}
+
+
+async def test_call_errors_are_typed(daemon: DaemonProcess) -> None:
+    """Unknown targets and types, a missing key and a crashing handler give typed errors."""
+    async with fiefdom.connect(daemon.url, token=daemon.token) as client:
+        with pytest.raises(fiefdom.ControlError) as info:
+            await client.call("nobody", GetCount())
+        assert info.value.code == "not_found"
+        assert "counter" in info.value.details["known"]
+        with pytest.raises(fiefdom.ControlError) as info:
+            await client.call("echo", GetCount())
+        assert info.value.code == "not_found"
+        with pytest.raises(fiefdom.ControlError) as info:
+            await client.call("accounts", Balance())
+        assert info.value.code == "invalid_message"
+        with pytest.raises(fiefdom.ControlError) as info:
+            await client.call("counter", Crash())
+        assert info.value.code == "actor_error"
+        assert info.value.details["exception"] == "RuntimeError"
+        # The connection stays usable, and the counter was restarted by its supervisor.
+        assert isinstance(await client.call("counter", GetCount()), int)
+
+
+async def test_subscription_receives_actor_crash_and_restart(daemon: DaemonProcess) -> None:
+    """A subscriber to "actors" sees the crash and the restart of a hosted actor."""
+    async with (
+        fiefdom.connect(daemon.url, token=daemon.token) as client,
+        client.subscribe(["actors", "logs"], level="error") as events,
+    ):
+        with pytest.raises(fiefdom.ControlError):
+            await client.call("counter", Crash())
+        seen: set[str] = set()
+        logs: list[LogEvent] = []
+        async for event in events:
+            if isinstance(event, ActorEvent) and event.path.endswith("/counter"):
+                seen.add(event.event)
+            elif isinstance(event, LogEvent):
+                logs.append(event)
+            if {"crashed", "restarted"} <= seen and logs:
+                break
+    assert all(log.level in ("error", "critical") for log in logs)
+
+
+async def test_raw_websocket_json_and_msgpack(daemon: DaemonProcess) -> None:
+    """A raw websocket speaks the protocol: hello, then calls in JSON text and MessagePack."""
+    async with aiohttp.ClientSession() as session, session.ws_connect(daemon.ws_url) as ws:
+        await ws.send_json({"type": "hello", "id": 1, "version": 1, "token": daemon.token})
+        welcome = await ws.receive_json()
+        assert welcome["type"] == "welcome"
+        assert welcome["id"] == 1
+        assert welcome["role"] == "admin"
+        await ws.send_json(
+            {
+                "type": "call",
+                "id": 2,
+                "target": "accounts",
+                "key": "raw",
+                "message_type": "Deposit",
+                "message": {"amount": 4},
+            }
+        )
+        assert await ws.receive_json() == {"type": "call.reply", "id": 2, "result": None}
+        await ws.send_bytes(
+            msgspec.msgpack.encode(
+                {
+                    "type": "call",
+                    "id": 3,
+                    "target": "accounts",
+                    "key": "raw",
+                    "message_type": "Balance",
+                    "message": {},
+                }
+            )
+        )
+        reply = await ws.receive()
+        assert reply.type is aiohttp.WSMsgType.BINARY
+        assert msgspec.msgpack.decode(reply.data) == {"type": "call.reply", "id": 3, "result": 4}
+        await ws.send_json({"type": "status", "id": 4})
+        status = await ws.receive_json()
+        assert status["type"] == "status.reply"
+        assert status["id"] == 4
+
+
+async def test_malformed_frames_get_typed_errors_and_the_connection_stays(
+    daemon: DaemonProcess,
+) -> None:
+    """Malformed, unknown and ill-typed frames get an error naming the problem; ping still works."""
+    async with aiohttp.ClientSession() as session, session.ws_connect(daemon.ws_url) as ws:
+        await ws.send_json({"type": "hello", "id": 1, "token": daemon.token})
+        assert (await ws.receive_json())["type"] == "welcome"
+        await ws.send_str("{not json")
+        error = await ws.receive_json()
+        assert (error["type"], error["code"], error["id"]) == ("error", "invalid_frame", None)
+        await ws.send_json({"type": "teleport", "id": 7})
+        error = await ws.receive_json()
+        assert (error["code"], error["id"]) == ("unknown_type", 7)
+        await ws.send_json({"type": "jobs.get", "id": 8, "job_id": "seven"})
+        error = await ws.receive_json()
+        assert (error["code"], error["id"]) == ("invalid_message", 8)
+        assert error["details"]["path"] == "$.job_id"
+        await ws.send_json({"type": "ping", "id": 9})
+        assert await ws.receive_json() == {"type": "pong", "id": 9}
