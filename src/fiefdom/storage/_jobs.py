@@ -1,0 +1,478 @@
+"""Job kinds and everything a job carries: its options (declared once, on the
+kind), its states, the outcomes a handler can return, and the records the store
+hands back for inspection. No I/O here; the store and the engine use these."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import math
+import random
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+import msgspec
+
+if TYPE_CHECKING:
+    from ._store import Store
+
+T = TypeVar("T")
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life. ``scheduled`` and ``retryable`` wait for their
+    ``run_at``; ``completed``, ``cancelled`` and ``discarded`` are final."""
+
+    AVAILABLE = "available"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    RETRYABLE = "retryable"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    DISCARDED = "discarded"
+
+
+# Each state's bit in ``unique_states``: a transition into a state whose bit is not
+# set releases the job's unique key, so a new job with the same key may be queued.
+STATE_BITS: Mapping[JobState, int] = {state: 1 << i for i, state in enumerate(JobState)}
+FINAL_STATES = frozenset({JobState.COMPLETED, JobState.CANCELLED, JobState.DISCARDED})
+DEFAULT_UNIQUE_STATES = frozenset(
+    {
+        JobState.AVAILABLE,
+        JobState.SCHEDULED,
+        JobState.RUNNING,
+        JobState.RETRYABLE,
+        JobState.COMPLETED,
+    }
+)
+
+
+def state_mask(states: frozenset[JobState]) -> int:
+    mask = 0
+    for state in states:
+        mask |= STATE_BITS[state]
+    return mask
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExponentialBackoff:
+    """The default retry delay: ``base * factor**(attempt-1)`` seconds, capped at
+    ``cap``, then spread by ``jitter`` (0.2 = up to 20% either way) so that jobs
+    which failed together do not all retry at the same instant."""
+
+    base: float = 1.0
+    factor: float = 2.0
+    cap: float = 600.0
+    jitter: float = 0.2
+
+    def __call__(self, attempt: int) -> float:
+        # min() before the power would overflow for a large attempt number.
+        exponent = min(attempt - 1, 64)
+        delay = min(self.cap, self.base * self.factor**exponent)
+        spread = delay * self.jitter
+        return max(0.0, delay + random.uniform(-spread, spread))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Unique:
+    """When a new job counts as a duplicate of an existing one.
+
+    ``by_args``: True compares all arguments, a tuple of field names only those,
+    False none (one job per kind). ``by_queue`` also compares the queue.
+    ``period`` (seconds) makes the key also depend on the time slot the job is
+    enqueued in (at most one per period). ``states`` are the states in which an
+    existing job blocks a new one; leave ``RUNNING`` out to allow queueing a new
+    job while one runs.
+    """
+
+    by_args: bool | tuple[str, ...] = True
+    by_queue: bool = False
+    period: float | None = None
+    states: frozenset[JobState] = DEFAULT_UNIQUE_STATES
+
+    def __post_init__(self) -> None:
+        if self.period is not None and not self.period > 0:
+            raise ValueError(f"Unique(period=...) must be positive seconds, got {self.period}")
+        if not self.states:
+            raise ValueError("Unique(states=...) must name at least one JobState")
+        unknown = [s for s in self.states if not isinstance(s, JobState)]
+        if unknown:
+            raise ValueError(f"Unique(states=...) takes JobState members, got {unknown!r}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobOptions:
+    """A job kind's options, declared once on the kind as ``options = JobOptions(...)``.
+
+    ``kind`` is the name stored in the table (keep it stable: renaming the class
+    must not orphan stored jobs). Lower ``priority`` runs first. ``backoff`` maps
+    the attempt that failed (1-based) to the delay in seconds before the next.
+    ``timeout`` (seconds) bounds one attempt. ``domain`` and ``key`` name the
+    domain and the field holding the key: the job then runs inside that key's
+    actor, serialised with every other message and job for the same key.
+    """
+
+    kind: str
+    queue: str = "default"
+    priority: int = 0
+    max_attempts: int = 5
+    backoff: Callable[[int], float] = ExponentialBackoff()
+    timeout: float | None = None
+    unique: Unique | None = None
+    domain: str | None = None
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.kind or len(self.kind) > 200:
+            raise ValueError(f"JobOptions(kind=...) must be 1-200 characters, got {self.kind!r}")
+        if not self.queue or len(self.queue) > 200:
+            raise ValueError(f"JobOptions(queue=...) must be 1-200 characters, got {self.queue!r}")
+        if self.max_attempts < 1:
+            raise ValueError(f"JobOptions(max_attempts=...) must be >= 1, got {self.max_attempts}")
+        if not -32768 <= self.priority <= 32767:
+            raise ValueError(f"JobOptions(priority=...) must fit in 16 bits, got {self.priority}")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ValueError(f"JobOptions(timeout=...) must be positive, got {self.timeout}")
+        if (self.domain is None) != (self.key is None):
+            raise ValueError(
+                "JobOptions(domain=..., key=...) go together: the domain to run in "
+                "and the field that holds the key"
+            )
+
+
+class Job(msgspec.Struct, kw_only=True):
+    """Base of every job kind. Subclass it with the job's arguments as fields and
+    its options in one place::
+
+        class Resize(fiefdom.Job):
+            options = fiefdom.JobOptions(kind="resize", queue="media", max_attempts=3)
+            asset_id: str
+            width: int
+    """
+
+    options: ClassVar[JobOptions]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        opts = cls.__dict__.get("options")
+        if opts is None:
+            raise TypeError(
+                f"job kind {cls.__name__} must declare its options: "
+                f"options = fiefdom.JobOptions(kind={cls.__name__.lower()!r}, ...)"
+            )
+        if not isinstance(opts, JobOptions):
+            raise TypeError(
+                f"{cls.__name__}.options must be a fiefdom.JobOptions, got {type(opts).__name__}"
+            )
+        # The struct's fields are not set up yet when __init_subclass__ runs: read
+        # the annotations (ClassVar ones are the only non-fields, like ``options``).
+        names = {
+            name
+            for klass in cls.__mro__
+            for name, hint in vars(klass).get("__annotations__", {}).items()
+            if "ClassVar" not in str(hint)
+        }
+        if opts.key is not None and opts.key not in names:
+            raise TypeError(
+                f"{cls.__name__}: JobOptions(key={opts.key!r}) names no field; "
+                f"the fields are {sorted(names)}"
+            )
+        if opts.unique is not None and isinstance(opts.unique.by_args, tuple):
+            missing = [n for n in opts.unique.by_args if n not in names]
+            if missing:
+                raise TypeError(
+                    f"{cls.__name__}: Unique(by_args=...) names unknown fields {missing}; "
+                    f"the fields are {sorted(names)}"
+                )
+
+
+J = TypeVar("J", bound=Job)
+
+
+# -- outcomes a handler returns (or raises) -----------------------------------------
+
+
+class JobOutcome(Exception):
+    """Base of the outcomes other than success. A handler may ``return`` one or
+    ``raise`` one (raising reaches out of nested code)."""
+
+
+class Cancel(JobOutcome):
+    """End the job as ``cancelled``: it will not be retried."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class Discard(JobOutcome):
+    """End the job as ``discarded`` (kept, listed, and re-runnable with ``retry_job``)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class Snooze(JobOutcome):
+    """Run the job again after ``delay`` seconds without using an attempt."""
+
+    def __init__(self, delay: float) -> None:
+        if not delay >= 0 or math.isinf(delay):
+            raise ValueError(f"Snooze(delay) must be finite seconds >= 0, got {delay}")
+        self.delay = delay
+        super().__init__(f"snoozed for {delay:g}s")
+
+
+# -- records -------------------------------------------------------------------------
+
+
+class AttemptError(msgspec.Struct, frozen=True, kw_only=True):
+    """What went wrong in one attempt (kept on the job, oldest first)."""
+
+    attempt: int
+    at: float  # unix time
+    type: str
+    message: str
+    traceback: str = ""
+
+
+class JobInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One job as the store holds it (``store.get_job``, ``store.list_jobs``)."""
+
+    id: int
+    kind: str
+    queue: str
+    state: JobState
+    priority: int
+    args: str  # the job's arguments as JSON text
+    key: str | None
+    attempt: int
+    max_attempts: int
+    errors: list[AttemptError]
+    worker: str | None
+    cancel_requested: bool
+    created_at: datetime
+    run_at: datetime
+    attempted_at: datetime | None
+    finished_at: datetime | None
+
+
+class QueueCount(msgspec.Struct, frozen=True, kw_only=True):
+    """How many jobs of a queue are in a state (``store.count_jobs``)."""
+
+    queue: str
+    state: JobState
+    count: int
+
+
+class Enqueued(msgspec.Struct, frozen=True, kw_only=True):
+    """The result of an enqueue: the job's id, and whether an existing unique job
+    took its place (``duplicate``; ``id`` is then that job's, or None if it
+    finished in the meantime)."""
+
+    id: int | None
+    duplicate: bool
+
+
+class JobEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """A job changed state in an engine (what ``engine.subscribe`` delivers).
+
+    ``state`` is the new state; ``detail`` says why when it is not a plain
+    success (the error, the cancel reason, "lease expired", "given back")."""
+
+    job_id: int
+    kind: str
+    queue: str
+    state: JobState
+    attempt: int
+    at: float  # unix time
+    detail: str | None = None
+
+
+class ClaimedJob(msgspec.Struct, kw_only=True, gc=False):
+    """A job as a claim returns it: the engine's working copy."""
+
+    id: int
+    kind: str
+    queue: str
+    args: str  # JSON text
+    attempt: int
+    max_attempts: int
+    lease_token: int
+    key: str | None
+    priority: int
+
+
+class Lease(msgspec.Struct, frozen=True, gc=False):
+    """The right to report a job's outcome: its id and the fencing token of the claim.
+    A newer claim of the same job makes every older lease stale."""
+
+    job_id: int
+    token: int
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """What to record for one claimed job (the engine's batch to ``store.finish``).
+
+    ``delay`` (seconds from now) sets ``run_at`` for scheduled, retryable and
+    available states; ``refund`` gives back the attempt (snooze, shutdown)."""
+
+    lease: Lease
+    state: JobState
+    delay: float | None = None
+    refund: bool = False
+    error: AttemptError | None = None
+
+
+class JobContext(Generic[T]):
+    """What a handler knows about the job it runs. ``actor`` is the instance of the
+    key's actor for a job whose kind names a domain, else None."""
+
+    __slots__ = ("actor", "attempt", "id", "kind", "max_attempts", "queue", "store")
+
+    def __init__(
+        self,
+        *,
+        id: int,
+        kind: str,
+        queue: str,
+        attempt: int,
+        max_attempts: int,
+        store: Store,
+        actor: T | None = None,
+    ) -> None:
+        self.id = id
+        self.kind = kind
+        self.queue = queue
+        self.attempt = attempt
+        self.max_attempts = max_attempts
+        self.store = store
+        self.actor = actor
+
+    def __repr__(self) -> str:
+        return f"<JobContext {self.kind} id={self.id} attempt={self.attempt}/{self.max_attempts}>"
+
+
+# -- preparing rows ------------------------------------------------------------------
+
+_encoder = msgspec.json.Encoder()
+
+
+@dataclasses.dataclass(slots=True)
+class NewJob:
+    """A job ready to insert (the backends turn a batch of these into one statement)."""
+
+    kind: str
+    queue: str
+    state: JobState
+    priority: int
+    args: bytes
+    key: str | None
+    max_attempts: int
+    run_at: float | None  # unix time; None = now (the database's clock)
+    unique_key: bytes | None
+    unique_states: int
+
+
+def prepare(
+    job: Job,
+    *,
+    now: float,
+    queue: str | None = None,
+    priority: int | None = None,
+    run_at: datetime | None = None,
+    delay: float | None = None,
+    max_attempts: int | None = None,
+    unique_key: bytes | None = None,
+    unique_states: int | None = None,
+) -> NewJob:
+    """Validate a job and its overrides and build its row."""
+    if not isinstance(job, Job):
+        raise TypeError(
+            f"enqueue takes a fiefdom.Job instance, got {type(job).__name__}: "
+            "declare the kind as 'class MyJob(fiefdom.Job): options = fiefdom.JobOptions(...)'"
+        )
+    opts = type(job).options
+    if run_at is not None and delay is not None:
+        raise ValueError("enqueue takes run_at or delay, not both")
+    when: float | None = None
+    if run_at is not None:
+        if run_at.tzinfo is None:
+            raise ValueError(
+                "enqueue(run_at=...) needs an aware datetime (e.g. datetime.now(UTC)), "
+                "got a naive one"
+            )
+        when = run_at.timestamp()
+    elif delay is not None:
+        if not delay >= 0:
+            raise ValueError(f"enqueue(delay=...) must be seconds >= 0, got {delay}")
+        when = now + delay
+    attempts = opts.max_attempts if max_attempts is None else max_attempts
+    if attempts < 1:
+        raise ValueError(f"enqueue(max_attempts=...) must be >= 1, got {attempts}")
+    prio = opts.priority if priority is None else priority
+    if not -32768 <= prio <= 32767:
+        raise ValueError(f"enqueue(priority=...) must fit in 16 bits, got {prio}")
+    q = opts.queue if queue is None else queue
+    args = _encoder.encode(job)
+    key: str | None = None
+    if opts.key is not None:
+        key = str(getattr(job, opts.key))
+    state = JobState.SCHEDULED if when is not None and when > now else JobState.AVAILABLE
+    mask = 0
+    if unique_key is None and opts.unique is not None:
+        unique_key = _unique_key(job, opts, opts.unique, q, now)
+        mask = state_mask(opts.unique.states)
+    elif unique_key is not None:
+        mask = unique_states if unique_states is not None else state_mask(frozenset(JobState))
+    if unique_key is not None and not mask & STATE_BITS[state]:
+        unique_key = None  # its own first state does not count: nothing to guard
+    return NewJob(
+        kind=opts.kind,
+        queue=q,
+        state=state,
+        priority=prio,
+        args=args,
+        key=key,
+        max_attempts=attempts,
+        run_at=when,
+        unique_key=unique_key,
+        unique_states=mask,
+    )
+
+
+def _unique_key(job: Job, opts: JobOptions, unique: Unique, queue: str, now: float) -> bytes:
+    parts: list[object] = [opts.kind]
+    if unique.by_queue:
+        parts.append(queue)
+    if unique.by_args is True:
+        parts.append(msgspec.to_builtins(job))
+    elif unique.by_args:
+        parts.append({name: msgspec.to_builtins(getattr(job, name)) for name in unique.by_args})
+    if unique.period is not None:
+        parts.append(math.floor(now / unique.period))
+    # order_keys: the same arguments always make the same key.
+    return hashlib.sha256(msgspec.json.encode(parts, order="sorted")).digest()
+
+
+def periodic_key(name: str, slot: int) -> bytes:
+    return hashlib.sha256(f"fiefdom.periodic\0{name}\0{slot}".encode()).digest()
+
+
+def describe_error(exc: BaseException, attempt: int, now: float) -> AttemptError:
+    import traceback
+
+    tb = "".join(traceback.format_exception(exc))
+    return AttemptError(
+        attempt=attempt,
+        at=now,
+        type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+        message=str(exc)[:2000],
+        traceback=tb[-8000:],
+    )
+
+
+def note(attempt: int, now: float, type_: str, message: str) -> AttemptError:
+    return AttemptError(attempt=attempt, at=now, type=type_, message=message)

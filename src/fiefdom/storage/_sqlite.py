@@ -1,0 +1,531 @@
+"""The embedded SQLite backend (aiosqlite): WAL, an explicit ``synchronous``
+setting, every write in a ``BEGIN IMMEDIATE`` transaction so that concurrent
+writers queue on the database lock instead of failing half way through."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
+
+import aiosqlite
+import anyio
+import msgspec
+import structlog
+
+from .._errors import StoreError, StoreUnavailable
+from . import _migrations
+from ._jobs import (
+    STATE_BITS,
+    AttemptError,
+    ClaimedJob,
+    Enqueued,
+    JobInfo,
+    JobState,
+    Lease,
+    NewJob,
+    Outcome,
+    QueueCount,
+)
+from ._store import Store, Transaction
+
+log = structlog.get_logger("fiefdom.storage.sqlite")
+
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+_CHUNK = 500  # rows per INSERT: 11 parameters each stays under SQLite's 32766
+_BUSY_TIMEOUT_MS = 30_000
+_errors_decoder = msgspec.json.Decoder(list[AttemptError])
+
+
+def _wrap(exc: sqlite3.Error) -> StoreError:
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        return StoreUnavailable(f"SQLite database is locked: {exc}")
+    return StoreError(f"SQLite: {exc}")
+
+
+class _SQLiteTransaction(Transaction):
+    def __init__(self, store: SQLiteStore, conn: aiosqlite.Connection) -> None:
+        self.store = store
+        self._conn = conn
+        self.wake: set[str] = set()
+
+    async def execute(self, sql: str, *args: object) -> None:
+        try:
+            await self._conn.execute(_PLACEHOLDER.sub(r"?\1", sql), args)
+        except sqlite3.Error as exc:
+            raise _wrap(exc) from exc
+
+    async def fetch(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        try:
+            async with self._conn.execute(_PLACEHOLDER.sub(r"?\1", sql), args) as cur:
+                return [tuple(r) for r in await cur.fetchall()]
+        except sqlite3.Error as exc:
+            raise _wrap(exc) from exc
+
+    async def raw(self, sql: str, args: Sequence[object] = ()) -> list[sqlite3.Row]:
+        """Run with SQLite's own ``?`` placeholders (the store's internal queries)."""
+        try:
+            async with self._conn.execute(sql, args) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.Error as exc:
+            raise _wrap(exc) from exc
+
+
+_JOB_COLUMNS = (
+    "id, kind, queue, state, priority, args, domain_key, attempt, max_attempts, errors, "
+    "worker, cancel_requested, created_at, run_at, attempted_at, finished_at"
+)
+
+
+def _time(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _info(row: sqlite3.Row) -> JobInfo:
+    return JobInfo(
+        id=row[0],
+        kind=row[1],
+        queue=row[2],
+        state=JobState(row[3]),
+        priority=row[4],
+        args=row[5],
+        key=row[6],
+        attempt=row[7],
+        max_attempts=row[8],
+        errors=_errors_decoder.decode(row[9]),
+        worker=row[10],
+        cancel_requested=bool(row[11]),
+        created_at=datetime.fromtimestamp(row[12], UTC),
+        run_at=datetime.fromtimestamp(row[13], UTC),
+        attempted_at=_time(row[14]),
+        finished_at=_time(row[15]),
+    )
+
+
+class SQLiteStore(Store):
+    """``sqlite:///path``: one connection per store; the store serialises its own
+    transactions on it (a SQLite connection runs one transaction at a time), and
+    other stores or processes on the same file queue on SQLite's write lock."""
+
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+
+    def __init__(
+        self, url: str, *, synchronous: Literal["off", "normal", "full", "extra"] = "full"
+    ) -> None:
+        super().__init__(url)
+        parts = urlsplit(url)
+        # sqlite:///rel.db -> "rel.db"; sqlite:////abs.db -> "/abs.db"
+        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        if parts.netloc or not path:
+            raise StoreError(
+                f"bad SQLite URL {url!r}: use sqlite:///relative/path.db or "
+                "sqlite:////absolute/path.db"
+            )
+        query = parse_qs(parts.query)
+        sync = query.get("synchronous", [synchronous])[0].lower()
+        if sync not in ("off", "normal", "full", "extra"):
+            raise StoreError(
+                f"bad SQLite URL {url!r}: synchronous must be off, normal, full or extra"
+            )
+        self.path = path
+        self.synchronous = sync
+        self._conn: aiosqlite.Connection | None = None
+        # One transaction at a time on the connection (see the class docstring).
+        self._lock = anyio.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        try:
+            conn = await aiosqlite.connect(self.path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            async with conn.execute("PRAGMA journal_mode = WAL") as cur:
+                row = await cur.fetchone()
+            if row is None or str(row[0]).lower() != "wal":
+                raise StoreError(f"SQLite database {self.path} refused WAL mode (got {row})")
+            await conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+            await conn.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn = conn
+
+    async def _disconnect(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with anyio.CancelScope(shield=True):
+                await conn.close()
+
+    @asynccontextmanager
+    async def _tx(self, *, write: bool = True) -> AsyncIterator[_SQLiteTransaction]:
+        self._check_open()
+        async with self._lock:
+            conn = self._conn
+            assert conn is not None
+            try:
+                await conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            except sqlite3.Error as exc:
+                self._mark(False)
+                raise _wrap(exc) from exc
+            tx = _SQLiteTransaction(self, conn)
+            try:
+                yield tx
+            except BaseException:
+                # Shielded: a cancelled caller must not leave the transaction open.
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        log.exception("rollback failed", path=self.path)
+                raise
+            else:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await conn.execute("COMMIT")
+                    except sqlite3.Error as exc:
+                        await conn.execute("ROLLBACK")
+                        raise _wrap(exc) from exc
+            self._mark(True)
+        if tx.wake:
+            self._wake_local(sorted(tx.wake))
+
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
+        return self._tx()
+
+    # -- migrations ------------------------------------------------------------------
+
+    async def _version_in(self, tx: _SQLiteTransaction) -> int:
+        rows = await tx.raw(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'fiefdom_schema'"
+        )
+        if not rows:
+            return 0
+        rows = await tx.raw("SELECT coalesce(max(version), 0) FROM fiefdom_schema")
+        return int(rows[0][0])
+
+    async def schema_version(self) -> int:
+        async with self._tx(write=False) as tx:
+            return await self._version_in(tx)
+
+    async def migrate(self) -> int:
+        async with self._tx() as tx:
+            await tx.raw(
+                "CREATE TABLE IF NOT EXISTS fiefdom_schema "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+            current = await self._version_in(tx)
+            migrations = _migrations.load("sqlite")
+            for migration in migrations[current:]:
+                for statement in _split(migration.sql):
+                    await tx.raw(statement)
+                await tx.raw(
+                    "INSERT INTO fiefdom_schema (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, time.time()),
+                )
+                log.info("migrated", path=self.path, version=migration.version)
+            return max(current, len(migrations))
+
+    # -- enqueueing ------------------------------------------------------------------
+
+    async def insert_jobs(
+        self, rows: Sequence[NewJob], *, tx: Transaction | None = None
+    ) -> list[Enqueued]:
+        self._check_tx(tx)
+        if not rows:
+            return []
+        if tx is None:
+            async with self._tx() as own:
+                return await self._insert(own, rows)
+        assert isinstance(tx, _SQLiteTransaction)
+        return await self._insert(tx, rows)
+
+    async def _insert(self, tx: _SQLiteTransaction, rows: Sequence[NewJob]) -> list[Enqueued]:
+        now = time.time()
+        inserted: list[tuple[int, bytes | None]] = []
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
+            params: list[object] = []
+            for r in chunk:
+                params += (
+                    r.kind,
+                    r.queue,
+                    r.state.value,
+                    r.priority,
+                    r.args.decode(),
+                    r.key,
+                    r.max_attempts,
+                    r.unique_key,
+                    r.unique_states,
+                    now,
+                    now if r.run_at is None else r.run_at,
+                )
+            values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?)"] * len(chunk))
+            got = await tx.raw(
+                "INSERT INTO fiefdom_jobs (kind, queue, state, priority, args, domain_key, "
+                "max_attempts, unique_key, unique_states, created_at, run_at) VALUES "
+                + values
+                + " ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING "
+                "RETURNING id, unique_key",
+                params,
+            )
+            inserted += [(r[0], r[1]) for r in got]
+        existing: dict[bytes, int] = {}
+        if len(inserted) < len(rows):
+            taken = {key for _, key in inserted if key is not None}
+            wanted = list({r.unique_key for r in rows if r.unique_key is not None} - taken)
+            for start in range(0, len(wanted), _CHUNK):
+                part = wanted[start : start + _CHUNK]
+                got = await tx.raw(
+                    "SELECT unique_key, id FROM fiefdom_jobs WHERE unique_key IN ("
+                    + ",".join("?" * len(part))
+                    + ")",
+                    part,
+                )
+                existing.update((r[0], r[1]) for r in got)
+        tx.wake.update(r.queue for r in rows if r.state is JobState.AVAILABLE)
+        return self._match_inserted(rows, inserted, existing)
+
+    # -- the engine's side -----------------------------------------------------------
+
+    async def claim(self, queue: str, limit: int, *, worker: str, lease: float) -> list[ClaimedJob]:
+        now = time.time()
+        async with self._tx() as tx:
+            rows = await tx.raw(
+                "UPDATE fiefdom_jobs SET state = 'running', attempt = attempt + 1, "
+                "lease_token = lease_token + 1, worker = ?, attempted_at = ?, "
+                "lease_expires_at = ?, "
+                f"unique_key = CASE WHEN unique_states & {STATE_BITS[JobState.RUNNING]} "
+                "THEN unique_key END "
+                "WHERE id IN (SELECT id FROM fiefdom_jobs WHERE state = 'available' "
+                "AND queue = ? ORDER BY priority, run_at, id LIMIT ?) "
+                "RETURNING id, kind, queue, args, attempt, max_attempts, lease_token, "
+                "domain_key, priority",
+                (worker, now, now + lease, queue, limit),
+            )
+        return [
+            ClaimedJob(
+                id=r[0],
+                kind=r[1],
+                queue=r[2],
+                args=r[3],
+                attempt=r[4],
+                max_attempts=r[5],
+                lease_token=r[6],
+                key=r[7],
+                priority=r[8],
+            )
+            for r in rows
+        ]
+
+    async def finish(self, outcomes: Sequence[Outcome]) -> set[int]:
+        if not outcomes:
+            return set()
+        now = time.time()
+        batch = msgspec.json.encode(
+            [
+                (
+                    o.lease.job_id,
+                    o.lease.token,
+                    o.state.value,
+                    o.delay,
+                    1 if o.refund else 0,
+                    o.error,
+                    STATE_BITS[o.state],
+                )
+                for o in outcomes
+            ]
+        ).decode()
+        async with self._tx() as tx:
+            rows = await tx.raw(
+                "UPDATE fiefdom_jobs AS j SET state = d.state, attempt = j.attempt - d.refund, "
+                "run_at = CASE WHEN d.delay IS NULL THEN j.run_at ELSE ?1 + d.delay END, "
+                "finished_at = CASE WHEN d.state IN ('completed', 'cancelled', 'discarded') "
+                "THEN ?1 END, "
+                "errors = CASE WHEN d.error IS NULL THEN j.errors "
+                "ELSE json_insert(j.errors, '$[#]', json(d.error)) END, "
+                "lease_expires_at = NULL, worker = NULL, cancel_requested = 0, "
+                "unique_key = CASE WHEN j.unique_states & d.bit THEN j.unique_key END "
+                "FROM (SELECT value ->> 0 AS id, value ->> 1 AS token, value ->> 2 AS state, "
+                "value ->> 3 AS delay, value ->> 4 AS refund, value ->> 5 AS error, "
+                "value ->> 6 AS bit FROM json_each(?2)) AS d "
+                "WHERE j.id = d.id AND j.lease_token = d.token AND j.state = 'running' "
+                "RETURNING id, queue, state",
+                (now, batch),
+            )
+            tx.wake.update(r[1] for r in rows if r[2] == "available")
+        return {r[0] for r in rows}
+
+    async def heartbeat(
+        self, leases: Sequence[Lease], *, lease: float
+    ) -> tuple[set[int], set[int]]:
+        if not leases:
+            return set(), set()
+        batch = msgspec.json.encode([(x.job_id, x.token) for x in leases]).decode()
+        async with self._tx() as tx:
+            rows = await tx.raw(
+                "UPDATE fiefdom_jobs SET lease_expires_at = ? WHERE state = 'running' AND "
+                "(id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?)) "
+                "RETURNING id, cancel_requested",
+                (time.time() + lease, batch),
+            )
+        return {r[0] for r in rows}, {r[0] for r in rows if r[1]}
+
+    async def rescue(self) -> list[tuple[int, str, str, JobState]]:
+        now = time.time()
+        a, c, d = (
+            STATE_BITS[s] for s in (JobState.AVAILABLE, JobState.CANCELLED, JobState.DISCARDED)
+        )
+        async with self._tx() as tx:
+            rows = await tx.raw(
+                "UPDATE fiefdom_jobs SET "
+                "state = CASE WHEN cancel_requested THEN 'cancelled' "
+                "WHEN attempt >= max_attempts THEN 'discarded' ELSE 'available' END, "
+                "finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts "
+                "THEN ?1 END, run_at = ?1, lease_expires_at = NULL, worker = NULL, "
+                "errors = json_insert(errors, '$[#]', json_object('attempt', attempt, "
+                "'at', ?1, 'type', 'fiefdom.LeaseExpired', 'message', "
+                "'the lease expired: its worker stopped heartbeating (it died, hung or "
+                "lost the database)', 'traceback', '')), "
+                f"unique_key = CASE WHEN cancel_requested THEN "
+                f"(CASE WHEN unique_states & {c} THEN unique_key END) "
+                f"WHEN attempt >= max_attempts THEN "
+                f"(CASE WHEN unique_states & {d} THEN unique_key END) "
+                f"ELSE (CASE WHEN unique_states & {a} THEN unique_key END) END "
+                "WHERE state = 'running' AND lease_expires_at < ?1 "
+                "RETURNING id, kind, queue, state",
+                (now,),
+            )
+            tx.wake.update(r[2] for r in rows if r[3] == "available")
+        return [(r[0], r[1], r[2], JobState(r[3])) for r in rows]
+
+    async def promote(self) -> list[str]:
+        bit = STATE_BITS[JobState.AVAILABLE]
+        async with self._tx() as tx:
+            rows = await tx.raw(
+                "UPDATE fiefdom_jobs SET state = 'available', "
+                f"unique_key = CASE WHEN unique_states & {bit} THEN unique_key END "
+                "WHERE id IN (SELECT id FROM fiefdom_jobs WHERE state IN "
+                "('scheduled', 'retryable') AND run_at <= ? ORDER BY run_at LIMIT 1000) "
+                "RETURNING queue",
+                (time.time(),),
+            )
+            queues = sorted({r[0] for r in rows})
+            tx.wake.update(queues)
+        return queues
+
+    async def insert_periodic(self, row: NewJob) -> bool:
+        result = await self.insert_jobs([row])
+        return not result[0].duplicate
+
+    # -- administration --------------------------------------------------------------
+
+    async def get_job(self, job_id: int) -> JobInfo | None:
+        async with self._tx(write=False) as tx:
+            rows = await tx.raw(f"SELECT {_JOB_COLUMNS} FROM fiefdom_jobs WHERE id = ?", (job_id,))
+        return _info(rows[0]) if rows else None
+
+    async def list_jobs(
+        self,
+        *,
+        queue: str | None = None,
+        state: JobState | None = None,
+        kind: str | None = None,
+        after_id: int = 0,
+        limit: int = 100,
+    ) -> list[JobInfo]:
+        where = ["id > ?"]
+        args: list[object] = [after_id]
+        for column, value in (("queue", queue), ("state", state), ("kind", kind)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(str(value))
+        args.append(limit)
+        async with self._tx(write=False) as tx:
+            rows = await tx.raw(
+                f"SELECT {_JOB_COLUMNS} FROM fiefdom_jobs WHERE {' AND '.join(where)} "
+                "ORDER BY id LIMIT ?",
+                args,
+            )
+        return [_info(r) for r in rows]
+
+    async def count_jobs(self) -> list[QueueCount]:
+        async with self._tx(write=False) as tx:
+            rows = await tx.raw(
+                "SELECT queue, state, count(*) FROM fiefdom_jobs GROUP BY queue, state "
+                "ORDER BY queue, state"
+            )
+        return [QueueCount(queue=r[0], state=JobState(r[1]), count=r[2]) for r in rows]
+
+    async def retry_job(self, job_id: int) -> bool:
+        async with self._tx() as tx:
+            rows = await tx.raw(
+                "UPDATE fiefdom_jobs SET state = 'available', run_at = ?, finished_at = NULL, "
+                "max_attempts = max(max_attempts, attempt + 1), cancel_requested = 0 "
+                "WHERE id = ? AND state IN ('discarded', 'cancelled', 'completed') "
+                "RETURNING queue",
+                (time.time(), job_id),
+            )
+            tx.wake.update(r[0] for r in rows)
+        return bool(rows)
+
+    async def cancel_job(self, job_id: int) -> JobState | None:
+        bit = STATE_BITS[JobState.CANCELLED]
+        async with self._tx() as tx:
+            rows = await tx.raw(
+                "UPDATE fiefdom_jobs SET "
+                "state = CASE WHEN state = 'running' THEN state ELSE 'cancelled' END, "
+                "cancel_requested = CASE WHEN state = 'running' THEN 1 ELSE 0 END, "
+                "finished_at = CASE WHEN state = 'running' THEN NULL ELSE ? END, "
+                f"unique_key = CASE WHEN state = 'running' OR unique_states & {bit} "
+                "THEN unique_key END "
+                "WHERE id = ? AND state IN ('available', 'scheduled', 'retryable', 'running') "
+                "RETURNING state",
+                (time.time(), job_id),
+            )
+            if not rows:
+                rows = await tx.raw("SELECT state FROM fiefdom_jobs WHERE id = ?", (job_id,))
+        if not rows:
+            return None
+        state = JobState(rows[0][0])
+        if state is JobState.RUNNING:
+            self._cancel_local(job_id)
+        return state
+
+    async def prune(
+        self, *, completed: float, cancelled: float, discarded: float, limit: int = 10_000
+    ) -> int:
+        now = time.time()
+        async with self._tx() as tx:
+            rows = await tx.raw(
+                "DELETE FROM fiefdom_jobs WHERE id IN (SELECT id FROM fiefdom_jobs WHERE "
+                "(state = 'completed' AND finished_at < ?) OR "
+                "(state = 'cancelled' AND finished_at < ?) OR "
+                "(state = 'discarded' AND finished_at < ?) LIMIT ?) RETURNING id",
+                (now - completed, now - cancelled, now - discarded, limit),
+            )
+        return len(rows)
+
+
+def _split(script: str) -> list[str]:
+    """Split a migration script into statements (SQLite runs one per call)."""
+    statements: list[str] = []
+    current: list[str] = []
+    for line in script.splitlines(keepends=True):
+        if not current and (not line.strip() or line.lstrip().startswith("--")):
+            continue
+        current.append(line)
+        text = "".join(current)
+        if sqlite3.complete_statement(text):
+            statements.append(text.strip())
+            current = []
+    if "".join(current).strip():
+        raise RuntimeError(f"incomplete statement in a migration: {''.join(current)!r}")
+    return statements

@@ -1,0 +1,401 @@
+"""The ``Store`` interface both backends implement, its lifecycle, and
+``open_store(url)`` which picks the backend from the URL's scheme (loaded lazily,
+so an embedded SQLite user never imports asyncpg)."""
+
+from __future__ import annotations
+
+import abc
+import enum
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from .._errors import StoreError
+from ._jobs import (
+    ClaimedJob,
+    Enqueued,
+    Job,
+    JobInfo,
+    JobState,
+    Lease,
+    NewJob,
+    Outcome,
+    QueueCount,
+    prepare,
+)
+
+SCHEMA_VERSION = 1
+"""The schema version this code reads and writes."""
+
+
+class StoreState(enum.StrEnum):
+    NEW = "new"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Transaction(abc.ABC):
+    """A database transaction (``async with store.transaction() as tx``).
+
+    SQL uses PostgreSQL's ``$1, $2`` placeholders on both backends, so an
+    application's outbox code is written once. Pass ``tx=tx`` to ``enqueue`` to
+    make the job part of the transaction: it exists only if the transaction commits.
+    """
+
+    store: Store
+
+    @abc.abstractmethod
+    async def execute(self, sql: str, *args: object) -> None: ...
+
+    @abc.abstractmethod
+    async def fetch(self, sql: str, *args: object) -> list[tuple[Any, ...]]: ...
+
+    async def fetchval(self, sql: str, *args: object) -> Any:
+        rows = await self.fetch(sql, *args)
+        return rows[0][0] if rows else None
+
+
+class Notifications(abc.ABC):
+    """Callbacks the store calls when jobs may be claimable (``on_jobs(queue)``) or
+    a running job was asked to cancel (``on_cancel(job_id)``)."""
+
+    @abc.abstractmethod
+    def on_jobs(self, queue: str) -> None: ...
+
+    @abc.abstractmethod
+    def on_cancel(self, job_id: int) -> None: ...
+
+
+class Store(abc.ABC):
+    """A database that holds fiefdom's tables. Open it with ``async with
+    open_store(url) as store``. The job methods below ``enqueue`` are the
+    engine's; applications enqueue, inspect and administer jobs."""
+
+    backend: Literal["sqlite", "postgres"]
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.state = StoreState.NEW
+        self._healthy = False
+        self._subscribers: list[Notifications] = []
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the last operation reached the database (``/readyz`` uses it)."""
+        return self.state is StoreState.OPEN and self._healthy
+
+    def _mark(self, healthy: bool) -> None:
+        self._healthy = healthy
+
+    async def open(self, *, migrate: bool = False, check_schema: bool = True) -> None:
+        if self.state is StoreState.OPEN:
+            raise StoreError(f"store {self.url} is already open")
+        if self.state is StoreState.CLOSED:
+            raise StoreError(
+                f"store {self.url} was closed; a store opens once: call open_store() again"
+            )
+        await self._connect()
+        self.state = StoreState.OPEN
+        self._healthy = True
+        try:
+            if migrate:
+                await self.migrate()
+            if check_schema:
+                await self.check_schema()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if self.state is StoreState.OPEN:
+            self.state = StoreState.CLOSED
+            await self._disconnect()
+        self.state = StoreState.CLOSED
+
+    async def __aenter__(self) -> Store:
+        if self.state is StoreState.NEW:
+            await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _check_open(self) -> None:
+        if self.state is StoreState.NEW:
+            raise StoreError(
+                f"store {self.url} is not open: use 'async with open_store(url) as store'"
+            )
+        if self.state is StoreState.CLOSED:
+            raise StoreError(f"store {self.url} is closed")
+
+    async def check_schema(self) -> None:
+        from .._errors import SchemaMismatch
+
+        found = await self.schema_version()
+        if found == SCHEMA_VERSION:
+            return
+        if found < SCHEMA_VERSION:
+            raise SchemaMismatch(
+                f"the database at {self.url} has schema version {found} and this fiefdom "
+                f"needs {SCHEMA_VERSION}: run 'fiefdom migrate --store {self.url}' "
+                "(or 'await store.migrate()') before starting workers"
+            )
+        raise SchemaMismatch(
+            f"the database at {self.url} has schema version {found}, newer than the "
+            f"{SCHEMA_VERSION} this fiefdom knows: upgrade fiefdom on this machine "
+            "(migrations never run backwards)"
+        )
+
+    @abc.abstractmethod
+    async def _connect(self) -> None: ...
+
+    @abc.abstractmethod
+    async def _disconnect(self) -> None: ...
+
+    @abc.abstractmethod
+    async def migrate(self) -> int:
+        """Apply the migrations this code has and the database lacks; returns the
+        version now in place. Safe to run from several processes at once."""
+
+    @abc.abstractmethod
+    async def schema_version(self) -> int:
+        """The version of the schema in the database (0 for an empty one)."""
+
+    @abc.abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
+        """A write transaction; commits on a clean exit and rolls back on an exception."""
+
+    async def ping(self) -> bool:
+        """Run a trivial query; updates and returns ``healthy``."""
+        try:
+            async with self.transaction() as tx:
+                await tx.fetch("SELECT 1")
+        except StoreError:
+            return False
+        return self.healthy
+
+    # -- notifications ---------------------------------------------------------------
+
+    def subscribe(self, subscriber: Notifications) -> Callable[[], None]:
+        """Deliver wake-ups from this process's own writes to ``subscriber``;
+        returns the function that ends the subscription."""
+        self._subscribers.append(subscriber)
+        return lambda: self._subscribers.remove(subscriber)
+
+    def _wake_local(self, queues: Sequence[str]) -> None:
+        for sub in list(self._subscribers):
+            for q in queues:
+                sub.on_jobs(q)
+
+    def _cancel_local(self, job_id: int) -> None:
+        for sub in list(self._subscribers):
+            sub.on_cancel(job_id)
+
+    async def listen(self, subscriber: Notifications, ready: Callable[[], None]) -> None:
+        """Deliver wake-ups from other processes until cancelled. Raises
+        StoreUnavailable when the connection is lost (the caller reconnects).
+        A backend without cross-process notifications waits forever."""
+        import anyio
+
+        ready()
+        await anyio.sleep_forever()
+
+    # -- enqueueing ------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        job: Job,
+        *,
+        tx: Transaction | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        run_at: datetime | None = None,
+        delay: float | None = None,
+        max_attempts: int | None = None,
+    ) -> Enqueued:
+        """Insert one job (inside ``tx`` when given: it exists only if tx commits)."""
+        row = prepare(
+            job,
+            now=time.time(),
+            queue=queue,
+            priority=priority,
+            run_at=run_at,
+            delay=delay,
+            max_attempts=max_attempts,
+        )
+        return (await self.insert_jobs([row], tx=tx))[0]
+
+    async def enqueue_many(
+        self,
+        jobs: Sequence[Job],
+        *,
+        tx: Transaction | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        run_at: datetime | None = None,
+        delay: float | None = None,
+    ) -> list[Enqueued]:
+        """Insert many jobs in one statement; one result per job, in order."""
+        now = time.time()
+        rows = [
+            prepare(j, now=now, queue=queue, priority=priority, run_at=run_at, delay=delay)
+            for j in jobs
+        ]
+        return await self.insert_jobs(rows, tx=tx)
+
+    def _check_tx(self, tx: Transaction | None) -> None:
+        if tx is not None and tx.store is not self:
+            raise StoreError(
+                "enqueue(tx=...) got a transaction of another store: "
+                "open the transaction on the store you enqueue into"
+            )
+
+    @staticmethod
+    def _match_inserted(
+        rows: Sequence[NewJob],
+        inserted: Sequence[tuple[int, bytes | None]],
+        existing: dict[bytes, int],
+    ) -> list[Enqueued]:
+        # Ids grow in insertion order, so sorted ids line up with the rows that
+        # were inserted; unique rows are matched by key instead.
+        by_key = {key: id_ for id_, key in inserted if key is not None}
+        plain = iter(sorted(id_ for id_, key in inserted if key is None))
+        out: list[Enqueued] = []
+        for row in rows:
+            if row.unique_key is None:
+                out.append(Enqueued(id=next(plain), duplicate=False))
+            elif row.unique_key in by_key:
+                out.append(Enqueued(id=by_key.pop(row.unique_key), duplicate=False))
+            else:
+                out.append(Enqueued(id=existing.get(row.unique_key), duplicate=True))
+        return out
+
+    @abc.abstractmethod
+    async def insert_jobs(
+        self, rows: Sequence[NewJob], *, tx: Transaction | None = None
+    ) -> list[Enqueued]:
+        """Insert prepared rows in one statement (per chunk on SQLite)."""
+
+    # -- the engine's side -----------------------------------------------------------
+
+    @abc.abstractmethod
+    async def claim(self, queue: str, limit: int, *, worker: str, lease: float) -> list[ClaimedJob]:
+        """Atomically take up to ``limit`` available jobs of ``queue`` (priority, then
+        run_at, then id), each with a lease of ``lease`` seconds and a new token."""
+
+    @abc.abstractmethod
+    async def finish(self, outcomes: Sequence[Outcome]) -> set[int]:
+        """Record outcomes in one statement; returns the ids whose lease was current
+        (the others were stale and changed nothing)."""
+
+    async def complete(self, lease: Lease) -> None:
+        """Mark one job completed; StaleLease when the lease was taken over."""
+        await self._finish_one(Outcome(lease=lease, state=JobState.COMPLETED))
+
+    async def _finish_one(self, outcome: Outcome) -> None:
+        from .._errors import StaleLease
+
+        if outcome.lease.job_id not in await self.finish([outcome]):
+            raise StaleLease(
+                f"job {outcome.lease.job_id}: lease token {outcome.lease.token} is no longer "
+                "current (the lease expired and the job was claimed again, or it finished); "
+                f"its {outcome.state} outcome was not recorded"
+            )
+
+    @abc.abstractmethod
+    async def heartbeat(
+        self, leases: Sequence[Lease], *, lease: float
+    ) -> tuple[set[int], set[int]]:
+        """Extend the leases; returns (ids still held, ids asked to cancel)."""
+
+    @abc.abstractmethod
+    async def rescue(self) -> list[tuple[int, str, str, JobState]]:
+        """Take back jobs whose lease expired: available at once, or discarded when
+        out of attempts (cancelled if a cancel was asked). Returns (id, kind, queue,
+        new state) of each."""
+
+    @abc.abstractmethod
+    async def promote(self) -> list[str]:
+        """Make scheduled and retryable jobs whose time has come available; returns
+        the queues that got jobs."""
+
+    # -- administration --------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def get_job(self, job_id: int) -> JobInfo | None: ...
+
+    @abc.abstractmethod
+    async def list_jobs(
+        self,
+        *,
+        queue: str | None = None,
+        state: JobState | None = None,
+        kind: str | None = None,
+        after_id: int = 0,
+        limit: int = 100,
+    ) -> list[JobInfo]:
+        """Jobs matching the filters, by id, starting after ``after_id`` (paging)."""
+
+    @abc.abstractmethod
+    async def count_jobs(self) -> list[QueueCount]:
+        """How many jobs each queue has in each state (states with none are left out)."""
+
+    @abc.abstractmethod
+    async def retry_job(self, job_id: int) -> bool:
+        """Make a discarded, cancelled or completed job available again, with one
+        more attempt if it had used them all. False if it is not in such a state."""
+
+    @abc.abstractmethod
+    async def cancel_job(self, job_id: int) -> JobState | None:
+        """Cancel a job: a waiting one ends cancelled at once; a running one is asked
+        to stop (its engine cancels the handler). Returns its state afterwards, or
+        None if there is no such job."""
+
+    @abc.abstractmethod
+    async def prune(
+        self, *, completed: float, cancelled: float, discarded: float, limit: int = 10_000
+    ) -> int:
+        """Delete final jobs older than the given ages (seconds); returns how many."""
+
+    @abc.abstractmethod
+    async def insert_periodic(self, row: NewJob) -> bool:
+        """Insert a periodic job's row for its slot unless another engine did."""
+
+
+def open_store(
+    url: str,
+    *,
+    synchronous: Literal["off", "normal", "full", "extra"] = "full",
+    pool_size: int = 10,
+) -> Store:
+    """A store for ``url``: ``sqlite:///relative.db``, ``sqlite:////absolute.db`` or
+    ``postgresql://user@host:port/db``. Use it as ``async with open_store(url) as
+    store`` (or ``await store.open(migrate=True)`` to migrate on the way).
+
+    ``synchronous`` is SQLite's setting in WAL mode: ``full`` (the default) makes
+    every commit durable at a power loss; ``normal`` may lose the last commits then
+    (never corrupts). ``pool_size`` is the number of PostgreSQL connections."""
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        from ._sqlite import SQLiteStore
+
+        return SQLiteStore(url, synchronous=synchronous)
+    if scheme in ("postgresql", "postgres"):
+        from ._postgres import PostgresStore
+
+        return PostgresStore(url, pool_size=pool_size)
+    raise StoreError(
+        f"unsupported store URL {url!r}: use sqlite:///path/to/file.db "
+        "or postgresql://user@host:port/database"
+    )
