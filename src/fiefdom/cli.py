@@ -291,7 +291,9 @@ async def _jobs_enqueue(client: Client, args: argparse.Namespace) -> int:
         raise CommandError(f"job arguments are not JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise CommandError("job arguments must be a JSON object")
-    job = await client.enqueue(args.kind, payload, key=args.key, delay=args.delay)
+    job = await client.enqueue(
+        args.kind, payload, queue=args.queue, priority=args.priority, delay=args.delay
+    )
     if args.json:
         _emit_json(job)
     else:
@@ -389,8 +391,9 @@ def _parser() -> argparse.ArgumentParser:
     enqueue = jobs_sub.add_parser("enqueue", parents=[remote], help="enqueue a job")
     enqueue.add_argument("kind")
     enqueue.add_argument("args", nargs="?", default="{}", help="the job's arguments as JSON")
-    enqueue.add_argument("--key")
-    enqueue.add_argument("--delay", type=float, default=0.0)
+    enqueue.add_argument("--queue", help="instead of the kind's queue")
+    enqueue.add_argument("--priority", type=int, help="lower runs first")
+    enqueue.add_argument("--delay", type=float, help="seconds from now")
     enqueue.set_defaults(func=_remote(_jobs_enqueue))
 
     queues = sub.add_parser("queues", help="list, pause, resume and drain queues")

@@ -10,7 +10,8 @@ from daemon_harness import DaemonProcess
 from hosted_app import Balance, Crash, Deposit, Echo, GetCount, Increment
 
 import fiefdom
-from fiefdom.protocol import ActorEvent, LogEvent
+import fiefdom.protocol
+from fiefdom.protocol import ActorEvent, JobEvent, LogEvent
 
 
 async def test_status_shows_the_tree_and_the_exposed_targets(daemon: DaemonProcess) -> None:
@@ -144,3 +145,83 @@ async def test_malformed_frames_get_typed_errors_and_the_connection_stays(
         assert error["details"]["path"] == "$.job_id"
         await ws.send_json({"type": "ping", "id": 9})
         assert await ws.receive_json() == {"type": "pong", "id": 9}
+
+
+async def _until_state(events: fiefdom.protocol.EventStream, job_id: int, state: str) -> list[str]:
+    """The states a job went through (from its events) until it reached ``state``."""
+    seen: list[str] = []
+    async for event in events:
+        if isinstance(event, JobEvent) and event.job_id == job_id:
+            seen.append(event.state)
+            if event.state == state:
+                return seen
+    raise AssertionError(f"the event stream ended before job {job_id} was {state}")
+
+
+async def test_job_enqueued_completes_and_its_events_arrive(daemon: DaemonProcess) -> None:
+    """A job enqueued over the channel runs to completion; a subscriber sees its events."""
+    async with (
+        fiefdom.connect(daemon.url, token=daemon.token) as client,
+        client.subscribe(["jobs"]) as events,
+    ):
+        job = await client.enqueue("nap", {"seconds": 0.0})
+        assert job.kind == "nap"
+        assert job.queue == "default"
+        assert await _until_state(events, job.id, "completed") == ["running", "completed"]
+        done = await client.job(job.id)
+        assert done.state == "completed"
+        assert done.finished_at is not None
+        listed = await client.jobs(kind="nap", state="completed")
+        assert job.id in [j.id for j in listed]
+        again = await client.retry(job.id)
+        assert again.state == "available"
+        await _until_state(events, job.id, "completed")
+        queues = {q.name: q for q in await client.queues()}
+        assert queues["default"].counts["completed"] >= 1
+
+
+async def test_job_failure_cancel_and_errors(daemon: DaemonProcess) -> None:
+    """A failing job ends discarded with its error; a running job can be cancelled."""
+    async with (
+        fiefdom.connect(daemon.url, token=daemon.token) as client,
+        client.subscribe(["jobs"]) as events,
+    ):
+        failing = await client.enqueue("fail", {"reason": "boom"})
+        await _until_state(events, failing.id, "discarded")
+        info = await client.job(failing.id)
+        assert "RuntimeError: boom" in info.errors[0]
+        long = await client.enqueue("nap", {"seconds": 300.0})
+        await _until_state(events, long.id, "running")
+        await client.cancel(long.id)
+        await _until_state(events, long.id, "cancelled")
+        with pytest.raises(fiefdom.ControlError) as raised:
+            await client.enqueue("no-such-kind")
+        assert raised.value.code == "not_found"
+        with pytest.raises(fiefdom.ControlError) as raised:
+            await client.enqueue("nap", {"seconds": "long"})
+        assert raised.value.code == "invalid_message"
+        with pytest.raises(fiefdom.ControlError) as raised:
+            await client.job(10**9)
+        assert raised.value.code == "not_found"
+
+
+async def test_pause_resume_and_drain_a_queue(daemon: DaemonProcess) -> None:
+    """A paused queue claims nothing until resumed; draining waits for running jobs."""
+    async with (
+        fiefdom.connect(daemon.url, token=daemon.token) as client,
+        client.subscribe(["jobs"]) as events,
+    ):
+        await client.pause("default")
+        assert {q.name: q.paused for q in await client.queues()}["default"]
+        job = await client.enqueue("nap", {"seconds": 0.0})
+        assert (await client.job(job.id)).state == "available"
+        await client.resume("default")
+        await _until_state(events, job.id, "completed")
+        short = await client.enqueue("nap", {"seconds": 0.2})
+        await _until_state(events, short.id, "running")
+        await client.drain_queue("default", timeout=30)
+        assert (await client.job(short.id)).state == "completed"
+        await client.resume("default")
+        with pytest.raises(fiefdom.ControlError) as raised:
+            await client.pause("no-such-queue")
+        assert raised.value.code == "job_error"

@@ -40,7 +40,7 @@ from ..protocol import (
 )
 from ..supervisors import ActorSystem
 from ._config import Config
-from ._jobs import JobsAdapter
+from ._jobs import JobRegistrar, JobsAdapter
 from ._logging import FlightRecorder, configure_logging
 from ._tokens import token_table
 
@@ -73,6 +73,9 @@ class DaemonContext:
     ) -> None:
         """Make ``target`` callable over the control channel as ``name``."""
         self._daemon.registry.expose(name, target, messages)
+        if isinstance(target, Domain):
+            # Job kinds may run in an exposed domain under the same name.
+            self._daemon.jobs_adapter.registrar.domains.setdefault(name, target)
 
     @property
     def store(self) -> Store:
@@ -82,9 +85,9 @@ class DaemonContext:
         return store
 
     @property
-    def jobs(self) -> Any:
-        """The job engine (register job kinds and their handlers on it)."""
-        return self._daemon.jobs_adapter.engine_for_setup()
+    def jobs(self) -> JobRegistrar:
+        """Register job kinds, their handlers and the domains they run in."""
+        return self._daemon.jobs_adapter.registrar
 
 
 class Daemon:
@@ -223,7 +226,7 @@ class Daemon:
             stack.push_async_callback(store.close)
             self.store = store
             await stack.enter_async_context(self.system)
-            self.jobs_adapter.attach(store, self.system)
+            self.jobs_adapter.attach(store)
             await self._load_modules()
             if config.jobs.enabled:
                 await stack.enter_async_context(self.jobs_adapter.running_engine())
@@ -246,15 +249,16 @@ class Daemon:
     async def _shutdown(self) -> None:
         self._draining = True
         timeout = self.config.daemon.shutdown_timeout
-        if self._stop_mode == "drain":
-            log.info("draining", deadline=timeout)
-            with anyio.CancelScope() as scope:
-                self._drain_scope = scope
-                await self.jobs_adapter.drain(None, timeout)
-            self._drain_scope = None
-        # Whatever is still running is cancelled (and returned to its queue) by the
-        # engine's stop, which the exit stack runs next.
-        self.jobs_adapter.cancel_running()
+        if self._stop_mode == "cancel":
+            self.jobs_adapter.cancel_running()
+        log.info("draining", deadline=timeout, mode=self._stop_mode)
+        # The engine stops claiming, lets running jobs finish within the deadline,
+        # then cancels them and gives them back to their queue. A second signal
+        # cancels at once (request_stop -> cancel_running).
+        with anyio.CancelScope() as scope:
+            self._drain_scope = scope
+            await self.jobs_adapter.stop()
+        self._drain_scope = None
 
     async def _load_modules(self) -> None:
         base = Path(self.config.base_dir)

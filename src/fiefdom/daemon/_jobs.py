@@ -1,47 +1,331 @@
-"""Glue between the job engine (storage) and the control channel: the engine's
-operations as the ``JobService`` the server calls, and its job events fed to the
-event hub and the metrics."""
+"""Glue between the job engine (storage) and the control channel: user modules
+register job kinds during setup (the engine is built afterwards, when every domain
+a kind runs in is known), the engine's operations are offered as the
+``JobService`` the server calls, and job events feed the hub and the metrics."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import json
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any, TypeVar
 
-from .._errors import FiefdomError
-from ..protocol import ControlMetrics, EventHub, JobService
-from ..supervisors import ActorSystem
+import anyio
+import msgspec
+import structlog
+
+from .._errors import JobError, UnknownJobKind
+from ..actors import Domain
+from ..protocol import ControlMetrics, EventHub, JobInfo, QueueInfo
+from ..protocol import JobEvent as WireJobEvent
+from ..storage import (
+    Job,
+    JobContext,
+    JobEngine,
+    JobEvent,
+    JobState,
+    Store,
+)
+from ..storage import JobInfo as StoredJob
 from ._config import Config
 
-if TYPE_CHECKING:
-    from ._storage import Store
+log = structlog.get_logger("fiefdom.daemon.jobs")
+
+J = TypeVar("J", bound=Job)
+Handler = Callable[[J, JobContext[Any]], Awaitable[object]]
+# States that end an attempt (its outcome and duration are counted).
+_ENDED = frozenset({JobState.RETRYABLE, JobState.COMPLETED, JobState.CANCELLED, JobState.DISCARDED})
+_STARTS_KEPT = 100_000  # start times of running jobs, for their duration
+
+
+class JobRegistrar:
+    """What ``daemon.jobs`` is in a module's setup hook: register job kinds (and
+    the domains they run in) before the engine starts."""
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, tuple[type[Job], Handler[Any]]] = {}
+        self.domains: dict[str, Domain[Any, Any]] = {}
+        self.periodics: list[tuple[Callable[[], Job], dict[str, Any]]] = []
+        self.closed = False
+
+    def _check(self) -> None:
+        if self.closed:
+            raise JobError("register job kinds in a module's setup hook, before the engine starts")
+
+    def register(self, kind: type[J], handler: Handler[J]) -> None:
+        """Run ``handler(job, ctx)`` for jobs of ``kind``."""
+        self._check()
+        name = kind.options.kind
+        if name in self.kinds:
+            raise JobError(f"job kind {name!r} is already registered")
+        self.kinds[name] = (kind, handler)
+
+    def handler(self, kind: type[J]) -> Callable[[Handler[J]], Handler[J]]:
+        """Decorator form of ``register``."""
+
+        def decorate(fn: Handler[J]) -> Handler[J]:
+            self.register(kind, fn)
+            return fn
+
+        return decorate
+
+    def domain(self, name: str, domain: Domain[Any, Any]) -> None:
+        """Make ``domain`` available to job kinds declaring ``JobOptions(domain=name)``."""
+        self._check()
+        self.domains[name] = domain
+
+    def periodic(
+        self,
+        factory: Callable[[], Job],
+        *,
+        every: float,
+        run_on_start: bool = False,
+        name: str | None = None,
+    ) -> None:
+        """Enqueue ``factory()`` every ``every`` seconds (see ``JobEngine.periodic``)."""
+        self._check()
+        self.periodics.append(
+            (factory, {"every": every, "run_on_start": run_on_start, "name": name})
+        )
+
+
+def _ts(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def to_wire(job: StoredJob, *, duplicate: bool = False) -> JobInfo:
+    try:
+        args = json.loads(job.args)
+    except ValueError:
+        args = {"_raw": job.args}
+    return JobInfo(
+        id=job.id,
+        kind=job.kind,
+        queue=job.queue,
+        state=str(job.state),
+        priority=job.priority,
+        attempt=job.attempt,
+        max_attempts=job.max_attempts,
+        args=args if isinstance(args, dict) else {"_value": args},
+        key=job.key,
+        errors=[f"attempt {e.attempt}: {e.type}: {e.message}" for e in job.errors],
+        worker=job.worker,
+        cancel_requested=job.cancel_requested,
+        created_at=_ts(job.created_at),
+        scheduled_at=_ts(job.run_at),
+        started_at=_ts(job.attempted_at),
+        finished_at=_ts(job.finished_at),
+        duplicate=duplicate,
+    )
 
 
 class JobsAdapter:
+    """Owns the daemon's job engine and offers it to the control channel."""
+
     def __init__(self, config: Config, hub: EventHub, metrics: ControlMetrics) -> None:
         self.config = config
         self.hub = hub
         self.metrics = metrics
-        self.service: JobService | None = None
-        self.running = False
+        self.registrar = JobRegistrar()
+        self.engine: JobEngine | None = None
+        self.store: Store | None = None
+        self._starts: OrderedDict[int, float] = OrderedDict()
+        self._changed = asyncio.Event()
 
-    def attach(self, store: Store, system: ActorSystem) -> None:
+    # -- lifecycle -------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self.engine is not None
+
+    @property
+    def service(self) -> JobsAdapter | None:
+        return self if self.store is not None else None
+
+    def attach(self, store: Store) -> None:
         self.store = store
-        self.system = system
 
-    def engine_for_setup(self) -> Any:
-        raise FiefdomError("the job engine is not available in this build")
+    def engine_for_setup(self) -> JobRegistrar:
+        return self.registrar
 
     @asynccontextmanager
-    async def running_engine(self) -> AsyncIterator[None]:
-        self.running = True
+    async def running_engine(self) -> AsyncIterator[JobEngine]:
+        """Build the engine from what the modules registered, run it, stop it on exit
+        (draining within the shutdown deadline, then giving running jobs back)."""
+        assert self.store is not None
+        self.registrar.closed = True
+        queues = {name: q.concurrency for name, q in self.config.jobs.queues.items()}
+        engine = JobEngine(
+            self.store,
+            queues=queues,
+            domains=self.registrar.domains,
+            name=self.config.daemon.name,
+            poll_interval=self.config.jobs.poll_interval,
+            drain_timeout=self.config.daemon.shutdown_timeout,
+        )
+        for kind, handler in self.registrar.kinds.values():
+            engine.register(kind, handler)
+        for factory, options in self.registrar.periodics:
+            engine.periodic(factory, **options)
+        for name, queue in self.config.jobs.queues.items():
+            if queue.paused:
+                engine.pause(name)
+        unsubscribe = engine.subscribe(self._on_event)
         try:
-            yield
+            async with engine:
+                self.engine = engine
+                try:
+                    yield engine
+                finally:
+                    self.engine = None
         finally:
-            self.running = False
-
-    async def drain(self, queue: str | None, timeout: float | None) -> None:
-        return None
+            unsubscribe()
 
     def cancel_running(self) -> None:
-        return None
+        """Cancel running jobs now; the engine gives them back to their queue."""
+        if self.engine is not None:
+            self.engine.cancel()
+
+    async def stop(self) -> None:
+        """Stop claiming, let running jobs finish within the engine's drain timeout."""
+        if self.engine is not None:
+            await self.engine.stop()
+
+    # -- events ----------------------------------------------------------------------
+
+    def _on_event(self, event: JobEvent) -> None:
+        # Runs in the engine's task: publishing and counting never wait.
+        self._changed.set()
+        if event.state is JobState.RUNNING:
+            self._starts[event.job_id] = event.at
+            if len(self._starts) > _STARTS_KEPT:
+                self._starts.popitem(last=False)
+        elif event.state in _ENDED:
+            outcome = str(event.state)
+            self.metrics.job_outcomes.labels(event.queue, event.kind, outcome).inc()
+            started = self._starts.pop(event.job_id, None)
+            if started is not None:
+                self.metrics.job_duration.labels(event.queue, event.kind, outcome).observe(
+                    max(0.0, event.at - started)
+                )
+        self.hub.publish(
+            WireJobEvent(
+                job_id=event.job_id,
+                kind=event.kind,
+                queue=event.queue,
+                state=str(event.state),
+                attempt=event.attempt,
+                detail=event.detail,
+                at=event.at,
+            )
+        )
+
+    # -- JobService ------------------------------------------------------------------
+
+    def _store(self) -> Store:
+        if self.store is None:
+            raise JobError("the store is not open")
+        return self.store
+
+    async def list_jobs(
+        self, *, queue: str | None, state: str | None, kind: str | None, limit: int
+    ) -> list[JobInfo]:
+        try:
+            wanted = None if state is None else JobState(state)
+        except ValueError:
+            raise JobError(
+                f"unknown job state {state!r}; the states are {[str(s) for s in JobState]}"
+            ) from None
+        jobs = await self._store().list_jobs(queue=queue, state=wanted, kind=kind, limit=limit)
+        return [to_wire(job) for job in jobs]
+
+    async def get_job(self, job_id: int) -> JobInfo:
+        job = await self._store().get_job(job_id)
+        if job is None:
+            raise LookupError(f"no job {job_id}")
+        return to_wire(job)
+
+    async def enqueue(
+        self,
+        kind: str,
+        args: Mapping[str, Any],
+        *,
+        queue: str | None,
+        priority: int | None,
+        delay: float | None,
+    ) -> JobInfo:
+        registered = self.registrar.kinds.get(kind)
+        if registered is None:
+            raise UnknownJobKind(
+                f"no job kind {kind!r} is registered in this daemon; "
+                f"the kinds are {sorted(self.registrar.kinds)}"
+            )
+        job = msgspec.convert(args, registered[0])
+        enqueued = await self._store().enqueue(job, queue=queue, priority=priority, delay=delay)
+        if enqueued.id is None:
+            raise JobError(f"a unique {kind!r} job like this one exists and has just finished")
+        info = await self.get_job(enqueued.id)
+        info.duplicate = enqueued.duplicate
+        return info
+
+    async def retry(self, job_id: int) -> JobInfo:
+        if not await self._store().retry_job(job_id):
+            job = await self.get_job(job_id)
+            raise JobError(
+                f"job {job_id} is {job.state}: only discarded, cancelled or completed jobs "
+                "can be retried"
+            )
+        return await self.get_job(job_id)
+
+    async def cancel(self, job_id: int) -> JobInfo:
+        if await self._store().cancel_job(job_id) is None:
+            raise LookupError(f"no job {job_id}")
+        return await self.get_job(job_id)
+
+    async def queues(self) -> list[QueueInfo]:
+        counts: dict[str, dict[str, int]] = {name: {} for name in self.config.jobs.queues}
+        for row in await self._store().count_jobs():
+            counts.setdefault(row.queue, {})[str(row.state)] = row.count
+        paused: set[str] = set()
+        if self.engine is not None:
+            paused = {q.queue for q in self.engine.statistics().queues if q.paused}
+        return [
+            QueueInfo(name=name, paused=name in paused, counts=by_state)
+            for name, by_state in sorted(counts.items())
+        ]
+
+    def _engine(self) -> JobEngine:
+        if self.engine is None:
+            raise JobError("the job engine is not running")
+        return self.engine
+
+    async def pause(self, queue: str) -> None:
+        self._engine().pause(queue)
+        log.info("queue paused", queue=queue)
+
+    async def resume(self, queue: str) -> None:
+        self._engine().resume(queue)
+        log.info("queue resumed", queue=queue)
+
+    async def drain(self, queue: str | None, timeout: float | None) -> None:
+        """Pause ``queue`` (every queue when None) and wait until none of its jobs runs."""
+        engine = self.engine
+        if engine is None:
+            return
+        names = [q.queue for q in engine.statistics().queues if queue in (None, q.queue)]
+        if queue is not None and not names:
+            engine.pause(queue)  # raises the engine's "does not serve" error
+        for name in names:
+            engine.pause(name)
+        with anyio.fail_after(timeout):
+            while any(q.in_flight for q in engine.statistics().queues if q.queue in names):
+                # Woken by job events; the engine releases a job's slot only after its
+                # outcome committed, a moment after the event, hence the short re-check.
+                self._changed.clear()
+                with anyio.move_on_after(0.1):
+                    await self._changed.wait()
+        log.info("drained", queues=names, at=time.time())

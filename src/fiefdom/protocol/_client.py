@@ -417,12 +417,17 @@ class Client:
         kind: str,
         args: msgspec.Struct | Mapping[str, Any] | None = None,
         *,
-        key: str | None = None,
-        delay: float = 0.0,
+        queue: str | None = None,
+        priority: int | None = None,
+        delay: float | None = None,
     ) -> JobInfo:
+        """Enqueue a job of ``kind`` (registered in the daemon) with these arguments."""
         payload = msgspec.Raw(self.codec.encode(args if args is not None else {}))
         reply = await self._request(
-            lambda i: EnqueueJob(id=i, kind=kind, args=payload, key=key, delay=delay), JobReply
+            lambda i: EnqueueJob(
+                id=i, kind=kind, args=payload, queue=queue, priority=priority, delay=delay
+            ),
+            JobReply,
         )
         return reply.job
 

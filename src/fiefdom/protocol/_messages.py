@@ -102,13 +102,15 @@ class GetJob(_Frame, tag="jobs.get"):
 
 
 class EnqueueJob(_Frame, tag="jobs.enqueue"):
-    """Enqueue a job of a registered kind; ``args`` is decoded into the kind's Struct."""
+    """Enqueue a job of a registered kind; ``args`` is decoded into the kind's Struct.
+    ``queue`` and ``priority`` override the kind's defaults; ``delay`` is in seconds."""
 
     id: int
     kind: str
     args: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"{}"))
-    key: str | None = None
-    delay: float = 0.0
+    queue: str | None = None
+    priority: int | None = None
+    delay: float | None = None
 
 
 class RetryJob(_Frame, tag="jobs.retry"):
@@ -234,21 +236,25 @@ ENDPOINT_ROLE: Final[Mapping[str, Role]] = {
 
 
 class JobInfo(msgspec.Struct, kw_only=True):
-    """A job as the control channel shows it."""
+    """A job as the control channel shows it (times are unix seconds)."""
 
     id: int
     kind: str
     queue: str
     state: str
+    priority: int = 0
     attempt: int
     max_attempts: int
     args: dict[str, Any]
     key: str | None = None
     errors: list[str] = msgspec.field(default_factory=list)
-    scheduled_at: float | None = None
+    worker: str | None = None
+    cancel_requested: bool = False
     created_at: float | None = None
+    scheduled_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    duplicate: bool = False  # an enqueue found an existing unique job and returned it
 
 
 class QueueInfo(msgspec.Struct, kw_only=True):
@@ -344,7 +350,7 @@ class JobEvent(msgspec.Struct, kw_only=True, tag="jobs", tag_field="topic"):
     queue: str
     state: str
     attempt: int = 0
-    error: str | None = None
+    detail: str | None = None  # why, when it is not a plain success
     at: float = 0.0
 
 

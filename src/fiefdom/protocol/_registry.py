@@ -84,7 +84,13 @@ class JobService(Protocol):
     async def get_job(self, job_id: int) -> JobInfo: ...
 
     async def enqueue(
-        self, kind: str, args: Mapping[str, Any], *, key: str | None, delay: float
+        self,
+        kind: str,
+        args: Mapping[str, Any],
+        *,
+        queue: str | None,
+        priority: int | None,
+        delay: float | None,
     ) -> JobInfo: ...
 
     async def retry(self, job_id: int) -> JobInfo: ...

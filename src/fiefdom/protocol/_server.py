@@ -16,7 +16,16 @@ import msgspec
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from .._errors import ActorStopped, AskTimeout, ControlError, FiefdomError, JobError, MailboxFull
+from .._errors import (
+    ActorStopped,
+    AskTimeout,
+    ControlError,
+    FiefdomError,
+    JobError,
+    MailboxFull,
+    StoreError,
+    UnknownJobKind,
+)
 from ._codec import SERVER_JSON, SERVER_MSGPACK, Codec, json_schema
 from ._hub import Subscription
 from ._messages import (
@@ -472,10 +481,18 @@ class _Connection:
                 message=str(exc),
                 details={"phase": exc.phase, "handler_exited": exc.handler_exited},
             )
+        except TimeoutError as exc:
+            reply = Error(id=msg.id, code=ErrorCode.TIMEOUT, message=str(exc) or "timed out")
         except (ActorStopped, MailboxFull) as exc:
             reply = Error(id=msg.id, code=ErrorCode.UNAVAILABLE, message=str(exc))
+        except UnknownJobKind as exc:
+            reply = Error(id=msg.id, code=ErrorCode.NOT_FOUND, message=str(exc))
         except JobError as exc:
             reply = Error(id=msg.id, code=ErrorCode.JOB_ERROR, message=str(exc))
+        except msgspec.ValidationError as exc:
+            reply = Error(id=msg.id, code=ErrorCode.INVALID_MESSAGE, message=str(exc))
+        except StoreError as exc:
+            reply = Error(id=msg.id, code=ErrorCode.UNAVAILABLE, message=str(exc))
         except LookupError as exc:
             reply = Error(id=msg.id, code=ErrorCode.NOT_FOUND, message=str(exc.args[0]))
         except Exception as exc:
@@ -519,7 +536,9 @@ class _Connection:
                     raise _fail(
                         ErrorCode.UNAVAILABLE, "the daemon is draining and takes no new jobs"
                     )
-                job = await self._jobs().enqueue(msg.kind, args, key=msg.key, delay=msg.delay)
+                job = await self._jobs().enqueue(
+                    msg.kind, args, queue=msg.queue, priority=msg.priority, delay=msg.delay
+                )
                 return JobReply(id=msg.id, job=job)
             case RetryJob(job_id=job_id):
                 return JobReply(id=msg.id, job=await self._jobs().retry(job_id))

@@ -3,11 +3,18 @@ job kind, registered through the setup hook as a real deployment would."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import anyio
 import msgspec
 
 import fiefdom
+from fiefdom.storage import Job, JobContext, JobOptions
+
+# Set by setup(): where naps leave a marker, so that a nap given back at shutdown
+# finishes at once when it runs again after a restart.
+MARKERS: Path | None = None
 
 
 class Increment(msgspec.Struct):
@@ -67,7 +74,39 @@ class Echoer(fiefdom.Actor[Echo]):
         return msg.payload
 
 
+class Nap(Job):
+    """Sleeps ``seconds`` on its first run, and returns at once on any later run."""
+
+    options = JobOptions(kind="nap", max_attempts=3)
+    seconds: float = 0.0
+
+
+class Fail(Job):
+    """Always fails: ends discarded after its attempts."""
+
+    options = JobOptions(kind="fail", max_attempts=1)
+    reason: str = "asked to fail"
+
+
+async def run_nap(job: Nap, ctx: JobContext[Any]) -> None:
+    assert MARKERS is not None
+    marker = MARKERS / f"nap-{ctx.id}"
+    if marker.exists():
+        return
+    marker.touch()
+    await anyio.sleep(job.seconds)
+
+
+async def run_fail(job: Fail, ctx: JobContext[Any]) -> None:
+    raise RuntimeError(job.reason)
+
+
 async def setup(daemon: Any) -> None:
+    global MARKERS
+    MARKERS = daemon.data_dir / "markers"
+    MARKERS.mkdir(exist_ok=True)
+    daemon.jobs.register(Nap, run_nap)
+    daemon.jobs.register(Fail, run_fail)
     counter = await daemon.system.spawn(Counter, name="counter")
     daemon.expose("counter", counter, [Increment, GetCount, Crash])
     accounts = daemon.system.domain("accounts", Account, idle_timeout=60.0)
