@@ -98,6 +98,22 @@ class _PostgresTransaction(Transaction):
             raise _wrap(exc, self.store.url) from exc
 
 
+# The claim: one statement; SKIP LOCKED lets concurrent claimers pass each other.
+# $1 queue, $2 limit, $3 worker, $4 lease seconds.
+CLAIM_SQL = (
+    "WITH picked AS (SELECT id FROM fiefdom_jobs WHERE state = 'available' "
+    "AND queue = $1 ORDER BY priority, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) "
+    "UPDATE fiefdom_jobs AS j SET state = 'running', attempt = j.attempt + 1, "
+    "lease_token = j.lease_token + 1, worker = $3, attempted_at = now(), "
+    "lease_expires_at = now() + make_interval(secs => $4), "
+    f"unique_key = CASE WHEN j.unique_states & {STATE_BITS[JobState.RUNNING]} <> 0 "
+    "THEN j.unique_key END "
+    "FROM picked WHERE j.id = picked.id "
+    "RETURNING j.id, j.kind, j.queue, j.args::text, j.attempt, j.max_attempts, "
+    "j.lease_token, j.domain_key, j.priority"
+)
+
+
 _JOB_COLUMNS = (
     "id, kind, queue, state, priority, args::text, domain_key, attempt, max_attempts, "
     "errors::text, worker, cancel_requested, created_at, run_at, attempted_at, finished_at"
@@ -357,16 +373,7 @@ class PostgresStore(Store):
     async def claim(self, queue: str, limit: int, *, worker: str, lease: float) -> list[ClaimedJob]:
         rows = await self._run(
             lambda conn: conn.fetch(
-                "WITH picked AS (SELECT id FROM fiefdom_jobs WHERE state = 'available' "
-                "AND queue = $1 ORDER BY priority, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) "
-                "UPDATE fiefdom_jobs AS j SET state = 'running', attempt = j.attempt + 1, "
-                "lease_token = j.lease_token + 1, worker = $3, attempted_at = now(), "
-                "lease_expires_at = now() + make_interval(secs => $4), "
-                f"unique_key = CASE WHEN j.unique_states & {STATE_BITS[JobState.RUNNING]} <> 0 "
-                "THEN j.unique_key END "
-                "FROM picked WHERE j.id = picked.id "
-                "RETURNING j.id, j.kind, j.queue, j.args::text, j.attempt, j.max_attempts, "
-                "j.lease_token, j.domain_key, j.priority",
+                CLAIM_SQL,
                 queue,
                 limit,
                 worker,

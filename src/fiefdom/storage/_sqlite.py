@@ -76,6 +76,21 @@ class _SQLiteTransaction(Transaction):
             raise _wrap(exc) from exc
 
 
+# The claim: one statement inside BEGIN IMMEDIATE (SQLite has one writer at a time).
+# Parameters: worker, now, lease expiry, queue, limit.
+CLAIM_SQL = (
+    "UPDATE fiefdom_jobs SET state = 'running', attempt = attempt + 1, "
+    "lease_token = lease_token + 1, worker = ?, attempted_at = ?, "
+    "lease_expires_at = ?, "
+    f"unique_key = CASE WHEN unique_states & {STATE_BITS[JobState.RUNNING]} "
+    "THEN unique_key END "
+    "WHERE id IN (SELECT id FROM fiefdom_jobs WHERE state = 'available' "
+    "AND queue = ? ORDER BY priority, run_at, id LIMIT ?) "
+    "RETURNING id, kind, queue, args, attempt, max_attempts, lease_token, "
+    "domain_key, priority"
+)
+
+
 _JOB_COLUMNS = (
     "id, kind, queue, state, priority, args, domain_key, attempt, max_attempts, errors, "
     "worker, cancel_requested, created_at, run_at, attempted_at, finished_at"
@@ -299,15 +314,7 @@ class SQLiteStore(Store):
         now = time.time()
         async with self._tx() as tx:
             rows = await tx.raw(
-                "UPDATE fiefdom_jobs SET state = 'running', attempt = attempt + 1, "
-                "lease_token = lease_token + 1, worker = ?, attempted_at = ?, "
-                "lease_expires_at = ?, "
-                f"unique_key = CASE WHEN unique_states & {STATE_BITS[JobState.RUNNING]} "
-                "THEN unique_key END "
-                "WHERE id IN (SELECT id FROM fiefdom_jobs WHERE state = 'available' "
-                "AND queue = ? ORDER BY priority, run_at, id LIMIT ?) "
-                "RETURNING id, kind, queue, args, attempt, max_attempts, lease_token, "
-                "domain_key, priority",
+                CLAIM_SQL,
                 (worker, now, now + lease, queue, limit),
             )
         return [

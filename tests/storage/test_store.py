@@ -1,0 +1,328 @@
+"""The store on both backends: lifecycle, migrations, schema, transactions (outbox)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+import fiefdom
+from fiefdom.storage import SCHEMA_VERSION, Job, JobOptions, JobState, Store, open_store
+
+
+class Note(Job):
+    options = JobOptions(kind="note")
+    text: str
+
+
+async def test_open_refuses_an_unmigrated_database(store_url: str) -> None:
+    """Opening an empty database fails with SchemaMismatch saying what to run (003/1)."""
+    store = open_store(store_url)
+    with pytest.raises(fiefdom.SchemaMismatch, match=r"fiefdom migrate") as info:
+        await store.open()
+    assert "schema version 0" in str(info.value)
+    assert store.state == "closed"
+
+
+async def test_open_refuses_a_newer_schema(store: Store, store_url: str) -> None:
+    """A schema newer than the code is refused, and the error says to upgrade (003/1)."""
+    async with store.transaction() as tx:
+        if store.backend == "sqlite":
+            await tx.execute(
+                "INSERT INTO fiefdom_schema (version, name, applied_at) VALUES ($1, $2, 0)",
+                SCHEMA_VERSION + 1,
+                "future",
+            )
+        else:
+            await tx.execute(
+                "INSERT INTO fiefdom_schema (version, name) VALUES ($1, $2)",
+                SCHEMA_VERSION + 1,
+                "future",
+            )
+    other = open_store(store_url)
+    with pytest.raises(fiefdom.SchemaMismatch, match="newer") as info:
+        await other.open()
+    assert "upgrade fiefdom" in str(info.value)
+
+
+async def test_concurrent_migrations_apply_once(store_url: str) -> None:
+    """Several processes migrating at once leave one copy of each version (003/1)."""
+    stores = [open_store(store_url) for _ in range(3)]
+    for s in stores:
+        await s.open(check_schema=False)
+    try:
+        results: list[int] = []
+
+        async def migrate(s: Store) -> None:
+            results.append(await s.migrate())
+
+        async with anyio.create_task_group() as tg:
+            for s in stores:
+                tg.start_soon(migrate, s)
+        assert results == [SCHEMA_VERSION] * 3
+        async with stores[0].transaction() as tx:
+            rows = await tx.fetch("SELECT version FROM fiefdom_schema ORDER BY version")
+        assert [r[0] for r in rows] == list(range(1, SCHEMA_VERSION + 1))
+        await stores[0].check_schema()
+    finally:
+        for s in stores:
+            await s.close()
+
+
+EXPECTED_INDEXES = {
+    "fiefdom_jobs_claim",
+    "fiefdom_jobs_due",
+    "fiefdom_jobs_lease",
+    "fiefdom_jobs_unique",
+    "fiefdom_jobs_finished",
+    "fiefdom_jobs_list",
+}
+
+EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
+    "postgres": {
+        "id": "bigint",
+        "kind": "text",
+        "queue": "text",
+        "state": "text",
+        "priority": "smallint",
+        "args": "jsonb",
+        "domain_key": "text",
+        "attempt": "integer",
+        "max_attempts": "integer",
+        "lease_token": "bigint",
+        "worker": "text",
+        "lease_expires_at": "timestamp with time zone",
+        "cancel_requested": "boolean",
+        "errors": "jsonb",
+        "unique_key": "bytea",
+        "unique_states": "smallint",
+        "created_at": "timestamp with time zone",
+        "run_at": "timestamp with time zone",
+        "attempted_at": "timestamp with time zone",
+        "finished_at": "timestamp with time zone",
+    },
+    "sqlite": {
+        "id": "INTEGER",
+        "kind": "TEXT",
+        "queue": "TEXT",
+        "state": "TEXT",
+        "priority": "INTEGER",
+        "args": "TEXT",
+        "domain_key": "TEXT",
+        "attempt": "INTEGER",
+        "max_attempts": "INTEGER",
+        "lease_token": "INTEGER",
+        "worker": "TEXT",
+        "lease_expires_at": "REAL",
+        "cancel_requested": "INTEGER",
+        "errors": "TEXT",
+        "unique_key": "BLOB",
+        "unique_states": "INTEGER",
+        "created_at": "REAL",
+        "run_at": "REAL",
+        "attempted_at": "REAL",
+        "finished_at": "REAL",
+    },
+}
+
+
+async def test_schema_has_the_tables_indexes_and_column_types(store: Store) -> None:
+    """The migrated schema has exactly the expected columns, types and indexes (003/1, 004/8)."""
+    async with store.transaction() as tx:
+        if store.backend == "postgres":
+            columns = dict(
+                await tx.fetch(
+                    "SELECT column_name, data_type FROM information_schema.columns "
+                    "WHERE table_schema = current_schema() AND table_name = 'fiefdom_jobs'"
+                )
+            )
+            indexes = {
+                r[0]
+                for r in await tx.fetch(
+                    "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() "
+                    "AND tablename = 'fiefdom_jobs'"
+                )
+            }
+            unique = await tx.fetchval(
+                "SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() "
+                "AND indexname = 'fiefdom_jobs_unique'"
+            )
+            trigger = await tx.fetchval(
+                "SELECT count(*) FROM pg_trigger WHERE tgname = 'fiefdom_jobs_notify' "
+                "AND tgrelid = 'fiefdom_jobs'::regclass"
+            )
+            assert trigger == 1
+        else:
+            columns = {r[1]: r[2] for r in await tx.fetch("PRAGMA table_info(fiefdom_jobs)")}
+            indexes = {
+                r[0]
+                for r in await tx.fetch(
+                    "SELECT name FROM sqlite_master WHERE type = 'index' "
+                    "AND tbl_name = 'fiefdom_jobs' AND name NOT LIKE 'sqlite_autoindex%'"
+                )
+            }
+            unique = await tx.fetchval(
+                "SELECT sql FROM sqlite_master WHERE name = 'fiefdom_jobs_unique'"
+            )
+        tables = await _tables(tx, store.backend)
+    assert {"fiefdom_jobs", "fiefdom_schema"} <= tables
+    assert columns == EXPECTED_COLUMNS[store.backend]
+    assert indexes - {"fiefdom_jobs_pkey"} == EXPECTED_INDEXES
+    assert "UNIQUE" in unique.upper()
+    assert "unique_key IS NOT NULL" in unique
+
+
+async def _tables(tx: Any, backend: str) -> set[str]:
+    if backend == "postgres":
+        rows = await tx.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        )
+    else:
+        rows = await tx.fetch("SELECT name FROM sqlite_master WHERE type = 'table'")
+    return {r[0] for r in rows}
+
+
+async def test_claim_query_uses_its_index(store: Store, store_url: str) -> None:
+    """The claim statement's plan reads the partial claim index, not the table (004/8)."""
+    await store.enqueue_many([Note(text=str(i)) for i in range(6000)])
+    async with store.transaction() as tx:
+        # A backlog next to finished jobs: the claim must not sort the backlog.
+        await tx.execute("UPDATE fiefdom_jobs SET state = 'completed' WHERE id > 3000")
+    if store.backend == "postgres":
+        import asyncpg
+
+        from fiefdom.storage._postgres import CLAIM_SQL as PG_CLAIM
+
+        conn = await asyncpg.connect(store_url)
+        try:
+            await conn.execute("VACUUM ANALYZE fiefdom_jobs")  # as autovacuum would
+            plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + PG_CLAIM, "default", 10, "w", 5.0)
+        finally:
+            await conn.close()
+    else:
+        from fiefdom.storage._sqlite import CLAIM_SQL as LITE_CLAIM
+
+        async with store.transaction() as tx:
+            await tx.execute("ANALYZE")
+            rows = await tx.fetch("EXPLAIN QUERY PLAN " + LITE_CLAIM, "w", 0.0, 1.0, "default", 10)
+        plan = " | ".join(str(r[-1]) for r in rows)
+    assert "fiefdom_jobs_claim" in plan, plan
+
+
+async def test_sqlite_runs_in_wal_with_an_explicit_synchronous(store_url: str) -> None:
+    """SQLite is in WAL mode, durable (synchronous=FULL) by default and configurable (001/10)."""
+    if not store_url.startswith("sqlite"):
+        pytest.skip("SQLite's journal settings")
+    for url, expected in ((store_url, 2), (store_url + "?synchronous=normal", 1)):
+        s = open_store(url)
+        await s.open(migrate=True)
+        try:
+            async with s.transaction() as tx:
+                mode = await tx.fetchval("PRAGMA journal_mode")
+                sync = await tx.fetchval("PRAGMA synchronous")
+        finally:
+            await s.close()
+        assert (mode, sync) == ("wal", expected)
+
+
+async def test_outbox_enqueue_rolls_back_with_its_transaction(store: Store) -> None:
+    """A transaction that enqueues then rolls back leaves no job and no row (002/4 M-5)."""
+    async with store.transaction() as tx:
+        await tx.execute("CREATE TABLE accounts (id integer PRIMARY KEY, total integer)")
+
+    class Boom(Exception):
+        pass
+
+    async def deposit_then_fail() -> None:
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO accounts (id, total) VALUES ($1, $2)", 1, 10)
+            await store.enqueue(Note(text="deposited"), tx=tx)
+            raise Boom
+
+    with pytest.raises(Boom):
+        await deposit_then_fail()
+    assert await store.list_jobs() == []
+    async with store.transaction() as tx:
+        assert await tx.fetchval("SELECT count(*) FROM accounts") == 0
+
+
+async def test_outbox_enqueue_commits_with_its_transaction(store: Store) -> None:
+    """A transaction that enqueues and commits leaves exactly one job (002/4 M-5)."""
+    async with store.transaction() as tx:
+        await tx.execute("CREATE TABLE accounts (id integer PRIMARY KEY, total integer)")
+    async with store.transaction() as tx:
+        await tx.execute("INSERT INTO accounts (id, total) VALUES ($1, $2)", 1, 10)
+        result = await store.enqueue(Note(text="deposited"), tx=tx)
+    jobs = await store.list_jobs()
+    assert [(j.id, j.kind, j.state) for j in jobs] == [(result.id, "note", JobState.AVAILABLE)]
+    assert msgspec.json.decode(jobs[0].args) == {"text": "deposited"}
+
+
+async def test_enqueue_with_a_transaction_of_another_store_is_refused(
+    store: Store, store_url: str
+) -> None:
+    """A transaction of one store cannot carry another store's enqueue (it would not be atomic)."""
+    other = open_store(store_url)
+    await other.open()
+    try:
+        async with other.transaction() as tx:
+            with pytest.raises(fiefdom.StoreError, match="another store"):
+                await store.enqueue(Note(text="x"), tx=tx)
+    finally:
+        await other.close()
+
+
+async def test_misuse_of_the_lifecycle_says_what_to_do(store_url: str) -> None:
+    """A store used before open or after close fails with a message naming the fix."""
+    s = open_store(store_url)
+    with pytest.raises(fiefdom.StoreError, match="async with open_store"):
+        await s.enqueue(Note(text="x"))
+    await s.open(migrate=True)
+    assert s.healthy
+    await s.close()
+    assert not s.healthy
+    with pytest.raises(fiefdom.StoreError, match="is closed"):
+        await s.enqueue(Note(text="x"))
+    with pytest.raises(fiefdom.StoreError, match="opens once"):
+        await s.open()
+
+
+def test_bad_urls_are_refused_with_the_accepted_forms() -> None:
+    """An unknown scheme or a malformed SQLite URL names the forms that work."""
+    with pytest.raises(fiefdom.StoreError, match="sqlite:///path"):
+        open_store("mysql://x/y")
+    with pytest.raises(fiefdom.StoreError, match="synchronous"):
+        open_store("sqlite:///x.db?synchronous=sometimes")
+
+
+async def test_postgres_reconnects_after_its_connections_are_killed(
+    store: Store, store_url: str
+) -> None:
+    """Killed connections make the store unhealthy, and it recovers on its own (001/9, 001/12)."""
+    if store.backend != "postgres":
+        pytest.skip("connection loss is a PostgreSQL matter")
+    import asyncpg
+
+    assert await store.ping()
+    admin = await asyncpg.connect(store_url)
+    try:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await admin.close()
+    try:
+        await store.enqueue(Note(text="after"))
+    except fiefdom.StoreUnavailable:
+        assert not store.healthy
+    # The pool replaces the dead connection: the next operations succeed.
+    deadline = anyio.current_time() + 10
+    while not await store.ping():
+        assert anyio.current_time() < deadline, "store did not recover"
+        await anyio.sleep(0.05)
+    await store.enqueue(Note(text="recovered"))
+    assert store.healthy
+    assert "recovered" in {msgspec.json.decode(j.args)["text"] for j in await store.list_jobs()}
