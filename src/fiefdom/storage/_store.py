@@ -270,6 +270,7 @@ class Store(abc.ABC):
         # Ids grow in insertion order, so sorted ids line up with the rows that
         # were inserted; unique rows are matched by key instead.
         by_key = {key: id_ for id_, key in inserted if key is not None}
+        existing = {**existing, **by_key}  # a later row may duplicate an earlier one
         plain = iter(sorted(id_ for id_, key in inserted if key is None))
         out: list[Enqueued] = []
         for row in rows:

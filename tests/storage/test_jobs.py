@@ -1,0 +1,675 @@
+"""The job engine on both backends: claims and fencing, outcomes, retries,
+uniqueness, scheduling, cancellation, graceful stop, periodic jobs, retention,
+inspection and events."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from storage_helpers import engine, wait_until
+
+import fiefdom
+from fiefdom.storage import (
+    Cancel,
+    Discard,
+    ExponentialBackoff,
+    Job,
+    JobContext,
+    JobEvent,
+    JobOptions,
+    JobState,
+    Lease,
+    Retention,
+    Snooze,
+    Store,
+    Unique,
+    open_store,
+)
+
+
+def no_backoff(attempt: int) -> float:
+    return 0.0
+
+
+class Ping(Job):
+    options = JobOptions(kind="ping", backoff=no_backoff)
+    n: int
+
+
+class Other(Job):
+    options = JobOptions(kind="other", queue="other", backoff=no_backoff)
+    n: int
+
+
+async def state_of(store: Store, job_id: int | None) -> JobState | None:
+    assert job_id is not None
+    info = await store.get_job(job_id)
+    return None if info is None else info.state
+
+
+async def reaches(store: Store, job_id: int | None, state: JobState) -> None:
+    async def check() -> bool:
+        return await state_of(store, job_id) == state
+
+    await wait_until(check, what=f"job {job_id} to be {state}")
+
+
+# -- options ---------------------------------------------------------------------------
+
+
+def test_job_kinds_declare_their_options_in_one_place() -> None:
+    """A kind's defaults are sane: 5 attempts, capped exponential backoff with jitter (H-1, H-2)."""
+    opts = JobOptions(kind="k")
+    assert (opts.queue, opts.max_attempts, opts.priority, opts.timeout) == ("default", 5, 0, None)
+    backoff = ExponentialBackoff()
+    assert 0.8 <= backoff(1) <= 1.2
+    assert 6.4 <= backoff(4) <= 9.6
+    assert backoff(100) <= 600 * 1.2
+    with pytest.raises(TypeError, match="must declare its options"):
+
+        class Bare(Job):
+            n: int
+
+    with pytest.raises(TypeError, match="names no field"):
+
+        class BadKey(Job):
+            options = JobOptions(kind="bad", domain="d", key="missing")
+            n: int
+
+    with pytest.raises(ValueError, match="max_attempts"):
+        JobOptions(kind="k", max_attempts=0)
+
+
+# -- claims and leases -----------------------------------------------------------------
+
+
+async def test_concurrent_claims_never_take_the_same_job(store: Store) -> None:
+    """Ten claimers racing over 500 jobs take each exactly once (004/2)."""
+    await store.enqueue_many([Ping(n=i) for i in range(500)])
+    taken: list[int] = []
+
+    async def claimer(i: int) -> None:
+        while batch := await store.claim("default", 7, worker=f"w{i}", lease=30):
+            taken.extend(j.id for j in batch)
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tg:
+        for i in range(10):
+            tg.start_soon(claimer, i)
+    assert len(taken) == 500
+    assert len(set(taken)) == 500
+
+
+async def test_a_zombie_attempt_cannot_overwrite_the_newer_one(store: Store) -> None:
+    """A worker whose lease expired and was re-claimed is refused (StaleLease); the newer
+    attempt's outcome stands (003/3, 004/2)."""
+    job = await store.enqueue(Ping(n=1))
+    [first] = await store.claim("default", 1, worker="zombie", lease=0.05)
+
+    async def rescued() -> bool:
+        return bool(await store.rescue())
+
+    await wait_until(rescued, what="the expired lease to be rescued")
+    [second] = await store.claim("default", 1, worker="new", lease=30)
+    assert second.id == first.id == job.id
+    assert second.lease_token > first.lease_token
+    alive, _ = await store.heartbeat([Lease(first.id, first.lease_token)], lease=30)
+    assert alive == set()
+    with pytest.raises(fiefdom.StaleLease, match="no longer current"):
+        await store.complete(Lease(first.id, first.lease_token))
+    info = await store.get_job(job.id or 0)
+    assert info is not None
+    assert (info.state, info.worker) == (JobState.RUNNING, "new")
+    await store.complete(Lease(second.id, second.lease_token))
+    info = await store.get_job(job.id or 0)
+    assert info is not None
+    assert (info.state, info.attempt) == (JobState.COMPLETED, 2)
+    assert [e.type for e in info.errors] == ["fiefdom.LeaseExpired"]
+
+
+async def test_an_engine_rescues_a_job_whose_worker_died(store: Store) -> None:
+    """A job claimed by a worker that vanished is rescued and run again within seconds (003/3)."""
+    job = await store.enqueue(Ping(n=1))
+    await store.claim("default", 1, worker="dead", lease=0.2)
+    ran: list[int] = []
+    eng = engine(store)
+
+    @eng.handler(Ping)
+    async def ping(job: Ping, ctx: JobContext[Any]) -> None:
+        ran.append(ctx.attempt)
+
+    async with eng:
+        await reaches(store, job.id, JobState.COMPLETED)
+    assert ran == [2]
+
+
+async def test_batch_enqueue_returns_one_result_per_job_in_order(store: Store) -> None:
+    """A batch is one insert; results line up with the jobs, duplicates included (001/4)."""
+
+    class Tagged(Job):
+        options = JobOptions(kind="tagged", unique=Unique(by_args=("tag",)))
+        tag: str
+        n: int
+
+    jobs: list[Job] = []
+    for i in range(600):
+        jobs.append(Ping(n=i))
+        if i % 100 == 0:
+            jobs.append(Tagged(tag=f"t{i % 200}", n=i))
+    results = await store.enqueue_many(jobs)
+    assert len(results) == len(jobs)
+    stored = {j.id: j for j in await store.list_jobs(limit=1000)}
+    for job, result in zip(jobs, results, strict=True):
+        assert result.id in stored
+        args = msgspec.json.decode(stored[result.id].args)
+        if result.duplicate:  # the id is the one of the job that took its place
+            assert args["tag"] == msgspec.to_builtins(job)["tag"]
+        else:
+            assert args == msgspec.to_builtins(job)
+    duplicates = [r for r in results if r.duplicate]
+    assert len(duplicates) == 4  # t0 and t100 repeat twice each
+    assert len(stored) == len(jobs) - 4
+
+
+# -- outcomes --------------------------------------------------------------------------
+
+
+async def test_failures_retry_then_discard_keeping_every_error(store: Store) -> None:
+    """An exception retries until max attempts, then the job is discarded with each attempt's
+    error (type, message, traceback) kept (002/4 M-1, M-3)."""
+
+    class Flaky(Job):
+        options = JobOptions(kind="flaky", max_attempts=3, backoff=no_backoff)
+        n: int
+
+    eng = engine(store)
+
+    @eng.handler(Flaky)
+    async def flaky(job: Flaky, ctx: JobContext[Any]) -> None:
+        raise ValueError(f"bad attempt {ctx.attempt}")
+
+    job = await store.enqueue(Flaky(n=1))
+    async with eng:
+        await reaches(store, job.id, JobState.DISCARDED)
+    info = await store.get_job(job.id or 0)
+    assert info is not None
+    assert info.attempt == 3
+    assert [(e.attempt, e.type, e.message) for e in info.errors] == [
+        (i, "builtins.ValueError", f"bad attempt {i}") for i in (1, 2, 3)
+    ]
+    assert all("raise ValueError" in e.traceback for e in info.errors)
+
+
+async def test_handler_outcomes_cancel_discard_snooze(store: Store) -> None:
+    """Cancel ends cancelled, Discard ends discarded, Snooze runs again without using an
+    attempt (002/4 M-3)."""
+
+    class Act(Job):
+        options = JobOptions(kind="act")
+        what: str
+
+    eng = engine(store)
+    snoozed: list[int] = []
+
+    @eng.handler(Act)
+    async def act(job: Act, ctx: JobContext[Any]) -> object:
+        if job.what == "cancel":
+            return Cancel("not needed any more")
+        if job.what == "discard":
+            raise Discard("the input is corrupt")
+        if not snoozed:
+            snoozed.append(ctx.attempt)
+            return Snooze(0)
+        snoozed.append(ctx.attempt)
+        return None
+
+    cancel, discard, snooze = await store.enqueue_many(
+        [Act(what="cancel"), Act(what="discard"), Act(what="snooze")]
+    )
+    async with eng:
+        await reaches(store, cancel.id, JobState.CANCELLED)
+        await reaches(store, discard.id, JobState.DISCARDED)
+        await reaches(store, snooze.id, JobState.COMPLETED)
+    infos = {i.id: i for i in await store.list_jobs()}
+    assert infos[cancel.id or 0].errors[0].message == "not needed any more"
+    assert infos[discard.id or 0].errors[0].message == "the input is corrupt"
+    assert (infos[cancel.id or 0].attempt, infos[discard.id or 0].attempt) == (1, 1)
+    assert snoozed == [1, 1]  # the snooze gave its attempt back
+    assert infos[snooze.id or 0].attempt == 1
+
+
+async def test_a_timeout_fails_the_attempt(store: Store) -> None:
+    """An attempt past its kind's timeout is cancelled and counts as a failure (002/4 L-3)."""
+
+    class Slow(Job):
+        options = JobOptions(kind="slow", timeout=0.05, max_attempts=2, backoff=no_backoff)
+        n: int
+
+    eng = engine(store)
+
+    @eng.handler(Slow)
+    async def slow(job: Slow, ctx: JobContext[Any]) -> None:
+        await anyio.sleep_forever()
+
+    job = await store.enqueue(Slow(n=1))
+    async with eng:
+        await reaches(store, job.id, JobState.DISCARDED)
+    info = await store.get_job(job.id or 0)
+    assert info is not None
+    assert [e.type for e in info.errors] == ["builtins.TimeoutError"] * 2
+
+
+async def test_a_job_of_an_unknown_kind_is_discarded_loudly(store: Store) -> None:
+    """A stored job whose kind has no handler is discarded with the reason, never silently
+    completed (002/3 stub worker)."""
+    eng = engine(store)
+    eng.register(Ping, _nothing)
+    job = await store.enqueue(Other(n=1), queue="default")
+    async with eng:
+        await reaches(store, job.id, JobState.DISCARDED)
+    info = await store.get_job(job.id or 0)
+    assert info is not None
+    assert info.errors[0].type == "fiefdom.UnknownJobKind"
+    assert "no handler for job kind 'other'" in info.errors[0].message
+
+
+async def test_arguments_that_do_not_decode_name_the_field(store: Store) -> None:
+    """A payload that no longer matches its kind is discarded with the field named."""
+
+    class Old(Job):
+        options = JobOptions(kind="resize")
+        width: str
+
+    class New(Job):
+        options = JobOptions(kind="resize")
+        width: int
+
+    eng = engine(store)
+    eng.register(New, _nothing)
+    job = await store.enqueue(Old(width="wide"))
+    async with eng:
+        await reaches(store, job.id, JobState.DISCARDED)
+    info = await store.get_job(job.id or 0)
+    assert info is not None
+    assert "$.width" in info.errors[0].message
+
+
+async def _nothing(job: Job, ctx: JobContext[Any]) -> None:
+    return None
+
+
+# -- uniqueness ------------------------------------------------------------------------
+
+
+class Reindex(Job):
+    options = JobOptions(kind="reindex", unique=Unique())
+    index: str
+
+
+async def test_twenty_concurrent_enqueuers_of_a_unique_job_make_one_row(
+    store: Store, store_url: str
+) -> None:
+    """Twenty concurrent enqueues of one unique job leave exactly one row (002/4 H-3, 001/3)."""
+    stores = [open_store(store_url) for _ in range(4)]
+    for s in stores:
+        await s.open()
+    try:
+        results: list[Any] = []
+
+        async def enqueue(s: Store) -> None:
+            results.append(await s.enqueue(Reindex(index="songs")))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(enqueue, stores[i % 4])
+    finally:
+        for s in stores:
+            await s.close()
+    created = [r for r in results if not r.duplicate]
+    assert len(created) == 1
+    assert {r.id for r in results} == {created[0].id}
+    assert len(await store.list_jobs()) == 1
+
+
+async def test_unique_states_let_a_new_job_queue_while_one_runs(store: Store) -> None:
+    """With RUNNING left out of the unique states, a new job may queue while one runs (H-3)."""
+
+    class Sync(Job):
+        options = JobOptions(
+            kind="sync",
+            unique=Unique(states=frozenset({JobState.AVAILABLE, JobState.SCHEDULED})),
+        )
+        folder: str
+
+    first = await store.enqueue(Sync(folder="a"))
+    assert (await store.enqueue(Sync(folder="a"))).duplicate
+    assert not (await store.enqueue(Sync(folder="b"))).duplicate
+    await store.claim("default", 10, worker="w", lease=30)
+    again = await store.enqueue(Sync(folder="a"))
+    assert not again.duplicate
+    assert again.id != first.id
+
+
+async def test_unique_by_period_allows_one_per_period(store: Store) -> None:
+    """A unique period makes the same job a duplicate within its time slot (H-3)."""
+
+    class Digest(Job):
+        options = JobOptions(kind="digest", unique=Unique(by_args=False, period=3600))
+        user: str
+
+    assert not (await store.enqueue(Digest(user="a"))).duplicate
+    assert (await store.enqueue(Digest(user="b"))).duplicate
+
+
+class Pair(Job):
+    options = JobOptions(kind="pair", unique=Unique(by_args=("a",)))
+    a: int
+    b: int
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3)), max_size=25))
+def test_unique_by_an_argument_subset_keeps_one_per_value(
+    store_url: str, pairs: list[tuple[int, int]]
+) -> None:
+    """Uniqueness on a subset of arguments keeps exactly one job per distinct value, however
+    the jobs are split into batches (H-3)."""
+
+    async def check() -> None:
+        s = open_store(store_url)
+        await s.open(migrate=True)
+        try:
+            async with s.transaction() as tx:
+                await tx.execute("DELETE FROM fiefdom_jobs")
+            jobs = [Pair(a=a, b=b) for a, b in pairs]
+            half = len(jobs) // 2
+            results = await s.enqueue_many(jobs[:half]) + await s.enqueue_many(jobs[half:])
+            rows = await s.list_jobs(limit=1000)
+        finally:
+            await s.close()
+        stored = sorted(msgspec.json.decode(r.args)["a"] for r in rows)
+        assert stored == sorted({a for a, _ in pairs})
+        assert sum(not r.duplicate for r in results) == len(rows)
+
+    asyncio.run(check())
+
+
+# -- scheduling, priorities, queues ----------------------------------------------------
+
+
+async def test_priorities_and_scheduled_jobs(store: Store) -> None:
+    """Lower priority numbers are claimed first; a scheduled job waits for its time."""
+    low = await store.enqueue(Ping(n=1), priority=5)
+    high = await store.enqueue(Ping(n=2), priority=0)
+    later = await store.enqueue(Ping(n=3), delay=0.3)
+    assert await state_of(store, later.id) == JobState.SCHEDULED
+    first = await store.claim("default", 1, worker="w", lease=30)
+    second = await store.claim("default", 10, worker="w", lease=30)
+    assert [j.id for j in first + second] == [high.id, low.id]
+
+    async def promoted() -> bool:
+        await store.promote()
+        return await state_of(store, later.id) == JobState.AVAILABLE
+
+    await wait_until(promoted, what="the scheduled job to become available")
+    info = await store.get_job(later.id or 0)
+    assert info is not None
+    assert info.run_at.timestamp() <= time.time()
+
+
+async def test_a_paused_queue_is_not_claimed_until_resumed(store: Store) -> None:
+    """Pausing a queue stops its claims while other queues go on; resume picks it up."""
+    eng = engine(store, queues={"default": 2, "other": 2})
+    eng.register(Ping, _nothing)
+    eng.register(Other, _nothing)
+    eng.pause("default")
+    async with eng:
+        paused = await store.enqueue(Ping(n=1))
+        # Enqueued after the paused one: once it is done, the engine has had its chance.
+        other = await store.enqueue(Other(n=1))
+        await reaches(store, other.id, JobState.COMPLETED)
+        await store.promote()
+        assert await state_of(store, paused.id) == JobState.AVAILABLE
+        assert eng.statistics().queues[0].paused
+        eng.resume("default")
+        await reaches(store, paused.id, JobState.COMPLETED)
+    with pytest.raises(fiefdom.JobError, match="does not serve queue 'nope'"):
+        eng.pause("nope")
+
+
+# -- cancellation and stopping ---------------------------------------------------------
+
+
+async def test_cancelling_a_running_job_cancels_its_handler(store: Store) -> None:
+    """cancel_job(id) on a running job cancels its handler; the job ends cancelled (002/4 L-3)."""
+    started = anyio.Event()
+    cleaned_up = anyio.Event()
+    eng = engine(store)
+
+    @eng.handler(Ping)
+    async def ping(job: Ping, ctx: JobContext[Any]) -> None:
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cleaned_up.set()
+
+    job = await store.enqueue(Ping(n=1))
+    waiting = await store.enqueue(Other(n=1))
+    async with eng:
+        await started.wait()
+        assert await eng.cancel_job(job.id or 0) == JobState.RUNNING
+        await cleaned_up.wait()
+        await reaches(store, job.id, JobState.CANCELLED)
+        assert await eng.cancel_job(waiting.id or 0) == JobState.CANCELLED
+        assert await eng.cancel_job(10**9) is None
+    info = await store.get_job(job.id or 0)
+    assert info is not None
+    assert info.errors[-1].message == "cancelled by request"
+
+
+async def test_graceful_stop_finishes_what_it_can_and_gives_back_the_rest(store: Store) -> None:
+    """On stop, claiming ends, running jobs get until the deadline, then are cancelled and
+    given back without using an attempt (000/1e, 001/13)."""
+
+    class Work(Job):
+        options = JobOptions(kind="work")
+        stuck: bool
+
+    release = anyio.Event()
+    running: set[bool] = set()
+    eng = engine(store, drain_timeout=0.3)
+
+    @eng.handler(Work)
+    async def work(job: Work, ctx: JobContext[Any]) -> None:
+        running.add(job.stuck)
+        if job.stuck:
+            await anyio.sleep_forever()
+        await release.wait()
+
+    quick, stuck = await store.enqueue_many([Work(stuck=False), Work(stuck=True)])
+    async with eng:
+        await wait_until(lambda: running == {True, False}, what="both jobs to start")
+        eng.request_stop()
+        release.set()
+    expected = ((quick.id, JobState.COMPLETED, 1), (stuck.id, JobState.AVAILABLE, 0))
+    for job_id, state, attempt in expected:
+        info = await store.get_job(job_id or 0)
+        assert info is not None
+        assert (info.state, info.attempt, info.worker) == (state, attempt, None)
+
+
+async def test_an_engine_hosted_by_cancel_gives_jobs_back_at_once(store: Store) -> None:
+    """cancel() (a supervisor's deadline passed) cancels handlers and gives their jobs back."""
+    started = anyio.Event()
+    eng = engine(store, drain_timeout=60)
+
+    @eng.handler(Ping)
+    async def ping(job: Ping, ctx: JobContext[Any]) -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    job = await store.enqueue(Ping(n=1))
+    async with anyio.create_task_group() as tg:
+        await tg.start(_serve, eng)
+        await started.wait()
+        eng.cancel()
+    info = await store.get_job(job.id or 0)
+    assert info is not None
+    assert (info.state, info.attempt) == (JobState.AVAILABLE, 0)
+
+
+async def _serve(eng: Any, *, task_status: Any) -> None:
+    await eng.serve(task_status.started)
+
+
+# -- periodic jobs and retention -------------------------------------------------------
+
+
+class Tick(Job):
+    options = JobOptions(kind="tick")
+
+
+async def test_periodic_jobs_are_enqueued_once_per_period_across_engines(
+    store: Store, store_url: str
+) -> None:
+    """Two engines with the same periodic job insert it once per period (a unique slot)
+    (002/3 periodic)."""
+    other = open_store(store_url)
+    await other.open()
+    ticks: list[int] = []
+
+    async def tick(job: Tick, ctx: JobContext[Any]) -> None:
+        ticks.append(ctx.id)
+
+    engines = [engine(s) for s in (store, other)]
+    for eng in engines:
+        eng.register(Tick, tick)
+        eng.periodic(Tick, every=3600, run_on_start=True)
+    try:
+        async with engines[0], engines[1]:
+            await wait_until(lambda: len(ticks) >= 1, what="the periodic job to run")
+    finally:
+        await other.close()
+    jobs = await store.list_jobs(kind="tick")
+    assert len(jobs) == 1
+    assert ticks == [jobs[0].id]
+
+
+async def test_retention_prunes_old_final_jobs(store: Store) -> None:
+    """The engine's pruning job deletes final jobs older than their retention (002/4 L-1)."""
+    await store.enqueue_many([Ping(n=i) for i in range(5)])
+    first = engine(store)
+    first.register(Ping, _nothing)
+    async with first:
+        await wait_until(
+            lambda: first.statistics().outcomes.get("completed") == 5, what="5 completions"
+        )
+    kept = await store.enqueue(Ping(n=99), delay=3600)
+    eng = engine(store, retention=Retention(completed=0, cancelled=0, discarded=0, every=3600))
+    eng.register(Ping, _nothing)
+    async with eng:
+
+        async def pruned() -> bool:
+            return [j.kind for j in await store.list_jobs()] == ["ping", "fiefdom.prune"]
+
+        await wait_until(pruned, what="the completed jobs to be pruned")
+    remaining = await store.list_jobs()
+    assert remaining[0].id == kept.id
+
+
+# -- inspection ------------------------------------------------------------------------
+
+
+async def test_counts_listing_and_retrying_a_discarded_job(store: Store) -> None:
+    """Counts by queue and state, filtered listing, and re-running a discarded job (M-3)."""
+    fail = True
+
+    class Once(Job):
+        options = JobOptions(kind="once", max_attempts=1)
+        n: int
+
+    eng = engine(store)
+
+    @eng.handler(Once)
+    async def once(job: Once, ctx: JobContext[Any]) -> None:
+        if fail:
+            raise RuntimeError("down")
+
+    job = await store.enqueue(Once(n=1))
+    await store.enqueue_many([Other(n=1), Other(n=2)])
+    async with eng:
+        await reaches(store, job.id, JobState.DISCARDED)
+        counts = {(c.queue, c.state): c.count for c in await store.count_jobs()}
+        assert counts == {("default", JobState.DISCARDED): 1, ("other", JobState.AVAILABLE): 2}
+        listed = await store.list_jobs(state=JobState.DISCARDED)
+        assert [j.id for j in listed] == [job.id]
+        assert [j.kind for j in await store.list_jobs(queue="other", limit=1)] == ["other"]
+        page = await store.list_jobs(queue="other", after_id=listed[0].id + 1)
+        assert len(page) == 1
+        fail = False
+        assert await store.retry_job(job.id or 0)
+        assert not await store.retry_job(job.id or 0)  # no longer discarded
+        await reaches(store, job.id, JobState.COMPLETED)
+    info = await store.get_job(job.id or 0)
+    assert info is not None
+    assert (info.attempt, info.max_attempts, len(info.errors)) == (2, 2, 1)
+
+
+async def test_every_state_change_is_emitted_as_an_event(store: Store) -> None:
+    """Subscribers see each state an engine moves a job into (002/3 events)."""
+
+    class Step(Job):
+        options = JobOptions(kind="step", max_attempts=2, backoff=lambda attempt: 0.05)
+        what: str
+
+    events: list[JobEvent] = []
+    hold = anyio.Event()
+    eng = engine(store, drain_timeout=0.1)
+
+    @eng.handler(Step)
+    async def step(job: Step, ctx: JobContext[Any]) -> object:
+        match job.what:
+            case "fail":
+                raise RuntimeError("fails")
+            case "cancel":
+                return Cancel("no")
+            case "snooze" if ctx.attempt == 1 and not any(
+                e.state == JobState.SCHEDULED for e in events
+            ):
+                return Snooze(0.05)
+            case "hold":
+                hold.set()
+                await anyio.sleep_forever()
+        return None
+
+    unsubscribe = eng.subscribe(events.append)
+    jobs = await store.enqueue_many(
+        [Step(what=w) for w in ("ok", "fail", "cancel", "snooze", "hold")]
+    )
+    async with eng:
+        await hold.wait()
+        for job, final in zip(
+            jobs[:4],
+            (JobState.COMPLETED, JobState.DISCARDED, JobState.CANCELLED, JobState.COMPLETED),
+            strict=True,
+        ):
+            await reaches(store, job.id, final)
+    unsubscribe()
+    seen = {e.state for e in events}
+    assert seen == set(JobState)
+    given_back = [e for e in events if e.state == JobState.AVAILABLE]
+    assert [e.job_id for e in given_back] == [jobs[4].id]
+    assert given_back[0].detail == "given back at shutdown"
