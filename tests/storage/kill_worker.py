@@ -1,0 +1,46 @@
+"""A worker process for the kill -9 test: runs an engine whose handler logs each
+start (fsynced) and then works a little, until it is killed.
+
+Usage: python kill_worker.py STORE_URL LOG_PATH
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import anyio
+
+from fiefdom.storage import Job, JobContext, JobEngine, JobOptions, open_store
+
+
+class Chunk(Job):
+    options = JobOptions(kind="chunk", max_attempts=5)
+    n: int
+
+
+async def main(url: str, log_path: str) -> None:
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    async def chunk(job: Chunk, ctx: JobContext[Any]) -> None:
+        os.write(fd, f"{ctx.id} {ctx.attempt}\n".encode())
+        os.fsync(fd)
+        await anyio.sleep(0.02)
+
+    async with open_store(url) as store:
+        engine = JobEngine(
+            store,
+            queues={"default": 8},
+            lease=1.0,
+            heartbeat=0.3,
+            poll_interval=0.05,
+            retention=None,
+        )
+        engine.register(Chunk, chunk)
+        async with engine:
+            await anyio.sleep_forever()
+
+
+if __name__ == "__main__":
+    anyio.run(main, sys.argv[1], sys.argv[2])
