@@ -80,7 +80,11 @@ class DaemonProcess:
         endpoint = self.data / "control.json"
         endpoint.unlink(missing_ok=True)
         env = {**os.environ, **self.env}
-        self.log_file = self.log_path.open("wb")
+        if self.proc is not None:
+            assert self.proc.poll() is not None, "the daemon is still running"
+            self.log_file.close()
+        # Appending: a restarted daemon's log follows the previous run's.
+        self.log_file = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             self.command(), stdout=self.log_file, stderr=subprocess.STDOUT, env=env
         )
