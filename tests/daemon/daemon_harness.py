@@ -68,6 +68,7 @@ class DaemonProcess:
         self.log_path = self.folder / f"daemon-{time.monotonic_ns()}.log"
         self.url = ""
         self.token = token or ""
+        self.cwd: Path | None = None
 
     @property
     def ws_url(self) -> str:
@@ -86,7 +87,7 @@ class DaemonProcess:
         # Appending: a restarted daemon's log follows the previous run's.
         self.log_file = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            self.command(), stdout=self.log_file, stderr=subprocess.STDOUT, env=env
+            self.command(), stdout=self.log_file, stderr=subprocess.STDOUT, env=env, cwd=self.cwd
         )
         deadline = time.monotonic() + READY_DEADLINE
         while not endpoint.is_file():

@@ -170,7 +170,7 @@ def _explain(
     text = str(exc)
     message, marker, where = text.rpartition(" - at `")
     if not marker:
-        return f"{source}: invalid configuration: {text}"
+        message, where = text, "$"
     key = where.rstrip("`").removeprefix("$").lstrip(".")
     if message.startswith("Object contains unknown field"):
         field = message.split("`")[1]

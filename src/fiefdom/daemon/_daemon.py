@@ -156,9 +156,9 @@ class Daemon:
         await self.jobs_adapter.drain(None, timeout)
 
     async def dump(self) -> tuple[str, int]:
-        path = self.recorder.dump("request")
-        log.info("flight recorder written", path=str(path))
-        return str(path), len(self.recorder)
+        path, count = self.recorder.dump("request")
+        log.info("flight recorder written", path=str(path), events=count)
+        return str(path), count
 
     # -- running ---------------------------------------------------------------------
 
@@ -199,12 +199,24 @@ class Daemon:
         )
         remove_signals = self._install_signals()
         try:
-            await self._run()
+            try:
+                await self._run()
+            except BaseExceptionGroup as group:
+                # The task groups of the actor system wrap what a start step raised;
+                # the operator wants that one error, not the group around it.
+                leaves = _leaves(group)
+                if len(leaves) == 1 and isinstance(leaves[0], Exception):
+                    raise leaves[0] from None
+                raise
         except BaseException as exc:
-            if not isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
+            if isinstance(exc, FiefdomError):
+                # An expected failure (configuration, schema, database): one line.
+                log.error("daemon failed", error=str(exc), error_type=type(exc).__name__)
+            elif not isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
                 log.error("daemon failed", exc_info=exc)
+            if not isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
                 with contextlib.suppress(OSError):
-                    path = self.recorder.dump("crash")
+                    path, _ = self.recorder.dump("crash")
                     log.error("flight recorder written", path=str(path))
             raise
         finally:
@@ -295,6 +307,16 @@ class Daemon:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(info), encoding="utf-8")
         os.replace(tmp, path)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            leaves.extend(_leaves(exc))
+        else:
+            leaves.append(exc)
+    return leaves
 
 
 def _redact(url: str) -> str:

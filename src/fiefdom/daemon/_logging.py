@@ -44,8 +44,9 @@ class FlightRecorder:
     def __len__(self) -> int:
         return len(self._events)
 
-    def dump(self, reason: str) -> Path:
-        """Write the buffer as JSON lines (oldest first); returns the file."""
+    def dump(self, reason: str) -> tuple[Path, int]:
+        """Write the buffer as JSON lines (oldest first); returns the file and the
+        number of events written."""
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         path = self.folder / f"flight-{stamp}-{os.getpid()}-{reason}.jsonl"
@@ -53,10 +54,11 @@ class FlightRecorder:
         while path.exists():
             n += 1
             path = self.folder / f"flight-{stamp}-{os.getpid()}-{reason}-{n}.jsonl"
+        events = list(self._events)
         with path.open("w", encoding="utf-8") as out:
-            for event in list(self._events):
+            for event in events:
                 out.write(json.dumps(event, default=repr) + "\n")
-        return path
+        return path, len(events)
 
 
 class _HubForwarder:

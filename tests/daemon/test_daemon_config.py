@@ -1,0 +1,166 @@
+"""The daemon's configuration, tokens, flight recorder, and the README's run command:
+`fiefdom serve` on the default configuration starts and answers /readyz."""
+
+from __future__ import annotations
+
+import json
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+from daemon_harness import DaemonProcess, write_config
+
+import fiefdom
+from fiefdom.daemon import Config, ensure_admin_token, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_default_config_file_is_valid_and_loopback() -> None:
+    """config.toml decodes; SQLite under the data folder; control on 127.0.0.1:8765."""
+    config = load_config(ROOT / "config.toml", environ={})
+    assert config.control.listen == "127.0.0.1:8765"
+    assert config.store_url == f"sqlite:///{ROOT / 'data' / 'fiefdom.db'}"
+    assert config.data_path == ROOT / "data"
+
+
+def test_environment_overrides_single_settings(tmp_path: Path) -> None:
+    """FIEFDOM_<SECTION>__<KEY> overrides one setting, converted to the field's type."""
+    config = load_config(
+        ROOT / "config.toml",
+        environ={
+            "FIEFDOM_CONTROL__LISTEN": "127.0.0.1:9000",
+            "FIEFDOM_CONTROL__MAX_CONNECTIONS": "7",
+            "FIEFDOM_DAEMON__DATA_DIR": str(tmp_path),
+            "FIEFDOM_DAEMON__MODULES": '["a.b", "c"]',
+            "FIEFDOM_JOBS__QUEUES__DEFAULT__CONCURRENCY": "3",
+        },
+    )
+    assert config.control.listen == "127.0.0.1:9000"
+    assert config.control.max_connections == 7
+    assert config.data_path == tmp_path
+    assert config.daemon.modules == ["a.b", "c"]
+    assert config.jobs.queues["default"].concurrency == 3
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "expected"),
+    [
+        ("[control]\nlisten = 8765\n", {}, "control.listen: expected `str`, got `int`"),
+        ("[control]\nlistne = '1'\n", {}, "unknown key 'control.listne'"),
+        ("[contrl]\n", {}, "unknown key 'contrl'"),
+        ("", {"FIEFDOM_CONTROL__MAX_CONNECTIONS": "many"}, "FIEFDOM_CONTROL__MAX_CONNECTIONS"),
+        ("[daemon]\nlog_level = 'loud'\n", {}, "daemon.log_level"),
+        ("[control]\nlisten = 'nowhere'\n", {}, "control.listen must be HOST:PORT"),
+        ("[daemon\n", {}, "not valid TOML"),
+    ],
+    ids=["wrong-type", "unknown-key", "unknown-section", "env-type", "enum", "listen", "toml"],
+)
+def test_errors_name_the_key(tmp_path: Path, toml: str, env: dict[str, str], expected: str) -> None:
+    """A wrong key or type fails with a message naming the key (and the variable)."""
+    path = tmp_path / "config.toml"
+    path.write_text(toml)
+    with pytest.raises(fiefdom.ConfigurationError) as info:
+        load_config(path, environ=env)
+    assert expected in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_admin_token_is_created_once_with_mode_0600(tmp_path: Path) -> None:
+    """The admin token is written 0600 on first use and read back unchanged later."""
+    path = tmp_path / "data" / "admin.token"
+    token = ensure_admin_token(path)
+    assert len(token) >= 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert ensure_admin_token(path) == token
+
+
+def test_a_missing_module_fails_the_start_with_one_clear_line(tmp_path: Path) -> None:
+    """A user module that cannot be imported stops `fiefdom serve` with exit 1 and one line."""
+    config = write_config(tmp_path, modules=("no_such_module_here",))
+    result = subprocess.run(
+        [sys.executable, "-m", "fiefdom.cli", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("fiefdom: error: daemon.modules: cannot import 'no_such_module_here'")
+
+
+def test_crash_writes_the_flight_recorder(tmp_path: Path) -> None:
+    """A daemon that fails at start writes its recent events (debug included) to a file."""
+    config = write_config(tmp_path, modules=("no_such_module_here",))
+    subprocess.run(
+        [sys.executable, "-m", "fiefdom.cli", "serve", "--config", str(config)],
+        capture_output=True,
+        timeout=60,
+    )
+    dumps = list((tmp_path / "data" / "flight-recorder").glob("flight-*-crash.jsonl"))
+    assert len(dumps) == 1
+    events = [json.loads(line) for line in dumps[0].read_text().splitlines()]
+    names = [e["event"] for e in events]
+    assert "opening the store" in names
+    assert "daemon failed" in names
+
+
+async def test_dump_on_request_writes_the_flight_recorder(daemon: DaemonProcess) -> None:
+    """An admin "dump" writes the ring buffer to the recorder folder and says where."""
+    async with fiefdom.connect(daemon.url, token=daemon.token) as client:
+        reply = await client.dump()
+    path = Path(reply.path)
+    assert path.parent == daemon.data / "flight-recorder"
+    lines = await anyio.Path(path).read_text()
+    lines = lines.splitlines()
+    assert len(lines) == reply.events
+    assert any(json.loads(line)["event"] == "daemon ready" for line in lines)
+
+
+def test_readme_run_command_serves_the_default_configuration(tmp_path: Path) -> None:
+    """The README's first set-up command ends in `fiefdom serve`; run that way on the
+    default config.toml (data dir and port from the environment) it answers /readyz."""
+    readme = (ROOT / "README.md").read_text()
+    first_block = re.search(r"```sh\n(.*?)\n```", readme, re.S)
+    assert first_block is not None
+    command = first_block.group(1).strip()
+    assert command.endswith(".venv/bin/fiefdom serve"), command
+    entry_point = Path(sys.executable).parent / "fiefdom"
+    assert entry_point.exists()
+
+    class ReadmeDaemon(DaemonProcess):
+        def command(self) -> list[str]:
+            return [str(entry_point), "serve"]
+
+    data = tmp_path / "data"
+    daemon = ReadmeDaemon(
+        ROOT / "config.toml",
+        env={
+            "FIEFDOM_DAEMON__DATA_DIR": str(data),
+            "FIEFDOM_CONTROL__LISTEN": "127.0.0.1:0",
+        },
+    )
+    daemon.data = data
+    daemon.cwd = ROOT
+    daemon.log_path = tmp_path / "daemon.log"
+    try:
+        daemon.start()
+        ready = daemon.json("/readyz")
+        assert ready["ready"] is True
+        assert stat.S_IMODE((data / "admin.token").stat().st_mode) == 0o600
+    finally:
+        daemon.stop()
+
+
+def test_config_struct_defaults_match_the_file() -> None:
+    """The built-in defaults equal config.toml's settings (the file documents them)."""
+    from_file = load_config(ROOT / "config.toml", environ={})
+    defaults = load_config(None, environ={})
+    assert isinstance(defaults, Config)
+    assert from_file.control == defaults.control
+    assert from_file.jobs == defaults.jobs
+    assert from_file.recorder == defaults.recorder
