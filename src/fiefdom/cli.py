@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 import msgspec
+import structlog
 
 from ._errors import FiefdomError
 from .daemon import Config, Daemon, load_config, read_token_file
@@ -428,8 +430,19 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(EXIT_ERROR)
 
 
+def _quiet_logging() -> None:
+    # Commands other than serve print their results on stdout; library logs would
+    # mix into it (and into --json), so only warnings go, to stderr.
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command != "serve":
+        _quiet_logging()
     try:
         return int(args.func(args))
     except (CommandError, FiefdomError) as exc:
