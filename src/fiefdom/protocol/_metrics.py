@@ -79,6 +79,14 @@ class _TreeCollector(Collector):
                 jobs.add_metric([queue.name, state], count)
         yield jobs
         yield paused
+        frames = CounterMetricFamily(
+            "fiefdom_ws_frames",
+            "Control-channel frames received, by message type",
+            labels=["type"],
+        )
+        for tag, count in sorted(self._metrics.frames.items()):
+            frames.add_metric([tag], count)
+        yield frames
 
 
 class ControlMetrics:
@@ -91,12 +99,7 @@ class ControlMetrics:
         self.ws_connections = Gauge(
             "fiefdom_ws_connections", "Open control-channel websockets", registry=self.registry
         )
-        self.ws_frames = Counter(
-            "fiefdom_ws_frames",
-            "Control-channel frames received, by message type",
-            ["type"],
-            registry=self.registry,
-        )
+        self.frames: dict[str, int] = {}  # frames received by type (read at scrape time)
         self.ws_errors = Counter(
             "fiefdom_ws_errors", "Error frames sent, by code", ["code"], registry=self.registry
         )
