@@ -18,7 +18,7 @@
     ├── JobError                      job-engine misuse and failures
     │   ├── UnknownJobKind            a job kind that has no registration or handler
     │   └── StaleLease                an outcome reported with a fencing token that lost its lease
-    └── ControlError                  the control channel answered with a typed error (code, details)
+    └── ControlError                  the control channel refused a request (code, details)
         └── ControlConnectionError    the control channel cannot be reached or was lost
                                       (also ConnectionError)
 """
