@@ -1,4 +1,11 @@
-"""Actors, refs, mailboxes, domains (one actor per id) and owned subprocesses."""
+"""Actors, refs, mailboxes, domains (one actor per id) and owned subprocesses.
+
+Defaults: ``DEFAULT_CAPACITY`` messages per mailbox, ``DEFAULT_ASK_TIMEOUT`` seconds
+per ask, ``DEFAULT_CANCEL_GRACE`` seconds for a cancelled handler to return before
+the actor is reported stuck. ``StopMode`` names how a cell's incarnation ends:
+``"restart"`` (mailbox kept), ``"drain"`` (handle what is queued, take nothing new)
+or ``"exit"`` (stop after the current message).
+"""
 
 from ._actor import Actor as Actor
 from ._actor import ActorContext as ActorContext

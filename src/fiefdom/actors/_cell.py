@@ -75,6 +75,11 @@ class StartFailed(ActivationFailed):
 
 
 class Cell(Generic[M]):
+    """The runtime of one actor, driven by its owner (a supervisor or a domain): the
+    mailbox, the current instance, the message loop, deadlines and statistics.
+    Users talk to it through an ``ActorRef``; owners call ``serve``, ``request_stop``,
+    ``cancel``, ``reset`` and ``close``."""
+
     __slots__ = (
         "__weakref__",
         "_cancel_requested_at",

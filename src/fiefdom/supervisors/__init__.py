@@ -1,4 +1,8 @@
-"""Supervisors, child specifications, restart strategies and the ActorSystem root."""
+"""Supervisors, child specifications, restart strategies and the ActorSystem root.
+
+``ChildSpec`` is what a supervisor can supervise: an ``ActorSpec``, a ``DomainSpec``
+or a nested ``SupervisorSpec``.
+"""
 
 from ._spec import ActorSpec as ActorSpec
 from ._spec import Backoff as Backoff

@@ -25,6 +25,8 @@ log = structlog.get_logger("fiefdom.system")
 
 
 class SystemState(enum.StrEnum):
+    """Lifecycle of an ``ActorSystem``: it runs once, from ``async with`` to its end."""
+
     NEW = "new"
     RUNNING = "running"
     STOPPING = "stopping"
