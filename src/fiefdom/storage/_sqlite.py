@@ -186,7 +186,11 @@ class SQLiteStore(Store):
             conn = self._conn
             assert conn is not None
             try:
-                await conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                # Shielded: a cancelled await would not stop the BEGIN in aiosqlite's
+                # thread, and the transaction it then opens would hold SQLite's write
+                # lock with nobody left to roll it back.
+                with anyio.CancelScope(shield=True):
+                    await conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             except sqlite3.Error as exc:
                 self._mark(False)
                 raise _wrap(exc) from exc
