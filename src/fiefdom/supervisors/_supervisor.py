@@ -313,12 +313,8 @@ class Supervisor:
         self._events.put_nowait(_STOP)
 
     def cancel(self) -> None:
-        # Our own shutdown deadline passed: the children's deadlines are void too.
-        # _stop_all runs shielded (so that a cancelled supervisor still waits for
-        # its children), hence each running child is cancelled directly.
-        for child in self._children:
-            if child.running:
-                child.runnable.cancel()
+        # Only _stop_all's waiting is shielded: the children's tasks run in the task
+        # group inside this scope, so cancelling it cancels them at once.
         if self._scope is not None:
             self._scope.cancel()
 
