@@ -50,6 +50,8 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown
     asyncpg.exceptions.InterfaceError,
+    # Raised when a connection the server dropped is used mid-protocol.
+    asyncpg.exceptions.InternalClientError,
 )
 
 
