@@ -84,6 +84,7 @@ class Cell(Generic[M]):
         "__weakref__",
         "_cancel_requested_at",
         "_log",
+        "_message_scope",
         "_running_ask",
         "_scope",
         "cancel_grace",
@@ -133,6 +134,7 @@ class Cell(Generic[M]):
         self.predecessor: Cell[M] | None = None
         self._running_ask: Ask | None = None
         self._scope: anyio.CancelScope | None = None
+        self._message_scope: anyio.CancelScope | None = None
         self._cancel_requested_at: float | None = None
         self._log: Any = None
 
@@ -189,9 +191,11 @@ class Cell(Generic[M]):
         return AskTimeout(self.path, type(ask.msg).__name__, ask.timeout or 0.0, phase, **kw)
 
     def cancel_running(self, ask: Ask) -> None:
-        if ask.scope is not None and self._running_ask is ask:
+        scope = self._message_scope
+        if self._running_ask is ask and scope is not None and not ask.cancelled:
+            ask.cancelled = True
             self._cancel_requested_at = time.monotonic()
-            ask.scope.cancel()
+            scope.cancel()
 
     # -- running -----------------------------------------------------------------
 
@@ -242,16 +246,35 @@ class Cell(Generic[M]):
                 self.log.exception("on_stop raised")
 
     async def _loop(self, instance: Actor[M]) -> None:
-        mailbox = self.mailbox
+        # Each message is cancellable on its own, but a cancel scope per message costs
+        # as much as the rest of an ask. So messages run inside one shared scope, which
+        # is cancelled only to cancel the running ask; right after that handler has
+        # returned the scope is left (before any other await, so the cancellation can
+        # reach no other message) and the next messages run in a fresh one.
         receive = instance.receive
+        while True:
+            with anyio.CancelScope() as scope:
+                self._message_scope = scope
+                try:
+                    if await self._handle_messages(receive, scope):
+                        return
+                finally:
+                    self._message_scope = None
+
+    async def _handle_messages(
+        self, receive: Callable[[Any], Any], scope: anyio.CancelScope
+    ) -> bool:
+        """Handle messages until the incarnation should end (True) or ``scope`` was
+        cancelled to cancel an ask's handler (False: go on in a fresh scope)."""
+        mailbox = self.mailbox
         while True:
             mode = self.stop_mode
             if mode is not None and mode != "drain":
-                return
+                return True
             item = mailbox.get_nowait()
             if item is EMPTY:
                 if mode == "drain":
-                    return
+                    return True
                 if self.on_idle is not None:
                     self.on_idle(self)
                     if self.stop_mode is not None:
@@ -260,11 +283,13 @@ class Cell(Generic[M]):
                 continue
             if type(item) is Ask:
                 await self._handle_ask(receive, item)
+                if scope.cancel_called:
+                    return False
             else:
                 self.current = item
                 self.current_since = time.monotonic()
                 try:
-                    await receive(item)  # type: ignore[arg-type]  # tells are stored bare
+                    await receive(item)
                 finally:
                     self.current = None
                     self.handled += 1
@@ -279,30 +304,30 @@ class Cell(Generic[M]):
                 future.set_exception(self.timeout_error(ask, "queued"))
             return
         ask.state = RUNNING
-        self.current = ask.msg
+        self.current = msg = ask.msg
         self.current_since = time.monotonic()
         self._running_ask = ask
         token = call_chain.set((*ask.chain, self))
         try:
-            with anyio.CancelScope() as scope:
-                ask.scope = scope
-                msg = ask.msg
-                if type(msg) is Invoke:
-                    result = await msg.fn(self.instance)
-                else:
-                    result = await receive(msg)
+            if type(msg) is Invoke:
+                result = await msg.fn(self.instance)
+            else:
+                result = await receive(msg)
         except BaseException as exc:
-            # A crash fails this ask with the handler's error; a cancellation from
-            # outside (the actor's shutdown deadline) fails it as stopped.
             ask.finish()
             if not future.done():
-                if isinstance(exc, Exception):
-                    future.set_exception(exc)
+                if ask.cancelled:
+                    # Our own cancellation (deadline or caller), or the handler turned
+                    # it into an error: either way it timed out while running.
+                    future.set_exception(self.timeout_error(ask, "running"))
+                elif isinstance(exc, Exception):
+                    future.set_exception(exc)  # a crash fails this ask with its error
                 else:
+                    # Cancelled from outside: the actor's shutdown deadline.
                     future.set_exception(
                         ActorStopped(self.path, "it was cancelled while handling this message")
                     )
-            raise
+            raise  # our own cancellation is caught by the message scope in _loop
         finally:
             call_chain.reset(token)
             self._running_ask = None
@@ -311,10 +336,9 @@ class Cell(Generic[M]):
             self.handled += 1
         ask.finish()
         if not future.done():
-            if scope.cancel_called:
-                future.set_exception(self.timeout_error(ask, "running"))
-            else:
-                future.set_result(result)
+            # Even past its deadline: the work was done, and a timeout would tell the
+            # caller it was not (the caller might then do it twice).
+            future.set_result(result)
 
     def request_stop(self, mode: StopMode) -> None:
         """Ask the running incarnation to end: ``restart`` after the current message

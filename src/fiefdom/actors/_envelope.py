@@ -1,12 +1,10 @@
 """The internal envelope of an ask: the message, the caller's future, the deadline
-timer, and the cancel scope of the handler once it runs."""
+timer, and whether its running handler was cancelled."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING, Any
-
-import anyio
 
 if TYPE_CHECKING:
     from ._cell import Cell
@@ -18,12 +16,12 @@ DONE = 2
 
 class Ask:
     __slots__ = (
+        "cancelled",
         "cell",
         "chain",
         "deadline",
         "future",
         "msg",
-        "scope",
         "state",
         "timeout",
         "timer",
@@ -45,7 +43,7 @@ class Ask:
         self.timeout = timeout
         self.deadline: float | None = None  # loop time; set once the ask is queued
         self.state = QUEUED
-        self.scope: anyio.CancelScope | None = None
+        self.cancelled = False  # its running handler was cancelled (deadline or caller)
         self.timer: asyncio.TimerHandle | None = None
         self.tombstoned = False
 

@@ -1,0 +1,320 @@
+"""Actor runtime benchmarks. Prints one JSON object per figure, each next to a baseline
+measured in the same run (so the ratio holds on a noisy machine):
+
+- tell throughput of one actor vs a bare anyio memory object stream;
+- ask round trips of one actor vs a bare future round trip (a server task taking
+  (request, future) pairs from a queue);
+- domain asks spread over 100,000 keys with max_active=10,000 (activations/s) vs a
+  bare "activation" (a task started per key answering one future);
+- peak RSS after touching 1,000,000 distinct keys with max_active=10,000, in a fresh
+  process, with the RSS at 100,000 keys to show it stops growing at the cap.
+
+Run: ``.venv/bin/python bench/actors.py`` (uvloop is used when installed: the ``fast``
+extra). ``--quick`` runs smaller sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
+
+import anyio
+import msgspec
+
+import fiefdom
+
+
+def loop_name() -> str:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def run(main: Any, *args: Any) -> Any:
+    return anyio.run(main, *args, backend_options={"use_uvloop": loop_name() == "uvloop"})
+
+
+def emit(figure: str, **fields: Any) -> None:
+    print(json.dumps({"figure": figure, "loop": loop_name(), **fields}), flush=True)
+
+
+def best_of(rounds: int, measure: Any, *args: Any) -> float:
+    """The best rate of a few rounds: the machine is shared, noise only ever slows."""
+    return max(run(measure, *args) for _ in range(rounds))
+
+
+# -- tell throughput ---------------------------------------------------------------
+
+
+class Tick(msgspec.Struct):
+    n: int
+
+
+class Count(fiefdom.Request[int]):
+    pass
+
+
+class Counter(fiefdom.Actor[Tick | Count]):
+    def __init__(self, key: object = None) -> None:
+        self.count = 0
+
+    async def receive(self, msg: Tick | Count) -> int | None:
+        if type(msg) is Tick:
+            self.count += 1
+            return None
+        return self.count
+
+
+async def actor_tells(n: int) -> float:
+    async with fiefdom.ActorSystem(name="bench") as system:
+        ref = await system.spawn(Counter, name="counter")
+        msg = Tick(1)
+        tell = ref.tell
+        start = time.perf_counter()
+        for _ in range(n):
+            await tell(msg)
+        assert await ref.ask(Count(), timeout=None) == n
+        return n / (time.perf_counter() - start)
+
+
+async def stream_sends(n: int) -> float:
+    send, receive = anyio.create_memory_object_stream[object](fiefdom.actors.DEFAULT_CAPACITY)
+    done = anyio.Event()
+
+    async def consumer() -> None:
+        count = 0
+        async with receive:
+            async for _ in receive:
+                count += 1
+                if count == n:
+                    done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consumer)
+        msg = Tick(1)
+        start = time.perf_counter()
+        async with send:
+            for _ in range(n):
+                await send.send(msg)
+            await done.wait()
+        return n / (time.perf_counter() - start)
+
+
+# -- ask round trips ---------------------------------------------------------------
+
+
+async def actor_asks(n: int, timeout: float | None) -> float:
+    async with fiefdom.ActorSystem(name="bench") as system:
+        ref = await system.spawn(Counter, name="counter")
+        msg = Count()
+        ask = ref.ask
+        start = time.perf_counter()
+        for _ in range(n):
+            await ask(msg, timeout=timeout)
+        return n / (time.perf_counter() - start)
+
+
+async def future_round_trips(n: int) -> float:
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[object, asyncio.Future[int]]] = asyncio.Queue(
+        fiefdom.actors.DEFAULT_CAPACITY
+    )
+
+    async def server() -> None:
+        count = 0
+        while True:
+            _, future = await queue.get()
+            count += 1
+            future.set_result(count)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server)
+        msg = Count()
+        start = time.perf_counter()
+        for _ in range(n):
+            future = loop.create_future()
+            await queue.put((msg, future))
+            await future
+        rate = n / (time.perf_counter() - start)
+        tg.cancel_scope.cancel()
+    return rate
+
+
+# -- domain activations ---------------------------------------------------------------
+
+
+async def domain_asks(keys: int, max_active: int, clients: int) -> dict[str, float]:
+    async with fiefdom.ActorSystem(name="bench") as system:
+        domain = system.domain("keys", Counter, max_active=max_active, idle_timeout=None)
+        msg = Count()
+
+        async def client(offset: int) -> None:
+            for key in range(offset, keys, clients):
+                await domain.ask(key, msg, timeout=None)
+
+        start = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for offset in range(clients):
+                tg.start_soon(client, offset)
+        elapsed = time.perf_counter() - start
+        stats = domain.statistics()
+        assert stats.activations == keys, stats
+        assert stats.live <= max_active, stats
+        return {"asks_per_s": keys / elapsed, "activations_per_s": stats.activations / elapsed}
+
+
+async def bare_activations(keys: int, clients: int) -> float:
+    """A task started per key that answers one future: the floor of any activation."""
+    loop = asyncio.get_running_loop()
+
+    async def key_task(future: asyncio.Future[int], request: asyncio.Future[None]) -> None:
+        await request
+        future.set_result(1)
+
+    async with anyio.create_task_group() as tg:
+
+        async def client(offset: int) -> None:
+            for _ in range(offset, keys, clients):
+                request: asyncio.Future[None] = loop.create_future()
+                reply: asyncio.Future[int] = loop.create_future()
+                tg.start_soon(key_task, reply, request)
+                request.set_result(None)
+                await reply
+
+        start = time.perf_counter()
+        async with anyio.create_task_group() as clients_tg:
+            for offset in range(clients):
+                clients_tg.start_soon(client, offset)
+        return keys / (time.perf_counter() - start)
+
+
+# -- memory at a million keys ------------------------------------------------------------
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+async def touch_keys(keys: int, max_active: int, checkpoints: list[int]) -> dict[str, Any]:
+    rss: dict[str, int] = {"before_kib": rss_kib()}
+    async with fiefdom.ActorSystem(name="bench") as system:
+        domain = system.domain("keys", Counter, max_active=max_active, idle_timeout=None)
+        msg = Tick(1)
+        start = time.perf_counter()
+        for key in range(keys):
+            await domain.tell(key, msg)
+            if key + 1 in checkpoints:
+                # Let the activations catch up before reading the RSS.
+                await domain.ask(key, Count(), timeout=None)
+                gc.collect()
+                rss[f"at_{key + 1}_keys_kib"] = rss_kib()
+        elapsed = time.perf_counter() - start
+        stats = domain.statistics()
+    return {
+        "keys": keys,
+        "max_active": max_active,
+        "live_at_end": stats.live,
+        "activations": stats.activations,
+        "tells_per_s": round(keys / elapsed),
+        **rss,
+        "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
+
+
+def rss_figure(keys: int, max_active: int) -> None:
+    checkpoints = [max_active, keys // 10, keys // 2, keys]
+    result = run(touch_keys, keys, max_active, checkpoints)
+    at_tenth = result[f"at_{keys // 10}_keys_kib"]
+    at_all = result[f"at_{keys}_keys_kib"]
+    emit(
+        "domain_rss",
+        **result,
+        baseline_rss_kib=result["before_kib"],
+        growth_from_10pct_to_all_keys_kib=at_all - at_tenth,
+    )
+
+
+# -- main ------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes")
+    parser.add_argument("--only", choices=["tell", "ask", "domain", "rss"], action="append")
+    parser.add_argument("--rss-keys", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    scale = 10 if args.quick else 1
+    only = set(args.only or ["tell", "ask", "domain", "rss"])
+
+    if args.rss_keys is not None:  # the child process of the rss figure
+        rss_figure(args.rss_keys, 10_000)
+        return
+
+    if "tell" in only:
+        n = 300_000 // scale
+        actor = best_of(3, actor_tells, n)
+        baseline = best_of(3, stream_sends, n)
+        emit(
+            "tell_throughput",
+            messages=n,
+            actor_per_s=round(actor),
+            baseline_per_s=round(baseline),
+            baseline="anyio memory object stream",
+            ratio=round(actor / baseline, 3),
+            goal=0.5,
+        )
+    if "ask" in only:
+        n = 100_000 // scale
+        with_deadline = best_of(3, actor_asks, n, fiefdom.actors.DEFAULT_ASK_TIMEOUT)
+        without_deadline = best_of(3, actor_asks, n, None)
+        baseline = best_of(3, future_round_trips, n)
+        emit(
+            "ask_round_trips",
+            asks=n,
+            actor_per_s=round(with_deadline),
+            actor_no_deadline_per_s=round(without_deadline),
+            baseline_per_s=round(baseline),
+            baseline="server task taking (request, future) pairs from an asyncio.Queue",
+            ratio=round(with_deadline / baseline, 3),
+            ratio_no_deadline=round(without_deadline / baseline, 3),
+            goal=0.6,
+        )
+    if "domain" in only:
+        keys, clients = 100_000 // scale, 100
+        result = max(
+            (run(domain_asks, keys, 10_000 // scale, clients) for _ in range(2)),
+            key=lambda r: r["activations_per_s"],
+        )
+        baseline = best_of(2, bare_activations, keys, clients)
+        emit(
+            "domain_activations",
+            keys=keys,
+            max_active=10_000 // scale,
+            concurrent_clients=clients,
+            activations_per_s=round(result["activations_per_s"]),
+            asks_per_s=round(result["asks_per_s"]),
+            baseline_per_s=round(baseline),
+            baseline="a task started per key answering one future",
+            ratio=round(result["activations_per_s"] / baseline, 3),
+        )
+    if "rss" in only:
+        # A fresh process: the peak RSS must not include the figures above.
+        keys = 1_000_000 // scale
+        subprocess.run([sys.executable, __file__, "--rss-keys", str(keys)], check=True)
+
+
+if __name__ == "__main__":
+    main()
