@@ -34,6 +34,26 @@ from .actors import ProcessResult as ProcessResult
 from .actors import Request as Request
 from .actors import run_process as run_process
 from .protocol import connect as connect
+from .storage import AttemptError as AttemptError
+from .storage import Cancel as Cancel
+from .storage import Discard as Discard
+from .storage import EngineStatistics as EngineStatistics
+from .storage import Enqueued as Enqueued
+from .storage import ExponentialBackoff as ExponentialBackoff
+from .storage import Job as Job
+from .storage import JobContext as JobContext
+from .storage import JobEngine as JobEngine
+from .storage import JobEvent as JobEvent
+from .storage import JobInfo as JobInfo
+from .storage import JobOptions as JobOptions
+from .storage import JobState as JobState
+from .storage import QueueCount as QueueCount
+from .storage import Retention as Retention
+from .storage import Snooze as Snooze
+from .storage import Store as Store
+from .storage import Transaction as Transaction
+from .storage import Unique as Unique
+from .storage import open_store as open_store
 from .supervisors import ActorSpec as ActorSpec
 from .supervisors import ActorSystem as ActorSystem
 from .supervisors import Backoff as Backoff
@@ -58,24 +78,41 @@ __all__ = [
     "ActorStopped",
     "ActorSystem",
     "AskTimeout",
+    "AttemptError",
     "Backoff",
     "CallCycleError",
+    "Cancel",
     "ConfigurationError",
     "ControlConnectionError",
     "ControlError",
+    "Discard",
     "Domain",
     "DomainSpec",
     "DomainStatistics",
+    "EngineStatistics",
+    "Enqueued",
+    "ExponentialBackoff",
     "FiefdomError",
+    "Job",
+    "JobContext",
+    "JobEngine",
     "JobError",
+    "JobEvent",
+    "JobInfo",
+    "JobOptions",
+    "JobState",
     "MailboxFull",
     "ProcessFailed",
     "ProcessResult",
+    "QueueCount",
     "Request",
     "Restart",
     "RestartIntensityExceeded",
+    "Retention",
     "SchemaMismatch",
+    "Snooze",
     "StaleLease",
+    "Store",
     "StoreError",
     "StoreUnavailable",
     "Strategy",
@@ -83,7 +120,10 @@ __all__ = [
     "SupervisorRef",
     "SupervisorSpec",
     "SupervisorStatistics",
+    "Transaction",
+    "Unique",
     "UnknownJobKind",
     "connect",
+    "open_store",
     "run_process",
 ]

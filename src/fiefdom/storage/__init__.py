@@ -1,5 +1,8 @@
 """Storage: one ``Store`` interface over SQLite (the embedded default) and
-PostgreSQL, versioned migrations, and the durable job engine."""
+PostgreSQL, versioned migrations, and the durable job engine.
+
+``SCHEMA_VERSION`` is the database schema version this code reads and writes;
+``open_store`` refuses a database at any other version."""
 
 from ._engine import EngineState as EngineState
 from ._engine import EngineStatistics as EngineStatistics

@@ -63,6 +63,9 @@ _SHUTDOWN_WRITE_DEADLINE = 10.0
 
 
 class EngineState(enum.StrEnum):
+    """Lifecycle of a job engine: new, running, stopping, stopped (may be reset and
+    served again by a supervisor), closed (for good)."""
+
     NEW = "new"
     RUNNING = "running"
     STOPPING = "stopping"
@@ -90,6 +93,8 @@ class PruneJobs(Job):
 
 
 class QueueStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """One queue of an engine, in ``EngineStatistics.queues``."""
+
     queue: str
     concurrency: int
     in_flight: int  # claimed and not yet recorded

@@ -33,6 +33,8 @@ SCHEMA_VERSION = 1
 
 
 class StoreState(enum.StrEnum):
+    """Lifecycle of a store: new (not connected), open, closed (for good)."""
+
     NEW = "new"
     OPEN = "open"
     CLOSED = "closed"
