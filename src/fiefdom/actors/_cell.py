@@ -83,6 +83,8 @@ class Cell(Generic[M]):
     __slots__ = (
         "__weakref__",
         "_cancel_requested_at",
+        "_deadline_at",
+        "_deadline_timer",
         "_log",
         "_message_scope",
         "_running_ask",
@@ -135,6 +137,8 @@ class Cell(Generic[M]):
         self._running_ask: Ask | None = None
         self._scope: anyio.CancelScope | None = None
         self._message_scope: anyio.CancelScope | None = None
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_at: float | None = None
         self._cancel_requested_at: float | None = None
         self._log: Any = None
 
@@ -171,13 +175,19 @@ class Cell(Generic[M]):
                     self.mailbox.put_nowait(ask)  # raises ActorStopped, as any put would
                 raise self.timeout_error(ask, "queued")
             ask.deadline = deadline = loop.time() + timeout
-        if not self.mailbox.put_nowait(ask):
+        mailbox = self.mailbox
+        # An actor idle in its loop starts this ask on the next turn: its queued phase
+        # needs no timer of its own, and its running phase is covered by the cell's
+        # shared deadline timer (see _watch_deadline). That saves a timer per ask.
+        starts_next = mailbox.reader_idle()
+        if not mailbox.put_nowait(ask):
+            starts_next = False
             try:
                 with anyio.fail_after(timeout):
-                    await self.mailbox.put(ask)
+                    await mailbox.put(ask)
             except TimeoutError:
                 raise self.timeout_error(ask, "queued") from None
-        if timeout is not None:
+        if timeout is not None and not starts_next:
             ask.timer = loop.call_at(deadline, ask.on_deadline)
         try:
             return await ask.future
@@ -189,6 +199,37 @@ class Cell(Generic[M]):
         self, ask: Ask, phase: Literal["queued", "running"], **kw: bool
     ) -> AskTimeout:
         return AskTimeout(self.path, type(ask.msg).__name__, ask.timeout or 0.0, phase, **kw)
+
+    def _watch_deadline(self, deadline: float) -> None:
+        """Make sure the cell's deadline timer fires by ``deadline`` (the running ask's).
+        The timer is not cancelled when an ask finishes: when it fires it looks at the
+        ask running then and re-arms for its deadline, so with a steady stream of asks
+        it is re-armed about once per timeout instead of once per ask."""
+        at = self._deadline_at
+        if at is None or at > deadline:
+            if self._deadline_timer is not None:
+                self._deadline_timer.cancel()
+            loop = asyncio.get_running_loop()
+            self._deadline_timer = loop.call_at(deadline, self._on_deadline_timer)
+            self._deadline_at = deadline
+
+    def _on_deadline_timer(self) -> None:
+        self._deadline_timer = None
+        self._deadline_at = None
+        ask = self._running_ask
+        if ask is None or ask.deadline is None or ask.timer is not None:
+            return  # nothing running, or an ask with its own timer
+        # A timer may fire a little early (uvloop counts whole milliseconds).
+        if ask.deadline > asyncio.get_running_loop().time() + 0.001:
+            self._watch_deadline(ask.deadline)
+        else:
+            ask.on_deadline()
+
+    def _stop_deadline_timer(self) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+            self._deadline_at = None
 
     def cancel_running(self, ask: Ask) -> None:
         scope = self._message_scope
@@ -234,6 +275,13 @@ class Cell(Generic[M]):
                 if inst is not None:
                     await self._stop_instance(inst)
                 self._cancel_requested_at = None  # whatever was cancelled has returned
+                self._stop_deadline_timer()
+                # Asks queued for an idle actor have no timer of their own (see ask);
+                # the ones this incarnation will not start get theirs now.
+                for ask in self.mailbox.queued_asks():
+                    if ask.timer is None and ask.deadline is not None:
+                        loop = asyncio.get_running_loop()
+                        ask.timer = loop.call_at(ask.deadline, ask.on_deadline)
         if scope.cancelled_caught:
             self.log.warning("actor cancelled at its shutdown deadline")
 
@@ -303,6 +351,8 @@ class Cell(Generic[M]):
             if not future.done():
                 future.set_exception(self.timeout_error(ask, "queued"))
             return
+        if deadline is not None and ask.timer is None:
+            self._watch_deadline(deadline)
         ask.state = RUNNING
         self.current = msg = ask.msg
         self.current_since = time.monotonic()

@@ -81,6 +81,14 @@ class Mailbox:
                     self._wake_putter()
                 raise
 
+    def reader_idle(self) -> bool:
+        """The reader is waiting on an empty mailbox: the next item is taken at once."""
+        return self._getter is not None and self._size == 0
+
+    def queued_asks(self) -> list[Ask]:
+        """The asks still queued (not removed by a deadline)."""
+        return [i for i in self._items if type(i) is Ask and not i.tombstoned]
+
     def get_nowait(self) -> object:
         """The next live item, or EMPTY."""
         items = self._items

@@ -4,7 +4,7 @@ current activation (activating it when needed)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from ._cell import DEFAULT_ASK_TIMEOUT, ActorStatistics, Cell
@@ -79,15 +79,18 @@ class CellRef(ActorRef[M]):
     def _cell(self) -> Cell[M]:
         return self._target
 
-    async def tell(self, msg: M) -> None:
-        # Bypasses the base class indirection: this is the hot path.
-        await self._target.tell(msg)
+    # The hot paths hand back the cell's own coroutine: one coroutine frame less per
+    # message than an 'async def' that awaits it.
+    def tell(self, msg: M) -> Coroutine[Any, Any, None]:
+        return self._target.tell(msg)
 
     def tell_nowait(self, msg: M) -> None:
         self._target.tell_nowait(msg)
 
-    async def ask(self, msg: Request[R], *, timeout: float | None = DEFAULT_ASK_TIMEOUT) -> R:
-        return cast(R, await self._target.ask(msg, timeout))
+    def ask(
+        self, msg: Request[R], *, timeout: float | None = DEFAULT_ASK_TIMEOUT
+    ) -> Coroutine[Any, Any, R]:
+        return self._target.ask(msg, timeout)  # type: ignore[return-value]  # R by Request[R]
 
     async def stop(self) -> None:
         cell = self._target
