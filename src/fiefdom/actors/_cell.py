@@ -304,16 +304,14 @@ class Cell(Generic[M]):
             with anyio.CancelScope() as scope:
                 self._message_scope = scope
                 try:
-                    if await self._handle_messages(receive, scope):
+                    if await self._handle_messages(receive):
                         return
                 finally:
                     self._message_scope = None
 
-    async def _handle_messages(
-        self, receive: Callable[[Any], Any], scope: anyio.CancelScope
-    ) -> bool:
-        """Handle messages until the incarnation should end (True) or ``scope`` was
-        cancelled to cancel an ask's handler (False: go on in a fresh scope)."""
+    async def _handle_messages(self, receive: Callable[[Any], Any]) -> bool:
+        """Handle messages until the incarnation should end (True) or the message scope
+        was cancelled to cancel an ask's handler (False: go on in a fresh scope)."""
         mailbox = self.mailbox
         while True:
             mode = self.stop_mode
@@ -327,11 +325,13 @@ class Cell(Generic[M]):
                     self.on_idle(self)
                     if self.stop_mode is not None:
                         continue
-                await mailbox.wait()
+                waiter = mailbox.waiter()  # a plain future: no coroutine per wait
+                if waiter is not None:
+                    await waiter
                 continue
             if type(item) is Ask:
                 await self._handle_ask(receive, item)
-                if scope.cancel_called:
+                if item.cancelled:  # the message scope was cancelled for this ask
                     return False
             else:
                 self.current = item
@@ -345,14 +345,17 @@ class Cell(Generic[M]):
     async def _handle_ask(self, receive: Callable[[Any], Any], ask: Ask) -> None:
         future = ask.future
         deadline = ask.deadline
-        if deadline is not None and asyncio.get_running_loop().time() >= deadline:
-            # Due, but its timer has not run yet: it expired while queued, so it never runs.
-            ask.finish()
-            if not future.done():
-                future.set_exception(self.timeout_error(ask, "queued"))
-            return
-        if deadline is not None and ask.timer is None:
-            self._watch_deadline(deadline)
+        if deadline is not None:
+            if asyncio.get_running_loop().time() >= deadline:
+                # Due, but its timer has not run yet: it expired while queued and never runs.
+                ask.finish()
+                if not future.done():
+                    future.set_exception(self.timeout_error(ask, "queued"))
+                return
+            if ask.timer is None:
+                at = self._deadline_at
+                if at is None or at > deadline:
+                    self._watch_deadline(deadline)
         ask.state = RUNNING
         self.current = msg = ask.msg
         self.current_since = time.monotonic()

@@ -83,7 +83,8 @@ class Mailbox:
 
     def reader_idle(self) -> bool:
         """The reader is waiting on an empty mailbox: the next item is taken at once."""
-        return self._getter is not None and self._size == 0
+        getter = self._getter  # a cancelled reader leaves a cancelled (done) getter
+        return getter is not None and not getter.done() and self._size == 0
 
     def queued_asks(self) -> list[Ask]:
         """The asks still queued (not removed by a deadline)."""
@@ -102,17 +103,14 @@ class Mailbox:
             return item
         return EMPTY
 
-    async def wait(self) -> None:
-        """Return when an item may be available or ``wake()`` was called."""
+    def waiter(self) -> asyncio.Future[None] | None:
+        """None when an item is available; else a future that completes when one may
+        be, or when ``wake()`` is called."""
         if self._size:
-            return
-        getter = asyncio.get_running_loop().create_future()
+            return None
+        getter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._getter = getter
-        try:
-            await getter
-        finally:
-            if self._getter is getter:
-                self._getter = None
+        return getter
 
     def wake(self) -> None:
         """Wake the reader without an item (a stop or restart request)."""
