@@ -593,6 +593,7 @@ class JobEngine(Notifications):
         while True:
             held = await inbox.get()
             if held is None:
+                self._idle.set()  # a stop waits for the inboxes to empty too
                 return
             runner.running += 1
             try:

@@ -189,7 +189,13 @@ class PostgresStore(Store):
             yield conn
         finally:
             with anyio.CancelScope(shield=True):
-                await self._pool.release(conn)
+                try:
+                    await self._pool.release(conn)
+                except _DRIVER_ERRORS:
+                    # Resetting a connection the server dropped fails; the pool has
+                    # already discarded it and opens a new one when needed.
+                    self._mark(False)
+                    log.warning("a broken connection was dropped from the pool", url=self.url)
 
     async def _run(self, fn: Callable[[Conn], Any]) -> Any:
         """Run one operation on a pooled connection, wrapping driver errors."""
