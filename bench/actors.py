@@ -235,7 +235,7 @@ async def touch_keys(keys: int, max_active: int, checkpoints: list[int]) -> dict
 
 
 def rss_figure(keys: int, max_active: int) -> None:
-    checkpoints = [max_active, keys // 10, keys // 2, keys]
+    checkpoints = sorted({max_active, 2 * max_active, keys // 10, keys // 2, keys})
     result = run(touch_keys, keys, max_active, checkpoints)
     at_tenth = result[f"at_{keys // 10}_keys_kib"]
     at_all = result[f"at_{keys}_keys_kib"]

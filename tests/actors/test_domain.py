@@ -172,6 +172,38 @@ async def test_activation_waits_at_the_cap() -> None:
         assert world.events.index(("stop", "a")) < world.events.index(("start", "c"))
 
 
+async def test_senders_wait_when_as_many_activations_wait_as_the_cap() -> None:
+    """With max_active actors live and as many activations waiting for a slot, a message
+    for yet another key waits (back-pressure), so memory stays bounded however many keys
+    are touched (000/3a); tell_nowait raises MailboxFull instead."""
+    world = World()
+    async with fiefdom.ActorSystem(name="t") as system:
+        accounts = system.domain("acc", make(world), max_active=1)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(accounts.ask, "a", Hold())
+            await world.entered_event("a").wait()
+            await accounts.tell("b", Add(1))  # an activation waiting for a's slot
+            sent = anyio.Event()
+
+            async def tell_c() -> None:
+                await accounts.tell("c", Add(1))
+                sent.set()
+
+            tg.start_soon(tell_c)
+            await anyio.wait_all_tasks_blocked()
+            assert not sent.is_set()
+            stats = accounts.statistics()
+            assert (stats.live, stats.waiting) == (1, 1)
+            with pytest.raises(fiefdom.MailboxFull):
+                accounts.tell_nowait("d", Add(1))
+            accounts.tell_nowait("b", Add(1))  # a key with an activation takes messages
+            world.gate("a").set()
+            await sent.wait()
+        assert await accounts.ask("c", Total()) == 1
+    assert world.events.index(("start", "b")) < world.events.index(("start", "c"))
+    assert world.max_live == 1
+
+
 async def test_eviction_takes_the_least_recently_used_idle_actor() -> None:
     """Past max_active the least recently used idle actor is passivated first."""
     world = World()

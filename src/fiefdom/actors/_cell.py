@@ -259,7 +259,8 @@ class Cell(Generic[M]):
                 try:
                     instance = self.factory()
                     instance._fiefdom_context = ActorContext(self)
-                    await instance.on_start()
+                    if type(instance).on_start is not _default_on_start:
+                        await instance.on_start()
                 except Exception as exc:
                     raise StartFailed(f"actor {self.path} failed to start: {exc!r}") from exc
                 # Only now: on_stop pairs with an on_start that completed.
@@ -272,7 +273,9 @@ class Cell(Generic[M]):
                 self.state = ActorState.STOPPING
                 self._scope = None
                 inst, self.instance = self.instance, None
-                if inst is not None:
+                # The default on_stop does nothing: skip its two cancel scopes (a domain
+                # may activate and passivate thousands of actors a second).
+                if inst is not None and type(inst).on_stop is not _default_on_stop:
                     await self._stop_instance(inst)
                 self._cancel_requested_at = None  # whatever was cancelled has returned
                 self._stop_deadline_timer()
@@ -462,6 +465,16 @@ class Cell(Generic[M]):
             stuck=cancel_at is not None and now - cancel_at > self.cancel_grace,
             processes=tuple(sorted(self.processes)),
         )
+
+
+def _default_hook(name: str) -> object:
+    from ._actor import Actor
+
+    return getattr(Actor, name)
+
+
+_default_on_start = _default_hook("on_start")
+_default_on_stop = _default_hook("on_stop")
 
 
 def _describe(msg: object) -> str:

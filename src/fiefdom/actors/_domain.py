@@ -21,7 +21,7 @@ import msgspec
 import structlog
 from anyio.abc import TaskGroup
 
-from .._errors import ActorStopped
+from .._errors import ActorStopped, MailboxFull
 from ._actor import Actor
 from ._cell import (
     DEFAULT_ASK_TIMEOUT,
@@ -49,7 +49,7 @@ class DomainStatistics(msgspec.Struct, frozen=True, kw_only=True, tag="domain", 
     path: str
     live: int  # activations holding a slot (starting, running or stopping)
     idle: int  # live activations with nothing to do
-    waiting: int  # activations waiting for a slot
+    waiting: int  # activations not holding a slot yet (waiting for one, or for a predecessor)
     max_active: int | None
     idle_timeout: float | None
     activations: int
@@ -87,6 +87,8 @@ class Domain(Generic[K, M]):
         self._live = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._evicting: set[Cell[M]] = set()
+        self._pending = 0  # activations created that do not hold a slot yet
+        self._room: deque[asyncio.Future[None]] = deque()  # senders waiting for room
         self._tg: TaskGroup | None = None
         self._backlog: list[Cell[M]] = []
         self._closed: str | None = None
@@ -101,7 +103,7 @@ class Domain(Generic[K, M]):
 
     async def tell(self, key: K, msg: M) -> None:
         """Send to ``key``'s actor (activating it); waits while its mailbox is full."""
-        cell = self._deliverable_cell(key)
+        cell = self._deliverable_cell(key) if self._has_room() else await self._cell_for(key)
         if cell.mailbox.put_nowait(msg):
             return
         while True:
@@ -112,18 +114,23 @@ class Domain(Generic[K, M]):
                 # Passivated while we waited for space: the key's next activation takes it.
                 if self._closed is not None:
                     raise
-                cell = self._deliverable_cell(key)
+                cell = await self._cell_for(key)
 
     def tell_nowait(self, key: K, msg: M) -> None:
-        """Send to ``key``'s actor; raises MailboxFull when its mailbox is full."""
+        """Send to ``key``'s actor; raises MailboxFull when its mailbox is full, or when
+        the key needs an activation and max_active activations are already waiting."""
+        if not self._has_room() and not self.is_active(key):
+            assert self._max_active is not None
+            raise MailboxFull(f"{self.path}/{key}", self._max_active)
         self._deliverable_cell(key).tell_nowait(msg)
 
     async def ask(
         self, key: K, msg: Request[R], *, timeout: float | None = DEFAULT_ASK_TIMEOUT
     ) -> R:
         """Ask ``key``'s actor (activating it) and wait for the reply."""
+        cell = self._deliverable_cell(key) if self._has_room() else await self._cell_for(key)
         try:
-            return cast(R, await self._deliverable_cell(key).ask(msg, timeout))
+            return cast(R, await cell.ask(msg, timeout))
         except MailboxClosed:
             # Passivated while the ask waited for space: the key's next activation
             # takes it, within what is left of the deadline.
@@ -134,7 +141,7 @@ class Domain(Generic[K, M]):
         while True:
             left = None if deadline is None else deadline - loop.time()
             try:
-                return cast(R, await self._deliverable_cell(key).ask(msg, left))
+                return cast(R, await (await self._cell_for(key)).ask(msg, left))
             except MailboxClosed:
                 if self._closed is not None:
                     raise
@@ -175,7 +182,7 @@ class Domain(Generic[K, M]):
             path=self.path,
             live=self._live,
             idle=len(self._idle),
-            waiting=len(self._waiters),
+            waiting=self._pending,
             max_active=self._max_active,
             idle_timeout=self._idle_timeout,
             activations=self._activations,
@@ -184,6 +191,50 @@ class Domain(Generic[K, M]):
         )
 
     # -- activation and passivation --------------------------------------------
+
+    def _has_room(self) -> bool:
+        limit = self._max_active
+        return limit is None or self._pending < limit
+
+    async def _cell_for(self, key: K) -> Cell[M]:
+        """The key's cell, like _deliverable_cell; but when the key needs a new
+        activation while max_active activations already wait for a slot, wait for
+        room first. This back-pressure keeps memory bounded however many distinct
+        keys a sender touches (at most 2 * max_active cells exist)."""
+        limit = self._max_active
+        while limit is not None and self._pending >= limit and self._closed is None:
+            if self.is_active(key):
+                break
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._room.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_room()  # pass the room on
+                else:
+                    self._room.remove(waiter)
+                raise
+        cell = self._deliverable_cell(key)
+        if self._room and self._has_room():
+            # We were woken but did not need the room (the key got an activation
+            # meanwhile), or there is room for more: pass the wake-up on.
+            self._wake_room()
+        return cell
+
+    def _wake_room(self) -> None:
+        while self._room:
+            waiter = self._room.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _release_room_waiters(self) -> None:
+        # The domain is closing: each waiting sender wakes up to get ActorStopped.
+        while self._room:
+            waiter = self._room.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _deliverable_cell(self, key: K) -> Cell[M]:
         cell = self._cells.get(key)
@@ -206,6 +257,7 @@ class Domain(Generic[K, M]):
         new.on_idle = self._on_idle
         new.predecessor = cell  # a passivating activation this one must wait for
         self._cells[key] = new
+        self._pending += 1
         if self._tg is None:
             self._backlog.append(new)
         else:
@@ -213,11 +265,15 @@ class Domain(Generic[K, M]):
         return new
 
     async def _run_cell(self, cell: Cell[M]) -> None:
+        pending = True
         try:
             if cell.predecessor is not None:
                 await cell.predecessor.stopped.wait()
                 cell.predecessor = None
             await self._acquire_slot()
+            pending = False
+            self._pending -= 1
+            self._wake_room()
             try:
                 self._activations += 1
                 while True:
@@ -240,6 +296,9 @@ class Domain(Generic[K, M]):
             finally:
                 self._release_slot(cell)
         finally:
+            if pending:
+                self._pending -= 1
+                self._wake_room()
             if self._cells.get(cell.key) is cell:  # type: ignore[arg-type]
                 del self._cells[cell.key]  # type: ignore[arg-type]
             if cell.idle:
@@ -357,6 +416,7 @@ class Domain(Generic[K, M]):
 
     def request_stop(self, mode: StopMode) -> None:
         self._closed = "its domain is stopping"
+        self._release_room_waiters()
         self._stop_requested.set()
 
     def reset(self) -> None:
@@ -370,6 +430,7 @@ class Domain(Generic[K, M]):
 
     def close(self, reason: str) -> None:
         self._closed = reason
+        self._release_room_waiters()
         for cell in self._backlog:
             cell.close(reason)
         self._backlog.clear()

@@ -125,6 +125,9 @@ class KeyRef(ActorRef[M]):
     async def tell(self, msg: M) -> None:
         await self._domain.tell(self._key, msg)
 
+    def tell_nowait(self, msg: M) -> None:
+        self._domain.tell_nowait(self._key, msg)
+
     async def ask(self, msg: Request[R], *, timeout: float | None = DEFAULT_ASK_TIMEOUT) -> R:
         return await self._domain.ask(self._key, msg, timeout=timeout)
 
