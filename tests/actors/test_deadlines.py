@@ -4,6 +4,7 @@ caller cancels its handler, and the actor takes no next message until it has ret
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 
@@ -239,3 +240,38 @@ async def test_zero_and_negative_timeouts_are_queued_timeouts() -> None:
             assert info.value.phase == "queued"
         assert await ref.ask(Echo("ok")) == "ok"
     assert world.log == ["echo ok"]
+
+
+class SlowRestart(fiefdom.Actor[Echo]):
+    """Its second start waits for the test's gate."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    async def on_start(self) -> None:
+        self.world.log.append("start")
+        if self.world.log.count("start") > 1:
+            await self.world.release.wait()
+
+    async def receive(self, msg: Echo) -> str:
+        return msg.tag
+
+
+async def test_an_ask_taken_by_no_incarnation_still_ends_at_its_deadline() -> None:
+    """An ask sent to an idle actor that stops before taking it (here: a restart whose
+    on_start is slow) still ends at its deadline, as a queued timeout."""
+    world = World()
+    async with fiefdom.ActorSystem(name="t") as system:
+        ref = await system.spawn(lambda: SlowRestart(world), name="s")
+        cell = ref._cell()  # type: ignore[attr-defined]
+        ask = asyncio.ensure_future(ref.ask(Echo("x"), timeout=0.05))
+        await asyncio.sleep(0)  # the ask is queued; the actor has not run yet
+        assert cell.mailbox.depth == 1
+        cell.request_stop("restart")  # what a supervisor does to restart an actor
+        try:
+            with anyio.fail_after(10), pytest.raises(fiefdom.AskTimeout) as info:
+                await ask
+            assert info.value.phase == "queued"
+        finally:
+            world.release.set()
+        assert await ref.ask(Echo("after")) == "after"

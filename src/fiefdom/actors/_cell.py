@@ -272,12 +272,6 @@ class Cell(Generic[M]):
             finally:
                 self.state = ActorState.STOPPING
                 self._scope = None
-                inst, self.instance = self.instance, None
-                # The default on_stop does nothing: skip its two cancel scopes (a domain
-                # may activate and passivate thousands of actors a second).
-                if inst is not None and type(inst).on_stop is not _default_on_stop:
-                    await self._stop_instance(inst)
-                self._cancel_requested_at = None  # whatever was cancelled has returned
                 self._stop_deadline_timer()
                 # Asks queued for an idle actor have no timer of their own (see ask);
                 # the ones this incarnation will not start get theirs now.
@@ -285,6 +279,12 @@ class Cell(Generic[M]):
                     if ask.timer is None and ask.deadline is not None:
                         loop = asyncio.get_running_loop()
                         ask.timer = loop.call_at(ask.deadline, ask.on_deadline)
+                inst, self.instance = self.instance, None
+                # The default on_stop does nothing: skip its two cancel scopes (a domain
+                # may activate and passivate thousands of actors a second).
+                if inst is not None and type(inst).on_stop is not _default_on_stop:
+                    await self._stop_instance(inst)
+                self._cancel_requested_at = None  # whatever was cancelled has returned
         if scope.cancelled_caught:
             self.log.warning("actor cancelled at its shutdown deadline")
 
