@@ -7,6 +7,7 @@ from typing import Any
 import anyio
 import msgspec
 import pytest
+from storage_helpers import wait_until
 
 import fiefdom
 from fiefdom.storage import SCHEMA_VERSION, Job, JobOptions, JobState, Store, open_store
@@ -308,21 +309,22 @@ async def test_postgres_reconnects_after_its_connections_are_killed(
     assert await store.ping()
     admin = await asyncpg.connect(store_url)
     try:
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        # pg_terminate_backend only signals the backend; with a timeout it also waits
+        # until the backend has exited. Without it, a loaded machine may still run the
+        # "killed" backend for a while and kill it under a later query of this test.
+        gone = await admin.fetchval(
+            "SELECT bool_and(pg_terminate_backend(pid, 50000)) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
     finally:
         await admin.close()
+    assert gone
     try:
         await store.enqueue(Note(text="after"))
     except fiefdom.StoreUnavailable:
         assert not store.healthy
     # The pool replaces the dead connection: the next operations succeed.
-    deadline = anyio.current_time() + 10
-    while not await store.ping():
-        assert anyio.current_time() < deadline, "store did not recover"
-        await anyio.sleep(0.05)
+    await wait_until(store.ping, what="the store to recover")
     await store.enqueue(Note(text="recovered"))
     assert store.healthy
     assert "recovered" in {msgspec.json.decode(j.args)["text"] for j in await store.list_jobs()}

@@ -59,6 +59,9 @@ H = TypeVar("H", bound=Callable[..., Awaitable[object]])
 Handler = Callable[[J, JobContext[Any]], Awaitable[object]]
 
 _MAX_BACKOFF = 30.0  # seconds between retries of an unreachable store
+# At shutdown, outcomes are written for as long as the store records some; the
+# engine gives up (leaving those jobs to be rescued) only after this long without
+# a successful write, so a slow store is waited for and a dead one is not.
 _SHUTDOWN_WRITE_DEADLINE = 10.0
 
 
@@ -241,6 +244,7 @@ class JobEngine(Notifications):
         self._outcomes: dict[str, int] = {}
         self._stale = 0
         self._rescued = 0
+        self._recorded_at = 0.0  # monotonic time of the last outcome write that succeeded
         self._stack: Any = None
         if retention is not None:
             self._runners.setdefault("fiefdom", _Runner("fiefdom", 1))
@@ -455,10 +459,12 @@ class JobEngine(Notifications):
                             await self._wait_idle()
                     self._cancel_all("shutdown")
                 # Every worker has exited: each held job has its outcome queued.
-                with anyio.move_on_after(_SHUTDOWN_WRITE_DEADLINE):
-                    while self._pending or self._held:
-                        self._pending_event.set()
-                        await anyio.sleep(0.01)
+                self._recorded_at = time.monotonic()
+                while self._pending or self._held:
+                    if time.monotonic() - self._recorded_at > _SHUTDOWN_WRITE_DEADLINE:
+                        break
+                    self._pending_event.set()
+                    await anyio.sleep(0.01)
                 if self._held:
                     log.error(
                         "could not record outcomes at shutdown; those jobs will be rescued "
@@ -578,11 +584,16 @@ class JobEngine(Notifications):
             for _ in range(runner.concurrency):
                 runner.inbox.put_nowait(None)
 
-    async def _backoff(self, what: str, exc: BaseException, failures: int) -> None:
+    async def _backoff(
+        self, what: str, exc: BaseException, failures: int, *, interruptible: bool = True
+    ) -> None:
         delay = min(_MAX_BACKOFF, 0.1 * 2 ** min(failures, 10))
         log.warning(
             "store operation failed; retrying", operation=what, error=str(exc), retry_in=delay
         )
+        if not interruptible:
+            await anyio.sleep(delay)
+            return
         with anyio.move_on_after(delay):
             await self._stop_requested.wait()
 
@@ -752,9 +763,12 @@ class JobEngine(Notifications):
                 except StoreError as exc:
                     self._pending[:0] = batch
                     failures += 1
-                    await self._backoff("finish", exc, failures)
+                    # Not cut short by a stop: at shutdown this is the write still
+                    # wanted, and retrying at once would spin on a failing store.
+                    await self._backoff("finish", exc, failures, interruptible=False)
                     continue
                 failures = 0
+                self._recorded_at = time.monotonic()
                 for held, outcome in batch:
                     self._release(held)
                     assert outcome is not None
@@ -824,9 +838,10 @@ class JobEngine(Notifications):
     async def _heartbeats(self) -> None:
         while True:
             await anyio.sleep(self._heartbeat)
-            leases = [
-                Lease(h.job.id, h.job.lease_token) for h in self._held.values() if not h.finished
-            ]
+            # Finished jobs too: their outcome may wait for the finisher (a slow or
+            # failing write), and a lease that lapsed meanwhile would let another
+            # engine run the job again.
+            leases = [Lease(h.job.id, h.job.lease_token) for h in self._held.values()]
             if not leases:
                 continue
             try:

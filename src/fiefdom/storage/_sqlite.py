@@ -315,8 +315,11 @@ class SQLiteStore(Store):
     # -- the engine's side -----------------------------------------------------------
 
     async def claim(self, queue: str, limit: int, *, worker: str, lease: float) -> list[ClaimedJob]:
-        now = time.time()
         async with self._tx() as tx:
+            # Read the clock once the write lock is held: BEGIN IMMEDIATE may have
+            # waited for other writers, and a lease counted from before that wait
+            # could already have expired when the claim commits.
+            now = time.time()
             rows = await tx.raw(
                 CLAIM_SQL,
                 (worker, now, now + lease, queue, limit),
@@ -339,7 +342,6 @@ class SQLiteStore(Store):
     async def finish(self, outcomes: Sequence[Outcome]) -> set[int]:
         if not outcomes:
             return set()
-        now = time.time()
         batch = msgspec.json.encode(
             [
                 (
@@ -355,6 +357,7 @@ class SQLiteStore(Store):
             ]
         ).decode()
         async with self._tx() as tx:
+            now = time.time()  # once the write lock is held (see claim)
             rows = await tx.raw(
                 "UPDATE fiefdom_jobs AS j SET state = d.state, attempt = j.attempt - d.refund, "
                 "run_at = CASE WHEN d.delay IS NULL THEN j.run_at ELSE ?1 + d.delay END, "
@@ -390,11 +393,11 @@ class SQLiteStore(Store):
         return {r[0] for r in rows}, {r[0] for r in rows if r[1]}
 
     async def rescue(self) -> list[tuple[int, str, str, JobState]]:
-        now = time.time()
         a, c, d = (
             STATE_BITS[s] for s in (JobState.AVAILABLE, JobState.CANCELLED, JobState.DISCARDED)
         )
         async with self._tx() as tx:
+            now = time.time()  # once the write lock is held (see claim)
             rows = await tx.raw(
                 "UPDATE fiefdom_jobs SET "
                 "state = CASE WHEN cancel_requested THEN 'cancelled' "
