@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import fiefdom
 from fiefdom.protocol import ClientMessage, ServerMessage, json_schema
+from fiefdom.protocol import JobEvent as WireJobEvent
 from fiefdom.protocol._messages import CLIENT_TYPES
 
 
@@ -27,9 +28,20 @@ def test_healthz_and_readyz(daemon: DaemonProcess) -> None:
 
 
 async def test_metrics_parse_with_prometheus_parser(daemon: DaemonProcess) -> None:
-    """/metrics is valid Prometheus text with actor, websocket and job families."""
-    async with fiefdom.connect(daemon.url, token=daemon.token) as client:
+    """/metrics is valid Prometheus text with actor, websocket and job families, and a
+    completed job's time in queue is counted (001/14, 004/6)."""
+    async with (
+        fiefdom.connect(daemon.url, token=daemon.token) as client,
+        client.subscribe(["jobs"]) as events,
+    ):
         await client.call("counter", GetCount())
+        job = await client.enqueue("nap", {"seconds": 0.0})
+        async for event in events:
+            if isinstance(event, WireJobEvent) and (event.job_id, event.state) == (
+                job.id,
+                "completed",
+            ):
+                break
         status, body = daemon.http("/metrics")
     assert status == 200
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}
@@ -55,6 +67,12 @@ async def test_metrics_parse_with_prometheus_parser(daemon: DaemonProcess) -> No
         if s.name == "fiefdom_ws_frames_total"
     }
     assert frames["call"] >= 1
+    waited = {
+        (s.labels["queue"], s.labels["kind"]): s.value
+        for s in families["fiefdom_job_time_in_queue_seconds"].samples
+        if s.name == "fiefdom_job_time_in_queue_seconds_count"
+    }
+    assert waited[("default", "nap")] >= 1
 
 
 def test_schema_is_valid_json_schema_for_the_frames(daemon: DaemonProcess) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -673,3 +674,24 @@ async def test_every_state_change_is_emitted_as_an_event(store: Store) -> None:
     given_back = [e for e in events if e.state == JobState.AVAILABLE]
     assert [e.job_id for e in given_back] == [jobs[4].id]
     assert given_back[0].detail == "given back at shutdown"
+
+
+async def test_a_running_event_says_how_long_the_job_waited(store: Store) -> None:
+    """The running event carries the time from when a job was due to its claim (the store's
+    clock): a job due a minute ago has waited at least a minute (001/14, 004/6)."""
+    events: list[JobEvent] = []
+    eng = engine(store)
+    eng.register(Ping, _nothing)
+    eng.subscribe(events.append)
+    late = await store.enqueue(Ping(n=1), run_at=datetime.now(UTC) - timedelta(seconds=60))
+    now = await store.enqueue(Ping(n=2))
+    async with eng:
+        await reaches(store, late.id, JobState.COMPLETED)
+        await reaches(store, now.id, JobState.COMPLETED)
+    running = {e.job_id: e.queued_for for e in events if e.state == JobState.RUNNING}
+    late_wait, now_wait = running[late.id], running[now.id]
+    assert late_wait is not None
+    assert late_wait >= 60
+    assert now_wait is not None
+    assert now_wait >= 0
+    assert all(e.queued_for is None for e in events if e.state != JobState.RUNNING)

@@ -204,6 +204,10 @@ class JobsAdapter:
             self._starts[event.job_id] = event.at
             if len(self._starts) > _STARTS_KEPT:
                 self._starts.popitem(last=False)
+            if event.queued_for is not None:
+                self.metrics.job_time_in_queue.labels(event.queue, event.kind).observe(
+                    event.queued_for
+                )
         elif event.state in _ENDED:
             outcome = str(event.state)
             self.metrics.job_outcomes.labels(event.queue, event.kind, outcome).inc()

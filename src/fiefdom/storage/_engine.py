@@ -798,6 +798,7 @@ class JobEngine(Notifications):
             attempt=job.attempt,
             at=time.time(),
             detail=detail,
+            queued_for=job.queued_for if state is JobState.RUNNING else None,
         )
         self._publish(event)
 

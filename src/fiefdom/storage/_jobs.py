@@ -289,6 +289,9 @@ class JobEvent(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int
     at: float  # unix time
     detail: str | None = None
+    # On a ``running`` event: seconds the job waited from when it was due (its
+    # ``run_at``) until this attempt was claimed (the store's clock).
+    queued_for: float | None = None
 
 
 class ClaimedJob(msgspec.Struct, kw_only=True, gc=False):
@@ -303,6 +306,7 @@ class ClaimedJob(msgspec.Struct, kw_only=True, gc=False):
     lease_token: int
     key: str | None
     priority: int
+    queued_for: float = 0.0  # seconds from run_at to the claim (the store's clock)
 
 
 class Lease(msgspec.Struct, frozen=True, gc=False):

@@ -112,7 +112,7 @@ CLAIM_SQL = (
     "THEN j.unique_key END "
     "FROM picked WHERE j.id = picked.id "
     "RETURNING j.id, j.kind, j.queue, j.args::text, j.attempt, j.max_attempts, "
-    "j.lease_token, j.domain_key, j.priority"
+    "j.lease_token, j.domain_key, j.priority, extract(epoch FROM now() - j.run_at)::float8"
 )
 
 
@@ -399,6 +399,7 @@ class PostgresStore(Store):
                 lease_token=r[6],
                 key=r[7],
                 priority=r[8],
+                queued_for=max(0.0, r[9]),
             )
             for r in rows
         ]

@@ -80,14 +80,14 @@ class _SQLiteTransaction(Transaction):
 # Parameters: worker, now, lease expiry, queue, limit.
 CLAIM_SQL = (
     "UPDATE fiefdom_jobs SET state = 'running', attempt = attempt + 1, "
-    "lease_token = lease_token + 1, worker = ?, attempted_at = ?, "
-    "lease_expires_at = ?, "
+    "lease_token = lease_token + 1, worker = ?1, attempted_at = ?2, "
+    "lease_expires_at = ?3, "
     f"unique_key = CASE WHEN unique_states & {STATE_BITS[JobState.RUNNING]} "
     "THEN unique_key END "
     "WHERE id IN (SELECT id FROM fiefdom_jobs WHERE state = 'available' "
-    "AND queue = ? ORDER BY priority, run_at, id LIMIT ?) "
+    "AND queue = ?4 ORDER BY priority, run_at, id LIMIT ?5) "
     "RETURNING id, kind, queue, args, attempt, max_attempts, lease_token, "
-    "domain_key, priority"
+    "domain_key, priority, ?2 - run_at"
 )
 
 
@@ -335,6 +335,7 @@ class SQLiteStore(Store):
                 lease_token=r[6],
                 key=r[7],
                 priority=r[8],
+                queued_for=max(0.0, r[9]),
             )
             for r in rows
         ]
