@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Hashable
 from functools import partial
 from typing import Any, Generic, TypeVar, cast
@@ -82,7 +82,10 @@ class Domain(Generic[K, M]):
         self._capacity = mailbox_capacity
         self._cancel_grace = cancel_grace
         self._cells: dict[K, Cell[M]] = {}
-        self._idle: dict[K, Cell[M]] = {}  # insertion order = least recently used first
+        # Least recently used first. An OrderedDict, not a dict: a dict that is
+        # deleted from at the front makes next(iter()) skip every dead slot before
+        # the first live one, which is quadratic under activation churn.
+        self._idle: OrderedDict[K, Cell[M]] = OrderedDict()
         self._idle_appeared = asyncio.Event()
         self._live = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
