@@ -22,6 +22,7 @@ from ._errors import StaleLease as StaleLease
 from ._errors import StoreError as StoreError
 from ._errors import StoreUnavailable as StoreUnavailable
 from ._errors import SupervisorError as SupervisorError
+from ._errors import UniqueConflict as UniqueConflict
 from ._errors import UnknownJobKind as UnknownJobKind
 from .actors import Actor as Actor
 from .actors import ActorContext as ActorContext
@@ -122,6 +123,7 @@ __all__ = [
     "SupervisorStatistics",
     "Transaction",
     "Unique",
+    "UniqueConflict",
     "UnknownJobKind",
     "connect",
     "open_store",

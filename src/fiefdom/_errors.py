@@ -17,7 +17,8 @@
     │   └── StoreUnavailable          the database cannot be reached right now
     ├── JobError                      job-engine misuse and failures
     │   ├── UnknownJobKind            a job kind that has no registration or handler
-    │   └── StaleLease                an outcome reported with a fencing token that lost its lease
+    │   ├── StaleLease                an outcome reported with a fencing token that lost its lease
+    │   └── UniqueConflict            a retry would take a unique key another job holds
     └── ControlError                  the control channel refused a request (code, details)
         └── ControlConnectionError    the control channel cannot be reached or was lost
                                       (also ConnectionError)
@@ -168,6 +169,23 @@ class UnknownJobKind(JobError):
 
 class StaleLease(JobError):
     """An outcome was reported with a fencing token whose lease was taken over."""
+
+
+class UniqueConflict(JobError):
+    """Retrying a job would take back its unique key, which another job now holds.
+
+    ``job_id`` is the job that was to be retried, ``holder_id`` the job holding the
+    key (None when it let go of the key before it could be named)."""
+
+    def __init__(self, job_id: int, holder_id: int | None) -> None:
+        self.job_id = job_id
+        self.holder_id = holder_id
+        holder = "another job" if holder_id is None else f"job {holder_id}"
+        super().__init__(
+            f"job {job_id} was not retried: its unique key is held by {holder}, a "
+            "duplicate enqueued since it finished; let that job finish (or cancel it) "
+            "and retry again"
+        )
 
 
 class ControlError(FiefdomError):

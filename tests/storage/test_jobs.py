@@ -435,7 +435,7 @@ async def test_a_paused_queue_is_not_claimed_until_resumed(store: Store) -> None
     eng = engine(store, queues={"default": 2, "other": 2})
     eng.register(Ping, _nothing)
     eng.register(Other, _nothing)
-    eng.pause("default")
+    await eng.pause("default")
     async with eng:
         paused = await store.enqueue(Ping(n=1))
         # Enqueued after the paused one: once it is done, the engine has had its chance.
@@ -444,10 +444,76 @@ async def test_a_paused_queue_is_not_claimed_until_resumed(store: Store) -> None
         await store.promote()
         assert await state_of(store, paused.id) == JobState.AVAILABLE
         assert eng.statistics().queues[0].paused
-        eng.resume("default")
+        await eng.resume("default")
         await reaches(store, paused.id, JobState.COMPLETED)
     with pytest.raises(fiefdom.JobError, match="does not serve queue 'nope'"):
-        eng.pause("nope")
+        await eng.pause("nope")
+    assert await store.paused_queues() == set()
+
+
+class OnlyA(Job):
+    options = JobOptions(kind="only-a", queue="only-a")
+
+
+class OnlyB(Job):
+    options = JobOptions(kind="only-b", queue="only-b")
+
+
+async def test_a_pause_holds_for_every_engine_and_survives_a_restart(
+    store: Store, store_url: str
+) -> None:
+    """Pausing a queue on one engine stops its claims on every engine using the database,
+    still holds after both restart, and a resume on another engine reverses it everywhere
+    (003 wins: pause/resume)."""
+    other = open_store(store_url)
+    await other.open()
+    ran: list[tuple[str, int]] = []
+
+    def pair() -> list[fiefdom.JobEngine]:
+        engines = []
+        for name, s, marker in (("a", store, OnlyA), ("b", other, OnlyB)):
+            eng = engine(s, name=name, queues={"default": 5, marker.options.queue: 1})
+
+            async def ping(job: Ping, ctx: JobContext[Any], name: str = name) -> None:
+                ran.append((name, job.n))
+
+            eng.register(Ping, ping)
+            eng.register(marker, _nothing)
+            engines.append(eng)
+        return engines
+
+    def paused(eng: fiefdom.JobEngine) -> bool:
+        return {q.queue: q.paused for q in eng.statistics().queues}["default"]
+
+    async def markers_done() -> None:
+        # One job in each engine's own queue, enqueued after the pings: once both
+        # have run, both engines have been claiming while the pings waited.
+        for marker in await store.enqueue_many([OnlyA(), OnlyB()]):
+            await reaches(store, marker.id, JobState.COMPLETED)
+
+    try:
+        a, b = pair()
+        async with a, b:
+            await a.pause("default")
+            await wait_until(lambda: paused(a) and paused(b), what="both engines to pause")
+            pings = await store.enqueue_many([Ping(n=i) for i in range(10)])
+            await markers_done()
+            assert ran == []
+        assert await store.paused_queues() == {"default"}
+        a, b = pair()
+        async with a, b:
+            await wait_until(lambda: paused(a) and paused(b), what="restarted engines to pause")
+            await markers_done()
+            assert ran == []
+            assert {await state_of(store, p.id) for p in pings} == {JobState.AVAILABLE}
+            await b.resume("default")
+            await wait_until(lambda: not paused(a), what="the other engine to resume")
+            for p in pings:
+                await reaches(store, p.id, JobState.COMPLETED)
+    finally:
+        await other.close()
+    assert sorted(n for _, n in ran) == list(range(10))
+    assert await store.paused_queues() == set()
 
 
 # -- cancellation and stopping ---------------------------------------------------------
@@ -695,3 +761,53 @@ async def test_a_running_event_says_how_long_the_job_waited(store: Store) -> Non
     assert now_wait is not None
     assert now_wait >= 0
     assert all(e.queued_for is None for e in events if e.state != JobState.RUNNING)
+
+
+class Report(Job):
+    options = JobOptions(kind="report", max_attempts=1, unique=Unique())
+    month: str
+
+
+async def _discarded_report(store: Store) -> int:
+    """A unique job that failed its only attempt: discarded, its key released."""
+    job = await store.enqueue(Report(month="may"))
+    assert job.id is not None
+    [claimed] = await store.claim("default", 1, worker="w", lease=30)
+    await store.finish(
+        [
+            fiefdom.storage.Outcome(
+                lease=Lease(claimed.id, claimed.lease_token), state=JobState.DISCARDED
+            )
+        ]
+    )
+    assert await state_of(store, job.id) == JobState.DISCARDED
+    return job.id
+
+
+async def test_retrying_a_job_takes_its_unique_key_back(store: Store) -> None:
+    """A retried discarded job holds its unique key again: a duplicate enqueued afterwards
+    is refused as long as the retried job waits (H-3, M-3)."""
+    job_id = await _discarded_report(store)
+    assert await store.retry_job(job_id)
+    again = await store.enqueue(Report(month="may"))
+    assert again.duplicate
+    assert again.id == job_id
+    assert [j.id for j in await store.list_jobs(kind="report")] == [job_id]
+
+
+async def test_retrying_a_job_whose_key_another_job_holds_is_refused(store: Store) -> None:
+    """When a duplicate enqueued after the job finished holds its unique key, the retry is
+    refused with UniqueConflict naming that job, and the job stays as it was (H-3, M-3)."""
+    job_id = await _discarded_report(store)
+    holder = await store.enqueue(Report(month="may"))
+    assert not holder.duplicate
+    assert holder.id is not None
+    with pytest.raises(fiefdom.UniqueConflict, match=rf"held by job {holder.id}\b") as info:
+        await store.retry_job(job_id)
+    assert (info.value.job_id, info.value.holder_id) == (job_id, holder.id)
+    assert await state_of(store, job_id) == JobState.DISCARDED
+    assert await state_of(store, holder.id) == JobState.AVAILABLE
+    # Once the holder lets go of the key (cancelled does not count), the retry goes through.
+    assert await store.cancel_job(holder.id) == JobState.CANCELLED
+    assert await store.retry_job(job_id)
+    assert (await store.enqueue(Report(month="may"))).id == job_id

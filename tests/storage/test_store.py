@@ -27,6 +27,68 @@ async def test_open_refuses_an_unmigrated_database(store_url: str) -> None:
     assert store.state == "closed"
 
 
+async def test_an_older_schema_is_refused_until_migrated(store_url: str) -> None:
+    """A database at schema version 1 is refused with SchemaMismatch naming 'fiefdom
+    migrate'; migrating it keeps its jobs and their unique keys (003/1)."""
+    from fiefdom.storage import _migrations
+    from fiefdom.storage._sqlite import _split
+
+    backend = "sqlite" if store_url.startswith("sqlite") else "postgres"
+    first = _migrations.load(backend)[0]
+    old = open_store(store_url)
+    await old.open(check_schema=False)
+    try:
+        async with old.transaction() as tx:
+            if backend == "sqlite":
+                await tx.execute(
+                    "CREATE TABLE fiefdom_schema (version INTEGER PRIMARY KEY, "
+                    "name TEXT NOT NULL, applied_at REAL NOT NULL)"
+                )
+                for statement in _split(first.sql):
+                    await tx.execute(statement)
+                await tx.execute("INSERT INTO fiefdom_schema VALUES (1, $1, 0)", first.name)
+                await tx.execute(
+                    "INSERT INTO fiefdom_jobs (kind, queue, state, args, max_attempts, "
+                    "unique_key, unique_states, created_at, run_at) "
+                    "VALUES ('keyed', 'default', 'available', '{\"n\":1}', 5, $1, 127, 0, 0)",
+                    b"key-1",
+                )
+            else:
+                await tx.execute(
+                    "CREATE TABLE fiefdom_schema (version integer PRIMARY KEY, "
+                    "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                await tx.execute(first.sql)
+                await tx.execute(
+                    "INSERT INTO fiefdom_schema (version, name) VALUES (1, $1)", first.name
+                )
+                await tx.execute(
+                    "INSERT INTO fiefdom_jobs (kind, queue, state, args, max_attempts, "
+                    "unique_key, unique_states) "
+                    "VALUES ('keyed', 'default', 'available', '{\"n\":1}', 5, $1, 127)",
+                    b"key-1",
+                )
+    finally:
+        await old.close()
+    refused = open_store(store_url)
+    with pytest.raises(fiefdom.SchemaMismatch, match=r"run 'fiefdom migrate") as info:
+        await refused.open()
+    assert f"schema version 1 and this fiefdom needs {SCHEMA_VERSION}" in str(info.value)
+    migrated = open_store(store_url)
+    await migrated.open(migrate=True)
+    try:
+        assert await migrated.schema_version() == SCHEMA_VERSION
+        [job] = await migrated.list_jobs()
+        async with migrated.transaction() as tx:
+            digest = await tx.fetchval(
+                "SELECT unique_digest FROM fiefdom_jobs WHERE id = $1", job.id
+            )
+        assert bytes(digest) == b"key-1"
+        assert await migrated.paused_queues() == set()
+    finally:
+        await migrated.close()
+
+
 async def test_open_refuses_a_newer_schema(store: Store, store_url: str) -> None:
     """A schema newer than the code is refused, and the error says to upgrade (003/1)."""
     async with store.transaction() as tx:
@@ -72,7 +134,7 @@ async def test_concurrent_migrations_apply_once(store_url: str) -> None:
             await s.close()
 
 
-EXPECTED_INDEXES = {
+_JOB_INDEXES = {
     "fiefdom_jobs_claim",
     "fiefdom_jobs_due",
     "fiefdom_jobs_lease",
@@ -81,96 +143,140 @@ EXPECTED_INDEXES = {
     "fiefdom_jobs_list",
 }
 
-EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
+# Per backend and table; primary keys included (SQLite's INTEGER PRIMARY KEY is the
+# rowid and has no index of its own, a TEXT one gets an automatic index).
+EXPECTED_INDEXES: dict[str, dict[str, set[str]]] = {
     "postgres": {
-        "id": "bigint",
-        "kind": "text",
-        "queue": "text",
-        "state": "text",
-        "priority": "smallint",
-        "args": "jsonb",
-        "domain_key": "text",
-        "attempt": "integer",
-        "max_attempts": "integer",
-        "lease_token": "bigint",
-        "worker": "text",
-        "lease_expires_at": "timestamp with time zone",
-        "cancel_requested": "boolean",
-        "errors": "jsonb",
-        "unique_key": "bytea",
-        "unique_states": "smallint",
-        "created_at": "timestamp with time zone",
-        "run_at": "timestamp with time zone",
-        "attempted_at": "timestamp with time zone",
-        "finished_at": "timestamp with time zone",
+        "fiefdom_jobs": _JOB_INDEXES | {"fiefdom_jobs_pkey"},
+        "fiefdom_queues": {"fiefdom_queues_pkey"},
     },
     "sqlite": {
-        "id": "INTEGER",
-        "kind": "TEXT",
-        "queue": "TEXT",
-        "state": "TEXT",
-        "priority": "INTEGER",
-        "args": "TEXT",
-        "domain_key": "TEXT",
-        "attempt": "INTEGER",
-        "max_attempts": "INTEGER",
-        "lease_token": "INTEGER",
-        "worker": "TEXT",
-        "lease_expires_at": "REAL",
-        "cancel_requested": "INTEGER",
-        "errors": "TEXT",
-        "unique_key": "BLOB",
-        "unique_states": "INTEGER",
-        "created_at": "REAL",
-        "run_at": "REAL",
-        "attempted_at": "REAL",
-        "finished_at": "REAL",
+        "fiefdom_jobs": _JOB_INDEXES,
+        "fiefdom_queues": {"sqlite_autoindex_fiefdom_queues_1"},
+    },
+}
+
+EXPECTED_COLUMNS: dict[str, dict[str, dict[str, str]]] = {
+    "postgres": {
+        "fiefdom_jobs": {
+            "id": "bigint",
+            "kind": "text",
+            "queue": "text",
+            "state": "text",
+            "priority": "smallint",
+            "args": "jsonb",
+            "domain_key": "text",
+            "attempt": "integer",
+            "max_attempts": "integer",
+            "lease_token": "bigint",
+            "worker": "text",
+            "lease_expires_at": "timestamp with time zone",
+            "cancel_requested": "boolean",
+            "errors": "jsonb",
+            "unique_key": "bytea",
+            "unique_states": "smallint",
+            "created_at": "timestamp with time zone",
+            "run_at": "timestamp with time zone",
+            "attempted_at": "timestamp with time zone",
+            "finished_at": "timestamp with time zone",
+            "unique_digest": "bytea",
+        },
+        "fiefdom_queues": {
+            "name": "text",
+            "paused": "boolean",
+            "updated_at": "timestamp with time zone",
+        },
+    },
+    "sqlite": {
+        "fiefdom_jobs": {
+            "id": "INTEGER",
+            "kind": "TEXT",
+            "queue": "TEXT",
+            "state": "TEXT",
+            "priority": "INTEGER",
+            "args": "TEXT",
+            "domain_key": "TEXT",
+            "attempt": "INTEGER",
+            "max_attempts": "INTEGER",
+            "lease_token": "INTEGER",
+            "worker": "TEXT",
+            "lease_expires_at": "REAL",
+            "cancel_requested": "INTEGER",
+            "errors": "TEXT",
+            "unique_key": "BLOB",
+            "unique_states": "INTEGER",
+            "created_at": "REAL",
+            "run_at": "REAL",
+            "attempted_at": "REAL",
+            "finished_at": "REAL",
+            "unique_digest": "BLOB",
+        },
+        "fiefdom_queues": {
+            "name": "TEXT",
+            "paused": "INTEGER",
+            "updated_at": "REAL",
+        },
     },
 }
 
 
-async def test_schema_has_the_tables_indexes_and_column_types(store: Store) -> None:
-    """The migrated schema has exactly the expected columns, types and indexes (003/1, 004/8)."""
-    async with store.transaction() as tx:
-        if store.backend == "postgres":
-            columns = dict(
-                await tx.fetch(
-                    "SELECT column_name, data_type FROM information_schema.columns "
-                    "WHERE table_schema = current_schema() AND table_name = 'fiefdom_jobs'"
-                )
+async def _columns_and_indexes(
+    tx: Any, backend: str, table: str
+) -> tuple[dict[str, str], set[str]]:
+    if backend == "postgres":
+        columns = dict(
+            await tx.fetch(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND table_name = $1",
+                table,
             )
-            indexes = {
-                r[0]
-                for r in await tx.fetch(
-                    "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() "
-                    "AND tablename = 'fiefdom_jobs'"
-                )
-            }
+        )
+        rows = await tx.fetch(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() "
+            "AND tablename = $1",
+            table,
+        )
+    else:
+        columns = {r[1]: r[2] for r in await tx.fetch(f"PRAGMA table_info({table})")}
+        rows = await tx.fetch(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = $1", table
+        )
+    return columns, {r[0] for r in rows}
+
+
+async def test_schema_has_the_tables_indexes_and_column_types(store: Store) -> None:
+    """The migrated schema has exactly the expected tables, columns, types, indexes and
+    notification triggers (003/1, 004/8)."""
+    async with store.transaction() as tx:
+        found = {
+            table: await _columns_and_indexes(tx, store.backend, table)
+            for table in ("fiefdom_jobs", "fiefdom_queues")
+        }
+        if store.backend == "postgres":
             unique = await tx.fetchval(
                 "SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() "
                 "AND indexname = 'fiefdom_jobs_unique'"
             )
-            trigger = await tx.fetchval(
-                "SELECT count(*) FROM pg_trigger WHERE tgname = 'fiefdom_jobs_notify' "
-                "AND tgrelid = 'fiefdom_jobs'::regclass"
-            )
-            assert trigger == 1
-        else:
-            columns = {r[1]: r[2] for r in await tx.fetch("PRAGMA table_info(fiefdom_jobs)")}
-            indexes = {
-                r[0]
+            triggers = {
+                (r[0], r[1])
                 for r in await tx.fetch(
-                    "SELECT name FROM sqlite_master WHERE type = 'index' "
-                    "AND tbl_name = 'fiefdom_jobs' AND name NOT LIKE 'sqlite_autoindex%'"
+                    "SELECT tgname, tgrelid::regclass::text FROM pg_trigger WHERE NOT tgisinternal "
+                    "AND tgrelid IN ('fiefdom_jobs'::regclass, 'fiefdom_queues'::regclass)"
                 )
             }
+            assert triggers == {
+                ("fiefdom_jobs_notify", "fiefdom_jobs"),
+                ("fiefdom_queues_notify", "fiefdom_queues"),
+            }
+        else:
             unique = await tx.fetchval(
                 "SELECT sql FROM sqlite_master WHERE name = 'fiefdom_jobs_unique'"
             )
         tables = await _tables(tx, store.backend)
-    assert {"fiefdom_jobs", "fiefdom_schema"} <= tables
-    assert columns == EXPECTED_COLUMNS[store.backend]
-    assert indexes - {"fiefdom_jobs_pkey"} == EXPECTED_INDEXES
+    assert {"fiefdom_jobs", "fiefdom_queues", "fiefdom_schema"} <= tables
+    for table, (columns, indexes) in found.items():
+        assert columns == EXPECTED_COLUMNS[store.backend][table], table
+        assert indexes == EXPECTED_INDEXES[store.backend][table], table
     assert "UNIQUE" in unique.upper()
     assert "unique_key IS NOT NULL" in unique
 

@@ -42,7 +42,7 @@ class StoreSection(_Section):
 
 class QueueSection(_Section):
     concurrency: int = 10
-    paused: bool = False
+    paused: bool = False  # pause it at start; a pause is kept in the database, for every node
 
 
 class JobsSection(_Section):

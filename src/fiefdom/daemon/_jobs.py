@@ -173,7 +173,7 @@ class JobsAdapter:
             engine.periodic(factory, **options)
         for name, queue in self.config.jobs.queues.items():
             if queue.paused:
-                engine.pause(name)
+                await engine.pause(name)
         unsubscribe = engine.subscribe(self._on_event)
         try:
             async with engine:
@@ -294,9 +294,8 @@ class JobsAdapter:
         counts: dict[str, dict[str, int]] = {name: {} for name in self.config.jobs.queues}
         for row in await self._store().count_jobs():
             counts.setdefault(row.queue, {})[str(row.state)] = row.count
-        paused: set[str] = set()
-        if self.engine is not None:
-            paused = {q.queue for q in self.engine.statistics().queues if q.paused}
+        # The database's pause state: it holds for every daemon on it, running or not.
+        paused = await self._store().paused_queues()
         return [
             QueueInfo(name=name, paused=name in paused, counts=by_state)
             for name, by_state in sorted(counts.items())
@@ -308,11 +307,11 @@ class JobsAdapter:
         return self.engine
 
     async def pause(self, queue: str) -> None:
-        self._engine().pause(queue)
+        await self._engine().pause(queue)
         log.info("queue paused", queue=queue)
 
     async def resume(self, queue: str) -> None:
-        self._engine().resume(queue)
+        await self._engine().resume(queue)
         log.info("queue resumed", queue=queue)
 
     async def drain(self, queue: str | None, timeout: float | None) -> None:
@@ -322,9 +321,9 @@ class JobsAdapter:
             return
         names = [q.queue for q in engine.statistics().queues if queue in (None, q.queue)]
         if queue is not None and not names:
-            engine.pause(queue)  # raises the engine's "does not serve" error
+            await engine.pause(queue)  # raises the engine's "does not serve" error
         for name in names:
-            engine.pause(name)
+            await engine.pause(name)
         with anyio.fail_after(timeout):
             while any(q.in_flight for q in engine.statistics().queues if q.queue in names):
                 # Woken by job events; the engine releases a job's slot only after its

@@ -135,7 +135,7 @@ class _Periodic:
     run_on_start: bool
 
 
-CancelReason = Literal["cancel", "lease", "shutdown"]
+CancelReason = Literal["cancel", "lease", "shutdown", "pause"]
 
 
 class _Held:
@@ -245,6 +245,10 @@ class JobEngine(Notifications):
         self._stale = 0
         self._rescued = 0
         self._recorded_at = 0.0  # monotonic time of the last outcome write that succeeded
+        # Paused queues are shared through the store: no claims until they are known.
+        self._queue_state_known = False
+        self._queue_state_stale = True  # read them on the next maintenance round
+        self._queue_changes = 0  # pause notifications received, to spot a racing read
         self._stack: Any = None
         if retention is not None:
             self._runners.setdefault("fiefdom", _Runner("fiefdom", 1))
@@ -359,12 +363,18 @@ class JobEngine(Notifications):
         scope (in its owning actor) by the engine holding it, and ends cancelled."""
         return await self.store.cancel_job(job_id)
 
-    def pause(self, queue: str) -> None:
-        """Stop claiming from ``queue`` (running jobs go on)."""
-        self._runner(queue).paused = True
-
-    def resume(self, queue: str) -> None:
+    async def pause(self, queue: str) -> None:
+        """Stop claiming from ``queue`` (running jobs go on). The pause is kept in the
+        database: every engine on it stops claiming the queue (at once on PostgreSQL,
+        within its poll interval on SQLite), and it survives restarts until resumed."""
         runner = self._runner(queue)
+        await self.store.pause_queue(queue)
+        runner.paused = True  # also while this engine is not subscribed (not serving)
+
+    async def resume(self, queue: str) -> None:
+        """Let every engine on the database claim from ``queue`` again."""
+        runner = self._runner(queue)
+        await self.store.resume_queue(queue)
         runner.paused = False
         runner.wake.set()
 
@@ -410,6 +420,39 @@ class JobEngine(Notifications):
 
     def on_cancel(self, job_id: int) -> None:
         self._cancel_held(job_id, "cancel")
+
+    def on_paused(self, queue: str, paused: bool) -> None:
+        self._queue_changes += 1
+        runner = self._runners.get(queue)
+        if runner is not None:
+            runner.paused = paused
+            runner.wake.set()
+
+    def _apply_paused(self, paused: set[str]) -> None:
+        for runner in self._runners.values():
+            was = runner.paused
+            runner.paused = runner.name in paused
+            if was and not runner.paused:
+                runner.wake.set()
+        if not self._queue_state_known:
+            self._queue_state_known = True
+            for runner in self._runners.values():
+                runner.wake.set()
+
+    async def _refresh_paused(self) -> None:
+        """Read which queues are paused; a notification that arrives during the read
+        is newer than what it returns, so then the read is repeated next round."""
+        seen = self._queue_changes
+        self._queue_state_stale = False
+        try:
+            paused = await self.store.paused_queues()
+        except BaseException:
+            self._queue_state_stale = True
+            raise
+        if self._queue_changes != seen:
+            self._queue_state_stale = True
+        else:
+            self._apply_paused(paused)
 
     def _cancel_held(self, job_id: int, reason: CancelReason) -> None:
         held = self._held.get(job_id)
@@ -511,6 +554,8 @@ class JobEngine(Notifications):
         self._hard_stop = False
         self._held.clear()
         self._pending.clear()
+        self._queue_state_known = False
+        self._queue_state_stale = True
         for runner in self._runners.values():
             runner.in_flight = runner.running = 0
             runner.inbox = asyncio.Queue()
@@ -553,7 +598,7 @@ class JobEngine(Notifications):
         try:
             while not self._stop_requested.is_set():
                 free = runner.concurrency - runner.in_flight
-                if runner.paused or free <= 0:
+                if runner.paused or free <= 0 or not self._queue_state_known:
                     runner.wake.clear()
                     await runner.wake.wait()
                     continue
@@ -569,10 +614,20 @@ class JobEngine(Notifications):
                     continue
                 failures = 0
                 self._claimed += len(jobs)
+                # Paused while the claim was in flight: give the jobs back unrun, so
+                # that no job of a queue starts once the engine knows it is paused.
+                given_back = runner.paused
                 for job in jobs:
                     held = _Held(job, runner)
                     self._held[job.id] = held
                     runner.in_flight += 1
+                    if given_back:
+                        held.cancel_reason = "pause"
+                        lease = Lease(job.id, job.lease_token)
+                        self._submit(
+                            held, Outcome(lease=lease, state=JobState.AVAILABLE, refund=True)
+                        )
+                        continue
                     runner.inbox.put_nowait(held)
                     if self._subscribers:
                         self._emit(job, JobState.RUNNING, None)
@@ -777,7 +832,9 @@ class JobEngine(Notifications):
                         self._outcomes[state] = self._outcomes.get(state, 0) + 1
                         if self._subscribers:
                             detail = None if outcome.error is None else outcome.error.message
-                            if outcome.refund and outcome.state is JobState.AVAILABLE:
+                            if held.cancel_reason == "pause":
+                                detail = "given back unrun: its queue was paused"
+                            elif outcome.refund and outcome.state is JobState.AVAILABLE:
                                 detail = "given back at shutdown"
                             self._emit(held.job, outcome.state, detail)
                     else:
@@ -827,8 +884,10 @@ class JobEngine(Notifications):
             def ready() -> None:
                 nonlocal failures
                 failures = 0
+                # Notifications may have been missed meanwhile.
+                self._queue_state_stale = True
                 for runner in self._runners.values():
-                    runner.wake.set()  # notifications may have been missed meanwhile
+                    runner.wake.set()
 
             try:
                 await self.store.listen(self, ready)
@@ -863,6 +922,9 @@ class JobEngine(Notifications):
         next_rescue = 0.0
         while True:
             try:
+                # Without notifications across processes, pauses are learnt here.
+                if self._queue_state_stale or not self.store.notifies_processes:
+                    await self._refresh_paused()
                 await self.store.promote()
                 now = time.monotonic()
                 if now >= next_rescue:

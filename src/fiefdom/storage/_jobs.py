@@ -376,8 +376,9 @@ class NewJob:
     key: str | None
     max_attempts: int
     run_at: float | None  # unix time; None = now (the database's clock)
-    unique_key: bytes | None
+    unique_key: bytes | None  # set while the job's state counts (the unique index)
     unique_states: int
+    unique_digest: bytes | None = None  # the key itself, kept in every state
 
 
 def prepare(
@@ -431,6 +432,7 @@ def prepare(
         mask = state_mask(opts.unique.states)
     elif unique_key is not None:
         mask = unique_states if unique_states is not None else state_mask(frozenset(JobState))
+    digest = unique_key
     if unique_key is not None and not mask & STATE_BITS[state]:
         unique_key = None  # its own first state does not count: nothing to guard
     return NewJob(
@@ -444,6 +446,7 @@ def prepare(
         run_at=when,
         unique_key=unique_key,
         unique_states=mask,
+        unique_digest=digest,
     )
 
 

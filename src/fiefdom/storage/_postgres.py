@@ -17,7 +17,7 @@ import msgspec
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
-from .._errors import StoreError, StoreUnavailable
+from .._errors import StoreError, StoreUnavailable, UniqueConflict
 from . import _migrations
 from ._jobs import (
     STATE_BITS,
@@ -149,6 +149,7 @@ class PostgresStore(Store):
     StoreUnavailable and marks the store unhealthy until one succeeds."""
 
     backend: Literal["sqlite", "postgres"] = "postgres"
+    notifies_processes = True
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         super().__init__(_safe_url(url))
@@ -288,10 +289,15 @@ class PostgresStore(Store):
         def on_cancel(_c: object, _pid: int, _channel: str, payload: object) -> None:
             subscriber.on_cancel(int(str(payload)))
 
+        def on_queue(_c: object, _pid: int, _channel: str, payload: object) -> None:
+            change, _, queue = str(payload).partition(":")
+            subscriber.on_paused(queue, change == "paused")
+
         try:
             conn.add_termination_listener(lambda _c: lost.set())
             await conn.add_listener("fiefdom_jobs", on_jobs)
             await conn.add_listener("fiefdom_cancel", on_cancel)
+            await conn.add_listener("fiefdom_queues", on_queue)
             self._mark(True)
             ready()
             while True:
@@ -346,11 +352,12 @@ class PostgresStore(Store):
         # The INSERT trigger notifies engines (at commit) of queues with available jobs.
         got = await conn.fetch(
             "INSERT INTO fiefdom_jobs (kind, queue, state, priority, args, domain_key, "
-            "max_attempts, unique_key, unique_states, run_at) "
-            "SELECT k, q, s, p, a::jsonb, dk, m, u, us, coalesce(to_timestamp(r), now()) "
+            "max_attempts, unique_key, unique_states, run_at, unique_digest) "
+            "SELECT k, q, s, p, a::jsonb, dk, m, u, us, coalesce(to_timestamp(r), now()), ud "
             "FROM unnest($1::text[], $2::text[], $3::text[], $4::smallint[], $5::text[], "
-            "$6::text[], $7::integer[], $8::bytea[], $9::smallint[], $10::float8[]) "
-            "WITH ORDINALITY AS t(k, q, s, p, a, dk, m, u, us, r, ord) ORDER BY ord "
+            "$6::text[], $7::integer[], $8::bytea[], $9::smallint[], $10::float8[], "
+            "$11::bytea[]) "
+            "WITH ORDINALITY AS t(k, q, s, p, a, dk, m, u, us, r, ud, ord) ORDER BY ord "
             "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING "
             "RETURNING id, unique_key",
             [r.kind for r in rows],
@@ -363,6 +370,7 @@ class PostgresStore(Store):
             [r.unique_key for r in rows],
             [r.unique_states for r in rows],
             [r.run_at for r in rows],
+            [r.unique_digest for r in rows],
         )
         inserted = [(r[0], r[1]) for r in got]
         existing: dict[bytes, int] = {}
@@ -560,21 +568,50 @@ class PostgresStore(Store):
         return [QueueCount(queue=r[0], state=JobState(r[1]), count=r[2]) for r in rows]
 
     async def retry_job(self, job_id: int) -> bool:
+        bit = STATE_BITS[JobState.AVAILABLE]
+
         async def run(conn: Conn) -> list[asyncpg.Record]:
-            rows = await conn.fetch(
-                "UPDATE fiefdom_jobs SET state = 'available', run_at = now(), "
-                "finished_at = NULL, max_attempts = greatest(max_attempts, attempt + 1), "
-                "cancel_requested = false "
-                "WHERE id = $1 AND state IN ('discarded', 'cancelled', 'completed') "
-                "RETURNING queue",
-                job_id,
-            )
+            try:
+                rows = await conn.fetch(
+                    "UPDATE fiefdom_jobs SET state = 'available', run_at = now(), "
+                    "finished_at = NULL, max_attempts = greatest(max_attempts, attempt + 1), "
+                    "cancel_requested = false, "
+                    f"unique_key = CASE WHEN unique_states & {bit} <> 0 THEN unique_digest END "
+                    "WHERE id = $1 AND state IN ('discarded', 'cancelled', 'completed') "
+                    "RETURNING queue",
+                    job_id,
+                )
+            except asyncpg.UniqueViolationError as exc:
+                # The statement failed as a whole: the job is unchanged.
+                holder = await conn.fetchval(
+                    "SELECT h.id FROM fiefdom_jobs AS j JOIN fiefdom_jobs AS h "
+                    "ON h.unique_key = j.unique_digest AND h.id <> j.id WHERE j.id = $1",
+                    job_id,
+                )
+                raise UniqueConflict(job_id, holder) from exc
             await self._notify_queues(conn, [r[0] for r in rows])
             return rows
 
         rows = await self._run(run)
         self._wake_local([r[0] for r in rows])
         return bool(rows)
+
+    async def _set_paused(self, queue: str, paused: bool) -> None:
+        # The table's trigger notifies every engine at commit.
+        await self._run(
+            lambda conn: conn.execute(
+                "INSERT INTO fiefdom_queues (name, paused) VALUES ($1, $2) "
+                "ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = now()",
+                queue,
+                paused,
+            )
+        )
+
+    async def paused_queues(self) -> set[str]:
+        rows = await self._run(
+            lambda conn: conn.fetch("SELECT name FROM fiefdom_queues WHERE paused")
+        )
+        return {r[0] for r in rows}
 
     async def cancel_job(self, job_id: int) -> JobState | None:
         bit = STATE_BITS[JobState.CANCELLED]

@@ -18,7 +18,7 @@ import anyio
 import msgspec
 import structlog
 
-from .._errors import StoreError, StoreUnavailable
+from .._errors import StoreError, StoreUnavailable, UniqueConflict
 from . import _migrations
 from ._jobs import (
     STATE_BITS,
@@ -37,7 +37,7 @@ from ._store import Store, Transaction
 log = structlog.get_logger("fiefdom.storage.sqlite")
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
-_CHUNK = 500  # rows per INSERT: 11 parameters each stays under SQLite's 32766
+_CHUNK = 500  # rows per INSERT: 12 parameters each stays under SQLite's 32766
 _BUSY_TIMEOUT_MS = 30_000
 _errors_decoder = msgspec.json.Decoder(list[AttemptError])
 
@@ -128,6 +128,7 @@ class SQLiteStore(Store):
     other stores or processes on the same file queue on SQLite's write lock."""
 
     backend: Literal["sqlite", "postgres"] = "sqlite"
+    notifies_processes = False
 
     def __init__(
         self, url: str, *, synchronous: Literal["off", "normal", "full", "extra"] = "full"
@@ -285,11 +286,13 @@ class SQLiteStore(Store):
                     r.unique_states,
                     now,
                     now if r.run_at is None else r.run_at,
+                    r.unique_digest,
                 )
-            values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?)"] * len(chunk))
+            values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * len(chunk))
             got = await tx.raw(
                 "INSERT INTO fiefdom_jobs (kind, queue, state, priority, args, domain_key, "
-                "max_attempts, unique_key, unique_states, created_at, run_at) VALUES "
+                "max_attempts, unique_key, unique_states, created_at, run_at, unique_digest) "
+                "VALUES "
                 + values
                 + " ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING "
                 "RETURNING id, unique_key",
@@ -480,16 +483,42 @@ class SQLiteStore(Store):
         return [QueueCount(queue=r[0], state=JobState(r[1]), count=r[2]) for r in rows]
 
     async def retry_job(self, job_id: int) -> bool:
+        bit = STATE_BITS[JobState.AVAILABLE]
         async with self._tx() as tx:
+            # The write lock is held: no enqueue can take the key between the
+            # check and the update.
+            holder = await tx.raw(
+                "SELECT h.id FROM fiefdom_jobs AS j JOIN fiefdom_jobs AS h "
+                "ON h.unique_key = j.unique_digest AND h.id <> j.id "
+                f"WHERE j.id = ? AND j.unique_states & {bit} "
+                "AND j.state IN ('discarded', 'cancelled', 'completed')",
+                (job_id,),
+            )
+            if holder:
+                raise UniqueConflict(job_id, holder[0][0])
             rows = await tx.raw(
                 "UPDATE fiefdom_jobs SET state = 'available', run_at = ?, finished_at = NULL, "
-                "max_attempts = max(max_attempts, attempt + 1), cancel_requested = 0 "
+                "max_attempts = max(max_attempts, attempt + 1), cancel_requested = 0, "
+                f"unique_key = CASE WHEN unique_states & {bit} THEN unique_digest END "
                 "WHERE id = ? AND state IN ('discarded', 'cancelled', 'completed') "
                 "RETURNING queue",
                 (time.time(), job_id),
             )
             tx.wake.update(r[0] for r in rows)
         return bool(rows)
+
+    async def _set_paused(self, queue: str, paused: bool) -> None:
+        async with self._tx() as tx:
+            await tx.raw(
+                "INSERT INTO fiefdom_queues (name, paused, updated_at) VALUES (?1, ?2, ?3) "
+                "ON CONFLICT (name) DO UPDATE SET paused = ?2, updated_at = ?3",
+                (queue, 1 if paused else 0, time.time()),
+            )
+
+    async def paused_queues(self) -> set[str]:
+        async with self._tx(write=False) as tx:
+            rows = await tx.raw("SELECT name FROM fiefdom_queues WHERE paused")
+        return {r[0] for r in rows}
 
     async def cancel_job(self, job_id: int) -> JobState | None:
         bit = STATE_BITS[JobState.CANCELLED]

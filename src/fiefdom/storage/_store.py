@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from .._errors import StoreError
+from .._errors import ConfigurationError, StoreError
 from ._jobs import (
     ClaimedJob,
     Enqueued,
@@ -28,7 +28,7 @@ from ._jobs import (
     prepare,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 """The schema version this code reads and writes."""
 
 
@@ -62,14 +62,18 @@ class Transaction(abc.ABC):
 
 
 class Notifications(abc.ABC):
-    """Callbacks the store calls when jobs may be claimable (``on_jobs(queue)``) or
-    a running job was asked to cancel (``on_cancel(job_id)``)."""
+    """Callbacks the store calls when jobs may be claimable (``on_jobs(queue)``),
+    a running job was asked to cancel (``on_cancel(job_id)``), or a queue was paused
+    or resumed (``on_paused(queue, paused)``)."""
 
     @abc.abstractmethod
     def on_jobs(self, queue: str) -> None: ...
 
     @abc.abstractmethod
     def on_cancel(self, job_id: int) -> None: ...
+
+    @abc.abstractmethod
+    def on_paused(self, queue: str, paused: bool) -> None: ...
 
 
 class Store(abc.ABC):
@@ -78,6 +82,10 @@ class Store(abc.ABC):
     engine's; applications enqueue, inspect and administer jobs."""
 
     backend: Literal["sqlite", "postgres"]
+    notifies_processes: bool
+    """Whether ``listen`` delivers other processes' changes (PostgreSQL's NOTIFY).
+    Without it, an engine polls what it must learn (paused queues) on its
+    maintenance round."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -203,6 +211,10 @@ class Store(abc.ABC):
     def _cancel_local(self, job_id: int) -> None:
         for sub in list(self._subscribers):
             sub.on_cancel(job_id)
+
+    def _paused_local(self, queue: str, paused: bool) -> None:
+        for sub in list(self._subscribers):
+            sub.on_paused(queue, paused)
 
     async def listen(self, subscriber: Notifications, ready: Callable[[], None]) -> None:
         """Deliver wake-ups from other processes until cancelled. Raises
@@ -357,7 +369,33 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def retry_job(self, job_id: int) -> bool:
         """Make a discarded, cancelled or completed job available again, with one
-        more attempt if it had used them all. False if it is not in such a state."""
+        more attempt if it had used them all. False if it is not in such a state.
+
+        A unique job takes its unique key back when its kind counts the available
+        state; if a duplicate enqueued since holds the key, the job is left as it
+        is and UniqueConflict names that duplicate."""
+
+    # -- queue state -----------------------------------------------------------------
+
+    async def pause_queue(self, queue: str) -> None:
+        """Pause ``queue`` for every engine on this database (running jobs go on);
+        it stays paused across restarts until ``resume_queue``."""
+        _check_queue_name(queue)
+        await self._set_paused(queue, True)
+        self._paused_local(queue, True)
+
+    async def resume_queue(self, queue: str) -> None:
+        """Let every engine on this database claim from ``queue`` again."""
+        _check_queue_name(queue)
+        await self._set_paused(queue, False)
+        self._paused_local(queue, False)
+
+    @abc.abstractmethod
+    async def _set_paused(self, queue: str, paused: bool) -> None: ...
+
+    @abc.abstractmethod
+    async def paused_queues(self) -> set[str]:
+        """The queues paused on this database."""
 
     @abc.abstractmethod
     async def cancel_job(self, job_id: int) -> JobState | None:
@@ -374,6 +412,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def insert_periodic(self, row: NewJob) -> bool:
         """Insert a periodic job's row for its slot unless another engine did."""
+
+
+def _check_queue_name(queue: str) -> None:
+    if not isinstance(queue, str) or not 1 <= len(queue) <= 200:
+        raise ConfigurationError(f"queue must be a name of 1-200 characters, got {queue!r}")
 
 
 def open_store(
