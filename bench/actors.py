@@ -326,6 +326,13 @@ def main() -> None:
             key=lambda r: r["activations_per_s"],
         )
         baseline = best_of(2, bare_activations, keys, clients)
+        # Diagnostic: how much of an activation is the cyclic garbage collector
+        # scanning the live actors (it grows with max_active).
+        gc.disable()
+        try:
+            without_gc = run(domain_asks, keys, 10_000 // scale, clients)["activations_per_s"]
+        finally:
+            gc.enable()
         emit(
             "domain_activations",
             keys=keys,
@@ -336,6 +343,7 @@ def main() -> None:
             baseline_per_s=round(baseline),
             baseline="a task started per key answering one future",
             ratio=round(result["activations_per_s"] / baseline, 3),
+            activations_per_s_gc_disabled=round(without_gc),
         )
     if "rss" in only:
         # A fresh process: the peak RSS must not include the figures above.
