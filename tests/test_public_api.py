@@ -11,9 +11,13 @@ import pytest
 
 import fiefdom
 
-# The runtime's packages. The higher layers (storage, protocol, daemon) follow the same
-# rule and can be added here once their API settles.
-PACKAGES = ["fiefdom", "fiefdom.actors", "fiefdom.supervisors"]
+# Every layer's package follows the same rule.
+PACKAGES = [
+    "fiefdom",
+    "fiefdom.actors",
+    "fiefdom.supervisors",
+    "fiefdom.storage",
+]
 
 
 @pytest.mark.parametrize("package", PACKAGES)

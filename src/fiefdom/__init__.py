@@ -2,6 +2,9 @@
 
 Every resource id has exactly one owning actor, so mutual exclusion and
 cancellation come from ownership instead of lock timeouts.
+
+``RuntimeEvent`` is the union of the events ``system.events`` delivers:
+``ActorCrashed``, ``ActorRestarted``, ``ChildExited`` and ``SupervisorEscalated``.
 """
 
 from ._errors import ActivationFailed as ActivationFailed
@@ -26,13 +29,19 @@ from ._errors import UniqueConflict as UniqueConflict
 from ._errors import UnknownJobKind as UnknownJobKind
 from .actors import Actor as Actor
 from .actors import ActorContext as ActorContext
+from .actors import ActorCrashed as ActorCrashed
 from .actors import ActorRef as ActorRef
+from .actors import ActorRestarted as ActorRestarted
 from .actors import ActorState as ActorState
 from .actors import ActorStatistics as ActorStatistics
+from .actors import ChildExited as ChildExited
 from .actors import Domain as Domain
 from .actors import DomainStatistics as DomainStatistics
+from .actors import EventBus as EventBus
 from .actors import ProcessResult as ProcessResult
 from .actors import Request as Request
+from .actors import RuntimeEvent as RuntimeEvent
+from .actors import SupervisorEscalated as SupervisorEscalated
 from .actors import run_process as run_process
 from .protocol import connect as connect
 from .storage import AttemptError as AttemptError
@@ -60,6 +69,9 @@ from .supervisors import ActorSystem as ActorSystem
 from .supervisors import Backoff as Backoff
 from .supervisors import DomainSpec as DomainSpec
 from .supervisors import Restart as Restart
+from .supervisors import Service as Service
+from .supervisors import ServiceSpec as ServiceSpec
+from .supervisors import ServiceStatistics as ServiceStatistics
 from .supervisors import Strategy as Strategy
 from .supervisors import SupervisorRef as SupervisorRef
 from .supervisors import SupervisorSpec as SupervisorSpec
@@ -71,8 +83,10 @@ __all__ = [
     "ActivationFailed",
     "Actor",
     "ActorContext",
+    "ActorCrashed",
     "ActorError",
     "ActorRef",
+    "ActorRestarted",
     "ActorSpec",
     "ActorState",
     "ActorStatistics",
@@ -83,6 +97,7 @@ __all__ = [
     "Backoff",
     "CallCycleError",
     "Cancel",
+    "ChildExited",
     "ConfigurationError",
     "ControlConnectionError",
     "ControlError",
@@ -92,6 +107,7 @@ __all__ = [
     "DomainStatistics",
     "EngineStatistics",
     "Enqueued",
+    "EventBus",
     "ExponentialBackoff",
     "FiefdomError",
     "Job",
@@ -110,7 +126,11 @@ __all__ = [
     "Restart",
     "RestartIntensityExceeded",
     "Retention",
+    "RuntimeEvent",
     "SchemaMismatch",
+    "Service",
+    "ServiceSpec",
+    "ServiceStatistics",
     "Snooze",
     "StaleLease",
     "Store",
@@ -118,6 +138,7 @@ __all__ = [
     "StoreUnavailable",
     "Strategy",
     "SupervisorError",
+    "SupervisorEscalated",
     "SupervisorRef",
     "SupervisorSpec",
     "SupervisorStatistics",

@@ -5,6 +5,8 @@ per ask, ``DEFAULT_CANCEL_GRACE`` seconds for a cancelled handler to return befo
 the actor is reported stuck. ``StopMode`` names how a cell's incarnation ends:
 ``"restart"`` (mailbox kept), ``"drain"`` (handle what is queued, take nothing new)
 or ``"exit"`` (stop after the current message).
+
+``RuntimeEvent`` is the union of the runtime events an ``EventBus`` delivers.
 """
 
 from ._actor import Actor as Actor
@@ -18,6 +20,12 @@ from ._cell import Cell as Cell
 from ._cell import StopMode as StopMode
 from ._domain import Domain as Domain
 from ._domain import DomainStatistics as DomainStatistics
+from ._events import ActorCrashed as ActorCrashed
+from ._events import ActorRestarted as ActorRestarted
+from ._events import ChildExited as ChildExited
+from ._events import EventBus as EventBus
+from ._events import RuntimeEvent as RuntimeEvent
+from ._events import SupervisorEscalated as SupervisorEscalated
 from ._message import Request as Request
 from ._process import ProcessResult as ProcessResult
 from ._process import run_process as run_process
@@ -30,15 +38,21 @@ __all__ = [
     "DEFAULT_CAPACITY",
     "Actor",
     "ActorContext",
+    "ActorCrashed",
     "ActorRef",
+    "ActorRestarted",
     "ActorState",
     "ActorStatistics",
     "Cell",
     "CellRef",
+    "ChildExited",
     "Domain",
     "DomainStatistics",
+    "EventBus",
     "ProcessResult",
     "Request",
+    "RuntimeEvent",
     "StopMode",
+    "SupervisorEscalated",
     "run_process",
 ]

@@ -32,6 +32,7 @@ from ._cell import (
     StartFailed,
     StopMode,
 )
+from ._events import ActorCrashed, ActorRestarted, EventBus
 from ._mailbox import MailboxClosed
 from ._message import Request
 from ._ref import ActorRef, KeyRef
@@ -70,6 +71,7 @@ class Domain(Generic[K, M]):
         max_active: int | None = None,
         mailbox_capacity: int = DEFAULT_CAPACITY,
         cancel_grace: float = DEFAULT_CANCEL_GRACE,
+        events: EventBus | None = None,
     ) -> None:
         if max_active is not None and max_active < 1:
             raise ValueError(f"max_active must be at least 1 or None, got {max_active}")
@@ -81,6 +83,7 @@ class Domain(Generic[K, M]):
         self._max_active = max_active
         self._capacity = mailbox_capacity
         self._cancel_grace = cancel_grace
+        self._events = events
         self._cells: dict[K, Cell[M]] = {}
         # Least recently used first. An OrderedDict, not a dict: a dict that is
         # deleted from at the front makes next(iter()) skip every dead slot before
@@ -287,15 +290,23 @@ class Domain(Generic[K, M]):
                         cell.mailbox.close("it failed to start")
                         cell.fail_queued(exc.__cause__ or exc)
                         cell.log.error("activation failed", exc_info=exc.__cause__)
+                        self._emit_crash(cell, exc.__cause__ or exc)
                         break
                     except Exception as exc:
                         self._crashes += 1
                         cell.log.error("actor crashed", exc_info=exc)
+                        self._emit_crash(cell, exc)
                         if cell.mailbox.depth == 0 or cell.stop_mode == "exit":
                             break
                         # Messages are waiting (also while passivating: they were sent
                         # before it began): a fresh instance takes them.
                         cell.restarts += 1
+                        if self._events is not None:
+                            self._events.emit(
+                                ActorRestarted(
+                                    path=cell.path, key=str(cell.key), restarts=cell.restarts
+                                )
+                            )
             finally:
                 self._release_slot(cell)
         finally:
@@ -310,6 +321,17 @@ class Domain(Generic[K, M]):
             cell.close("it was passivated")
             self._passivations += 1
             cell.stopped.set()
+
+    def _emit_crash(self, cell: Cell[M], exc: BaseException) -> None:
+        if self._events is not None:
+            self._events.emit(
+                ActorCrashed(
+                    path=cell.path,
+                    key=str(cell.key),
+                    error_type=type(exc).__name__,
+                    error=str(exc),
+                )
+            )
 
     async def _acquire_slot(self) -> None:
         if self._max_active is None or (self._live < self._max_active and not self._waiters):

@@ -11,7 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..actors import ActorStatistics, DomainStatistics
-from ..supervisors import ActorSystem, SupervisorStatistics
+from ..supervisors import ActorSystem, ServiceStatistics, SupervisorStatistics
 from ._messages import QueueInfo
 
 _DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0)
@@ -47,14 +47,16 @@ class _TreeCollector(Collector):
         )
         system = self._metrics.system
         if system is not None:
-            stack: list[ActorStatistics | DomainStatistics | SupervisorStatistics] = [
-                system.statistics()
-            ]
+            stack: list[
+                ActorStatistics | DomainStatistics | ServiceStatistics | SupervisorStatistics
+            ] = [system.statistics()]
             while stack:
                 node = stack.pop()
                 if isinstance(node, SupervisorStatistics):
                     restarts.add_metric([node.path, "supervisor"], node.restarts)
                     stack.extend(node.children)
+                elif isinstance(node, ServiceStatistics):
+                    restarts.add_metric([node.path, "service"], node.restarts)
                 elif isinstance(node, ActorStatistics):
                     depth.add_metric([node.path], node.mailbox_depth)
                     handled.add_metric([node.path], node.messages_handled)

@@ -9,8 +9,11 @@ from ._spec import Backoff as Backoff
 from ._spec import ChildSpec as ChildSpec
 from ._spec import DomainSpec as DomainSpec
 from ._spec import Restart as Restart
+from ._spec import Service as Service
+from ._spec import ServiceSpec as ServiceSpec
 from ._spec import Strategy as Strategy
 from ._spec import SupervisorSpec as SupervisorSpec
+from ._supervisor import ServiceStatistics as ServiceStatistics
 from ._supervisor import SupervisorRef as SupervisorRef
 from ._supervisor import SupervisorStatistics as SupervisorStatistics
 from ._system import ActorSystem as ActorSystem
@@ -23,6 +26,9 @@ __all__ = [
     "ChildSpec",
     "DomainSpec",
     "Restart",
+    "Service",
+    "ServiceSpec",
+    "ServiceStatistics",
     "Strategy",
     "SupervisorRef",
     "SupervisorSpec",

@@ -6,9 +6,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
-from ..actors import DEFAULT_CANCEL_GRACE, DEFAULT_CAPACITY, Actor
+from ..actors import DEFAULT_CANCEL_GRACE, DEFAULT_CAPACITY, Actor, StopMode
 
 M = TypeVar("M")
 K = TypeVar("K", bound=Hashable)
@@ -71,6 +71,33 @@ class DomainSpec(Generic[K, M]):
     cancel_grace: float = DEFAULT_CANCEL_GRACE
 
 
+@runtime_checkable
+class Service(Protocol):
+    """What a supervisor can host besides actors: a job engine, a server, a poller.
+
+    ``serve(started)`` runs until ``request_stop`` (calling ``started()`` once it is
+    up); ``cancel()`` cuts it short at the shutdown deadline; ``reset()`` prepares a
+    restart; ``close(reason)`` says it is gone for good. A crash is ``serve`` raising.
+    """
+
+    async def serve(self, started: Callable[[], None] | None = None) -> None: ...
+    def request_stop(self, mode: StopMode) -> None: ...
+    def cancel(self) -> None: ...
+    def close(self, reason: str) -> None: ...
+    def reset(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    """A supervised service, built once by ``factory()`` and restarted (``reset``,
+    then ``serve`` again) by its supervisor like any other child."""
+
+    name: str
+    factory: Callable[[], Service]
+    restart: Restart = Restart.PERMANENT
+    shutdown: float = 30.0
+
+
 @dataclass(frozen=True, slots=True)
 class SupervisorSpec:
     """A supervisor: its children (started in order, stopped in reverse), its
@@ -87,4 +114,4 @@ class SupervisorSpec:
     shutdown: float = 60.0
 
 
-ChildSpec = ActorSpec[Any] | DomainSpec[Any, Any] | SupervisorSpec
+ChildSpec = ActorSpec[Any] | DomainSpec[Any, Any] | ServiceSpec | SupervisorSpec

@@ -16,8 +16,30 @@ import structlog
 from anyio.abc import TaskGroup
 
 from .._errors import RestartIntensityExceeded, SupervisorError
-from ..actors import ActorRef, ActorStatistics, Cell, CellRef, Domain, DomainStatistics, StopMode
-from ._spec import ActorSpec, ChildSpec, DomainSpec, Restart, Strategy, SupervisorSpec
+from ..actors import (
+    ActorCrashed,
+    ActorRef,
+    ActorRestarted,
+    ActorStatistics,
+    Cell,
+    CellRef,
+    ChildExited,
+    Domain,
+    DomainStatistics,
+    EventBus,
+    StopMode,
+    SupervisorEscalated,
+)
+from ._spec import (
+    ActorSpec,
+    ChildSpec,
+    DomainSpec,
+    Restart,
+    Service,
+    ServiceSpec,
+    Strategy,
+    SupervisorSpec,
+)
 
 log = structlog.get_logger("fiefdom.supervisor")
 
@@ -30,7 +52,50 @@ class SupervisorStatistics(
     path: str
     strategy: Strategy
     restarts: int
-    children: list[ActorStatistics | DomainStatistics | SupervisorStatistics]
+    children: list[ActorStatistics | DomainStatistics | ServiceStatistics | SupervisorStatistics]
+
+
+class ServiceStatistics(msgspec.Struct, frozen=True, kw_only=True, tag="service", tag_field="kind"):
+    """A snapshot of a supervised service (its own statistics are its business)."""
+
+    path: str
+    running: bool
+    restarts: int
+
+
+class _ServiceChild:
+    """Gives a Service the path and statistics the supervisor expects of a child."""
+
+    __slots__ = ("path", "restarts", "running", "service")
+
+    def __init__(self, service: Service, path: str) -> None:
+        self.service = service
+        self.path = path
+        self.restarts = 0
+        self.running = False
+
+    async def serve(self, started: Callable[[], None] | None = None) -> None:
+        self.running = True
+        try:
+            await self.service.serve(started)
+        finally:
+            self.running = False
+
+    def request_stop(self, mode: StopMode) -> None:
+        self.service.request_stop(mode)
+
+    def cancel(self) -> None:
+        self.service.cancel()
+
+    def close(self, reason: str) -> None:
+        self.service.close(reason)
+
+    def reset(self) -> None:
+        self.restarts += 1
+        self.service.reset()
+
+    def statistics(self) -> ServiceStatistics:
+        return ServiceStatistics(path=self.path, running=self.running, restarts=self.restarts)
 
 
 class _Runnable(Protocol):
@@ -72,9 +137,10 @@ class _Exit:
 class Supervisor:
     """The runtime of a ``SupervisorSpec``. Reach it through ``SupervisorRef``."""
 
-    def __init__(self, spec: SupervisorSpec, path: str) -> None:
+    def __init__(self, spec: SupervisorSpec, path: str, events: EventBus | None = None) -> None:
         self.spec = spec
         self.path = path
+        self.events = events if events is not None else EventBus()
         self.restarts = 0
         self._children: list[_Child] = [self._make_child(c) for c in spec.children]
         self._events: asyncio.Queue[object] = asyncio.Queue()
@@ -100,9 +166,18 @@ class Supervisor:
                 max_active=spec.max_active,
                 mailbox_capacity=spec.mailbox_capacity,
                 cancel_grace=spec.cancel_grace,
+                events=self.events,
             )
+        elif isinstance(spec, ServiceSpec):
+            service = spec.factory()
+            if not isinstance(service, Service):
+                raise TypeError(
+                    f"ServiceSpec {spec.name!r}: factory returned {type(service).__name__}, "
+                    "which lacks serve/request_stop/cancel/close/reset"
+                )
+            runnable = _ServiceChild(service, path)
         else:
-            runnable = Supervisor(spec, path)
+            runnable = Supervisor(spec, path, self.events)
         return _Child(spec, runnable)
 
     def _find(self, name: str) -> _Child:
@@ -230,6 +305,9 @@ class Supervisor:
         path = child.runnable.path
         if exc is not None:
             log.error("child crashed", supervisor=self.path, child=path, exc_info=exc)
+            self.events.emit(
+                ActorCrashed(path=path, key=None, error_type=type(exc).__name__, error=str(exc))
+            )
         else:
             log.info("child exited", supervisor=self.path, child=path)
         runnable = child.runnable
@@ -238,13 +316,16 @@ class Supervisor:
             # restart type, and even if it crashed while draining.
             runnable.close("it was stopped")
             self._children.remove(child)
+            self.events.emit(ChildExited(path=path, reason="stopped through its ref"))
             return
         restart = spec.restart == Restart.PERMANENT or (
             spec.restart == Restart.TRANSIENT and exc is not None
         )
         if not restart:
-            runnable.close("it exited" if exc is None else f"it crashed: {exc!r}")
+            reason = "it exited" if exc is None else f"it crashed: {exc!r}"
+            runnable.close(reason)
             self._children.remove(child)
+            self.events.emit(ChildExited(path=path, reason=f"{spec.restart} child: {reason}"))
             return
         now = time.monotonic()
         self._restart_times.append(now)
@@ -252,6 +333,11 @@ class Supervisor:
             self._restart_times.popleft()
         if len(self._restart_times) > self.spec.max_restarts:
             log.error("restart intensity exceeded", supervisor=self.path, child=path)
+            self.events.emit(
+                SupervisorEscalated(
+                    path=self.path, restarts=len(self._restart_times), within=self.spec.within
+                )
+            )
             raise RestartIntensityExceeded(
                 self.path, len(self._restart_times), self.spec.within
             ) from exc
@@ -283,6 +369,12 @@ class Supervisor:
                 # Counted as another crash: it goes through the intensity check.
                 target.running = False
                 self._events.put_nowait(_Exit(target, target.generation, start_exc))
+            else:
+                self.events.emit(
+                    ActorRestarted(
+                        path=target.runnable.path, key=None, restarts=self._restarts_of(target)
+                    )
+                )
 
     async def _stop(self, child: _Child, mode: StopMode) -> None:
         child.stopping = True
@@ -329,8 +421,16 @@ class Supervisor:
         for child in self._children:
             child.runnable.reset()
 
+    def _restarts_of(self, child: _Child) -> int:
+        runnable = child.runnable
+        if isinstance(runnable, Cell | _ServiceChild | Supervisor):
+            return runnable.restarts
+        return 0
+
     def statistics(self) -> SupervisorStatistics:
-        children: list[ActorStatistics | DomainStatistics | SupervisorStatistics] = []
+        children: list[
+            ActorStatistics | DomainStatistics | ServiceStatistics | SupervisorStatistics
+        ] = []
         for child in self._children:
             children.append(child.runnable.statistics())  # type: ignore[attr-defined]
         return SupervisorStatistics(
@@ -356,6 +456,13 @@ class SupervisorRef:
         if not isinstance(runnable, Cell):
             raise TypeError(f"child {name!r} of {self.path} is not an actor")
         return CellRef(runnable)
+
+    def service(self, name: str) -> Service:
+        """The service object of the child ``name``."""
+        runnable = self._sup.child(name)
+        if not isinstance(runnable, _ServiceChild):
+            raise TypeError(f"child {name!r} of {self.path} is not a service")
+        return runnable.service
 
     def supervisor(self, name: str) -> SupervisorRef:
         runnable = self._sup.child(name)

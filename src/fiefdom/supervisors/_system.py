@@ -14,7 +14,15 @@ import anyio
 import structlog
 
 from .._errors import ActorStopped, SupervisorError
-from ..actors import DEFAULT_CANCEL_GRACE, DEFAULT_CAPACITY, Actor, ActorRef, CellRef, Domain
+from ..actors import (
+    DEFAULT_CANCEL_GRACE,
+    DEFAULT_CAPACITY,
+    Actor,
+    ActorRef,
+    CellRef,
+    Domain,
+    EventBus,
+)
 from ._spec import ActorSpec, DomainSpec, Restart, SupervisorSpec
 from ._supervisor import Supervisor, SupervisorRef, SupervisorStatistics
 
@@ -173,6 +181,11 @@ class ActorSystem:
         if not isinstance(sup, Supervisor):  # pragma: no cover - start_child builds one
             raise SupervisorError("expected a supervisor")
         return SupervisorRef(sup)
+
+    @property
+    def events(self) -> EventBus:
+        """Crashes, restarts, exits and escalations anywhere in the tree."""
+        return self._root.events
 
     @property
     def root(self) -> SupervisorRef:
