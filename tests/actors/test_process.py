@@ -162,3 +162,32 @@ async def test_run_process_returns_output_and_checks_the_status() -> None:
         assert "status 3" in str(info.value)
         unchecked = await ref.ask(Run(failing, check=False))
         assert unchecked.returncode == 3
+
+
+def is_dead(pid: int) -> bool:
+    """True when the process has exited (gone, or a zombie its new parent has not reaped)."""
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+async def test_a_background_child_left_by_the_command_is_killed_on_cancellation(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A command whose shell exits at once but leaves a background child holding the
+    pipes: cancelling the handler kills that child too (the whole process group)."""
+    pidfile = tmp_path / "child.pid"
+    script = f"sleep 30 & echo $! > {pidfile}"
+    async with fiefdom.ActorSystem(name="proc") as system:
+        ref = await system.spawn(lambda: Worker([]), name="w")
+        with pytest.raises(fiefdom.AskTimeout) as info:
+            # The ask cannot end before the pidfile exists: the shell writes it first.
+            await ref.ask(Run(["sh", "-c", script]), timeout=1.0)
+        assert info.value.phase == "running"
+        child = int(pidfile.read_text())
+        with anyio.fail_after(10):
+            # The orphan is reaped by init, asynchronously: poll its /proc entry.
+            while not is_dead(child):  # noqa: ASYNC110
+                await anyio.sleep(0.01)

@@ -91,12 +91,14 @@ async def _collect(stream: ByteReceiveStream, into: bytearray) -> None:
 
 
 async def _terminate(process: Process, grace: float) -> None:
-    if process.returncode is not None:
-        return
+    # The whole group is signalled even when the leader has already exited: a
+    # background child it left behind (``sh -c 'work &'``) still holds our pipes and
+    # must not outlive the handler. The group id stays reserved while any member
+    # lives, so it cannot name someone else's processes.
     _signal_group(process.pid, signal.SIGTERM)
-    with anyio.move_on_after(grace):
-        await process.wait()
-        return
+    if process.returncode is None:
+        with anyio.move_on_after(grace):
+            await process.wait()
     _signal_group(process.pid, signal.SIGKILL)
     await process.wait()
 
