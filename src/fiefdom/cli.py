@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import os
@@ -206,7 +207,9 @@ def _serve(args: argparse.Namespace) -> int:
     runner: Callable[[Awaitable[None]], None] = asyncio.run  # type: ignore[assignment]
     if wanted in ("auto", "uvloop"):
         try:
-            import uvloop
+            # Imported by name: uvloop is optional (the ``fast`` extra), so the type
+            # check must not depend on whether it is installed.
+            uvloop = importlib.import_module("uvloop")
         except ImportError:
             if wanted == "uvloop":
                 raise CommandError(
@@ -214,7 +217,7 @@ def _serve(args: argparse.Namespace) -> int:
                     "pip install 'fiefdom[fast]'"
                 ) from None
         else:
-            runner = uvloop.run  # type: ignore[assignment]
+            runner = uvloop.run
             loop_name = "uvloop"
     daemon = Daemon(config, loop_name=loop_name)
     runner(daemon.run())
