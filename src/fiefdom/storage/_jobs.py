@@ -9,7 +9,7 @@ import enum
 import hashlib
 import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
@@ -307,6 +307,22 @@ class ClaimedJob(msgspec.Struct, kw_only=True, gc=False):
     key: str | None
     priority: int
     queued_for: float = 0.0  # seconds from run_at to the claim (the store's clock)
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> ClaimedJob:
+        """Build from a row of either backend's claim statement (same column order)."""
+        return cls(
+            id=row[0],
+            kind=row[1],
+            queue=row[2],
+            args=row[3],
+            attempt=row[4],
+            max_attempts=row[5],
+            lease_token=row[6],
+            key=row[7],
+            priority=row[8],
+            queued_for=max(0.0, row[9]),
+        )
 
 
 class Lease(msgspec.Struct, frozen=True, gc=False):

@@ -396,21 +396,7 @@ class PostgresStore(Store):
                 lease,
             )
         )
-        return [
-            ClaimedJob(
-                id=r[0],
-                kind=r[1],
-                queue=r[2],
-                args=r[3],
-                attempt=r[4],
-                max_attempts=r[5],
-                lease_token=r[6],
-                key=r[7],
-                priority=r[8],
-                queued_for=max(0.0, r[9]),
-            )
-            for r in rows
-        ]
+        return [ClaimedJob.from_row(r) for r in rows]
 
     async def finish(self, outcomes: Sequence[Outcome]) -> set[int]:
         if not outcomes:
