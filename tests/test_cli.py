@@ -35,11 +35,14 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
 
 
 def test_status_table_and_json(daemon: DaemonProcess) -> None:
-    """status prints the tree as a table, and the same data as JSON with --json."""
+    """status prints the tree (actors and services) as a table, and as JSON with --json."""
     table = fiefdom("status", "--config", str(daemon.config)).stdout
     assert "ready" in table.splitlines()[0]
     assert "test-daemon/counter" in table
     assert "PATH" in table
+    rows = {line.split()[0]: line.split()[1:3] for line in table.splitlines() if line}
+    for service in ("store", "control", "jobs"):
+        assert rows[f"test-daemon/{service}"] == ["service", "running"]
     data = json.loads(fiefdom("status", "--json", "--config", str(daemon.config)).stdout)
     assert data["name"] == "test-daemon"
     assert data["ready"] is True

@@ -143,6 +143,9 @@ def _print_status(status: StatusReply) -> None:
                     node["activations"],
                 ]
             )
+        elif kind == "service":
+            state = "running" if node["running"] else "stopped"
+            rows.append([node["path"], "service", state, "-", node["restarts"], "-"])
 
     walk(status.tree)
     _table(["path", "kind", "state", "mailbox", "restarts", "handled"], rows)

@@ -1,12 +1,33 @@
-"""The daemon: opens the store, runs the actor system with the user's modules and
-the job engine, serves the control channel, and shuts down in order.
+"""The daemon: one supervisor tree holds the store, the user's modules, the control
+channel and the job engine; ``fiefdom status`` shows it::
 
-Start order: store, actor system, user modules (their setup hooks register
-actors, domains and job kinds), job engine, control server. On the first
-SIGTERM/SIGINT it drains: it reports not ready, the engine stops claiming jobs and
-lets running ones finish until ``shutdown_timeout``, then cancels them (they go
-back to their queue); then everything stops in reverse order. A second signal
-cancels at once."""
+    <name>               the root (the ActorSystem, one_for_one)
+    ├── store            service: opens the store (migrated, schema checked); closes it
+    ├── <user modules>   the actors and domains their setup hooks spawn, in module order
+    ├── control          service: the aiohttp control server (/healthz, /readyz, /ws ...)
+    └── jobs             service: the job engine (unless [jobs] enabled = false)
+
+Children start in that order, each once the one before it has started, and stop
+in exactly the reverse order (DESIGN rule 4). The control server comes before the
+engine on purpose: stopped in reverse, that is what an operator expects of a
+SIGTERM (or SIGINT, or a ``stop`` request):
+
+1. at once: ``/readyz`` answers 503 (a load balancer stops sending work) and the
+   channel refuses new jobs;
+2. ``jobs``: the engine stops claiming; running jobs finish until
+   ``daemon.shutdown_timeout``, then are cancelled and given back to their queue
+   (no attempt used). The control channel is still up meanwhile: ``fiefdom
+   status`` reports the drain and subscribers receive the jobs' events;
+3. ``control``: stops listening, lets each subscriber receive the events already
+   published, and closes the websockets (going away);
+4. the user's actors and domains drain their mailboxes, each within its deadline;
+5. ``store``: closes, once nothing uses it.
+
+A second signal (or ``stop`` with mode ``cancel``) cancels the running jobs at
+once (they go back to their queue) and the shutdown goes on. Either way the
+process exits 0 and no job is lost. At start, the engine comes last: ``/readyz``
+is 503 until it runs, and ``control.json`` (the address the CLI reads) is written
+once the whole tree has started."""
 
 from __future__ import annotations
 
@@ -20,9 +41,8 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
-from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import anyio
 import msgspec
@@ -38,18 +58,23 @@ from ..protocol import (
     Registry,
     TokenTable,
 )
-from ..supervisors import ActorSystem
+from ..supervisors import ActorSystem, Restart, ServiceSpec
 from ._config import Config
+from ._events import forward_runtime_events
 from ._jobs import JobRegistrar, JobsAdapter
 from ._logging import FlightRecorder, configure_logging
+from ._services import StoreService
+from ._storage import Store, open_store
 from ._tokens import token_table
-
-if TYPE_CHECKING:
-    from ._storage import Store
 
 log = structlog.get_logger("fiefdom.daemon")
 
 StopMode = Literal["drain", "cancel"]
+
+# How long the supervisor gives a service to stop beyond its own deadline before it
+# cancels it: the engine's drain ends at shutdown_timeout by itself and then writes
+# the outcomes of the jobs it gives back; the control server bounds its own closing.
+_STOP_MARGIN = 10.0
 
 
 class DaemonContext:
@@ -110,7 +135,6 @@ class Daemon:
         self._draining = False
         self._stop_mode: StopMode | None = None
         self._stop_requested = asyncio.Event()
-        self._drain_scope: anyio.CancelScope | None = None
         self._signals = 0
 
     # -- ControlHost -----------------------------------------------------------------
@@ -138,15 +162,14 @@ class Daemon:
         }
 
     def request_stop(self, mode: StopMode) -> None:
-        if mode == "cancel" or self._stop_mode == "drain":
+        if mode == "cancel" or self._stop_mode is not None:
+            # A second request (or a first one in cancel mode) ends the drain at
+            # once: running jobs are cancelled and go back to their queue.
             self._stop_mode = "cancel"
-            # Ends a drain in progress at once: running jobs are cancelled (and go
-            # back to their queue).
-            if self._drain_scope is not None:
-                self._drain_scope.cancel()
             self.jobs_adapter.cancel_running()
         else:
             self._stop_mode = "drain"
+        # Not ready from now on: /readyz answers 503 while the tree stops.
         self._draining = True
         self._stop_requested.set()
 
@@ -229,48 +252,77 @@ class Daemon:
         data = config.data_path
         data.mkdir(parents=True, exist_ok=True, mode=0o700)
         tokens: TokenTable = token_table(config)
-        from ._storage import open_store
-
-        async with AsyncExitStack() as stack:
-            store = open_store(config.store_url)
-            log.info("opening the store", url=_redact(config.store_url))
-            await store.open(migrate=config.store.migrate)
-            stack.push_async_callback(store.close)
-            self.store = store
-            await stack.enter_async_context(self.system)
-            self.jobs_adapter.attach(store)
-            await self._load_modules()
-            if config.jobs.enabled:
-                await stack.enter_async_context(self.jobs_adapter.running_engine())
-            server = ControlServer(self, config.control, tokens, self.metrics)
-            await server.start()
-            stack.push_async_callback(server.stop)
-            self.server = server
-            self._write_endpoint(server)
-            log.info(
-                "daemon ready",
-                name=self.name,
-                url=f"http://{config.control.host_port()[0]}:{server.port}",
-                loop=self.loop_name,
-                pid=os.getpid(),
-            )
-            await self._stop_requested.wait()
-            await self._shutdown()
+        store = open_store(config.store_url)
+        self.store = store
+        self.jobs_adapter.attach(store)
+        stop_forwarding = forward_runtime_events(self.system.events, self.hub)
+        try:
+            async with self.system:
+                await self._start_tree(store, tokens)
+                await self._until_stop_requested()
+                log.info(
+                    "draining: stopping the tree in reverse order",
+                    mode=self._stop_mode,
+                    deadline=config.daemon.shutdown_timeout,
+                )
+        finally:
+            stop_forwarding()
+            self.jobs_adapter.detach()
         log.info("daemon stopped", name=self.name)
 
-    async def _shutdown(self) -> None:
-        self._draining = True
-        timeout = self.config.daemon.shutdown_timeout
-        if self._stop_mode == "cancel":
-            self.jobs_adapter.cancel_running()
-        log.info("draining", deadline=timeout, mode=self._stop_mode)
-        # The engine stops claiming, lets running jobs finish within the deadline,
-        # then cancels them and gives them back to their queue. A second signal
-        # cancels at once (request_stop -> cancel_running).
-        with anyio.CancelScope() as scope:
-            self._drain_scope = scope
-            await self.jobs_adapter.stop()
-        self._drain_scope = None
+    async def _start_tree(self, store: Store, tokens: TokenTable) -> None:
+        config = self.config
+        root = self.system.root
+        # The store is a child like the others, so that it closes last; it is started
+        # first and open before the modules' setup hooks run (they may use it).
+        store_service = StoreService(
+            store, migrate=config.store.migrate, url_for_logs=_redact(config.store_url)
+        )
+        await root.start_child(
+            ServiceSpec(
+                "store", lambda: store_service, restart=Restart.TEMPORARY, shutdown=_STOP_MARGIN
+            )
+        )
+        await self._load_modules()
+        server = ControlServer(self, config.control, tokens, self.metrics)
+        await root.start_child(
+            ServiceSpec(
+                "control",
+                lambda: server,
+                shutdown=config.control.shutdown_timeout + _STOP_MARGIN,
+            )
+        )
+        self.server = server
+        if config.jobs.enabled:
+            engine = await self.jobs_adapter.build_engine()
+            await root.start_child(
+                ServiceSpec(
+                    "jobs",
+                    lambda: engine,
+                    shutdown=config.daemon.shutdown_timeout + _STOP_MARGIN,
+                )
+            )
+        self._write_endpoint(server)
+        log.info(
+            "daemon ready",
+            name=self.name,
+            url=f"http://{config.control.host_port()[0]}:{server.port}",
+            loop=self.loop_name,
+            pid=os.getpid(),
+        )
+
+    async def _until_stop_requested(self) -> None:
+        """Return on a stop request, or when the tree stopped by itself (the root
+        gave up: leaving the system then raises why)."""
+        async with anyio.create_task_group() as tg:
+
+            async def root_stopped() -> None:
+                await self.system.wait_stopped()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(root_stopped, name="daemon/root-stopped")
+            await self._stop_requested.wait()
+            tg.cancel_scope.cancel()
 
     async def _load_modules(self) -> None:
         base = Path(self.config.base_dir)

@@ -9,8 +9,7 @@ import asyncio
 import json
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -19,10 +18,11 @@ import msgspec
 import structlog
 
 from .._errors import JobError, UnknownJobKind
-from ..actors import Domain
+from ..actors import Domain, StopMode
 from ..protocol import ControlMetrics, EventHub, JobInfo, QueueInfo
 from ..protocol import JobEvent as WireJobEvent
 from ..storage import (
+    EngineState,
     Job,
     JobContext,
     JobEngine,
@@ -123,6 +123,51 @@ def to_wire(job: StoredJob, *, duplicate: bool = False) -> JobInfo:
     )
 
 
+class EngineService:
+    """The job engine as the daemon's ``jobs`` service. It adds one thing to the
+    engine's own Service methods: a stop in ``cancel`` mode (a second signal, or
+    ``stop --cancel``) that comes before the supervisor has asked the engine to stop
+    is kept until it does. Cancelling the engine directly would end its ``serve``
+    on its own, and the supervisor would take that for an exit and restart it."""
+
+    def __init__(self, engine: JobEngine) -> None:
+        self.engine = engine
+        self._stopping = False
+        self._cancel = False
+
+    async def serve(self, started: Callable[[], None] | None = None) -> None:
+        """Run the engine until the supervisor stops it."""
+        await self.engine.serve(started)
+
+    def request_stop(self, mode: StopMode) -> None:
+        """Stop claiming; running jobs finish within the drain deadline (or are
+        cancelled at once when a cancel was asked for)."""
+        self._stopping = True
+        if self._cancel:
+            self.engine.cancel()
+        else:
+            self.engine.request_stop(mode)
+
+    def cancel(self) -> None:
+        """Cancel running jobs now and give them back to their queue."""
+        self.engine.cancel()
+
+    def cancel_when_stopping(self) -> None:
+        """Cancel now if the engine is stopping, else as soon as it is asked to stop."""
+        self._cancel = True
+        if self._stopping:
+            self.engine.cancel()
+
+    def close(self, reason: str) -> None:
+        """The engine will not run again."""
+        self.engine.close(reason)
+
+    def reset(self) -> None:
+        """Prepare the engine to run again (after a crash)."""
+        self._stopping = False
+        self.engine.reset()
+
+
 class JobsAdapter:
     """Owns the daemon's job engine and offers it to the control channel."""
 
@@ -135,12 +180,14 @@ class JobsAdapter:
         self.store: Store | None = None
         self._starts: OrderedDict[int, float] = OrderedDict()
         self._changed = asyncio.Event()
+        self._service: EngineService | None = None
+        self._unsubscribe: Callable[[], None] = lambda: None
 
     # -- lifecycle -------------------------------------------------------------------
 
     @property
     def running(self) -> bool:
-        return self.engine is not None
+        return self.engine is not None and self.engine.state is EngineState.RUNNING
 
     @property
     def service(self) -> JobsAdapter | None:
@@ -149,13 +196,10 @@ class JobsAdapter:
     def attach(self, store: Store) -> None:
         self.store = store
 
-    def engine_for_setup(self) -> JobRegistrar:
-        return self.registrar
-
-    @asynccontextmanager
-    async def running_engine(self) -> AsyncIterator[JobEngine]:
-        """Build the engine from what the modules registered, run it, stop it on exit
-        (draining within the shutdown deadline, then giving running jobs back)."""
+    async def build_engine(self) -> EngineService:
+        """Build the engine from what the modules registered (registration closes
+        here), with the configured queues paused; returns the service that the
+        daemon's supervisor runs as its ``jobs`` child."""
         assert self.store is not None
         self.registrar.closed = True
         queues = {name: q.concurrency for name, q in self.config.jobs.queues.items()}
@@ -174,26 +218,20 @@ class JobsAdapter:
         for name, queue in self.config.jobs.queues.items():
             if queue.paused:
                 await engine.pause(name)
-        unsubscribe = engine.subscribe(self._on_event)
-        try:
-            async with engine:
-                self.engine = engine
-                try:
-                    yield engine
-                finally:
-                    self.engine = None
-        finally:
-            unsubscribe()
+        self._unsubscribe = engine.subscribe(self._on_event)
+        self.engine = engine
+        self._service = EngineService(engine)
+        return self._service
+
+    def detach(self) -> None:
+        """Stop listening to the engine's events (the daemon has stopped)."""
+        self._unsubscribe()
 
     def cancel_running(self) -> None:
-        """Cancel running jobs now; the engine gives them back to their queue."""
-        if self.engine is not None:
-            self.engine.cancel()
-
-    async def stop(self) -> None:
-        """Stop claiming, let running jobs finish within the engine's drain timeout."""
-        if self.engine is not None:
-            await self.engine.stop()
+        """Cancel running jobs now (the engine gives them back to their queue), or as
+        soon as the supervisor stops the engine, when it has not begun to yet."""
+        if self._service is not None:
+            self._service.cancel_when_stopping()
 
     # -- events ----------------------------------------------------------------------
 

@@ -1,6 +1,8 @@
 """Logging of the daemon, configured once at start: every structlog event (debug
-included) goes into the flight recorder's ring buffer and to the event hub;
-only events at or above the configured level are written to stderr."""
+included) goes into the flight recorder's ring buffer and to the event hub's
+``logs`` topic; only events at or above the configured level are written to
+stderr. (Actor crashes and restarts reach the ``actors`` topic from the runtime's
+event bus, never from log lines: see ``_events``.)"""
 
 from __future__ import annotations
 
@@ -16,18 +18,9 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from ..protocol import ActorEvent, EventHub, LogEvent
+from ..protocol import EventHub, LogEvent
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50, "exception": 40}
-
-# Log events of the runtime that are actor lifecycle events for subscribers.
-_ACTOR_EVENTS = {
-    "child crashed": ("crashed", "child"),
-    "restarting child": ("restarted", "child"),
-    "restart intensity exceeded": ("escalated", "supervisor"),
-    "actor crashed": ("crashed", "actor"),
-    "activation failed": ("activation_failed", "actor"),
-}
 
 
 class FlightRecorder:
@@ -62,7 +55,7 @@ class FlightRecorder:
 
 
 class _HubForwarder:
-    """Publishes log events (and the actor lifecycle events among them) to the hub."""
+    """Publishes log events to the hub's ``logs`` topic."""
 
     def __init__(self, hub: EventHub) -> None:
         self.hub = hub
@@ -72,17 +65,6 @@ class _HubForwarder:
             return event_dict
         event = str(event_dict.get("event", ""))
         now = time.time()
-        actor = _ACTOR_EVENTS.get(event)
-        if actor is not None:
-            kind, path_key = actor
-            self.hub.publish(
-                ActorEvent(
-                    path=str(event_dict.get(path_key, "?")),
-                    event=kind,  # type: ignore[arg-type]
-                    error=_short_error(event_dict),
-                    at=now,
-                )
-            )
         fields = {
             k: v if isinstance(v, (str, int, float, bool, type(None))) else repr(v)
             for k, v in event_dict.items()

@@ -258,6 +258,9 @@ class JobInfo(msgspec.Struct, kw_only=True):
 
 
 class QueueInfo(msgspec.Struct, kw_only=True):
+    """A queue: whether it is paused (in the database, for every daemon on it) and
+    its jobs counted by state."""
+
     name: str
     paused: bool
     counts: dict[str, int]  # jobs by state
@@ -282,6 +285,9 @@ class Ack(_Frame, tag="ack"):
 
 
 class StatusReply(_Frame, tag="status.reply"):
+    """The daemon's state: readiness, the supervisor tree (actors, domains, services
+    and supervisors with their statistics), the callable targets and the queues."""
+
     id: int
     name: str
     version: str
@@ -345,6 +351,8 @@ class Error(_Frame, tag="error"):
 
 
 class JobEvent(msgspec.Struct, kw_only=True, tag="jobs", tag_field="topic"):
+    """A job changed state (topic ``jobs``); ``at`` is unix seconds."""
+
     job_id: int
     kind: str
     queue: str
@@ -355,13 +363,27 @@ class JobEvent(msgspec.Struct, kw_only=True, tag="jobs", tag_field="topic"):
 
 
 class ActorEvent(msgspec.Struct, kw_only=True, tag="actors", tag_field="topic"):
+    """A runtime event of the supervisor tree (topic ``actors``), from the system's
+    event bus: ``crashed`` (an actor's handler or start raised; ``key`` names a domain
+    key, ``error_type`` and ``error`` say what), ``restarted`` (``restarts`` counts
+    them), ``exited`` (a child that is not restarted ended; ``reason``) and
+    ``escalated`` (a supervisor exceeded ``restarts`` within ``within`` seconds).
+    ``error`` reads ``Type: message``; ``at`` is unix seconds."""
+
     path: str
-    event: Literal["crashed", "restarted", "escalated", "activation_failed"]
+    event: Literal["crashed", "restarted", "exited", "escalated"]
+    key: str | None = None
+    error_type: str | None = None
     error: str | None = None
+    restarts: int | None = None
+    reason: str | None = None
+    within: float | None = None
     at: float = 0.0
 
 
 class LogEvent(msgspec.Struct, kw_only=True, tag="logs", tag_field="topic"):
+    """A log event at or above the subscriber's level (topic ``logs``)."""
+
     level: str
     logger: str
     event: str

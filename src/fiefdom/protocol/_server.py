@@ -1,6 +1,8 @@
 """The control server (aiohttp): ``/healthz``, ``/readyz``, ``/metrics``,
 ``/schema`` and the websocket control channel ``/ws``. Authentication happens
-once, at this boundary, from ``REQUIRED_ROLE`` and ``ENDPOINT_ROLE``."""
+once, at this boundary, from ``REQUIRED_ROLE`` and ``ENDPOINT_ROLE``. The server
+is a supervisor ``Service`` (``serve``/``request_stop``/``cancel``/``close``/
+``reset``), and can also be driven by hand with ``start``/``stop``."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from .._errors import (
     StoreError,
     UnknownJobKind,
 )
+from ..actors import StopMode
 from ._codec import SERVER_JSON, SERVER_MSGPACK, Codec, json_schema
 from ._hub import Subscription
 from ._messages import (
@@ -125,6 +128,12 @@ class ControlServer:
         self._site: web.TCPSite | None = None
         self._schema = json.dumps(json_schema(), indent=2).encode()
         self.port: int | None = None
+        # As a supervised service: what serve() waits for, and what cancel() cuts short.
+        self._stop_requested = asyncio.Event()
+        self._serve_scope: anyio.CancelScope | None = None
+        self._closing_scope: anyio.CancelScope | None = None
+        self._cancelled = False
+        self._closed: str | None = None
 
     def count_frame(self, message_type: type[msgspec.Struct]) -> None:
         # A plain dict on the hot path; the metrics collector reads it at scrape time
@@ -147,30 +156,95 @@ class ControlServer:
         return app
 
     async def start(self) -> None:
+        """Listen on ``settings.listen`` (``port`` tells the port, when it was 0)."""
+        if self._closed is not None:
+            raise FiefdomError(
+                f"the control server was closed ({self._closed}); build a new ControlServer"
+            )
+        if self._runner is not None:
+            raise FiefdomError("the control server is already listening: stop() it first")
         host, port = self.settings.host_port()
         # A short aiohttp shutdown timeout: websockets are closed by stop() first.
-        self._runner = web.AppRunner(
+        runner = web.AppRunner(
             self._app(), access_log=None, shutdown_timeout=self.settings.shutdown_timeout
         )
-        await self._runner.setup()
-        self._site = web.TCPSite(self._runner, host, port, reuse_address=True)
-        await self._site.start()
-        server = self._site._server
-        sockets = getattr(server, "sockets", None) or []
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except BaseException:
+            # The address is taken (or the start was cancelled): nothing may stay open.
+            with anyio.CancelScope(shield=True):
+                await runner.cleanup()
+            raise
+        self._runner, self._site = runner, site
+        sockets = getattr(site._server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else port
         log.info("control channel listening", host=host, port=self.port)
 
     async def stop(self) -> None:
-        """Stop listening, close every websocket (going away), then clean up."""
+        """Stop listening, let every subscriber receive the events already published,
+        close every websocket (going away), then clean up. Peers get
+        ``settings.shutdown_timeout`` to answer the close; ``cancel()`` cuts it short."""
         if self._runner is None:
             return
         runner, self._runner = self._runner, None
         if self._site is not None:
-            await self._site.stop()
-        for conn in list(self._connections):
-            await conn.close(WSCloseCode.GOING_AWAY, "the daemon is stopping")
+            site, self._site = self._site, None
+            await site.stop()
+        with anyio.move_on_after(self.settings.shutdown_timeout) as closing:
+            self._closing_scope = closing
+            if self._cancelled:
+                closing.cancel()
+            # Concurrently: one peer that does not answer its close must not hold up
+            # the others until the deadline.
+            async with anyio.create_task_group() as tg:
+                for conn in list(self._connections):
+                    tg.start_soon(conn.finish, WSCloseCode.GOING_AWAY, "the daemon is stopping")
+        self._closing_scope = None
         await runner.cleanup()
         log.info("control channel stopped")
+
+    # -- as a supervised service -------------------------------------------------
+
+    async def serve(self, started: Callable[[], None] | None = None) -> None:
+        """Listen, call ``started()``, serve until ``request_stop``, then ``stop``."""
+        with anyio.CancelScope() as scope:
+            self._serve_scope = scope
+            await self.start()
+            try:
+                if started is not None:
+                    started()
+                await self._stop_requested.wait()
+            finally:
+                # Also when cancelled at the supervisor's deadline: the listening socket
+                # and the connections must be released (cancel() made stop() skip the
+                # wait for peers, so this is short).
+                with anyio.CancelScope(shield=True):
+                    await self.stop()
+        self._serve_scope = None
+
+    def request_stop(self, mode: StopMode) -> None:
+        """Stop accepting connections and close the open ones (``serve`` returns)."""
+        self._stop_requested.set()
+
+    def cancel(self) -> None:
+        """Stop at once: no waiting for peers to answer their close."""
+        self._cancelled = True
+        self._stop_requested.set()
+        if self._serve_scope is not None:
+            self._serve_scope.cancel()
+        if self._closing_scope is not None:
+            self._closing_scope.cancel()
+
+    def close(self, reason: str) -> None:
+        """Gone for good: ``serve`` and ``start`` refuse to run again."""
+        self._closed = reason
+
+    def reset(self) -> None:
+        """Prepare to serve again (after a supervisor restart)."""
+        self._stop_requested = asyncio.Event()
+        self._cancelled = False
 
     # -- HTTP --------------------------------------------------------------------
 
@@ -307,18 +381,30 @@ class _Connection:
         # ends. They are created per request, where a task group's per-spawn cost
         # showed up as a third of a call's time.
         self.tasks: set[asyncio.Task[None]] = set()
+        self.pumps: set[asyncio.Task[None]] = set()  # the event pumps among them
         self.requests = 0
         self.slot_free = asyncio.Event()
         self.welcomed = role is not None
 
-    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return task
 
     async def close(self, code: int, message: str) -> None:
         for sub in self.subscriptions.values():
             self.host.hub.unsubscribe(sub)
+        await self.ws.close(code=code, message=message.encode())
+
+    async def finish(self, code: int, message: str) -> None:
+        """Close at shutdown: first let the event pumps send what their subscriptions
+        hold (a subscriber sees the last job events of a drain), then close."""
+        for sub in self.subscriptions.values():
+            self.host.hub.unsubscribe(sub)
+        pumps = list(self.pumps)
+        if pumps:
+            await asyncio.wait(pumps)
         await self.ws.close(code=code, message=message.encode())
 
     async def run(self) -> None:
@@ -461,7 +547,9 @@ class _Connection:
         sub = self.host.hub.subscribe(msg.topics, msg.level)
         self.subscriptions[sub.id] = sub
         await self.send(codec, Subscribed(id=msg.id, subscription=sub.id))
-        self.spawn(self._pump(sub, codec), f"control/events/{sub.id}")
+        pump = self.spawn(self._pump(sub, codec), f"control/events/{sub.id}")
+        self.pumps.add(pump)
+        pump.add_done_callback(self.pumps.discard)
 
     async def _unsubscribe(self, msg: Unsubscribe, codec: Codec) -> None:
         sub = self.subscriptions.pop(msg.subscription, None)

@@ -52,16 +52,18 @@ class Balance(fiefdom.Request[int]):
     pass
 
 
-class Account(fiefdom.Actor[Deposit | Balance]):
+class Account(fiefdom.Actor[Deposit | Balance | Crash]):
     def __init__(self, key: str) -> None:
         self.total = 0
 
-    async def receive(self, msg: Deposit | Balance) -> int | None:
+    async def receive(self, msg: Deposit | Balance | Crash) -> int | None:
         match msg:
             case Deposit(amount=n):
                 self.total += n
             case Balance():
                 return self.total
+            case Crash():
+                raise RuntimeError("asked to crash")
         return None
 
 
@@ -110,6 +112,6 @@ async def setup(daemon: Any) -> None:
     counter = await daemon.system.spawn(Counter, name="counter")
     daemon.expose("counter", counter, [Increment, GetCount, Crash])
     accounts = daemon.system.domain("accounts", Account, idle_timeout=60.0)
-    daemon.expose("accounts", accounts, [Deposit, Balance])
+    daemon.expose("accounts", accounts, [Deposit, Balance, Crash])
     echo = await daemon.system.spawn(Echoer, name="echo")
     daemon.expose("echo", echo, [Echo])
