@@ -17,6 +17,8 @@ PACKAGES = [
     "fiefdom.actors",
     "fiefdom.supervisors",
     "fiefdom.storage",
+    "fiefdom.protocol",
+    "fiefdom.daemon",
 ]
 
 

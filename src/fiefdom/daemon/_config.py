@@ -59,6 +59,9 @@ class RecorderSection(_Section):
 
 
 class Config(_Section):
+    """The daemon's configuration: ``[daemon]``, ``[store]``, ``[control]``, ``[jobs]``,
+    ``[recorder]`` and the user modules' own ``[app.<module>]`` sections."""
+
     daemon: DaemonSection = msgspec.field(default_factory=DaemonSection)
     store: StoreSection = msgspec.field(default_factory=StoreSection)
     control: ControlSettings = msgspec.field(default_factory=ControlSettings)

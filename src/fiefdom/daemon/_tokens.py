@@ -30,6 +30,7 @@ def ensure_admin_token(path: Path) -> str:
 
 
 def read_token_file(path: Path) -> str:
+    """The token stored in ``path`` (surrounding whitespace removed)."""
     try:
         token = path.read_text(encoding="utf-8").strip()
     except OSError as exc:

@@ -1,5 +1,19 @@
 """The control channel: wire messages, codecs, the aiohttp server (health,
-readiness, metrics, schema, websocket) and the Python client."""
+readiness, metrics, schema, websocket) and the Python client.
+
+Constants and type aliases:
+
+- ``PROTOCOL_VERSION``: the version a client's ``hello`` must ask for (the server
+  speaks one).
+- ``REQUIRED_ROLE``: for each client message type, the token role it needs; the one
+  place where authorisation is declared.
+- ``Role``: a token's role, ``"read"``, ``"operate"`` or ``"admin"`` (each allows
+  what the ones before it allow).
+- ``ClientMessage``: the tagged union of the frames a client sends (``type`` names
+  the frame; every request carries an ``id``).
+- ``ServerMessage``: the tagged union of the frames the server sends (replies name
+  the request's ``id``; ``event`` and ``dropped`` frames name a subscription).
+"""
 
 from ._client import Client as Client
 from ._client import ClientState as ClientState

@@ -72,6 +72,8 @@ F = TypeVar("F")
 
 
 class ClientState(enum.StrEnum):
+    """Lifecycle of a ``Client``: new, open (inside ``async with``), closed for good."""
+
     NEW = "new"
     OPEN = "open"
     CLOSED = "closed"

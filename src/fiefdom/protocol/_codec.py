@@ -20,6 +20,8 @@ from ._messages import (
 
 
 class Encoding(enum.StrEnum):
+    """How frames are encoded on the wire."""
+
     JSON = "json"  # text frames
     MSGPACK = "msgpack"  # binary frames
 

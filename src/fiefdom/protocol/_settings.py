@@ -22,6 +22,8 @@ class TokenSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class ControlSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The ``[control]`` section: the address, the tokens, and the channel's limits."""
+
     listen: str = "127.0.0.1:8765"
     tokens: list[TokenSpec] = msgspec.field(default_factory=list)
     max_frame_bytes: int = 1 << 20
@@ -45,6 +47,8 @@ class ControlSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 @dataclass(frozen=True, slots=True)
 class Credential:
+    """A resolved token: its secret bytes, its role and a name for logs."""
+
     secret: bytes
     role: Role
     name: str
