@@ -148,6 +148,8 @@ class Supervisor:
         self._tg: TaskGroup | None = None
         self._scope: anyio.CancelScope | None = None
         self._closed: str | None = None
+        self._hurry = False  # shutdown deadlines cut to zero: cancel, do not drain
+        self._deadline: anyio.CancelScope | None = None  # the drain being waited on
 
     # -- children ------------------------------------------------------------------
 
@@ -380,15 +382,26 @@ class Supervisor:
         child.stopping = True
         try:
             child.runnable.request_stop(mode)
-            with anyio.move_on_after(child.spec.shutdown):
-                await child.done.wait()
+            if not self._hurry:
+                with anyio.move_on_after(child.spec.shutdown) as deadline:
+                    self._deadline = deadline
+                    await child.done.wait()
+                self._deadline = None
             if not child.done.is_set():
-                log.warning(
-                    "child did not stop within its shutdown deadline: cancelling it",
-                    child=child.runnable.path,
-                    deadline=child.spec.shutdown,
-                )
-                child.runnable.cancel()
+                if self._hurry and isinstance(child.runnable, Supervisor):
+                    # Hurried too: it cancels its own children one by one, each
+                    # through its own cancel(); cancelling its scope would cut that short.
+                    child.runnable.hurry()
+                else:
+                    if not self._hurry:
+                        log.warning(
+                            "child did not stop within its shutdown deadline: cancelling it",
+                            child=child.runnable.path,
+                            deadline=child.spec.shutdown,
+                        )
+                    # Through the child's own cancel(): a service (a job engine) then
+                    # does its own cleanup, such as giving its running jobs back.
+                    child.runnable.cancel()
                 await child.done.wait()
         finally:
             child.running = False
@@ -404,6 +417,16 @@ class Supervisor:
     def request_stop(self, mode: StopMode) -> None:
         self._events.put_nowait(_STOP)
 
+    def hurry(self) -> None:
+        """Cut every remaining shutdown deadline to zero, here and below: children
+        still stop in reverse order, but each is cancelled instead of drained."""
+        self._hurry = True
+        if self._deadline is not None:
+            self._deadline.cancel()
+        for child in self._children:
+            if isinstance(child.runnable, Supervisor):
+                child.runnable.hurry()
+
     def cancel(self) -> None:
         # Only _stop_all's waiting is shielded: the children's tasks run in the task
         # group inside this scope, so cancelling it cancels them at once.
@@ -416,6 +439,7 @@ class Supervisor:
             child.runnable.close(reason)
 
     def reset(self) -> None:
+        self._hurry = False
         self._events = asyncio.Queue()
         self._restart_times.clear()
         for child in self._children:

@@ -1,0 +1,128 @@
+"""``ActorSystem.cancel()``: a stop that does not wait out shutdown deadlines (the
+daemon's second signal). Children still stop in reverse order, each through its
+own cancel; the deadlines here are an hour, so only the cancel can end these tests
+within the per-test timeout."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anyio
+
+import fiefdom
+from fiefdom.actors import StopMode
+
+HOUR = 3600.0
+
+
+class Hang(fiefdom.Request[None]):
+    pass
+
+
+class Hanger(fiefdom.Actor[Hang]):
+    """Its handler waits forever; it records that it was cancelled."""
+
+    def __init__(self, log: list[str], name: str, entered: anyio.Event) -> None:
+        self.log = log
+        self.name = name
+        self.entered = entered
+
+    async def receive(self, msg: Hang) -> None:
+        self.entered.set()
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            self.log.append(f"cancelled {self.name}")
+            raise
+
+
+class Service:
+    """A service that never stops on request: only its cancel() ends it."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+        self._scope = anyio.CancelScope()
+
+    async def serve(self, started: Callable[[], None] | None = None) -> None:
+        if started is not None:
+            started()
+        with self._scope:
+            await anyio.sleep_forever()
+
+    def request_stop(self, mode: StopMode) -> None:
+        self.log.append("service asked to stop")
+
+    def cancel(self) -> None:
+        self.log.append("service cancelled")
+        self._scope.cancel()
+
+    def close(self, reason: str) -> None:
+        pass
+
+    def reset(self) -> None:
+        self._scope = anyio.CancelScope()
+
+
+async def test_cancel_stops_at_once_in_reverse_order() -> None:
+    """cancel() cancels running handlers in reverse start order and fails queued asks
+    with ActorStopped, without waiting out hour-long shutdown deadlines."""
+    log: list[str] = []
+    first, second = anyio.Event(), anyio.Event()
+    outcomes: list[str] = []
+
+    async def ask_queued(ref: fiefdom.ActorRef[Hang]) -> None:
+        try:
+            await ref.ask(Hang(), timeout=None)
+        except fiefdom.ActorStopped:
+            outcomes.append("queued ask stopped")
+
+    async with fiefdom.ActorSystem(name="c") as system:
+        a = await system.spawn(lambda: Hanger(log, "a", first), name="a", shutdown=HOUR)
+        b = await system.spawn(lambda: Hanger(log, "b", second), name="b", shutdown=HOUR)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(a.tell, Hang())
+            tg.start_soon(b.tell, Hang())
+            await first.wait()
+            await second.wait()
+            tg.start_soon(ask_queued, b)
+            await anyio.wait_all_tasks_blocked()
+            system.cancel()
+        await system.stop()
+    assert log == ["cancelled b", "cancelled a"]
+    assert outcomes == ["queued ask stopped"]
+
+
+async def test_cancel_cuts_short_a_stop_under_way_and_reaches_nested_supervisors() -> None:
+    """A graceful stop already waiting on a deadline is cut short by cancel(), also
+    inside a nested supervisor, and a service is ended through its own cancel()."""
+    log: list[str] = []
+    entered = anyio.Event()
+    spec = fiefdom.SupervisorSpec(
+        name="inner",
+        children=[
+            fiefdom.ServiceSpec("svc", lambda: Service(log), shutdown=HOUR),
+            fiefdom.ActorSpec("hanger", lambda: Hanger(log, "inner", entered), shutdown=HOUR),
+        ],
+        shutdown=HOUR,
+    )
+    async with fiefdom.ActorSystem(name="c") as system:
+        inner = await system.start(spec)
+        await inner.ref("hanger").tell(Hang())
+        await entered.wait()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(system.stop)
+            await anyio.wait_all_tasks_blocked()
+            assert log == []  # the drain is waiting on the hanging handler's deadline
+            system.cancel()
+    assert log == ["cancelled inner", "service asked to stop", "service cancelled"]
+
+
+async def test_leaving_async_with_after_cancel_returns_with_no_task_left() -> None:
+    """After cancel(), leaving the async with returns and leaves no task running."""
+    entered = anyio.Event()
+    async with fiefdom.ActorSystem(name="c") as system:
+        ref = await system.spawn(lambda: Hanger([], "x", entered), name="x", shutdown=HOUR)
+        await ref.tell(Hang())
+        await entered.wait()
+        system.cancel()
+    assert system.state is fiefdom.supervisors.SystemState.STOPPED
