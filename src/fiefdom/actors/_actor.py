@@ -53,6 +53,9 @@ class Actor(Generic[M]):
     gets the exception and the supervisor (or domain) decides what happens next.
     """
 
+    # Set by the runtime before on_start; the context is made on first use (most
+    # actors of a large domain never ask for it).
+    _fiefdom_cell: Cell[M]
     _fiefdom_context: ActorContext[M]
 
     @property
@@ -60,10 +63,16 @@ class Actor(Generic[M]):
         try:
             return self._fiefdom_context
         except AttributeError:
+            pass
+        try:
+            cell = self._fiefdom_cell
+        except AttributeError:
             raise RuntimeError(
                 f"{type(self).__name__}.context is available from on_start on, "
                 "not in __init__: move the code that needs it into on_start"
             ) from None
+        self._fiefdom_context = context = ActorContext(cell)
+        return context
 
     async def on_start(self) -> None:
         """Called in the actor's task before the first message."""

@@ -30,11 +30,10 @@ DEFAULT_CAPACITY = 1000
 DEFAULT_ASK_TIMEOUT = 5.0
 DEFAULT_CANCEL_GRACE = 5.0
 
-# The cells whose handlers are waiting on the ask being made, innermost last.
-call_chain: contextvars.ContextVar[tuple[Cell[Any], ...]] = contextvars.ContextVar(
-    "fiefdom_call_chain", default=()
-)
-# The cell whose handler is running in this task (None outside actors).
+# The cell whose handler is running in this task (None outside actors). The chain of
+# actors behind an ask (DESIGN rule 6) is derived from it: the running ask of that
+# cell knows the chain it was sent with. A context variable for the chain itself
+# would cost a set and a reset per message.
 current_cell: contextvars.ContextVar[Cell[Any] | None] = contextvars.ContextVar(
     "fiefdom_current_cell", default=None
 )
@@ -80,15 +79,21 @@ class Cell(Generic[M]):
     Users talk to it through an ``ActorRef``; owners call ``serve``, ``request_stop``,
     ``cancel``, ``reset`` and ``close``."""
 
+    # A domain keeps up to max_active cells alive and the cyclic garbage collector
+    # scans every object they hold, so a cell allocates little up front: the stopped
+    # event, the set of processes and the logger are made when first needed.
     __slots__ = (
         "__weakref__",
         "_cancel_requested_at",
+        "_cancelled",
         "_deadline_at",
         "_deadline_timer",
+        "_is_stopped",
         "_log",
-        "_message_scope",
+        "_processes",
         "_running_ask",
         "_scope",
+        "_stopped",
         "cancel_grace",
         "current",
         "current_since",
@@ -101,11 +106,9 @@ class Cell(Generic[M]):
         "on_idle",
         "path",
         "predecessor",
-        "processes",
         "restarts",
         "state",
         "stop_mode",
-        "stopped",
     )
 
     def __init__(
@@ -129,20 +132,25 @@ class Cell(Generic[M]):
         self.restarts = 0
         self.current: object | None = None
         self.current_since = 0.0
-        self.processes: set[int] = set()
-        self.stopped = asyncio.Event()
         self.idle = False
         self.on_idle: Callable[[Cell[M]], None] | None = None
         self.predecessor: Cell[M] | None = None
+        self._processes: set[int] | None = None
+        self._stopped: asyncio.Event | None = None
+        self._is_stopped = False
         self._running_ask: Ask | None = None
         self._scope: anyio.CancelScope | None = None
-        self._message_scope: anyio.CancelScope | None = None
+        self._cancelled = False  # the owner cancelled this incarnation (``cancel``)
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._deadline_at: float | None = None
         self._cancel_requested_at: float | None = None
         self._log: Any = None
 
-    # -- logging -----------------------------------------------------------------
+    def make_instance(self) -> Actor[M]:
+        """A fresh instance for the next incarnation (a domain's cell passes its key)."""
+        return self.factory()
+
+    # -- lazily made parts ---------------------------------------------------------
 
     @property
     def log(self) -> Any:
@@ -151,6 +159,29 @@ class Cell(Generic[M]):
             log = structlog.get_logger("fiefdom.actor").bind(actor=self.path)
             self._log = log.bind(key=str(self.key)) if self.key is not None else log
         return self._log
+
+    @property
+    def processes(self) -> set[int]:
+        """The pids of the subprocesses its handlers are running (see run_process)."""
+        if self._processes is None:
+            self._processes = set()
+        return self._processes
+
+    @property
+    def stopped(self) -> asyncio.Event:
+        """Set once the actor is gone for good (``close``); cleared by ``reset``."""
+        event = self._stopped
+        if event is None:
+            # Made only for someone who waits: most cells stop unobserved.
+            self._stopped = event = asyncio.Event()
+            if self._is_stopped:
+                event.set()
+        return event
+
+    def _set_stopped(self) -> None:
+        self._is_stopped = True
+        if self._stopped is not None:
+            self._stopped.set()
 
     # -- sending -----------------------------------------------------------------
 
@@ -163,10 +194,16 @@ class Cell(Generic[M]):
             await self.mailbox.put(msg)
 
     async def ask(self, msg: object, timeout: float | None) -> object:
-        chain = call_chain.get()
-        if self in chain:
-            start = chain.index(self)
-            raise CallCycleError([c.path for c in chain[start:]] + [self.path])
+        caller = current_cell.get()
+        running = None if caller is None else caller._running_ask
+        if running is None:
+            chain: tuple[Cell[Any], ...] = ()
+        else:
+            # Asked from a handler of an ask: the caller's chain and the caller.
+            chain = (*running.chain, caller)  # type: ignore[arg-type]  # not None here
+            if self in chain:
+                start = chain.index(self)
+                raise CallCycleError([c.path for c in chain[start:]] + [self.path])
         loop = asyncio.get_running_loop()
         ask = Ask(self, msg, loop.create_future(), chain, timeout)
         if timeout is not None:
@@ -232,7 +269,7 @@ class Cell(Generic[M]):
             self._deadline_at = None
 
     def cancel_running(self, ask: Ask) -> None:
-        scope = self._message_scope
+        scope = self._scope
         if self._running_ask is ask and scope is not None and not ask.cancelled:
             ask.cancelled = True
             self._cancel_requested_at = time.monotonic()
@@ -244,48 +281,132 @@ class Cell(Generic[M]):
         """Run one incarnation: create the instance, start it, handle messages until
         a stop is requested, stop it. Raises what a handler raised (a crash), or
         StartFailed when the factory or on_start raised."""
-        from ._actor import ActorContext
-
         current_cell.set(self)
-        # The task was created in the context of whoever activated this actor (a
-        # handler telling a new domain key, a spawn from a handler); that caller's
-        # chain of waiting actors is not this actor's, or a reply to it would be
-        # reported as a cycle.
-        call_chain.set(())
         self.state = ActorState.STARTING
-        with anyio.CancelScope() as scope:
-            self._scope = scope
-            try:
-                try:
-                    instance = self.factory()
-                    instance._fiefdom_context = ActorContext(self)
-                    if type(instance).on_start is not _default_on_start:
-                        await instance.on_start()
-                except Exception as exc:
-                    raise StartFailed(f"actor {self.path} failed to start: {exc!r}") from exc
-                # Only now: on_stop pairs with an on_start that completed.
-                self.instance = instance
-                self.state = ActorState.RUNNING
-                if started is not None:
-                    started()
-                await self._loop(instance)
-            finally:
-                self.state = ActorState.STOPPING
-                self._scope = None
-                self._stop_deadline_timer()
-                # Asks queued for an idle actor have no timer of their own (see ask);
-                # the ones this incarnation will not start get theirs now.
-                for ask in self.mailbox.queued_asks():
-                    if ask.timer is None and ask.deadline is not None:
-                        loop = asyncio.get_running_loop()
-                        ask.timer = loop.call_at(ask.deadline, ask.on_deadline)
-                inst, self.instance = self.instance, None
-                # The default on_stop does nothing: skip its two cancel scopes (a domain
-                # may activate and passivate thousands of actors a second).
-                if inst is not None and type(inst).on_stop is not _default_on_stop:
-                    await self._stop_instance(inst)
-                self._cancel_requested_at = None  # whatever was cancelled has returned
-        if scope.cancelled_caught:
+        self._cancelled = False
+        # One coroutine and, as a rule, one cancel scope per incarnation: a domain may
+        # activate thousands of actors a second, and every frame of the loop is resumed
+        # once per message. The scope covers on_start and the messages. Each message is
+        # cancellable on its own, yet a scope per message costs as much as the rest of
+        # an ask: the scope is cancelled only to cancel the running ask (cancel_running)
+        # or the whole incarnation (cancel). After a cancelled handler has returned the
+        # scope is left, before any other await so the cancellation reaches no other
+        # message, and the next messages run in a fresh one.
+        mailbox = self.mailbox
+        loop_time = asyncio.get_running_loop().time
+        instance: Actor[M] | None = None
+        receive: Callable[[Any], Any] | None = None
+        end = False
+        try:
+            while True:
+                scope = self._scope = anyio.CancelScope()
+                with scope:
+                    if instance is None:
+                        try:
+                            instance = self.make_instance()
+                            instance._fiefdom_cell = self
+                            if type(instance).on_start is not _default_on_start:
+                                await instance.on_start()
+                        except Exception as exc:
+                            text = f"actor {self.path} failed to start: {exc!r}"
+                            raise StartFailed(text) from exc
+                        # Only now: on_stop pairs with an on_start that completed.
+                        self.instance = instance
+                        self.state = ActorState.RUNNING
+                        receive = instance.receive
+                        if started is not None:
+                            started()
+                    assert receive is not None
+                    while True:
+                        mode = self.stop_mode
+                        if mode is not None and mode != "drain":
+                            end = True
+                            break
+                        item = mailbox.get_nowait()
+                        if item is EMPTY:
+                            if mode == "drain":
+                                end = True
+                                break
+                            if self.on_idle is not None:
+                                self.on_idle(self)
+                                if self.stop_mode is not None:
+                                    continue
+                            waiter = mailbox.waiter()  # a plain future: no coroutine per wait
+                            if waiter is not None:
+                                await waiter
+                            continue
+                        if type(item) is not Ask:
+                            self.current = item
+                            self.current_since = time.monotonic()
+                            try:
+                                await receive(item)
+                            finally:
+                                self.current = None
+                                self.handled += 1
+                            continue
+                        # An ask, handled inline: a coroutine less per ask on the hottest path.
+                        deadline = item.deadline
+                        if deadline is not None:
+                            if loop_time() >= deadline:
+                                # Due, but its timer has not run yet: expired while
+                                # queued, so it never runs.
+                                item.finish()
+                                if not item.future.done():
+                                    item.future.set_exception(self.timeout_error(item, "queued"))
+                                continue
+                            if item.timer is None:
+                                at = self._deadline_at
+                                if at is None or at > deadline:
+                                    self._watch_deadline(deadline)
+                        item.state = RUNNING
+                        self.current = msg = item.msg
+                        self.current_since = time.monotonic()
+                        self._running_ask = item
+                        try:
+                            if type(msg) is Invoke:
+                                result = await msg.fn(instance)
+                            else:
+                                result = await receive(msg)
+                        except BaseException as exc:
+                            item.finish()
+                            if not item.future.done():
+                                item.future.set_exception(self._failure_of(item, exc))
+                            raise  # our own cancellation is caught by the scope
+                        finally:
+                            self._running_ask = None
+                            self.current = None
+                            self._cancel_requested_at = None
+                            self.handled += 1
+                        item.finish()
+                        future = item.future
+                        if not future.done():
+                            # Even past its deadline: the work was done, and a timeout
+                            # would tell the caller it was not (it might do it twice).
+                            future.set_result(result)
+                        del result, msg, future  # an idle actor holds no old reply
+                        if item.cancelled:  # the handler swallowed its cancellation
+                            break
+                # Left after a cancelled handler returned: go on in a fresh scope, unless
+                # the incarnation ends (or was cancelled, maybe before it even started).
+                if end or self._cancelled or self.instance is None:
+                    break
+        finally:
+            self.state = ActorState.STOPPING
+            self._scope = None
+            self._stop_deadline_timer()
+            # Asks queued for an idle actor have no timer of their own (see ask);
+            # the ones this incarnation will not start get theirs now.
+            for ask in mailbox.queued_asks():
+                if ask.timer is None and ask.deadline is not None:
+                    loop = asyncio.get_running_loop()
+                    ask.timer = loop.call_at(ask.deadline, ask.on_deadline)
+            inst, self.instance = self.instance, None
+            # The default on_stop does nothing: skip its two cancel scopes (a domain
+            # may activate and passivate thousands of actors a second).
+            if inst is not None and type(inst).on_stop is not _default_on_stop:
+                await self._stop_instance(inst)
+            self._cancel_requested_at = None  # whatever was cancelled has returned
+        if self._cancelled and scope.cancelled_caught:
             self.log.warning("actor cancelled at its shutdown deadline")
 
     async def _stop_instance(self, instance: Actor[M]) -> None:
@@ -295,96 +416,6 @@ class Cell(Generic[M]):
                 await instance.on_stop()
             except Exception:
                 self.log.exception("on_stop raised")
-
-    async def _loop(self, instance: Actor[M]) -> None:
-        # Each message is cancellable on its own, but a cancel scope per message costs
-        # as much as the rest of an ask. So messages run inside one shared scope, which
-        # is cancelled only to cancel the running ask; right after that handler has
-        # returned the scope is left (before any other await, so the cancellation can
-        # reach no other message) and the next messages run in a fresh one.
-        receive = instance.receive
-        while True:
-            with anyio.CancelScope() as scope:
-                self._message_scope = scope
-                try:
-                    if await self._handle_messages(receive):
-                        return
-                finally:
-                    self._message_scope = None
-
-    async def _handle_messages(self, receive: Callable[[Any], Any]) -> bool:
-        """Handle messages until the incarnation should end (True) or the message scope
-        was cancelled to cancel an ask's handler (False: go on in a fresh scope)."""
-        mailbox = self.mailbox
-        while True:
-            mode = self.stop_mode
-            if mode is not None and mode != "drain":
-                return True
-            item = mailbox.get_nowait()
-            if item is EMPTY:
-                if mode == "drain":
-                    return True
-                if self.on_idle is not None:
-                    self.on_idle(self)
-                    if self.stop_mode is not None:
-                        continue
-                waiter = mailbox.waiter()  # a plain future: no coroutine per wait
-                if waiter is not None:
-                    await waiter
-                continue
-            if type(item) is Ask:
-                # _handle_ask, inlined: a coroutine less per ask on the hottest path.
-                ask = item
-                future = ask.future
-                deadline = ask.deadline
-                if deadline is not None:
-                    if asyncio.get_running_loop().time() >= deadline:
-                        # Due, but its timer has not run yet: expired while queued,
-                        # so it never runs.
-                        ask.finish()
-                        if not future.done():
-                            future.set_exception(self.timeout_error(ask, "queued"))
-                        continue
-                    if ask.timer is None:
-                        at = self._deadline_at
-                        if at is None or at > deadline:
-                            self._watch_deadline(deadline)
-                ask.state = RUNNING
-                self.current = msg = ask.msg
-                self.current_since = time.monotonic()
-                self._running_ask = ask
-                token = call_chain.set((*ask.chain, self))
-                try:
-                    if type(msg) is Invoke:
-                        result = await msg.fn(self.instance)
-                    else:
-                        result = await receive(msg)
-                except BaseException as exc:
-                    ask.finish()
-                    if not future.done():
-                        future.set_exception(self._failure_of(ask, exc))
-                    raise  # our own cancellation is caught by the message scope in _loop
-                finally:
-                    call_chain.reset(token)
-                    self._running_ask = None
-                    self.current = None
-                    self._cancel_requested_at = None
-                    self.handled += 1
-                ask.finish()
-                if not future.done():
-                    # Even past its deadline: the work was done, and a timeout would
-                    # tell the caller it was not (the caller might then do it twice).
-                    future.set_result(result)
-                if ask.cancelled:  # the handler swallowed the cancellation of its scope
-                    return False
-            else:
-                self.current = item
-                self.current_since = time.monotonic()
-                try:
-                    await receive(item)
-                finally:
-                    self.current = None
-                    self.handled += 1
 
     def _failure_of(self, ask: Ask, exc: BaseException) -> BaseException:
         """What the caller of a running ask gets when its handler raised ``exc``."""
@@ -411,14 +442,16 @@ class Cell(Generic[M]):
         """Prepare for a new incarnation after a restart (the mailbox is kept)."""
         self.stop_mode = None
         self.mailbox.reopen()
-        if self.stopped.is_set():
-            self.stopped = asyncio.Event()
+        if self._is_stopped:
+            self._is_stopped = False
+            self._stopped = None  # whoever waited on the old event has been woken
         self.state = ActorState.RESTARTING
         self.restarts += 1
 
     def cancel(self) -> None:
         """Cancel the running incarnation (a shutdown deadline passed)."""
         if self._scope is not None:
+            self._cancelled = True
             self._cancel_requested_at = time.monotonic()
             self._scope.cancel()
 
@@ -436,7 +469,7 @@ class Cell(Generic[M]):
                 dropped += 1
         if dropped:
             self.log.warning("dropped messages of a stopped actor", dropped=dropped)
-        self.stopped.set()
+        self._set_stopped()
 
     def fail_queued(self, exc: BaseException) -> None:
         """Fail every queued ask with ``exc`` (the actor could not be activated)."""
@@ -463,7 +496,7 @@ class Cell(Generic[M]):
             current_for=now - self.current_since if running else None,
             restarts=self.restarts,
             stuck=cancel_at is not None and now - cancel_at > self.cancel_grace,
-            processes=tuple(sorted(self.processes)),
+            processes=tuple(sorted(self._processes or ())),
         )
 
 

@@ -13,7 +13,6 @@ import asyncio
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Hashable
-from functools import partial
 from typing import Any, Generic, TypeVar, cast
 
 import anyio
@@ -56,6 +55,16 @@ class DomainStatistics(msgspec.Struct, frozen=True, kw_only=True, tag="domain", 
     activations: int
     passivations: int
     crashes: int
+
+
+class _KeyCell(Cell[M]):
+    """A domain's cell: each incarnation is made by the domain's factory from the key.
+    (Calling the factory with the key here saves a partial object per live actor.)"""
+
+    __slots__ = ()
+
+    def make_instance(self) -> Actor[M]:
+        return cast(Callable[[object], Actor[M]], self.factory)(self.key)
 
 
 class Domain(Generic[K, M]):
@@ -104,6 +113,7 @@ class Domain(Generic[K, M]):
         self._activations = 0
         self._passivations = 0
         self._crashes = 0
+        self._on_idle_hook = self._on_idle
 
     # -- sending -----------------------------------------------------------------
 
@@ -253,14 +263,14 @@ class Domain(Generic[K, M]):
             return cell
         if self._closed is not None:
             raise ActorStopped(f"{self.path}/{key}", self._closed)
-        new: Cell[M] = Cell(
-            partial(self._factory, key),
+        new: Cell[M] = _KeyCell(
+            cast(Callable[[], Actor[M]], self._factory),  # called with the key: make_instance
             f"{self.path}/{key}",
             key=key,
             capacity=self._capacity,
             cancel_grace=self._cancel_grace,
         )
-        new.on_idle = self._on_idle
+        new.on_idle = self._on_idle_hook  # one bound method shared by every cell
         new.predecessor = cell  # a passivating activation this one must wait for
         self._cells[key] = new
         self._pending += 1
@@ -318,9 +328,8 @@ class Domain(Generic[K, M]):
             if cell.idle:
                 cell.idle = False
                 del self._idle[cell.key]  # type: ignore[arg-type]
-            cell.close("it was passivated")
+            cell.close("it was passivated")  # sets cell.stopped: a successor may start
             self._passivations += 1
-            cell.stopped.set()
 
     def _emit_crash(self, cell: Cell[M], exc: BaseException) -> None:
         if self._events is not None:

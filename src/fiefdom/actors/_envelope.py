@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 QUEUED = 0
 RUNNING = 1
-DONE = 2
+DONE = 2  # an ask left in a mailbox as DONE was removed there: a tombstone
 
 
 class Ask:
@@ -25,7 +25,6 @@ class Ask:
         "state",
         "timeout",
         "timer",
-        "tombstoned",
     )
 
     def __init__(
@@ -45,7 +44,6 @@ class Ask:
         self.state = QUEUED
         self.cancelled = False  # its running handler was cancelled (deadline or caller)
         self.timer: asyncio.TimerHandle | None = None
-        self.tombstoned = False
 
     def on_deadline(self) -> None:
         """Timer callback: remove the message if it has not started, else cancel it."""

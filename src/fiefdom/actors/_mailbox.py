@@ -10,7 +10,7 @@ from collections import deque
 from typing import Final
 
 from .._errors import ActorStopped
-from ._envelope import Ask
+from ._envelope import DONE, Ask
 
 
 class MailboxClosed(ActorStopped):
@@ -38,7 +38,8 @@ class Mailbox:
         self._items: deque[object] = deque()
         self._size = 0  # live items: the deque may also hold tombstoned asks
         self._getter: asyncio.Future[None] | None = None
-        self._putters: deque[asyncio.Future[None]] = deque()
+        # Made by the first writer that has to wait: most mailboxes never fill up.
+        self._putters: deque[asyncio.Future[None]] | None = None
         self._closed: str | None = None
 
     @property
@@ -72,6 +73,8 @@ class Mailbox:
         """Append ``item``, waiting for space (back-pressure)."""
         while not self.put_nowait(item):
             waiter = asyncio.get_running_loop().create_future()
+            if self._putters is None:
+                self._putters = deque()
             self._putters.append(waiter)
             try:
                 await waiter
@@ -88,15 +91,15 @@ class Mailbox:
 
     def queued_asks(self) -> list[Ask]:
         """The asks still queued (not removed by a deadline)."""
-        return [i for i in self._items if type(i) is Ask and not i.tombstoned]
+        return [i for i in self._items if type(i) is Ask and i.state != DONE]
 
     def get_nowait(self) -> object:
         """The next live item, or EMPTY."""
         items = self._items
         while items:
             item = items.popleft()
-            if type(item) is Ask and item.tombstoned:
-                continue
+            if type(item) is Ask and item.state == DONE:
+                continue  # removed by its deadline or its caller
             self._size -= 1
             if self._putters:
                 self._wake_putter()
@@ -121,14 +124,14 @@ class Mailbox:
                 getter.set_result(None)
 
     def discard(self, ask: Ask) -> None:
-        """Remove a queued ask (its deadline passed or its caller gave up)."""
-        ask.tombstoned = True
+        """Remove a queued ask (its deadline passed or its caller gave up); the caller
+        has set its state to DONE, which makes it a tombstone."""
         self._size -= 1
         if self._putters:
             self._wake_putter()
         if len(self._items) > 2 * self._capacity:
             # Tombstones of a stuck actor must not grow without bound.
-            self._items = deque(i for i in self._items if not (type(i) is Ask and i.tombstoned))
+            self._items = deque(i for i in self._items if not (type(i) is Ask and i.state == DONE))
 
     def close(self, reason: str) -> None:
         """Refuse further puts; writers waiting for space get MailboxClosed."""
