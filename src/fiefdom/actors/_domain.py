@@ -228,7 +228,9 @@ class Domain(Generic[K, M]):
             except BaseException:
                 if waiter.done() and not waiter.cancelled():
                     self._wake_room()  # pass the room on
-                else:
+                elif waiter in self._room:
+                    # (Not there when a wake-up already popped and skipped it: the
+                    # future is cancelled as soon as our task is, before we run.)
                     self._room.remove(waiter)
                 raise
         cell = self._deliverable_cell(key)
@@ -354,7 +356,7 @@ class Domain(Generic[K, M]):
         except BaseException:
             if waiter.done() and not waiter.cancelled():
                 self._hand_on_slot()  # we were given a slot but will not use it
-            else:
+            elif waiter in self._waiters:  # a hand-on may have popped it already
                 self._waiters.remove(waiter)
             raise
 
