@@ -292,10 +292,10 @@ class Cell(Generic[M]):
         # or the whole incarnation (cancel). After a cancelled handler has returned the
         # scope is left, before any other await so the cancellation reaches no other
         # message, and the next messages run in a fresh one.
+        # No bound methods kept in locals (instance.receive, loop.time): the frame of an
+        # idle actor would hold them, and the garbage collector scans each of them.
         mailbox = self.mailbox
-        loop_time = asyncio.get_running_loop().time
         instance: Actor[M] | None = None
-        receive: Callable[[Any], Any] | None = None
         end = False
         try:
             while True:
@@ -313,10 +313,8 @@ class Cell(Generic[M]):
                         # Only now: on_stop pairs with an on_start that completed.
                         self.instance = instance
                         self.state = ActorState.RUNNING
-                        receive = instance.receive
                         if started is not None:
                             started()
-                    assert receive is not None
                     while True:
                         mode = self.stop_mode
                         if mode is not None and mode != "drain":
@@ -339,7 +337,8 @@ class Cell(Generic[M]):
                             self.current = item
                             self.current_since = time.monotonic()
                             try:
-                                await receive(item)
+                                # The mailbox holds what tell accepted as an M.
+                                await instance.receive(item)  # type: ignore[arg-type]
                             finally:
                                 self.current = None
                                 self.handled += 1
@@ -347,7 +346,7 @@ class Cell(Generic[M]):
                         # An ask, handled inline: a coroutine less per ask on the hottest path.
                         deadline = item.deadline
                         if deadline is not None:
-                            if loop_time() >= deadline:
+                            if asyncio.get_running_loop().time() >= deadline:
                                 # Due, but its timer has not run yet: expired while
                                 # queued, so it never runs.
                                 item.finish()
@@ -366,7 +365,7 @@ class Cell(Generic[M]):
                             if type(msg) is Invoke:
                                 result = await msg.fn(instance)
                             else:
-                                result = await receive(msg)
+                                result = await instance.receive(msg)  # type: ignore[arg-type]
                         except BaseException as exc:
                             item.finish()
                             if not item.future.done():

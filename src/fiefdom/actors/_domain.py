@@ -64,7 +64,9 @@ class _KeyCell(Cell[M]):
     __slots__ = ()
 
     def make_instance(self) -> Actor[M]:
-        return cast(Callable[[object], Actor[M]], self.factory)(self.key)
+        # (A quoted type: cast's first argument is evaluated, and a subscripted
+        # Callable is built anew at each call.)
+        return cast("Callable[[object], Actor[M]]", self.factory)(self.key)
 
 
 class Domain(Generic[K, M]):
@@ -266,7 +268,7 @@ class Domain(Generic[K, M]):
         if self._closed is not None:
             raise ActorStopped(f"{self.path}/{key}", self._closed)
         new: Cell[M] = _KeyCell(
-            cast(Callable[[], Actor[M]], self._factory),  # called with the key: make_instance
+            cast("Callable[[], Actor[M]]", self._factory),  # called with the key: make_instance
             f"{self.path}/{key}",
             key=key,
             capacity=self._capacity,
