@@ -216,7 +216,7 @@ class Cell(Generic[M]):
         # An actor idle in its loop starts this ask on the next turn: its queued phase
         # needs no timer of its own, and its running phase is covered by the cell's
         # shared deadline timer (see _watch_deadline). That saves a timer per ask.
-        starts_next = mailbox.reader_idle()
+        starts_next = timeout is not None and mailbox.reader_idle()
         if not mailbox.put_nowait(ask):
             starts_next = False
             try:
