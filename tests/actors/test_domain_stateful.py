@@ -182,6 +182,11 @@ class DomainMachine(RuleBasedStateMachine):
         self.outcomes[op.id].append(outcome)
 
     def _start_ask(self, key: str, sender: str, kind: Kind, timeout: float | None) -> int:
+        # Each ask runs in its own task, started concurrently with the others: each
+        # is its own sender. (Two tasks are not ordered against each other: one that
+        # finds room in the domain may overtake one still waking up for room.) The
+        # teller, which awaits each send before the next, is the ordered sender.
+        sender = f"{sender}-{self.next_id + 1}"
         ident, seq = self._new(key, sender)
         self.kinds[ident] = kind
         self.outcomes[ident] = []
