@@ -67,6 +67,7 @@ class ActorStatistics(msgspec.Struct, frozen=True, kw_only=True, tag="actor", ta
     restarts: int
     stuck: bool  # a cancelled handler has not returned within the grace period
     processes: tuple[int, ...]
+    paused: bool = False  # takes no next message until resumed (``ref.pause()``)
 
 
 class StartFailed(ActivationFailed):
@@ -88,6 +89,8 @@ class Cell(Generic[M]):
         "_cancelled",
         "_deadline_at",
         "_deadline_timer",
+        "_gate",
+        "_held",
         "_is_stopped",
         "_log",
         "_processes",
@@ -105,6 +108,7 @@ class Cell(Generic[M]):
         "mailbox",
         "on_idle",
         "path",
+        "paused",
         "predecessor",
         "restarts",
         "state",
@@ -128,6 +132,12 @@ class Cell(Generic[M]):
         self.instance: Actor[M] | None = None
         self.state = ActorState.PENDING
         self.stop_mode: StopMode | None = None
+        self.paused = False
+        # True while the loop must look before taking its next message: a stop was
+        # requested or the actor is paused. The loop reads this one attribute per
+        # message, so pausing costs the hot path nothing more than stopping did.
+        self._gate = False
+        self._held: asyncio.Future[None] | None = None  # the paused loop waits on it
         self.handled = 0
         self.restarts = 0
         self.current: object | None = None
@@ -316,13 +326,19 @@ class Cell(Generic[M]):
                         if started is not None:
                             started()
                     while True:
-                        mode = self.stop_mode
-                        if mode is not None and mode != "drain":
-                            end = True
-                            break
+                        if self._gate:
+                            mode = self.stop_mode
+                            if mode is None:
+                                # Paused: the current message has finished; the next
+                                # waits for resume (or for a stop, which overrides).
+                                await self._hold()
+                                continue
+                            if mode != "drain":
+                                end = True
+                                break
                         item = mailbox.get_nowait()
                         if item is EMPTY:
-                            if mode == "drain":
+                            if self.stop_mode == "drain":
                                 end = True
                                 break
                             if self.on_idle is not None:
@@ -427,19 +443,66 @@ class Cell(Generic[M]):
         # Cancelled from outside: the actor's shutdown deadline.
         return ActorStopped(self.path, "it was cancelled while handling this message")
 
+    async def _hold(self) -> None:
+        """Take no message until resumed or asked to stop (the caller looks again)."""
+        mailbox = self.mailbox
+        # Asks sent while the actor was idle have no timer of their own (see ask):
+        # they keep their deadlines while it is paused.
+        loop = asyncio.get_running_loop()
+        for ask in mailbox.queued_asks():
+            if ask.timer is None and ask.deadline is not None:
+                ask.timer = loop.call_at(ask.deadline, ask.on_deadline)
+        if mailbox.depth == 0 and self.on_idle is not None:
+            # Nothing queued: a domain may passivate it like any idle actor (it
+            # remembers the pause for the key's next activation).
+            self.on_idle(self)
+        while self.paused and self.stop_mode is None:
+            held = self._held = loop.create_future()
+            try:
+                await held
+            finally:
+                self._held = None
+
+    def _release(self) -> None:
+        held = self._held
+        if held is not None and not held.done():
+            held.set_result(None)
+
+    def pause(self) -> None:
+        """Take no next message until ``resume``: the running handler finishes, the
+        mailbox keeps accepting (up to its capacity) and queued asks keep their
+        deadlines. A pause outlives restarts; a stop request overrides it."""
+        self.paused = True
+        self._gate = True
+        # An idle loop waits on the mailbox, where a new ask would count on it to
+        # start at once (and go without a timer): move it to the pause.
+        self.mailbox.wake()
+
+    def resume(self) -> None:
+        """Take messages again, in the order they were sent."""
+        self.paused = False
+        self._gate = self.stop_mode is not None
+        self._release()
+
     def request_stop(self, mode: StopMode) -> None:
         """Ask the running incarnation to end: ``restart`` after the current message
         (mailbox kept), ``drain`` once the mailbox is empty (no new messages taken),
-        ``exit`` after the current message (no new messages taken)."""
+        ``exit`` after the current message (no new messages taken). A stop overrides a
+        pause: a paused actor asked to drain handles what is queued, so that stopping
+        never waits on a resume that may not come."""
         if self.stop_mode is None or mode != "drain":
             self.stop_mode = mode
+        self._gate = True
         if mode != "restart":
             self.mailbox.close("it is stopping")
         self.mailbox.wake()
+        self._release()
 
     def reset(self) -> None:
-        """Prepare for a new incarnation after a restart (the mailbox is kept)."""
+        """Prepare for a new incarnation after a restart (the mailbox is kept, and so
+        is a pause)."""
         self.stop_mode = None
+        self._gate = self.paused
         self.mailbox.reopen()
         if self._is_stopped:
             self._is_stopped = False
@@ -496,6 +559,7 @@ class Cell(Generic[M]):
             restarts=self.restarts,
             stuck=cancel_at is not None and now - cancel_at > self.cancel_grace,
             processes=tuple(sorted(self._processes or ())),
+            paused=self.paused,
         )
 
 

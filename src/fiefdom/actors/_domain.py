@@ -55,6 +55,9 @@ class DomainStatistics(msgspec.Struct, frozen=True, kw_only=True, tag="domain", 
     activations: int
     passivations: int
     crashes: int
+    paused: bool = False  # the whole domain: every activation, present and future
+    paused_keys: tuple[str, ...] = ()  # keys paused on their own (domain not paused)
+    resumed_keys: tuple[str, ...] = ()  # keys resumed on their own in a paused domain
 
 
 class _KeyCell(Cell[M]):
@@ -116,6 +119,12 @@ class Domain(Generic[K, M]):
         self._passivations = 0
         self._crashes = 0
         self._on_idle_hook = self._on_idle
+        # A pause belongs to the key, not to one activation: a paused key that is
+        # passivated comes back paused. Keys paused on their own while the domain is
+        # not, and keys resumed on their own while it is.
+        self._paused = False
+        self._paused_keys: set[K] = set()
+        self._resumed_keys: set[K] = set()
 
     # -- sending -----------------------------------------------------------------
 
@@ -187,6 +196,61 @@ class Domain(Generic[K, M]):
             self._passivate(cell)
             await cell.stopped.wait()
 
+    def pause(self) -> None:
+        """Pause every key: live activations finish their current message and take no
+        next one; new activations start paused. Undone by ``resume()``; a passivation
+        or the domain's stop still drains them."""
+        self._paused = True
+        self._paused_keys.clear()
+        self._resumed_keys.clear()
+        for cell in self._cells.values():
+            cell.pause()
+
+    def resume(self) -> None:
+        """Resume every key (also the ones paused on their own)."""
+        self._paused = False
+        self._paused_keys.clear()
+        self._resumed_keys.clear()
+        for cell in self._cells.values():
+            cell.resume()
+
+    def pause_key(self, key: K) -> None:
+        """Pause one key: its live activation and the next ones (``ref(key).pause()``)."""
+        if self._paused:
+            self._resumed_keys.discard(key)
+        else:
+            self._paused_keys.add(key)
+        cell = self._cells.get(key)
+        if cell is not None:
+            cell.pause()
+
+    def resume_key(self, key: K) -> None:
+        """Resume one key, also within a paused domain (``ref(key).resume()``)."""
+        if self._paused:
+            self._resumed_keys.add(key)
+        else:
+            self._paused_keys.discard(key)
+        cell = self._cells.get(key)
+        if cell is not None:
+            cell.resume()
+
+    def is_paused(self, key: K | None = None) -> bool:
+        """Whether ``key`` (or, without one, the whole domain) is paused."""
+        if key is None:
+            return self._paused
+        if self._paused:
+            return key not in self._resumed_keys
+        return key in self._paused_keys
+
+    async def passivate_all(self) -> None:
+        """Passivate every live activation and wait until they have stopped (the
+        domain stays: a key is activated again by its next message)."""
+        cells = list(self._cells.values())
+        for cell in cells:
+            self._passivate(cell)
+        for cell in cells:
+            await cell.stopped.wait()
+
     def is_active(self, key: K) -> bool:
         cell = self._cells.get(key)
         return cell is not None and not cell.mailbox.closed
@@ -206,6 +270,9 @@ class Domain(Generic[K, M]):
             activations=self._activations,
             passivations=self._passivations,
             crashes=self._crashes,
+            paused=self._paused,
+            paused_keys=tuple(sorted(str(k) for k in self._paused_keys)),
+            resumed_keys=tuple(sorted(str(k) for k in self._resumed_keys)),
         )
 
     # -- activation and passivation --------------------------------------------
@@ -276,6 +343,10 @@ class Domain(Generic[K, M]):
         )
         new.on_idle = self._on_idle_hook  # one bound method shared by every cell
         new.predecessor = cell  # a passivating activation this one must wait for
+        # (Two plain tests first: most domains are never paused, and this is the
+        # activation path.)
+        if (self._paused or self._paused_keys) and self.is_paused(key):
+            new.pause()
         self._cells[key] = new
         self._pending += 1
         if self._tg is None:

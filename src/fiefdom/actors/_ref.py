@@ -54,8 +54,19 @@ class ActorRef(Generic[M]):
         return await self.ask(Invoke(fn, name or _name_of(fn)), timeout=timeout)
 
     async def stop(self) -> None:
-        """Stop the actor after it has handled what is already in its mailbox."""
+        """Stop the actor after it has handled what is already in its mailbox (a
+        paused actor is not resumed, but still drains its mailbox before it stops)."""
         raise NotImplementedError
+
+    def pause(self) -> None:
+        """Let the actor finish its current message, then take no next one until
+        ``resume()``. Its mailbox keeps accepting until full (then senders wait), and
+        an ask whose deadline passes meanwhile is removed (AskTimeout, "queued")."""
+        self._cell().pause()
+
+    def resume(self) -> None:
+        """Undo ``pause()``: the queued messages run in the order they were sent."""
+        self._cell().resume()
 
     def statistics(self) -> ActorStatistics:
         return self._cell().statistics()
@@ -133,6 +144,13 @@ class KeyRef(ActorRef[M]):
 
     async def stop(self) -> None:
         await self._domain.passivate(self._key)
+
+    def pause(self) -> None:
+        """Pause the key: its live activation, and the next ones until resumed."""
+        self._domain.pause_key(self._key)
+
+    def resume(self) -> None:
+        self._domain.resume_key(self._key)
 
     def statistics(self) -> ActorStatistics:
         stats = self._domain.key_statistics(self._key)
