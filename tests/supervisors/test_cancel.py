@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import anyio
+import pytest
 
 import fiefdom
 from fiefdom.actors import StopMode
@@ -126,3 +127,53 @@ async def test_leaving_async_with_after_cancel_returns_with_no_task_left() -> No
         await entered.wait()
         system.cancel()
     assert system.state is fiefdom.supervisors.SystemState.STOPPED
+
+
+class Crash(fiefdom.Request[None]):
+    pass
+
+
+class HangsOnRestart(fiefdom.Actor[Crash]):
+    """Starts fine the first time; every later on_start hangs."""
+
+    def __init__(self, starts: list[int], hanging: anyio.Event) -> None:
+        self.starts = starts
+        self.hanging = hanging
+
+    async def on_start(self) -> None:
+        self.starts.append(1)
+        if len(self.starts) > 1:
+            self.hanging.set()
+            await anyio.sleep_forever()
+
+    async def receive(self, msg: Crash) -> None:
+        raise RuntimeError("crash")
+
+
+async def test_a_restart_whose_on_start_hangs_does_not_hold_up_shutdown() -> None:
+    """Leaving the system while a restarted child hangs in on_start returns: the
+    restart is cut short and the child is cancelled at its shutdown deadline."""
+    starts: list[int] = []
+    hanging = anyio.Event()
+    async with fiefdom.ActorSystem(name="c") as system:
+        ref = await system.spawn(lambda: HangsOnRestart(starts, hanging), name="h", shutdown=0.1)
+        with pytest.raises(RuntimeError):
+            await ref.ask(Crash())
+        await hanging.wait()
+    assert len(starts) == 2
+
+
+async def test_shutdown_does_not_wait_out_a_restart_backoff() -> None:
+    """A supervisor sleeping an hour-long backoff before a restart stops at once."""
+    starts: list[int] = []
+    spec = fiefdom.SupervisorSpec(
+        name="slow",
+        children=[fiefdom.ActorSpec("h", lambda: HangsOnRestart(starts, anyio.Event()))],
+        backoff=fiefdom.Backoff(initial=HOUR, maximum=HOUR),
+    )
+    async with fiefdom.ActorSystem(name="c") as system:
+        sup = await system.start(spec)
+        with pytest.raises(RuntimeError):
+            await sup.ref("h").ask(Crash())
+        await anyio.wait_all_tasks_blocked()
+    assert starts == [1]

@@ -149,6 +149,8 @@ class Supervisor:
         self._scope: anyio.CancelScope | None = None
         self._closed: str | None = None
         self._hurry = False  # shutdown deadlines cut to zero: cancel, do not drain
+        self._stop_pending = False
+        self._restarting: anyio.CancelScope | None = None  # backoff and restarts under way
         self._deadline: anyio.CancelScope | None = None  # the drain being waited on
 
     # -- children ------------------------------------------------------------------
@@ -241,7 +243,14 @@ class Supervisor:
     async def _start(self, child: _Child) -> None:
         started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._launch(child, started)
-        await started
+        try:
+            await started
+        except BaseException:
+            # Waiting was cut short (a stop during a restart): nobody reads the
+            # outcome of this start any more; the child runs on until it is stopped.
+            if not started.done():
+                started.cancel()
+            raise
 
     async def _run_child(
         self, child: _Child, generation: int, started: asyncio.Future[None] | None
@@ -353,30 +362,38 @@ class Supervisor:
         for other in reversed(targets):
             if other is not child and other.running:
                 await self._stop(other, "restart")
-        if self.spec.backoff is not None:
-            delay = self.spec.backoff.delay(len(self._restart_times))
-            log.info("backing off before a restart", supervisor=self.path, delay=delay)
-            await anyio.sleep(delay)
         self.restarts += 1
-        for target in targets:
-            if target is not child and target.spec.restart == Restart.TEMPORARY:
-                target.runnable.close("its supervisor restarted its siblings")
-                self._children.remove(target)
-                continue
-            target.runnable.reset()
-            log.info("restarting child", supervisor=self.path, child=target.runnable.path)
-            try:
-                await self._start(target)
-            except Exception as start_exc:
-                # Counted as another crash: it goes through the intensity check.
-                target.running = False
-                self._events.put_nowait(_Exit(target, target.generation, start_exc))
-            else:
-                self.events.emit(
-                    ActorRestarted(
-                        path=target.runnable.path, key=None, restarts=self._restarts_of(target)
+        # The backoff and the (re)starts may wait without bound (an on_start that
+        # hangs): a stop request cancels this scope, so a shutdown is never held up
+        # by a restart; a child whose start was cut short is stopped like any other.
+        with anyio.CancelScope() as restarting:
+            self._restarting = restarting
+            if self._stop_pending:
+                restarting.cancel()
+            if self.spec.backoff is not None:
+                delay = self.spec.backoff.delay(len(self._restart_times))
+                log.info("backing off before a restart", supervisor=self.path, delay=delay)
+                await anyio.sleep(delay)
+            for target in targets:
+                if target is not child and target.spec.restart == Restart.TEMPORARY:
+                    target.runnable.close("its supervisor restarted its siblings")
+                    self._children.remove(target)
+                    continue
+                target.runnable.reset()
+                log.info("restarting child", supervisor=self.path, child=target.runnable.path)
+                try:
+                    await self._start(target)
+                except Exception as start_exc:
+                    # Counted as another crash: it goes through the intensity check.
+                    target.running = False
+                    self._events.put_nowait(_Exit(target, target.generation, start_exc))
+                else:
+                    self.events.emit(
+                        ActorRestarted(
+                            path=target.runnable.path, key=None, restarts=self._restarts_of(target)
+                        )
                     )
-                )
+        self._restarting = None
 
     async def _stop(self, child: _Child, mode: StopMode) -> None:
         child.stopping = True
@@ -415,12 +432,18 @@ class Supervisor:
             child.runnable.close(f"its supervisor {self.path} stopped")
 
     def request_stop(self, mode: StopMode) -> None:
+        self._stop_pending = True
+        if self._restarting is not None:
+            self._restarting.cancel()
         self._events.put_nowait(_STOP)
 
     def hurry(self) -> None:
         """Cut every remaining shutdown deadline to zero, here and below: children
         still stop in reverse order, but each is cancelled instead of drained."""
         self._hurry = True
+        self._stop_pending = True
+        if self._restarting is not None:
+            self._restarting.cancel()
         if self._deadline is not None:
             self._deadline.cancel()
         for child in self._children:
@@ -440,6 +463,7 @@ class Supervisor:
 
     def reset(self) -> None:
         self._hurry = False
+        self._stop_pending = False
         self._events = asyncio.Queue()
         self._restart_times.clear()
         for child in self._children:
