@@ -811,3 +811,114 @@ async def test_retrying_a_job_whose_key_another_job_holds_is_refused(store: Stor
     assert await store.cancel_job(holder.id) == JobState.CANCELLED
     assert await store.retry_job(job_id)
     assert (await store.enqueue(Report(month="may"))).id == job_id
+
+
+# -- a unique key across leaving and re-entering the counted states ---------------------
+
+
+class Sync(Job):
+    options = JobOptions(
+        kind="sync.retrying",
+        backoff=lambda attempt: 60.0,
+        unique=Unique(
+            states=frozenset({JobState.AVAILABLE, JobState.SCHEDULED, JobState.RETRYABLE})
+        ),
+    )
+    account: str
+
+
+async def _fail(store: Store, claimed: Any) -> None:
+    """Record a failed attempt the way the engine does: retryable in a minute."""
+    error = fiefdom.storage.AttemptError(
+        attempt=claimed.attempt, at=time.time(), type="E", message="boom"
+    )
+    done = await store.finish(
+        [
+            fiefdom.storage.Outcome(
+                lease=Lease(claimed.id, claimed.lease_token),
+                state=JobState.RETRYABLE,
+                delay=60.0,
+                error=error,
+            )
+        ]
+    )
+    assert done == {claimed.id}
+
+
+async def test_a_job_that_fails_back_into_a_counted_state_takes_its_unique_key_back(
+    store: Store,
+) -> None:
+    """A running job (RUNNING not counted) that fails to retryable holds its key again: a
+    duplicate enqueued afterwards is refused (H-3)."""
+    first = await store.enqueue(Sync(account="x"))
+    [claimed] = await store.claim("default", 1, worker="w", lease=30)
+    await _fail(store, claimed)
+    assert await state_of(store, first.id) == JobState.RETRYABLE
+    again = await store.enqueue(Sync(account="x"))
+    assert (again.duplicate, again.id) == (True, first.id)
+    assert [j.id for j in await store.list_jobs(kind="sync.retrying")] == [first.id]
+
+
+async def test_a_job_coming_back_while_a_duplicate_waits_is_superseded_by_it(
+    store: Store,
+) -> None:
+    """A duplicate queued while the job ran (RUNNING not counted) keeps the key when the job
+    fails back into a counted state: the job ends cancelled, superseded, naming it (H-3)."""
+    first = await store.enqueue(Sync(account="x"))
+    [claimed] = await store.claim("default", 1, worker="w", lease=30)
+    second = await store.enqueue(Sync(account="x"))
+    assert not second.duplicate
+    await _fail(store, claimed)
+    info = await store.get_job(first.id or 0)
+    assert info is not None
+    assert info.state == JobState.CANCELLED
+    assert [e.type for e in info.errors] == ["E", "fiefdom.Superseded"]
+    assert f"job {second.id} with the same unique key" in info.errors[-1].message
+    assert await state_of(store, second.id) == JobState.AVAILABLE
+    assert (await store.enqueue(Sync(account="x"))).id == second.id
+
+
+async def test_promoted_jobs_take_their_key_back_one_per_key(store: Store) -> None:
+    """Scheduled jobs whose state is not counted become available (counted): one takes the
+    key, the other is superseded by it, and duplicates are refused again (H-3)."""
+
+    class Tidy(Job):
+        options = JobOptions(kind="tidy", unique=Unique(states=frozenset({JobState.AVAILABLE})))
+        folder: str
+
+    a = await store.enqueue(Tidy(folder="f"), delay=0.05)
+    b = await store.enqueue(Tidy(folder="f"), delay=0.05)
+    assert (a.duplicate, b.duplicate) == (False, False)
+    assert a.id != b.id
+
+    async def promoted() -> bool:
+        await store.promote()
+        states = {await state_of(store, a.id), await state_of(store, b.id)}
+        return JobState.SCHEDULED not in states
+
+    await wait_until(promoted, what="the scheduled jobs to be promoted")
+    assert {await state_of(store, a.id), await state_of(store, b.id)} == {
+        JobState.AVAILABLE,
+        JobState.CANCELLED,
+    }
+    holder = a.id if await state_of(store, a.id) == JobState.AVAILABLE else b.id
+    assert (await store.enqueue(Tidy(folder="f"))).id == holder
+
+
+async def test_a_rescued_job_takes_its_unique_key_back(store: Store) -> None:
+    """A job whose worker died returns to available holding its key again (H-3, 003/3)."""
+    first = await store.enqueue(Sync(account="x"))
+    await store.claim("default", 1, worker="dead", lease=0.05)
+
+    async def rescued() -> bool:
+        return bool(await store.rescue())
+
+    await wait_until(rescued, what="the expired lease to be rescued")
+    again = await store.enqueue(Sync(account="x"))
+    assert (again.duplicate, again.id) == (True, first.id)
+
+
+def test_unique_states_counting_running_must_count_available() -> None:
+    """Counting RUNNING without AVAILABLE is refused with the reason (H-3)."""
+    with pytest.raises(ValueError, match="counts RUNNING but not AVAILABLE"):
+        Unique(states=frozenset({JobState.RUNNING, JobState.RETRYABLE}))

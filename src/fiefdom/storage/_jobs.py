@@ -49,6 +49,19 @@ DEFAULT_UNIQUE_STATES = frozenset(
 )
 
 
+def state_bit_sql(column: str) -> str:
+    """SQL for the ``STATE_BITS`` bit of the state in ``column`` (both backends)."""
+    whens = " ".join(f"WHEN '{state.value}' THEN {bit}" for state, bit in STATE_BITS.items())
+    return f"(CASE {column} {whens} ELSE 0 END)"
+
+
+SUPERSEDED_MESSAGE = (
+    "superseded: job {holder} with the same unique key is waiting and will do this "
+    "work; this job came back to a state its uniqueness counts after that job was "
+    "enqueued"
+)
+
+
 def state_mask(states: frozenset[JobState]) -> int:
     mask = 0
     for state in states:
@@ -85,6 +98,17 @@ class Unique:
     enqueued in (at most one per period). ``states`` are the states in which an
     existing job blocks a new one; leave ``RUNNING`` out to allow queueing a new
     job while one runs.
+
+    A job that leaves the counted states and comes back (a running job, with
+    ``RUNNING`` left out, that fails and becomes ``retryable``; a job scheduled
+    while ``SCHEDULED`` is left out that becomes ``available``) takes its key back
+    as it re-enters. If a duplicate took the key in the meantime, the waiting
+    duplicate will do the same work: a job re-entering a waiting state
+    (available, scheduled, retryable) ends ``cancelled`` with a
+    ``fiefdom.Superseded`` error naming it, and one re-entering a final state ends
+    there without the key. ``RUNNING`` may only be counted together with
+    ``AVAILABLE``: a claim cannot give a job up when a duplicate holds its key, so
+    a job must already hold its key when it is claimed.
     """
 
     by_args: bool | tuple[str, ...] = True
@@ -100,6 +124,16 @@ class Unique:
         unknown = [s for s in self.states if not isinstance(s, JobState)]
         if unknown:
             raise ValueError(f"Unique(states=...) takes JobState members, got {unknown!r}")
+        # Every other re-entry into a counted state takes the key back or gives the
+        # job up (see the docstring); a claim can do neither without skipping jobs,
+        # so a job must not enter RUNNING without already holding its key.
+        if JobState.RUNNING in self.states and JobState.AVAILABLE not in self.states:
+            raise ValueError(
+                "Unique(states=...) counts RUNNING but not AVAILABLE: a job becomes "
+                "running only from available, and a claim cannot refuse a job whose key "
+                "a duplicate took while it waited uncounted; count AVAILABLE too, or "
+                "leave RUNNING out to let a new job queue while one runs"
+            )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from .._errors import StoreError, StoreUnavailable, UniqueConflict
 from . import _migrations
 from ._jobs import (
     STATE_BITS,
+    SUPERSEDED_MESSAGE,
     AttemptError,
     ClaimedJob,
     Enqueued,
@@ -30,6 +31,7 @@ from ._jobs import (
     NewJob,
     Outcome,
     QueueCount,
+    state_bit_sql,
 )
 from ._store import Notifications, Store, Transaction
 
@@ -114,6 +116,55 @@ CLAIM_SQL = (
     "RETURNING j.id, j.kind, j.queue, j.args::text, j.attempt, j.max_attempts, "
     "j.lease_token, j.domain_key, j.priority, extract(epoch FROM now() - j.run_at)::float8"
 )
+
+
+# A job that re-enters a state its uniqueness counts takes its key back (one job
+# per key, and only while no other job holds it); one that re-enters a waiting
+# state while a duplicate holds the key is superseded by it. $1: the ids that just
+# changed state.
+_RESTORE_KEYS_SQL = (
+    "UPDATE fiefdom_jobs SET unique_key = unique_digest WHERE id IN ("
+    "SELECT min(j.id) FROM fiefdom_jobs AS j WHERE j.id = ANY($1::bigint[]) "
+    "AND j.unique_key IS NULL AND j.unique_digest IS NOT NULL "
+    f"AND j.unique_states & {state_bit_sql('j.state')} <> 0 "
+    "AND NOT EXISTS (SELECT 1 FROM fiefdom_jobs AS h WHERE h.unique_key = j.unique_digest) "
+    "GROUP BY j.unique_digest)"
+)
+_SUPERSEDE_SQL = (
+    "UPDATE fiefdom_jobs AS j SET state = 'cancelled', finished_at = now(), "
+    "cancel_requested = false, lease_expires_at = NULL, worker = NULL, "
+    "errors = j.errors || jsonb_build_array(jsonb_build_object('attempt', j.attempt, "
+    "'at', extract(epoch FROM now()), 'type', 'fiefdom.Superseded', 'message', "
+    + " || h.id || ".join(f"'{part}'" for part in SUPERSEDED_MESSAGE.split("{holder}"))
+    + ", 'traceback', '')) "
+    "FROM fiefdom_jobs AS h WHERE j.id = ANY($1::bigint[]) "
+    "AND j.unique_key IS NULL AND j.unique_digest IS NOT NULL "
+    "AND j.state IN ('available', 'scheduled', 'retryable') "
+    f"AND j.unique_states & {state_bit_sql('j.state')} <> 0 "
+    "AND h.unique_key = j.unique_digest AND h.id <> j.id "
+    "RETURNING j.id"
+)
+
+
+async def _restore_keys(conn: Conn, ids: Sequence[int]) -> None:
+    """Give jobs that just re-entered a counted state their unique key back, or
+    supersede them by the duplicate holding it (``Unique``'s docstring). Call it
+    inside the transaction that changed their state."""
+    if not ids:
+        return
+    for _ in range(5):
+        try:
+            # A savepoint: a concurrent enqueue (or another engine's restore) may
+            # commit the same key after this statement's snapshot; the unique index
+            # then refuses it, and a new snapshot sees that holder.
+            async with conn.transaction():
+                await conn.execute(_RESTORE_KEYS_SQL, list(ids))
+            break
+        except asyncpg.UniqueViolationError:
+            continue
+    superseded = await conn.fetch(_SUPERSEDE_SQL, list(ids))
+    if superseded:
+        log.info("superseded jobs by waiting duplicates", ids=[r[0] for r in superseded])
 
 
 _JOB_COLUMNS = (
@@ -403,6 +454,10 @@ class PostgresStore(Store):
             return set()
 
         async def run(conn: Conn) -> list[asyncpg.Record]:
+            async with conn.transaction():
+                return await finish_in(conn)
+
+        async def finish_in(conn: Conn) -> list[asyncpg.Record]:
             rows = await conn.fetch(
                 "UPDATE fiefdom_jobs AS j SET state = d.state, attempt = j.attempt - d.refund, "
                 "run_at = CASE WHEN d.delay IS NULL THEN j.run_at "
@@ -429,6 +484,7 @@ class PostgresStore(Store):
                 ],
                 [STATE_BITS[o.state] for o in outcomes],
             )
+            await _restore_keys(conn, [r[0] for r in rows])
             await self._notify_queues(conn, sorted({r[1] for r in rows if r[2] == "available"}))
             return rows
 
@@ -460,6 +516,10 @@ class PostgresStore(Store):
         )
 
         async def run(conn: Conn) -> list[asyncpg.Record]:
+            async with conn.transaction():
+                return await rescue_in(conn)
+
+        async def rescue_in(conn: Conn) -> list[asyncpg.Record]:
             rows = await conn.fetch(
                 "WITH expired AS (SELECT id FROM fiefdom_jobs WHERE state = 'running' "
                 "AND lease_expires_at < now() FOR UPDATE SKIP LOCKED) "
@@ -480,6 +540,7 @@ class PostgresStore(Store):
                 "FROM expired WHERE j.id = expired.id "
                 "RETURNING j.id, j.kind, j.queue, j.state"
             )
+            await _restore_keys(conn, [r[0] for r in rows])
             await self._notify_queues(conn, sorted({r[2] for r in rows if r[3] == "available"}))
             return rows
 
@@ -491,15 +552,20 @@ class PostgresStore(Store):
         bit = STATE_BITS[JobState.AVAILABLE]
 
         async def run(conn: Conn) -> list[str]:
+            async with conn.transaction():
+                return await promote_in(conn)
+
+        async def promote_in(conn: Conn) -> list[str]:
             rows = await conn.fetch(
                 "WITH due AS (SELECT id FROM fiefdom_jobs WHERE state IN "
                 "('scheduled', 'retryable') AND run_at <= now() ORDER BY run_at LIMIT 1000 "
                 "FOR UPDATE SKIP LOCKED) "
                 "UPDATE fiefdom_jobs AS j SET state = 'available', "
                 f"unique_key = CASE WHEN j.unique_states & {bit} <> 0 THEN j.unique_key END "
-                "FROM due WHERE j.id = due.id RETURNING j.queue"
+                "FROM due WHERE j.id = due.id RETURNING j.id, j.queue"
             )
-            queues = sorted({r[0] for r in rows})
+            await _restore_keys(conn, [r[0] for r in rows])
+            queues = sorted({r[1] for r in rows})
             await self._notify_queues(conn, queues)
             return queues
 
@@ -619,6 +685,8 @@ class PostgresStore(Store):
                     return await conn.fetchval(  # type: ignore[no-any-return]
                         "SELECT state FROM fiefdom_jobs WHERE id = $1", job_id
                     )
+                if state == "cancelled":
+                    await _restore_keys(conn, [job_id])
                 if state == "running":
                     await conn.execute("SELECT pg_notify('fiefdom_cancel', $1)", str(job_id))
                 return str(state)

@@ -22,6 +22,7 @@ from .._errors import StoreError, StoreUnavailable, UniqueConflict
 from . import _migrations
 from ._jobs import (
     STATE_BITS,
+    SUPERSEDED_MESSAGE,
     AttemptError,
     ClaimedJob,
     Enqueued,
@@ -31,6 +32,7 @@ from ._jobs import (
     NewJob,
     Outcome,
     QueueCount,
+    state_bit_sql,
 )
 from ._store import Store, Transaction
 
@@ -88,6 +90,34 @@ CLAIM_SQL = (
     "AND queue = ?4 ORDER BY priority, run_at, id LIMIT ?5) "
     "RETURNING id, kind, queue, args, attempt, max_attempts, lease_token, "
     "domain_key, priority, ?2 - run_at"
+)
+
+
+# A job that re-enters a state its uniqueness counts takes its key back (one job
+# per key, and only while no other job holds it); one that re-enters a waiting
+# state while a duplicate holds the key is superseded by it. Parameters: the ids
+# that just changed state (JSON array), now.
+_RESTORE_KEYS_SQL = (
+    "UPDATE fiefdom_jobs SET unique_key = unique_digest WHERE id IN ("
+    "SELECT min(j.id) FROM fiefdom_jobs AS j WHERE j.id IN (SELECT value FROM json_each(?1)) "
+    "AND j.unique_key IS NULL AND j.unique_digest IS NOT NULL "
+    f"AND j.unique_states & {state_bit_sql('j.state')} "
+    "AND NOT EXISTS (SELECT 1 FROM fiefdom_jobs AS h WHERE h.unique_key = j.unique_digest) "
+    "GROUP BY j.unique_digest)"
+)
+_SUPERSEDE_SQL = (
+    "UPDATE fiefdom_jobs AS j SET state = 'cancelled', finished_at = ?2, "
+    "cancel_requested = 0, lease_expires_at = NULL, worker = NULL, "
+    "errors = json_insert(j.errors, '$[#]', json_object('attempt', j.attempt, 'at', ?2, "
+    "'type', 'fiefdom.Superseded', 'message', "
+    + " || h.id || ".join(f"'{part}'" for part in SUPERSEDED_MESSAGE.split("{holder}"))
+    + ", 'traceback', '')) "
+    "FROM fiefdom_jobs AS h WHERE j.id IN (SELECT value FROM json_each(?1)) "
+    "AND j.unique_key IS NULL AND j.unique_digest IS NOT NULL "
+    "AND j.state IN ('available', 'scheduled', 'retryable') "
+    f"AND j.unique_states & {state_bit_sql('j.state')} "
+    "AND h.unique_key = j.unique_digest AND h.id <> j.id "
+    "RETURNING id"
 )
 
 
@@ -364,6 +394,7 @@ class SQLiteStore(Store):
                 "RETURNING id, queue, state",
                 (now, batch),
             )
+            await self._restore_keys(tx, [r[0] for r in rows], now)
             tx.wake.update(r[1] for r in rows if r[2] == "available")
         return {r[0] for r in rows}
 
@@ -407,23 +438,38 @@ class SQLiteStore(Store):
                 "RETURNING id, kind, queue, state",
                 (now,),
             )
+            await self._restore_keys(tx, [r[0] for r in rows], now)
             tx.wake.update(r[2] for r in rows if r[3] == "available")
         return [(r[0], r[1], r[2], JobState(r[3])) for r in rows]
 
     async def promote(self) -> list[str]:
         bit = STATE_BITS[JobState.AVAILABLE]
         async with self._tx() as tx:
+            now = time.time()
             rows = await tx.raw(
                 "UPDATE fiefdom_jobs SET state = 'available', "
                 f"unique_key = CASE WHEN unique_states & {bit} THEN unique_key END "
                 "WHERE id IN (SELECT id FROM fiefdom_jobs WHERE state IN "
                 "('scheduled', 'retryable') AND run_at <= ? ORDER BY run_at LIMIT 1000) "
-                "RETURNING queue",
-                (time.time(),),
+                "RETURNING id, queue",
+                (now,),
             )
-            queues = sorted({r[0] for r in rows})
+            await self._restore_keys(tx, [r[0] for r in rows], now)
+            queues = sorted({r[1] for r in rows})
             tx.wake.update(queues)
         return queues
+
+    async def _restore_keys(self, tx: _SQLiteTransaction, ids: Sequence[int], now: float) -> None:
+        """Give jobs that just re-entered a counted state their unique key back, or
+        supersede them by the duplicate holding it (``Unique``'s docstring). The
+        write lock is held, so no enqueue can take a key between the two steps."""
+        if not ids:
+            return
+        batch = msgspec.json.encode(list(ids)).decode()
+        await tx.raw(_RESTORE_KEYS_SQL, (batch,))
+        superseded = await tx.raw(_SUPERSEDE_SQL, (batch, now))
+        if superseded:
+            log.info("superseded jobs by waiting duplicates", ids=[r[0] for r in superseded])
 
     async def insert_periodic(self, row: NewJob) -> bool:
         result = await self.insert_jobs([row])
@@ -509,6 +555,7 @@ class SQLiteStore(Store):
     async def cancel_job(self, job_id: int) -> JobState | None:
         bit = STATE_BITS[JobState.CANCELLED]
         async with self._tx() as tx:
+            now = time.time()
             rows = await tx.raw(
                 "UPDATE fiefdom_jobs SET "
                 "state = CASE WHEN state = 'running' THEN state ELSE 'cancelled' END, "
@@ -518,8 +565,10 @@ class SQLiteStore(Store):
                 "THEN unique_key END "
                 "WHERE id = ? AND state IN ('available', 'scheduled', 'retryable', 'running') "
                 "RETURNING state",
-                (time.time(), job_id),
+                (now, job_id),
             )
+            if rows and rows[0][0] == "cancelled":
+                await self._restore_keys(tx, [job_id], now)
             if not rows:
                 rows = await tx.raw("SELECT state FROM fiefdom_jobs WHERE id = ?", (job_id,))
         if not rows:
