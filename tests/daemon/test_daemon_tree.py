@@ -29,6 +29,7 @@ async def test_status_shows_the_services_in_start_order(daemon: DaemonProcess) -
         "test-daemon/counter",
         "test-daemon/accounts",
         "test-daemon/echo",
+        "test-daemon/scratch",
         "test-daemon/control",
         "test-daemon/jobs",
     ]

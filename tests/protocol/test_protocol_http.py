@@ -84,6 +84,7 @@ def test_schema_is_valid_json_schema_for_the_frames(daemon: DaemonProcess) -> No
     frames = [
         {"type": "hello", "id": 1, "version": 1, "token": "t"},
         {"type": "call", "id": 2, "target": "a", "message_type": "B", "message": {"x": 1}},
+        {"type": "actors.stop", "id": 3, "target": "accounts", "key": "k", "timeout": 1.5},
         {"type": "error", "id": None, "code": "invalid_frame", "message": "m", "details": {}},
         {
             "type": "event",

@@ -68,6 +68,11 @@ class ActorRef(Generic[M]):
         """Undo ``pause()``: the queued messages run in the order they were sent."""
         self._cell().resume()
 
+    @property
+    def paused(self) -> bool:
+        """Whether the actor is paused."""
+        return self._cell().paused
+
     def statistics(self) -> ActorStatistics:
         return self._cell().statistics()
 
@@ -151,6 +156,11 @@ class KeyRef(ActorRef[M]):
 
     def resume(self) -> None:
         self._domain.resume_key(self._key)
+
+    @property
+    def paused(self) -> bool:
+        # Asked of the domain: a key without a live activation is not activated for it.
+        return self._domain.is_paused(self._key)
 
     def statistics(self) -> ActorStatistics:
         stats = self._domain.key_statistics(self._key)

@@ -50,16 +50,19 @@ from ._messages import (
     ListJobs,
     ListQueues,
     LogLevel,
+    PauseActor,
     PauseQueue,
     Ping,
     Pong,
     QueueInfo,
     QueuesReply,
+    ResumeActor,
     ResumeQueue,
     RetryJob,
     Role,
     StatusReply,
     Stop,
+    StopActor,
     Subscribe,
     Subscribed,
     Topic,
@@ -397,6 +400,24 @@ class Client:
         if not isinstance(message, Request):
             return None
         return self.codec.decode_as(reply.result, reply_type_of(type(message)))
+
+    async def pause_actor(self, target: str, *, key: str | None = None) -> None:
+        """Pause the exposed actor ``target``: it finishes its current message and
+        takes no next one until resumed. For a domain, ``key`` pauses one key (also its
+        later activations); without one, the whole domain."""
+        await self._request(lambda i: PauseActor(id=i, target=target, key=key), Ack)
+
+    async def resume_actor(self, target: str, *, key: str | None = None) -> None:
+        """Resume what ``pause_actor`` paused (a whole domain: every key)."""
+        await self._request(lambda i: ResumeActor(id=i, target=target, key=key), Ack)
+
+    async def stop_actor(
+        self, target: str, *, key: str | None = None, timeout: float | None = None
+    ) -> None:
+        """Stop the exposed actor ``target`` once it has handled what is queued (paused
+        or not) and return when it has stopped; a domain ``key`` is passivated, a whole
+        domain has every live activation passivated."""
+        await self._request(lambda i: StopActor(id=i, target=target, key=key, timeout=timeout), Ack)
 
     async def jobs(
         self,

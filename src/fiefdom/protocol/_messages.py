@@ -88,6 +88,40 @@ class Call(_Frame, tag="call"):
     timeout: float | None = 5.0
 
 
+class PauseActor(_Frame, tag="actors.pause"):
+    """Pause an exposed actor: it finishes its current message and takes no next one
+    until resumed (its mailbox keeps accepting until full; queued asks keep their
+    deadlines). For a domain, ``key`` pauses one key (also its later activations);
+    without one, the whole domain (every activation, present and future)."""
+
+    id: int
+    target: str
+    key: str | None = None
+
+
+class ResumeActor(_Frame, tag="actors.resume"):
+    """Undo ``actors.pause``: queued messages run in the order they were sent. For a
+    domain without ``key``, every key is resumed (also those paused on their own)."""
+
+    id: int
+    target: str
+    key: str | None = None
+
+
+class StopActor(_Frame, tag="actors.stop"):
+    """Stop an exposed actor once it has handled what is queued (a paused one drains
+    too), and reply when it has stopped. A single actor is gone for good (until the
+    daemon restarts); a domain ``key`` is passivated, and without a key every live
+    activation of the domain is: a key comes back with its next message (pause the
+    domain to keep it from running). Past ``timeout`` seconds the reply is a
+    ``timeout`` error and the stop goes on."""
+
+    id: int
+    target: str
+    key: str | None = None
+    timeout: float | None = None
+
+
 class ListJobs(_Frame, tag="jobs.list"):
     id: int
     queue: str | None = None
@@ -185,6 +219,9 @@ ClientMessage = (
     | Ping
     | GetStatus
     | Call
+    | PauseActor
+    | ResumeActor
+    | StopActor
     | ListJobs
     | GetJob
     | EnqueueJob
@@ -212,6 +249,9 @@ REQUIRED_ROLE: Final[Mapping[type[_Frame], Role]] = {
     Subscribe: "read",
     Unsubscribe: "read",
     Call: "operate",
+    PauseActor: "operate",
+    ResumeActor: "operate",
+    StopActor: "operate",
     EnqueueJob: "operate",
     RetryJob: "operate",
     CancelJob: "operate",
@@ -308,6 +348,7 @@ class TargetInfo(msgspec.Struct, kw_only=True):
     name: str
     kind: Literal["actor", "domain"]
     messages: list[str]
+    paused: bool = False  # the actor, or the whole domain (see the tree for its keys)
 
 
 class CallReply(_Frame, tag="call.reply"):

@@ -30,7 +30,17 @@ class Target:
         return "actor" if self.ref is not None else "domain"
 
     def info(self) -> TargetInfo:
-        return TargetInfo(name=self.name, kind=self.kind, messages=sorted(self.messages))
+        return TargetInfo(
+            name=self.name, kind=self.kind, messages=sorted(self.messages), paused=self.paused
+        )
+
+    @property
+    def paused(self) -> bool:
+        """Whether the actor, or the whole domain, is paused."""
+        if self.domain is not None:
+            return self.domain.is_paused()
+        assert self.ref is not None
+        return self.ref.paused
 
 
 class Registry:

@@ -29,7 +29,7 @@ from .._errors import (
     StoreError,
     UnknownJobKind,
 )
-from ..actors import StopMode
+from ..actors import ActorRef, Domain, StopMode
 from ._codec import SERVER_JSON, SERVER_MSGPACK, Codec, json_schema
 from ._hub import Subscription
 from ._messages import (
@@ -56,16 +56,19 @@ from ._messages import (
     JobsReply,
     ListJobs,
     ListQueues,
+    PauseActor,
     PauseQueue,
     Ping,
     Pong,
     QueueInfo,
     QueuesReply,
+    ResumeActor,
     ResumeQueue,
     RetryJob,
     Role,
     StatusReply,
     Stop,
+    StopActor,
     Subscribe,
     Subscribed,
     Unsubscribe,
@@ -629,6 +632,9 @@ class _Connection:
                 return await self._call(msg, codec)
             case GetStatus():
                 return await self._status(msg)
+            case PauseActor() | ResumeActor() | StopActor():
+                await self._operate(msg)
+                return Ack(id=msg.id)
             case ListJobs(queue=queue, state=state, kind=kind, limit=limit):
                 jobs = await self._jobs().list_jobs(
                     queue=queue, state=state, kind=kind, limit=max(1, min(limit, 10_000))
@@ -677,14 +683,62 @@ class _Connection:
                 return DumpReply(id=msg.id, path=path, events=count)
         raise _fail(ErrorCode.UNKNOWN_TYPE, f"no handler for {type(msg).__name__}")
 
-    async def _call(self, msg: Call, codec: Codec) -> CallReply:
-        target = self.host.registry.get(msg.target)
+    def _target(self, name: str) -> Target:
+        target = self.host.registry.get(name)
         if target is None:
             raise _fail(
                 ErrorCode.NOT_FOUND,
-                f"no exposed actor or domain named {msg.target!r}",
+                f"no exposed actor or domain named {name!r}",
                 known=[t.name for t in self.host.registry.targets()],
             )
+        return target
+
+    async def _operate(self, msg: PauseActor | ResumeActor | StopActor) -> None:
+        """Pause, resume or stop an exposed actor, a domain key or a whole domain."""
+        target = self._target(msg.target)
+        key = msg.key
+        ref: ActorRef[Any] | None = target.ref
+        whole: Domain[Any, Any] | None = None  # set when the request is for a whole domain
+        if target.domain is not None:
+            if key is None:
+                whole = target.domain
+            else:
+                ref = target.domain.ref(key)
+        elif key is not None:
+            raise _fail(
+                ErrorCode.INVALID_MESSAGE,
+                f"{msg.target!r} is a single actor: it takes no 'key'",
+                path="$.key",
+            )
+        match msg:
+            case PauseActor():
+                if whole is not None:
+                    whole.pause()
+                elif ref is not None:
+                    ref.pause()
+            case ResumeActor():
+                if whole is not None:
+                    whole.resume()
+                elif ref is not None:
+                    ref.resume()
+            case StopActor(timeout=timeout):
+                try:
+                    with anyio.fail_after(timeout):
+                        if whole is not None:
+                            await whole.passivate_all()
+                        elif ref is not None:
+                            await ref.stop()
+                except TimeoutError:
+                    what = msg.target if key is None else f"{msg.target} key {key!r}"
+                    raise _fail(
+                        ErrorCode.TIMEOUT,
+                        f"{what} did not stop within {timeout:g}s; it stops once its "
+                        "running message has returned",
+                    ) from None
+        log.info("actor control", request=msg.__struct_config__.tag, target=msg.target, key=key)
+
+    async def _call(self, msg: Call, codec: Codec) -> CallReply:
+        target = self._target(msg.target)
         message_type = target.messages.get(msg.message_type)
         if message_type is None:
             raise _fail(

@@ -115,3 +115,6 @@ async def setup(daemon: Any) -> None:
     daemon.expose("accounts", accounts, [Deposit, Balance, Crash])
     echo = await daemon.system.spawn(Echoer, name="echo")
     daemon.expose("echo", echo, [Echo])
+    # A second counter, for tests that stop an actor for good.
+    scratch = await daemon.system.spawn(Counter, name="scratch")
+    daemon.expose("scratch", scratch, [Increment, GetCount])
