@@ -133,3 +133,38 @@ def test_drain_then_stop(tmp_path: Path) -> None:
         assert daemon.http("/readyz")[0] == 503
         fiefdom("stop", *config)
         assert daemon.wait(60) == 0
+
+
+def test_actors_pause_resume_and_stop(daemon: DaemonProcess) -> None:
+    """actors pause/resume/stop act on an exposed actor or domain key; ls and status show it."""
+    config = ("--config", str(daemon.config))
+    assert fiefdom("actors", "pause", "counter", *config).stdout == "counter paused\n"
+    targets = json.loads(fiefdom("actors", "ls", "--json", *config).stdout)
+    assert {t["name"]: t["paused"] for t in targets}["counter"] is True
+    table = fiefdom("actors", "ls", *config).stdout
+    assert table.splitlines()[0].split() == ["TARGET", "KIND", "PAUSED", "MESSAGES"]
+    status = fiefdom("status", *config).stdout
+    assert "running (paused)" in next(line for line in status.splitlines() if "/counter" in line)
+    resumed = json.loads(fiefdom("actors", "resume", "counter", "--json", *config).stdout)
+    assert resumed == {"target": "counter", "key": None, "done": "resumed"}
+    fiefdom("actors", "pause", "accounts", "--key", "cli", *config)
+    status = fiefdom("status", *config).stdout
+    assert "(paused keys: cli)" in status
+    fiefdom("actors", "resume", "accounts", "--key", "cli", *config)
+    stopped = fiefdom("actors", "stop", "accounts", "--key", "cli", "--wait", "30", *config)
+    assert stopped.stdout == "accounts key cli stopped\n"
+    whole = fiefdom("actors", "stop", "accounts", *config).stdout
+    assert whole == "accounts: every live activation stopped\n"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("pause", "nobody"), ("resume", "counter", "--key", "k"), ("stop", "nobody")],
+    ids=["unknown-target", "key-on-an-actor", "stop-unknown"],
+)
+def test_actors_errors_are_one_line(daemon: DaemonProcess, args: tuple[str, ...]) -> None:
+    """A refused actor command prints one line on stderr and exits 1."""
+    result = fiefdom("actors", *args, "--config", str(daemon.config), check=False)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("fiefdom: error: ")

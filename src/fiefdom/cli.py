@@ -21,7 +21,7 @@ import structlog
 
 from ._errors import FiefdomError
 from .daemon import Config, Daemon, load_config, read_token_file
-from .protocol import Client, JobInfo, QueueInfo, StatusReply, connect
+from .protocol import Client, JobInfo, QueueInfo, StatusReply, TargetInfo, connect
 
 EXIT_ERROR = 1
 
@@ -126,7 +126,9 @@ def _print_status(status: StatusReply) -> None:
                 [
                     node["path"],
                     "actor",
-                    node["state"] + (" (stuck)" if node.get("stuck") else ""),
+                    node["state"]
+                    + (" (paused)" if node.get("paused") else "")
+                    + (" (stuck)" if node.get("stuck") else ""),
                     f"{node['mailbox_depth']}/{node['mailbox_capacity']}",
                     node["restarts"],
                     node["messages_handled"],
@@ -137,7 +139,7 @@ def _print_status(status: StatusReply) -> None:
                 [
                     node["path"],
                     "domain",
-                    f"{node['live']} live",
+                    f"{node['live']} live" + _domain_pauses(node),
                     "-",
                     node["crashes"],
                     node["activations"],
@@ -151,13 +153,25 @@ def _print_status(status: StatusReply) -> None:
     _table(["path", "kind", "state", "mailbox", "restarts", "handled"], rows)
     if status.targets:
         print()
-        _table(
-            ["target", "kind", "messages"],
-            [[t.name, t.kind, ", ".join(t.messages)] for t in status.targets],
-        )
+        _print_targets(status.targets)
     if status.queues:
         print()
         _print_queues(status.queues)
+
+
+def _domain_pauses(node: dict[str, Any]) -> str:
+    if node.get("paused"):
+        resumed = node.get("resumed_keys") or []
+        return " (paused" + (f", except {', '.join(resumed)})" if resumed else ")")
+    keys = node.get("paused_keys") or []
+    return f" (paused keys: {', '.join(keys)})" if keys else ""
+
+
+def _print_targets(targets: Sequence[TargetInfo]) -> None:
+    _table(
+        ["target", "kind", "paused", "messages"],
+        [[t.name, t.kind, "yes" if t.paused else "no", ", ".join(t.messages)] for t in targets],
+    )
 
 
 def _print_queues(queues: Sequence[QueueInfo]) -> None:
@@ -332,6 +346,37 @@ async def _queues(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _actors(client: Client, args: argparse.Namespace) -> int:
+    command = args.actors_command
+    if command == "ls":
+        targets = (await client.status()).targets
+        if args.json:
+            _emit_json(targets)
+        else:
+            _print_targets(targets)
+        return 0
+    target, key = args.target, args.key
+    if command == "pause":
+        await client.pause_actor(target, key=key)
+    elif command == "resume":
+        await client.resume_actor(target, key=key)
+    else:
+        await client.stop_actor(target, key=key, timeout=args.wait)
+    done = {"pause": "paused", "resume": "resumed", "stop": "stopped"}[command]
+    if args.json:
+        _emit_json({"target": target, "key": key, "done": done})
+    else:
+        what = target if key is None else f"{target} key {key}"
+        if command == "stop" and key is None and _is_domain(await client.status(), target):
+            what = f"{target}: every live activation"
+        print(f"{what} {done}")
+    return 0
+
+
+def _is_domain(status: StatusReply, target: str) -> bool:
+    return any(t.name == target and t.kind == "domain" for t in status.targets)
+
+
 async def _drain(client: Client, args: argparse.Namespace) -> int:
     await client.drain(timeout=args.wait)
     if args.json:
@@ -418,6 +463,23 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("queue")
         p.add_argument("--wait", type=float, default=None, help="seconds to wait (drain)")
         p.set_defaults(func=_remote(_queues))
+
+    actors = sub.add_parser("actors", help="list, pause, resume and stop exposed actors")
+    actors_sub = actors.add_subparsers(dest="actors_command", required=True, metavar="ACTION")
+    actors_sub.add_parser(
+        "ls", parents=[remote], help="the exposed actors and domains"
+    ).set_defaults(func=_remote(_actors))
+    for name, text in (
+        ("pause", "finish the current message, then take no next one"),
+        ("resume", "take messages again"),
+        ("stop", "handle what is queued, then stop (a domain key: passivate it)"),
+    ):
+        p = actors_sub.add_parser(name, parents=[remote], help=text)
+        p.add_argument("target", help="an exposed actor or domain (see 'fiefdom actors ls')")
+        p.add_argument("--key", help="one key of a domain (default: the whole domain)")
+        if name == "stop":
+            p.add_argument("--wait", type=float, default=None, help="seconds to wait at most")
+        p.set_defaults(func=_remote(_actors))
 
     drain = sub.add_parser("drain", parents=[remote], help="stop taking work; let running finish")
     drain.add_argument("--wait", type=float, default=None, help="seconds to wait at most")
