@@ -275,3 +275,35 @@ async def test_an_ask_taken_by_no_incarnation_still_ends_at_its_deadline() -> No
         finally:
             world.release.set()
         assert await ref.ask(Echo("after")) == "after"
+
+
+class CleansUpSlowly(fiefdom.Actor[Block]):
+    """A handler whose cleanup after cancellation takes a while (a process reaped)."""
+
+    def __init__(self, log: list[str], entered: anyio.Event) -> None:
+        self.log = log
+        self.entered = entered
+
+    async def receive(self, msg: Block) -> None:
+        self.log.append("enter")
+        self.entered.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.2)  # the cleanup itself, not a wait in the test
+            self.log.append("exit")
+
+
+async def test_a_cancelled_caller_goes_on_only_after_the_handler_returned() -> None:
+    """000/1a: a caller cancelled while its handler runs resumes only once that handler
+    has returned, so it can never hand the resource on while the work still runs."""
+    log: list[str] = []
+    entered = anyio.Event()
+    async with fiefdom.ActorSystem(name="t") as system:
+        ref = await system.spawn(lambda: CleansUpSlowly(log, entered), name="slow")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ref.ask, Block("x"))
+            await entered.wait()
+            tg.cancel_scope.cancel()
+        assert log == ["enter", "exit"]

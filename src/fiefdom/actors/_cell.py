@@ -240,6 +240,12 @@ class Cell(Generic[M]):
             return await ask.future
         except asyncio.CancelledError:
             ask.abandon()
+            # A cancelled caller goes on only once the handler it started has really
+            # returned (a subprocess killed and reaped), as a deadline's caller does:
+            # whoever it answers to may hand the resource to someone else at once
+            # (a job engine giving the job back). A handler ignoring its cancellation
+            # is waited on for the grace period, then reported stuck.
+            await ask.wait_exited(self.cancel_grace)
             raise
 
     def timeout_error(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 if TYPE_CHECKING:
     from ._cell import Cell
 
@@ -20,6 +22,7 @@ class Ask:
         "cell",
         "chain",
         "deadline",
+        "exited",
         "future",
         "msg",
         "state",
@@ -44,6 +47,9 @@ class Ask:
         self.state = QUEUED
         self.cancelled = False  # its running handler was cancelled (deadline or caller)
         self.timer: asyncio.TimerHandle | None = None
+        # Made only for a caller cancelled while the handler runs: it waits on this
+        # until the handler has really returned (see Cell.ask).
+        self.exited: asyncio.Event | None = None
 
     def on_deadline(self) -> None:
         """Timer callback: remove the message if it has not started, else cancel it."""
@@ -80,7 +86,19 @@ class Ask:
         elif self.state == RUNNING:
             self.cell.cancel_running(self)
 
+    async def wait_exited(self, grace: float) -> bool:
+        """Wait (shielded, at most ``grace`` seconds) until the running handler has
+        returned; False when it ignored its cancellation for that long."""
+        if self.state != RUNNING:
+            return True
+        exited = self.exited = asyncio.Event()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(grace):
+            await exited.wait()
+        return self.state != RUNNING
+
     def finish(self) -> None:
+        if self.exited is not None:
+            self.exited.set()
         self.state = DONE
         if self.timer is not None:
             self.timer.cancel()
