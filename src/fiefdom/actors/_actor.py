@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from structlog.typing import FilteringBoundLogger
 
 if TYPE_CHECKING:
     from ._cell import Cell
@@ -29,7 +31,7 @@ class ActorContext(Generic[M]):
         return self._cell.key
 
     @property
-    def log(self) -> Any:
+    def log(self) -> FilteringBoundLogger:
         """A structlog logger with ``actor`` (and ``key``) bound."""
         return self._cell.log
 

@@ -9,11 +9,12 @@ import contextvars
 import enum
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
 import anyio
 import msgspec
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 from .._errors import ActivationFailed, ActorStopped, AskTimeout, CallCycleError, MailboxFull
 from ._envelope import DONE, QUEUED, RUNNING, Ask
@@ -163,12 +164,12 @@ class Cell(Generic[M]):
     # -- lazily made parts ---------------------------------------------------------
 
     @property
-    def log(self) -> Any:
+    def log(self) -> FilteringBoundLogger:
         # Bound lazily: a domain may create a million cells that never log.
         if self._log is None:
             log = structlog.get_logger("fiefdom.actor").bind(actor=self.path)
             self._log = log.bind(key=str(self.key)) if self.key is not None else log
-        return self._log
+        return cast(FilteringBoundLogger, self._log)
 
     @property
     def processes(self) -> set[int]:
