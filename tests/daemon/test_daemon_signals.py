@@ -130,3 +130,25 @@ async def test_stop_request_over_the_channel_exits_zero(tmp_path: Path) -> None:
         assert daemon.wait(60) == 0, daemon.log()
     finally:
         daemon.stop()
+
+
+async def test_drain_leaves_no_queue_paused_and_a_restart_runs_jobs(tmp_path: Path) -> None:
+    """drain stops only this daemon claiming: no queue is left paused; a restart runs jobs."""
+    daemon = _daemon(tmp_path, shutdown_timeout=30.0).start()
+    try:
+        ids = await _start_naps(daemon, seconds=0.2, count=2)
+        async with fiefdom.connect(daemon.url, token=daemon.token) as client:
+            await client.drain(timeout=30)
+            # The running jobs finished before the drain returned.
+            assert set((await _states(daemon, ids)).values()) == {"completed"}
+            assert not any(queue.paused for queue in await client.queues())
+            await client.stop()
+        assert daemon.wait(60) == 0, daemon.log()
+        async with open_store(f"sqlite:///{daemon.data / 'fiefdom.db'}") as store:
+            assert await store.paused_queues() == set()
+        daemon.start()
+        async with fiefdom.connect(daemon.url, token=daemon.token) as client:
+            job = await client.enqueue("nap", {"seconds": 0.0})
+        await _until_completed(daemon, [job.id])
+    finally:
+        daemon.stop()

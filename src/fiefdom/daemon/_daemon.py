@@ -133,6 +133,7 @@ class Daemon:
         self.server: ControlServer | None = None
         self._log_stream = log_stream
         self._draining = False
+        self._drain_task: asyncio.Future[None] | None = None
         self._stop_mode: StopMode | None = None
         self._stop_requested = asyncio.Event()
         self._signals = 0
@@ -177,9 +178,26 @@ class Daemon:
         self._stop_requested.set()
 
     async def drain(self, timeout: float | None) -> None:
+        """Stop this daemon's engine claiming jobs, as a SIGTERM would, and wait (at
+        most ``timeout``) until it has stopped. Pausing the queues instead would be
+        kept in the database: every daemon sharing it would stop claiming too, and
+        this one would claim nothing after a restart."""
         self._draining = True
-        log.info("draining: no new jobs are claimed; running ones finish")
-        await self.jobs_adapter.drain(None, timeout)
+        if self._drain_task is None:
+            log.info("draining: no new jobs are claimed; running ones finish")
+            self._drain_task = asyncio.ensure_future(self._stop_engine())
+        with anyio.fail_after(timeout):
+            # Shielded: a drain request that gives up waiting leaves the drain going.
+            await asyncio.shield(self._drain_task)
+
+    async def _stop_engine(self) -> None:
+        # Through the supervisor, so that the engine's graceful stop (running jobs
+        # finish until shutdown_timeout, then go back to their queue) is not taken
+        # for an exit to restart from.
+        root = self.system.root
+        if "jobs" in root.which_children():
+            await root.terminate_child("jobs")
+        log.info("drained: the job engine has stopped", at=time.time())
 
     async def dump(self) -> tuple[str, int]:
         path, count = self.recorder.dump("request")
@@ -271,6 +289,10 @@ class Daemon:
         finally:
             stop_forwarding()
             self.jobs_adapter.detach()
+            if self._drain_task is not None:
+                # Stopping the tree stopped the engine too; collect the drain's end.
+                with contextlib.suppress(Exception):
+                    await self._drain_task
         log.info("daemon stopped", name=self.name)
 
     async def _start_tree(self, store: Store, tokens: TokenTable) -> None:
@@ -296,7 +318,7 @@ class Daemon:
             )
         )
         self.server = server
-        if config.jobs.enabled:
+        if config.jobs.enabled and not self._draining:
             engine = await self.jobs_adapter.build_engine()
             await root.start_child(
                 ServiceSpec(
