@@ -434,3 +434,74 @@ async def test_postgres_reconnects_after_its_connections_are_killed(
     await store.enqueue(Note(text="recovered"))
     assert store.healthy
     assert "recovered" in {msgspec.json.decode(j.args)["text"] for j in await store.list_jobs()}
+
+
+async def test_readers_do_not_wait_behind_an_open_user_transaction(store: Store) -> None:
+    """While another task's transaction that has written is open, counts, listing, lookup
+    and ping return and see only committed jobs (001/14, 004/6)."""
+    before = await store.enqueue(Note(text="committed"))
+    written = anyio.Event()
+    release = anyio.Event()
+
+    async def user() -> None:
+        async with store.transaction() as tx:
+            await store.enqueue(Note(text="pending"), tx=tx)
+            written.set()
+            await release.wait()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(user)
+        await written.wait()
+        try:
+            assert [(c.state, c.count) for c in await store.count_jobs()] == [
+                (JobState.AVAILABLE, 1)
+            ]
+            assert [j.id for j in await store.list_jobs()] == [before.id]
+            assert await store.get_job(before.id or 0) is not None
+            assert await store.ping()
+        finally:
+            release.set()
+    assert len(await store.list_jobs()) == 2
+
+
+async def test_the_engine_is_not_queued_behind_an_open_user_transaction(store: Store) -> None:
+    """A user transaction that is open in another task and waits for a job does not hold up
+    the engine: the job is claimed, heartbeats and completes, then the transaction commits
+    (003/3, 002/4 M-5)."""
+    from storage_helpers import engine
+
+    from fiefdom.storage import JobContext, Lease
+
+    eng = engine(store)
+
+    @eng.handler(Note)
+    async def note(job: Note, ctx: JobContext[Any]) -> None:
+        return None
+
+    awaited = await store.enqueue(Note(text="awaited"))
+    by_hand = await store.enqueue(Note(text="by hand"), queue="manual")
+    [claimed] = await store.claim("manual", 1, worker="w", lease=30)
+    opened = anyio.Event()
+    release = anyio.Event()
+
+    async def user() -> None:
+        async with store.transaction() as tx:
+            opened.set()
+            await release.wait()
+            await store.enqueue(Note(text="after the job"), tx=tx)
+
+    async with eng, anyio.create_task_group() as tg:
+        tg.start_soon(user)
+        await opened.wait()
+        try:
+            alive, _ = await store.heartbeat([Lease(claimed.id, claimed.lease_token)], lease=30)
+            assert alive == {by_hand.id}
+
+            async def completed() -> bool:
+                info = await store.get_job(awaited.id or 0)
+                return info is not None and info.state == JobState.COMPLETED
+
+            await wait_until(completed, what="the engine to complete the job")
+        finally:
+            release.set()
+    assert len(await store.list_jobs()) == 3

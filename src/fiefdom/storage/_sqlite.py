@@ -51,18 +51,32 @@ def _wrap(exc: sqlite3.Error) -> StoreError:
 
 
 class _SQLiteTransaction(Transaction):
-    def __init__(self, store: SQLiteStore, conn: aiosqlite.Connection) -> None:
+    def __init__(
+        self, store: SQLiteStore, conn: aiosqlite.Connection, *, begin: str | None = None
+    ) -> None:
         self.store = store
         self._conn = conn
         self.wake: set[str] = set()
+        # The BEGIN still to run before the first statement (a user transaction
+        # takes SQLite's write lock only when it first touches the database).
+        self.begin = begin
+
+    async def _begin(self) -> None:
+        begin, self.begin = self.begin, None
+        assert begin is not None
+        await _begin(self.store, self._conn, begin)
 
     async def execute(self, sql: str, *args: object) -> None:
+        if self.begin is not None:
+            await self._begin()
         try:
             await self._conn.execute(_PLACEHOLDER.sub(r"?\1", sql), args)
         except sqlite3.Error as exc:
             raise _wrap(exc) from exc
 
     async def fetch(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        if self.begin is not None:
+            await self._begin()
         try:
             async with self._conn.execute(_PLACEHOLDER.sub(r"?\1", sql), args) as cur:
                 return [tuple(r) for r in await cur.fetchall()]
@@ -71,11 +85,38 @@ class _SQLiteTransaction(Transaction):
 
     async def raw(self, sql: str, args: Sequence[object] = ()) -> list[sqlite3.Row]:
         """Run with SQLite's own ``?`` placeholders (the store's internal queries)."""
+        if self.begin is not None:
+            await self._begin()
         try:
             async with self._conn.execute(sql, args) as cur:
                 return list(await cur.fetchall())
         except sqlite3.Error as exc:
             raise _wrap(exc) from exc
+
+
+async def _begin(store: Store, conn: aiosqlite.Connection, begin: str) -> None:
+    try:
+        # Shielded: a cancelled await would not stop the BEGIN in aiosqlite's thread,
+        # and the transaction it then opens would hold SQLite's write lock with
+        # nobody left to roll it back.
+        with anyio.CancelScope(shield=True):
+            await conn.execute(begin)
+    except sqlite3.Error as exc:
+        store._mark(False)
+        raise _wrap(exc) from exc
+
+
+class _Channel:
+    """One aiosqlite connection and the lock that runs one transaction at a time on
+    it (a SQLite connection has one transaction at a time)."""
+
+    __slots__ = ("conn", "lock", "name", "read_only")
+
+    def __init__(self, name: str, *, read_only: bool = False) -> None:
+        self.name = name
+        self.read_only = read_only
+        self.conn: aiosqlite.Connection | None = None
+        self.lock = anyio.Lock()
 
 
 # The claim: one statement inside BEGIN IMMEDIATE (SQLite has one writer at a time).
@@ -153,9 +194,19 @@ def _info(row: sqlite3.Row) -> JobInfo:
 
 
 class SQLiteStore(Store):
-    """``sqlite:///path``: one connection per store; the store serialises its own
-    transactions on it (a SQLite connection runs one transaction at a time), and
-    other stores or processes on the same file queue on SQLite's write lock."""
+    """``sqlite:///path``: three connections per store, each running one transaction
+    at a time. Applications' ``transaction()`` blocks have their own; the engine's
+    writes (claims, heartbeats, outcomes, rescue) and enqueues outside a
+    transaction have theirs; inspection (``get_job``, ``list_jobs``, ``count_jobs``,
+    ``ping``) reads on a third, read-only one. So a user transaction kept open,
+    even one that awaits a job, never queues the engine or a reader behind it in
+    this process: in WAL mode readers never wait for a writer.
+
+    Writers still take turns on SQLite's one write lock, across connections and
+    processes (``busy_timeout``). A user transaction takes it at its first
+    statement (``BEGIN IMMEDIATE``, so it cannot fail half way on a lock) and holds
+    it until it ends: keep transactions that write shorter than the job lease, or
+    heartbeats wait and another engine may rescue a job that is still running."""
 
     backend: Literal["sqlite", "postgres"] = "sqlite"
     notifies_processes = False
@@ -180,18 +231,31 @@ class SQLiteStore(Store):
             )
         self.path = path
         self.synchronous = sync
-        self._conn: aiosqlite.Connection | None = None
-        # One transaction at a time on the connection (see the class docstring).
-        self._lock = anyio.Lock()
+        # See the class docstring: the engine's, applications', and readers'.
+        self._engine = _Channel("engine")
+        self._user = _Channel("user")
+        self._reader = _Channel("reader", read_only=True)
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def _connect(self) -> None:
+        channels = (self._engine, self._user, self._reader)
+        try:
+            # The engine's first: it switches a new file to WAL before the others open.
+            for channel in channels:
+                channel.conn = await self._open_connection(read_only=channel.read_only)
+        except BaseException:
+            await self._disconnect()
+            raise
+
+    async def _open_connection(self, *, read_only: bool) -> aiosqlite.Connection:
         try:
             conn = await aiosqlite.connect(self.path, isolation_level=None)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
         try:
+            # The same settings on every connection: synchronous is per connection,
+            # and each must wait for the write lock rather than fail at once.
             await conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
             async with conn.execute("PRAGMA journal_mode = WAL") as cur:
                 row = await cur.fetchone()
@@ -199,56 +263,67 @@ class SQLiteStore(Store):
                 raise StoreError(f"SQLite database {self.path} refused WAL mode (got {row})")
             await conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
             await conn.execute("PRAGMA foreign_keys = ON")
+            if read_only:
+                # Inspection must never take the write lock by mistake.
+                await conn.execute("PRAGMA query_only = ON")
         except BaseException:
-            await conn.close()
-            raise
-        self._conn = conn
-
-    async def _disconnect(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
             with anyio.CancelScope(shield=True):
                 await conn.close()
+            raise
+        return conn
+
+    async def _disconnect(self) -> None:
+        for channel in (self._reader, self._user, self._engine):
+            if channel.conn is not None:
+                conn, channel.conn = channel.conn, None
+                with anyio.CancelScope(shield=True):
+                    await conn.close()
 
     @asynccontextmanager
-    async def _tx(self, *, write: bool = True) -> AsyncIterator[_SQLiteTransaction]:
+    async def _tx(
+        self, channel: _Channel | None = None, *, write: bool = True, lazy: bool = False
+    ) -> AsyncIterator[_SQLiteTransaction]:
+        """A transaction on ``channel`` (the engine's by default). ``lazy`` defers
+        the BEGIN to the first statement."""
         self._check_open()
-        async with self._lock:
-            conn = self._conn
+        channel = self._engine if channel is None else channel
+        async with channel.lock:
+            conn = channel.conn
             assert conn is not None
-            try:
-                # Shielded: a cancelled await would not stop the BEGIN in aiosqlite's
-                # thread, and the transaction it then opens would hold SQLite's write
-                # lock with nobody left to roll it back.
-                with anyio.CancelScope(shield=True):
-                    await conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            except sqlite3.Error as exc:
-                self._mark(False)
-                raise _wrap(exc) from exc
-            tx = _SQLiteTransaction(self, conn)
+            begin = "BEGIN IMMEDIATE" if write else "BEGIN"
+            tx = _SQLiteTransaction(self, conn, begin=begin)
+            if not lazy:
+                await tx._begin()
             try:
                 yield tx
             except BaseException:
-                # Shielded: a cancelled caller must not leave the transaction open.
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        log.exception("rollback failed", path=self.path)
+                if tx.begin is None:
+                    # Shielded: a cancelled caller must not leave the transaction open.
+                    with anyio.CancelScope(shield=True):
+                        try:
+                            await conn.execute("ROLLBACK")
+                        except sqlite3.Error:
+                            log.exception("rollback failed", path=self.path)
                 raise
             else:
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await conn.execute("COMMIT")
-                    except sqlite3.Error as exc:
-                        await conn.execute("ROLLBACK")
-                        raise _wrap(exc) from exc
+                if tx.begin is None:
+                    with anyio.CancelScope(shield=True):
+                        try:
+                            await conn.execute("COMMIT")
+                        except sqlite3.Error as exc:
+                            await conn.execute("ROLLBACK")
+                            raise _wrap(exc) from exc
             self._mark(True)
         if tx.wake:
             self._wake_local(sorted(tx.wake))
 
+    def _read(self) -> AbstractAsyncContextManager[_SQLiteTransaction]:
+        """A read transaction on the read-only connection: a snapshot (WAL), which
+        waits for no writer and no other connection of this store."""
+        return self._tx(self._reader, write=False)
+
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
-        return self._tx()
+        return self._tx(self._user, lazy=True)
 
     # -- migrations ------------------------------------------------------------------
 
@@ -262,7 +337,7 @@ class SQLiteStore(Store):
         return int(rows[0][0])
 
     async def schema_version(self) -> int:
-        async with self._tx(write=False) as tx:
+        async with self._read() as tx:
             return await self._version_in(tx)
 
     async def migrate(self) -> int:
@@ -478,7 +553,7 @@ class SQLiteStore(Store):
     # -- administration --------------------------------------------------------------
 
     async def get_job(self, job_id: int) -> JobInfo | None:
-        async with self._tx(write=False) as tx:
+        async with self._read() as tx:
             rows = await tx.raw(f"SELECT {_JOB_COLUMNS} FROM fiefdom_jobs WHERE id = ?", (job_id,))
         return _info(rows[0]) if rows else None
 
@@ -498,7 +573,7 @@ class SQLiteStore(Store):
                 where.append(f"{column} = ?")
                 args.append(str(value))
         args.append(limit)
-        async with self._tx(write=False) as tx:
+        async with self._read() as tx:
             rows = await tx.raw(
                 f"SELECT {_JOB_COLUMNS} FROM fiefdom_jobs WHERE {' AND '.join(where)} "
                 "ORDER BY id LIMIT ?",
@@ -507,7 +582,7 @@ class SQLiteStore(Store):
         return [_info(r) for r in rows]
 
     async def count_jobs(self) -> list[QueueCount]:
-        async with self._tx(write=False) as tx:
+        async with self._read() as tx:
             rows = await tx.raw(
                 "SELECT queue, state, count(*) FROM fiefdom_jobs GROUP BY queue, state "
                 "ORDER BY queue, state"
@@ -548,7 +623,7 @@ class SQLiteStore(Store):
             )
 
     async def paused_queues(self) -> set[str]:
-        async with self._tx(write=False) as tx:
+        async with self._read() as tx:
             rows = await tx.raw("SELECT name FROM fiefdom_queues WHERE paused")
         return {r[0] for r in rows}
 
