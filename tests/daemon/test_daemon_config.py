@@ -70,6 +70,73 @@ def test_errors_name_the_key(tmp_path: Path, toml: str, env: dict[str, str], exp
     assert str(path) in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ('[control]\nlisten = "127.0.0.1:99999"\n', "control.listen: the port must be 0-65535"),
+        ("[daemon]\nshutdown_timeout = -5\n", "daemon.shutdown_timeout: expected `float` >= 0"),
+        ("[control]\nmax_connections = -1\n", "control.max_connections: expected `int` >= 1"),
+        ("[control]\nmessages_per_second = 0\n", "control.messages_per_second: expected"),
+        ("[control]\nmax_frame_bytes = 0\n", "control.max_frame_bytes: expected `int` >= 1"),
+        ("[control]\nhello_timeout = 0\n", "control.hello_timeout: expected `float` > 0"),
+        ("[recorder]\ncapacity = -3\n", "recorder.capacity: expected `int` >= 1"),
+        ("[jobs.queues.default]\nconcurrency = 0\n", ".concurrency: expected `int` >= 1"),
+        ("[jobs]\npoll_interval = 0\n", "jobs.poll_interval: expected `float` > 0"),
+    ],
+    ids=[
+        "port",
+        "shutdown-timeout",
+        "max-connections",
+        "rate",
+        "frame",
+        "hello-timeout",
+        "recorder",
+        "concurrency",
+        "poll",
+    ],
+)
+def test_out_of_range_values_are_refused(tmp_path: Path, toml: str, expected: str) -> None:
+    """A value out of its range fails in one line naming the key and the bound."""
+    path = tmp_path / "config.toml"
+    path.write_text(toml)
+    with pytest.raises(fiefdom.ConfigurationError) as info:
+        load_config(path, environ={})
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ('[daemon]\nshutdown_timeout = "30"\n', "daemon.shutdown_timeout: expected `float`"),
+        ('[jobs]\nenabled = "false"\n', "jobs.enabled: expected `bool`, got `str`"),
+        ('[control]\nmax_connections = "7"\n', "control.max_connections: expected `int`"),
+    ],
+    ids=["seconds", "bool", "int"],
+)
+def test_the_file_is_decoded_strictly(tmp_path: Path, toml: str, expected: str) -> None:
+    """Text where the file needs a number or a boolean is refused (only the environment is text)."""
+    path = tmp_path / "config.toml"
+    path.write_text(toml)
+    with pytest.raises(fiefdom.ConfigurationError) as info:
+        load_config(path, environ={})
+    assert expected in str(info.value)
+
+
+def test_environment_values_are_range_checked_too(tmp_path: Path) -> None:
+    """An environment override is converted from text, then held to the same bounds."""
+    path = tmp_path / "config.toml"
+    path.write_text("")
+    config = load_config(path, environ={"FIEFDOM_DAEMON__SHUTDOWN_TIMEOUT": "2.5"})
+    assert config.daemon.shutdown_timeout == 2.5
+    with pytest.raises(fiefdom.ConfigurationError) as info:
+        load_config(path, environ={"FIEFDOM_CONTROL__LISTEN": "127.0.0.1:70000"})
+    assert "FIEFDOM_CONTROL__LISTEN" in str(info.value)
+    with pytest.raises(fiefdom.ConfigurationError) as info:
+        load_config(path, environ={"FIEFDOM_CONTROL__MAX_CONNECTIONS": "0"})
+    assert "control.max_connections: expected `int` >= 1" in str(info.value)
+
+
 def test_admin_token_is_created_once_with_mode_0600(tmp_path: Path) -> None:
     """The admin token is written 0600 on first use and read back unchanged later."""
     path = tmp_path / "data" / "admin.token"

@@ -8,7 +8,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -17,6 +17,10 @@ from ..protocol import ControlSettings
 
 ENV_PREFIX = "FIEFDOM_"
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+# Bounds checked when the configuration is decoded; the message names the key.
+Seconds = Annotated[float, msgspec.Meta(ge=0)]
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
+AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
 
 
 class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -27,7 +31,7 @@ class DaemonSection(_Section):
     name: str = "fiefdom"
     # Relative paths are resolved against the folder of the configuration file.
     data_dir: str = "data"
-    shutdown_timeout: float = 30.0  # a drain lets running work finish this long, then cancels
+    shutdown_timeout: Seconds = 30.0  # a drain lets running work finish this long, then cancels
     log_level: LogLevel = "info"
     log_format: Literal["console", "json"] = "console"
     loop: Literal["auto", "asyncio", "uvloop"] = "auto"
@@ -41,7 +45,7 @@ class StoreSection(_Section):
 
 
 class QueueSection(_Section):
-    concurrency: int = 10
+    concurrency: AtLeastOne = 10
     paused: bool = False  # pause it at start; a pause is kept in the database, for every node
 
 
@@ -50,12 +54,12 @@ class JobsSection(_Section):
     queues: dict[str, QueueSection] = msgspec.field(
         default_factory=lambda: {"default": QueueSection()}
     )
-    poll_interval: float = 1.0
+    poll_interval: PositiveSeconds = 1.0
 
 
 class RecorderSection(_Section):
     folder: str = "flight-recorder"  # relative to data_dir
-    capacity: int = 10_000  # events kept (debug included)
+    capacity: AtLeastOne = 10_000  # events kept (debug included)
 
 
 class Config(_Section):
@@ -149,19 +153,28 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     if "base_dir" in raw:
         raise ConfigurationError(f"{source}: 'base_dir' is not a setting (it is the file's folder)")
     overrides = _env_overrides(environ)
+    if raw:
+        # The file is checked strictly on its own first: TOML has types, so a value
+        # of the wrong kind there ("30" for seconds) is a mistake, not text to convert.
+        try:
+            msgspec.convert({**raw, "base_dir": str(base_dir)}, Config, strict=True)
+        except msgspec.ValidationError as exc:
+            raise ConfigurationError(_explain(exc, source, {})) from None
     for key_path, (env_name, value) in overrides.items():
         _apply(raw, key_path, value, env_name)
     raw["base_dir"] = str(base_dir)
     try:
         # Not strict: environment values arrive as text and must become the field's
-        # type ("9000" -> 9000); a value of the wrong kind in the file still fails.
+        # type ("9000" -> 9000); the file's own values have passed the strict check.
         config = msgspec.convert(raw, Config, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigurationError(_explain(exc, source, overrides)) from None
     try:
         config.control.host_port()
     except ValueError as exc:
-        raise ConfigurationError(f"{source}: {exc}") from None
+        origin = overrides.get(("control", "listen"))
+        where = f" (from the environment variable {origin[0]})" if origin else ""
+        raise ConfigurationError(f"{source}: {exc}{where}") from None
     return config
 
 

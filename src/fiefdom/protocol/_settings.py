@@ -6,10 +6,17 @@ from __future__ import annotations
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 import msgspec
 
 from ._messages import Role
+
+# Bounds checked when the configuration is decoded; the message names the key.
+_Seconds = Annotated[float, msgspec.Meta(ge=0)]
+_PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
+_AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
+_PositiveRate = Annotated[float, msgspec.Meta(gt=0)]
 
 
 class TokenSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -26,14 +33,14 @@ class ControlSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     listen: str = "127.0.0.1:8765"
     tokens: list[TokenSpec] = msgspec.field(default_factory=list)
-    max_frame_bytes: int = 1 << 20
-    max_connections: int = 256
-    messages_per_second: float = 1000.0
-    burst: int = 2000
-    max_in_flight: int = 64  # requests of one connection handled at once
-    subscriber_buffer: int = 1000  # events held for a slow subscriber before dropping
-    hello_timeout: float = 10.0  # an unauthenticated connection is closed after this
-    shutdown_timeout: float = 5.0  # open connections get this long to finish on stop
+    max_frame_bytes: _AtLeastOne = 1 << 20
+    max_connections: _AtLeastOne = 256
+    messages_per_second: _PositiveRate = 1000.0
+    burst: _AtLeastOne = 2000
+    max_in_flight: _AtLeastOne = 64  # requests of one connection handled at once
+    subscriber_buffer: _AtLeastOne = 1000  # events held for a slow subscriber before dropping
+    hello_timeout: _PositiveSeconds = 10.0  # an unauthenticated connection is closed after this
+    shutdown_timeout: _Seconds = 5.0  # open connections get this long to finish on stop
 
     def host_port(self) -> tuple[str, int]:
         host, sep, port = self.listen.rpartition(":")
@@ -42,7 +49,11 @@ class ControlSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 "control.listen must be HOST:PORT (for example 127.0.0.1:8765), "
                 f"got {self.listen!r}"
             )
-        return host.strip("[]") or "127.0.0.1", int(port)
+        number = int(port)
+        if number > 65535:
+            # Left unchecked, the OS would take the port modulo 65536.
+            raise ValueError(f"control.listen: the port must be 0-65535, got {number}")
+        return host.strip("[]") or "127.0.0.1", number
 
 
 @dataclass(frozen=True, slots=True)
