@@ -3,10 +3,13 @@ by a raw aiohttp websocket in both encodings."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiohttp
+import anyio
 import msgspec
 import pytest
-from daemon_harness import DaemonProcess
+from daemon_harness import DaemonProcess, write_config
 from hosted_app import Balance, Crash, Deposit, Echo, GetCount, Increment
 
 import fiefdom
@@ -225,3 +228,39 @@ async def test_pause_resume_and_drain_a_queue(daemon: DaemonProcess) -> None:
         with pytest.raises(fiefdom.ControlError) as raised:
             await client.pause("no-such-queue")
         assert raised.value.code == "job_error"
+
+
+async def _read_all(events: fiefdom.protocol.EventStream, into: list[object]) -> None:
+    """Append every item of ``events`` to ``into`` until the stream ends or raises."""
+    async for item in events:
+        into.append(item)
+
+
+async def test_a_full_event_buffer_still_ends_with_the_connection_error(tmp_path: Path) -> None:
+    """A subscriber that read nothing gets its buffered events, then the disconnect as an error."""
+    daemon = DaemonProcess(write_config(tmp_path)).start()
+    try:
+        slow = fiefdom.protocol.Client(daemon.url, token=daemon.token, event_buffer=2)
+        async with slow, slow.subscribe(["jobs"]) as behind:
+            async with (
+                fiefdom.connect(daemon.url, token=daemon.token) as client,
+                client.subscribe(["jobs"]) as events,
+            ):
+                # Three jobs: six events for a buffer of two.
+                ids = [(await client.enqueue("nap", {"seconds": 0.0})).id for _ in range(3)]
+                for job_id in ids:
+                    await _until_state(events, job_id, "completed")
+                await client.stop()
+            # Fails once the reader has routed every frame and seen the close: the
+            # stream's buffer is full by then, with nothing read from it.
+            with anyio.fail_after(30), pytest.raises(fiefdom.ControlConnectionError):
+                await slow.status()
+            received: list[object] = []
+            with anyio.fail_after(30), pytest.raises(fiefdom.ControlConnectionError):
+                await _read_all(behind, received)
+        assert await anyio.to_thread.run_sync(daemon.wait, 60) == 0, daemon.log()
+        assert len([e for e in received if isinstance(e, JobEvent)]) == 2
+        dropped = [e for e in received if isinstance(e, fiefdom.protocol.Dropped)]
+        assert sum(d.count for d in dropped) >= 4
+    finally:
+        daemon.stop()

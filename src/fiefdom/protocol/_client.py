@@ -112,9 +112,10 @@ class EventStream:
         self._client = client
         self._topics = list(topics)
         self._level: LogLevel = level
-        self._queue: asyncio.Queue[EventData | Dropped | BaseException] = asyncio.Queue(
-            client.event_buffer
-        )
+        # Unbounded as a queue, bounded by ``_deliver``: the error that ends the
+        # stream is queued past the bound, so a full buffer never swallows it.
+        self._queue: asyncio.Queue[EventData | Dropped | BaseException] = asyncio.Queue()
+        self._buffer = client.event_buffer
         self._local_dropped = 0
         self.subscription: int | None = None
 
@@ -138,12 +139,17 @@ class EventStream:
             with contextlib.suppress(ControlConnectionError):
                 await self._client._request(lambda i: Unsubscribe(id=i, subscription=sub), Ack)
 
-    def _deliver(self, item: EventData | Dropped | BaseException) -> None:
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
+    def _deliver(self, item: EventData | Dropped) -> None:
+        if self._queue.qsize() >= self._buffer:
             # The consumer is slower than the server: count locally, like the server.
             self._local_dropped += 1
+        else:
+            self._queue.put_nowait(item)
+
+    def _end(self, error: BaseException) -> None:
+        """The connection is gone: raise ``error`` once the buffered events are read."""
+        self.subscription = None
+        self._queue.put_nowait(error)
 
     def __aiter__(self) -> EventStream:
         return self
@@ -268,7 +274,7 @@ class Client:
                 future.set_exception(error)
         self._pending.clear()
         for stream in self._streams.values():
-            stream._deliver(error)
+            stream._end(error)
         self._streams.clear()
 
     async def _read(self) -> None:
