@@ -279,3 +279,69 @@ async def test_an_engine_rides_out_killed_database_connections(
         await wait_until(all_completed, what="every job to complete after the outage")
     assert len(runs) == 2000
     assert store.healthy
+
+
+JOB_TIMEOUT = 0.2
+
+
+class TimedApply(Job):
+    options = JobOptions(
+        kind="apply.timed", domain="accounts", key="account", timeout=JOB_TIMEOUT, max_attempts=1
+    )
+    account: str
+    hang: bool
+
+
+async def test_a_domain_jobs_timeout_counts_from_when_its_handler_starts(store: Store) -> None:
+    """A domain job queued behind other work for its key longer than its timeout still gets
+    its whole timeout once it runs; one that overruns it fails with TimeoutError (002/4 L-3)."""
+    busy = anyio.Event()
+    release = anyio.Event()
+
+    async def occupy(actor: Account) -> None:
+        busy.set()
+        await release.wait()
+
+    async def apply(job: TimedApply, ctx: JobContext[Account]) -> None:
+        if job.hang:
+            await anyio.sleep_forever()
+
+    async with fiefdom.ActorSystem(name="bank") as system, anyio.create_task_group() as tg:
+        accounts = system.domain("accounts", Account, idle_timeout=None)
+        tg.start_soon(lambda: accounts.call("a", occupy, timeout=None))
+        await busy.wait()
+        eng = engine(store, domains={"accounts": accounts})
+        eng.register(TimedApply, apply)
+        queued = await store.enqueue(TimedApply(account="a", hang=False))
+        hangs = await store.enqueue(TimedApply(account="b", hang=True))
+
+        async def state(job_id: int | None) -> JobState | None:
+            info = await store.get_job(job_id or 0)
+            return None if info is None else info.state
+
+        async with eng:
+
+            async def running() -> bool:
+                return await state(queued.id) == JobState.RUNNING
+
+            await wait_until(running, what="the queued job to be claimed")
+            # Keep the key's actor busy for longer than the job's timeout from the claim:
+            # the condition under test, not a wait for something to happen.
+            end = anyio.current_time() + 3 * JOB_TIMEOUT
+            await wait_until(lambda: anyio.current_time() >= end, what="the timeout to pass")
+            release.set()
+
+            async def finished() -> bool:
+                return {await state(queued.id), await state(hangs.id)} == {
+                    JobState.COMPLETED,
+                    JobState.DISCARDED,
+                }
+
+            await wait_until(finished, what="both jobs to finish")
+    info = await store.get_job(queued.id or 0)
+    assert info is not None
+    assert (info.state, info.attempt, info.errors) == (JobState.COMPLETED, 1, [])
+    info = await store.get_job(hangs.id or 0)
+    assert info is not None
+    assert info.state == JobState.DISCARDED
+    assert [e.type for e in info.errors] == ["builtins.TimeoutError"]

@@ -713,10 +713,14 @@ class JobEngine(Notifications):
             try:
                 if kind.domain is not None:
                     assert kind.options.key is not None
+                    # No ask deadline: the time queued behind other work for the
+                    # key is not the job's; its timeout starts with the handler,
+                    # inside the actor (_in_actor). Cancellation (by request, lost
+                    # lease, shutdown) still reaches it through this scope.
                     result = await kind.domain.call(
                         getattr(payload, kind.options.key),
-                        _in_actor(kind.handler, payload, ctx),
-                        timeout=kind.options.timeout,
+                        _in_actor(kind.handler, payload, ctx, kind.options.timeout),
+                        timeout=None,
                         name=f"job:{job.kind}",
                     )
                     if type(result) is _Raised:
@@ -991,11 +995,16 @@ def _in_actor(
     handler: Callable[[Any, JobContext[Any]], Awaitable[object]],
     payload: Job,
     ctx: JobContext[Any],
+    timeout: float | None,
 ) -> Callable[[Any], Awaitable[object]]:
     async def run(actor: Any) -> object:
         ctx.actor = actor
         try:
-            return await handler(payload, ctx)
+            if timeout is None:
+                return await handler(payload, ctx)
+            # The same TimeoutError as a job outside a domain: a failed attempt.
+            with anyio.fail_after(timeout):
+                return await handler(payload, ctx)
         except Exception as exc:
             return _Raised(exc)
 

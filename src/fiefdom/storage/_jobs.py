@@ -143,7 +143,9 @@ class JobOptions:
     ``kind`` is the name stored in the table (keep it stable: renaming the class
     must not orphan stored jobs). Lower ``priority`` runs first. ``backoff`` maps
     the attempt that failed (1-based) to the delay in seconds before the next.
-    ``timeout`` (seconds) bounds one attempt. ``domain`` and ``key`` name the
+    ``timeout`` (seconds) bounds one attempt from when its handler starts (for a
+    domain job, inside the key's actor: time queued behind the key's other work
+    does not count). ``domain`` and ``key`` name the
     domain and the field holding the key: the job then runs inside that key's
     actor, serialised with every other message and job for the same key.
     """
