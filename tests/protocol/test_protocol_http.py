@@ -4,10 +4,14 @@ back with prometheus-client's own parser) and the generated JSON Schema."""
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
 
 import jsonschema
 import msgspec
-from daemon_harness import DaemonProcess
+from daemon_harness import DaemonProcess, write_config
 from hosted_app import GetCount
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -15,6 +19,7 @@ import fiefdom
 from fiefdom.protocol import ClientMessage, ServerMessage, json_schema
 from fiefdom.protocol import JobEvent as WireJobEvent
 from fiefdom.protocol._messages import CLIENT_TYPES
+from fiefdom.storage import SCHEMA_VERSION
 
 
 def test_healthz_and_readyz(daemon: DaemonProcess) -> None:
@@ -24,7 +29,36 @@ def test_healthz_and_readyz(daemon: DaemonProcess) -> None:
     assert json.loads(body)["status"] == "alive"
     ready = daemon.json("/readyz")
     assert ready["ready"] is True
-    assert set(ready["checks"]) >= {"store", "accepting"}
+    assert set(ready["checks"]) >= {"store", "schema", "accepting"}
+    assert ready["checks"]["schema"] is True
+
+
+def _readyz_until(daemon: DaemonProcess, status: int) -> dict[str, Any]:
+    """/readyz's checks once it answers ``status`` (polled under a deadline)."""
+    deadline = time.monotonic() + 30
+    while True:
+        code, body = daemon.http("/readyz")
+        if code == status:
+            return dict(json.loads(body)["checks"])
+        assert time.monotonic() < deadline, (code, body)
+        # Polling an HTTP endpoint for a condition: the interval only bounds the cost.
+        time.sleep(0.05)
+
+
+def test_readyz_reports_a_schema_that_is_not_current(tmp_path: Path) -> None:
+    """A schema migrated past this fiefdom's (a newer node on the database) makes /readyz 503."""
+    with DaemonProcess(write_config(tmp_path)) as daemon:
+        with sqlite3.connect(daemon.data / "fiefdom.db") as db:
+            db.execute(
+                "INSERT INTO fiefdom_schema VALUES (?, 'from a newer fiefdom', 0)",
+                (SCHEMA_VERSION + 1,),
+            )
+        checks = _readyz_until(daemon, 503)
+        assert checks["schema"] is False
+        assert checks["store"] is True
+        with sqlite3.connect(daemon.data / "fiefdom.db") as db:
+            db.execute("DELETE FROM fiefdom_schema WHERE version = ?", (SCHEMA_VERSION + 1,))
+        assert _readyz_until(daemon, 200)["schema"] is True
 
 
 async def test_metrics_parse_with_prometheus_parser(daemon: DaemonProcess) -> None:

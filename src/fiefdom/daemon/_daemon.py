@@ -64,12 +64,17 @@ from ._events import forward_runtime_events
 from ._jobs import JobRegistrar, JobsAdapter
 from ._logging import FlightRecorder, configure_logging
 from ._services import StoreService
-from ._storage import Store, open_store
+from ._storage import SCHEMA_VERSION, Store, open_store
 from ._tokens import token_table
 
 log = structlog.get_logger("fiefdom.daemon")
 
 StopMode = Literal["drain", "cancel"]
+
+# How long /readyz trusts its last reading of the schema version: a load balancer's
+# probes then cost at most one extra read per interval, and a migration run from
+# elsewhere (a newer fiefdom on a shared database) shows within it.
+_SCHEMA_RECHECK = 2.0
 
 # How long the supervisor gives a service to stop beyond its own deadline before it
 # cancels it: the engine's drain ends at shutdown_timeout by itself and then writes
@@ -133,6 +138,8 @@ class Daemon:
         self.server: ControlServer | None = None
         self._log_stream = log_stream
         self._draining = False
+        self._schema_checked_at: float | None = None
+        self._schema_current = False
         self._drain_task: asyncio.Future[None] | None = None
         self._stop_mode: StopMode | None = None
         self._stop_requested = asyncio.Event()
@@ -149,18 +156,32 @@ class Daemon:
         return self._draining
 
     async def readiness(self) -> dict[str, bool]:
-        store_ok = False
+        store_ok = schema_ok = False
         if self.store is not None:
             with anyio.move_on_after(2.0):
                 try:
                     store_ok = bool(await self.store.ping())
+                    schema_ok = await self._schema_is_current(self.store)
                 except FiefdomError:
                     store_ok = False
         return {
             "store": store_ok,
+            "schema": schema_ok,
             "jobs": self.jobs_adapter.running or not self.config.jobs.enabled,
             "accepting": not self._draining,
         }
+
+    async def _schema_is_current(self, store: Store) -> bool:
+        """Whether the database's schema is the one this fiefdom knows, read again
+        once the last reading is ``_SCHEMA_RECHECK`` seconds old."""
+        now = time.monotonic()
+        checked = self._schema_checked_at
+        if checked is None or now - checked >= _SCHEMA_RECHECK:
+            # Reset first: a failed read (raised to the caller) is not trusted later.
+            self._schema_checked_at = None
+            self._schema_current = await store.schema_version() == SCHEMA_VERSION
+            self._schema_checked_at = now
+        return self._schema_current
 
     def request_stop(self, mode: StopMode) -> None:
         if mode == "cancel" or self._stop_mode is not None:

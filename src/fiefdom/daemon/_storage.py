@@ -3,6 +3,6 @@ the command line open the store the same way)."""
 
 from __future__ import annotations
 
-from ..storage import Store, open_store
+from ..storage import SCHEMA_VERSION, Store, open_store
 
-__all__ = ["Store", "open_store"]
+__all__ = ["SCHEMA_VERSION", "Store", "open_store"]
