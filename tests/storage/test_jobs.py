@@ -922,3 +922,29 @@ def test_unique_states_counting_running_must_count_available() -> None:
     """Counting RUNNING without AVAILABLE is refused with the reason (H-3)."""
     with pytest.raises(ValueError, match="counts RUNNING but not AVAILABLE"):
         Unique(states=frozenset({JobState.RUNNING, JobState.RETRYABLE}))
+
+
+async def test_heartbeats_and_outcomes_of_the_same_jobs_never_deadlock(
+    store: Store, store_url: str
+) -> None:
+    """An engine's heartbeat and outcome writes lock the same rows in one order, whatever
+    order their batches list them in: concurrent, they never deadlock (001/7, 004/1)."""
+    other = open_store(store_url)
+    await other.open()
+    try:
+        await store.enqueue_many([Ping(n=i) for i in range(200)])
+        for _ in range(15):
+            claimed = await store.claim("default", 200, worker="w", lease=30)
+            assert len(claimed) == 200
+            leases = [Lease(c.id, c.lease_token) for c in claimed]
+            outcomes = [
+                fiefdom.storage.Outcome(lease=lease, state=JobState.AVAILABLE, refund=True)
+                for lease in leases
+            ]
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: store.heartbeat(leases[::-1], lease=30))
+                tg.start_soon(lambda: other.heartbeat(leases[100:] + leases[:100], lease=30))
+                tg.start_soon(other.finish, outcomes)
+    finally:
+        await other.close()
+    assert {(c.state, c.count) for c in await store.count_jobs()} == {(JobState.AVAILABLE, 200)}

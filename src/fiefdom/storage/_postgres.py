@@ -167,6 +167,19 @@ async def _restore_keys(conn: Conn, ids: Sequence[int]) -> None:
         log.info("superseded jobs by waiting duplicates", ids=[r[0] for r in superseded])
 
 
+# Heartbeats and outcome writes of one engine run at once on two connections and
+# name the same running jobs: each first locks its rows in id order, so neither
+# can hold one row while waiting for another that the other holds (a deadlock).
+# An UPDATE ... FROM unnest locks rows in whatever order its join plan meets them.
+# MATERIALIZED keeps the CTE from being folded into the UPDATE. Claim, rescue and
+# promote need no order: they SKIP LOCKED rows and so never wait for one.
+# $1: the job ids.
+_LOCK_IN_ORDER = (
+    "WITH locked AS MATERIALIZED (SELECT id FROM fiefdom_jobs "
+    "WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE) "
+)
+
+
 _JOB_COLUMNS = (
     "id, kind, queue, state, priority, args::text, domain_key, attempt, max_attempts, "
     "errors::text, worker, cancel_requested, created_at, run_at, attempted_at, finished_at"
@@ -457,9 +470,13 @@ class PostgresStore(Store):
             async with conn.transaction():
                 return await finish_in(conn)
 
+        # By id: heartbeats lock the same rows in the same order (_LOCK_IN_ORDER).
+        outcomes = sorted(outcomes, key=lambda o: o.lease.job_id)
+
         async def finish_in(conn: Conn) -> list[asyncpg.Record]:
             rows = await conn.fetch(
-                "UPDATE fiefdom_jobs AS j SET state = d.state, attempt = j.attempt - d.refund, "
+                _LOCK_IN_ORDER + "UPDATE fiefdom_jobs AS j SET state = d.state, "
+                "attempt = j.attempt - d.refund, "
                 "run_at = CASE WHEN d.delay IS NULL THEN j.run_at "
                 "ELSE now() + make_interval(secs => d.delay) END, "
                 "finished_at = CASE WHEN d.state IN ('completed', 'cancelled', 'discarded') "
@@ -470,8 +487,9 @@ class PostgresStore(Store):
                 "unique_key = CASE WHEN j.unique_states & d.bit <> 0 THEN j.unique_key END "
                 "FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::float8[], "
                 "$5::integer[], $6::text[], $7::smallint[]) "
-                "AS d(id, token, state, delay, refund, error, bit) "
-                "WHERE j.id = d.id AND j.lease_token = d.token AND j.state = 'running' "
+                "AS d(id, token, state, delay, refund, error, bit), locked "
+                "WHERE j.id = d.id AND j.id = locked.id AND j.lease_token = d.token "
+                "AND j.state = 'running' "
                 "RETURNING j.id, j.queue, j.state",
                 [o.lease.job_id for o in outcomes],
                 [o.lease.token for o in outcomes],
@@ -497,11 +515,15 @@ class PostgresStore(Store):
     ) -> tuple[set[int], set[int]]:
         if not leases:
             return set(), set()
+        # By id: outcome writes lock the same rows in the same order (_LOCK_IN_ORDER).
+        leases = sorted(leases, key=lambda x: x.job_id)
         rows = await self._run(
             lambda conn: conn.fetch(
-                "UPDATE fiefdom_jobs AS j SET lease_expires_at = now() + make_interval(secs => $3) "
-                "FROM unnest($1::bigint[], $2::bigint[]) AS d(id, token) "
-                "WHERE j.id = d.id AND j.lease_token = d.token AND j.state = 'running' "
+                _LOCK_IN_ORDER + "UPDATE fiefdom_jobs AS j "
+                "SET lease_expires_at = now() + make_interval(secs => $3) "
+                "FROM unnest($1::bigint[], $2::bigint[]) AS d(id, token), locked "
+                "WHERE j.id = d.id AND j.id = locked.id AND j.lease_token = d.token "
+                "AND j.state = 'running' "
                 "RETURNING j.id, j.cancel_requested",
                 [x.job_id for x in leases],
                 [x.token for x in leases],
