@@ -315,7 +315,20 @@ class Client:
         if future is not None and not future.done():
             future.set_result(frame)
 
-    async def _request(self, make: Callable[[int], object], expect: type[F]) -> F:
+    def _waiting(self, wait: float | None) -> float | None:
+        """The reply timeout of a request the daemon answers only after waiting up to
+        ``wait`` seconds (None: as long as it takes): that wait plus the usual timeout."""
+        return None if wait is None else wait + self.timeout
+
+    async def _request(
+        self,
+        make: Callable[[int], object],
+        expect: type[F],
+        *,
+        timeout: float | Literal["default"] | None = "default",
+    ) -> F:
+        """Send a request and return its reply; ``timeout`` (None: no limit) replaces
+        the client's default reply timeout."""
         if self.state is not ClientState.OPEN:
             raise ControlConnectionError(f"the client is {self.state}; use 'async with connect()'")
         if self._lost is not None:
@@ -326,16 +339,17 @@ class Client:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[frame_id] = future
         data = self.codec.encode(frame)
+        limit = self.timeout if timeout == "default" else timeout
         try:
             if self.encoding is Encoding.JSON:
                 await self._ws.send_str(data.decode())
             else:
                 await self._ws.send_bytes(data)
-            with anyio.fail_after(self.timeout):
+            with anyio.fail_after(limit):
                 reply = await future
         except TimeoutError:
             raise ControlConnectionError(
-                f"no reply to {type(frame).__name__} within {self.timeout:g}s"
+                f"no reply to {type(frame).__name__} within {limit:g}s"
             ) from None
         except ConnectionError as exc:
             if isinstance(exc, ControlError):
@@ -423,7 +437,11 @@ class Client:
         """Stop the exposed actor ``target`` once it has handled what is queued (paused
         or not) and return when it has stopped; a domain ``key`` is passivated, a whole
         domain has every live activation passivated."""
-        await self._request(lambda i: StopActor(id=i, target=target, key=key, timeout=timeout), Ack)
+        await self._request(
+            lambda i: StopActor(id=i, target=target, key=key, timeout=timeout),
+            Ack,
+            timeout=self._waiting(timeout),
+        )
 
     async def jobs(
         self,
@@ -476,11 +494,18 @@ class Client:
         await self._request(lambda i: ResumeQueue(id=i, queue=queue), Ack)
 
     async def drain_queue(self, queue: str, *, timeout: float | None = None) -> None:
-        await self._request(lambda i: DrainQueue(id=i, queue=queue, timeout=timeout), Ack)
+        await self._request(
+            lambda i: DrainQueue(id=i, queue=queue, timeout=timeout),
+            Ack,
+            timeout=self._waiting(timeout),
+        )
 
     async def drain(self, *, timeout: float | None = None) -> None:
-        """Drain the daemon: no new jobs are claimed and running ones finish."""
-        await self._request(lambda i: Drain(id=i, timeout=timeout), Ack)
+        """Drain the daemon: no new jobs are claimed and running ones finish (within
+        the daemon's shutdown deadline); returns once they have, or after ``timeout``."""
+        await self._request(
+            lambda i: Drain(id=i, timeout=timeout), Ack, timeout=self._waiting(timeout)
+        )
 
     async def stop(self, mode: Literal["drain", "cancel"] = "drain") -> None:
         await self._request(lambda i: Stop(id=i, mode=mode), Ack)
