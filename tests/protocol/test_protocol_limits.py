@@ -4,6 +4,7 @@ buffer of a slow event subscriber (drops counted and reported, memory bounded)."
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import anyio
@@ -76,3 +77,30 @@ async def test_slow_subscriber_buffer_is_bounded_and_reports_drops() -> None:
     assert dropped == 0
     hub.unsubscribe(sub)
     assert await sub.next_batch() == ([], 0)
+
+
+async def test_sockets_that_never_say_hello_do_not_lock_clients_out(tmp_path: Path) -> None:
+    """Idle unauthenticated websockets fill only their own limit; authenticated clients get in."""
+    config = write_config(
+        tmp_path, control="max_connections = 2\nmax_unauthenticated = 2\nhello_timeout = 600.0"
+    )
+    async with aiohttp.ClientSession() as session:
+        with DaemonProcess(config) as daemon:
+            idle = [await session.ws_connect(daemon.ws_url) for _ in range(2)]
+            with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+                await session.ws_connect(daemon.ws_url)
+            assert info.value.status == 503
+            bearer = {"Authorization": f"Bearer {daemon.token}"}
+            async with (
+                fiefdom.connect(daemon.url, token=daemon.token) as client,
+                session.ws_connect(daemon.ws_url, headers=bearer) as raw,
+            ):
+                await client.ping()
+                await raw.send_json({"type": "hello", "id": 1})
+                assert (await raw.receive_json())["type"] == "welcome"
+                # Both authenticated slots are taken: a waiting socket's hello is refused.
+                await idle[0].send_json({"type": "hello", "id": 1, "token": daemon.token})
+                reply = await idle[0].receive_json()
+                assert (reply["type"], reply["code"]) == ("error", "unavailable")
+            for ws in idle:
+                await ws.close()

@@ -205,9 +205,13 @@ class Client:
                 f"this client is {self.state}: a client connects once; call fiefdom.connect() again"
             )
         self._session = aiohttp.ClientSession()
+        # The token goes in the upgrade too (and again in hello): a connection that
+        # authenticates up front is not held to the daemon's smaller limit of
+        # connections still waiting to authenticate.
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
             self._ws = await self._session.ws_connect(
-                self.url, max_msg_size=self.max_frame_bytes, autoping=True
+                self.url, max_msg_size=self.max_frame_bytes, autoping=True, headers=headers
             )
         except aiohttp.WSServerHandshakeError as exc:
             await self._session.close()

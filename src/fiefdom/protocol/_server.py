@@ -127,6 +127,8 @@ class ControlServer:
         self.tokens = tokens
         self.metrics = metrics or ControlMetrics(host.system)
         self._connections: set[_Connection] = set()
+        # Those of them without a role yet; the others count against max_connections.
+        self._unauthenticated: set[_Connection] = set()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._schema = json.dumps(json_schema(), indent=2).encode()
@@ -148,6 +150,25 @@ class ControlServer:
     @property
     def connections(self) -> int:
         return len(self._connections)
+
+    @property
+    def authenticated(self) -> int:
+        return len(self._connections) - len(self._unauthenticated)
+
+    def _too_many(self, reason: str, message: str) -> web.Response:
+        self.metrics.ws_refused.labels(reason=reason).inc()
+        return web.json_response({"code": ErrorCode.UNAVAILABLE, "message": message}, status=503)
+
+    def admit(self, conn: _Connection) -> bool:
+        """A connection has just authenticated (hello): count it against
+        max_connections, unless they are all taken."""
+        if conn not in self._unauthenticated:
+            return True
+        if self.authenticated >= self.settings.max_connections:
+            self.metrics.ws_refused.labels(reason="too_many_connections").inc()
+            return False
+        self._unauthenticated.discard(conn)
+        return True
 
     def _app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_frame_bytes)
@@ -320,15 +341,9 @@ class ControlServer:
     # -- websocket -----------------------------------------------------------------
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
-        if len(self._connections) >= self.settings.max_connections:
-            self.metrics.ws_refused.labels(reason="too_many_connections").inc()
-            return web.json_response(
-                {
-                    "code": ErrorCode.UNAVAILABLE,
-                    "message": f"too many connections (limit {self.settings.max_connections})",
-                },
-                status=503,
-            )
+        limit = self.settings.max_connections
+        if self.authenticated >= limit:
+            return self._too_many("too_many_connections", f"too many connections (limit {limit})")
         if request.headers.get("Upgrade", "").lower() != "websocket":
             refused = self._refuse(request, ENDPOINT_ROLE["/ws"])
             if refused is not None:
@@ -345,6 +360,12 @@ class ControlServer:
             if refused is not None:
                 return refused
             role = self.tokens.role_of(self._bearer(request))
+        if role is None and len(self._unauthenticated) >= self.settings.max_unauthenticated:
+            waiting = self.settings.max_unauthenticated
+            return self._too_many(
+                "too_many_unauthenticated",
+                f"too many connections waiting to authenticate (limit {waiting})",
+            )
         if self._runner is None:
             return web.json_response(
                 {"code": ErrorCode.UNAVAILABLE, "message": "the daemon is stopping"}, status=503
@@ -355,14 +376,18 @@ class ControlServer:
             compress=False,
             heartbeat=30.0,
         )
-        await ws.prepare(request)
         conn = _Connection(self, ws, role)
+        # Counted before the handshake's await: concurrent upgrades see each other.
         self._connections.add(conn)
+        if role is None:
+            self._unauthenticated.add(conn)
         self.metrics.ws_connections.inc()
         try:
+            await ws.prepare(request)
             await conn.run()
         finally:
             self._connections.discard(conn)
+            self._unauthenticated.discard(conn)
             self.metrics.ws_connections.dec()
         return ws
 
@@ -532,6 +557,18 @@ class _Connection:
                 ),
             )
             await self.close(WSCloseCode.POLICY_VIOLATION, "authentication failed")
+            return
+        if not self.server.admit(self):
+            limit = self.server.settings.max_connections
+            await self.send(
+                codec,
+                Error(
+                    id=msg.id,
+                    code=ErrorCode.UNAVAILABLE,
+                    message=f"too many connections (limit {limit})",
+                ),
+            )
+            await self.close(WSCloseCode.TRY_AGAIN_LATER, "too many connections")
             return
         self.role = role
         self.welcomed = True

@@ -34,7 +34,10 @@ class ControlSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     listen: str = "127.0.0.1:8765"
     tokens: list[TokenSpec] = msgspec.field(default_factory=list)
     max_frame_bytes: _AtLeastOne = 1 << 20
-    max_connections: _AtLeastOne = 256
+    max_connections: _AtLeastOne = 256  # clients that have authenticated
+    # Websockets that have not yet authenticated (no valid hello yet), counted apart:
+    # idle sockets that never say hello must not lock authenticated clients out.
+    max_unauthenticated: _AtLeastOne = 32
     messages_per_second: _PositiveRate = 1000.0
     burst: _AtLeastOne = 2000
     max_in_flight: _AtLeastOne = 64  # requests of one connection handled at once
