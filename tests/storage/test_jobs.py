@@ -924,6 +924,10 @@ def test_unique_states_counting_running_must_count_available() -> None:
         Unique(states=frozenset({JobState.RUNNING, JobState.RETRYABLE}))
 
 
+async def _beat(store: Store, leases: list[Lease]) -> None:
+    await store.heartbeat(leases, lease=30)
+
+
 async def test_heartbeats_and_outcomes_of_the_same_jobs_never_deadlock(
     store: Store, store_url: str
 ) -> None:
@@ -942,9 +946,30 @@ async def test_heartbeats_and_outcomes_of_the_same_jobs_never_deadlock(
                 for lease in leases
             ]
             async with anyio.create_task_group() as tg:
-                tg.start_soon(lambda: store.heartbeat(leases[::-1], lease=30))
-                tg.start_soon(lambda: other.heartbeat(leases[100:] + leases[:100], lease=30))
+                tg.start_soon(_beat, store, leases[::-1])
+                tg.start_soon(_beat, other, leases[100:] + leases[:100])
                 tg.start_soon(other.finish, outcomes)
     finally:
         await other.close()
     assert {(c.state, c.count) for c in await store.count_jobs()} == {(JobState.AVAILABLE, 200)}
+
+
+async def test_a_rescue_charges_the_lost_attempt_and_says_the_worker_died(store: Store) -> None:
+    """With max_attempts=1, a job whose worker died ends discarded, the error saying its last
+    attempt's worker died; retry_job runs it again (003/3, M-3)."""
+    job = await store.enqueue(Ping(n=1), max_attempts=1)
+    await store.claim("default", 1, worker="killed", lease=0.05)
+
+    async def rescued() -> bool:
+        return bool(await store.rescue())
+
+    await wait_until(rescued, what="the expired lease to be rescued")
+    info = await store.get_job(job.id or 0)
+    assert info is not None
+    assert (info.state, info.attempt) == (JobState.DISCARDED, 1)
+    [error] = info.errors
+    assert error.type == "fiefdom.LeaseExpired"
+    assert "the lease expired on the last attempt (1 of 1)" in error.message
+    assert "its worker died" in error.message
+    assert await store.retry_job(job.id or 0)
+    assert await state_of(store, job.id) == JobState.AVAILABLE

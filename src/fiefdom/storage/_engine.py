@@ -947,7 +947,11 @@ class JobEngine(Notifications):
                                     state=state,
                                     attempt=0,
                                     at=time.time(),
-                                    detail="lease expired",
+                                    detail=(
+                                        "lease expired on its last attempt: its worker died"
+                                        if state is JobState.DISCARDED
+                                        else "lease expired"
+                                    ),
                                 )
                             )
             except StoreError as exc:

@@ -62,6 +62,22 @@ SUPERSEDED_MESSAGE = (
 )
 
 
+# The error a rescue records on a job whose lease expired (both backends' SQL; the
+# placeholders name columns). A rescue charges the lost attempt, as River and Oban
+# do: a job that kills its worker must not be retried forever. On the last attempt
+# the job is discarded, and the message says that its worker died rather than that
+# its handler failed.
+LEASE_EXPIRED_SQL = (
+    "(CASE WHEN NOT {cancel} AND {attempt} >= {max_attempts} THEN "
+    "'the lease expired on the last attempt (' || {attempt} || ' of ' || {max_attempts} || "
+    "'): its worker died, hung or lost the database while running it. Discarded, not "
+    "retried, because every lost attempt counts (a job that kills its worker must not "
+    "run forever); retry_job runs it again' "
+    "ELSE 'the lease expired: its worker stopped heartbeating (it died, hung or lost "
+    "the database)' END)"
+)
+
+
 def state_mask(states: frozenset[JobState]) -> int:
     mask = 0
     for state in states:

@@ -20,6 +20,7 @@ from asyncpg.pool import PoolConnectionProxy
 from .._errors import StoreError, StoreUnavailable, UniqueConflict
 from . import _migrations
 from ._jobs import (
+    LEASE_EXPIRED_SQL,
     STATE_BITS,
     SUPERSEDED_MESSAGE,
     AttemptError,
@@ -177,6 +178,11 @@ async def _restore_keys(conn: Conn, ids: Sequence[int]) -> None:
 _LOCK_IN_ORDER = (
     "WITH locked AS MATERIALIZED (SELECT id FROM fiefdom_jobs "
     "WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE) "
+)
+
+
+_LEASE_EXPIRED = LEASE_EXPIRED_SQL.format(
+    cancel="j.cancel_requested", attempt="j.attempt", max_attempts="j.max_attempts"
 )
 
 
@@ -552,8 +558,7 @@ class PostgresStore(Store):
                 "THEN now() END, run_at = now(), lease_expires_at = NULL, worker = NULL, "
                 "errors = j.errors || jsonb_build_array(jsonb_build_object('attempt', j.attempt, "
                 "'at', extract(epoch FROM now()), 'type', 'fiefdom.LeaseExpired', 'message', "
-                "'the lease expired: its worker stopped heartbeating (it died, hung or "
-                "lost the database)', 'traceback', '')), "
+                f"{_LEASE_EXPIRED}, 'traceback', '')), "
                 "unique_key = CASE WHEN j.cancel_requested THEN "
                 f"(CASE WHEN j.unique_states & {c} <> 0 THEN j.unique_key END) "
                 "WHEN j.attempt >= j.max_attempts THEN "

@@ -21,6 +21,7 @@ import structlog
 from .._errors import StoreError, StoreUnavailable, UniqueConflict
 from . import _migrations
 from ._jobs import (
+    LEASE_EXPIRED_SQL,
     STATE_BITS,
     SUPERSEDED_MESSAGE,
     AttemptError,
@@ -159,6 +160,11 @@ _SUPERSEDE_SQL = (
     f"AND j.unique_states & {state_bit_sql('j.state')} "
     "AND h.unique_key = j.unique_digest AND h.id <> j.id "
     "RETURNING id"
+)
+
+
+_LEASE_EXPIRED = LEASE_EXPIRED_SQL.format(
+    cancel="cancel_requested", attempt="attempt", max_attempts="max_attempts"
 )
 
 
@@ -502,8 +508,7 @@ class SQLiteStore(Store):
                 "THEN ?1 END, run_at = ?1, lease_expires_at = NULL, worker = NULL, "
                 "errors = json_insert(errors, '$[#]', json_object('attempt', attempt, "
                 "'at', ?1, 'type', 'fiefdom.LeaseExpired', 'message', "
-                "'the lease expired: its worker stopped heartbeating (it died, hung or "
-                "lost the database)', 'traceback', '')), "
+                f"{_LEASE_EXPIRED}, 'traceback', '')), "
                 f"unique_key = CASE WHEN cancel_requested THEN "
                 f"(CASE WHEN unique_states & {c} THEN unique_key END) "
                 f"WHEN attempt >= max_attempts THEN "
