@@ -180,8 +180,10 @@ class DrainQueue(_Frame, tag="queues.drain"):
 
 
 class Drain(_Frame, tag="drain"):
-    """Drain the whole daemon: stop claiming jobs, report not ready, let running
-    work finish. The daemon stays up (for inspection) until it is stopped."""
+    """Drain the whole daemon: its engine stops claiming jobs (other daemons on the
+    database go on), it reports not ready, and running jobs finish within the
+    shutdown deadline or go back to their queue. It stays up (for inspection) until
+    it is stopped."""
 
     id: int
     timeout: float | None = None
