@@ -147,6 +147,13 @@ _SUPERSEDE_SQL = (
 )
 
 
+# Whether an outcome brings a job into a state its uniqueness counts while it does
+# not hold its key (d.bit: the new state's bit).
+_NEEDS_KEY = (
+    "(j.unique_key IS NULL AND j.unique_digest IS NOT NULL AND j.unique_states & d.bit <> 0)"
+)
+
+
 async def _restore_keys(conn: Conn, ids: Sequence[int]) -> None:
     """Give jobs that just re-entered a counted state their unique key back, or
     supersede them by the duplicate holding it (``Unique``'s docstring). Call it
@@ -473,14 +480,26 @@ class PostgresStore(Store):
             return set()
 
         async def run(conn: Conn) -> list[asyncpg.Record]:
-            async with conn.transaction():
-                return await finish_in(conn)
+            # One statement, outside a transaction, records every outcome that does
+            # not bring a job back into a counted state without its unique key (all
+            # but a few). The others need their key restored in the same transaction.
+            rows = list(await update(conn, outcomes, "AND NOT " + _NEEDS_KEY + " "))
+            done = {r[0] for r in rows}
+            rest = [o for o in outcomes if o.lease.job_id not in done]
+            if rest:  # those, and stale leases (which match nothing again)
+                async with conn.transaction():
+                    more = await update(conn, rest, "")
+                    await _restore_keys(conn, [r[0] for r in more])
+                rows += more
+            await self._notify_queues(conn, sorted({r[1] for r in rows if r[2] == "available"}))
+            return rows
 
-        # By id: heartbeats lock the same rows in the same order (_LOCK_IN_ORDER).
-        outcomes = sorted(outcomes, key=lambda o: o.lease.job_id)
-
-        async def finish_in(conn: Conn) -> list[asyncpg.Record]:
-            rows = await conn.fetch(
+        async def update(
+            conn: Conn, outcomes: Sequence[Outcome], condition: str
+        ) -> list[asyncpg.Record]:
+            # By id: heartbeats lock the same rows in the same order (_LOCK_IN_ORDER).
+            outcomes = sorted(outcomes, key=lambda o: o.lease.job_id)
+            return await conn.fetch(
                 _LOCK_IN_ORDER + "UPDATE fiefdom_jobs AS j SET state = d.state, "
                 "attempt = j.attempt - d.refund, "
                 "run_at = CASE WHEN d.delay IS NULL THEN j.run_at "
@@ -495,8 +514,7 @@ class PostgresStore(Store):
                 "$5::integer[], $6::text[], $7::smallint[]) "
                 "AS d(id, token, state, delay, refund, error, bit), locked "
                 "WHERE j.id = d.id AND j.id = locked.id AND j.lease_token = d.token "
-                "AND j.state = 'running' "
-                "RETURNING j.id, j.queue, j.state",
+                "AND j.state = 'running' " + condition + "RETURNING j.id, j.queue, j.state",
                 [o.lease.job_id for o in outcomes],
                 [o.lease.token for o in outcomes],
                 [o.state.value for o in outcomes],
@@ -508,9 +526,6 @@ class PostgresStore(Store):
                 ],
                 [STATE_BITS[o.state] for o in outcomes],
             )
-            await _restore_keys(conn, [r[0] for r in rows])
-            await self._notify_queues(conn, sorted({r[1] for r in rows if r[2] == "available"}))
-            return rows
 
         rows = await self._run(run)
         self._wake_local(sorted({r[1] for r in rows if r[2] == "available"}))
