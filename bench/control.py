@@ -120,7 +120,10 @@ def wait_tcp(port: int, deadline: float = 30.0) -> None:
 async def client_loop(
     session: aiohttp.ClientSession, url: str, token: str | None, stop_at: float
 ) -> int:
-    async with session.ws_connect(url, compress=0) as ws:
+    # The token goes in the upgrade too, as fiefdom's client sends it: connections
+    # still to authenticate have a small limit of their own on the daemon.
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    async with session.ws_connect(url, compress=0, headers=headers) as ws:
         if token is not None:
             await ws.send_str(json.dumps({"type": "hello", "id": 0, "token": token}))
             assert json.loads((await ws.receive()).data)["type"] == "welcome"
