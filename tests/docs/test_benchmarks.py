@@ -1,0 +1,58 @@
+"""The benchmarks still run (at tiny sizes) and print their figures as JSON next to
+a baseline measured in the same run. Nothing here looks at the speed itself."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def run(script: str, *args: str) -> list[dict[str, object]]:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert lines, "the benchmark printed nothing"
+    return [json.loads(line) for line in lines]
+
+
+@pytest.mark.slow
+def test_actor_benchmark_prints_figures_with_baselines() -> None:
+    """bench/actors.py: tell and ask figures, each with its baseline and ratio."""
+    figures = run("actors.py", "--quick", "--only", "tell", "--only", "ask")
+    assert [f["figure"] for f in figures] == ["tell_throughput", "ask_round_trips"]
+    for figure in figures:
+        assert {"baseline_per_s", "ratio", "loop"} <= figure.keys()
+
+
+@pytest.mark.slow
+def test_job_benchmark_prints_figures_with_baselines() -> None:
+    """bench/jobs.py on SQLite: enqueue, drain and pickup figures beside aiosqlite's."""
+    figures = run(
+        "jobs.py", "--jobs", "200", "--samples", "5", "--backend", "sqlite", "--loop", "asyncio"
+    )
+    names = {str(f["figure"]) for f in figures}
+    assert {"enqueue", "drain", "pickup_latency"} <= names
+    assert any(name.startswith("baseline") for name in names)
+
+
+@pytest.mark.slow
+def test_control_benchmark_prints_figures_with_baselines() -> None:
+    """bench/control.py: 1 and 50 clients through the daemon beside a bare echo server."""
+    (report,) = run("control.py", "--seconds", "0.2")
+    results = report["results"]
+    assert isinstance(results, dict)
+    for clients in ("1_client", "50_clients"):
+        assert {"fiefdom_calls_per_s", "bare_echo_per_s", "ratio"} <= results[clients].keys()
