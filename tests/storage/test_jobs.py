@@ -827,8 +827,9 @@ class Sync(Job):
     account: str
 
 
-async def _fail(store: Store, claimed: Any) -> None:
-    """Record a failed attempt the way the engine does: retryable in a minute."""
+async def _fail(store: Store, claimed: Any) -> JobState:
+    """Record a failed attempt the way the engine does (retryable in a minute); returns
+    the state the store says the job ended in."""
     error = fiefdom.storage.AttemptError(
         attempt=claimed.attempt, at=time.time(), type="E", message="boom"
     )
@@ -842,7 +843,8 @@ async def _fail(store: Store, claimed: Any) -> None:
             )
         ]
     )
-    assert done == {claimed.id}
+    assert list(done) == [claimed.id]
+    return done[claimed.id]
 
 
 async def test_a_job_that_fails_back_into_a_counted_state_takes_its_unique_key_back(
@@ -852,7 +854,7 @@ async def test_a_job_that_fails_back_into_a_counted_state_takes_its_unique_key_b
     duplicate enqueued afterwards is refused (H-3)."""
     first = await store.enqueue(Sync(account="x"))
     [claimed] = await store.claim("default", 1, worker="w", lease=30)
-    await _fail(store, claimed)
+    assert await _fail(store, claimed) == JobState.RETRYABLE
     assert await state_of(store, first.id) == JobState.RETRYABLE
     again = await store.enqueue(Sync(account="x"))
     assert (again.duplicate, again.id) == (True, first.id)
@@ -868,7 +870,7 @@ async def test_a_job_coming_back_while_a_duplicate_waits_is_superseded_by_it(
     [claimed] = await store.claim("default", 1, worker="w", lease=30)
     second = await store.enqueue(Sync(account="x"))
     assert not second.duplicate
-    await _fail(store, claimed)
+    assert await _fail(store, claimed) == JobState.CANCELLED  # what finish reports, too
     info = await store.get_job(first.id or 0)
     assert info is not None
     assert info.state == JobState.CANCELLED
@@ -973,3 +975,40 @@ async def test_a_rescue_charges_the_lost_attempt_and_says_the_worker_died(store:
     assert "its worker died" in error.message
     assert await store.retry_job(job.id or 0)
     assert await state_of(store, job.id) == JobState.AVAILABLE
+
+
+async def test_the_engine_reports_a_superseded_job_as_cancelled(store: Store) -> None:
+    """A job failing back into a counted state while a duplicate waits is superseded:
+    the engine's event says cancelled (what the table holds), not retryable (H-3)."""
+    events: list[JobEvent] = []
+    release = anyio.Event()
+    started = anyio.Event()
+
+    async def handler(job: Sync, ctx: JobContext[Any]) -> None:
+        if ctx.id == first.id:
+            started.set()
+            await release.wait()
+            raise RuntimeError("first attempt fails")
+
+    eng = engine(store)
+    eng.register(Sync, handler)
+    eng.subscribe(events.append)
+    first = await store.enqueue(Sync(account="y"))
+    async with eng:
+        await started.wait()
+        # The duplicate waits (scheduled a minute out), holding the unique key.
+        second = await store.enqueue(Sync(account="y"), delay=60.0)
+        assert not second.duplicate
+        release.set()
+
+        async def first_ended() -> bool:
+            return any(e.job_id == first.id and e.state is not JobState.RUNNING for e in events)
+
+        await wait_until(first_ended, what="the first job to end")
+    final = {e.job_id: e.state for e in events if e.state is not JobState.RUNNING}
+    assert final == {first.id: JobState.CANCELLED}
+    assert await state_of(store, second.id) == JobState.SCHEDULED
+    superseded = next(e for e in events if e.job_id == first.id and e.state is JobState.CANCELLED)
+    assert superseded.detail is not None
+    assert "superseded" in superseded.detail
+    assert await state_of(store, first.id) == JobState.CANCELLED

@@ -831,16 +831,18 @@ class JobEngine(Notifications):
                 for held, outcome in batch:
                     self._release(held)
                     assert outcome is not None
-                    if held.job.id in done:
-                        state = outcome.state.value
-                        self._outcomes[state] = self._outcomes.get(state, 0) + 1
+                    ended = done.get(held.job.id)
+                    if ended is not None:
+                        self._outcomes[ended.value] = self._outcomes.get(ended.value, 0) + 1
                         if self._subscribers:
                             detail = None if outcome.error is None else outcome.error.message
-                            if held.cancel_reason == "pause":
+                            if ended is not outcome.state:
+                                detail = "superseded by a waiting job with its unique key"
+                            elif held.cancel_reason == "pause":
                                 detail = "given back unrun: its queue was paused"
                             elif outcome.refund and outcome.state is JobState.AVAILABLE:
                                 detail = "given back at shutdown"
-                            self._emit(held.job, outcome.state, detail)
+                            self._emit(held.job, ended, detail)
                     else:
                         self._stale += 1
                         log.warning(

@@ -154,12 +154,12 @@ _NEEDS_KEY = (
 )
 
 
-async def _restore_keys(conn: Conn, ids: Sequence[int]) -> None:
+async def _restore_keys(conn: Conn, ids: Sequence[int]) -> set[int]:
     """Give jobs that just re-entered a counted state their unique key back, or
     supersede them by the duplicate holding it (``Unique``'s docstring). Call it
     inside the transaction that changed their state."""
     if not ids:
-        return
+        return set()
     for _ in range(5):
         try:
             # A savepoint: a concurrent enqueue (or another engine's restore) may
@@ -173,6 +173,7 @@ async def _restore_keys(conn: Conn, ids: Sequence[int]) -> None:
     superseded = await conn.fetch(_SUPERSEDE_SQL, list(ids))
     if superseded:
         log.info("superseded jobs by waiting duplicates", ids=[r[0] for r in superseded])
+    return {r[0] for r in superseded}
 
 
 # Heartbeats and outcome writes of one engine run at once on two connections and
@@ -475,9 +476,10 @@ class PostgresStore(Store):
         )
         return [ClaimedJob.from_row(r) for r in rows]
 
-    async def finish(self, outcomes: Sequence[Outcome]) -> set[int]:
+    async def finish(self, outcomes: Sequence[Outcome]) -> dict[int, JobState]:
         if not outcomes:
-            return set()
+            return {}
+        superseded: set[int] = set()
 
         async def run(conn: Conn) -> list[asyncpg.Record]:
             # One statement, outside a transaction, records every outcome that does
@@ -489,7 +491,7 @@ class PostgresStore(Store):
             if rest:  # those, and stale leases (which match nothing again)
                 async with conn.transaction():
                     more = await update(conn, rest, "")
-                    await _restore_keys(conn, [r[0] for r in more])
+                    superseded.update(await _restore_keys(conn, [r[0] for r in more]))
                 rows += more
             await self._notify_queues(conn, sorted({r[1] for r in rows if r[2] == "available"}))
             return rows
@@ -529,7 +531,7 @@ class PostgresStore(Store):
 
         rows = await self._run(run)
         self._wake_local(sorted({r[1] for r in rows if r[2] == "available"}))
-        return {r[0] for r in rows}
+        return {r[0]: JobState.CANCELLED if r[0] in superseded else JobState(r[2]) for r in rows}
 
     async def heartbeat(
         self, leases: Sequence[Lease], *, lease: float

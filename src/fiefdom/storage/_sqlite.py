@@ -440,9 +440,9 @@ class SQLiteStore(Store):
             )
         return [ClaimedJob.from_row(r) for r in rows]
 
-    async def finish(self, outcomes: Sequence[Outcome]) -> set[int]:
+    async def finish(self, outcomes: Sequence[Outcome]) -> dict[int, JobState]:
         if not outcomes:
-            return set()
+            return {}
         batch = msgspec.json.encode(
             [
                 (
@@ -475,9 +475,9 @@ class SQLiteStore(Store):
                 "RETURNING id, queue, state",
                 (now, batch),
             )
-            await self._restore_keys(tx, [r[0] for r in rows], now)
+            superseded = await self._restore_keys(tx, [r[0] for r in rows], now)
             tx.wake.update(r[1] for r in rows if r[2] == "available")
-        return {r[0] for r in rows}
+        return {r[0]: JobState.CANCELLED if r[0] in superseded else JobState(r[2]) for r in rows}
 
     async def heartbeat(
         self, leases: Sequence[Lease], *, lease: float
@@ -539,17 +539,20 @@ class SQLiteStore(Store):
             tx.wake.update(queues)
         return queues
 
-    async def _restore_keys(self, tx: _SQLiteTransaction, ids: Sequence[int], now: float) -> None:
+    async def _restore_keys(
+        self, tx: _SQLiteTransaction, ids: Sequence[int], now: float
+    ) -> set[int]:
         """Give jobs that just re-entered a counted state their unique key back, or
         supersede them by the duplicate holding it (``Unique``'s docstring). The
         write lock is held, so no enqueue can take a key between the two steps."""
         if not ids:
-            return
+            return set()
         batch = msgspec.json.encode(list(ids)).decode()
         await tx.raw(_RESTORE_KEYS_SQL, (batch,))
         superseded = await tx.raw(_SUPERSEDE_SQL, (batch, now))
         if superseded:
             log.info("superseded jobs by waiting duplicates", ids=[r[0] for r in superseded])
+        return {r[0] for r in superseded}
 
     async def insert_periodic(self, row: NewJob) -> bool:
         result = await self.insert_jobs([row])

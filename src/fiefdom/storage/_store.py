@@ -311,9 +311,11 @@ class Store(abc.ABC):
         run_at, then id), each with a lease of ``lease`` seconds and a new token."""
 
     @abc.abstractmethod
-    async def finish(self, outcomes: Sequence[Outcome]) -> set[int]:
-        """Record outcomes in one statement; returns the ids whose lease was current
-        (the others were stale and changed nothing)."""
+    async def finish(self, outcomes: Sequence[Outcome]) -> dict[int, JobState]:
+        """Record outcomes in one statement; returns, for each job whose lease was
+        current, the state it ended in: the outcome's, or ``cancelled`` when it was
+        superseded by a waiting duplicate holding its unique key. Stale leases are
+        left out (they changed nothing)."""
 
     async def complete(self, lease: Lease) -> None:
         """Mark one job completed; StaleLease when the lease was taken over."""
