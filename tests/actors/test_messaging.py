@@ -3,6 +3,7 @@ call cycles failing at once (GUARANTEES 001/7, 004/1), statistics and structured
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import anyio
@@ -340,3 +341,83 @@ async def test_log_events_carry_the_actor_path_and_key() -> None:
     assert {"actor": "t/talkers/k1", "key": "k1", "text": "keyed"}.items() <= notes[1].items()
     crash = next(e for e in logs if e["event"] == "actor crashed")
     assert (crash["actor"], crash["key"], crash["log_level"]) == ("t/talkers/k2", "k2", "error")
+
+
+class PingB(fiefdom.Request[str]):
+    pass
+
+
+class GoB(fiefdom.Request[str]):
+    pass
+
+
+async def test_a_task_started_in_on_start_is_not_part_of_a_call_chain() -> None:
+    """DESIGN rule 6 without false alarms: a background task an actor started in
+    on_start may ask B while the actor is handling an ask from B (nobody waits on it)."""
+    refs: dict[str, fiefdom.ActorRef[Any]] = {}
+    answers: list[str] = []
+    asked = anyio.Event()
+
+    class B(fiefdom.Actor[PingB | GoB]):
+        async def receive(self, msg: PingB | GoB) -> str:
+            if isinstance(msg, GoB):
+                return await refs["a"].ask(PingB())  # B waits on A
+            return "b-pong"
+
+    class A(fiefdom.Actor[PingB]):
+        async def on_start(self) -> None:
+            self.go = anyio.Event()
+            self.helper = asyncio.get_running_loop().create_task(self.background())
+
+        async def background(self) -> None:
+            await self.go.wait()
+            answers.append(await refs["b"].ask(PingB()))
+            asked.set()
+
+        async def receive(self, msg: PingB) -> str:
+            self.go.set()
+            # While B's ask runs here, the helper's ask must be queued at B (a false
+            # cycle error would refuse it instead, and this wait would never end).
+            while refs["b"].statistics().mailbox_depth == 0:  # noqa: ASYNC110
+                await anyio.sleep(0.001)
+            return "a-pong"
+
+        async def on_stop(self) -> None:
+            self.helper.cancel()
+
+    async with fiefdom.ActorSystem(name="t") as system:
+        refs["a"] = await system.spawn(A, name="a")
+        refs["b"] = await system.spawn(B, name="b")
+        with anyio.fail_after(10):
+            assert await refs["b"].ask(GoB()) == "a-pong"
+            await asked.wait()
+    assert answers == ["b-pong"]
+
+
+async def test_a_task_started_inside_a_handler_still_detects_the_cycle() -> None:
+    """DESIGN rule 6: a task a handler starts and awaits belongs to the handler's call
+    chain, so its ask back to the waiting caller fails at once with CallCycleError."""
+    refs: dict[str, fiefdom.ActorRef[Any]] = {}
+
+    class B(fiefdom.Actor[PingB | GoB]):
+        async def receive(self, msg: PingB | GoB) -> str:
+            if isinstance(msg, GoB):
+                return await refs["a"].ask(PingB())
+            return "b-pong"
+
+    class A(fiefdom.Actor[PingB]):
+        async def receive(self, msg: PingB) -> str:
+            async def ask_back() -> str:
+                return await refs["b"].ask(PingB())
+
+            task = asyncio.get_running_loop().create_task(ask_back())
+            try:
+                return await task
+            except fiefdom.CallCycleError as exc:
+                return " -> ".join(exc.cycle)
+
+    async with fiefdom.ActorSystem(name="t") as system:
+        refs["a"] = await system.spawn(A, name="a")
+        refs["b"] = await system.spawn(B, name="b")
+        with anyio.fail_after(10):
+            assert await refs["b"].ask(GoB()) == "t/b -> t/a -> t/b"

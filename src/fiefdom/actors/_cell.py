@@ -31,12 +31,17 @@ DEFAULT_CAPACITY = 1000
 DEFAULT_ASK_TIMEOUT = 5.0
 DEFAULT_CANCEL_GRACE = 5.0
 
-# The cell whose handler is running in this task (None outside actors). The chain of
-# actors behind an ask (DESIGN rule 6) is derived from it: the running ask of that
-# cell knows the chain it was sent with. A context variable for the chain itself
-# would cost a set and a reset per message.
+# The cell whose incarnation runs in this task (None outside actors), set once per
+# incarnation: run_process and the actor's context find their owner through it.
 current_cell: contextvars.ContextVar[Cell[Any] | None] = contextvars.ContextVar(
     "fiefdom_current_cell", default=None
+)
+# The ask whose handler is running in this task, or that started this task: a task
+# created inside a handler inherits it (its asks belong to that call chain while the
+# handler runs), a task created in on_start does not (it waits on behalf of nobody).
+# Set per ask only, never per tell.
+handling: contextvars.ContextVar[Ask | None] = contextvars.ContextVar(
+    "fiefdom_handling", default=None
 )
 
 
@@ -205,13 +210,14 @@ class Cell(Generic[M]):
             await self.mailbox.put(msg)
 
     async def ask(self, msg: object, timeout: float | None) -> object:
-        caller = current_cell.get()
-        running = None if caller is None else caller._running_ask
-        if running is None:
+        running = handling.get()
+        if running is None or running.state != RUNNING:
+            # Not on behalf of a running handler (or its handler has returned, so
+            # nobody waits on it): the chain starts here.
             chain: tuple[Cell[Any], ...] = ()
         else:
-            # Asked from a handler of an ask: the caller's chain and the caller.
-            chain = (*running.chain, caller)  # type: ignore[arg-type]  # not None here
+            # Asked from a handler of an ask (or a task it started): its chain and it.
+            chain = (*running.chain, running.cell)
             if self in chain:
                 start = chain.index(self)
                 raise CallCycleError([c.path for c in chain[start:]] + [self.path])
@@ -384,6 +390,7 @@ class Cell(Generic[M]):
                         self.current = msg = item.msg
                         self.current_since = time.monotonic()
                         self._running_ask = item
+                        token = handling.set(item)
                         try:
                             if type(msg) is Invoke:
                                 result = await msg.fn(instance)
@@ -395,6 +402,7 @@ class Cell(Generic[M]):
                                 item.future.set_exception(self._failure_of(item, exc))
                             raise  # our own cancellation is caught by the scope
                         finally:
+                            handling.reset(token)
                             self._running_ask = None
                             self.current = None
                             self._cancel_requested_at = None
