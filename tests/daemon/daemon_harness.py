@@ -27,6 +27,7 @@ def write_config(
     extra: str = "",
     control: str = "",
     shutdown_timeout: float = 10.0,
+    listen: str = "127.0.0.1:0",
 ) -> Path:
     """A configuration for a test daemon in ``folder`` (data under ``folder/data``)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -42,7 +43,7 @@ modules = {json.dumps(list(modules))}
 python_path = [{json.dumps(str(APP_DIR))}]
 
 [control]
-listen = "127.0.0.1:0"
+listen = "{listen}"
 messages_per_second = 100000.0
 burst = 100000
 {control}
@@ -80,15 +81,7 @@ class DaemonProcess:
     def start(self) -> DaemonProcess:
         endpoint = self.data / "control.json"
         endpoint.unlink(missing_ok=True)
-        env = {**os.environ, **self.env}
-        if self.proc is not None:
-            assert self.proc.poll() is not None, "the daemon is still running"
-            self.log_file.close()
-        # Appending: a restarted daemon's log follows the previous run's.
-        self.log_file = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            self.command(), stdout=self.log_file, stderr=subprocess.STDOUT, env=env, cwd=self.cwd
-        )
+        self.launch()
         deadline = time.monotonic() + READY_DEADLINE
         while not endpoint.is_file():
             self._check_alive(deadline, "write its control.json")
@@ -98,6 +91,18 @@ class DaemonProcess:
         while self.http("/readyz")[0] != 200:
             self._check_alive(deadline, "answer /readyz")
         return self
+
+    def launch(self) -> None:
+        """Start the process without waiting for anything."""
+        env = {**os.environ, **self.env}
+        if self.proc is not None:
+            assert self.proc.poll() is not None, "the daemon is still running"
+            self.log_file.close()
+        # Appending: a restarted daemon's log follows the previous run's.
+        self.log_file = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.command(), stdout=self.log_file, stderr=subprocess.STDOUT, env=env, cwd=self.cwd
+        )
 
     def __enter__(self) -> DaemonProcess:
         return self.start()

@@ -4,12 +4,15 @@ process exits 0, and after a restart every job ends completed."""
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
+import time
 from pathlib import Path
 
 import anyio
 import pytest
-from daemon_harness import DaemonProcess, write_config
+from daemon_harness import READY_DEADLINE, DaemonProcess, write_config
 
 import fiefdom
 from fiefdom.protocol import JobEvent
@@ -166,5 +169,51 @@ async def test_drain_outlasting_the_reply_timeout_waits_for_its_own(tmp_path: Pa
             job = await client.job(ids[0])
             # Cancelled at the deadline and given back, as a SIGTERM's drain does.
             assert job.state == "available"
+    finally:
+        daemon.stop()
+
+
+def _free_port() -> int:
+    # The OS picks a free port; the daemon binds it at once (a fixed address lets the
+    # test reach the control channel before the daemon writes its control.json).
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_a_drain_during_startup_leaves_no_engine_running(tmp_path: Path) -> None:
+    """A drain sent once the channel answers stops the engine; the daemon stays up, unready."""
+    port = _free_port()
+    config = write_config(
+        tmp_path,
+        listen=f"127.0.0.1:{port}",
+        # A paused queue: building the engine awaits its pause, after the channel is up.
+        extra="[jobs.queues.held]\npaused = true\n",
+    )
+    daemon = DaemonProcess(config)
+    daemon.launch()
+    try:
+        daemon.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + READY_DEADLINE
+        # The channel answers (with any status) once the control child has started.
+        while daemon.http("/healthz", token=None)[0] == 0:
+            daemon._check_alive(deadline, "answer /healthz")
+        daemon.token = (daemon.data / "admin.token").read_text().strip()
+        async with fiefdom.connect(daemon.url, token=daemon.token) as client:
+            await client.drain(timeout=30)
+            # Up and answering, but not ready: the engine was not started or was stopped.
+            status, body = daemon.http("/readyz")
+            assert status == 503, (status, body)
+            checks = json.loads(body)["checks"]
+            assert checks["jobs"] is False, checks
+            assert checks["accepting"] is False, checks
+            assert daemon.proc is not None
+            assert daemon.proc.poll() is None, daemon.log()
+            await client.stop()
+        assert daemon.wait(60) == 0, daemon.log()
+        log = daemon.log()
+        assert "drained: the job engine has stopped" in log
+        assert "daemon failed" not in log
     finally:
         daemon.stop()

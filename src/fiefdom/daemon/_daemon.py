@@ -143,6 +143,9 @@ class Daemon:
         self._drain_task: asyncio.Future[None] | None = None
         self._stop_mode: StopMode | None = None
         self._stop_requested = asyncio.Event()
+        # Set once the tree has finished starting (or failed to): a drain waits for
+        # it, so that it never races the start of the engine.
+        self._tree_started = asyncio.Event()
         self._signals = 0
 
     # -- ControlHost -----------------------------------------------------------------
@@ -212,6 +215,10 @@ class Daemon:
             await asyncio.shield(self._drain_task)
 
     async def _stop_engine(self) -> None:
+        # A drain that arrives while the tree starts waits until it has: the engine
+        # then either was not started (``_draining`` is read again just before) or
+        # has started, and is stopped here; never half-way through its start.
+        await self._tree_started.wait()
         # Through the supervisor, so that the engine's graceful stop (running jobs
         # finish until shutdown_timeout, then go back to their queue) is not taken
         # for an exit to restart from.
@@ -317,6 +324,13 @@ class Daemon:
         log.info("daemon stopped", name=self.name)
 
     async def _start_tree(self, store: Store, tokens: TokenTable) -> None:
+        try:
+            await self._start_children(store, tokens)
+        finally:
+            # Even on failure: a drain waiting for the start must not wait forever.
+            self._tree_started.set()
+
+    async def _start_children(self, store: Store, tokens: TokenTable) -> None:
         config = self.config
         root = self.system.root
         # The store is a child like the others, so that it closes last; it is started
@@ -341,13 +355,18 @@ class Daemon:
         self.server = server
         if config.jobs.enabled and not self._draining:
             engine = await self.jobs_adapter.build_engine()
-            await root.start_child(
-                ServiceSpec(
-                    "jobs",
-                    lambda: engine,
-                    shutdown=config.daemon.shutdown_timeout + _STOP_MARGIN,
+            # Read again: a drain (or a stop) may have arrived while the engine was
+            # built (it awaits the pausing of the configured queues). Nothing awaits
+            # between this check and start_child, and a drain waits for the start to
+            # finish before it stops the engine.
+            if not self._draining:
+                await root.start_child(
+                    ServiceSpec(
+                        "jobs",
+                        lambda: engine,
+                        shutdown=config.daemon.shutdown_timeout + _STOP_MARGIN,
+                    )
                 )
-            )
         self._write_endpoint(server)
         log.info(
             "daemon ready",
