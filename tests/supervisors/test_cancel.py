@@ -177,3 +177,41 @@ async def test_shutdown_does_not_wait_out_a_restart_backoff() -> None:
             await sup.ref("h").ask(Crash())
         await anyio.wait_all_tasks_blocked()
     assert starts == [1]
+
+
+class StartsSlowly(fiefdom.Actor[Crash]):
+    """on_start waits until released; it records that it was cancelled."""
+
+    def __init__(self, log: list[str], entered: anyio.Event) -> None:
+        self.log = log
+        self.entered = entered
+
+    async def on_start(self) -> None:
+        self.entered.set()
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            self.log.append("start cancelled")
+            raise
+
+    async def receive(self, msg: Crash) -> None:
+        return None
+
+
+async def test_a_spawn_given_up_during_on_start_leaves_no_orphan() -> None:
+    """000/1e: a spawn whose caller gives up while on_start runs cancels that start;
+    the name is free again and leaving the system returns with no task left."""
+    log: list[str] = []
+    entered = anyio.Event()
+    async with fiefdom.ActorSystem(name="c") as system:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+
+                async def spawn() -> None:
+                    await system.spawn(lambda: StartsSlowly(log, entered), name="s", shutdown=HOUR)
+
+                tg.start_soon(spawn)
+                await entered.wait()
+                scope.cancel()
+        assert log == ["start cancelled"]
+        assert "s" not in system.root.which_children()

@@ -207,6 +207,15 @@ class Supervisor:
         try:
             await self._start(child)
         except BaseException:
+            # The caller gave up (or the start failed): a child still starting must
+            # not run on unsupervised, so it is cancelled and waited for first.
+            if not child.done.is_set():
+                with anyio.CancelScope(shield=True):
+                    child.stopping = True
+                    child.runnable.request_stop("exit")
+                    child.runnable.cancel()
+                    await child.done.wait()
+            child.runnable.close("its start was abandoned")
             self._children.remove(child)
             raise
         return child.runnable
@@ -312,6 +321,11 @@ class Supervisor:
             await self._on_exit(child, exc)
 
     async def _on_exit(self, child: _Child, exc: Exception | None) -> None:
+        if self._stop_pending:
+            # Stopping: an exit that was queued ahead of the stop restarts nothing
+            # (nor counts toward the intensity); the child is closed with the rest.
+            child.running = False
+            return
         spec = child.spec
         path = child.runnable.path
         if exc is not None:
