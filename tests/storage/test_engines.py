@@ -18,7 +18,7 @@ from kill_worker import Chunk
 from storage_helpers import engine, wait_until
 
 import fiefdom
-from fiefdom.storage import Job, JobContext, JobOptions, JobState, Store, open_store
+from fiefdom.storage import Job, JobContext, JobEvent, JobOptions, JobState, Store, open_store
 
 HERE = Path(__file__).resolve().parent
 
@@ -348,3 +348,91 @@ async def test_a_domain_jobs_timeout_counts_from_when_its_handler_starts(store: 
     assert info is not None
     assert info.state == JobState.DISCARDED
     assert [e.type for e in info.errors] == ["builtins.TimeoutError"]
+
+
+async def test_a_paused_domain_keys_jobs_give_their_queue_slots_back(store: Store) -> None:
+    """A paused key's jobs go back unrun, so a plain job in their queue runs; later they run."""
+    ran: list[str] = []
+    events: list[JobEvent] = []
+
+    async def apply(job: Apply, ctx: JobContext[Account]) -> None:
+        ran.append(job.account)
+
+    async def unit(job: Unit, ctx: JobContext[Any]) -> None:
+        ran.append(f"unit {job.n}")
+
+    async with fiefdom.ActorSystem(name="bank") as system:
+        accounts = system.domain("accounts", Account, idle_timeout=None)
+        accounts.pause()
+        eng = engine(store, queues={"default": 2}, domains={"accounts": accounts})
+        eng.register(Apply, apply)
+        eng.register(Unit, unit)
+        eng.subscribe(events.append)
+        applies = [await store.enqueue(Apply(account=a, n=0)) for a in ("a", "b")]
+        plain = await store.enqueue(Unit(n=1))
+        async with eng:
+
+            async def plain_done() -> bool:
+                info = await store.get_job(plain.id or 0)
+                return info is not None and info.state == JobState.COMPLETED
+
+            await wait_until(plain_done, what="the plain job to run beside the paused key's")
+
+            def both_given_back() -> bool:
+                return {
+                    e.job_id for e in events if e.detail and "domain key is paused" in e.detail
+                } == {a.id for a in applies}
+
+            await wait_until(both_given_back, what="both domain jobs to be given back")
+            assert ran == ["unit 1"]
+            accounts.resume()
+
+            async def all_done() -> bool:
+                counts = {c.state: c.count for c in await store.count_jobs()}
+                return counts == {JobState.COMPLETED: 3}
+
+            await wait_until(all_done, what="the domain jobs to run after the resume")
+    assert sorted(ran) == ["a", "b", "unit 1"]
+    for queued in applies:
+        info = await store.get_job(queued.id or 0)
+        assert info is not None
+        assert info.attempt == 1, "a give-back uses no attempt"
+
+
+async def test_a_domain_job_stuck_behind_its_keys_work_is_given_back(store: Store) -> None:
+    """A domain job its key's busy actor does not take within the lease goes back unrun."""
+    busy = anyio.Event()
+    release = anyio.Event()
+    events: list[JobEvent] = []
+
+    async def occupy(actor: Account) -> None:
+        busy.set()
+        await release.wait()
+
+    async def apply(job: Apply, ctx: JobContext[Account]) -> None:
+        return None
+
+    async with fiefdom.ActorSystem(name="bank") as system, anyio.create_task_group() as tg:
+        accounts = system.domain("accounts", Account, idle_timeout=None)
+        tg.start_soon(lambda: accounts.call("a", occupy, timeout=None))
+        await busy.wait()
+        eng = engine(store, domains={"accounts": accounts}, lease=0.5, heartbeat=0.1)
+        eng.register(Apply, apply)
+        eng.subscribe(events.append)
+        queued = await store.enqueue(Apply(account="a", n=0))
+        async with eng:
+
+            def given_back() -> bool:
+                return any(e.detail and "did not take it within" in e.detail for e in events)
+
+            await wait_until(given_back, what="the stuck job to be given back")
+            release.set()
+
+            async def done() -> bool:
+                info = await store.get_job(queued.id or 0)
+                return info is not None and info.state == JobState.COMPLETED
+
+            await wait_until(done, what="the job to run once its key is free")
+    info = await store.get_job(queued.id or 0)
+    assert info is not None
+    assert info.attempt == 1, "a give-back uses no attempt"

@@ -141,7 +141,7 @@ CancelReason = Literal["cancel", "lease", "shutdown", "pause"]
 class _Held:
     """A job this engine claimed and has not yet recorded."""
 
-    __slots__ = ("cancel_reason", "finished", "job", "runner", "scope")
+    __slots__ = ("cancel_reason", "finished", "given_back", "job", "runner", "scope")
 
     def __init__(self, job: ClaimedJob, runner: _Runner) -> None:
         self.job = job
@@ -149,6 +149,7 @@ class _Held:
         self.scope: anyio.CancelScope | None = None
         self.cancel_reason: CancelReason | None = None
         self.finished = False  # its outcome was handed to the finisher
+        self.given_back: str | None = None  # why it went back unrun (its event's detail)
 
 
 class _Runner:
@@ -174,6 +175,15 @@ class _Raised:
 
     def __init__(self, exc: Exception) -> None:
         self.exc = exc
+
+
+class _Queued:
+    """A domain job's key did not take it within its queued bound: it never ran."""
+
+    __slots__ = ()
+
+
+_QUEUED = _Queued()
 
 
 class JobEngine(Notifications):
@@ -707,21 +717,22 @@ class JobEngine(Notifications):
             max_attempts=job.max_attempts,
             store=self.store,
         )
+        if kind.domain is not None:
+            assert kind.options.key is not None
+            if kind.domain.is_paused(getattr(payload, kind.options.key)):
+                # A paused key takes no message: handed to it, the job would hold a
+                # slot of its queue (its lease kept alive by the heartbeat) until the
+                # key resumes. It goes back unrun, to be claimed again after a poll.
+                held.given_back = "given back unrun: its domain key is paused"
+                return self._given_back(lease)
         result: object
         with anyio.CancelScope() as scope:
             held.scope = scope
             try:
                 if kind.domain is not None:
                     assert kind.options.key is not None
-                    # No ask deadline: the time queued behind other work for the
-                    # key is not the job's; its timeout starts with the handler,
-                    # inside the actor (_in_actor). Cancellation (by request, lost
-                    # lease, shutdown) still reaches it through this scope.
-                    result = await kind.domain.call(
-                        getattr(payload, kind.options.key),
-                        _in_actor(kind.handler, payload, ctx, kind.options.timeout),
-                        timeout=None,
-                        name=f"job:{job.kind}",
+                    result = await self._call_in_domain(
+                        held, kind, getattr(payload, kind.options.key), payload, ctx
                     )
                     if type(result) is _Raised:
                         result = result.exc
@@ -737,7 +748,51 @@ class JobEngine(Notifications):
             held.cancel_reason is not None and scope.cancelled_caught
         ):
             return self._cancelled_outcome(held, lease, started=True)
+        if type(result) is _Queued:
+            return self._given_back(lease)
         return self._outcome_of(job, lease, kind.options, result)
+
+    def _given_back(self, lease: Lease) -> Outcome:
+        """A job that never started goes back without using an attempt, claimable
+        again after a poll interval (not at once, which would spin on the same key)."""
+        return Outcome(lease=lease, state=JobState.SCHEDULED, delay=self._poll, refund=True)
+
+    async def _call_in_domain(
+        self, held: _Held, kind: _Kind, key: Any, payload: Job, ctx: JobContext[Any]
+    ) -> object:
+        """Run a domain job in its key's actor; ``_Queued`` if it never started.
+
+        The job's timeout starts with its handler, inside the actor (_in_actor): the
+        time queued behind other work for the key is not the job's. That wait still
+        has a bound, the longer of the lease and the job's timeout, so that a key
+        stuck behind earlier work (or paused after the job was handed to it) does not
+        hold a slot of the queue indefinitely; past it the job goes back unrun.
+        Cancellation (by request, lost lease, shutdown) reaches it through the
+        caller's scope either way.
+        """
+        assert kind.domain is not None
+        queued_for = max(self._lease, kind.options.timeout or 0.0)
+        with anyio.CancelScope() as queued:
+            queued.deadline = anyio.current_time() + queued_for
+            result = await kind.domain.call(
+                key,
+                _in_actor(kind.handler, payload, ctx, kind.options.timeout, queued),
+                timeout=None,
+                name=f"job:{kind.options.kind}",
+            )
+        if queued.cancelled_caught or type(result) is _Queued:
+            log.warning(
+                "domain job given back unrun: its key's actor did not take it in time",
+                job_id=held.job.id,
+                kind=held.job.kind,
+                key=str(key),
+                queued_for=queued_for,
+            )
+            held.given_back = (
+                f"given back unrun: its domain key did not take it within {queued_for:g}s"
+            )
+            return _QUEUED
+        return result
 
     def _cancelled_outcome(self, held: _Held, lease: Lease, *, started: bool) -> Outcome | None:
         job = held.job
@@ -838,6 +893,8 @@ class JobEngine(Notifications):
                             detail = None if outcome.error is None else outcome.error.message
                             if ended is not outcome.state:
                                 detail = "superseded by a waiting job with its unique key"
+                            elif held.given_back is not None:
+                                detail = held.given_back
                             elif held.cancel_reason == "pause":
                                 detail = "given back unrun: its queue was paused"
                             elif outcome.refund and outcome.state is JobState.AVAILABLE:
@@ -1002,8 +1059,15 @@ def _in_actor(
     payload: Job,
     ctx: JobContext[Any],
     timeout: float | None,
+    queued: anyio.CancelScope,
 ) -> Callable[[Any], Awaitable[object]]:
     async def run(actor: Any) -> object:
+        if queued.cancel_called:
+            # The queued bound passed as the actor took the job: the caller is being
+            # cancelled and gives the job back, so the handler must not start.
+            return _QUEUED
+        # Started: from here only the job's own timeout applies.
+        queued.deadline = math.inf
         ctx.actor = actor
         try:
             if timeout is None:
