@@ -920,6 +920,25 @@ async def test_a_rescued_job_takes_its_unique_key_back(store: Store) -> None:
     assert (again.duplicate, again.id) == (True, first.id)
 
 
+async def test_a_rescue_reports_a_superseded_job_as_cancelled(store: Store) -> None:
+    """A rescued job superseded by a duplicate enqueued while it ran is reported cancelled."""
+    first = await store.enqueue(Sync(account="x"))
+    await store.claim("default", 1, worker="dead", lease=0.05)
+    waiting = await store.enqueue(Sync(account="x"))
+    assert not waiting.duplicate
+
+    rescued: list[tuple[int, str, str, JobState]] = []
+
+    async def expired() -> bool:
+        rescued.extend(await store.rescue())
+        return bool(rescued)
+
+    await wait_until(expired, what="the expired lease to be rescued")
+    assert [(r[0], r[3]) for r in rescued] == [(first.id, JobState.CANCELLED)]
+    assert await state_of(store, first.id) == JobState.CANCELLED
+    assert await state_of(store, waiting.id) == JobState.AVAILABLE
+
+
 def test_unique_states_counting_running_must_count_available() -> None:
     """Counting RUNNING without AVAILABLE is refused with the reason (H-3)."""
     with pytest.raises(ValueError, match="counts RUNNING but not AVAILABLE"):

@@ -154,6 +154,10 @@ _NEEDS_KEY = (
 )
 
 
+def _available_queues(rescued: Sequence[tuple[int, str, str, JobState]]) -> list[str]:
+    return sorted({queue for _, _, queue, state in rescued if state is JobState.AVAILABLE})
+
+
 async def _restore_keys(conn: Conn, ids: Sequence[int]) -> set[int]:
     """Give jobs that just re-entered a counted state their unique key back, or
     supersede them by the duplicate holding it (``Unique``'s docstring). Call it
@@ -560,11 +564,11 @@ class PostgresStore(Store):
             STATE_BITS[s] for s in (JobState.AVAILABLE, JobState.CANCELLED, JobState.DISCARDED)
         )
 
-        async def run(conn: Conn) -> list[asyncpg.Record]:
+        async def run(conn: Conn) -> list[tuple[int, str, str, JobState]]:
             async with conn.transaction():
                 return await rescue_in(conn)
 
-        async def rescue_in(conn: Conn) -> list[asyncpg.Record]:
+        async def rescue_in(conn: Conn) -> list[tuple[int, str, str, JobState]]:
             rows = await conn.fetch(
                 "WITH expired AS (SELECT id FROM fiefdom_jobs WHERE state = 'running' "
                 "AND lease_expires_at < now() FOR UPDATE SKIP LOCKED) "
@@ -584,13 +588,19 @@ class PostgresStore(Store):
                 "FROM expired WHERE j.id = expired.id "
                 "RETURNING j.id, j.kind, j.queue, j.state"
             )
-            await _restore_keys(conn, [r[0] for r in rows])
-            await self._notify_queues(conn, sorted({r[2] for r in rows if r[3] == "available"}))
-            return rows
+            # A job superseded by a waiting duplicate ends cancelled: report the
+            # state the table holds, not the one the first statement wrote.
+            superseded = await _restore_keys(conn, [r[0] for r in rows])
+            rescued = [
+                (r[0], r[1], r[2], JobState.CANCELLED if r[0] in superseded else JobState(r[3]))
+                for r in rows
+            ]
+            await self._notify_queues(conn, _available_queues(rescued))
+            return rescued
 
-        rows = await self._run(run)
-        self._wake_local(sorted({r[2] for r in rows if r[3] == "available"}))
-        return [(r[0], r[1], r[2], JobState(r[3])) for r in rows]
+        rescued: list[tuple[int, str, str, JobState]] = await self._run(run)
+        self._wake_local(_available_queues(rescued))
+        return rescued
 
     async def promote(self) -> list[str]:
         bit = STATE_BITS[JobState.AVAILABLE]

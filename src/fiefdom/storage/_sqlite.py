@@ -518,9 +518,15 @@ class SQLiteStore(Store):
                 "RETURNING id, kind, queue, state",
                 (now,),
             )
-            await self._restore_keys(tx, [r[0] for r in rows], now)
-            tx.wake.update(r[2] for r in rows if r[3] == "available")
-        return [(r[0], r[1], r[2], JobState(r[3])) for r in rows]
+            # A job superseded by a waiting duplicate ends cancelled: report the
+            # state the table holds, not the one the first statement wrote.
+            superseded = await self._restore_keys(tx, [r[0] for r in rows], now)
+            rescued = [
+                (r[0], r[1], r[2], JobState.CANCELLED if r[0] in superseded else JobState(r[3]))
+                for r in rows
+            ]
+            tx.wake.update(r[2] for r in rescued if r[3] is JobState.AVAILABLE)
+        return rescued
 
     async def promote(self) -> list[str]:
         bit = STATE_BITS[JobState.AVAILABLE]
