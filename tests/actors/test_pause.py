@@ -220,3 +220,21 @@ async def test_paused_idle_key_is_passivated_and_comes_back_paused() -> None:
         assert await domain.ask("b", Get()) == []
         assert domain.key_statistics("a") is None
         assert domain.is_paused("a")
+
+
+async def test_a_paused_key_whose_queued_asks_expired_can_be_evicted() -> None:
+    """A paused key whose queued ask expired unrun has nothing queued again: it counts
+    as idle, so a key needing its slot evicts it (it would otherwise hold the slot)."""
+    box = Fixture()
+    async with fiefdom.ActorSystem(name="t") as system:
+        domain = system.domain("d", box.make, idle_timeout=None, max_active=1)
+        await domain.ask("a", Get())
+        domain.ref("a").pause()
+        with pytest.raises(fiefdom.AskTimeout) as info:
+            await domain.ask("a", Note("never"), timeout=0.05)  # type: ignore[arg-type]
+        assert info.value.phase == "queued"
+        with anyio.fail_after(10):
+            assert await domain.ask("b", Get()) == []
+        assert domain.key_statistics("a") is None
+        assert domain.is_paused("a")
+    assert "never" not in box.seen

@@ -467,11 +467,14 @@ class Cell(Generic[M]):
         for ask in mailbox.queued_asks():
             if ask.timer is None and ask.deadline is not None:
                 ask.timer = loop.call_at(ask.deadline, ask.on_deadline)
-        if mailbox.depth == 0 and self.on_idle is not None:
-            # Nothing queued: a domain may passivate it like any idle actor (it
-            # remembers the pause for the key's next activation).
-            self.on_idle(self)
         while self.paused and self.stop_mode is None:
+            if mailbox.depth == 0 and self.on_idle is not None:
+                # Nothing queued (now, or again once queued asks expired): a domain
+                # may passivate it like any idle actor (it remembers the pause for
+                # the key's next activation).
+                self.on_idle(self)
+                if self.stop_mode is not None:
+                    break
             held = self._held = loop.create_future()
             try:
                 await held
@@ -482,6 +485,13 @@ class Cell(Generic[M]):
         held = self._held
         if held is not None and not held.done():
             held.set_result(None)
+
+    def queued_ask_removed(self) -> None:
+        """A queued ask left the mailbox unrun (deadline, or its caller gave up). A
+        paused actor left with nothing queued looks again: it is idle now, and a
+        domain may passivate it (otherwise it would hold its slot until resumed)."""
+        if self._held is not None and self.mailbox.depth == 0:
+            self._release()
 
     def pause(self) -> None:
         """Take no next message until ``resume``: the running handler finishes, the

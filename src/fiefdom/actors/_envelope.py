@@ -57,6 +57,7 @@ class Ask:
         if self.state == QUEUED:
             self.state = DONE
             self.cell.mailbox.discard(self)
+            self.cell.queued_ask_removed()
             if not self.future.done():
                 self.future.set_exception(self.cell.timeout_error(self, "queued"))
         elif self.state == RUNNING:
@@ -83,6 +84,7 @@ class Ask:
         if self.state == QUEUED:
             self.state = DONE
             self.cell.mailbox.discard(self)
+            self.cell.queued_ask_removed()
         elif self.state == RUNNING:
             self.cell.cancel_running(self)
 
