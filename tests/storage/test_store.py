@@ -505,3 +505,37 @@ async def test_the_engine_is_not_queued_behind_an_open_user_transaction(store: S
         finally:
             release.set()
     assert len(await store.list_jobs()) == 3
+
+
+async def test_sqlite_lock_contention_is_a_clear_error_not_an_outage(
+    store: Store, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write lock held past busy_timeout is a StoreError saying so, not an outage."""
+    if store.backend != "sqlite":
+        pytest.skip("SQLite's write lock")
+    import sqlite3
+
+    from structlog.testing import capture_logs
+
+    from fiefdom.storage import _sqlite
+
+    # Short enough that the test does not wait the default 30 s for the lock.
+    monkeypatch.setattr(_sqlite, "_BUSY_TIMEOUT_MS", 50)
+    contended = open_store(store_url)
+    await contended.open()
+    holder = sqlite3.connect(store_url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(fiefdom.StoreError, match="held the write lock") as info:
+            await contended.enqueue(Note(text="engine connection"))
+        assert not isinstance(info.value, fiefdom.StoreUnavailable)
+        with capture_logs() as logs, pytest.raises(fiefdom.StoreError, match="write lock"):
+            async with contended.transaction() as tx:
+                await tx.execute("SELECT 1")
+        assert [e["event"] for e in logs if e["log_level"] == "error"] == []
+        assert contended.healthy
+        holder.execute("ROLLBACK")
+        await contended.enqueue(Note(text="after the lock is released"))
+    finally:
+        holder.close()
+        await contended.close()

@@ -45,9 +45,22 @@ _BUSY_TIMEOUT_MS = 30_000
 _errors_decoder = msgspec.json.Decoder(list[AttemptError])
 
 
+def _is_busy(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY (any extended form): another connection held the write lock for
+    all of ``busy_timeout``."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_BUSY
+
+
 def _wrap(exc: sqlite3.Error) -> StoreError:
-    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-        return StoreUnavailable(f"SQLite database is locked: {exc}")
+    if _is_busy(exc):
+        # Contention, not an outage: the database answered, so this is no
+        # StoreUnavailable and the store stays healthy.
+        return StoreError(
+            f"SQLite database is locked: a transaction held the write lock longer than "
+            f"busy_timeout ({_BUSY_TIMEOUT_MS / 1000:g}s); keep write transactions short "
+            f"({exc})"
+        )
     return StoreError(f"SQLite: {exc}")
 
 
@@ -63,9 +76,11 @@ class _SQLiteTransaction(Transaction):
         self.begin = begin
 
     async def _begin(self) -> None:
-        begin, self.begin = self.begin, None
-        assert begin is not None
-        await _begin(self.store, self._conn, begin)
+        assert self.begin is not None
+        await _begin(self.store, self._conn, self.begin)
+        # Cleared only once the BEGIN succeeded: a failed one leaves no transaction
+        # open, and the rollback on the way out must not be attempted.
+        self.begin = None
 
     async def execute(self, sql: str, *args: object) -> None:
         if self.begin is not None:
@@ -103,7 +118,8 @@ async def _begin(store: Store, conn: aiosqlite.Connection, begin: str) -> None:
         with anyio.CancelScope(shield=True):
             await conn.execute(begin)
     except sqlite3.Error as exc:
-        store._mark(False)
+        if not _is_busy(exc):
+            store._mark(False)
         raise _wrap(exc) from exc
 
 
@@ -205,8 +221,10 @@ class SQLiteStore(Store):
     writes (claims, heartbeats, outcomes, rescue) and enqueues outside a
     transaction have theirs; inspection (``get_job``, ``list_jobs``, ``count_jobs``,
     ``ping``) reads on a third, read-only one. So a user transaction kept open,
-    even one that awaits a job, never queues the engine or a reader behind it in
-    this process: in WAL mode readers never wait for a writer.
+    even one that awaits a job, does not queue the engine behind it in this process
+    until its first statement (which takes the write lock, below); from then on the
+    engine's writes wait for it like any other writer's. Readers never wait: in
+    WAL mode they never wait for a writer.
 
     Writers still take turns on SQLite's one write lock, across connections and
     processes (``busy_timeout``). A user transaction takes it at its first
