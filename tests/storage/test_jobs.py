@@ -1031,3 +1031,40 @@ async def test_the_engine_reports_a_superseded_job_as_cancelled(store: Store) ->
     assert superseded.detail is not None
     assert "superseded" in superseded.detail
     assert await state_of(store, first.id) == JobState.CANCELLED
+
+
+async def test_a_failed_outcome_batch_records_none_of_it(store: Store, store_url: str) -> None:
+    """An outcome batch whose key restore fails leaves every job in it running, to retry whole."""
+    if store.backend != "postgres":
+        pytest.skip("SQLite records a batch in one transaction always")
+    import asyncpg
+
+    await store.enqueue(Sync(account="x"))
+    await store.enqueue(Ping(n=1))
+    claimed = await store.claim("default", 2, worker="w", lease=30)
+    outcomes = [
+        fiefdom.storage.Outcome(
+            lease=Lease(c.id, c.lease_token),
+            state=JobState.AVAILABLE if c.kind == "sync.retrying" else JobState.COMPLETED,
+            refund=c.kind == "sync.retrying",
+        )
+        for c in claimed
+    ]
+    # A real failure of the key-restoring step: a trigger refusing a key coming back.
+    admin = await asyncpg.connect(store_url)
+    try:
+        await admin.execute(
+            "CREATE FUNCTION refuse_key() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF OLD.unique_key IS NULL AND NEW.unique_key IS NOT NULL THEN "
+            "RAISE EXCEPTION 'key restore refused'; END IF; RETURN NEW; END $$; "
+            "CREATE TRIGGER refuse_key BEFORE UPDATE ON fiefdom_jobs "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_key()"
+        )
+        with pytest.raises(fiefdom.StoreError, match="key restore refused"):
+            await store.finish(outcomes)
+        assert {c.state for c in await store.count_jobs()} == {JobState.RUNNING}
+        await admin.execute("DROP TRIGGER refuse_key ON fiefdom_jobs")
+    finally:
+        await admin.close()
+    done = await store.finish(outcomes)
+    assert sorted(done.values()) == [JobState.AVAILABLE, JobState.COMPLETED]

@@ -149,8 +149,15 @@ _SUPERSEDE_SQL = (
 
 # Whether an outcome brings a job into a state its uniqueness counts while it does
 # not hold its key (d.bit: the new state's bit).
-_NEEDS_KEY = (
-    "(j.unique_key IS NULL AND j.unique_digest IS NOT NULL AND j.unique_states & d.bit <> 0)"
+# Whether finish must run a batch in a transaction: some job in it would re-enter a
+# counted state without its unique key (restored in the same transaction), or its
+# lease is stale. Uncorrelated, so it holds for all of the batch or none of it; the
+# same parameters as finish's UPDATE ($1 ids, $2 tokens, $7 state bits).
+_NEEDS_TX = (
+    "SELECT 1 FROM unnest($1::bigint[], $2::bigint[], $7::smallint[]) AS x(id, token, bit) "
+    "LEFT JOIN fiefdom_jobs AS k ON k.id = x.id AND k.lease_token = x.token "
+    "AND k.state = 'running' WHERE k.id IS NULL OR (k.unique_key IS NULL "
+    "AND k.unique_digest IS NOT NULL AND k.unique_states & x.bit <> 0)"
 )
 
 
@@ -486,17 +493,20 @@ class PostgresStore(Store):
         superseded: set[int] = set()
 
         async def run(conn: Conn) -> list[asyncpg.Record]:
-            # One statement, outside a transaction, records every outcome that does
-            # not bring a job back into a counted state without its unique key (all
-            # but a few). The others need their key restored in the same transaction.
-            rows = list(await update(conn, outcomes, "AND NOT " + _NEEDS_KEY + " "))
-            done = {r[0] for r in rows}
-            rest = [o for o in outcomes if o.lease.job_id not in done]
-            if rest:  # those, and stale leases (which match nothing again)
+            # One statement, outside a transaction, records the whole batch when no
+            # outcome in it brings a job back into a counted state without its
+            # unique key and no lease in it is stale (almost every batch). Otherwise
+            # it records nothing, and the batch runs again in a transaction that
+            # also restores the keys: all or nothing, so a failure cannot leave
+            # part of the batch committed, which the engine's retry would then
+            # report as stale leases (no event, no outcome count, no NOTIFY).
+            rows = list(await update(conn, outcomes, "AND NOT EXISTS (" + _NEEDS_TX + ") "))
+            if not rows:
                 async with conn.transaction():
-                    more = await update(conn, rest, "")
-                    superseded.update(await _restore_keys(conn, [r[0] for r in more]))
-                rows += more
+                    rows = list(await update(conn, outcomes, ""))
+                    superseded.update(await _restore_keys(conn, [r[0] for r in rows]))
+            # Rows missing from a non-empty first result lost their lease between the
+            # check and the row lock (a rescue): stale, nothing left to record.
             await self._notify_queues(conn, sorted({r[1] for r in rows if r[2] == "available"}))
             return rows
 
