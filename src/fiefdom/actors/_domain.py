@@ -544,8 +544,5 @@ class Domain(Generic[K, M]):
             cell.close(reason)
         self._backlog.clear()
 
-    def statistics_of_live(self) -> list[ActorStatistics]:
-        return [c.statistics() for c in self._cells.values()]
-
     def __repr__(self) -> str:
         return f"<Domain {self.path} live={self._live}>"
