@@ -40,10 +40,15 @@ async def test_a_cancelled_sender_popped_by_a_wake_up_gets_its_cancellation() ->
     async with fiefdom.ActorSystem(name="t") as system:
         domain = system.domain("keys", Gated, max_active=1, idle_timeout=None)
         busy = asyncio.ensure_future(domain.ask("a", Hold(), timeout=10))
-        await asyncio.sleep(0.01)  # "a" holds the only slot
+        with anyio.fail_after(10):
+            # "a" holds the only slot once its handler runs (no event to wait on).
+            while (stats := domain.key_statistics("a")) is None or not stats.current_message:  # noqa: ASYNC110
+                await anyio.sleep(0.001)
         await domain.tell("b", Note())  # "b" waits for a slot: max_active activations wait
         sender = asyncio.ensure_future(domain.tell("c", Note()))
-        await asyncio.sleep(0.01)
+        with anyio.fail_after(10):
+            while not domain._room:  # noqa: ASYNC110  # the sender queues for room
+                await anyio.sleep(0.001)
         assert not sender.done()  # waiting for room
         sender.cancel()  # cancels the future it waits on, at once
         domain._wake_room()  # what a freed slot does before the sender runs
