@@ -78,7 +78,7 @@ async def main(data_dir: pathlib.Path) -> dict[str, int]:
                             doc_id,
                             body,
                         )
-                        await engine.enqueue(Reindex(doc_id=doc_id), tx=tx)
+                        await store.enqueue(Reindex(doc_id=doc_id), tx=tx)
                 with anyio.fail_after(30):
                     await done.wait()
                 return {d: await documents.ask(d, Indexed()) for d in ("a", "b")}

@@ -20,7 +20,6 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -34,7 +33,6 @@ from ._jobs import (
     Cancel,
     ClaimedJob,
     Discard,
-    Enqueued,
     Job,
     JobContext,
     JobEvent,
@@ -50,7 +48,7 @@ from ._jobs import (
     prepare,
     state_mask,
 )
-from ._store import Notifications, Store, Transaction
+from ._store import Notifications, Store
 
 log = structlog.get_logger("fiefdom.jobs")
 
@@ -345,28 +343,6 @@ class JobEngine(Notifications):
         return unsubscribe
 
     # -- operations ------------------------------------------------------------------
-
-    async def enqueue(
-        self,
-        job: Job,
-        *,
-        tx: Transaction | None = None,
-        queue: str | None = None,
-        priority: int | None = None,
-        run_at: datetime | None = None,
-        delay: float | None = None,
-        max_attempts: int | None = None,
-    ) -> Enqueued:
-        """``store.enqueue`` (here for convenience)."""
-        return await self.store.enqueue(
-            job,
-            tx=tx,
-            queue=queue,
-            priority=priority,
-            run_at=run_at,
-            delay=delay,
-            max_attempts=max_attempts,
-        )
 
     async def cancel_job(self, job_id: int) -> JobState | None:
         """Cancel a job by id; a running one is cancelled through its handler's
