@@ -17,6 +17,7 @@ from ._errors import ControlConnectionError as ControlConnectionError
 from ._errors import ControlError as ControlError
 from ._errors import FiefdomError as FiefdomError
 from ._errors import JobError as JobError
+from ._errors import LifecycleError as LifecycleError
 from ._errors import MailboxFull as MailboxFull
 from ._errors import ProcessFailed as ProcessFailed
 from ._errors import RestartIntensityExceeded as RestartIntensityExceeded
@@ -27,6 +28,8 @@ from ._errors import StoreUnavailable as StoreUnavailable
 from ._errors import SupervisorError as SupervisorError
 from ._errors import UniqueConflict as UniqueConflict
 from ._errors import UnknownJobKind as UnknownJobKind
+from ._lifecycle import State as State
+from ._lifecycle import StopMode as StopMode
 from .actors import Actor as Actor
 from .actors import ActorContext as ActorContext
 from .actors import ActorCrashed as ActorCrashed
@@ -118,6 +121,7 @@ __all__ = [
     "JobInfo",
     "JobOptions",
     "JobState",
+    "LifecycleError",
     "MailboxFull",
     "ProcessFailed",
     "ProcessResult",
@@ -133,6 +137,8 @@ __all__ = [
     "ServiceStatistics",
     "Snooze",
     "StaleLease",
+    "State",
+    "StopMode",
     "Store",
     "StoreError",
     "StoreUnavailable",

@@ -11,6 +11,9 @@
     ├── ProcessFailed                 run_process(check=True) saw a non-zero exit
     ├── SupervisorError
     │   └── RestartIntensityExceeded  too many restarts within the period: escalated
+    ├── LifecycleError                a component used out of its lifecycle: started
+    │                                 twice, used before start or after stop
+    │                                 (also RuntimeError)
     ├── ConfigurationError            invalid configuration (also ValueError)
     ├── StoreError                    storage failures (wrapped driver errors)
     │   ├── SchemaMismatch            the database schema is not the one the code knows
@@ -141,6 +144,10 @@ class RestartIntensityExceeded(SupervisorError):
             f"supervisor {path} exceeded its restart intensity "
             f"({restarts} restarts within {within:g}s) and escalated to its parent"
         )
+
+
+class LifecycleError(FiefdomError, RuntimeError):
+    """A component was used out of its lifecycle; the message says how to fix it."""
 
 
 class ConfigurationError(FiefdomError, ValueError):

@@ -9,6 +9,7 @@ or ``"exit"`` (stop after the current message).
 ``RuntimeEvent`` is the union of the runtime events an ``EventBus`` delivers.
 """
 
+from .._lifecycle import StopMode as StopMode
 from ._actor import Actor as Actor
 from ._actor import ActorContext as ActorContext
 from ._cell import DEFAULT_ASK_TIMEOUT as DEFAULT_ASK_TIMEOUT
@@ -17,7 +18,6 @@ from ._cell import DEFAULT_CAPACITY as DEFAULT_CAPACITY
 from ._cell import ActorState as ActorState
 from ._cell import ActorStatistics as ActorStatistics
 from ._cell import Cell as Cell
-from ._cell import StopMode as StopMode
 from ._domain import Domain as Domain
 from ._domain import DomainStatistics as DomainStatistics
 from ._events import ActorCrashed as ActorCrashed

@@ -17,6 +17,7 @@ import structlog
 from structlog.typing import FilteringBoundLogger
 
 from .._errors import ActivationFailed, ActorStopped, AskTimeout, CallCycleError, MailboxFull
+from .._lifecycle import StopMode as StopMode
 from ._envelope import DONE, QUEUED, RUNNING, Ask
 from ._mailbox import EMPTY, Mailbox
 from ._message import Invoke, Request
@@ -54,9 +55,6 @@ class ActorState(enum.StrEnum):
     RESTARTING = "restarting"  # between incarnations; the mailbox is kept
     STOPPING = "stopping"
     STOPPED = "stopped"
-
-
-StopMode = Literal["restart", "drain", "exit"]
 
 
 class ActorStatistics(msgspec.Struct, frozen=True, kw_only=True, tag="actor", tag_field="kind"):
@@ -514,7 +512,12 @@ class Cell(Generic[M]):
         (mailbox kept), ``drain`` once the mailbox is empty (no new messages taken),
         ``exit`` after the current message (no new messages taken). A stop overrides a
         pause: a paused actor asked to drain handles what is queued, so that stopping
-        never waits on a resume that may not come."""
+        never waits on a resume that may not come. ``cancel`` is ``exit`` with the
+        running handler cancelled."""
+        if mode == "cancel":
+            self.request_stop("exit")
+            self.cancel()
+            return
         if self.stop_mode is None or mode != "drain":
             self.stop_mode = mode
         self._gate = True

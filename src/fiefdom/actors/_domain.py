@@ -21,6 +21,7 @@ import structlog
 from anyio.abc import TaskGroup
 
 from .._errors import ActorStopped, MailboxFull
+from .._lifecycle import StopMode
 from ._actor import Actor
 from ._cell import (
     DEFAULT_ASK_TIMEOUT,
@@ -29,7 +30,6 @@ from ._cell import (
     ActorStatistics,
     Cell,
     StartFailed,
-    StopMode,
 )
 from ._events import ActorCrashed, ActorRestarted, EventBus
 from ._mailbox import MailboxClosed
