@@ -357,6 +357,23 @@ async def test_domain_statistics_and_key_refs() -> None:
         assert len({ref, accounts.ref("a"), accounts.ref("b")}) == 2
 
 
+async def test_a_domain_is_bounded_by_default_and_unbounded_only_by_choice() -> None:
+    """000/3a: a domain created without max_active is capped at DEFAULT_MAX_ACTIVE (a finite
+    number, the same for DomainSpec); max_active=None is still accepted, meaning no cap."""
+    world = World()
+    assert isinstance(fiefdom.actors.DEFAULT_MAX_ACTIVE, int)
+    assert fiefdom.actors.DEFAULT_MAX_ACTIVE == 100_000
+    assert fiefdom.DomainSpec("d", make(world)).max_active == fiefdom.actors.DEFAULT_MAX_ACTIVE
+    async with fiefdom.ActorSystem(name="t") as system:
+        bounded = system.domain("bounded", make(world))
+        unbounded = system.domain("unbounded", make(World()), max_active=None)
+        await bounded.tell("a", Add(1))
+        await unbounded.tell("a", Add(1))
+        assert await unbounded.ask("a", Total()) == 1
+        assert bounded.statistics().max_active == fiefdom.actors.DEFAULT_MAX_ACTIVE
+        assert unbounded.statistics().max_active is None
+
+
 async def test_messages_after_the_system_stopped_raise_actor_stopped() -> None:
     """A domain whose system has stopped refuses messages with ActorStopped."""
     world = World()

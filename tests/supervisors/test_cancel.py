@@ -1,5 +1,5 @@
-"""``ActorSystem.cancel()``: a stop that does not wait out shutdown deadlines (the
-daemon's second signal). Children still stop in reverse order, each through its
+"""``ActorSystem.stop("cancel")``: a stop that does not wait out shutdown deadlines
+(the daemon's second signal). Children still stop in reverse order, each through its
 own cancel; the deadlines here are an hour, so only the cancel can end these tests
 within the per-test timeout."""
 
@@ -65,8 +65,8 @@ class Service:
 
 
 async def test_cancel_stops_at_once_in_reverse_order() -> None:
-    """cancel() cancels running handlers in reverse start order and fails queued asks
-    with ActorStopped, without waiting out hour-long shutdown deadlines."""
+    """stop("cancel") cancels running handlers in reverse start order and fails queued
+    asks with ActorStopped, without waiting out hour-long shutdown deadlines."""
     log: list[str] = []
     first, second = anyio.Event(), anyio.Event()
     outcomes: list[str] = []
@@ -87,15 +87,14 @@ async def test_cancel_stops_at_once_in_reverse_order() -> None:
             await second.wait()
             tg.start_soon(ask_queued, b)
             await anyio.wait_all_tasks_blocked()
-            system.cancel()
-        await system.stop()
+            await system.stop("cancel")
     assert log == ["cancelled b", "cancelled a"]
     assert outcomes == ["queued ask stopped"]
 
 
 async def test_cancel_cuts_short_a_stop_under_way_and_reaches_nested_supervisors() -> None:
-    """A graceful stop already waiting on a deadline is cut short by cancel(), also
-    inside a nested supervisor, and a service is ended through its own cancel()."""
+    """A graceful stop already waiting on a deadline is cut short by stop("cancel"),
+    also inside a nested supervisor, and a service is ended through its own cancel()."""
     log: list[str] = []
     entered = anyio.Event()
     spec = fiefdom.SupervisorSpec(
@@ -107,26 +106,27 @@ async def test_cancel_cuts_short_a_stop_under_way_and_reaches_nested_supervisors
         shutdown=HOUR,
     )
     async with fiefdom.ActorSystem(name="c") as system:
-        inner = await system.start(spec)
+        inner = await system.start_supervisor(spec)
         await inner.ref("hanger").tell(Hang())
         await entered.wait()
         async with anyio.create_task_group() as tg:
             tg.start_soon(system.stop)
             await anyio.wait_all_tasks_blocked()
             assert log == []  # the drain is waiting on the hanging handler's deadline
-            system.cancel()
+            await system.stop("cancel")
     assert log == ["cancelled inner", "service asked to stop", "service cancelled"]
 
 
 async def test_leaving_async_with_after_cancel_returns_with_no_task_left() -> None:
-    """After cancel(), leaving the async with returns and leaves no task running."""
+    """After request_stop("cancel") (a callback's stop: it does not wait), leaving the
+    async with returns and leaves no task running."""
     entered = anyio.Event()
     async with fiefdom.ActorSystem(name="c") as system:
         ref = await system.spawn(lambda: Hanger([], "x", entered), name="x", shutdown=HOUR)
         await ref.tell(Hang())
         await entered.wait()
-        system.cancel()
-    assert system.state is fiefdom.supervisors.SystemState.STOPPED
+        system.request_stop("cancel")
+    assert system.state is fiefdom.State.STOPPED
 
 
 class Crash(fiefdom.Request[None]):
@@ -172,7 +172,7 @@ async def test_shutdown_does_not_wait_out_a_restart_backoff() -> None:
         backoff=fiefdom.Backoff(initial=HOUR, maximum=HOUR),
     )
     async with fiefdom.ActorSystem(name="c") as system:
-        sup = await system.start(spec)
+        sup = await system.start_supervisor(spec)
         with pytest.raises(RuntimeError):
             await sup.ref("h").ask(Crash())
         await anyio.wait_all_tasks_blocked()

@@ -107,7 +107,7 @@ async def test_escalation_is_emitted() -> None:
     )
     async with fiefdom.ActorSystem(name="ev") as system:
         system.events.subscribe(watch)
-        sup = await system.start(spec)
+        sup = await system.start_supervisor(spec)
         ref = sup.ref("fragile")
         with pytest.raises(RuntimeError):
             await ref.ask(Boom())
@@ -190,7 +190,7 @@ async def test_services_start_in_order_and_stop_in_reverse() -> None:
         ],
     )
     async with fiefdom.ActorSystem(name="svc") as system:
-        sup = await system.start(spec)
+        sup = await system.start_supervisor(spec)
         assert isinstance(sup.service("engine"), Recorder)
         stats = sup.statistics()
         assert [c.path for c in stats.children] == [
@@ -211,7 +211,7 @@ async def test_a_crashing_service_is_restarted_with_its_restarts_counted() -> No
     )
     async with fiefdom.ActorSystem(name="svc") as system:
         system.events.subscribe(watch)
-        sup = await system.start(spec)
+        sup = await system.start_supervisor(spec)
         service = sup.service("poller")
         assert isinstance(service, Recorder)
         service.crash.set()

@@ -2,9 +2,11 @@
 
 Defaults: ``DEFAULT_CAPACITY`` messages per mailbox, ``DEFAULT_ASK_TIMEOUT`` seconds
 per ask, ``DEFAULT_CANCEL_GRACE`` seconds for a cancelled handler to return before
-the actor is reported stuck. ``StopMode`` names how a cell's incarnation ends:
-``"restart"`` (mailbox kept), ``"drain"`` (handle what is queued, take nothing new)
-or ``"exit"`` (stop after the current message).
+the actor is reported stuck, ``DEFAULT_MAX_ACTIVE`` live actors per domain (pass
+``max_active=None`` for no cap). ``StopMode`` names how a cell's incarnation ends:
+``"restart"`` (mailbox kept), ``"drain"`` (handle what is queued, take nothing new),
+``"exit"`` (stop after the current message) or ``"cancel"`` (cancel the running
+handler, take nothing new).
 
 ``RuntimeEvent`` is the union of the runtime events an ``EventBus`` delivers.
 """
@@ -18,6 +20,7 @@ from ._cell import DEFAULT_CAPACITY as DEFAULT_CAPACITY
 from ._cell import ActorState as ActorState
 from ._cell import ActorStatistics as ActorStatistics
 from ._cell import Cell as Cell
+from ._domain import DEFAULT_MAX_ACTIVE as DEFAULT_MAX_ACTIVE
 from ._domain import Domain as Domain
 from ._domain import DomainStatistics as DomainStatistics
 from ._events import ActorCrashed as ActorCrashed
@@ -36,6 +39,7 @@ __all__ = [
     "DEFAULT_ASK_TIMEOUT",
     "DEFAULT_CANCEL_GRACE",
     "DEFAULT_CAPACITY",
+    "DEFAULT_MAX_ACTIVE",
     "Actor",
     "ActorContext",
     "ActorCrashed",

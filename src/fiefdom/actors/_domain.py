@@ -5,7 +5,11 @@ A message for a key whose actor is passivating goes to a new activation that
 starts only after the old one has stopped, so there are never two activations
 of one key. Live actors (holding a slot: starting, running or stopping) never
 exceed ``max_active``; an activation past the cap waits for the least recently
-used idle actor to be passivated, or for any actor to stop."""
+used idle actor to be passivated, or for any actor to stop.
+
+``max_active`` is bounded by default (``DEFAULT_MAX_ACTIVE``): a domain fed ids from
+outside (a request per user, per file) must not grow without limit. ``None`` is
+still accepted, as an explicit choice, for a domain whose keys are known to be few."""
 
 from __future__ import annotations
 
@@ -42,6 +46,10 @@ R = TypeVar("R")
 
 log = structlog.get_logger("fiefdom.domain")
 
+DEFAULT_MAX_ACTIVE = 100_000
+"""Live actors a domain keeps by default; past it, the least recently used idle one
+is passivated to make room. Pass ``max_active=None`` for no cap at all."""
+
 
 class DomainStatistics(msgspec.Struct, frozen=True, kw_only=True, tag="domain", tag_field="kind"):
     """A snapshot of a domain, as ``domain.statistics()`` returns it."""
@@ -74,7 +82,8 @@ class _KeyCell(Cell[M]):
 
 class Domain(Generic[K, M]):
     """One actor per key. Create it with ``system.domain(name, ActorClass, ...)``;
-    ``ActorClass(key)`` builds the actor of a key."""
+    ``ActorClass(key)`` builds the actor of a key. At most ``max_active`` actors are
+    live at once (``DEFAULT_MAX_ACTIVE`` unless given; ``None``: no cap)."""
 
     def __init__(
         self,
@@ -82,7 +91,7 @@ class Domain(Generic[K, M]):
         factory: Callable[[K], Actor[M]],
         *,
         idle_timeout: float | None = 60.0,
-        max_active: int | None = None,
+        max_active: int | None = DEFAULT_MAX_ACTIVE,
         mailbox_capacity: int = DEFAULT_CAPACITY,
         cancel_grace: float = DEFAULT_CANCEL_GRACE,
         events: EventBus | None = None,
@@ -113,6 +122,7 @@ class Domain(Generic[K, M]):
         self._backlog: list[Cell[M]] = []
         self._closed: str | None = None
         self._stop_requested = asyncio.Event()
+        self._cancelling = False  # the stop requested cancels handlers instead of draining
         self._scope: anyio.CancelScope | None = None
         self.stopped = asyncio.Event()
         self._activations = 0
@@ -505,8 +515,9 @@ class Domain(Generic[K, M]):
                     await self._stop_requested.wait()
                     self._closed = self._closed or "its domain is stopping"
                     sweeper.cancel()
+                    mode: StopMode = "cancel" if self._cancelling else "drain"
                     for cell in list(self._cells.values()):
-                        cell.request_stop("drain")
+                        cell.request_stop(mode)
         finally:
             self._tg = None
             self._scope = None
@@ -524,12 +535,21 @@ class Domain(Generic[K, M]):
             await self._sweep_idle(idle_timeout)
 
     def request_stop(self, mode: StopMode) -> None:
+        """Stop every activation: ``cancel`` cancels their running handlers (their
+        queued asks fail with ActorStopped) and also cuts short a drain under way;
+        any other mode lets each actor handle what its mailbox holds first."""
         self._closed = "its domain is stopping"
         self._release_room_waiters()
+        if mode == "cancel":
+            self._cancelling = True
+            if self._stop_requested.is_set():
+                for cell in list(self._cells.values()):
+                    cell.request_stop("cancel")
         self._stop_requested.set()
 
     def reset(self) -> None:
         self._closed = None
+        self._cancelling = False
         self._stop_requested = asyncio.Event()
         self.stopped = asyncio.Event()
 

@@ -194,7 +194,7 @@ class Daemon:
             self.jobs_adapter.cancel_running()
             # The rest of the tree too: every child is cancelled (still in reverse
             # order, each through its own cancel) instead of waiting out its deadline.
-            self.system.cancel()
+            self.system.request_stop("cancel")
         else:
             self._stop_mode = "drain"
         # Not ready from now on: /readyz answers 503 while the tree stops.

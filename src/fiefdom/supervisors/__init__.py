@@ -17,7 +17,6 @@ from ._supervisor import ServiceStatistics as ServiceStatistics
 from ._supervisor import SupervisorRef as SupervisorRef
 from ._supervisor import SupervisorStatistics as SupervisorStatistics
 from ._system import ActorSystem as ActorSystem
-from ._system import SystemState as SystemState
 
 __all__ = [
     "ActorSpec",
@@ -33,5 +32,4 @@ __all__ = [
     "SupervisorRef",
     "SupervisorSpec",
     "SupervisorStatistics",
-    "SystemState",
 ]

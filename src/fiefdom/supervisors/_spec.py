@@ -8,7 +8,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
-from ..actors import DEFAULT_CANCEL_GRACE, DEFAULT_CAPACITY, Actor, StopMode
+from ..actors import DEFAULT_CANCEL_GRACE, DEFAULT_CAPACITY, DEFAULT_MAX_ACTIVE, Actor, StopMode
 
 M = TypeVar("M")
 K = TypeVar("K", bound=Hashable)
@@ -59,12 +59,14 @@ class ActorSpec(Generic[M]):
 
 @dataclass(frozen=True, slots=True)
 class DomainSpec(Generic[K, M]):
-    """A supervised domain: one actor per key, built by ``factory(key)``."""
+    """A supervised domain: one actor per key, built by ``factory(key)``, at most
+    ``max_active`` of them live (``DEFAULT_MAX_ACTIVE``, 100,000, unless given;
+    ``None`` is an explicit choice of no cap)."""
 
     name: str
     factory: Callable[[K], Actor[M]]
     idle_timeout: float | None = 60.0
-    max_active: int | None = None
+    max_active: int | None = DEFAULT_MAX_ACTIVE
     restart: Restart = Restart.PERMANENT
     shutdown: float = 30.0
     mailbox_capacity: int = DEFAULT_CAPACITY
@@ -76,7 +78,8 @@ class Service(Protocol):
     """What a supervisor can host besides actors: a job engine, a server, a poller.
 
     ``serve(started)`` runs until ``request_stop`` (calling ``started()`` once it is
-    up); ``cancel()`` cuts it short at the shutdown deadline; ``reset()`` prepares a
+    up; ``request_stop("cancel")`` asks it to cancel the work it is doing rather than
+    finish it); ``cancel()`` cuts it short at the shutdown deadline; ``reset()`` prepares a
     restart; ``close(reason)`` says it is gone for good. A crash is ``serve`` raising.
     """
 

@@ -441,15 +441,20 @@ class Supervisor:
     async def _stop_all(self) -> None:
         for child in reversed(self._children):
             if child.running:
-                await self._stop(child, "drain")
+                # Read per child: a hurry may arrive while an earlier one drains.
+                await self._stop(child, "cancel" if self._hurry else "drain")
         for child in self._children:
             child.runnable.close(f"its supervisor {self.path} stopped")
 
     def request_stop(self, mode: StopMode) -> None:
+        """Stop every child in reverse start order: each drains within its shutdown
+        deadline, or, with ``cancel``, is cancelled at once (see ``hurry``)."""
         self._stop_pending = True
         if self._restarting is not None:
             self._restarting.cancel()
         self._events.put_nowait(_STOP)
+        if mode == "cancel":
+            self.hurry()
 
     def hurry(self) -> None:
         """Cut every remaining shutdown deadline to zero, here and below: children
