@@ -27,7 +27,8 @@ from typing import Any
 
 import structlog
 
-from fiefdom.storage import Job, JobContext, JobEngine, JobOptions, Store, open_store
+from fiefdom.jobs import JobContext, JobEngine
+from fiefdom.storage import Job, JobOptions, Store, open_store
 
 ENQUEUE_BATCH = 1000
 POSTGRES = os.environ.get("FIEFDOM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")

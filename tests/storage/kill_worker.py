@@ -12,7 +12,8 @@ from typing import Any
 
 import anyio
 
-from fiefdom.storage import Job, JobContext, JobEngine, JobOptions, open_store
+from fiefdom.jobs import JobContext, JobEngine
+from fiefdom.storage import Job, JobOptions, open_store
 
 
 class Chunk(Job):

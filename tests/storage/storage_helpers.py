@@ -9,7 +9,8 @@ from typing import Any
 import anyio
 import pytest
 
-from fiefdom.storage import JobEngine, Retention, Store
+from fiefdom.jobs import JobEngine, Retention
+from fiefdom.storage import Store
 
 
 def engine(store: Store, **overrides: Any) -> JobEngine:

@@ -18,7 +18,8 @@ from kill_worker import Chunk
 from storage_helpers import engine, wait_until
 
 import fiefdom
-from fiefdom.storage import Job, JobContext, JobEvent, JobOptions, JobState, Store, open_store
+from fiefdom.jobs import JobContext
+from fiefdom.storage import Job, JobEvent, JobOptions, JobState, Store, open_store
 
 HERE = Path(__file__).resolve().parent
 

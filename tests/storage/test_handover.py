@@ -9,7 +9,8 @@ import pytest
 from storage_helpers import engine, wait_until
 
 import fiefdom
-from fiefdom.storage import Job, JobContext, JobOptions, JobState, Store, open_store
+from fiefdom.jobs import JobContext
+from fiefdom.storage import Job, JobOptions, JobState, Store, open_store
 
 
 class Owner(fiefdom.Actor[fiefdom.Request[None]]):

@@ -18,20 +18,17 @@ from hypothesis import strategies as st
 from storage_helpers import engine, wait_until
 
 import fiefdom
+from fiefdom.jobs import Cancel, Discard, JobContext, Retention, Snooze
 from fiefdom.storage import (
-    Cancel,
-    Discard,
     ExponentialBackoff,
     Job,
-    JobContext,
     JobEvent,
     JobOptions,
     JobState,
     Lease,
-    Retention,
-    Snooze,
     Store,
     Unique,
+    engine_queries,
     open_store,
 )
 
@@ -98,7 +95,7 @@ async def test_concurrent_claims_never_take_the_same_job(store: Store) -> None:
     taken: list[int] = []
 
     async def claimer(i: int) -> None:
-        while batch := await store.claim("default", 7, worker=f"w{i}", lease=30):
+        while batch := await engine_queries(store).claim("default", 7, worker=f"w{i}", lease=30):
             taken.extend(j.id for j in batch)
             await anyio.lowlevel.checkpoint()
 
@@ -113,23 +110,23 @@ async def test_a_zombie_attempt_cannot_overwrite_the_newer_one(store: Store) -> 
     """A worker whose lease expired and was re-claimed is refused (StaleLease); the newer
     attempt's outcome stands (003/3, 004/2)."""
     job = await store.enqueue(Ping(n=1))
-    [first] = await store.claim("default", 1, worker="zombie", lease=0.05)
+    [first] = await engine_queries(store).claim("default", 1, worker="zombie", lease=0.05)
 
     async def rescued() -> bool:
-        return bool(await store.rescue())
+        return bool(await engine_queries(store).rescue())
 
     await wait_until(rescued, what="the expired lease to be rescued")
-    [second] = await store.claim("default", 1, worker="new", lease=30)
+    [second] = await engine_queries(store).claim("default", 1, worker="new", lease=30)
     assert second.id == first.id == job.id
     assert second.lease_token > first.lease_token
-    alive, _ = await store.heartbeat([Lease(first.id, first.lease_token)], lease=30)
+    alive, _ = await engine_queries(store).heartbeat([Lease(first.id, first.lease_token)], lease=30)
     assert alive == set()
     with pytest.raises(fiefdom.StaleLease, match="no longer current"):
-        await store.complete(Lease(first.id, first.lease_token))
+        await engine_queries(store).complete(Lease(first.id, first.lease_token))
     info = await store.get_job(job.id or 0)
     assert info is not None
     assert (info.state, info.worker) == (JobState.RUNNING, "new")
-    await store.complete(Lease(second.id, second.lease_token))
+    await engine_queries(store).complete(Lease(second.id, second.lease_token))
     info = await store.get_job(job.id or 0)
     assert info is not None
     assert (info.state, info.attempt) == (JobState.COMPLETED, 2)
@@ -139,7 +136,7 @@ async def test_a_zombie_attempt_cannot_overwrite_the_newer_one(store: Store) -> 
 async def test_an_engine_rescues_a_job_whose_worker_died(store: Store) -> None:
     """A job claimed by a worker that vanished is rescued and run again within seconds (003/3)."""
     job = await store.enqueue(Ping(n=1))
-    await store.claim("default", 1, worker="dead", lease=0.2)
+    await engine_queries(store).claim("default", 1, worker="dead", lease=0.2)
     ran: list[int] = []
     eng = engine(store)
 
@@ -353,7 +350,7 @@ async def test_unique_states_let_a_new_job_queue_while_one_runs(store: Store) ->
     first = await store.enqueue(Sync(folder="a"))
     assert (await store.enqueue(Sync(folder="a"))).duplicate
     assert not (await store.enqueue(Sync(folder="b"))).duplicate
-    await store.claim("default", 10, worker="w", lease=30)
+    await engine_queries(store).claim("default", 10, worker="w", lease=30)
     again = await store.enqueue(Sync(folder="a"))
     assert not again.duplicate
     assert again.id != first.id
@@ -416,12 +413,12 @@ async def test_priorities_and_scheduled_jobs(store: Store) -> None:
     high = await store.enqueue(Ping(n=2), priority=0)
     later = await store.enqueue(Ping(n=3), delay=0.3)
     assert await state_of(store, later.id) == JobState.SCHEDULED
-    first = await store.claim("default", 1, worker="w", lease=30)
-    second = await store.claim("default", 10, worker="w", lease=30)
+    first = await engine_queries(store).claim("default", 1, worker="w", lease=30)
+    second = await engine_queries(store).claim("default", 10, worker="w", lease=30)
     assert [j.id for j in first + second] == [high.id, low.id]
 
     async def promoted() -> bool:
-        await store.promote()
+        await engine_queries(store).promote()
         return await state_of(store, later.id) == JobState.AVAILABLE
 
     await wait_until(promoted, what="the scheduled job to become available")
@@ -441,7 +438,7 @@ async def test_a_paused_queue_is_not_claimed_until_resumed(store: Store) -> None
         # Enqueued after the paused one: once it is done, the engine has had its chance.
         other = await store.enqueue(Other(n=1))
         await reaches(store, other.id, JobState.COMPLETED)
-        await store.promote()
+        await engine_queries(store).promote()
         assert await state_of(store, paused.id) == JobState.AVAILABLE
         assert eng.statistics().queues[0].paused
         await eng.resume("default")
@@ -772,8 +769,8 @@ async def _discarded_report(store: Store) -> int:
     """A unique job that failed its only attempt: discarded, its key released."""
     job = await store.enqueue(Report(month="may"))
     assert job.id is not None
-    [claimed] = await store.claim("default", 1, worker="w", lease=30)
-    await store.finish(
+    [claimed] = await engine_queries(store).claim("default", 1, worker="w", lease=30)
+    await engine_queries(store).finish(
         [
             fiefdom.storage.Outcome(
                 lease=Lease(claimed.id, claimed.lease_token), state=JobState.DISCARDED
@@ -833,7 +830,7 @@ async def _fail(store: Store, claimed: Any) -> JobState:
     error = fiefdom.storage.AttemptError(
         attempt=claimed.attempt, at=time.time(), type="E", message="boom"
     )
-    done = await store.finish(
+    done = await engine_queries(store).finish(
         [
             fiefdom.storage.Outcome(
                 lease=Lease(claimed.id, claimed.lease_token),
@@ -853,7 +850,7 @@ async def test_a_job_that_fails_back_into_a_counted_state_takes_its_unique_key_b
     """A running job (RUNNING not counted) that fails to retryable holds its key again: a
     duplicate enqueued afterwards is refused (H-3)."""
     first = await store.enqueue(Sync(account="x"))
-    [claimed] = await store.claim("default", 1, worker="w", lease=30)
+    [claimed] = await engine_queries(store).claim("default", 1, worker="w", lease=30)
     assert await _fail(store, claimed) == JobState.RETRYABLE
     assert await state_of(store, first.id) == JobState.RETRYABLE
     again = await store.enqueue(Sync(account="x"))
@@ -867,7 +864,7 @@ async def test_a_job_coming_back_while_a_duplicate_waits_is_superseded_by_it(
     """A duplicate queued while the job ran (RUNNING not counted) keeps the key when the job
     fails back into a counted state: the job ends cancelled, superseded, naming it (H-3)."""
     first = await store.enqueue(Sync(account="x"))
-    [claimed] = await store.claim("default", 1, worker="w", lease=30)
+    [claimed] = await engine_queries(store).claim("default", 1, worker="w", lease=30)
     second = await store.enqueue(Sync(account="x"))
     assert not second.duplicate
     assert await _fail(store, claimed) == JobState.CANCELLED  # what finish reports, too
@@ -894,7 +891,7 @@ async def test_promoted_jobs_take_their_key_back_one_per_key(store: Store) -> No
     assert a.id != b.id
 
     async def promoted() -> bool:
-        await store.promote()
+        await engine_queries(store).promote()
         states = {await state_of(store, a.id), await state_of(store, b.id)}
         return JobState.SCHEDULED not in states
 
@@ -910,10 +907,10 @@ async def test_promoted_jobs_take_their_key_back_one_per_key(store: Store) -> No
 async def test_a_rescued_job_takes_its_unique_key_back(store: Store) -> None:
     """A job whose worker died returns to available holding its key again (H-3, 003/3)."""
     first = await store.enqueue(Sync(account="x"))
-    await store.claim("default", 1, worker="dead", lease=0.05)
+    await engine_queries(store).claim("default", 1, worker="dead", lease=0.05)
 
     async def rescued() -> bool:
-        return bool(await store.rescue())
+        return bool(await engine_queries(store).rescue())
 
     await wait_until(rescued, what="the expired lease to be rescued")
     again = await store.enqueue(Sync(account="x"))
@@ -923,14 +920,14 @@ async def test_a_rescued_job_takes_its_unique_key_back(store: Store) -> None:
 async def test_a_rescue_reports_a_superseded_job_as_cancelled(store: Store) -> None:
     """A rescued job superseded by a duplicate enqueued while it ran is reported cancelled."""
     first = await store.enqueue(Sync(account="x"))
-    await store.claim("default", 1, worker="dead", lease=0.05)
+    await engine_queries(store).claim("default", 1, worker="dead", lease=0.05)
     waiting = await store.enqueue(Sync(account="x"))
     assert not waiting.duplicate
 
     rescued: list[tuple[int, str, str, JobState]] = []
 
     async def expired() -> bool:
-        rescued.extend(await store.rescue())
+        rescued.extend(await engine_queries(store).rescue())
         return bool(rescued)
 
     await wait_until(expired, what="the expired lease to be rescued")
@@ -946,7 +943,7 @@ def test_unique_states_counting_running_must_count_available() -> None:
 
 
 async def _beat(store: Store, leases: list[Lease]) -> None:
-    await store.heartbeat(leases, lease=30)
+    await engine_queries(store).heartbeat(leases, lease=30)
 
 
 async def test_heartbeats_and_outcomes_of_the_same_jobs_never_deadlock(
@@ -959,7 +956,7 @@ async def test_heartbeats_and_outcomes_of_the_same_jobs_never_deadlock(
     try:
         await store.enqueue_many([Ping(n=i) for i in range(200)])
         for _ in range(15):
-            claimed = await store.claim("default", 200, worker="w", lease=30)
+            claimed = await engine_queries(store).claim("default", 200, worker="w", lease=30)
             assert len(claimed) == 200
             leases = [Lease(c.id, c.lease_token) for c in claimed]
             outcomes = [
@@ -969,7 +966,7 @@ async def test_heartbeats_and_outcomes_of_the_same_jobs_never_deadlock(
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_beat, store, leases[::-1])
                 tg.start_soon(_beat, other, leases[100:] + leases[:100])
-                tg.start_soon(other.finish, outcomes)
+                tg.start_soon(engine_queries(other).finish, outcomes)
     finally:
         await other.close()
     assert {(c.state, c.count) for c in await store.count_jobs()} == {(JobState.AVAILABLE, 200)}
@@ -979,10 +976,10 @@ async def test_a_rescue_charges_the_lost_attempt_and_says_the_worker_died(store:
     """With max_attempts=1, a job whose worker died ends discarded, the error saying its last
     attempt's worker died; retry_job runs it again (003/3, M-3)."""
     job = await store.enqueue(Ping(n=1), max_attempts=1)
-    await store.claim("default", 1, worker="killed", lease=0.05)
+    await engine_queries(store).claim("default", 1, worker="killed", lease=0.05)
 
     async def rescued() -> bool:
-        return bool(await store.rescue())
+        return bool(await engine_queries(store).rescue())
 
     await wait_until(rescued, what="the expired lease to be rescued")
     info = await store.get_job(job.id or 0)
@@ -1041,7 +1038,7 @@ async def test_a_failed_outcome_batch_records_none_of_it(store: Store, store_url
 
     await store.enqueue(Sync(account="x"))
     await store.enqueue(Ping(n=1))
-    claimed = await store.claim("default", 2, worker="w", lease=30)
+    claimed = await engine_queries(store).claim("default", 2, worker="w", lease=30)
     outcomes = [
         fiefdom.storage.Outcome(
             lease=Lease(c.id, c.lease_token),
@@ -1061,10 +1058,10 @@ async def test_a_failed_outcome_batch_records_none_of_it(store: Store, store_url
             "FOR EACH ROW EXECUTE FUNCTION refuse_key()"
         )
         with pytest.raises(fiefdom.StoreError, match="key restore refused"):
-            await store.finish(outcomes)
+            await engine_queries(store).finish(outcomes)
         assert {c.state for c in await store.count_jobs()} == {JobState.RUNNING}
         await admin.execute("DROP TRIGGER refuse_key ON fiefdom_jobs")
     finally:
         await admin.close()
-    done = await store.finish(outcomes)
+    done = await engine_queries(store).finish(outcomes)
     assert sorted(done.values()) == [JobState.AVAILABLE, JobState.COMPLETED]

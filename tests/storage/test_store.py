@@ -10,7 +10,15 @@ import pytest
 from storage_helpers import wait_until
 
 import fiefdom
-from fiefdom.storage import SCHEMA_VERSION, Job, JobOptions, JobState, Store, open_store
+from fiefdom.storage import (
+    SCHEMA_VERSION,
+    Job,
+    JobOptions,
+    JobState,
+    Store,
+    engine_queries,
+    open_store,
+)
 
 
 class Note(Job):
@@ -300,7 +308,7 @@ async def test_claim_query_uses_its_index(store: Store, store_url: str) -> None:
     if store.backend == "postgres":
         import asyncpg
 
-        from fiefdom.storage._postgres import CLAIM_SQL as PG_CLAIM
+        from fiefdom.storage._postgres_queries import CLAIM_SQL as PG_CLAIM
 
         conn = await asyncpg.connect(store_url)
         try:
@@ -309,7 +317,7 @@ async def test_claim_query_uses_its_index(store: Store, store_url: str) -> None:
         finally:
             await conn.close()
     else:
-        from fiefdom.storage._sqlite import CLAIM_SQL as LITE_CLAIM
+        from fiefdom.storage._sqlite_queries import CLAIM_SQL as LITE_CLAIM
 
         async with store.transaction() as tx:
             await tx.execute("ANALYZE")
@@ -470,7 +478,8 @@ async def test_the_engine_is_not_queued_behind_an_open_user_transaction(store: S
     (003/3, 002/4 M-5)."""
     from storage_helpers import engine
 
-    from fiefdom.storage import JobContext, Lease
+    from fiefdom.jobs import JobContext
+    from fiefdom.storage import Lease
 
     eng = engine(store)
 
@@ -480,7 +489,7 @@ async def test_the_engine_is_not_queued_behind_an_open_user_transaction(store: S
 
     awaited = await store.enqueue(Note(text="awaited"))
     by_hand = await store.enqueue(Note(text="by hand"), queue="manual")
-    [claimed] = await store.claim("manual", 1, worker="w", lease=30)
+    [claimed] = await engine_queries(store).claim("manual", 1, worker="w", lease=30)
     opened = anyio.Event()
     release = anyio.Event()
 
@@ -494,7 +503,9 @@ async def test_the_engine_is_not_queued_behind_an_open_user_transaction(store: S
         tg.start_soon(user)
         await opened.wait()
         try:
-            alive, _ = await store.heartbeat([Lease(claimed.id, claimed.lease_token)], lease=30)
+            alive, _ = await engine_queries(store).heartbeat(
+                [Lease(claimed.id, claimed.lease_token)], lease=30
+            )
             assert alive == {by_hand.id}
 
             async def completed() -> bool:

@@ -18,14 +18,13 @@ import msgspec
 import structlog
 
 from .._errors import JobError, UnknownJobKind
+from .._lifecycle import State
 from ..actors import Domain, StopMode
+from ..jobs import JobContext, JobEngine
 from ..protocol import ControlMetrics, EventHub, JobInfo, QueueInfo
 from ..protocol import JobEvent as WireJobEvent
 from ..storage import (
-    EngineState,
     Job,
-    JobContext,
-    JobEngine,
     JobEvent,
     JobState,
     Store,
@@ -187,7 +186,7 @@ class JobsAdapter:
 
     @property
     def running(self) -> bool:
-        return self.engine is not None and self.engine.state is EngineState.RUNNING
+        return self.engine is not None and self.engine.state is State.RUNNING
 
     @property
     def service(self) -> JobsAdapter | None:

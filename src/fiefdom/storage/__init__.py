@@ -1,69 +1,63 @@
 """Storage: one ``Store`` interface over SQLite (the embedded default) and
-PostgreSQL, versioned migrations, and the durable job engine.
+PostgreSQL, versioned migrations, and the queries of every table. No policy and
+no actors: the job engine (``fiefdom.jobs``) decides, the store records.
+
+``Store`` is the application's face (transactions, enqueue, listing, counting,
+cancel, retry, queue pauses). The engine's queries (claim, finish, heartbeat,
+rescue, promote, prune) sit behind ``EngineQueries``, the internal port
+``engine_queries(store)`` returns; only ``fiefdom.jobs`` uses it.
 
 ``SCHEMA_VERSION`` is the database schema version this code reads and writes;
 ``open_store`` refuses a database at any other version."""
 
-from ._engine import EngineState as EngineState
-from ._engine import EngineStatistics as EngineStatistics
-from ._engine import JobEngine as JobEngine
-from ._engine import PruneJobs as PruneJobs
-from ._engine import QueueStatistics as QueueStatistics
-from ._engine import Retention as Retention
+from .._errors import StoreError as StoreError
 from ._jobs import AttemptError as AttemptError
-from ._jobs import Cancel as Cancel
 from ._jobs import ClaimedJob as ClaimedJob
-from ._jobs import Discard as Discard
 from ._jobs import Enqueued as Enqueued
 from ._jobs import ExponentialBackoff as ExponentialBackoff
 from ._jobs import Job as Job
-from ._jobs import JobContext as JobContext
 from ._jobs import JobEvent as JobEvent
 from ._jobs import JobInfo as JobInfo
 from ._jobs import JobOptions as JobOptions
-from ._jobs import JobOutcome as JobOutcome
 from ._jobs import JobState as JobState
 from ._jobs import Lease as Lease
+from ._jobs import NewJob as NewJob
 from ._jobs import Outcome as Outcome
 from ._jobs import QueueCount as QueueCount
-from ._jobs import Snooze as Snooze
 from ._jobs import Unique as Unique
+from ._jobs import periodic_row as periodic_row
+from ._open import engine_queries as engine_queries
+from ._open import open_store as open_store
+from ._queries import EngineQueries as EngineQueries
 from ._store import SCHEMA_VERSION as SCHEMA_VERSION
 from ._store import Notifications as Notifications
 from ._store import Store as Store
 from ._store import StoreState as StoreState
 from ._store import Transaction as Transaction
-from ._store import open_store as open_store
 
 __all__ = [
     "SCHEMA_VERSION",
     "AttemptError",
-    "Cancel",
     "ClaimedJob",
-    "Discard",
-    "EngineState",
-    "EngineStatistics",
+    "EngineQueries",
     "Enqueued",
     "ExponentialBackoff",
     "Job",
-    "JobContext",
-    "JobEngine",
     "JobEvent",
     "JobInfo",
     "JobOptions",
-    "JobOutcome",
     "JobState",
     "Lease",
+    "NewJob",
     "Notifications",
     "Outcome",
-    "PruneJobs",
     "QueueCount",
-    "QueueStatistics",
-    "Retention",
-    "Snooze",
     "Store",
+    "StoreError",
     "StoreState",
     "Transaction",
     "Unique",
+    "engine_queries",
     "open_store",
+    "periodic_row",
 ]

@@ -11,12 +11,9 @@ import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import msgspec
-
-if TYPE_CHECKING:
-    from ._store import Store
 
 T = TypeVar("T")
 
@@ -53,6 +50,26 @@ def state_bit_sql(column: str) -> str:
     """SQL for the ``STATE_BITS`` bit of the state in ``column`` (both backends)."""
     whens = " ".join(f"WHEN '{state.value}' THEN {bit}" for state, bit in STATE_BITS.items())
     return f"(CASE {column} {whens} ELSE 0 END)"
+
+
+def unique_key_after(bit: int | str, *, table: str = "", keep: str = "unique_key") -> str:
+    """The uniqueness rule, written once for both dialects: the SET clause of any
+    state change, keeping a job's unique key while its new state counts (``bit``:
+    the new state's ``STATE_BITS`` bit, a number or SQL) and releasing it
+    otherwise. ``keep="unique_digest"`` takes a released key back instead (a retry);
+    a key taken back may collide with a duplicate's, which the caller resolves
+    (``restore_keys`` in each dialect)."""
+    return f"unique_key = CASE WHEN {table}unique_states & {bit} <> 0 THEN {table}{keep} END"
+
+
+# The state a rescue gives a job whose lease expired, and the state a cancel gives a
+# job (a running one stays running until its engine stops the handler). SQL over
+# the row's old values, as an UPDATE's SET clause sees them.
+RESCUED_STATE_SQL = (
+    "(CASE WHEN cancel_requested THEN 'cancelled' "
+    "WHEN attempt >= max_attempts THEN 'discarded' ELSE 'available' END)"
+)
+CANCELLED_STATE_SQL = "(CASE WHEN state = 'running' THEN 'running' ELSE 'cancelled' END)"
 
 
 SUPERSEDED_MESSAGE = (
@@ -243,40 +260,6 @@ class Job(msgspec.Struct, kw_only=True):
 J = TypeVar("J", bound=Job)
 
 
-# -- outcomes a handler returns (or raises) -----------------------------------------
-
-
-class JobOutcome(Exception):
-    """Base of the outcomes other than success. A handler may ``return`` one or
-    ``raise`` one (raising reaches out of nested code)."""
-
-
-class Cancel(JobOutcome):
-    """End the job as ``cancelled``: it will not be retried."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
-
-
-class Discard(JobOutcome):
-    """End the job as ``discarded`` (kept, listed, and re-runnable with ``retry_job``)."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
-
-
-class Snooze(JobOutcome):
-    """Run the job again after ``delay`` seconds without using an attempt."""
-
-    def __init__(self, delay: float) -> None:
-        if not delay >= 0 or math.isinf(delay):
-            raise ValueError(f"Snooze(delay) must be finite seconds >= 0, got {delay}")
-        self.delay = delay
-        super().__init__(f"snoozed for {delay:g}s")
-
-
 # -- records -------------------------------------------------------------------------
 
 
@@ -398,35 +381,6 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     error: AttemptError | None = None
 
 
-class JobContext(Generic[T]):
-    """What a handler knows about the job it runs. ``actor`` is the instance of the
-    key's actor for a job whose kind names a domain, else None."""
-
-    __slots__ = ("actor", "attempt", "id", "kind", "max_attempts", "queue", "store")
-
-    def __init__(
-        self,
-        *,
-        id: int,
-        kind: str,
-        queue: str,
-        attempt: int,
-        max_attempts: int,
-        store: Store,
-        actor: T | None = None,
-    ) -> None:
-        self.id = id
-        self.kind = kind
-        self.queue = queue
-        self.attempt = attempt
-        self.max_attempts = max_attempts
-        self.store = store
-        self.actor = actor
-
-    def __repr__(self) -> str:
-        return f"<JobContext {self.kind} id={self.id} attempt={self.attempt}/{self.max_attempts}>"
-
-
 # -- preparing rows ------------------------------------------------------------------
 
 _encoder = msgspec.json.Encoder()
@@ -532,22 +486,12 @@ def _unique_key(job: Job, opts: JobOptions, unique: Unique, queue: str, now: flo
     return hashlib.sha256(msgspec.json.encode(parts, order="sorted")).digest()
 
 
-def periodic_key(name: str, slot: int) -> bytes:
-    return hashlib.sha256(f"fiefdom.periodic\0{name}\0{slot}".encode()).digest()
-
-
-def describe_error(exc: BaseException, attempt: int, now: float) -> AttemptError:
-    import traceback
-
-    tb = "".join(traceback.format_exception(exc))
-    return AttemptError(
-        attempt=attempt,
-        at=now,
-        type=f"{type(exc).__module__}.{type(exc).__qualname__}",
-        message=str(exc)[:2000],
-        traceback=tb[-8000:],
+def periodic_row(job: Job, name: str, slot: int, *, now: float) -> NewJob:
+    """The row of periodic job ``name`` for its time ``slot``: unique in every state,
+    so that one engine of many inserts it."""
+    return prepare(
+        job,
+        now=now,
+        unique_key=hashlib.sha256(f"fiefdom.periodic\0{name}\0{slot}".encode()).digest(),
+        unique_states=state_mask(frozenset(JobState)),
     )
-
-
-def note(attempt: int, now: float, type_: str, message: str) -> AttemptError:
-    return AttemptError(attempt=attempt, at=now, type=type_, message=message)

@@ -20,21 +20,19 @@ from asyncpg.pool import PoolConnectionProxy
 from .._errors import StoreError, StoreUnavailable, UniqueConflict
 from . import _migrations
 from ._jobs import (
-    LEASE_EXPIRED_SQL,
+    CANCELLED_STATE_SQL,
     STATE_BITS,
     SUPERSEDED_MESSAGE,
     AttemptError,
-    ClaimedJob,
     Enqueued,
     JobInfo,
     JobState,
-    Lease,
     NewJob,
-    Outcome,
     QueueCount,
     state_bit_sql,
+    unique_key_after,
 )
-from ._store import Notifications, Store, Transaction
+from ._store import Store, Transaction
 
 log = structlog.get_logger("fiefdom.storage.postgres")
 
@@ -103,22 +101,6 @@ class _PostgresTransaction(Transaction):
             raise _wrap(exc, self.store.url) from exc
 
 
-# The claim: one statement; SKIP LOCKED lets concurrent claimers pass each other.
-# $1 queue, $2 limit, $3 worker, $4 lease seconds.
-CLAIM_SQL = (
-    "WITH picked AS (SELECT id FROM fiefdom_jobs WHERE state = 'available' "
-    "AND queue = $1 ORDER BY priority, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) "
-    "UPDATE fiefdom_jobs AS j SET state = 'running', attempt = j.attempt + 1, "
-    "lease_token = j.lease_token + 1, worker = $3, attempted_at = now(), "
-    "lease_expires_at = now() + make_interval(secs => $4), "
-    f"unique_key = CASE WHEN j.unique_states & {STATE_BITS[JobState.RUNNING]} <> 0 "
-    "THEN j.unique_key END "
-    "FROM picked WHERE j.id = picked.id "
-    "RETURNING j.id, j.kind, j.queue, j.args::text, j.attempt, j.max_attempts, "
-    "j.lease_token, j.domain_key, j.priority, extract(epoch FROM now() - j.run_at)::float8"
-)
-
-
 # A job that re-enters a state its uniqueness counts takes its key back (one job
 # per key, and only while no other job holds it); one that re-enters a waiting
 # state while a duplicate holds the key is superseded by it. $1: the ids that just
@@ -147,25 +129,7 @@ _SUPERSEDE_SQL = (
 )
 
 
-# Whether an outcome brings a job into a state its uniqueness counts while it does
-# not hold its key (d.bit: the new state's bit).
-# Whether finish must run a batch in a transaction: some job in it would re-enter a
-# counted state without its unique key (restored in the same transaction), or its
-# lease is stale. Uncorrelated, so it holds for all of the batch or none of it; the
-# same parameters as finish's UPDATE ($1 ids, $2 tokens, $7 state bits).
-_NEEDS_TX = (
-    "SELECT 1 FROM unnest($1::bigint[], $2::bigint[], $7::smallint[]) AS x(id, token, bit) "
-    "LEFT JOIN fiefdom_jobs AS k ON k.id = x.id AND k.lease_token = x.token "
-    "AND k.state = 'running' WHERE k.id IS NULL OR (k.unique_key IS NULL "
-    "AND k.unique_digest IS NOT NULL AND k.unique_states & x.bit <> 0)"
-)
-
-
-def _available_queues(rescued: Sequence[tuple[int, str, str, JobState]]) -> list[str]:
-    return sorted({queue for _, _, queue, state in rescued if state is JobState.AVAILABLE})
-
-
-async def _restore_keys(conn: Conn, ids: Sequence[int]) -> set[int]:
+async def restore_keys(conn: Conn, ids: Sequence[int]) -> set[int]:
     """Give jobs that just re-entered a counted state their unique key back, or
     supersede them by the duplicate holding it (``Unique``'s docstring). Call it
     inside the transaction that changed their state."""
@@ -185,24 +149,6 @@ async def _restore_keys(conn: Conn, ids: Sequence[int]) -> set[int]:
     if superseded:
         log.info("superseded jobs by waiting duplicates", ids=[r[0] for r in superseded])
     return {r[0] for r in superseded}
-
-
-# Heartbeats and outcome writes of one engine run at once on two connections and
-# name the same running jobs: each first locks its rows in id order, so neither
-# can hold one row while waiting for another that the other holds (a deadlock).
-# An UPDATE ... FROM unnest locks rows in whatever order its join plan meets them.
-# MATERIALIZED keeps the CTE from being folded into the UPDATE. Claim, rescue and
-# promote need no order: they SKIP LOCKED rows and so never wait for one.
-# $1: the job ids.
-_LOCK_IN_ORDER = (
-    "WITH locked AS MATERIALIZED (SELECT id FROM fiefdom_jobs "
-    "WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE) "
-)
-
-
-_LEASE_EXPIRED = LEASE_EXPIRED_SQL.format(
-    cancel="j.cancel_requested", attempt="j.attempt", max_attempts="j.max_attempts"
-)
 
 
 _JOB_COLUMNS = (
@@ -361,55 +307,6 @@ class PostgresStore(Store):
                 log.info("migrated", url=self.url, version=migration.version)
             return max(current, len(migrations))
 
-    # -- notifications ---------------------------------------------------------------
-
-    async def listen(self, subscriber: Notifications, ready: Callable[[], None]) -> None:
-        self._check_open()
-        try:
-            conn = await asyncpg.connect(self._dsn, timeout=10)
-        except _DRIVER_ERRORS as exc:
-            self._mark(False)
-            raise _wrap(exc, self.url) from exc
-        lost = asyncio.Event()
-
-        def on_jobs(_c: object, _pid: int, _channel: str, payload: object) -> None:
-            subscriber.on_jobs(str(payload))
-
-        def on_cancel(_c: object, _pid: int, _channel: str, payload: object) -> None:
-            subscriber.on_cancel(int(str(payload)))
-
-        def on_queue(_c: object, _pid: int, _channel: str, payload: object) -> None:
-            change, _, queue = str(payload).partition(":")
-            subscriber.on_paused(queue, change == "paused")
-
-        try:
-            conn.add_termination_listener(lambda _c: lost.set())
-            await conn.add_listener("fiefdom_jobs", on_jobs)
-            await conn.add_listener("fiefdom_cancel", on_cancel)
-            await conn.add_listener("fiefdom_queues", on_queue)
-            self._mark(True)
-            ready()
-            while True:
-                with anyio.move_on_after(_PING_EVERY):
-                    await lost.wait()
-                if lost.is_set():
-                    break
-                # A connection can die without a word (a network cut): ask it.
-                await conn.execute("SELECT 1", timeout=_PING_EVERY)
-        except _DRIVER_ERRORS as exc:
-            self._mark(False)
-            raise _wrap(exc, self.url) from exc
-        finally:
-            with anyio.CancelScope(shield=True):
-                if not conn.is_closed():
-                    try:
-                        with anyio.fail_after(2):
-                            await conn.close()
-                    except _CLOSE_ERRORS:
-                        conn.terminate()
-        self._mark(False)
-        raise StoreUnavailable(f"the notification connection to {self.url} was lost")
-
     async def _notify_queues(self, conn: Conn, queues: Sequence[str]) -> None:
         if queues:
             await conn.execute(
@@ -418,7 +315,7 @@ class PostgresStore(Store):
 
     # -- enqueueing ------------------------------------------------------------------
 
-    async def insert_jobs(
+    async def _insert_rows(
         self, rows: Sequence[NewJob], *, tx: Transaction | None = None
     ) -> list[Enqueued]:
         self._check_tx(tx)
@@ -475,172 +372,6 @@ class PostgresStore(Store):
 
     # -- the engine's side -----------------------------------------------------------
 
-    async def claim(self, queue: str, limit: int, *, worker: str, lease: float) -> list[ClaimedJob]:
-        rows = await self._run(
-            lambda conn: conn.fetch(
-                CLAIM_SQL,
-                queue,
-                limit,
-                worker,
-                lease,
-            )
-        )
-        return [ClaimedJob.from_row(r) for r in rows]
-
-    async def finish(self, outcomes: Sequence[Outcome]) -> dict[int, JobState]:
-        if not outcomes:
-            return {}
-        superseded: set[int] = set()
-
-        async def run(conn: Conn) -> list[asyncpg.Record]:
-            # One statement, outside a transaction, records the whole batch when no
-            # outcome in it brings a job back into a counted state without its
-            # unique key and no lease in it is stale (almost every batch). Otherwise
-            # it records nothing, and the batch runs again in a transaction that
-            # also restores the keys: all or nothing, so a failure cannot leave
-            # part of the batch committed, which the engine's retry would then
-            # report as stale leases (no event, no outcome count, no NOTIFY).
-            rows = list(await update(conn, outcomes, "AND NOT EXISTS (" + _NEEDS_TX + ") "))
-            if not rows:
-                async with conn.transaction():
-                    rows = list(await update(conn, outcomes, ""))
-                    superseded.update(await _restore_keys(conn, [r[0] for r in rows]))
-            # Rows missing from a non-empty first result lost their lease between the
-            # check and the row lock (a rescue): stale, nothing left to record.
-            await self._notify_queues(conn, sorted({r[1] for r in rows if r[2] == "available"}))
-            return rows
-
-        async def update(
-            conn: Conn, outcomes: Sequence[Outcome], condition: str
-        ) -> list[asyncpg.Record]:
-            # By id: heartbeats lock the same rows in the same order (_LOCK_IN_ORDER).
-            outcomes = sorted(outcomes, key=lambda o: o.lease.job_id)
-            return await conn.fetch(
-                _LOCK_IN_ORDER + "UPDATE fiefdom_jobs AS j SET state = d.state, "
-                "attempt = j.attempt - d.refund, "
-                "run_at = CASE WHEN d.delay IS NULL THEN j.run_at "
-                "ELSE now() + make_interval(secs => d.delay) END, "
-                "finished_at = CASE WHEN d.state IN ('completed', 'cancelled', 'discarded') "
-                "THEN now() END, "
-                "errors = CASE WHEN d.error IS NULL THEN j.errors "
-                "ELSE j.errors || jsonb_build_array(d.error::jsonb) END, "
-                "lease_expires_at = NULL, worker = NULL, cancel_requested = false, "
-                "unique_key = CASE WHEN j.unique_states & d.bit <> 0 THEN j.unique_key END "
-                "FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::float8[], "
-                "$5::integer[], $6::text[], $7::smallint[]) "
-                "AS d(id, token, state, delay, refund, error, bit), locked "
-                "WHERE j.id = d.id AND j.id = locked.id AND j.lease_token = d.token "
-                "AND j.state = 'running' " + condition + "RETURNING j.id, j.queue, j.state",
-                [o.lease.job_id for o in outcomes],
-                [o.lease.token for o in outcomes],
-                [o.state.value for o in outcomes],
-                [o.delay for o in outcomes],
-                [1 if o.refund else 0 for o in outcomes],
-                [
-                    None if o.error is None else _error_encoder.encode(o.error).decode()
-                    for o in outcomes
-                ],
-                [STATE_BITS[o.state] for o in outcomes],
-            )
-
-        rows = await self._run(run)
-        self._wake_local(sorted({r[1] for r in rows if r[2] == "available"}))
-        return {r[0]: JobState.CANCELLED if r[0] in superseded else JobState(r[2]) for r in rows}
-
-    async def heartbeat(
-        self, leases: Sequence[Lease], *, lease: float
-    ) -> tuple[set[int], set[int]]:
-        if not leases:
-            return set(), set()
-        # By id: outcome writes lock the same rows in the same order (_LOCK_IN_ORDER).
-        leases = sorted(leases, key=lambda x: x.job_id)
-        rows = await self._run(
-            lambda conn: conn.fetch(
-                _LOCK_IN_ORDER + "UPDATE fiefdom_jobs AS j "
-                "SET lease_expires_at = now() + make_interval(secs => $3) "
-                "FROM unnest($1::bigint[], $2::bigint[]) AS d(id, token), locked "
-                "WHERE j.id = d.id AND j.id = locked.id AND j.lease_token = d.token "
-                "AND j.state = 'running' "
-                "RETURNING j.id, j.cancel_requested",
-                [x.job_id for x in leases],
-                [x.token for x in leases],
-                lease,
-            )
-        )
-        return {r[0] for r in rows}, {r[0] for r in rows if r[1]}
-
-    async def rescue(self) -> list[tuple[int, str, str, JobState]]:
-        a, c, d = (
-            STATE_BITS[s] for s in (JobState.AVAILABLE, JobState.CANCELLED, JobState.DISCARDED)
-        )
-
-        async def run(conn: Conn) -> list[tuple[int, str, str, JobState]]:
-            async with conn.transaction():
-                return await rescue_in(conn)
-
-        async def rescue_in(conn: Conn) -> list[tuple[int, str, str, JobState]]:
-            rows = await conn.fetch(
-                "WITH expired AS (SELECT id FROM fiefdom_jobs WHERE state = 'running' "
-                "AND lease_expires_at < now() FOR UPDATE SKIP LOCKED) "
-                "UPDATE fiefdom_jobs AS j SET "
-                "state = CASE WHEN j.cancel_requested THEN 'cancelled' "
-                "WHEN j.attempt >= j.max_attempts THEN 'discarded' ELSE 'available' END, "
-                "finished_at = CASE WHEN j.cancel_requested OR j.attempt >= j.max_attempts "
-                "THEN now() END, run_at = now(), lease_expires_at = NULL, worker = NULL, "
-                "errors = j.errors || jsonb_build_array(jsonb_build_object('attempt', j.attempt, "
-                "'at', extract(epoch FROM now()), 'type', 'fiefdom.LeaseExpired', 'message', "
-                f"{_LEASE_EXPIRED}, 'traceback', '')), "
-                "unique_key = CASE WHEN j.cancel_requested THEN "
-                f"(CASE WHEN j.unique_states & {c} <> 0 THEN j.unique_key END) "
-                "WHEN j.attempt >= j.max_attempts THEN "
-                f"(CASE WHEN j.unique_states & {d} <> 0 THEN j.unique_key END) "
-                f"ELSE (CASE WHEN j.unique_states & {a} <> 0 THEN j.unique_key END) END "
-                "FROM expired WHERE j.id = expired.id "
-                "RETURNING j.id, j.kind, j.queue, j.state"
-            )
-            # A job superseded by a waiting duplicate ends cancelled: report the
-            # state the table holds, not the one the first statement wrote.
-            superseded = await _restore_keys(conn, [r[0] for r in rows])
-            rescued = [
-                (r[0], r[1], r[2], JobState.CANCELLED if r[0] in superseded else JobState(r[3]))
-                for r in rows
-            ]
-            await self._notify_queues(conn, _available_queues(rescued))
-            return rescued
-
-        rescued: list[tuple[int, str, str, JobState]] = await self._run(run)
-        self._wake_local(_available_queues(rescued))
-        return rescued
-
-    async def promote(self) -> list[str]:
-        bit = STATE_BITS[JobState.AVAILABLE]
-
-        async def run(conn: Conn) -> list[str]:
-            async with conn.transaction():
-                return await promote_in(conn)
-
-        async def promote_in(conn: Conn) -> list[str]:
-            rows = await conn.fetch(
-                "WITH due AS (SELECT id FROM fiefdom_jobs WHERE state IN "
-                "('scheduled', 'retryable') AND run_at <= now() ORDER BY run_at LIMIT 1000 "
-                "FOR UPDATE SKIP LOCKED) "
-                "UPDATE fiefdom_jobs AS j SET state = 'available', "
-                f"unique_key = CASE WHEN j.unique_states & {bit} <> 0 THEN j.unique_key END "
-                "FROM due WHERE j.id = due.id RETURNING j.id, j.queue"
-            )
-            await _restore_keys(conn, [r[0] for r in rows])
-            queues = sorted({r[1] for r in rows})
-            await self._notify_queues(conn, queues)
-            return queues
-
-        queues: list[str] = await self._run(run)
-        self._wake_local(queues)
-        return queues
-
-    async def insert_periodic(self, row: NewJob) -> bool:
-        result = await self.insert_jobs([row])
-        return not result[0].duplicate
-
     # -- administration --------------------------------------------------------------
 
     async def get_job(self, job_id: int) -> JobInfo | None:
@@ -692,7 +423,7 @@ class PostgresStore(Store):
                     "UPDATE fiefdom_jobs SET state = 'available', run_at = now(), "
                     "finished_at = NULL, max_attempts = greatest(max_attempts, attempt + 1), "
                     "cancel_requested = false, "
-                    f"unique_key = CASE WHEN unique_states & {bit} <> 0 THEN unique_digest END "
+                    f"{unique_key_after(bit, keep='unique_digest')} "
                     "WHERE id = $1 AND state IN ('discarded', 'cancelled', 'completed') "
                     "RETURNING queue",
                     job_id,
@@ -730,17 +461,14 @@ class PostgresStore(Store):
         return {r[0] for r in rows}
 
     async def cancel_job(self, job_id: int) -> JobState | None:
-        bit = STATE_BITS[JobState.CANCELLED]
-
         async def run(conn: Conn) -> str | None:
             async with conn.transaction():
                 state = await conn.fetchval(
                     "UPDATE fiefdom_jobs SET "
-                    "state = CASE WHEN state = 'running' THEN state ELSE 'cancelled' END, "
+                    f"state = {CANCELLED_STATE_SQL}, "
                     "cancel_requested = (state = 'running'), "
                     "finished_at = CASE WHEN state = 'running' THEN NULL ELSE now() END, "
-                    f"unique_key = CASE WHEN state = 'running' OR unique_states & {bit} <> 0 "
-                    "THEN unique_key END "
+                    f"{unique_key_after(state_bit_sql(CANCELLED_STATE_SQL))} "
                     "WHERE id = $1 AND state IN ('available', 'scheduled', 'retryable', "
                     "'running') RETURNING state",
                     job_id,
@@ -750,7 +478,7 @@ class PostgresStore(Store):
                         "SELECT state FROM fiefdom_jobs WHERE id = $1", job_id
                     )
                 if state == "cancelled":
-                    await _restore_keys(conn, [job_id])
+                    await restore_keys(conn, [job_id])
                 if state == "running":
                     await conn.execute("SELECT pg_notify('fiefdom_cancel', $1)", str(job_id))
                 return str(state)
@@ -762,21 +490,3 @@ class PostgresStore(Store):
         if state is JobState.RUNNING:
             self._cancel_local(job_id)
         return state
-
-    async def prune(
-        self, *, completed: float, cancelled: float, discarded: float, limit: int = 10_000
-    ) -> int:
-        rows = await self._run(
-            lambda conn: conn.fetch(
-                "DELETE FROM fiefdom_jobs WHERE id IN (SELECT id FROM fiefdom_jobs WHERE "
-                "(state = 'completed' AND finished_at < now() - make_interval(secs => $1)) OR "
-                "(state = 'cancelled' AND finished_at < now() - make_interval(secs => $2)) OR "
-                "(state = 'discarded' AND finished_at < now() - make_interval(secs => $3)) "
-                "LIMIT $4) RETURNING id",
-                completed,
-                cancelled,
-                discarded,
-                limit,
-            )
-        )
-        return len(rows)

@@ -21,19 +21,17 @@ import structlog
 from .._errors import StoreError, StoreUnavailable, UniqueConflict
 from . import _migrations
 from ._jobs import (
-    LEASE_EXPIRED_SQL,
+    CANCELLED_STATE_SQL,
     STATE_BITS,
     SUPERSEDED_MESSAGE,
     AttemptError,
-    ClaimedJob,
     Enqueued,
     JobInfo,
     JobState,
-    Lease,
     NewJob,
-    Outcome,
     QueueCount,
     state_bit_sql,
+    unique_key_after,
 )
 from ._store import Store, Transaction
 
@@ -136,21 +134,6 @@ class _Channel:
         self.lock = anyio.Lock()
 
 
-# The claim: one statement inside BEGIN IMMEDIATE (SQLite has one writer at a time).
-# Parameters: worker, now, lease expiry, queue, limit.
-CLAIM_SQL = (
-    "UPDATE fiefdom_jobs SET state = 'running', attempt = attempt + 1, "
-    "lease_token = lease_token + 1, worker = ?1, attempted_at = ?2, "
-    "lease_expires_at = ?3, "
-    f"unique_key = CASE WHEN unique_states & {STATE_BITS[JobState.RUNNING]} "
-    "THEN unique_key END "
-    "WHERE id IN (SELECT id FROM fiefdom_jobs WHERE state = 'available' "
-    "AND queue = ?4 ORDER BY priority, run_at, id LIMIT ?5) "
-    "RETURNING id, kind, queue, args, attempt, max_attempts, lease_token, "
-    "domain_key, priority, ?2 - run_at"
-)
-
-
 # A job that re-enters a state its uniqueness counts takes its key back (one job
 # per key, and only while no other job holds it); one that re-enters a waiting
 # state while a duplicate holds the key is superseded by it. Parameters: the ids
@@ -176,11 +159,6 @@ _SUPERSEDE_SQL = (
     f"AND j.unique_states & {state_bit_sql('j.state')} "
     "AND h.unique_key = j.unique_digest AND h.id <> j.id "
     "RETURNING id"
-)
-
-
-_LEASE_EXPIRED = LEASE_EXPIRED_SQL.format(
-    cancel="cancel_requested", attempt="attempt", max_attempts="max_attempts"
 )
 
 
@@ -213,6 +191,20 @@ def _info(row: sqlite3.Row) -> JobInfo:
         attempted_at=_time(row[14]),
         finished_at=_time(row[15]),
     )
+
+
+async def restore_keys(tx: _SQLiteTransaction, ids: Sequence[int], now: float) -> set[int]:
+    """Give jobs that just re-entered a counted state their unique key back, or
+    supersede them by the duplicate holding it (``Unique``'s docstring). The
+    write lock is held, so no enqueue can take a key between the two steps."""
+    if not ids:
+        return set()
+    batch = msgspec.json.encode(list(ids)).decode()
+    await tx.raw(_RESTORE_KEYS_SQL, (batch,))
+    superseded = await tx.raw(_SUPERSEDE_SQL, (batch, now))
+    if superseded:
+        log.info("superseded jobs by waiting duplicates", ids=[r[0] for r in superseded])
+    return {r[0] for r in superseded}
 
 
 class SQLiteStore(Store):
@@ -384,7 +376,7 @@ class SQLiteStore(Store):
 
     # -- enqueueing ------------------------------------------------------------------
 
-    async def insert_jobs(
+    async def _insert_rows(
         self, rows: Sequence[NewJob], *, tx: Transaction | None = None
     ) -> list[Enqueued]:
         self._check_tx(tx)
@@ -446,142 +438,6 @@ class SQLiteStore(Store):
 
     # -- the engine's side -----------------------------------------------------------
 
-    async def claim(self, queue: str, limit: int, *, worker: str, lease: float) -> list[ClaimedJob]:
-        async with self._tx() as tx:
-            # Read the clock once the write lock is held: BEGIN IMMEDIATE may have
-            # waited for other writers, and a lease counted from before that wait
-            # could already have expired when the claim commits.
-            now = time.time()
-            rows = await tx.raw(
-                CLAIM_SQL,
-                (worker, now, now + lease, queue, limit),
-            )
-        return [ClaimedJob.from_row(r) for r in rows]
-
-    async def finish(self, outcomes: Sequence[Outcome]) -> dict[int, JobState]:
-        if not outcomes:
-            return {}
-        batch = msgspec.json.encode(
-            [
-                (
-                    o.lease.job_id,
-                    o.lease.token,
-                    o.state.value,
-                    o.delay,
-                    1 if o.refund else 0,
-                    o.error,
-                    STATE_BITS[o.state],
-                )
-                for o in outcomes
-            ]
-        ).decode()
-        async with self._tx() as tx:
-            now = time.time()  # once the write lock is held (see claim)
-            rows = await tx.raw(
-                "UPDATE fiefdom_jobs AS j SET state = d.state, attempt = j.attempt - d.refund, "
-                "run_at = CASE WHEN d.delay IS NULL THEN j.run_at ELSE ?1 + d.delay END, "
-                "finished_at = CASE WHEN d.state IN ('completed', 'cancelled', 'discarded') "
-                "THEN ?1 END, "
-                "errors = CASE WHEN d.error IS NULL THEN j.errors "
-                "ELSE json_insert(j.errors, '$[#]', json(d.error)) END, "
-                "lease_expires_at = NULL, worker = NULL, cancel_requested = 0, "
-                "unique_key = CASE WHEN j.unique_states & d.bit THEN j.unique_key END "
-                "FROM (SELECT value ->> 0 AS id, value ->> 1 AS token, value ->> 2 AS state, "
-                "value ->> 3 AS delay, value ->> 4 AS refund, value ->> 5 AS error, "
-                "value ->> 6 AS bit FROM json_each(?2)) AS d "
-                "WHERE j.id = d.id AND j.lease_token = d.token AND j.state = 'running' "
-                "RETURNING id, queue, state",
-                (now, batch),
-            )
-            superseded = await self._restore_keys(tx, [r[0] for r in rows], now)
-            tx.wake.update(r[1] for r in rows if r[2] == "available")
-        return {r[0]: JobState.CANCELLED if r[0] in superseded else JobState(r[2]) for r in rows}
-
-    async def heartbeat(
-        self, leases: Sequence[Lease], *, lease: float
-    ) -> tuple[set[int], set[int]]:
-        if not leases:
-            return set(), set()
-        batch = msgspec.json.encode([(x.job_id, x.token) for x in leases]).decode()
-        async with self._tx() as tx:
-            rows = await tx.raw(
-                "UPDATE fiefdom_jobs SET lease_expires_at = ? WHERE state = 'running' AND "
-                "(id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?)) "
-                "RETURNING id, cancel_requested",
-                (time.time() + lease, batch),
-            )
-        return {r[0] for r in rows}, {r[0] for r in rows if r[1]}
-
-    async def rescue(self) -> list[tuple[int, str, str, JobState]]:
-        a, c, d = (
-            STATE_BITS[s] for s in (JobState.AVAILABLE, JobState.CANCELLED, JobState.DISCARDED)
-        )
-        async with self._tx() as tx:
-            now = time.time()  # once the write lock is held (see claim)
-            rows = await tx.raw(
-                "UPDATE fiefdom_jobs SET "
-                "state = CASE WHEN cancel_requested THEN 'cancelled' "
-                "WHEN attempt >= max_attempts THEN 'discarded' ELSE 'available' END, "
-                "finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts "
-                "THEN ?1 END, run_at = ?1, lease_expires_at = NULL, worker = NULL, "
-                "errors = json_insert(errors, '$[#]', json_object('attempt', attempt, "
-                "'at', ?1, 'type', 'fiefdom.LeaseExpired', 'message', "
-                f"{_LEASE_EXPIRED}, 'traceback', '')), "
-                f"unique_key = CASE WHEN cancel_requested THEN "
-                f"(CASE WHEN unique_states & {c} THEN unique_key END) "
-                f"WHEN attempt >= max_attempts THEN "
-                f"(CASE WHEN unique_states & {d} THEN unique_key END) "
-                f"ELSE (CASE WHEN unique_states & {a} THEN unique_key END) END "
-                "WHERE state = 'running' AND lease_expires_at < ?1 "
-                "RETURNING id, kind, queue, state",
-                (now,),
-            )
-            # A job superseded by a waiting duplicate ends cancelled: report the
-            # state the table holds, not the one the first statement wrote.
-            superseded = await self._restore_keys(tx, [r[0] for r in rows], now)
-            rescued = [
-                (r[0], r[1], r[2], JobState.CANCELLED if r[0] in superseded else JobState(r[3]))
-                for r in rows
-            ]
-            tx.wake.update(r[2] for r in rescued if r[3] is JobState.AVAILABLE)
-        return rescued
-
-    async def promote(self) -> list[str]:
-        bit = STATE_BITS[JobState.AVAILABLE]
-        async with self._tx() as tx:
-            now = time.time()
-            rows = await tx.raw(
-                "UPDATE fiefdom_jobs SET state = 'available', "
-                f"unique_key = CASE WHEN unique_states & {bit} THEN unique_key END "
-                "WHERE id IN (SELECT id FROM fiefdom_jobs WHERE state IN "
-                "('scheduled', 'retryable') AND run_at <= ? ORDER BY run_at LIMIT 1000) "
-                "RETURNING id, queue",
-                (now,),
-            )
-            await self._restore_keys(tx, [r[0] for r in rows], now)
-            queues = sorted({r[1] for r in rows})
-            tx.wake.update(queues)
-        return queues
-
-    async def _restore_keys(
-        self, tx: _SQLiteTransaction, ids: Sequence[int], now: float
-    ) -> set[int]:
-        """Give jobs that just re-entered a counted state their unique key back, or
-        supersede them by the duplicate holding it (``Unique``'s docstring). The
-        write lock is held, so no enqueue can take a key between the two steps."""
-        if not ids:
-            return set()
-        batch = msgspec.json.encode(list(ids)).decode()
-        await tx.raw(_RESTORE_KEYS_SQL, (batch,))
-        superseded = await tx.raw(_SUPERSEDE_SQL, (batch, now))
-        if superseded:
-            log.info("superseded jobs by waiting duplicates", ids=[r[0] for r in superseded])
-        return {r[0] for r in superseded}
-
-    async def insert_periodic(self, row: NewJob) -> bool:
-        result = await self.insert_jobs([row])
-        return not result[0].duplicate
-
     # -- administration --------------------------------------------------------------
 
     async def get_job(self, job_id: int) -> JobInfo | None:
@@ -638,7 +494,7 @@ class SQLiteStore(Store):
             rows = await tx.raw(
                 "UPDATE fiefdom_jobs SET state = 'available', run_at = ?, finished_at = NULL, "
                 "max_attempts = max(max_attempts, attempt + 1), cancel_requested = 0, "
-                f"unique_key = CASE WHEN unique_states & {bit} THEN unique_digest END "
+                f"{unique_key_after(bit, keep='unique_digest')} "
                 "WHERE id = ? AND state IN ('discarded', 'cancelled', 'completed') "
                 "RETURNING queue",
                 (time.time(), job_id),
@@ -660,22 +516,20 @@ class SQLiteStore(Store):
         return {r[0] for r in rows}
 
     async def cancel_job(self, job_id: int) -> JobState | None:
-        bit = STATE_BITS[JobState.CANCELLED]
         async with self._tx() as tx:
             now = time.time()
             rows = await tx.raw(
                 "UPDATE fiefdom_jobs SET "
-                "state = CASE WHEN state = 'running' THEN state ELSE 'cancelled' END, "
+                f"state = {CANCELLED_STATE_SQL}, "
                 "cancel_requested = CASE WHEN state = 'running' THEN 1 ELSE 0 END, "
                 "finished_at = CASE WHEN state = 'running' THEN NULL ELSE ? END, "
-                f"unique_key = CASE WHEN state = 'running' OR unique_states & {bit} "
-                "THEN unique_key END "
+                f"{unique_key_after(state_bit_sql(CANCELLED_STATE_SQL))} "
                 "WHERE id = ? AND state IN ('available', 'scheduled', 'retryable', 'running') "
                 "RETURNING state",
                 (now, job_id),
             )
             if rows and rows[0][0] == "cancelled":
-                await self._restore_keys(tx, [job_id], now)
+                await restore_keys(tx, [job_id], now)
             if not rows:
                 rows = await tx.raw("SELECT state FROM fiefdom_jobs WHERE id = ?", (job_id,))
         if not rows:
@@ -684,20 +538,6 @@ class SQLiteStore(Store):
         if state is JobState.RUNNING:
             self._cancel_local(job_id)
         return state
-
-    async def prune(
-        self, *, completed: float, cancelled: float, discarded: float, limit: int = 10_000
-    ) -> int:
-        now = time.time()
-        async with self._tx() as tx:
-            rows = await tx.raw(
-                "DELETE FROM fiefdom_jobs WHERE id IN (SELECT id FROM fiefdom_jobs WHERE "
-                "(state = 'completed' AND finished_at < ?) OR "
-                "(state = 'cancelled' AND finished_at < ?) OR "
-                "(state = 'discarded' AND finished_at < ?) LIMIT ?) RETURNING id",
-                (now - completed, now - cancelled, now - discarded, limit),
-            )
-        return len(rows)
 
 
 def _split(script: str) -> list[str]:

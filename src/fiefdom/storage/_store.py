@@ -12,18 +12,14 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from .._errors import ConfigurationError, StoreError
 from ._jobs import (
-    ClaimedJob,
     Enqueued,
     Job,
     JobInfo,
     JobState,
-    Lease,
     NewJob,
-    Outcome,
     QueueCount,
     prepare,
 )
@@ -198,7 +194,7 @@ class Store(abc.ABC):
 
     # -- notifications ---------------------------------------------------------------
 
-    def subscribe(self, subscriber: Notifications) -> Callable[[], None]:
+    def _subscribe(self, subscriber: Notifications) -> Callable[[], None]:
         """Deliver wake-ups from this process's own writes to ``subscriber``;
         returns the function that ends the subscription."""
         self._subscribers.append(subscriber)
@@ -216,15 +212,6 @@ class Store(abc.ABC):
     def _paused_local(self, queue: str, paused: bool) -> None:
         for sub in list(self._subscribers):
             sub.on_paused(queue, paused)
-
-    async def listen(self, subscriber: Notifications, ready: Callable[[], None]) -> None:
-        """Deliver wake-ups from other processes until cancelled. Raises
-        StoreUnavailable when the connection is lost (the caller reconnects).
-        A backend without cross-process notifications waits forever."""
-        import anyio
-
-        ready()
-        await anyio.sleep_forever()
 
     # -- enqueueing ------------------------------------------------------------------
 
@@ -249,7 +236,7 @@ class Store(abc.ABC):
             delay=delay,
             max_attempts=max_attempts,
         )
-        return (await self.insert_jobs([row], tx=tx))[0]
+        return (await self._insert_rows([row], tx=tx))[0]
 
     async def enqueue_many(
         self,
@@ -267,7 +254,7 @@ class Store(abc.ABC):
             prepare(j, now=now, queue=queue, priority=priority, run_at=run_at, delay=delay)
             for j in jobs
         ]
-        return await self.insert_jobs(rows, tx=tx)
+        return await self._insert_rows(rows, tx=tx)
 
     def _check_tx(self, tx: Transaction | None) -> None:
         if tx is not None and tx.store is not self:
@@ -298,55 +285,10 @@ class Store(abc.ABC):
         return out
 
     @abc.abstractmethod
-    async def insert_jobs(
+    async def _insert_rows(
         self, rows: Sequence[NewJob], *, tx: Transaction | None = None
     ) -> list[Enqueued]:
         """Insert prepared rows in one statement (per chunk on SQLite)."""
-
-    # -- the engine's side -----------------------------------------------------------
-
-    @abc.abstractmethod
-    async def claim(self, queue: str, limit: int, *, worker: str, lease: float) -> list[ClaimedJob]:
-        """Atomically take up to ``limit`` available jobs of ``queue`` (priority, then
-        run_at, then id), each with a lease of ``lease`` seconds and a new token."""
-
-    @abc.abstractmethod
-    async def finish(self, outcomes: Sequence[Outcome]) -> dict[int, JobState]:
-        """Record outcomes in one statement; returns, for each job whose lease was
-        current, the state it ended in: the outcome's, or ``cancelled`` when it was
-        superseded by a waiting duplicate holding its unique key. Stale leases are
-        left out (they changed nothing)."""
-
-    async def complete(self, lease: Lease) -> None:
-        """Mark one job completed; StaleLease when the lease was taken over."""
-        await self._finish_one(Outcome(lease=lease, state=JobState.COMPLETED))
-
-    async def _finish_one(self, outcome: Outcome) -> None:
-        from .._errors import StaleLease
-
-        if outcome.lease.job_id not in await self.finish([outcome]):
-            raise StaleLease(
-                f"job {outcome.lease.job_id}: lease token {outcome.lease.token} is no longer "
-                "current (the lease expired and the job was claimed again, or it finished); "
-                f"its {outcome.state} outcome was not recorded"
-            )
-
-    @abc.abstractmethod
-    async def heartbeat(
-        self, leases: Sequence[Lease], *, lease: float
-    ) -> tuple[set[int], set[int]]:
-        """Extend the leases; returns (ids still held, ids asked to cancel)."""
-
-    @abc.abstractmethod
-    async def rescue(self) -> list[tuple[int, str, str, JobState]]:
-        """Take back jobs whose lease expired: available at once, or discarded when
-        out of attempts (cancelled if a cancel was asked). Returns (id, kind, queue,
-        new state) of each."""
-
-    @abc.abstractmethod
-    async def promote(self) -> list[str]:
-        """Make scheduled and retryable jobs whose time has come available; returns
-        the queues that got jobs."""
 
     # -- administration --------------------------------------------------------------
 
@@ -406,45 +348,7 @@ class Store(abc.ABC):
         to stop (its engine cancels the handler). Returns its state afterwards, or
         None if there is no such job."""
 
-    @abc.abstractmethod
-    async def prune(
-        self, *, completed: float, cancelled: float, discarded: float, limit: int = 10_000
-    ) -> int:
-        """Delete final jobs older than the given ages (seconds); returns how many."""
-
-    @abc.abstractmethod
-    async def insert_periodic(self, row: NewJob) -> bool:
-        """Insert a periodic job's row for its slot unless another engine did."""
-
 
 def _check_queue_name(queue: str) -> None:
     if not isinstance(queue, str) or not 1 <= len(queue) <= 200:
         raise ConfigurationError(f"queue must be a name of 1-200 characters, got {queue!r}")
-
-
-def open_store(
-    url: str,
-    *,
-    synchronous: Literal["off", "normal", "full", "extra"] = "full",
-    pool_size: int = 10,
-) -> Store:
-    """A store for ``url``: ``sqlite:///relative.db``, ``sqlite:////absolute.db`` or
-    ``postgresql://user@host:port/db``. Use it as ``async with open_store(url) as
-    store`` (or ``await store.open(migrate=True)`` to migrate on the way).
-
-    ``synchronous`` is SQLite's setting in WAL mode: ``full`` (the default) makes
-    every commit durable at a power loss; ``normal`` may lose the last commits then
-    (never corrupts). ``pool_size`` is the number of PostgreSQL connections."""
-    scheme = urlsplit(url).scheme
-    if scheme == "sqlite":
-        from ._sqlite import SQLiteStore
-
-        return SQLiteStore(url, synchronous=synchronous)
-    if scheme in ("postgresql", "postgres"):
-        from ._postgres import PostgresStore
-
-        return PostgresStore(url, pool_size=pool_size)
-    raise StoreError(
-        f"unsupported store URL {url!r}: use sqlite:///path/to/file.db "
-        "or postgresql://user@host:port/database"
-    )

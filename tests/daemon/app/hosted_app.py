@@ -10,7 +10,8 @@ import anyio
 import msgspec
 
 import fiefdom
-from fiefdom.storage import Job, JobContext, JobOptions
+from fiefdom.jobs import JobContext
+from fiefdom.storage import Job, JobOptions
 
 # Set by setup(): where naps leave a marker, so that a nap given back at shutdown
 # finishes at once when it runs again after a restart.

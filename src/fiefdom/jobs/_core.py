@@ -1,0 +1,231 @@
+"""The state one job engine shares between its parts (fetchers, workers, finisher,
+maintenance services): the jobs it holds, its queues, its counters, and the few
+operations every part needs (cancel a held job, hand an outcome to the finisher,
+publish an event, back off from a failing store)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+import anyio
+import msgspec
+import structlog
+
+from ..actors import Domain
+from ..storage import (
+    ClaimedJob,
+    EngineQueries,
+    Job,
+    JobEvent,
+    JobOptions,
+    JobState,
+    Outcome,
+    Store,
+    engine_queries,
+)
+from ._kinds import JobContext
+
+log = structlog.get_logger("fiefdom.jobs")
+
+_MAX_BACKOFF = 30.0  # seconds between retries of an unreachable store
+
+CancelReason = Literal["cancel", "lease", "shutdown", "pause"]
+
+
+@dataclasses.dataclass(slots=True)
+class Kind:
+    """A registered job kind: its class, options, handler and argument decoder."""
+
+    cls: type[Job]
+    options: JobOptions
+    handler: Callable[[Any, JobContext[Any]], Awaitable[object]]
+    decoder: msgspec.json.Decoder[Any]
+    domain: Domain[Any, Any] | None
+
+
+class Held:
+    """A job this engine claimed and has not yet recorded."""
+
+    __slots__ = ("cancel_reason", "finished", "given_back", "job", "runner", "scope")
+
+    def __init__(self, job: ClaimedJob, runner: Runner) -> None:
+        self.job = job
+        self.runner = runner
+        self.scope: anyio.CancelScope | None = None
+        self.cancel_reason: CancelReason | None = None
+        self.finished = False  # its outcome was handed to the finisher
+        self.given_back: str | None = None  # why it went back unrun (its event's detail)
+
+
+class Runner:
+    """One queue's fetcher state."""
+
+    __slots__ = ("concurrency", "in_flight", "inbox", "name", "paused", "running", "wake")
+
+    def __init__(self, name: str, concurrency: int) -> None:
+        self.name = name
+        self.concurrency = concurrency
+        self.in_flight = 0
+        self.running = 0
+        self.paused = False
+        self.wake = asyncio.Event()
+        self.inbox: asyncio.Queue[Held | None] = asyncio.Queue()
+
+    def reset(self) -> None:
+        self.in_flight = self.running = 0
+        self.inbox = asyncio.Queue()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Timing:
+    """An engine's timing settings (validated by ``JobEngine``)."""
+
+    lease: float
+    heartbeat: float
+    poll: float
+    rescue_every: float
+    batch: int
+    drain_timeout: float
+
+
+class Core:
+    """What an engine's parts share. Not public: ``JobEngine`` is the face."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        name: str | None,
+        queues: dict[str, int],
+        domains: dict[str, Domain[Any, Any]],
+        timing: Timing,
+    ) -> None:
+        self.store = store
+        self.queries: EngineQueries = engine_queries(store)
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{name or uuid.uuid4().hex[:8]}"
+        self.path = f"jobs/{name or 'engine'}"
+        self.domains = domains
+        self.timing = timing
+        self.kinds: dict[str, Kind] = {}
+        self.runners = {q: Runner(q, n) for q, n in queues.items()}
+        self.held: dict[int, Held] = {}
+        self.pending: list[tuple[Held, Outcome | None]] = []
+        self.pending_event = asyncio.Event()
+        self.subscribers: list[Callable[[JobEvent], None]] = []
+        self.stop_requested = asyncio.Event()
+        self.hard_stop = False
+        self.idle = asyncio.Event()
+        self.claimed = 0
+        self.outcomes: dict[str, int] = {}
+        self.stale = 0
+        self.rescued = 0
+        self.recorded_at = 0.0  # monotonic time of the last outcome write that succeeded
+        self.finish_failures = 0  # consecutive failed outcome writes (readiness)
+        # Paused queues are shared through the store: no claims until they are known.
+        self.queue_state_known = False
+        self.queue_state_stale = True  # read them on the next maintenance round
+        self.queue_changes = 0  # pause notifications received, to spot a racing read
+
+    def reset(self) -> None:
+        self.stop_requested = asyncio.Event()
+        self.hard_stop = False
+        self.held.clear()
+        self.pending.clear()
+        self.queue_state_known = False
+        self.queue_state_stale = True
+        for runner in self.runners.values():
+            runner.reset()
+
+    # -- held jobs -------------------------------------------------------------------
+
+    def cancel_held(self, job_id: int, reason: CancelReason) -> None:
+        held = self.held.get(job_id)
+        if held is None or held.finished:
+            return
+        if held.cancel_reason is None or reason == "cancel":
+            held.cancel_reason = reason
+        if held.scope is not None:
+            held.scope.cancel()
+
+    def cancel_all(self, reason: CancelReason) -> None:
+        for job_id in list(self.held):
+            self.cancel_held(job_id, reason)
+
+    def submit(self, held: Held, outcome: Outcome | None) -> None:
+        """Hand a held job's outcome to the finisher (None: nothing to record)."""
+        held.finished = True
+        if outcome is None:
+            self.release(held)
+            self.stale += 1
+            return
+        self.pending.append((held, outcome))
+        self.pending_event.set()
+
+    def release(self, held: Held) -> None:
+        if self.held.pop(held.job.id, None) is not None:
+            held.runner.in_flight -= 1
+            held.runner.wake.set()
+
+    # -- queue state -----------------------------------------------------------------
+
+    def apply_paused(self, paused: set[str]) -> None:
+        for runner in self.runners.values():
+            was = runner.paused
+            runner.paused = runner.name in paused
+            if was and not runner.paused:
+                runner.wake.set()
+        if not self.queue_state_known:
+            self.queue_state_known = True
+            for runner in self.runners.values():
+                runner.wake.set()
+
+    def wake_all(self) -> None:
+        for runner in self.runners.values():
+            runner.wake.set()
+
+    # -- events ----------------------------------------------------------------------
+
+    def emit(self, job: ClaimedJob, state: JobState, detail: str | None) -> None:
+        self.publish(
+            JobEvent(
+                job_id=job.id,
+                kind=job.kind,
+                queue=job.queue,
+                state=state,
+                attempt=job.attempt,
+                at=time.time(),
+                detail=detail,
+                queued_for=job.queued_for if state is JobState.RUNNING else None,
+            )
+        )
+
+    def publish(self, event: JobEvent) -> None:
+        for callback in list(self.subscribers):
+            try:
+                callback(event)
+            except Exception:
+                log.exception("job event subscriber raised", subscriber=repr(callback))
+
+    # -- failures --------------------------------------------------------------------
+
+    async def backoff(
+        self, what: str, exc: BaseException, failures: int, *, interruptible: bool = True
+    ) -> None:
+        """Wait before retrying a failed store operation (longer each time); a stop
+        cuts the wait short unless ``interruptible`` is False."""
+        delay = min(_MAX_BACKOFF, 0.1 * 2 ** min(failures, 10))
+        log.warning(
+            "store operation failed; retrying", operation=what, error=str(exc), retry_in=delay
+        )
+        if not interruptible:
+            await anyio.sleep(delay)
+            return
+        with anyio.move_on_after(delay):
+            await self.stop_requested.wait()

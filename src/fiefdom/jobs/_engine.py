@@ -1,0 +1,454 @@
+"""``JobEngine``: the face of the job engine. It registers kinds and periodic jobs,
+offers the operations, and runs its parts: per queue a fetcher (``_fetcher``) and
+``concurrency`` workers (``_executor``), one finisher, and the maintenance
+services (lease keeper, rescuer, promoter, queue watcher, listener, periodic
+enqueuer), each in its own module."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio
+import anyio.abc
+import msgspec
+import structlog
+
+from .._errors import ConfigurationError, JobError
+from .._lifecycle import Lifecycle, State, StopMode
+from ..actors import Domain
+from ..storage import Job, JobEvent, JobState, Notifications, Store
+from ._core import Core, Kind, Runner, Timing
+from ._executor import work
+from ._fetcher import fetch
+from ._finisher import Finisher
+from ._kinds import JobContext
+from ._lease_keeper import LeaseKeeper
+from ._listener import Listener
+from ._periodic import Periodic, PeriodicEnqueuer
+from ._promoter import Promoter
+from ._pruner import PruneJobs, Retention, pruner
+from ._queue_watcher import QueueWatcher
+from ._rescuer import Rescuer
+from ._service import Service
+
+log = structlog.get_logger("fiefdom.jobs")
+
+J = TypeVar("J", bound=Job)
+H = TypeVar("H", bound=Callable[..., Awaitable[object]])
+Handler = Callable[[J, JobContext[Any]], Awaitable[object]]
+
+# At shutdown, outcomes are written for as long as the store records some; the
+# engine gives up (leaving those jobs to be rescued) only after this long without
+# a successful write, so a slow store is waited for and a dead one is not.
+_SHUTDOWN_WRITE_DEADLINE = 10.0
+_DEFAULT_RETENTION = Retention()
+_USAGE = "use 'async with JobEngine(store) as engine'"
+
+
+class QueueStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """One queue of an engine, in ``EngineStatistics.queues``."""
+
+    queue: str
+    concurrency: int
+    in_flight: int  # claimed and not yet recorded
+    running: int  # handlers running now
+    paused: bool
+
+
+class EngineStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot of an engine (``engine.statistics()``)."""
+
+    worker: str
+    state: State
+    queues: list[QueueStatistics]
+    claimed: int
+    outcomes: dict[str, int]  # recorded outcomes by resulting state
+    stale: int  # outcomes refused because the lease had been taken over
+    rescued: int
+    store_healthy: bool
+    finish_failures: int = 0  # consecutive failed outcome writes (0: recording)
+
+
+class JobEngine(Notifications):
+    """Runs jobs from ``store``. Embed it with ``async with JobEngine(...)`` (or
+    ``await start()`` / ``await stop(mode)``), or host it in a supervisor (it
+    implements a supervisor child's ``serve``, ``request_stop``, ``cancel``,
+    ``close`` and ``reset``).
+
+    ``queues`` maps each queue this engine serves to its concurrency.
+    ``domains`` maps the domain names job kinds use to the running ``Domain``.
+    A claim holds a job for ``lease`` seconds, renewed every ``heartbeat``
+    seconds; another engine rescues it once the lease has expired.
+    ``drain_timeout`` is how long a graceful stop lets running jobs finish
+    before cancelling them and giving their jobs back (no attempt used).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        queues: Mapping[str, int] | None = None,
+        domains: Mapping[str, Domain[Any, Any]] | None = None,
+        name: str | None = None,
+        lease: float = 15.0,
+        heartbeat: float | None = None,
+        poll_interval: float = 1.0,
+        rescue_interval: float = 2.0,
+        batch_size: int = 100,
+        drain_timeout: float = 10.0,
+        retention: Retention | None = _DEFAULT_RETENTION,
+    ) -> None:
+        queues = {"default": 10} if queues is None else dict(queues)
+        for queue, n in queues.items():
+            if n < 1:
+                raise ConfigurationError(f"queues[{queue!r}]: concurrency must be >= 1, got {n}")
+        if not lease > 0:
+            raise ConfigurationError(f"lease must be positive seconds, got {lease}")
+        heartbeat = lease / 3 if heartbeat is None else heartbeat
+        if not 0 < heartbeat < lease:
+            raise ConfigurationError(
+                f"heartbeat ({heartbeat}s) must be positive and shorter than the lease ({lease}s)"
+            )
+        if batch_size < 1:
+            raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
+        timing = Timing(
+            lease=lease,
+            heartbeat=heartbeat,
+            poll=poll_interval,
+            rescue_every=rescue_interval,
+            batch=batch_size,
+            drain_timeout=drain_timeout,
+        )
+        self._core = core = Core(
+            store, name=name, queues=queues, domains=dict(domains or {}), timing=timing
+        )
+        self.store = store
+        self.worker = core.worker
+        self.path = core.path
+        self._life = Lifecycle(f"job engine {core.worker}", _USAGE)
+        self._closed = False
+        self._periodic: list[Periodic] = []
+        self._stopped = anyio.Event()
+        self._stack: AsyncExitStack | None = None
+        if retention is not None:
+            core.runners.setdefault("fiefdom", Runner("fiefdom", 1))
+            self.register(PruneJobs, pruner(core.queries))
+            self.periodic(
+                lambda: PruneJobs(
+                    completed=retention.completed,
+                    cancelled=retention.cancelled,
+                    discarded=retention.discarded,
+                ),
+                every=retention.every,
+                run_on_start=True,
+                name="fiefdom.prune",
+            )
+
+    # -- configuration ---------------------------------------------------------------
+
+    def register(self, kind: type[J], handler: Handler[J]) -> None:
+        """Run ``handler(job, ctx)`` for jobs of ``kind``."""
+        if not (isinstance(kind, type) and issubclass(kind, Job)) or kind is Job:
+            raise TypeError(f"register takes a fiefdom.Job subclass, got {kind!r}")
+        core = self._core
+        opts = kind.options
+        if opts.kind in core.kinds:
+            raise ConfigurationError(f"job kind {opts.kind!r} already has a handler")
+        domain: Domain[Any, Any] | None = None
+        if opts.domain is not None:
+            domain = core.domains.get(opts.domain)
+            if domain is None:
+                raise ConfigurationError(
+                    f"job kind {opts.kind!r} runs in domain {opts.domain!r}, which this engine "
+                    f"was not given: pass domains={{{opts.domain!r}: domain}} to JobEngine"
+                )
+        if opts.queue not in core.runners:
+            log.warning(
+                "registered a job kind whose queue this engine does not serve",
+                kind=opts.kind,
+                queue=opts.queue,
+                served=sorted(core.runners),
+            )
+        core.kinds[opts.kind] = Kind(kind, opts, handler, msgspec.json.Decoder(kind), domain)
+
+    def handler(self, kind: type[J]) -> Callable[[H], H]:
+        """Decorator form of ``register``."""
+
+        def decorate(fn: H) -> H:
+            self.register(kind, fn)
+            return fn
+
+        return decorate
+
+    def periodic(
+        self,
+        factory: Callable[[], Job],
+        *,
+        every: float,
+        run_on_start: bool = False,
+        name: str | None = None,
+    ) -> None:
+        """Enqueue ``factory()`` once per ``every`` seconds (aligned to the clock),
+        and at start when ``run_on_start``. With several engines on one database,
+        a unique slot per period makes exactly one of them insert it."""
+        if self._life.state is not State.NEW:
+            raise JobError(f"add periodic jobs before the engine starts; it is {self.state}")
+        if not every > 0:
+            raise ConfigurationError(f"periodic(every=...) must be positive, got {every}")
+        sample = factory()
+        if not isinstance(sample, Job):
+            raise TypeError(f"periodic factory must return a fiefdom.Job, got {sample!r}")
+        label = name or type(sample).options.kind
+        if any(p.name == label for p in self._periodic):
+            raise ConfigurationError(f"a periodic job named {label!r} already exists")
+        self._periodic.append(Periodic(label, factory, every, run_on_start))
+
+    def subscribe(self, callback: Callable[[JobEvent], None]) -> Callable[[], None]:
+        """Call ``callback(event)`` on every state change this engine makes (it runs
+        in the engine's task: keep it short, hand work to a stream or an actor).
+        Returns the function that unsubscribes."""
+        subscribers = self._core.subscribers
+        subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in subscribers:
+                subscribers.remove(callback)
+
+        return unsubscribe
+
+    # -- operations ------------------------------------------------------------------
+
+    async def cancel_job(self, job_id: int) -> JobState | None:
+        """Cancel a job by id; a running one is cancelled through its handler's
+        scope (in its owning actor) by the engine holding it, and ends cancelled."""
+        return await self.store.cancel_job(job_id)
+
+    async def pause(self, queue: str) -> None:
+        """Stop claiming from ``queue`` (running jobs go on). The pause is kept in the
+        database: every engine on it stops claiming the queue (at once on PostgreSQL,
+        within its poll interval on SQLite), and it survives restarts until resumed."""
+        runner = self._runner(queue)
+        await self.store.pause_queue(queue)
+        runner.paused = True  # also while this engine is not subscribed (not serving)
+
+    async def resume(self, queue: str) -> None:
+        """Let every engine on the database claim from ``queue`` again."""
+        runner = self._runner(queue)
+        await self.store.resume_queue(queue)
+        runner.paused = False
+        runner.wake.set()
+
+    def _runner(self, queue: str) -> Runner:
+        try:
+            return self._core.runners[queue]
+        except KeyError:
+            raise JobError(
+                f"this engine does not serve queue {queue!r}; it serves "
+                f"{sorted(self._core.runners)}"
+            ) from None
+
+    @property
+    def state(self) -> State:
+        return self._life.state
+
+    def statistics(self) -> EngineStatistics:
+        core = self._core
+        return EngineStatistics(
+            worker=self.worker,
+            state=self._life.state,
+            queues=[
+                QueueStatistics(
+                    queue=r.name,
+                    concurrency=r.concurrency,
+                    in_flight=r.in_flight,
+                    running=r.running,
+                    paused=r.paused,
+                )
+                for r in core.runners.values()
+            ],
+            claimed=core.claimed,
+            outcomes=dict(core.outcomes),
+            stale=core.stale,
+            rescued=core.rescued,
+            store_healthy=self.store.healthy,
+            finish_failures=core.finish_failures,
+        )
+
+    # -- notifications from the store -------------------------------------------------
+
+    def on_jobs(self, queue: str) -> None:
+        runner = self._core.runners.get(queue)
+        if runner is not None:
+            runner.wake.set()
+
+    def on_cancel(self, job_id: int) -> None:
+        self._core.cancel_held(job_id, "cancel")
+
+    def on_paused(self, queue: str, paused: bool) -> None:
+        self._core.queue_changes += 1
+        runner = self._core.runners.get(queue)
+        if runner is not None:
+            runner.paused = paused
+            runner.wake.set()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def serve(self, started: Callable[[], None] | None = None) -> None:
+        """Run until a stop is requested, then stop gracefully (see the class doc)."""
+        if self._closed:
+            raise JobError(
+                f"job engine {self.worker} is closed (its supervisor gave it up): "
+                "create a new JobEngine"
+            )
+        self._life.begin_start()
+        self._stopped = anyio.Event()
+        core = self._core
+        unsubscribe = core.queries.subscribe(self)
+        log.info("job engine started", worker=self.worker, queues=sorted(core.runners))
+        try:
+            async with anyio.create_task_group() as root:
+                services: list[Service] = [
+                    Listener(core, self),
+                    QueueWatcher(core),
+                    LeaseKeeper(core),
+                    Promoter(core),
+                    Rescuer(core),
+                ]
+                if self._periodic:
+                    services.append(PeriodicEnqueuer(core, self._periodic))
+                finisher = Finisher(core)
+                await finisher.start(root)
+                for service in services:
+                    await service.start(root)
+                async with anyio.create_task_group() as workers:
+                    for runner in core.runners.values():
+                        workers.start_soon(
+                            fetch, core, runner, name=f"{self.path}/fetch/{runner.name}"
+                        )
+                        for i in range(runner.concurrency):
+                            workers.start_soon(
+                                work, core, runner, name=f"{self.path}/{runner.name}/{i}"
+                            )
+                    self._life.started()
+                    if started is not None:
+                        started()
+                    await core.stop_requested.wait()
+                    self._life.begin_stop()
+                    core.wake_all()
+                    if not core.hard_stop:
+                        with anyio.move_on_after(core.timing.drain_timeout):
+                            await self._wait_idle()
+                    core.cancel_all("shutdown")
+                # Every worker has exited: each held job has its outcome queued.
+                await self._flush_outcomes()
+                await finisher.stop()
+                for service in reversed(services):
+                    await service.stop()
+        finally:
+            unsubscribe()
+            self._life.stopped()
+            self._stopped.set()
+            log.info("job engine stopped", worker=self.worker)
+
+    async def _flush_outcomes(self) -> None:
+        core = self._core
+        core.recorded_at = time.monotonic()
+        while core.pending or core.held:
+            if time.monotonic() - core.recorded_at > _SHUTDOWN_WRITE_DEADLINE:
+                log.error(
+                    "could not record outcomes at shutdown; those jobs will be rescued "
+                    "when their leases expire",
+                    jobs=sorted(core.held),
+                )
+                return
+            core.pending_event.set()
+            await anyio.sleep(0.01)
+
+    async def _wait_idle(self) -> None:
+        core = self._core
+        while any(r.running or not r.inbox.empty() for r in core.runners.values()):
+            core.idle.clear()
+            await core.idle.wait()
+
+    def request_stop(self, mode: StopMode = "drain") -> None:
+        """Stop claiming; ``drain`` lets running jobs finish within
+        ``drain_timeout``, ``cancel`` cancels them now (their jobs go back to the
+        queue without using an attempt)."""
+        if mode == "cancel":
+            self.cancel()
+            return
+        self._core.stop_requested.set()
+
+    def cancel(self) -> None:
+        """Stop now: cancel running handlers and give their jobs back."""
+        core = self._core
+        core.hard_stop = True
+        core.stop_requested.set()
+        core.cancel_all("shutdown")
+
+    def close(self, reason: str) -> None:
+        """The engine is given up for good (its supervisor's decision)."""
+        self._closed = True
+        self._life.begin_stop()
+        self._life.stopped()
+
+    def reset(self) -> None:
+        """Prepare to serve again (after a supervisor restart)."""
+        if self._closed:
+            return
+        self._life.state = State.NEW
+        self._core.reset()
+
+    async def start(self) -> None:
+        """Start serving in the background; ``await stop()`` ends it."""
+        if self._closed or self._life.state is not State.NEW:
+            self._life.begin_start()  # raises the message for this state
+        stack = AsyncExitStack()
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        try:
+            await tg.start(self._serve_started)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+
+    async def _serve_started(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        await self.serve(lambda: task_status.started())
+
+    async def stop(self, mode: StopMode = "drain") -> None:
+        """Stop (see ``request_stop`` for the modes) and wait until stopped. On an
+        engine that was never started it returns at once."""
+        if self._life.state is State.NEW:
+            self._life.begin_stop()
+            return
+        self.request_stop(mode)
+        if self._life.state is State.STOPPED:
+            return
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+        else:
+            await self._stopped.wait()
+
+    async def __aenter__(self) -> JobEngine:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        self.request_stop("drain")
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return None
+        return bool(await stack.__aexit__(exc_type, exc, tb))
+
+    def __repr__(self) -> str:
+        return f"<JobEngine {self.worker} {self._life.state}>"

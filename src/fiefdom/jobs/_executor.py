@@ -1,0 +1,245 @@
+"""Running claimed jobs: a queue's workers take held jobs from its inbox, run each
+handler in its own cancel scope (inside the key's actor for a job whose kind
+names a domain) and turn what it returned or raised into an outcome."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import msgspec
+import structlog
+
+from ..storage import ClaimedJob, Job, JobOptions, JobState, Lease, Outcome
+from ._core import Core, Held, Kind, Runner
+from ._kinds import Cancel, Discard, JobContext, JobOutcome, Snooze, describe_error, note
+
+log = structlog.get_logger("fiefdom.jobs")
+
+
+class _Raised:
+    """An exception a domain job's handler raised, carried out of the actor's turn
+    as a value: a failing job is an outcome, not a crash of the key's actor."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+
+class _Queued:
+    """A domain job's key did not take it within its queued bound: it never ran."""
+
+    __slots__ = ()
+
+
+_QUEUED = _Queued()
+
+
+async def work(core: Core, runner: Runner) -> None:
+    """One worker of ``runner``'s queue: runs held jobs until its sentinel."""
+    inbox = runner.inbox
+    while True:
+        held = await inbox.get()
+        if held is None:
+            core.idle.set()  # a stop waits for the inboxes to empty too
+            return
+        runner.running += 1
+        try:
+            outcome = await execute(core, held)
+        finally:
+            runner.running -= 1
+            if not runner.running:
+                core.idle.set()
+        core.submit(held, outcome)
+
+
+async def execute(core: Core, held: Held) -> Outcome | None:
+    job = held.job
+    lease = Lease(job.id, job.lease_token)
+    if held.cancel_reason is not None or core.stop_requested.is_set():
+        return cancelled_outcome(held, lease)
+    kind = core.kinds.get(job.kind)
+    if kind is None:
+        reason = (
+            f"no handler for job kind {job.kind!r} on engine {core.worker} "
+            f"(it handles {sorted(core.kinds)})"
+        )
+        log.error("discarding a job of an unknown kind", job_id=job.id, kind=job.kind)
+        return Outcome(
+            lease=lease,
+            state=JobState.DISCARDED,
+            error=note(job.attempt, time.time(), "fiefdom.UnknownJobKind", reason),
+        )
+    try:
+        payload = kind.decoder.decode(job.args)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        reason = f"the arguments of {job.kind} job {job.id} do not decode: {exc}"
+        log.error("discarding a job whose arguments do not decode", job_id=job.id, error=str(exc))
+        return Outcome(
+            lease=lease,
+            state=JobState.DISCARDED,
+            error=note(job.attempt, time.time(), "msgspec.ValidationError", reason),
+        )
+    ctx: JobContext[Any] = JobContext(
+        id=job.id,
+        kind=job.kind,
+        queue=job.queue,
+        attempt=job.attempt,
+        max_attempts=job.max_attempts,
+        store=core.store,
+    )
+    if kind.domain is not None:
+        assert kind.options.key is not None
+        if kind.domain.is_paused(getattr(payload, kind.options.key)):
+            # A paused key takes no message: handed to it, the job would hold a
+            # slot of its queue (its lease kept alive by the heartbeat) until the
+            # key resumes. It goes back unrun, to be claimed again after a poll.
+            held.given_back = "given back unrun: its domain key is paused"
+            return given_back(core, lease)
+    result: object
+    with anyio.CancelScope() as scope:
+        held.scope = scope
+        try:
+            if kind.domain is not None:
+                assert kind.options.key is not None
+                result = await _call_in_domain(
+                    core, held, kind, getattr(payload, kind.options.key), payload, ctx
+                )
+                if type(result) is _Raised:
+                    result = result.exc
+            elif kind.options.timeout is not None:
+                with anyio.fail_after(kind.options.timeout):
+                    result = await kind.handler(payload, ctx)
+            else:
+                result = await kind.handler(payload, ctx)
+        except Exception as exc:
+            result = exc
+    held.scope = None
+    if held.cancel_reason == "lease" or (held.cancel_reason is not None and scope.cancelled_caught):
+        return cancelled_outcome(held, lease)
+    if type(result) is _Queued:
+        return given_back(core, lease)
+    return outcome_of(job, lease, kind.options, result)
+
+
+def given_back(core: Core, lease: Lease) -> Outcome:
+    """A job that never started goes back without using an attempt, claimable
+    again after a poll interval (not at once, which would spin on the same key)."""
+    return Outcome(lease=lease, state=JobState.SCHEDULED, delay=core.timing.poll, refund=True)
+
+
+async def _call_in_domain(
+    core: Core, held: Held, kind: Kind, key: Any, payload: Job, ctx: JobContext[Any]
+) -> object:
+    """Run a domain job in its key's actor; ``_Queued`` if it never started.
+
+    The job's timeout starts with its handler, inside the actor (_in_actor): the
+    time queued behind other work for the key is not the job's. That wait still
+    has a bound, the longer of the lease and the job's timeout, so that a key
+    stuck behind earlier work (or paused after the job was handed to it) does not
+    hold a slot of the queue indefinitely; past it the job goes back unrun.
+    Cancellation (by request, lost lease, shutdown) reaches it through the
+    caller's scope either way.
+    """
+    assert kind.domain is not None
+    queued_for = max(core.timing.lease, kind.options.timeout or 0.0)
+    with anyio.CancelScope() as queued:
+        queued.deadline = anyio.current_time() + queued_for
+        result = await kind.domain.call(
+            key,
+            _in_actor(kind.handler, payload, ctx, kind.options.timeout, queued),
+            timeout=None,
+            name=f"job:{kind.options.kind}",
+        )
+    if queued.cancelled_caught or type(result) is _Queued:
+        log.warning(
+            "domain job given back unrun: its key's actor did not take it in time",
+            job_id=held.job.id,
+            kind=held.job.kind,
+            key=str(key),
+            queued_for=queued_for,
+        )
+        held.given_back = f"given back unrun: its domain key did not take it within {queued_for:g}s"
+        return _QUEUED
+    return result
+
+
+def _in_actor(
+    handler: Callable[[Any, JobContext[Any]], Awaitable[object]],
+    payload: Job,
+    ctx: JobContext[Any],
+    timeout: float | None,
+    queued: anyio.CancelScope,
+) -> Callable[[Any], Awaitable[object]]:
+    async def run(actor: Any) -> object:
+        if queued.cancel_called:
+            # The queued bound passed as the actor took the job: the caller is being
+            # cancelled and gives the job back, so the handler must not start.
+            return _QUEUED
+        # Started: from here only the job's own timeout applies.
+        queued.deadline = math.inf
+        ctx.actor = actor
+        try:
+            if timeout is None:
+                return await handler(payload, ctx)
+            # The same TimeoutError as a job outside a domain: a failed attempt.
+            with anyio.fail_after(timeout):
+                return await handler(payload, ctx)
+        except Exception as exc:
+            return _Raised(exc)
+
+    return run
+
+
+def cancelled_outcome(held: Held, lease: Lease) -> Outcome | None:
+    job = held.job
+    reason = held.cancel_reason or "shutdown"
+    if reason == "lease":
+        return None  # another claim owns the job now: nothing of ours to record
+    if reason == "cancel":
+        return Outcome(
+            lease=lease,
+            state=JobState.CANCELLED,
+            error=note(job.attempt, time.time(), "fiefdom.Cancelled", "cancelled by request"),
+        )
+    # Shutdown: the job goes back as it was, without using an attempt.
+    return Outcome(lease=lease, state=JobState.AVAILABLE, delay=0.0, refund=True)
+
+
+def outcome_of(job: ClaimedJob, lease: Lease, options: JobOptions, result: object) -> Outcome:
+    now = time.time()
+    if not isinstance(result, BaseException):
+        return Outcome(lease=lease, state=JobState.COMPLETED)
+    if isinstance(result, JobOutcome):
+        if isinstance(result, Cancel):
+            err = note(job.attempt, now, "fiefdom.Cancel", result.reason)
+            return Outcome(lease=lease, state=JobState.CANCELLED, error=err)
+        if isinstance(result, Discard):
+            err = note(job.attempt, now, "fiefdom.Discard", result.reason)
+            return Outcome(lease=lease, state=JobState.DISCARDED, error=err)
+        if isinstance(result, Snooze):
+            state = JobState.SCHEDULED if result.delay > 0 else JobState.AVAILABLE
+            return Outcome(lease=lease, state=state, delay=result.delay, refund=True)
+    err = describe_error(result, job.attempt, now)
+    if job.attempt >= job.max_attempts:
+        log.warning(
+            "job failed its last attempt: discarded",
+            job_id=job.id,
+            kind=job.kind,
+            attempt=job.attempt,
+            error=err.message,
+        )
+        return Outcome(lease=lease, state=JobState.DISCARDED, error=err)
+    try:
+        delay = float(options.backoff(job.attempt))
+    except Exception:
+        log.exception("backoff function raised; retrying at once", kind=job.kind)
+        delay = 0.0
+    if not math.isfinite(delay) or delay < 0:
+        delay = 0.0
+    state = JobState.RETRYABLE if delay > 0 else JobState.AVAILABLE
+    return Outcome(lease=lease, state=state, delay=delay, error=err)

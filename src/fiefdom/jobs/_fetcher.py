@@ -1,0 +1,56 @@
+"""The claim loop of one queue: claims at most ``concurrency - in_flight`` jobs at a
+time (a job is in flight from its claim until its outcome has committed) and hands
+them to the queue's workers."""
+
+from __future__ import annotations
+
+import anyio
+
+from ..storage import JobState, Lease, Outcome, StoreError
+from ._core import Core, Held, Runner
+
+
+async def fetch(core: Core, runner: Runner) -> None:
+    failures = 0
+    timing = core.timing
+    try:
+        while not core.stop_requested.is_set():
+            free = runner.concurrency - runner.in_flight
+            if runner.paused or free <= 0 or not core.queue_state_known:
+                runner.wake.clear()
+                await runner.wake.wait()
+                continue
+            runner.wake.clear()
+            limit = min(free, timing.batch)
+            try:
+                jobs = await core.queries.claim(
+                    runner.name, limit, worker=core.worker, lease=timing.lease
+                )
+            except StoreError as exc:
+                failures += 1
+                await core.backoff("claim", exc, failures)
+                continue
+            failures = 0
+            core.claimed += len(jobs)
+            # Paused while the claim was in flight: give the jobs back unrun, so
+            # that no job of a queue starts once the engine knows it is paused.
+            given_back = runner.paused
+            for job in jobs:
+                held = Held(job, runner)
+                core.held[job.id] = held
+                runner.in_flight += 1
+                if given_back:
+                    held.cancel_reason = "pause"
+                    lease = Lease(job.id, job.lease_token)
+                    core.submit(held, Outcome(lease=lease, state=JobState.AVAILABLE, refund=True))
+                    continue
+                runner.inbox.put_nowait(held)
+                if core.subscribers:
+                    core.emit(job, JobState.RUNNING, None)
+            if len(jobs) < limit:
+                with anyio.move_on_after(timing.poll):
+                    await runner.wake.wait()
+    finally:
+        # One sentinel per worker: they exit once the jobs ahead of it are handled.
+        for _ in range(runner.concurrency):
+            runner.inbox.put_nowait(None)

@@ -1,0 +1,315 @@
+"""The job engine's queries on PostgreSQL (claim, finish, heartbeat, rescue,
+promote, prune, LISTEN): the internal port only ``fiefdom.jobs`` uses."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import anyio
+import asyncpg
+import structlog
+
+from .._errors import StoreUnavailable
+from ._jobs import (
+    LEASE_EXPIRED_SQL,
+    RESCUED_STATE_SQL,
+    STATE_BITS,
+    ClaimedJob,
+    JobState,
+    Lease,
+    Outcome,
+    state_bit_sql,
+    unique_key_after,
+)
+from ._postgres import (
+    _CLOSE_ERRORS,
+    _DRIVER_ERRORS,
+    _PING_EVERY,
+    PostgresStore,
+    _error_encoder,
+    _wrap,
+    restore_keys,
+)
+from ._queries import EngineQueries
+from ._store import Notifications
+
+if TYPE_CHECKING:
+    from ._postgres import Conn
+
+log = structlog.get_logger("fiefdom.storage.postgres")
+
+# The claim: one statement; SKIP LOCKED lets concurrent claimers pass each other.
+# $1 queue, $2 limit, $3 worker, $4 lease seconds.
+CLAIM_SQL = (
+    "WITH picked AS (SELECT id FROM fiefdom_jobs WHERE state = 'available' "
+    "AND queue = $1 ORDER BY priority, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) "
+    "UPDATE fiefdom_jobs AS j SET state = 'running', attempt = j.attempt + 1, "
+    "lease_token = j.lease_token + 1, worker = $3, attempted_at = now(), "
+    "lease_expires_at = now() + make_interval(secs => $4), "
+    f"{unique_key_after(STATE_BITS[JobState.RUNNING], table='j.')} "
+    "FROM picked WHERE j.id = picked.id "
+    "RETURNING j.id, j.kind, j.queue, j.args::text, j.attempt, j.max_attempts, "
+    "j.lease_token, j.domain_key, j.priority, extract(epoch FROM now() - j.run_at)::float8"
+)
+
+
+# Whether an outcome brings a job into a state its uniqueness counts while it does
+# not hold its key (d.bit: the new state's bit).
+# Whether finish must run a batch in a transaction: some job in it would re-enter a
+# counted state without its unique key (restored in the same transaction), or its
+# lease is stale. Uncorrelated, so it holds for all of the batch or none of it; the
+# same parameters as finish's UPDATE ($1 ids, $2 tokens, $7 state bits).
+_NEEDS_TX = (
+    "SELECT 1 FROM unnest($1::bigint[], $2::bigint[], $7::smallint[]) AS x(id, token, bit) "
+    "LEFT JOIN fiefdom_jobs AS k ON k.id = x.id AND k.lease_token = x.token "
+    "AND k.state = 'running' WHERE k.id IS NULL OR (k.unique_key IS NULL "
+    "AND k.unique_digest IS NOT NULL AND k.unique_states & x.bit <> 0)"
+)
+
+
+def _available_queues(rescued: Sequence[tuple[int, str, str, JobState]]) -> list[str]:
+    return sorted({queue for _, _, queue, state in rescued if state is JobState.AVAILABLE})
+
+
+# Heartbeats and outcome writes of one engine run at once on two connections and
+# name the same running jobs: each first locks its rows in id order, so neither
+# can hold one row while waiting for another that the other holds (a deadlock).
+# An UPDATE ... FROM unnest locks rows in whatever order its join plan meets them.
+# MATERIALIZED keeps the CTE from being folded into the UPDATE. Claim, rescue and
+# promote need no order: they SKIP LOCKED rows and so never wait for one.
+# $1: the job ids.
+_LOCK_IN_ORDER = (
+    "WITH locked AS MATERIALIZED (SELECT id FROM fiefdom_jobs "
+    "WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE) "
+)
+
+
+_LEASE_EXPIRED = LEASE_EXPIRED_SQL.format(
+    cancel="j.cancel_requested", attempt="j.attempt", max_attempts="j.max_attempts"
+)
+
+
+class PostgresQueries(EngineQueries):
+    """The engine's side of a ``PostgresStore``."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        super().__init__(store)
+        self._pg = store
+
+    async def claim(self, queue: str, limit: int, *, worker: str, lease: float) -> list[ClaimedJob]:
+        rows = await self._pg._run(
+            lambda conn: conn.fetch(
+                CLAIM_SQL,
+                queue,
+                limit,
+                worker,
+                lease,
+            )
+        )
+        return [ClaimedJob.from_row(r) for r in rows]
+
+    async def finish(self, outcomes: Sequence[Outcome]) -> dict[int, JobState]:
+        if not outcomes:
+            return {}
+        superseded: set[int] = set()
+
+        async def run(conn: Conn) -> list[asyncpg.Record]:
+            # One statement, outside a transaction, records the whole batch when no
+            # outcome in it brings a job back into a counted state without its
+            # unique key and no lease in it is stale (almost every batch). Otherwise
+            # it records nothing, and the batch runs again in a transaction that
+            # also restores the keys: all or nothing, so a failure cannot leave
+            # part of the batch committed, which the engine's retry would then
+            # report as stale leases (no event, no outcome count, no NOTIFY).
+            rows = list(await update(conn, outcomes, "AND NOT EXISTS (" + _NEEDS_TX + ") "))
+            if not rows:
+                async with conn.transaction():
+                    rows = list(await update(conn, outcomes, ""))
+                    superseded.update(await restore_keys(conn, [r[0] for r in rows]))
+            # Rows missing from a non-empty first result lost their lease between the
+            # check and the row lock (a rescue): stale, nothing left to record.
+            await self._pg._notify_queues(conn, sorted({r[1] for r in rows if r[2] == "available"}))
+            return rows
+
+        async def update(
+            conn: Conn, outcomes: Sequence[Outcome], condition: str
+        ) -> list[asyncpg.Record]:
+            # By id: heartbeats lock the same rows in the same order (_LOCK_IN_ORDER).
+            outcomes = sorted(outcomes, key=lambda o: o.lease.job_id)
+            return await conn.fetch(
+                _LOCK_IN_ORDER + "UPDATE fiefdom_jobs AS j SET state = d.state, "
+                "attempt = j.attempt - d.refund, "
+                "run_at = CASE WHEN d.delay IS NULL THEN j.run_at "
+                "ELSE now() + make_interval(secs => d.delay) END, "
+                "finished_at = CASE WHEN d.state IN ('completed', 'cancelled', 'discarded') "
+                "THEN now() END, "
+                "errors = CASE WHEN d.error IS NULL THEN j.errors "
+                "ELSE j.errors || jsonb_build_array(d.error::jsonb) END, "
+                "lease_expires_at = NULL, worker = NULL, cancel_requested = false, "
+                f"{unique_key_after('d.bit', table='j.')} "
+                "FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::float8[], "
+                "$5::integer[], $6::text[], $7::smallint[]) "
+                "AS d(id, token, state, delay, refund, error, bit), locked "
+                "WHERE j.id = d.id AND j.id = locked.id AND j.lease_token = d.token "
+                "AND j.state = 'running' " + condition + "RETURNING j.id, j.queue, j.state",
+                [o.lease.job_id for o in outcomes],
+                [o.lease.token for o in outcomes],
+                [o.state.value for o in outcomes],
+                [o.delay for o in outcomes],
+                [1 if o.refund else 0 for o in outcomes],
+                [
+                    None if o.error is None else _error_encoder.encode(o.error).decode()
+                    for o in outcomes
+                ],
+                [STATE_BITS[o.state] for o in outcomes],
+            )
+
+        rows = await self._pg._run(run)
+        self._pg._wake_local(sorted({r[1] for r in rows if r[2] == "available"}))
+        return {r[0]: JobState.CANCELLED if r[0] in superseded else JobState(r[2]) for r in rows}
+
+    async def heartbeat(
+        self, leases: Sequence[Lease], *, lease: float
+    ) -> tuple[set[int], set[int]]:
+        if not leases:
+            return set(), set()
+        # By id: outcome writes lock the same rows in the same order (_LOCK_IN_ORDER).
+        leases = sorted(leases, key=lambda x: x.job_id)
+        rows = await self._pg._run(
+            lambda conn: conn.fetch(
+                _LOCK_IN_ORDER + "UPDATE fiefdom_jobs AS j "
+                "SET lease_expires_at = now() + make_interval(secs => $3) "
+                "FROM unnest($1::bigint[], $2::bigint[]) AS d(id, token), locked "
+                "WHERE j.id = d.id AND j.id = locked.id AND j.lease_token = d.token "
+                "AND j.state = 'running' "
+                "RETURNING j.id, j.cancel_requested",
+                [x.job_id for x in leases],
+                [x.token for x in leases],
+                lease,
+            )
+        )
+        return {r[0] for r in rows}, {r[0] for r in rows if r[1]}
+
+    async def rescue(self) -> list[tuple[int, str, str, JobState]]:
+        async def run(conn: Conn) -> list[tuple[int, str, str, JobState]]:
+            async with conn.transaction():
+                return await rescue_in(conn)
+
+        async def rescue_in(conn: Conn) -> list[tuple[int, str, str, JobState]]:
+            rows = await conn.fetch(
+                "WITH expired AS (SELECT id FROM fiefdom_jobs WHERE state = 'running' "
+                "AND lease_expires_at < now() FOR UPDATE SKIP LOCKED) "
+                "UPDATE fiefdom_jobs AS j SET "
+                f"state = {RESCUED_STATE_SQL}, "
+                "finished_at = CASE WHEN j.cancel_requested OR j.attempt >= j.max_attempts "
+                "THEN now() END, run_at = now(), lease_expires_at = NULL, worker = NULL, "
+                "errors = j.errors || jsonb_build_array(jsonb_build_object('attempt', j.attempt, "
+                "'at', extract(epoch FROM now()), 'type', 'fiefdom.LeaseExpired', 'message', "
+                f"{_LEASE_EXPIRED}, 'traceback', '')), "
+                f"{unique_key_after(state_bit_sql(RESCUED_STATE_SQL), table='j.')} "
+                "FROM expired WHERE j.id = expired.id "
+                "RETURNING j.id, j.kind, j.queue, j.state"
+            )
+            # A job superseded by a waiting duplicate ends cancelled: report the
+            # state the table holds, not the one the first statement wrote.
+            superseded = await restore_keys(conn, [r[0] for r in rows])
+            rescued = [
+                (r[0], r[1], r[2], JobState.CANCELLED if r[0] in superseded else JobState(r[3]))
+                for r in rows
+            ]
+            await self._pg._notify_queues(conn, _available_queues(rescued))
+            return rescued
+
+        rescued: list[tuple[int, str, str, JobState]] = await self._pg._run(run)
+        self._pg._wake_local(_available_queues(rescued))
+        return rescued
+
+    async def promote(self) -> list[str]:
+        async def run(conn: Conn) -> list[str]:
+            async with conn.transaction():
+                return await promote_in(conn)
+
+        async def promote_in(conn: Conn) -> list[str]:
+            rows = await conn.fetch(
+                "WITH due AS (SELECT id FROM fiefdom_jobs WHERE state IN "
+                "('scheduled', 'retryable') AND run_at <= now() ORDER BY run_at LIMIT 1000 "
+                "FOR UPDATE SKIP LOCKED) "
+                "UPDATE fiefdom_jobs AS j SET state = 'available', "
+                f"{unique_key_after(STATE_BITS[JobState.AVAILABLE], table='j.')} "
+                "FROM due WHERE j.id = due.id RETURNING j.id, j.queue"
+            )
+            await restore_keys(conn, [r[0] for r in rows])
+            queues = sorted({r[1] for r in rows})
+            await self._pg._notify_queues(conn, queues)
+            return queues
+
+        queues: list[str] = await self._pg._run(run)
+        self._pg._wake_local(queues)
+        return queues
+
+    async def prune(
+        self, *, completed: float, cancelled: float, discarded: float, limit: int = 10_000
+    ) -> int:
+        rows = await self._pg._run(
+            lambda conn: conn.fetch(
+                "DELETE FROM fiefdom_jobs WHERE id IN (SELECT id FROM fiefdom_jobs WHERE "
+                "(state = 'completed' AND finished_at < now() - make_interval(secs => $1)) OR "
+                "(state = 'cancelled' AND finished_at < now() - make_interval(secs => $2)) OR "
+                "(state = 'discarded' AND finished_at < now() - make_interval(secs => $3)) "
+                "LIMIT $4) RETURNING id",
+                completed,
+                cancelled,
+                discarded,
+                limit,
+            )
+        )
+        return len(rows)
+
+    async def listen(self, subscriber: Notifications, ready: Callable[[], None]) -> None:
+        self._pg._check_open()
+        try:
+            conn = await asyncpg.connect(self._pg._dsn, timeout=10)
+        except _DRIVER_ERRORS as exc:
+            self._pg._mark(False)
+            raise _wrap(exc, self._pg.url) from exc
+        lost = asyncio.Event()
+
+        def on_jobs(_c: object, _pid: int, _channel: str, payload: object) -> None:
+            subscriber.on_jobs(str(payload))
+
+        def on_cancel(_c: object, _pid: int, _channel: str, payload: object) -> None:
+            subscriber.on_cancel(int(str(payload)))
+
+        def on_queue(_c: object, _pid: int, _channel: str, payload: object) -> None:
+            change, _, queue = str(payload).partition(":")
+            subscriber.on_paused(queue, change == "paused")
+
+        try:
+            conn.add_termination_listener(lambda _c: lost.set())
+            await conn.add_listener("fiefdom_jobs", on_jobs)
+            await conn.add_listener("fiefdom_cancel", on_cancel)
+            await conn.add_listener("fiefdom_queues", on_queue)
+            self._pg._mark(True)
+            ready()
+            while True:
+                with anyio.move_on_after(_PING_EVERY):
+                    await lost.wait()
+                if lost.is_set():
+                    break
+                # A connection can die without a word (a network cut): ask it.
+                await conn.execute("SELECT 1", timeout=_PING_EVERY)
+        except _DRIVER_ERRORS as exc:
+            self._pg._mark(False)
+            raise _wrap(exc, self._pg.url) from exc
+        finally:
+            with anyio.CancelScope(shield=True):
+                if not conn.is_closed():
+                    try:
+                        with anyio.fail_after(2):
+                            await conn.close()
+                    except _CLOSE_ERRORS:
+                        conn.terminate()
+        self._pg._mark(False)
+        raise StoreUnavailable(f"the notification connection to {self._pg.url} was lost")

@@ -1,0 +1,172 @@
+"""The job engine's queries on SQLite (claim, finish, heartbeat, rescue, promote,
+prune): the internal port only ``fiefdom.jobs`` uses. Every write runs on the
+store's engine connection in a ``BEGIN IMMEDIATE`` transaction."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import msgspec
+
+from ._jobs import (
+    LEASE_EXPIRED_SQL,
+    RESCUED_STATE_SQL,
+    STATE_BITS,
+    ClaimedJob,
+    JobState,
+    Lease,
+    Outcome,
+    state_bit_sql,
+    unique_key_after,
+)
+from ._queries import EngineQueries
+from ._sqlite import SQLiteStore, restore_keys
+
+# The claim: one statement inside BEGIN IMMEDIATE (SQLite has one writer at a time).
+# Parameters: worker, now, lease expiry, queue, limit.
+CLAIM_SQL = (
+    "UPDATE fiefdom_jobs SET state = 'running', attempt = attempt + 1, "
+    "lease_token = lease_token + 1, worker = ?1, attempted_at = ?2, "
+    "lease_expires_at = ?3, "
+    f"{unique_key_after(STATE_BITS[JobState.RUNNING])} "
+    "WHERE id IN (SELECT id FROM fiefdom_jobs WHERE state = 'available' "
+    "AND queue = ?4 ORDER BY priority, run_at, id LIMIT ?5) "
+    "RETURNING id, kind, queue, args, attempt, max_attempts, lease_token, "
+    "domain_key, priority, ?2 - run_at"
+)
+
+
+_LEASE_EXPIRED = LEASE_EXPIRED_SQL.format(
+    cancel="cancel_requested", attempt="attempt", max_attempts="max_attempts"
+)
+
+
+class SQLiteQueries(EngineQueries):
+    """The engine's side of a ``SQLiteStore``."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        super().__init__(store)
+        self._sqlite = store
+
+    async def claim(self, queue: str, limit: int, *, worker: str, lease: float) -> list[ClaimedJob]:
+        async with self._sqlite._tx() as tx:
+            # Read the clock once the write lock is held: BEGIN IMMEDIATE may have
+            # waited for other writers, and a lease counted from before that wait
+            # could already have expired when the claim commits.
+            now = time.time()
+            rows = await tx.raw(
+                CLAIM_SQL,
+                (worker, now, now + lease, queue, limit),
+            )
+        return [ClaimedJob.from_row(r) for r in rows]
+
+    async def finish(self, outcomes: Sequence[Outcome]) -> dict[int, JobState]:
+        if not outcomes:
+            return {}
+        batch = msgspec.json.encode(
+            [
+                (
+                    o.lease.job_id,
+                    o.lease.token,
+                    o.state.value,
+                    o.delay,
+                    1 if o.refund else 0,
+                    o.error,
+                    STATE_BITS[o.state],
+                )
+                for o in outcomes
+            ]
+        ).decode()
+        async with self._sqlite._tx() as tx:
+            now = time.time()  # once the write lock is held (see claim)
+            rows = await tx.raw(
+                "UPDATE fiefdom_jobs AS j SET state = d.state, attempt = j.attempt - d.refund, "
+                "run_at = CASE WHEN d.delay IS NULL THEN j.run_at ELSE ?1 + d.delay END, "
+                "finished_at = CASE WHEN d.state IN ('completed', 'cancelled', 'discarded') "
+                "THEN ?1 END, "
+                "errors = CASE WHEN d.error IS NULL THEN j.errors "
+                "ELSE json_insert(j.errors, '$[#]', json(d.error)) END, "
+                "lease_expires_at = NULL, worker = NULL, cancel_requested = 0, "
+                f"{unique_key_after('d.bit', table='j.')} "
+                "FROM (SELECT value ->> 0 AS id, value ->> 1 AS token, value ->> 2 AS state, "
+                "value ->> 3 AS delay, value ->> 4 AS refund, value ->> 5 AS error, "
+                "value ->> 6 AS bit FROM json_each(?2)) AS d "
+                "WHERE j.id = d.id AND j.lease_token = d.token AND j.state = 'running' "
+                "RETURNING id, queue, state",
+                (now, batch),
+            )
+            superseded = await restore_keys(tx, [r[0] for r in rows], now)
+            tx.wake.update(r[1] for r in rows if r[2] == "available")
+        return {r[0]: JobState.CANCELLED if r[0] in superseded else JobState(r[2]) for r in rows}
+
+    async def heartbeat(
+        self, leases: Sequence[Lease], *, lease: float
+    ) -> tuple[set[int], set[int]]:
+        if not leases:
+            return set(), set()
+        batch = msgspec.json.encode([(x.job_id, x.token) for x in leases]).decode()
+        async with self._sqlite._tx() as tx:
+            rows = await tx.raw(
+                "UPDATE fiefdom_jobs SET lease_expires_at = ? WHERE state = 'running' AND "
+                "(id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?)) "
+                "RETURNING id, cancel_requested",
+                (time.time() + lease, batch),
+            )
+        return {r[0] for r in rows}, {r[0] for r in rows if r[1]}
+
+    async def rescue(self) -> list[tuple[int, str, str, JobState]]:
+        async with self._sqlite._tx() as tx:
+            now = time.time()  # once the write lock is held (see claim)
+            rows = await tx.raw(
+                "UPDATE fiefdom_jobs SET "
+                f"state = {RESCUED_STATE_SQL}, "
+                "finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts "
+                "THEN ?1 END, run_at = ?1, lease_expires_at = NULL, worker = NULL, "
+                "errors = json_insert(errors, '$[#]', json_object('attempt', attempt, "
+                "'at', ?1, 'type', 'fiefdom.LeaseExpired', 'message', "
+                f"{_LEASE_EXPIRED}, 'traceback', '')), "
+                f"{unique_key_after(state_bit_sql(RESCUED_STATE_SQL))} "
+                "WHERE state = 'running' AND lease_expires_at < ?1 "
+                "RETURNING id, kind, queue, state",
+                (now,),
+            )
+            # A job superseded by a waiting duplicate ends cancelled: report the
+            # state the table holds, not the one the first statement wrote.
+            superseded = await restore_keys(tx, [r[0] for r in rows], now)
+            rescued = [
+                (r[0], r[1], r[2], JobState.CANCELLED if r[0] in superseded else JobState(r[3]))
+                for r in rows
+            ]
+            tx.wake.update(r[2] for r in rescued if r[3] is JobState.AVAILABLE)
+        return rescued
+
+    async def promote(self) -> list[str]:
+        async with self._sqlite._tx() as tx:
+            now = time.time()
+            rows = await tx.raw(
+                "UPDATE fiefdom_jobs SET state = 'available', "
+                f"{unique_key_after(STATE_BITS[JobState.AVAILABLE])} "
+                "WHERE id IN (SELECT id FROM fiefdom_jobs WHERE state IN "
+                "('scheduled', 'retryable') AND run_at <= ? ORDER BY run_at LIMIT 1000) "
+                "RETURNING id, queue",
+                (now,),
+            )
+            await restore_keys(tx, [r[0] for r in rows], now)
+            queues = sorted({r[1] for r in rows})
+            tx.wake.update(queues)
+        return queues
+
+    async def prune(
+        self, *, completed: float, cancelled: float, discarded: float, limit: int = 10_000
+    ) -> int:
+        now = time.time()
+        async with self._sqlite._tx() as tx:
+            rows = await tx.raw(
+                "DELETE FROM fiefdom_jobs WHERE id IN (SELECT id FROM fiefdom_jobs WHERE "
+                "(state = 'completed' AND finished_at < ?) OR "
+                "(state = 'cancelled' AND finished_at < ?) OR "
+                "(state = 'discarded' AND finished_at < ?) LIMIT ?) RETURNING id",
+                (now - completed, now - cancelled, now - discarded, limit),
+            )
+        return len(rows)
