@@ -24,6 +24,7 @@ from ._errors import RestartIntensityExceeded as RestartIntensityExceeded
 from ._errors import SchemaMismatch as SchemaMismatch
 from ._errors import StaleLease as StaleLease
 from ._errors import StoreError as StoreError
+from ._errors import StoreNotOpen as StoreNotOpen
 from ._errors import StoreUnavailable as StoreUnavailable
 from ._errors import SupervisorError as SupervisorError
 from ._errors import UniqueConflict as UniqueConflict
@@ -141,6 +142,7 @@ __all__ = [
     "StopMode",
     "Store",
     "StoreError",
+    "StoreNotOpen",
     "StoreUnavailable",
     "Strategy",
     "SupervisorError",

@@ -16,6 +16,7 @@
     │                                 (also RuntimeError)
     ├── ConfigurationError            invalid configuration (also ValueError)
     ├── StoreError                    storage failures (wrapped driver errors)
+    │   ├── StoreNotOpen              used before open or after close (also LifecycleError)
     │   ├── SchemaMismatch            the database schema is not the one the code knows
     │   └── StoreUnavailable          the database cannot be reached right now
     ├── JobError                      job-engine misuse and failures
@@ -156,6 +157,10 @@ class ConfigurationError(FiefdomError, ValueError):
 
 class StoreError(FiefdomError):
     """A storage operation failed; the driver's error is the ``__cause__``."""
+
+
+class StoreNotOpen(StoreError, LifecycleError):
+    """The store was used before ``open()`` or after ``close()``."""
 
 
 class SchemaMismatch(StoreError):

@@ -32,7 +32,7 @@ async def test_open_refuses_an_unmigrated_database(store_url: str) -> None:
     with pytest.raises(fiefdom.SchemaMismatch, match=r"fiefdom migrate") as info:
         await store.open()
     assert "schema version 0" in str(info.value)
-    assert store.state == "closed"
+    assert store.state == "stopped"
 
 
 async def test_an_older_schema_is_refused_until_migrated(store_url: str) -> None:
@@ -398,9 +398,9 @@ async def test_misuse_of_the_lifecycle_says_what_to_do(store_url: str) -> None:
     assert s.healthy
     await s.close()
     assert not s.healthy
-    with pytest.raises(fiefdom.StoreError, match="is closed"):
+    with pytest.raises(fiefdom.StoreNotOpen, match="is stopped"):
         await s.enqueue(Note(text="x"))
-    with pytest.raises(fiefdom.StoreError, match="opens once"):
+    with pytest.raises(fiefdom.LifecycleError, match="runs once: create a new one"):
         await s.open()
 
 

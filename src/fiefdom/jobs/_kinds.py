@@ -72,18 +72,63 @@ class JobContext(Generic[T]):
         return f"<JobContext {self.kind} id={self.id} attempt={self.attempt}/{self.max_attempts}>"
 
 
+# A job's error text is data: any bytes, NUL, lone surrogates, megabytes. It is
+# stored escaped (what a column cannot hold becomes a visible escape) and capped.
+MAX_MESSAGE = 8192
+MAX_TRACEBACK = 32768
+TRUNCATED = "… [truncated: {n} characters in all]"
+
+
+def safe_text(text: str, limit: int) -> str:
+    """``text`` as any store can hold it: NUL and lone surrogates escaped, other
+    control characters kept (a traceback needs newlines), at most ``limit``
+    characters plus a marker saying how long it was."""
+    total = len(text)
+    text = text[:limit]
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Lone surrogates (from surrogateescape'd bytes, or built by hand).
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if total > limit or len(text) > limit:
+        # Escapes lengthen the text: cut again, so the cap holds whatever it held.
+        text = text[:limit] + TRUNCATED.format(n=total)
+    return text
+
+
+def _message_of(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception as failed:  # a __str__ that raises is the handler's bug, not ours
+        return f"<the exception's str() raised {type(failed).__name__}>"
+
+
 def describe_error(exc: BaseException, attempt: int, now: float) -> AttemptError:
+    """What to record for an attempt that raised ``exc``: its type, message and
+    traceback, made safe to store (``safe_text``)."""
     import traceback
 
-    tb = "".join(traceback.format_exception(exc))
+    try:
+        tb = "".join(traceback.format_exception(exc))
+    except Exception as failed:
+        tb = f"<the traceback could not be formatted: {type(failed).__name__}>"
+    # The end of a traceback says where it failed: keep that end when cutting.
+    if len(tb) > MAX_TRACEBACK:
+        tb = f"[{len(tb) - MAX_TRACEBACK} characters cut] " + tb[-MAX_TRACEBACK:]
     return AttemptError(
         attempt=attempt,
         at=now,
-        type=f"{type(exc).__module__}.{type(exc).__qualname__}",
-        message=str(exc)[:2000],
-        traceback=tb[-8000:],
+        type=safe_text(f"{type(exc).__module__}.{type(exc).__qualname__}", 300),
+        message=safe_text(_message_of(exc), MAX_MESSAGE),
+        traceback=safe_text(tb, MAX_TRACEBACK + 100),
     )
 
 
 def note(attempt: int, now: float, type_: str, message: str) -> AttemptError:
-    return AttemptError(attempt=attempt, at=now, type=type_, message=message)
+    """An attempt's error written by the engine (a reason given by a handler's
+    ``Cancel``/``Discard`` included, so it is made safe too)."""
+    return AttemptError(
+        attempt=attempt, at=now, type=safe_text(type_, 300), message=safe_text(message, MAX_MESSAGE)
+    )

@@ -9,6 +9,7 @@ import enum
 import hashlib
 import math
 import random
+import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
@@ -211,7 +212,11 @@ class JobOptions:
             )
 
 
-class Job(msgspec.Struct, kw_only=True):
+MAX_DELAY = 100 * 365.25 * 24 * 3600.0  # seconds: the furthest a job may be scheduled
+MAX_ATTEMPTS = 1_000_000
+
+
+class Job(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Base of every job kind. Subclass it with the job's arguments as fields and
     its options in one place::
 
@@ -303,12 +308,19 @@ class QueueCount(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Enqueued(msgspec.Struct, frozen=True, kw_only=True):
-    """The result of an enqueue: the job's id, and whether an existing unique job
+    """The result of enqueueing one job: its id, or whether an existing unique job
     took its place (``duplicate``; ``id`` is then that job's, or None if it
-    finished in the meantime)."""
+    finished in the meantime), or, from ``enqueue_many``, why the item was invalid
+    and not enqueued (``error``; ``id`` is then None)."""
 
     id: int | None
     duplicate: bool
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether this item is in the queue (enqueued now, or as its duplicate)."""
+        return self.error is None
 
 
 class JobEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -384,6 +396,9 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 # -- preparing rows ------------------------------------------------------------------
 
 _encoder = msgspec.json.Encoder()
+# JSON's escape of NUL, not preceded by an odd number of backslashes (which would
+# make it the text "\\u0000" rather than the character).
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 @dataclasses.dataclass(slots=True)
@@ -432,18 +447,44 @@ def prepare(
                 "got a naive one"
             )
         when = run_at.timestamp()
+        if not when <= now + MAX_DELAY:
+            raise ValueError(
+                f"enqueue(run_at=...) must be within {MAX_DELAY:.0f} seconds (100 years) "
+                f"from now, got {run_at.isoformat()}"
+            )
     elif delay is not None:
-        if not delay >= 0:
-            raise ValueError(f"enqueue(delay=...) must be seconds >= 0, got {delay}")
+        # Non-finite and huge delays are refused before anything is written: every
+        # time a job carries must be one both databases can store and read back.
+        if not (isinstance(delay, int | float) and 0 <= delay <= MAX_DELAY):
+            raise ValueError(
+                f"enqueue(delay=...) must be finite seconds from 0 to {MAX_DELAY:.0f} "
+                f"(100 years), got {delay!r}"
+            )
         when = now + delay
     attempts = opts.max_attempts if max_attempts is None else max_attempts
-    if attempts < 1:
-        raise ValueError(f"enqueue(max_attempts=...) must be >= 1, got {attempts}")
+    if not 1 <= attempts <= MAX_ATTEMPTS:
+        raise ValueError(
+            f"enqueue(max_attempts=...) must be from 1 to {MAX_ATTEMPTS}, got {attempts}"
+        )
     prio = opts.priority if priority is None else priority
     if not -32768 <= prio <= 32767:
         raise ValueError(f"enqueue(priority=...) must fit in 16 bits, got {prio}")
     q = opts.queue if queue is None else queue
-    args = _encoder.encode(job)
+    if not isinstance(q, str) or not 1 <= len(q) <= 200:
+        raise ValueError(f"enqueue(queue=...) must be a name of 1-200 characters, got {q!r}")
+    try:
+        args = _encoder.encode(job)
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"the arguments of a {opts.kind} job hold text that is not valid Unicode "
+            f"(a lone surrogate at position {exc.start}): encode bytes as base64 or hex"
+        ) from None
+    if _NUL_ESCAPE.search(args):
+        # PostgreSQL's jsonb cannot hold NUL; refused on both dialects alike.
+        raise ValueError(
+            f"the arguments of a {opts.kind} job contain a NUL character (\\u0000), "
+            "which a job's arguments cannot hold: encode binary data as base64 or hex"
+        )
     key: str | None = None
     if opts.key is not None:
         key = str(getattr(job, opts.key))

@@ -5,7 +5,6 @@ so an embedded SQLite user never imports asyncpg)."""
 from __future__ import annotations
 
 import abc
-import enum
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -13,7 +12,8 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal
 
-from .._errors import ConfigurationError, StoreError
+from .._errors import ConfigurationError, LifecycleError, StoreError, StoreNotOpen
+from .._lifecycle import Lifecycle, State, StopMode
 from ._jobs import (
     Enqueued,
     Job,
@@ -28,12 +28,8 @@ SCHEMA_VERSION = 3
 """The schema version this code reads and writes."""
 
 
-class StoreState(enum.StrEnum):
-    """Lifecycle of a store: new (not connected), open, closed (for good)."""
-
-    NEW = "new"
-    OPEN = "open"
-    CLOSED = "closed"
+StoreState = State
+"""A store's lifecycle is the shared one (``fiefdom.State``)."""
 
 
 class Transaction(abc.ABC):
@@ -85,29 +81,34 @@ class Store(abc.ABC):
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.state = StoreState.NEW
+        self._life = Lifecycle(f"store {url}", "use 'async with open_store(url) as store'")
         self._healthy = False
         self._subscribers: list[Notifications] = []
 
     # -- lifecycle -------------------------------------------------------------------
 
     @property
+    def state(self) -> State:
+        return self._life.state
+
+    @property
     def healthy(self) -> bool:
         """Whether the last operation reached the database (``/readyz`` uses it)."""
-        return self.state is StoreState.OPEN and self._healthy
+        return self._life.state is State.RUNNING and self._healthy
 
     def _mark(self, healthy: bool) -> None:
         self._healthy = healthy
 
     async def open(self, *, migrate: bool = False, check_schema: bool = True) -> None:
-        if self.state is StoreState.OPEN:
-            raise StoreError(f"store {self.url} is already open")
-        if self.state is StoreState.CLOSED:
-            raise StoreError(
-                f"store {self.url} was closed; a store opens once: call open_store() again"
-            )
-        await self._connect()
-        self.state = StoreState.OPEN
+        """Connect (and ``migrate`` first if asked); refuses a schema it does not
+        know unless ``check_schema`` is False. A store opens once."""
+        self._life.begin_start()
+        try:
+            await self._connect()
+        except BaseException:
+            self._life.stopped()
+            raise
+        self._life.started()
         self._healthy = True
         try:
             if migrate:
@@ -118,14 +119,24 @@ class Store(abc.ABC):
             await self.close()
             raise
 
+    async def start(self) -> None:
+        """``open()`` with its defaults: the lifecycle every component shares."""
+        await self.open()
+
     async def close(self) -> None:
-        if self.state is StoreState.OPEN:
-            self.state = StoreState.CLOSED
-            await self._disconnect()
-        self.state = StoreState.CLOSED
+        """Disconnect; a store never opened is marked closed at once."""
+        if self._life.begin_stop():
+            try:
+                await self._disconnect()
+            finally:
+                self._life.stopped()
+
+    async def stop(self, mode: StopMode = "drain") -> None:
+        """``close()``: a store has no work of its own to drain (every mode)."""
+        await self.close()
 
     async def __aenter__(self) -> Store:
-        if self.state is StoreState.NEW:
+        if self._life.state is State.NEW:
             await self.open()
         return self
 
@@ -138,12 +149,11 @@ class Store(abc.ABC):
         await self.close()
 
     def _check_open(self) -> None:
-        if self.state is StoreState.NEW:
-            raise StoreError(
-                f"store {self.url} is not open: use 'async with open_store(url) as store'"
-            )
-        if self.state is StoreState.CLOSED:
-            raise StoreError(f"store {self.url} is closed")
+        if self._life.state is not State.RUNNING:
+            try:
+                self._life.check_running("use the store")
+            except LifecycleError as exc:
+                raise StoreNotOpen(str(exc)) from None
 
     async def check_schema(self) -> None:
         from .._errors import SchemaMismatch
@@ -247,14 +257,35 @@ class Store(abc.ABC):
         priority: int | None = None,
         run_at: datetime | None = None,
         delay: float | None = None,
+        all_or_nothing: bool = False,
     ) -> list[Enqueued]:
-        """Insert many jobs in one statement; one result per job, in order."""
+        """Insert many jobs in one statement; one result per job, in order.
+
+        An invalid item (bad arguments, a delay out of range) gets a result with
+        its ``error`` and is not enqueued; the others are. With
+        ``all_or_nothing=True`` one invalid item raises ``ValueError`` naming it
+        and nothing is enqueued."""
         now = time.time()
-        rows = [
-            prepare(j, now=now, queue=queue, priority=priority, run_at=run_at, delay=delay)
-            for j in jobs
+        rows: list[NewJob | str] = []
+        for index, job in enumerate(jobs):
+            try:
+                rows.append(
+                    prepare(
+                        job, now=now, queue=queue, priority=priority, run_at=run_at, delay=delay
+                    )
+                )
+            except (TypeError, ValueError) as exc:
+                if all_or_nothing:
+                    raise ValueError(
+                        f"enqueue_many: item {index}: {exc}; nothing was enqueued"
+                    ) from exc
+                rows.append(str(exc))
+        valid = [r for r in rows if not isinstance(r, str)]
+        inserted = iter(await self._insert_rows(valid, tx=tx) if valid else [])
+        return [
+            Enqueued(id=None, duplicate=False, error=r) if isinstance(r, str) else next(inserted)
+            for r in rows
         ]
-        return await self._insert_rows(rows, tx=tx)
 
     def _check_tx(self, tx: Transaction | None) -> None:
         if tx is not None and tx.store is not self:
