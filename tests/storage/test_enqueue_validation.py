@@ -1,0 +1,94 @@
+"""Bad input gets a clear error and loses nothing: enqueue validates every time,
+number and text before writing, an error means nothing was committed, and
+``enqueue_many`` answers per item (seed 001/4). Both dialects."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import pytest
+
+from fiefdom.storage import Job, JobOptions, Store
+
+
+class Note(Job):
+    options = JobOptions(kind="note")
+    text: str
+
+
+BAD_ENQUEUES = [
+    pytest.param({"delay": math.inf}, "delay", id="delay-inf"),
+    pytest.param({"delay": math.nan}, "delay", id="delay-nan"),
+    pytest.param({"delay": 1e11}, "delay", id="delay-overflow"),
+    pytest.param({"delay": -1.0}, "delay", id="delay-negative"),
+    pytest.param({"run_at": datetime(9999, 1, 1, tzinfo=UTC)}, "run_at", id="run-at-far"),
+    pytest.param({"run_at": datetime(2030, 1, 1)}, "aware", id="run-at-naive"),
+    pytest.param({"priority": 2**63}, "priority", id="priority-huge"),
+    pytest.param({"max_attempts": 2**63}, "max_attempts", id="attempts-huge"),
+    pytest.param({"max_attempts": 0}, "max_attempts", id="attempts-zero"),
+    pytest.param({"queue": ""}, "queue", id="queue-empty"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "named"), BAD_ENQUEUES)
+async def test_a_refused_enqueue_names_the_field_and_commits_nothing(
+    store: Store, overrides: dict[str, object], named: str
+) -> None:
+    """Each out-of-range option is refused with a message naming it; no row is written."""
+    with pytest.raises(ValueError, match=named):
+        await store.enqueue(Note(text="x"), **overrides)  # type: ignore[arg-type]
+    assert await store.count_jobs() == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [pytest.param("a\x00b", id="nul"), pytest.param("\ud800", id="lone-surrogate")],
+)
+async def test_arguments_a_store_cannot_hold_are_refused_before_writing(
+    store: Store, text: str
+) -> None:
+    """NUL and lone surrogates in a job's arguments are refused (both dialects alike)."""
+    with pytest.raises(ValueError, match="arguments"):
+        await store.enqueue(Note(text=text))
+    assert await store.count_jobs() == []
+
+
+def test_unknown_argument_fields_are_refused_by_name() -> None:
+    """A job's arguments decode strictly: an unknown field is an error naming it."""
+    with pytest.raises(msgspec.ValidationError, match="unknown field `colour`"):
+        msgspec.json.decode(b'{"text": "x", "colour": "red"}', type=Note)
+
+
+async def test_enqueue_many_answers_per_item(store: Store) -> None:
+    """One bad item among a hundred is refused with its reason; the 99 others are enqueued."""
+    jobs = [Note(text=str(i)) for i in range(100)]
+    jobs[42] = Note(text="bad\x00")
+    results = await store.enqueue_many(jobs)
+    assert len(results) == 100
+    bad = results[42]
+    assert bad.id is None and not bad.ok
+    assert bad.error is not None and "NUL" in bad.error
+    good = [r for i, r in enumerate(results) if i != 42]
+    assert all(r.ok and r.id is not None and not r.duplicate for r in good)
+    listed = await store.list_jobs(limit=1000)
+    assert len(listed) == 99
+    assert {r.id for r in good} == {j.id for j in listed}
+
+
+async def test_enqueue_many_all_or_nothing_names_the_item_and_writes_nothing(store: Store) -> None:
+    """With all_or_nothing=True one bad item raises, naming its index, and nothing is written."""
+    jobs = [Note(text="ok"), Note(text="\ud800"), Note(text="ok")]
+    with pytest.raises(ValueError, match="item 1"):
+        await store.enqueue_many(jobs, all_or_nothing=True)
+    assert await store.count_jobs() == []
+
+
+async def test_a_delay_just_inside_the_bound_is_accepted_and_lists(store: Store) -> None:
+    """The furthest allowed time is stored and read back (no out-of-range date on listing)."""
+    far = datetime.now(UTC) + timedelta(days=365 * 99)
+    result = await store.enqueue(Note(text="x"), run_at=far)
+    assert result.id is not None
+    (info,) = await store.list_jobs()
+    assert abs((info.run_at - far).total_seconds()) < 1
