@@ -68,8 +68,10 @@ async def test_enqueue_many_answers_per_item(store: Store) -> None:
     results = await store.enqueue_many(jobs)
     assert len(results) == 100
     bad = results[42]
-    assert bad.id is None and not bad.ok
-    assert bad.error is not None and "NUL" in bad.error
+    assert bad.id is None
+    assert not bad.ok
+    assert bad.error is not None
+    assert "NUL" in bad.error
     good = [r for i, r in enumerate(results) if i != 42]
     assert all(r.ok and r.id is not None and not r.duplicate for r in good)
     listed = await store.list_jobs(limit=1000)

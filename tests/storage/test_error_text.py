@@ -185,5 +185,6 @@ async def test_an_outcome_the_store_refuses_does_not_hold_back_the_batch(store: 
     assert failed == []
     assert set(done) == {j.id for j in claimed}
     bad = await store.get_job(claimed[1].id)
-    assert bad is not None and bad.state is JobState.DISCARDED
+    assert bad is not None
+    assert bad.state is JobState.DISCARDED
     assert "could not be stored" in bad.errors[-1].message
