@@ -388,7 +388,7 @@ async def _drain(client: Client, args: argparse.Namespace) -> int:
 
 async def _stop(client: Client, args: argparse.Namespace) -> int:
     mode: Literal["drain", "cancel"] = "cancel" if args.cancel else "drain"
-    await client.stop(mode)
+    await client.stop_daemon(mode)
     if args.json:
         _emit_json({"stopping": mode})
     else:

@@ -129,7 +129,7 @@ async def test_stop_request_over_the_channel_exits_zero(tmp_path: Path) -> None:
     daemon = _daemon(tmp_path, shutdown_timeout=30.0).start()
     try:
         async with fiefdom.connect(daemon.url, token=daemon.token) as client:
-            await client.stop()
+            await client.stop_daemon()
         assert daemon.wait(60) == 0, daemon.log()
     finally:
         daemon.stop()
@@ -145,7 +145,7 @@ async def test_drain_leaves_no_queue_paused_and_a_restart_runs_jobs(tmp_path: Pa
             # The running jobs finished before the drain returned.
             assert set((await _states(daemon, ids)).values()) == {"completed"}
             assert not any(queue.paused for queue in await client.queues())
-            await client.stop()
+            await client.stop_daemon()
         assert daemon.wait(60) == 0, daemon.log()
         async with open_store(f"sqlite:///{daemon.data / 'fiefdom.db'}") as store:
             assert await store.paused_queues() == set()
@@ -210,7 +210,7 @@ async def test_a_drain_during_startup_leaves_no_engine_running(tmp_path: Path) -
             assert checks["accepting"] is False, checks
             assert daemon.proc is not None
             assert daemon.proc.poll() is None, daemon.log()
-            await client.stop()
+            await client.stop_daemon()
         assert daemon.wait(60) == 0, daemon.log()
         log = daemon.log()
         assert "drained: the job engine has stopped" in log

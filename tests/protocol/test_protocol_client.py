@@ -250,7 +250,7 @@ async def test_a_full_event_buffer_still_ends_with_the_connection_error(tmp_path
                 ids = [(await client.enqueue("nap", {"seconds": 0.0})).id for _ in range(3)]
                 for job_id in ids:
                     await _until_state(events, job_id, "completed")
-                await client.stop()
+                await client.stop_daemon()
             # Fails once the reader has routed every frame and seen the close: the
             # stream's buffer is full by then, with nothing read from it.
             with anyio.fail_after(30), pytest.raises(fiefdom.ControlConnectionError):

@@ -27,7 +27,11 @@ A second signal (or ``stop`` with mode ``cancel``) cancels the running jobs at
 once (they go back to their queue) and the shutdown goes on. Either way the
 process exits 0 and no job is lost. At start, the engine comes last: ``/readyz``
 is 503 until it runs, and ``control.json`` (the address the CLI reads) is written
-once the whole tree has started."""
+once the whole tree has started.
+
+A ``Daemon`` has the lifecycle every component shares (``state``, ``start()``,
+``stop(mode)``, ``async with``); ``run()`` is what ``fiefdom serve`` does with it:
+logging and signals, start, wait for a stop request, stop."""
 
 from __future__ import annotations
 
@@ -42,13 +46,14 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import msgspec
 import structlog
 
 from .._errors import ConfigurationError, FiefdomError
+from .._lifecycle import Lifecycle, State, StopMode
 from ..actors import ActorRef, Domain
 from ..protocol import (
     ControlMetrics,
@@ -68,8 +73,6 @@ from ._storage import SCHEMA_VERSION, Store, open_store
 from ._tokens import token_table
 
 log = structlog.get_logger("fiefdom.daemon")
-
-StopMode = Literal["drain", "cancel"]
 
 # How long /readyz trusts its last reading of the schema version: a load balancer's
 # probes then cost at most one extra read per interval, and a migration run from
@@ -121,7 +124,9 @@ class DaemonContext:
 
 
 class Daemon:
-    """One run of the daemon. ``await Daemon(config).run()`` returns when it has stopped."""
+    """One run of the daemon: ``await Daemon(config).run()`` (what ``fiefdom serve``
+    does) returns when it has stopped; embedded, ``async with Daemon(config) as
+    daemon`` starts the whole tree and stops it on leaving."""
 
     def __init__(self, config: Config, *, loop_name: str = "asyncio", log_stream: Any = None):
         self.config = config
@@ -147,6 +152,18 @@ class Daemon:
         # it, so that it never races the start of the engine.
         self._tree_started = asyncio.Event()
         self._signals = 0
+        self._lifecycle = Lifecycle(
+            f"daemon {self.name!r}", "use 'async with Daemon(config) as daemon' or 'await run()'"
+        )
+        self._settled = asyncio.Event()  # start() has returned or failed
+        self._stopped = asyncio.Event()
+        self._stop_forwarding: Callable[[], None] | None = None
+        self._released = False
+
+    @property
+    def state(self) -> State:
+        """Where the daemon is in its lifecycle."""
+        return self._lifecycle.state
 
     # -- ControlHost -----------------------------------------------------------------
 
@@ -187,15 +204,21 @@ class Daemon:
         return self._schema_current
 
     def request_stop(self, mode: StopMode) -> None:
-        if mode == "cancel" or self._stop_mode is not None:
-            # A second request (or a first one in cancel mode) ends the drain at
-            # once: running jobs are cancelled and go back to their queue.
+        """Ask the daemon to stop and return at once (a signal, the ``stop`` request):
+        ``run()`` then stops it. A second request, or one in ``cancel`` mode, cancels
+        running work at once."""
+        # A second request (or a first one in cancel mode) ends the drain at once:
+        # running jobs are cancelled and go back to their queue.
+        self._note_stop("cancel" if self._stop_mode is not None else mode)
+
+    def _note_stop(self, mode: StopMode) -> None:
+        if mode == "cancel":
             self._stop_mode = "cancel"
             self.jobs_adapter.cancel_running()
             # The rest of the tree too: every child is cancelled (still in reverse
             # order, each through its own cancel) instead of waiting out its deadline.
             self.system.request_stop("cancel")
-        else:
+        elif self._stop_mode is None:
             self._stop_mode = "drain"
         # Not ready from now on: /readyz answers 503 while the tree stops.
         self._draining = True
@@ -206,6 +229,10 @@ class Daemon:
         most ``timeout``) until it has stopped. Pausing the queues instead would be
         kept in the database: every daemon sharing it would stop claiming too, and
         this one would claim nothing after a restart."""
+        if self._lifecycle.state in (State.NEW, State.STOPPED):
+            # Starting and stopping are fine: a drain then waits for the start, or
+            # joins the stop's own drain.
+            self._lifecycle.check_running("drain")
         self._draining = True
         if self._drain_task is None:
             log.info("draining: no new jobs are claimed; running ones finish")
@@ -293,35 +320,100 @@ class Daemon:
             raise
         finally:
             remove_signals()
-            with contextlib.suppress(FileNotFoundError):
-                config.endpoint_path.unlink()
 
     async def _run(self) -> None:
-        config = self.config
-        data = config.data_path
-        data.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tokens: TokenTable = token_table(config)
-        store = open_store(config.store_url)
-        self.store = store
-        self.jobs_adapter.attach(store)
-        stop_forwarding = forward_runtime_events(self.system.events, self.hub)
+        await self.start()
         try:
-            async with self.system:
-                await self._start_tree(store, tokens)
-                await self._until_stop_requested()
-                log.info(
-                    "draining: stopping the tree in reverse order",
-                    mode=self._stop_mode,
-                    deadline=config.daemon.shutdown_timeout,
-                )
-        finally:
-            stop_forwarding()
-            self.jobs_adapter.detach()
-            if self._drain_task is not None:
-                # Stopping the tree stopped the engine too; collect the drain's end.
-                with contextlib.suppress(Exception):
-                    await self._drain_task
+            await self._until_stop_requested()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.stop("cancel")
+            raise
+        log.info(
+            "draining: stopping the tree in reverse order",
+            mode=self._stop_mode,
+            deadline=self.config.daemon.shutdown_timeout,
+        )
+        await self.stop(self._stop_mode or "drain")
         log.info("daemon stopped", name=self.name)
+
+    async def start(self) -> None:
+        """Open the store, set up the user modules, start the control server and the
+        job engine, in that order; returns once the whole tree has started (and
+        ``control.json`` is written). A daemon runs once."""
+        self._lifecycle.begin_start()
+        try:
+            config = self.config
+            config.data_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tokens: TokenTable = token_table(config)
+            store = open_store(config.store_url)
+            self.store = store
+            self.jobs_adapter.attach(store)
+            self._stop_forwarding = forward_runtime_events(self.system.events, self.hub)
+            await self.system.start()
+            await self._start_tree(store, tokens)
+        except BaseException:
+            # Whatever started is stopped at once (cancelled), and the error raised.
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.system.stop("cancel")
+                except Exception as exc:  # the start's own error is the one to raise
+                    log.warning("stopping after a failed start failed too", error=repr(exc))
+                await self._release()
+            self._lifecycle.stopped()
+            self._stopped.set()
+            raise
+        finally:
+            self._settled.set()
+        if self._lifecycle.state is State.STARTING:  # not stopped meanwhile
+            self._lifecycle.started()
+
+    async def stop(self, mode: StopMode = "drain") -> None:
+        """Stop the tree in reverse order (see the module docstring): ``drain`` lets
+        running jobs finish until ``daemon.shutdown_timeout`` and actors drain their
+        mailboxes; ``cancel`` cancels them at once (jobs go back to their queue).
+        Before ``start()`` it returns at once; a second call waits for the first one's
+        stop (a ``cancel`` cuts a drain short). Raises what made the tree fail."""
+        if self._lifecycle.state is State.STOPPING:
+            if mode == "cancel":
+                self._note_stop("cancel")
+            await self._stopped.wait()
+            return
+        if not self._lifecycle.begin_stop():
+            return
+        self._note_stop(mode)
+        try:
+            await self._settled.wait()  # a start under way finishes first
+            await self.system.stop(self._stop_mode or mode)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._release()
+            self._lifecycle.stopped()
+            self._stopped.set()
+
+    async def _release(self) -> None:
+        """What start() set up beside the tree: forwarding of runtime events, the
+        engine's event subscription, a drain's task, the endpoint file."""
+        if self._released:
+            return
+        self._released = True
+        if self._stop_forwarding is not None:
+            self._stop_forwarding()
+            self._stop_forwarding = None
+        self.jobs_adapter.detach()
+        if self._drain_task is not None:
+            # Stopping the tree stopped the engine too; collect the drain's end.
+            with contextlib.suppress(Exception):
+                await self._drain_task
+        with contextlib.suppress(FileNotFoundError):
+            self.config.endpoint_path.unlink()
+
+    async def __aenter__(self) -> Daemon:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop("drain" if exc_info[1] is None else "cancel")
 
     async def _start_tree(self, store: Store, tokens: TokenTable) -> None:
         try:

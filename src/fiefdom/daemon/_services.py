@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from types import TracebackType
 
 import anyio
 import structlog
 
-from .._errors import StoreError
-from ..actors import StopMode
-from ..storage import Store, StoreState
+from .._lifecycle import Lifecycle, State, StopMode
+from ..storage import Store
 
 log = structlog.get_logger("fiefdom.daemon")
 
@@ -29,30 +29,81 @@ class StoreService:
     uses it has stopped. It runs once: a ``Store`` opens only once, and an outage of
     the database is handled inside the store (reconnecting with backoff, reported by
     ``/readyz``), never by pulling it from under the engine and the actors. Hence its
-    restart type is ``temporary``, and ``serve`` never fails once it has started."""
+    restart type is ``temporary``, and ``serve`` never fails once it has started.
+
+    It has the shared lifecycle too (``state``, ``start``, ``stop(mode)``, ``async
+    with``); it holds no work of its own, so both stop modes close the store."""
 
     def __init__(self, store: Store, *, migrate: bool, url_for_logs: str) -> None:
         self.store = store
         self.migrate = migrate
         self._url = url_for_logs
+        self._lifecycle = Lifecycle(
+            f"store service of {url_for_logs}",
+            "run it as a supervised service, or use 'async with StoreService(store, ...)'",
+        )
         self._stop_requested = asyncio.Event()
+        self._stopped = asyncio.Event()
+
+    @property
+    def state(self) -> State:
+        """Where the service is in its lifecycle."""
+        return self._lifecycle.state
+
+    async def start(self) -> None:
+        """Open the store (migrated when configured, its schema checked). A failure
+        (no database, a schema it does not know) is raised as such."""
+        self._lifecycle.begin_start()
+        log.info("opening the store", url=self._url, migrate=self.migrate)
+        try:
+            await self.store.open(migrate=self.migrate)
+        except BaseException:
+            self._lifecycle.stopped()
+            self._stopped.set()
+            raise
+        if self._lifecycle.state is State.STARTING:  # not stopped meanwhile
+            self._lifecycle.started()
+
+    async def stop(self, mode: StopMode = "drain") -> None:
+        """Close the store (within a bounded deadline, whatever the mode: everything
+        that used it has stopped before). Before ``start()`` it returns at once."""
+        if not self._lifecycle.begin_stop():
+            if self._lifecycle.state is State.STOPPING:
+                await self._stopped.wait()
+            return
+        try:
+            with anyio.move_on_after(_CLOSE_DEADLINE, shield=True):
+                await self.store.close()
+            log.info("store closed", url=self._url)
+        finally:
+            self._lifecycle.stopped()
+            self._stopped.set()
+
+    async def __aenter__(self) -> StoreService:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop("drain" if exc is None else "cancel")
+
+    # -- as a supervised service -------------------------------------------------
 
     async def serve(self, started: Callable[[], None] | None = None) -> None:
         """Open the store, call ``started()``, and close it once a stop is requested."""
-        if self.store.state is not StoreState.NEW:
-            raise StoreError(f"the store {self._url} is {self.store.state}: it opens only once")
-        log.info("opening the store", url=self._url, migrate=self.migrate)
-        # A failure here (no database, a schema it does not know) fails the daemon's
-        # start with that error: the supervisor hands it to start_child's caller.
-        await self.store.open(migrate=self.migrate)
+        # A failure here fails the daemon's start with that error: the supervisor
+        # hands it to start_child's caller.
+        await self.start()
         try:
             if started is not None:
                 started()
             await self._stop_requested.wait()
         finally:
-            with anyio.move_on_after(_CLOSE_DEADLINE, shield=True):
-                await self.store.close()
-            log.info("store closed", url=self._url)
+            await self.stop()
 
     def request_stop(self, mode: StopMode) -> None:
         """Close the store (everything that used it has stopped before: reverse order)."""
@@ -66,4 +117,4 @@ class StoreService:
         """Nothing to release beyond what ``serve`` closes."""
 
     def reset(self) -> None:
-        """Never restarted (temporary); a new ``serve`` would refuse the closed store."""
+        """Never restarted (temporary); a new ``serve`` would refuse to run again."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import itertools
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +23,7 @@ import anyio
 import msgspec
 
 from .._errors import ControlConnectionError, ControlError
+from .._lifecycle import Lifecycle, State, StopMode
 from ..actors import Request
 from ._codec import CLIENT_JSON, CLIENT_MSGPACK, Codec, Encoding
 from ._messages import (
@@ -74,12 +74,8 @@ R = TypeVar("R")
 F = TypeVar("F")
 
 
-class ClientState(enum.StrEnum):
-    """Lifecycle of a ``Client``: new, open (inside ``async with``), closed for good."""
-
-    NEW = "new"
-    OPEN = "open"
-    CLOSED = "closed"
+# The client's lifecycle is the one every component shares; the old name stays.
+ClientState = State
 
 
 def _ws_url(url: str) -> str:
@@ -135,7 +131,7 @@ class EventStream:
         if sub is None:
             return
         self._client._streams.pop(sub, None)
-        if self._client.state is ClientState.OPEN:
+        if self._client.state is State.RUNNING:
             with contextlib.suppress(ControlConnectionError):
                 await self._client._request(lambda i: Unsubscribe(id=i, subscription=sub), Ack)
 
@@ -186,7 +182,10 @@ class Client:
         self.timeout = timeout
         self.event_buffer = event_buffer
         self.max_frame_bytes = max_frame_bytes
-        self.state = ClientState.NEW
+        self._lifecycle = Lifecycle(
+            f"client of {self.url}", "use 'async with fiefdom.connect(url, token=...) as client'"
+        )
+        self._handshaking = False  # the hello is the one request sent while starting
         self.role: Role | None = None
         self.server: str | None = None
         self._ids = itertools.count(1)
@@ -199,11 +198,24 @@ class Client:
 
     # -- lifecycle -----------------------------------------------------------------
 
-    async def __aenter__(self) -> Client:
-        if self.state is not ClientState.NEW:
-            raise RuntimeError(
-                f"this client is {self.state}: a client connects once; call fiefdom.connect() again"
-            )
+    @property
+    def state(self) -> State:
+        """Where the client is in its lifecycle (``running`` while connected)."""
+        return self._lifecycle.state
+
+    async def start(self) -> None:
+        """Connect and authenticate (hello); returns once the daemon has welcomed it.
+        A client connects once: call ``fiefdom.connect()`` again for a new connection."""
+        self._lifecycle.begin_start()
+        try:
+            await self._connect()
+        except BaseException:
+            await self._close(ControlConnectionError("the client could not connect"))
+            raise
+        if self._lifecycle.state is State.STARTING:  # not stopped meanwhile
+            self._lifecycle.started()
+
+    async def _connect(self) -> None:
         self._session = aiohttp.ClientSession()
         # The token goes in the upgrade too (and again in hello): a connection that
         # authenticates up front is not held to the daemon's smaller limit of
@@ -214,8 +226,6 @@ class Client:
                 self.url, max_msg_size=self.max_frame_bytes, autoping=True, headers=headers
             )
         except aiohttp.WSServerHandshakeError as exc:
-            await self._session.close()
-            self.state = ClientState.CLOSED
             if exc.status == 401:
                 raise ControlError("unauthenticated", f"{self.url}: the token was refused") from exc
             if exc.status == 403:
@@ -226,8 +236,6 @@ class Client:
                 f"cannot open the control channel at {self.url}: HTTP {exc.status}"
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:
-            await self._session.close()
-            self.state = ClientState.CLOSED
             raise ControlConnectionError(
                 f"cannot connect to the control channel at {self.url}: {exc}"
             ) from exc
@@ -236,17 +244,19 @@ class Client:
         self._reader = asyncio.get_running_loop().create_task(
             self._read(), name=f"fiefdom-client-reader {self.url}"
         )
-        self.state = ClientState.OPEN
+        self._handshaking = True
         try:
             welcome = await self._request(
                 lambda i: Hello(id=i, version=PROTOCOL_VERSION, token=self.token, client="fiefdom"),
                 Welcome,
             )
-        except BaseException:
-            await self.aclose()
-            raise
+        finally:
+            self._handshaking = False
         self.role = welcome.role
         self.server = welcome.server
+
+    async def __aenter__(self) -> Client:
+        await self.start()
         return self
 
     async def __aexit__(
@@ -255,21 +265,39 @@ class Client:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        await self.stop("drain" if exc is None else "cancel")
 
-    async def aclose(self) -> None:
-        if self.state is ClientState.CLOSED:
+    async def stop(self, mode: StopMode = "drain") -> None:
+        """Close the connection. ``drain`` first waits for the replies to requests
+        already sent (at most ``timeout`` seconds); ``cancel`` closes at once, failing
+        them with ``ControlConnectionError``. New requests are refused from the start
+        of the stop. Before ``start()`` it returns at once."""
+        if not self._lifecycle.begin_stop():
             return
-        self.state = ClientState.CLOSED
-        if self._ws is not None:
-            await self._ws.close()
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-            self._reader = None
-        if self._session is not None:
-            await self._session.close()
-        self._fail_all(ControlConnectionError("the client was closed"))
+        try:
+            if mode != "cancel":
+                with anyio.move_on_after(self.timeout):
+                    while self._pending:
+                        # asyncio.wait: waiting must not cancel the requests' futures.
+                        await asyncio.wait(list(self._pending.values()))
+        finally:
+            await self._close(ControlConnectionError("the client was stopped"))
+
+    async def _close(self, error: ControlConnectionError) -> None:
+        # Shielded: a cancelled caller must still release the socket and the reader.
+        with anyio.CancelScope(shield=True):
+            try:
+                if self._ws is not None:
+                    await self._ws.close()
+                if self._reader is not None:
+                    self._reader.cancel()
+                    await asyncio.gather(self._reader, return_exceptions=True)
+                    self._reader = None
+                if self._session is not None:
+                    await self._session.close()
+            finally:
+                self._lifecycle.stopped()
+                self._fail_all(error)
 
     def _fail_all(self, error: ControlConnectionError) -> None:
         self._lost = error
@@ -333,8 +361,8 @@ class Client:
     ) -> F:
         """Send a request and return its reply; ``timeout`` (None: no limit) replaces
         the client's default reply timeout."""
-        if self.state is not ClientState.OPEN:
-            raise ControlConnectionError(f"the client is {self.state}; use 'async with connect()'")
+        if not self._handshaking:
+            self._lifecycle.check_running("send a request")
         if self._lost is not None:
             raise self._lost
         assert self._ws is not None
@@ -511,7 +539,9 @@ class Client:
             lambda i: Drain(id=i, timeout=timeout), Ack, timeout=self._waiting(timeout)
         )
 
-    async def stop(self, mode: Literal["drain", "cancel"] = "drain") -> None:
+    async def stop_daemon(self, mode: Literal["drain", "cancel"] = "drain") -> None:
+        """Ask the daemon to stop (as a SIGTERM would, or a second one with
+        ``cancel``); returns once it has accepted. ``stop()`` closes this client."""
         await self._request(lambda i: Stop(id=i, mode=mode), Ack)
 
     async def dump(self) -> DumpReply:

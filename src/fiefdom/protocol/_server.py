@@ -2,7 +2,8 @@
 ``/schema`` and the websocket control channel ``/ws``. Authentication happens
 once, at this boundary, from ``REQUIRED_ROLE`` and ``ENDPOINT_ROLE``. The server
 is a supervisor ``Service`` (``serve``/``request_stop``/``cancel``/``close``/
-``reset``), and can also be driven by hand with ``start``/``stop``."""
+``reset``), and has the lifecycle every component shares (``state``, ``start``,
+``stop(mode)``, ``async with``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import json
 import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from types import TracebackType
 from typing import Any
 
 import anyio
@@ -29,6 +31,7 @@ from .._errors import (
     StoreError,
     UnknownJobKind,
 )
+from .._lifecycle import Lifecycle, State
 from ..actors import ActorRef, Domain, StopMode
 from ._codec import SERVER_JSON, SERVER_MSGPACK, Codec, json_schema
 from ._hub import Subscription
@@ -132,13 +135,24 @@ class ControlServer:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._schema = json.dumps(json_schema(), indent=2).encode()
-        self.port: int | None = None
+        self._port: int | None = None
+        self._closed: str | None = None
+        self._new_run()
+
+    def _new_run(self) -> None:
+        """The state of one run, from start() to the end of stop() (a supervisor
+        restart starts a new run)."""
+        self._lifecycle = Lifecycle(
+            f"control server of {self.host.name!r}",
+            "use 'async with ControlServer(host, settings, tokens) as server'",
+        )
+        self._settled = asyncio.Event()  # start() has returned or failed
+        self._stopped = asyncio.Event()
         # As a supervised service: what serve() waits for, and what cancel() cuts short.
         self._stop_requested = asyncio.Event()
         self._serve_scope: anyio.CancelScope | None = None
         self._closing_scope: anyio.CancelScope | None = None
         self._cancelled = False
-        self._closed: str | None = None
 
     def count_frame(self, message_type: type[msgspec.Struct]) -> None:
         # A plain dict on the hot path; the metrics collector reads it at scrape time
@@ -179,55 +193,108 @@ class ControlServer:
         app.router.add_get("/ws", self._websocket)
         return app
 
+    @property
+    def state(self) -> State:
+        """Where the server is in its lifecycle."""
+        return self._lifecycle.state
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (the one the OS chose, when ``listen`` gave 0)."""
+        self._lifecycle.check_running("read the port")
+        assert self._port is not None
+        return self._port
+
     async def start(self) -> None:
-        """Listen on ``settings.listen`` (``port`` tells the port, when it was 0)."""
-        if self._closed is not None:
-            raise FiefdomError(
-                f"the control server was closed ({self._closed}); build a new ControlServer"
-            )
-        if self._runner is not None:
-            raise FiefdomError("the control server is already listening: stop() it first")
-        host, port = self.settings.host_port()
-        # A short aiohttp shutdown timeout: websockets are closed by stop() first.
-        runner = web.AppRunner(
-            self._app(), access_log=None, shutdown_timeout=self.settings.shutdown_timeout
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        """Listen on ``settings.listen``; returns once listening. A server runs once."""
+        self._lifecycle.begin_start()
         try:
-            await site.start()
+            host, port = self.settings.host_port()
+            # A short aiohttp shutdown timeout: websockets are closed by stop() first.
+            runner = web.AppRunner(
+                self._app(), access_log=None, shutdown_timeout=self.settings.shutdown_timeout
+            )
+            await runner.setup()
+            site = web.TCPSite(runner, host, port, reuse_address=True)
+            try:
+                await site.start()
+            except BaseException:
+                # The address is taken (or the start was cancelled): nothing may stay open.
+                with anyio.CancelScope(shield=True):
+                    await runner.cleanup()
+                raise
         except BaseException:
-            # The address is taken (or the start was cancelled): nothing may stay open.
-            with anyio.CancelScope(shield=True):
-                await runner.cleanup()
+            self._lifecycle.stopped()
+            self._stopped.set()
             raise
+        finally:
+            self._settled.set()
         self._runner, self._site = runner, site
         sockets = getattr(site._server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
-        log.info("control channel listening", host=host, port=self.port)
+        self._port = sockets[0].getsockname()[1] if sockets else port
+        if self._lifecycle.state is State.STARTING:  # not stopped meanwhile
+            self._lifecycle.started()
+        log.info("control channel listening", host=host, port=self._port)
 
-    async def stop(self) -> None:
+    async def stop(self, mode: StopMode = "drain") -> None:
         """Stop listening, let every subscriber receive the events already published,
-        close every websocket (going away), then clean up. Peers get
-        ``settings.shutdown_timeout`` to answer the close; ``cancel()`` cuts it short."""
-        if self._runner is None:
+        close every websocket (going away), then clean up. ``drain`` gives peers
+        ``settings.shutdown_timeout`` to answer their close; ``cancel`` does not wait
+        for them (and cuts short a drain under way). Before ``start()`` it returns at
+        once; a second call waits for the first one's stop."""
+        if mode == "cancel":
+            self._cancel_closing()
+        if not self._lifecycle.begin_stop():
+            if self._lifecycle.state is State.STOPPING:
+                await self._stopped.wait()
             return
+        try:
+            await self._settled.wait()  # a start under way listens first
+            await self._close()
+        finally:
+            self._lifecycle.stopped()
+            self._stopped.set()
+
+    async def _close(self) -> None:
         runner, self._runner = self._runner, None
-        if self._site is not None:
-            site, self._site = self._site, None
-            await site.stop()
-        with anyio.move_on_after(self.settings.shutdown_timeout) as closing:
-            self._closing_scope = closing
-            if self._cancelled:
-                closing.cancel()
-            # Concurrently: one peer that does not answer its close must not hold up
-            # the others until the deadline.
-            async with anyio.create_task_group() as tg:
-                for conn in list(self._connections):
-                    tg.start_soon(conn.finish, WSCloseCode.GOING_AWAY, "the daemon is stopping")
-        self._closing_scope = None
-        await runner.cleanup()
+        if runner is None:
+            return
+        try:
+            if self._site is not None:
+                site, self._site = self._site, None
+                await site.stop()
+            with anyio.move_on_after(self.settings.shutdown_timeout) as closing:
+                self._closing_scope = closing
+                if self._cancelled:
+                    closing.cancel()
+                # Concurrently: one peer that does not answer its close must not hold
+                # up the others until the deadline.
+                async with anyio.create_task_group() as tg:
+                    for conn in list(self._connections):
+                        tg.start_soon(conn.finish, WSCloseCode.GOING_AWAY, "the daemon is stopping")
+        finally:
+            self._closing_scope = None
+            # Also when the caller is cancelled: the socket and the app are released.
+            with anyio.CancelScope(shield=True):
+                await runner.cleanup()
         log.info("control channel stopped")
+
+    def _cancel_closing(self) -> None:
+        self._cancelled = True
+        if self._closing_scope is not None:
+            self._closing_scope.cancel()
+
+    async def __aenter__(self) -> ControlServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop("drain" if exc is None else "cancel")
 
     # -- as a supervised service -------------------------------------------------
 
@@ -245,30 +312,32 @@ class ControlServer:
                 # and the connections must be released (cancel() made stop() skip the
                 # wait for peers, so this is short).
                 with anyio.CancelScope(shield=True):
-                    await self.stop()
+                    await self.stop("cancel" if self._cancelled else "drain")
         self._serve_scope = None
 
     def request_stop(self, mode: StopMode) -> None:
-        """Stop accepting connections and close the open ones (``serve`` returns)."""
+        """Stop accepting connections and close the open ones (``serve`` returns);
+        with ``cancel``, without waiting for peers to answer their close."""
+        if mode == "cancel":
+            self._cancel_closing()
         self._stop_requested.set()
 
     def cancel(self) -> None:
         """Stop at once: no waiting for peers to answer their close."""
-        self._cancelled = True
+        self._cancel_closing()
         self._stop_requested.set()
         if self._serve_scope is not None:
             self._serve_scope.cancel()
-        if self._closing_scope is not None:
-            self._closing_scope.cancel()
 
     def close(self, reason: str) -> None:
         """Gone for good: ``serve`` and ``start`` refuse to run again."""
         self._closed = reason
+        self._lifecycle.begin_stop()  # a server never started ends stopped too
 
     def reset(self) -> None:
-        """Prepare to serve again (after a supervisor restart)."""
-        self._stop_requested = asyncio.Event()
-        self._cancelled = False
+        """Prepare to serve again (after a supervisor restart): a new run, ``new``."""
+        if self._closed is None:
+            self._new_run()
 
     # -- HTTP --------------------------------------------------------------------
 
