@@ -21,7 +21,8 @@ import structlog
 
 from ._errors import FiefdomError
 from .daemon import Config, Daemon, load_config, read_token_file
-from .protocol import Client, JobInfo, QueueInfo, StatusReply, TargetInfo, connect
+from .protocol import Client, QueueInfo, StatusReply, TargetInfo, connect
+from .storage import Enqueued, JobInfo, JobState
 
 EXIT_ERROR = 1
 
@@ -102,10 +103,13 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _when(ts: float | None) -> str:
-    if ts is None:
+def _when(moment: datetime | float | None) -> str:
+    """A time (a datetime, or unix seconds) in UTC, to the second."""
+    if moment is None:
         return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(moment, float | int):
+        moment = datetime.fromtimestamp(moment, UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _print_status(status: StatusReply) -> None:
@@ -175,7 +179,7 @@ def _print_targets(targets: Sequence[TargetInfo]) -> None:
 
 
 def _print_queues(queues: Sequence[QueueInfo]) -> None:
-    states = sorted({s for q in queues for s in q.counts})
+    states = [s for s in JobState if any(s in q.counts for q in queues)]
     _table(
         ["queue", "paused", *states],
         [
@@ -187,7 +191,7 @@ def _print_queues(queues: Sequence[QueueInfo]) -> None:
 
 def _print_jobs(jobs: Sequence[JobInfo]) -> None:
     _table(
-        ["id", "kind", "queue", "state", "attempt", "key", "created"],
+        ["id", "kind", "queue", "state", "attempt", "key", "run_at"],
         [
             [
                 j.id,
@@ -196,22 +200,43 @@ def _print_jobs(jobs: Sequence[JobInfo]) -> None:
                 j.state,
                 f"{j.attempt}/{j.max_attempts}",
                 j.key,
-                _when(j.created_at),
+                _when(j.run_at),
             ]
             for j in jobs
         ],
     )
 
 
+# The fields of a job that ``jobs show`` prints, by their names in JobInfo.
+_JOB_FIELDS = ("id", "kind", "queue", "state", "priority", "key", "attempt", "max_attempts")
+_JOB_TIMES = ("created_at", "run_at", "attempted_at", "finished_at")
+_WIDTH = len("cancel_requested")
+
+
 def _print_job(job: JobInfo) -> None:
-    for name in ("id", "kind", "queue", "state", "key"):
-        print(f"{name:<10} {_cell(getattr(job, name))}")
-    print(f"{'attempt':<10} {job.attempt}/{job.max_attempts}")
-    for name in ("created_at", "scheduled_at", "started_at", "finished_at"):
-        print(f"{name.removesuffix('_at'):<10} {_when(getattr(job, name))}")
-    print(f"{'args':<10} {json.dumps(job.args)}")
+    for name in _JOB_FIELDS:
+        print(f"{name:<{_WIDTH}} {_cell(getattr(job, name))}")
+    print(f"{'worker':<{_WIDTH}} {_cell(job.worker)}")
+    print(f"{'cancel_requested':<{_WIDTH}} {'yes' if job.cancel_requested else 'no'}")
+    for name in _JOB_TIMES:
+        print(f"{name:<{_WIDTH}} {_when(getattr(job, name))}")
+    print(f"{'args':<{_WIDTH}} {job.args}")
+    label = "errors"
     for error in job.errors:
-        print(f"{'error':<10} {error}")
+        print(
+            f"{label:<{_WIDTH}} attempt {error.attempt} at {_when(error.at)}: "
+            f"{error.type}: {error.message}"
+        )
+        label = ""
+
+
+def _print_enqueued(kind: str, enqueued: Enqueued) -> None:
+    if not enqueued.duplicate:
+        print(f"enqueued job {enqueued.id} ({kind})")
+    elif enqueued.id is not None:
+        print(f"job {enqueued.id} is a unique {kind} job like this one: nothing new enqueued")
+    else:
+        print(f"a unique {kind} job like this one has just finished: nothing enqueued")
 
 
 # -- commands --------------------------------------------------------------------------
@@ -288,7 +313,10 @@ async def _status(client: Client, args: argparse.Namespace) -> int:
 
 
 async def _jobs_ls(client: Client, args: argparse.Namespace) -> int:
-    jobs = await client.jobs(queue=args.queue, state=args.state, kind=args.kind, limit=args.limit)
+    state = None if args.state is None else JobState(args.state)
+    jobs = await client.list_jobs(
+        queue=args.queue, state=state, kind=args.kind, after_id=args.after_id, limit=args.limit
+    )
     if args.json:
         _emit_json(jobs)
     else:
@@ -297,7 +325,9 @@ async def _jobs_ls(client: Client, args: argparse.Namespace) -> int:
 
 
 async def _job_action(client: Client, args: argparse.Namespace) -> int:
-    action = {"show": client.job, "retry": client.retry, "cancel": client.cancel}[args.jobs_command]
+    action = {"show": client.get_job, "retry": client.retry_job, "cancel": client.cancel_job}[
+        args.jobs_command
+    ]
     job = await action(args.job_id)
     if args.json:
         _emit_json(job)
@@ -313,13 +343,13 @@ async def _jobs_enqueue(client: Client, args: argparse.Namespace) -> int:
         raise CommandError(f"job arguments are not JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise CommandError("job arguments must be a JSON object")
-    job = await client.enqueue(
+    enqueued = await client.enqueue(
         args.kind, payload, queue=args.queue, priority=args.priority, delay=args.delay
     )
     if args.json:
-        _emit_json(job)
+        _emit_json(enqueued)
     else:
-        print(f"enqueued job {job.id} ({job.kind} on {job.queue})")
+        _print_enqueued(args.kind, enqueued)
     return 0
 
 
@@ -433,9 +463,10 @@ def _parser() -> argparse.ArgumentParser:
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
     ls = jobs_sub.add_parser("ls", parents=[remote], help="list jobs")
     ls.add_argument("--queue")
-    ls.add_argument("--state")
+    ls.add_argument("--state", choices=[str(s) for s in JobState])
     ls.add_argument("--kind")
-    ls.add_argument("--limit", type=int, default=100)
+    ls.add_argument("--after-id", type=int, default=0, help="list the jobs after this id")
+    ls.add_argument("--limit", type=int, default=100, help="at most this many (up to 10000)")
     ls.set_defaults(func=_remote(_jobs_ls))
     for name, text in (("show", "show a job"), ("retry", "run a job again"), ("cancel", "cancel")):
         p = jobs_sub.add_parser(name, parents=[remote], help=text)

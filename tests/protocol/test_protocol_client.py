@@ -14,7 +14,8 @@ from hosted_app import Balance, Crash, Deposit, Echo, GetCount, Increment
 
 import fiefdom
 import fiefdom.protocol
-from fiefdom.protocol import ActorEvent, JobEvent, LogEvent
+from fiefdom import JobEvent, JobState
+from fiefdom.protocol import ActorEvent, LogEvent
 
 
 async def test_status_shows_the_tree_and_the_exposed_targets(daemon: DaemonProcess) -> None:
@@ -150,9 +151,19 @@ async def test_malformed_frames_get_typed_errors_and_the_connection_stays(
         assert await ws.receive_json() == {"type": "pong", "id": 9}
 
 
-async def _until_state(events: fiefdom.protocol.EventStream, job_id: int, state: str) -> list[str]:
+async def _enqueue(client: fiefdom.protocol.Client, kind: str, **args: object) -> int:
+    """Enqueue a job of ``kind`` and return its id (these kinds are not unique: always new)."""
+    enqueued = await client.enqueue(kind, args)
+    assert not enqueued.duplicate
+    assert enqueued.id is not None
+    return enqueued.id
+
+
+async def _until_state(
+    events: fiefdom.protocol.EventStream, job_id: int, state: JobState
+) -> list[JobState]:
     """The states a job went through (from its events) until it reached ``state``."""
-    seen: list[str] = []
+    seen: list[JobState] = []
     async for event in events:
         if isinstance(event, JobEvent) and event.job_id == job_id:
             seen.append(event.state)
@@ -162,50 +173,65 @@ async def _until_state(events: fiefdom.protocol.EventStream, job_id: int, state:
 
 
 async def test_job_enqueued_completes_and_its_events_arrive(daemon: DaemonProcess) -> None:
-    """A job enqueued over the channel runs to completion; a subscriber sees its events."""
+    """A job enqueued over the channel runs to completion; a subscriber sees its events,
+    as the library's JobEvent, and the job reads back as the library's JobInfo."""
     async with (
         fiefdom.connect(daemon.url, token=daemon.token) as client,
         client.subscribe(["jobs"]) as events,
     ):
-        job = await client.enqueue("nap", {"seconds": 0.0})
-        assert job.kind == "nap"
-        assert job.queue == "default"
-        assert await _until_state(events, job.id, "completed") == ["running", "completed"]
-        done = await client.job(job.id)
-        assert done.state == "completed"
+        enqueued = await client.enqueue("nap", {"seconds": 0.0})
+        assert type(enqueued) is fiefdom.Enqueued
+        assert not enqueued.duplicate
+        assert enqueued.id is not None
+        job_id = enqueued.id
+        assert await _until_state(events, job_id, JobState.COMPLETED) == [
+            JobState.RUNNING,
+            JobState.COMPLETED,
+        ]
+        done = await client.get_job(job_id)
+        assert type(done) is fiefdom.JobInfo
+        assert (done.kind, done.queue, done.state) == ("nap", "default", JobState.COMPLETED)
+        assert msgspec.json.decode(done.args) == {"seconds": 0.0}
+        assert done.attempted_at is not None
         assert done.finished_at is not None
-        listed = await client.jobs(kind="nap", state="completed")
-        assert job.id in [j.id for j in listed]
-        again = await client.retry(job.id)
-        assert again.state == "available"
-        await _until_state(events, job.id, "completed")
+        assert done.run_at <= done.attempted_at <= done.finished_at
+        listed = await client.list_jobs(kind="nap", state=JobState.COMPLETED)
+        assert job_id in [j.id for j in listed]
+        after = await client.list_jobs(kind="nap", after_id=job_id)
+        assert all(j.id > job_id for j in after)
+        again = await client.retry_job(job_id)
+        assert again.state is JobState.AVAILABLE
+        await _until_state(events, job_id, JobState.COMPLETED)
         queues = {q.name: q for q in await client.queues()}
-        assert queues["default"].counts["completed"] >= 1
+        assert queues["default"].counts[JobState.COMPLETED] >= 1
 
 
 async def test_job_failure_cancel_and_errors(daemon: DaemonProcess) -> None:
-    """A failing job ends discarded with its error; a running job can be cancelled."""
+    """A failing job ends discarded with its error (an AttemptError, as in the library);
+    a running job can be cancelled; missing jobs and kinds are "not_found"."""
     async with (
         fiefdom.connect(daemon.url, token=daemon.token) as client,
         client.subscribe(["jobs"]) as events,
     ):
-        failing = await client.enqueue("fail", {"reason": "boom"})
-        await _until_state(events, failing.id, "discarded")
-        info = await client.job(failing.id)
-        assert "RuntimeError: boom" in info.errors[0]
-        long = await client.enqueue("nap", {"seconds": 300.0})
-        await _until_state(events, long.id, "running")
-        await client.cancel(long.id)
-        await _until_state(events, long.id, "cancelled")
-        with pytest.raises(fiefdom.ControlError) as raised:
+        failing = await _enqueue(client, "fail", reason="boom")
+        await _until_state(events, failing, JobState.DISCARDED)
+        (error,) = (await client.get_job(failing)).errors
+        assert type(error) is fiefdom.AttemptError
+        assert (error.attempt, error.type, error.message) == (1, "builtins.RuntimeError", "boom")
+        assert "RuntimeError: boom" in error.traceback
+        long = await _enqueue(client, "nap", seconds=300.0)
+        await _until_state(events, long, JobState.RUNNING)
+        assert (await client.cancel_job(long)).cancel_requested
+        await _until_state(events, long, JobState.CANCELLED)
+        with pytest.raises(fiefdom.protocol.NotFound, match="no-such-kind"):
             await client.enqueue("no-such-kind")
-        assert raised.value.code == "not_found"
         with pytest.raises(fiefdom.ControlError) as raised:
             await client.enqueue("nap", {"seconds": "long"})
         assert raised.value.code == "invalid_message"
-        with pytest.raises(fiefdom.ControlError) as raised:
-            await client.job(10**9)
-        assert raised.value.code == "not_found"
+        assert raised.value.details["path"] == "$.args.seconds"
+        for missing in (client.get_job, client.retry_job, client.cancel_job):
+            with pytest.raises(fiefdom.protocol.NotFound, match=f"no job {10**9}"):
+                await missing(10**9)
 
 
 async def test_pause_resume_and_drain_a_queue(daemon: DaemonProcess) -> None:
@@ -216,14 +242,14 @@ async def test_pause_resume_and_drain_a_queue(daemon: DaemonProcess) -> None:
     ):
         await client.pause("default")
         assert {q.name: q.paused for q in await client.queues()}["default"]
-        job = await client.enqueue("nap", {"seconds": 0.0})
-        assert (await client.job(job.id)).state == "available"
+        job = await _enqueue(client, "nap", seconds=0.0)
+        assert (await client.get_job(job)).state is JobState.AVAILABLE
         await client.resume("default")
-        await _until_state(events, job.id, "completed")
-        short = await client.enqueue("nap", {"seconds": 0.2})
-        await _until_state(events, short.id, "running")
+        await _until_state(events, job, JobState.COMPLETED)
+        short = await _enqueue(client, "nap", seconds=0.2)
+        await _until_state(events, short, JobState.RUNNING)
         await client.drain_queue("default", timeout=30)
-        assert (await client.job(short.id)).state == "completed"
+        assert (await client.get_job(short)).state is JobState.COMPLETED
         await client.resume("default")
         with pytest.raises(fiefdom.ControlError) as raised:
             await client.pause("no-such-queue")
@@ -247,9 +273,9 @@ async def test_a_full_event_buffer_still_ends_with_the_connection_error(tmp_path
                 client.subscribe(["jobs"]) as events,
             ):
                 # Three jobs: six events for a buffer of two.
-                ids = [(await client.enqueue("nap", {"seconds": 0.0})).id for _ in range(3)]
+                ids = [await _enqueue(client, "nap", seconds=0.0) for _ in range(3)]
                 for job_id in ids:
-                    await _until_state(events, job_id, "completed")
+                    await _until_state(events, job_id, JobState.COMPLETED)
                 await client.stop_daemon()
             # Fails once the reader has routed every frame and seen the close: the
             # stream's buffer is full by then, with nothing read from it.

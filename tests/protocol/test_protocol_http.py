@@ -3,6 +3,7 @@ back with prometheus-client's own parser) and the generated JSON Schema."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -16,8 +17,8 @@ from hosted_app import GetCount
 from prometheus_client.parser import text_string_to_metric_families
 
 import fiefdom
+from fiefdom import JobEvent, JobState
 from fiefdom.protocol import ClientMessage, ServerMessage, json_schema
-from fiefdom.protocol import JobEvent as WireJobEvent
 from fiefdom.protocol._messages import CLIENT_TYPES
 from fiefdom.storage import SCHEMA_VERSION
 
@@ -45,19 +46,24 @@ def _readyz_until(daemon: DaemonProcess, status: int) -> dict[str, Any]:
         time.sleep(0.05)
 
 
+def _execute(daemon: DaemonProcess, sql: str, *args: object) -> None:
+    """Run one statement on the daemon's SQLite database, committed, then close it."""
+    with contextlib.closing(sqlite3.connect(daemon.data / "fiefdom.db")) as db, db:
+        db.execute(sql, args)
+
+
 def test_readyz_reports_a_schema_that_is_not_current(tmp_path: Path) -> None:
     """A schema migrated past this fiefdom's (a newer node on the database) makes /readyz 503."""
     with DaemonProcess(write_config(tmp_path)) as daemon:
-        with sqlite3.connect(daemon.data / "fiefdom.db") as db:
-            db.execute(
-                "INSERT INTO fiefdom_schema VALUES (?, 'from a newer fiefdom', 0)",
-                (SCHEMA_VERSION + 1,),
-            )
+        _execute(
+            daemon,
+            "INSERT INTO fiefdom_schema VALUES (?, 'from a newer fiefdom', 0)",
+            SCHEMA_VERSION + 1,
+        )
         checks = _readyz_until(daemon, 503)
         assert checks["schema"] is False
         assert checks["store"] is True
-        with sqlite3.connect(daemon.data / "fiefdom.db") as db:
-            db.execute("DELETE FROM fiefdom_schema WHERE version = ?", (SCHEMA_VERSION + 1,))
+        _execute(daemon, "DELETE FROM fiefdom_schema WHERE version = ?", SCHEMA_VERSION + 1)
         assert _readyz_until(daemon, 200)["schema"] is True
 
 
@@ -71,9 +77,9 @@ async def test_metrics_parse_with_prometheus_parser(daemon: DaemonProcess) -> No
         await client.call("counter", GetCount())
         job = await client.enqueue("nap", {"seconds": 0.0})
         async for event in events:
-            if isinstance(event, WireJobEvent) and (event.job_id, event.state) == (
+            if isinstance(event, JobEvent) and (event.job_id, event.state) == (
                 job.id,
-                "completed",
+                JobState.COMPLETED,
             ):
                 break
         status, body = daemon.http("/metrics")
@@ -123,7 +129,37 @@ def test_schema_is_valid_json_schema_for_the_frames(daemon: DaemonProcess) -> No
         {
             "type": "event",
             "subscription": 1,
-            "data": {"topic": "jobs", "job_id": 1, "kind": "k", "queue": "q", "state": "completed"},
+            "data": {
+                "topic": "jobs",
+                "job_id": 1,
+                "kind": "k",
+                "queue": "q",
+                "state": "completed",
+                "attempt": 1,
+                "at": 1.5,
+            },
+        },
+        {
+            "type": "job.reply",
+            "id": 4,
+            "job": {
+                "id": 1,
+                "kind": "k",
+                "queue": "q",
+                "state": "discarded",
+                "priority": 0,
+                "args": '{"n": 1}',
+                "key": None,
+                "attempt": 1,
+                "max_attempts": 1,
+                "errors": [{"attempt": 1, "at": 1.5, "type": "E", "message": "m"}],
+                "worker": None,
+                "cancel_requested": False,
+                "created_at": "2026-01-02T03:04:05Z",
+                "run_at": "2026-01-02T03:04:05.250000Z",
+                "attempted_at": "2026-01-02T03:04:06Z",
+                "finished_at": None,
+            },
         },
     ]
     for frame in frames:

@@ -12,7 +12,8 @@ import pytest
 from daemon_harness import DaemonProcess, write_config
 
 import fiefdom
-from fiefdom.protocol import EventHub, JobEvent
+from fiefdom import JobEvent, JobState
+from fiefdom.protocol import EventHub
 
 
 @pytest.fixture(scope="module")
@@ -61,17 +62,21 @@ async def test_connection_limit_refuses_the_extra_client(daemon: DaemonProcess) 
             await client.ping()
 
 
+def _completed(job_id: int) -> JobEvent:
+    return JobEvent(job_id=job_id, kind="k", queue="q", state=JobState.COMPLETED, attempt=1, at=0.0)
+
+
 async def test_slow_subscriber_buffer_is_bounded_and_reports_drops() -> None:
     """A subscriber that does not read keeps at most its capacity; the rest is counted
     as dropped and reported with the next batch."""
     hub = EventHub(capacity=10)
     sub = hub.subscribe(["jobs"])
     for i in range(25):
-        hub.publish(JobEvent(job_id=i, kind="k", queue="q", state="completed"))
+        hub.publish(_completed(i))
     events, dropped = await sub.next_batch()
     assert [e.job_id for e in events] == list(range(10))
     assert dropped == 15
-    hub.publish(JobEvent(job_id=99, kind="k", queue="q", state="completed"))
+    hub.publish(_completed(99))
     events, dropped = await sub.next_batch()
     assert [e.job_id for e in events] == [99]
     assert dropped == 0

@@ -6,30 +6,20 @@ a kind runs in is known), the engine's operations are offered as the
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
-import msgspec
 import structlog
 
-from .._errors import JobError, UnknownJobKind
+from .._errors import JobError, StoreUnavailable, UnknownJobKind
 from .._lifecycle import State
 from ..actors import Domain, StopMode
 from ..jobs import JobContext, JobEngine
-from ..protocol import ControlMetrics, EventHub, JobInfo, QueueInfo
-from ..protocol import JobEvent as WireJobEvent
-from ..storage import (
-    Job,
-    JobEvent,
-    JobState,
-    Store,
-)
-from ..storage import JobInfo as StoredJob
+from ..protocol import ControlMetrics, EventHub, NotFound, QueueInfo
+from ..storage import Enqueued, Job, JobEvent, JobInfo, JobState, Store
 from ._config import Config
 
 log = structlog.get_logger("fiefdom.daemon.jobs")
@@ -90,36 +80,6 @@ class JobRegistrar:
         self.periodics.append(
             (factory, {"every": every, "run_on_start": run_on_start, "name": name})
         )
-
-
-def _ts(value: datetime | None) -> float | None:
-    return None if value is None else value.timestamp()
-
-
-def to_wire(job: StoredJob, *, duplicate: bool = False) -> JobInfo:
-    try:
-        args = json.loads(job.args)
-    except ValueError:
-        args = {"_raw": job.args}
-    return JobInfo(
-        id=job.id,
-        kind=job.kind,
-        queue=job.queue,
-        state=str(job.state),
-        priority=job.priority,
-        attempt=job.attempt,
-        max_attempts=job.max_attempts,
-        args=args if isinstance(args, dict) else {"_value": args},
-        key=job.key,
-        errors=[f"attempt {e.attempt}: {e.type}: {e.message}" for e in job.errors],
-        worker=job.worker,
-        cancel_requested=job.cancel_requested,
-        created_at=_ts(job.created_at),
-        scheduled_at=_ts(job.run_at),
-        started_at=_ts(job.attempted_at),
-        finished_at=_ts(job.finished_at),
-        duplicate=duplicate,
-    )
 
 
 class EngineService:
@@ -253,67 +213,54 @@ class JobsAdapter:
                 self.metrics.job_duration.labels(event.queue, event.kind, outcome).observe(
                     max(0.0, event.at - started)
                 )
-        self.hub.publish(
-            WireJobEvent(
-                job_id=event.job_id,
-                kind=event.kind,
-                queue=event.queue,
-                state=str(event.state),
-                attempt=event.attempt,
-                detail=event.detail,
-                at=event.at,
-            )
-        )
+        self.hub.publish(event)
 
     # -- JobService ------------------------------------------------------------------
 
     def _store(self) -> Store:
         if self.store is None:
-            raise JobError("the store is not open")
+            raise StoreUnavailable("the store is not open")
         return self.store
 
-    async def list_jobs(
-        self, *, queue: str | None, state: str | None, kind: str | None, limit: int
-    ) -> list[JobInfo]:
-        try:
-            wanted = None if state is None else JobState(state)
-        except ValueError:
-            raise JobError(
-                f"unknown job state {state!r}; the states are {[str(s) for s in JobState]}"
-            ) from None
-        jobs = await self._store().list_jobs(queue=queue, state=wanted, kind=kind, limit=limit)
-        return [to_wire(job) for job in jobs]
-
-    async def get_job(self, job_id: int) -> JobInfo:
-        job = await self._store().get_job(job_id)
-        if job is None:
-            raise LookupError(f"no job {job_id}")
-        return to_wire(job)
-
-    async def enqueue(
-        self,
-        kind: str,
-        args: Mapping[str, Any],
-        *,
-        queue: str | None,
-        priority: int | None,
-        delay: float | None,
-    ) -> JobInfo:
+    def job_kind(self, kind: str) -> type[Job]:
         registered = self.registrar.kinds.get(kind)
         if registered is None:
             raise UnknownJobKind(
                 f"no job kind {kind!r} is registered in this daemon; "
                 f"the kinds are {sorted(self.registrar.kinds)}"
             )
-        job = msgspec.convert(args, registered[0])
-        enqueued = await self._store().enqueue(job, queue=queue, priority=priority, delay=delay)
-        if enqueued.id is None:
-            raise JobError(f"a unique {kind!r} job like this one exists and has just finished")
-        info = await self.get_job(enqueued.id)
-        info.duplicate = enqueued.duplicate
-        return info
+        return registered[0]
 
-    async def retry(self, job_id: int) -> JobInfo:
+    async def list_jobs(
+        self,
+        *,
+        queue: str | None,
+        state: JobState | None,
+        kind: str | None,
+        after_id: int,
+        limit: int,
+    ) -> list[JobInfo]:
+        return await self._store().list_jobs(
+            queue=queue, state=state, kind=kind, after_id=after_id, limit=limit
+        )
+
+    async def get_job(self, job_id: int) -> JobInfo:
+        job = await self._store().get_job(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        return job
+
+    async def enqueue(
+        self,
+        job: Job,
+        *,
+        queue: str | None,
+        priority: int | None,
+        delay: float | None,
+    ) -> Enqueued:
+        return await self._store().enqueue(job, queue=queue, priority=priority, delay=delay)
+
+    async def retry_job(self, job_id: int) -> JobInfo:
         if not await self._store().retry_job(job_id):
             job = await self.get_job(job_id)
             raise JobError(
@@ -322,15 +269,15 @@ class JobsAdapter:
             )
         return await self.get_job(job_id)
 
-    async def cancel(self, job_id: int) -> JobInfo:
+    async def cancel_job(self, job_id: int) -> JobInfo:
         if await self._store().cancel_job(job_id) is None:
-            raise LookupError(f"no job {job_id}")
+            raise NotFound(f"no job {job_id}")
         return await self.get_job(job_id)
 
     async def queues(self) -> list[QueueInfo]:
-        counts: dict[str, dict[str, int]] = {name: {} for name in self.config.jobs.queues}
+        counts: dict[str, dict[JobState, int]] = {name: {} for name in self.config.jobs.queues}
         for row in await self._store().count_jobs():
-            counts.setdefault(row.queue, {})[str(row.state)] = row.count
+            counts.setdefault(row.queue, {})[row.state] = row.count
         # The database's pause state: it holds for every daemon on it, running or not.
         paused = await self._store().paused_queues()
         return [

@@ -5,8 +5,8 @@ Constants and type aliases:
 
 - ``PROTOCOL_VERSION``: the version a client's ``hello`` must ask for (the server
   speaks one).
-- ``REQUIRED_ROLE``: for each client message type, the token role it needs; the one
-  place where authorisation is declared.
+- ``REQUIRED_ROLE``: for each client message type, the token role it needs, read off
+  the ``role`` each request type declares beside its fields.
 - ``Role``: a token's role, ``"read"``, ``"operate"`` or ``"admin"`` (each allows
   what the ones before it allow).
 - ``ClientMessage``: the tagged union of the frames a client sends (``type`` names
@@ -15,6 +15,9 @@ Constants and type aliases:
   the request's ``id``; ``event`` and ``dropped`` frames name a subscription).
 """
 
+# Jobs travel as the library's own Structs: one JobInfo and one JobEvent everywhere.
+from ..storage import JobEvent as JobEvent
+from ..storage import JobInfo as JobInfo
 from ._client import Client as Client
 from ._client import ClientState as ClientState
 from ._client import EventStream as EventStream
@@ -29,8 +32,6 @@ from ._messages import ActorEvent as ActorEvent
 from ._messages import ClientMessage as ClientMessage
 from ._messages import Dropped as Dropped
 from ._messages import ErrorCode as ErrorCode
-from ._messages import JobEvent as JobEvent
-from ._messages import JobInfo as JobInfo
 from ._messages import LogEvent as LogEvent
 from ._messages import QueueInfo as QueueInfo
 from ._messages import Role as Role
@@ -40,6 +41,7 @@ from ._messages import TargetInfo as TargetInfo
 from ._metrics import ControlMetrics as ControlMetrics
 from ._registry import ControlHost as ControlHost
 from ._registry import JobService as JobService
+from ._registry import NotFound as NotFound
 from ._registry import Registry as Registry
 from ._server import ControlServer as ControlServer
 from ._settings import ControlSettings as ControlSettings
@@ -68,6 +70,7 @@ __all__ = [
     "JobInfo",
     "JobService",
     "LogEvent",
+    "NotFound",
     "QueueInfo",
     "Registry",
     "Role",

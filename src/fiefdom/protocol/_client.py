@@ -25,6 +25,7 @@ import msgspec
 from .._errors import ControlConnectionError, ControlError
 from .._lifecycle import Lifecycle, State, StopMode
 from ..actors import Request
+from ..storage import Enqueued, JobInfo, JobState
 from ._codec import CLIENT_JSON, CLIENT_MSGPACK, Codec, Encoding
 from ._messages import (
     PROTOCOL_VERSION,
@@ -38,13 +39,14 @@ from ._messages import (
     Dump,
     DumpReply,
     EnqueueJob,
+    EnqueueReply,
     Error,
+    ErrorCode,
     Event,
     EventData,
     GetJob,
     GetStatus,
     Hello,
-    JobInfo,
     JobReply,
     JobsReply,
     ListJobs,
@@ -60,6 +62,7 @@ from ._messages import (
     ResumeQueue,
     RetryJob,
     Role,
+    ServerMessage,
     StatusReply,
     Stop,
     StopActor,
@@ -68,7 +71,9 @@ from ._messages import (
     Topic,
     Unsubscribe,
     Welcome,
+    from_wire,
 )
+from ._registry import NotFound
 
 R = TypeVar("R")
 F = TypeVar("F")
@@ -89,13 +94,25 @@ def _ws_url(url: str) -> str:
 
 
 def reply_type_of(message_type: type[Any]) -> Any:
-    """The ``R`` of a ``Request[R]`` subclass (``Any`` when it cannot be told)."""
-    for klass in message_type.__mro__:
-        for base in getattr(klass, "__orig_bases__", ()):
-            if typing.get_origin(base) is Request:
-                (arg,) = typing.get_args(base)
-                return Any if isinstance(arg, TypeVar) else arg
-    return Any
+    """The ``R`` of a ``Request[R]`` subclass, also through generic classes between
+    them (``class Get(Lookup[int])`` with ``class Lookup(Request[T])``); ``Any`` when
+    it cannot be told (a class still generic in ``R``)."""
+    found = _reply_type(message_type, {})
+    return Any if found is None or isinstance(found, TypeVar) else found
+
+
+def _reply_type(klass: type[Any], bound: Mapping[Any, Any]) -> Any:
+    for base in getattr(klass, "__orig_bases__", ()):
+        origin = typing.get_origin(base) or base
+        args = tuple(bound.get(arg, arg) for arg in typing.get_args(base))
+        if origin is Request:
+            return args[0] if args else None
+        if isinstance(origin, type) and issubclass(origin, Request):
+            params = getattr(origin, "__parameters__", ())
+            found = _reply_type(origin, dict(zip(params, args, strict=False)))
+            if found is not None:
+                return found
+    return None
 
 
 class EventStream:
@@ -178,7 +195,9 @@ class Client:
         self.url = _ws_url(url)
         self.token = token
         self.encoding = Encoding(encoding)
-        self.codec: Codec = CLIENT_JSON if self.encoding is Encoding.JSON else CLIENT_MSGPACK
+        self.codec: Codec[ServerMessage] = (
+            CLIENT_JSON if self.encoding is Encoding.JSON else CLIENT_MSGPACK
+        )
         self.timeout = timeout
         self.event_buffer = event_buffer
         self.max_frame_bytes = max_frame_bytes
@@ -331,11 +350,11 @@ class Client:
                 reason += f" (close code {self._ws.close_code})"
             self._fail_all(ControlConnectionError(reason))
 
-    def _route(self, frame: Any) -> None:
+    def _route(self, frame: ServerMessage) -> None:
         if isinstance(frame, Event):
             stream = self._streams.get(frame.subscription)
             if stream is not None:
-                stream._deliver(frame.data)
+                stream._deliver(from_wire(frame.data))
             return
         if isinstance(frame, Dropped):
             stream = self._streams.get(frame.subscription)
@@ -390,6 +409,8 @@ class Client:
         finally:
             self._pending.pop(frame_id, None)
         if isinstance(reply, Error):
+            if reply.code is ErrorCode.NOT_FOUND:
+                raise NotFound(reply.message, reply.details)
             raise ControlError(str(reply.code), reply.message, reply.details)
         if not isinstance(reply, expect):
             raise ControlError(
@@ -475,21 +496,31 @@ class Client:
             timeout=self._waiting(timeout),
         )
 
-    async def jobs(
+    async def list_jobs(
         self,
         *,
         queue: str | None = None,
-        state: str | None = None,
+        state: JobState | None = None,
         kind: str | None = None,
+        after_id: int = 0,
         limit: int = 100,
     ) -> list[JobInfo]:
+        """Jobs matching the filters, by id, starting after ``after_id`` (at most
+        ``limit``, up to 10000), as the store's ``list_jobs`` returns them."""
         reply = await self._request(
-            lambda i: ListJobs(id=i, queue=queue, state=state, kind=kind, limit=limit), JobsReply
+            lambda i: ListJobs(
+                id=i, queue=queue, state=state, kind=kind, after_id=after_id, limit=limit
+            ),
+            JobsReply,
         )
         return reply.jobs
 
-    async def job(self, job_id: int) -> JobInfo:
+    async def get_job(self, job_id: int) -> JobInfo:
+        """One job; ``NotFound`` when there is none."""
         return (await self._request(lambda i: GetJob(id=i, job_id=job_id), JobReply)).job
+
+    # The name get_job had before; kept while callers move to get_job.
+    job = get_job
 
     async def enqueue(
         self,
@@ -499,30 +530,37 @@ class Client:
         queue: str | None = None,
         priority: int | None = None,
         delay: float | None = None,
-    ) -> JobInfo:
-        """Enqueue a job of ``kind`` (registered in the daemon) with these arguments."""
+    ) -> Enqueued:
+        """Enqueue a job of ``kind`` (registered in the daemon) with these arguments;
+        returns what the store's ``enqueue`` does (``duplicate`` when a unique job
+        like it exists: ``id`` is that job's)."""
         payload = msgspec.Raw(self.codec.encode(args if args is not None else {}))
         reply = await self._request(
             lambda i: EnqueueJob(
                 id=i, kind=kind, args=payload, queue=queue, priority=priority, delay=delay
             ),
-            JobReply,
+            EnqueueReply,
         )
-        return reply.job
+        return reply.enqueued
 
-    async def retry(self, job_id: int) -> JobInfo:
+    async def retry_job(self, job_id: int) -> JobInfo:
+        """Make a discarded, cancelled or completed job available again; returns it."""
         return (await self._request(lambda i: RetryJob(id=i, job_id=job_id), JobReply)).job
 
-    async def cancel(self, job_id: int) -> JobInfo:
+    async def cancel_job(self, job_id: int) -> JobInfo:
+        """Cancel a job (a running one is stopped by its engine); returns it."""
         return (await self._request(lambda i: CancelJob(id=i, job_id=job_id), JobReply)).job
 
     async def queues(self) -> list[QueueInfo]:
+        """Every queue: paused or not, and its jobs counted by state."""
         return (await self._request(lambda i: ListQueues(id=i), QueuesReply)).queues
 
     async def pause(self, queue: str) -> None:
+        """Stop claiming from ``queue``, for every daemon on the database."""
         await self._request(lambda i: PauseQueue(id=i, queue=queue), Ack)
 
     async def resume(self, queue: str) -> None:
+        """Claim from ``queue`` again."""
         await self._request(lambda i: ResumeQueue(id=i, queue=queue), Ack)
 
     async def drain_queue(self, queue: str, *, timeout: float | None = None) -> None:

@@ -5,8 +5,10 @@ One reusable decoder per direction; a frame that fails to decode becomes a typed
 from __future__ import annotations
 
 import enum
+import typing
+from collections.abc import Hashable
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 import msgspec
 
@@ -17,6 +19,9 @@ from ._messages import (
     ErrorCode,
     ServerMessage,
 )
+
+T = TypeVar("T")
+S = TypeVar("S")
 
 
 class Encoding(enum.StrEnum):
@@ -33,30 +38,36 @@ class _Probe(msgspec.Struct):
     type: Any = None
 
 
-class Codec:
-    """Encodes and decodes frames of one direction in one encoding."""
+class Codec(Generic[T]):
+    """Encodes frames, and decodes the frames of one direction (``T``), in one encoding."""
 
     __slots__ = ("_decoder", "_encoder", "_probe", "encoding")
 
     def __init__(self, encoding: Encoding, decode_type: Any) -> None:
         self.encoding = encoding
+        self._decoder: msgspec.json.Decoder[T] | msgspec.msgpack.Decoder[T]
+        self._encoder: msgspec.json.Encoder | msgspec.msgpack.Encoder
+        self._probe: msgspec.json.Decoder[_Probe] | msgspec.msgpack.Decoder[_Probe]
         if encoding is Encoding.JSON:
-            self._decoder: Any = msgspec.json.Decoder(decode_type)
-            self._encoder: Any = msgspec.json.Encoder()
-            self._probe: Any = msgspec.json.Decoder(_Probe)
+            self._decoder = msgspec.json.Decoder(decode_type)
+            self._encoder = msgspec.json.Encoder()
+            self._probe = msgspec.json.Decoder(_Probe)
         else:
             self._decoder = msgspec.msgpack.Decoder(decode_type)
             self._encoder = msgspec.msgpack.Encoder()
             self._probe = msgspec.msgpack.Decoder(_Probe)
 
     def encode(self, obj: object) -> bytes:
-        return self._encoder.encode(obj)  # type: ignore[no-any-return]
+        return self._encoder.encode(obj)
 
-    def decode(self, data: bytes) -> Any:
+    def decode(self, data: bytes) -> T:
         return self._decoder.decode(data)
 
-    def decode_as(self, data: bytes, type_: Any) -> Any:
-        return _decoder_for(self.encoding, type_).decode(data)
+    def decode_as(self, data: bytes, type_: type[S]) -> S:
+        """Decode ``data`` (a ``msgspec.Raw`` field of a frame) as ``type_``."""
+        # Types are hashable; mypy cannot tell for a type variable's.
+        decoded: S = _decoder_for(self.encoding, typing.cast(Hashable, type_)).decode(data)
+        return decoded
 
     def explain(self, data: bytes, exc: msgspec.DecodeError) -> Error:
         """Turn a decoding failure of a client frame into the typed error to send back."""
@@ -69,9 +80,7 @@ class Codec:
                 message=f"frame is not a valid {self.encoding} object: {exc}",
                 details={"encoding": str(self.encoding)},
             )
-        frame_id = (
-            probe.id if isinstance(probe.id, int) and not isinstance(probe.id, bool) else None
-        )
+        frame_id = request_id(probe.id)
         if not isinstance(probe.type, str) or probe.type not in CLIENT_TYPES:
             return Error(
                 id=frame_id,
@@ -83,31 +92,44 @@ class Codec:
             id=frame_id,
             code=ErrorCode.INVALID_MESSAGE,
             message=f"invalid {probe.type!r} message: {exc}",
-            details=_path_of(exc),
+            details=path_of(exc),
         )
 
 
+def request_id(value: object) -> int | None:
+    """The ``id`` an error names for a frame that failed to decode: its own ``id``
+    when that is a valid one (an integer the frame could have carried), else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**64:
+        return value
+    return None
+
+
 @lru_cache(maxsize=512)
-def _decoder_for(encoding: Encoding, type_: Any) -> Any:
+def _decoder_for(
+    encoding: Encoding, type_: Hashable
+) -> msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]:
     if encoding is Encoding.JSON:
         return msgspec.json.Decoder(type_)
     return msgspec.msgpack.Decoder(type_)
 
 
-def _path_of(exc: msgspec.DecodeError) -> dict[str, Any]:
+def path_of(exc: msgspec.DecodeError, within: str = "$") -> dict[str, str]:
+    """The ``path`` detail of a validation error (``{"path": "$.job_id"}``), with the
+    path rooted at ``within`` when the value decoded was a field of the frame."""
     # msgspec ends validation messages with " - at `$.field`"; the path is the detail
     # a client needs to point at its own bug.
     text = str(exc)
     marker = " - at `"
     if marker in text:
-        return {"path": text.rsplit(marker, 1)[1].rstrip("`")}
-    return {}
+        path = text.rsplit(marker, 1)[1].rstrip("`")
+        return {"path": within + path.removeprefix("$")}
+    return {"path": within} if within != "$" else {}
 
 
-SERVER_JSON: Final = Codec(Encoding.JSON, ClientMessage)
-SERVER_MSGPACK: Final = Codec(Encoding.MSGPACK, ClientMessage)
-CLIENT_JSON: Final = Codec(Encoding.JSON, ServerMessage)
-CLIENT_MSGPACK: Final = Codec(Encoding.MSGPACK, ServerMessage)
+SERVER_JSON: Final[Codec[ClientMessage]] = Codec(Encoding.JSON, ClientMessage)
+SERVER_MSGPACK: Final[Codec[ClientMessage]] = Codec(Encoding.MSGPACK, ClientMessage)
+CLIENT_JSON: Final[Codec[ServerMessage]] = Codec(Encoding.JSON, ServerMessage)
+CLIENT_MSGPACK: Final[Codec[ServerMessage]] = Codec(Encoding.MSGPACK, ServerMessage)
 
 
 def json_schema() -> dict[str, Any]:

@@ -9,7 +9,7 @@ import itertools
 from collections import deque
 from collections.abc import Iterable
 
-from ._messages import LOG_LEVEL_RANK, EventData, LogEvent
+from ._messages import LOG_LEVEL_RANK, EventData, LogEvent, topic_of
 
 
 class Subscription:
@@ -82,7 +82,7 @@ class EventHub:
         if not self._subscriptions:
             return
         self.published += 1
-        topic = event.__struct_config__.tag
+        topic = topic_of(event)
         level = LOG_LEVEL_RANK.get(event.level, 0) if isinstance(event, LogEvent) else 0
         for sub in self._subscriptions.values():
             if topic in sub.topics and (not isinstance(event, LogEvent) or level >= sub.min_level):

@@ -1,14 +1,19 @@
 """The wire protocol of the control channel: every frame is a msgspec Struct in a
 tagged union (``type`` names it). Client requests carry an ``id``; every reply
-names it. The role each request needs is declared once, in ``REQUIRED_ROLE``."""
+names it. Each request type declares, beside its fields, the role it needs
+(``role``); ``REQUIRED_ROLE`` is read off the union. Jobs travel as the library's
+own Structs (``JobInfo``, ``JobEvent``, ``Enqueued``, ``JobState``)."""
 
 from __future__ import annotations
 
 import enum
+import typing
 from collections.abc import Mapping
-from typing import Any, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal, TypeAlias
 
 import msgspec
+
+from ..storage import Enqueued, JobEvent, JobInfo, JobState
 
 PROTOCOL_VERSION: Final = 1
 
@@ -24,6 +29,17 @@ LOG_LEVEL_RANK: Final[Mapping[str, int]] = {
     "error": 40,
     "critical": 50,
 }
+
+# Bounds checked when a frame is decoded, so that a request the store or the engine
+# would refuse (or overflow on) is an ``invalid_message`` naming the field.
+JobId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]  # the store's ids: 64-bit, from 1
+AfterId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+QueueName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Priority = Annotated[int, msgspec.Meta(ge=-32768, le=32767)]  # a 16-bit column
+Limit = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
+# At most about 31 years: a deadline past that is no deadline, and event loops
+# overflow on huge ones. None (where allowed) means no limit.
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=1e9)]
 
 
 def role_allows(held: str, needed: str) -> bool:
@@ -41,12 +57,12 @@ class ErrorCode(enum.StrEnum):
     FORBIDDEN = "forbidden"  # the token's role is too weak for this request
     RATE_LIMITED = "rate_limited"  # too many frames per second on this connection
     VERSION_MISMATCH = "version_mismatch"
-    NOT_FOUND = "not_found"  # no such actor target, message type, job or subscription
-    TIMEOUT = "timeout"  # an actor call's deadline passed
+    NOT_FOUND = "not_found"  # no such actor target, message type, job kind, job or subscription
+    TIMEOUT = "timeout"  # an actor call's deadline passed, or a wait's
     ACTOR_ERROR = "actor_error"  # the actor's handler raised
     JOB_ERROR = "job_error"  # the job engine refused the request
     UNAVAILABLE = "unavailable"  # the daemon is draining or a component is not running
-    INTERNAL = "internal"
+    INTERNAL = "internal"  # a bug in the daemon (it logs the traceback)
 
 
 class _Frame(msgspec.Struct, kw_only=True, tag_field="type", forbid_unknown_fields=True):
@@ -56,59 +72,77 @@ class _Frame(msgspec.Struct, kw_only=True, tag_field="type", forbid_unknown_fiel
 # -- client to server ---------------------------------------------------------------
 
 
-class Hello(_Frame, tag="hello"):
+class _Request(_Frame):
+    """A frame a client sends. Each request type declares ``role``, the weakest token
+    role allowed to send it; a type without one is refused when it is defined."""
+
+    role: ClassVar[Role]
+    id: int
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("role") not in typing.get_args(Role):
+            raise TypeError(
+                f"request {cls.__name__} declares no role: add "
+                "role: ClassVar[Role] = 'read' (or 'operate', 'admin') to its class"
+            )
+
+
+class Hello(_Request, tag="hello"):
     """The first frame: negotiates the protocol version and authenticates."""
 
-    id: int
+    role: ClassVar[Role] = "read"
     version: int = PROTOCOL_VERSION
     token: str | None = None
     client: str = ""
 
 
-class Ping(_Frame, tag="ping"):
-    id: int
+class Ping(_Request, tag="ping"):
+    """Answered with ``pong`` (in order with the frames around it)."""
+
+    role: ClassVar[Role] = "read"
 
 
-class GetStatus(_Frame, tag="status"):
+class GetStatus(_Request, tag="status"):
     """The supervisor tree with every actor's statistics, the domains and the queues."""
 
-    id: int
+    role: ClassVar[Role] = "read"
 
 
-class Call(_Frame, tag="call"):
+class Call(_Request, tag="call"):
     """Send a registered message type to a hosted actor (or a domain's key).
 
     A ``Request`` message is asked and its reply returned; any other message is told."""
 
-    id: int
+    role: ClassVar[Role] = "operate"
     target: str
     message_type: str
     message: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"{}"))
     key: str | None = None
-    timeout: float | None = 5.0
+    timeout: Seconds | None = 5.0
 
 
-class PauseActor(_Frame, tag="actors.pause"):
+class PauseActor(_Request, tag="actors.pause"):
     """Pause an exposed actor: it finishes its current message and takes no next one
     until resumed (its mailbox keeps accepting until full; queued asks keep their
     deadlines). For a domain, ``key`` pauses one key (also its later activations);
     without one, the whole domain (every activation, present and future)."""
 
-    id: int
+    role: ClassVar[Role] = "operate"
     target: str
     key: str | None = None
 
 
-class ResumeActor(_Frame, tag="actors.resume"):
+class ResumeActor(_Request, tag="actors.resume"):
     """Undo ``actors.pause``: queued messages run in the order they were sent. For a
     domain without ``key``, every key is resumed (also those paused on their own)."""
 
-    id: int
+    role: ClassVar[Role] = "operate"
     target: str
     key: str | None = None
 
 
-class StopActor(_Frame, tag="actors.stop"):
+class StopActor(_Request, tag="actors.stop"):
     """Stop an exposed actor once it has handled what is queued (a paused one drains
     too), and reply when it has stopped. A single actor is gone for good (until the
     daemon restarts); a domain ``key`` is passivated, and without a key every live
@@ -116,107 +150,125 @@ class StopActor(_Frame, tag="actors.stop"):
     domain to keep it from running). Past ``timeout`` seconds the reply is a
     ``timeout`` error and the stop goes on."""
 
-    id: int
+    role: ClassVar[Role] = "operate"
     target: str
     key: str | None = None
-    timeout: float | None = None
+    timeout: Seconds | None = None
 
 
-class ListJobs(_Frame, tag="jobs.list"):
-    id: int
-    queue: str | None = None
-    state: str | None = None
+class ListJobs(_Request, tag="jobs.list"):
+    """Jobs matching the filters, by id, starting after ``after_id`` (the store's
+    ``list_jobs``)."""
+
+    role: ClassVar[Role] = "read"
+    queue: QueueName | None = None
+    state: JobState | None = None
     kind: str | None = None
-    limit: int = 100
+    after_id: AfterId = 0
+    limit: Limit = 100
 
 
-class GetJob(_Frame, tag="jobs.get"):
-    id: int
-    job_id: int
+class GetJob(_Request, tag="jobs.get"):
+    """One job (the store's ``get_job``); ``not_found`` when there is none."""
+
+    role: ClassVar[Role] = "read"
+    job_id: JobId
 
 
-class EnqueueJob(_Frame, tag="jobs.enqueue"):
+class EnqueueJob(_Request, tag="jobs.enqueue"):
     """Enqueue a job of a registered kind; ``args`` is decoded into the kind's Struct.
     ``queue`` and ``priority`` override the kind's defaults; ``delay`` is in seconds."""
 
-    id: int
+    role: ClassVar[Role] = "operate"
     kind: str
     args: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"{}"))
-    queue: str | None = None
-    priority: int | None = None
-    delay: float | None = None
+    queue: QueueName | None = None
+    priority: Priority | None = None
+    delay: Seconds | None = None
 
 
-class RetryJob(_Frame, tag="jobs.retry"):
-    id: int
-    job_id: int
+class RetryJob(_Request, tag="jobs.retry"):
+    """Make a discarded, cancelled or completed job available again (``retry_job``)."""
+
+    role: ClassVar[Role] = "operate"
+    job_id: JobId
 
 
-class CancelJob(_Frame, tag="jobs.cancel"):
-    id: int
-    job_id: int
+class CancelJob(_Request, tag="jobs.cancel"):
+    """Cancel a job (``cancel_job``): a waiting one at once, a running one is stopped."""
+
+    role: ClassVar[Role] = "operate"
+    job_id: JobId
 
 
-class ListQueues(_Frame, tag="queues.list"):
-    id: int
+class ListQueues(_Request, tag="queues.list"):
+    """The queues, paused or not, with their jobs counted by state."""
+
+    role: ClassVar[Role] = "read"
 
 
-class PauseQueue(_Frame, tag="queues.pause"):
-    id: int
-    queue: str
+class PauseQueue(_Request, tag="queues.pause"):
+    """Stop claiming from a queue, for every daemon on the database (kept there)."""
+
+    role: ClassVar[Role] = "operate"
+    queue: QueueName
 
 
-class ResumeQueue(_Frame, tag="queues.resume"):
-    id: int
-    queue: str
+class ResumeQueue(_Request, tag="queues.resume"):
+    """Claim from a paused queue again."""
+
+    role: ClassVar[Role] = "operate"
+    queue: QueueName
 
 
-class DrainQueue(_Frame, tag="queues.drain"):
+class DrainQueue(_Request, tag="queues.drain"):
     """Stop claiming new jobs on a queue and wait until its running jobs have ended."""
 
-    id: int
-    queue: str
-    timeout: float | None = None
+    role: ClassVar[Role] = "operate"
+    queue: QueueName
+    timeout: Seconds | None = None
 
 
-class Drain(_Frame, tag="drain"):
+class Drain(_Request, tag="drain"):
     """Drain the whole daemon: its engine stops claiming jobs (other daemons on the
     database go on), it reports not ready, and running jobs finish within the
     shutdown deadline or go back to their queue. It stays up (for inspection) until
     it is stopped."""
 
-    id: int
-    timeout: float | None = None
+    role: ClassVar[Role] = "admin"
+    timeout: Seconds | None = None
 
 
-class Subscribe(_Frame, tag="subscribe"):
+class Subscribe(_Request, tag="subscribe"):
     """Receive ``event`` frames for these topics (``logs`` at or above ``level``)."""
 
-    id: int
+    role: ClassVar[Role] = "read"
     topics: list[Topic]
     level: LogLevel = "info"
 
 
-class Unsubscribe(_Frame, tag="unsubscribe"):
-    id: int
+class Unsubscribe(_Request, tag="unsubscribe"):
+    """End a subscription of this connection."""
+
+    role: ClassVar[Role] = "read"
     subscription: int
 
 
-class Stop(_Frame, tag="stop"):
+class Stop(_Request, tag="stop"):
     """Stop the daemon: ``drain`` lets running work finish within the shutdown
     deadline; ``cancel`` cancels it at once (cancelled jobs return to their queue)."""
 
-    id: int
+    role: ClassVar[Role] = "admin"
     mode: Literal["drain", "cancel"] = "drain"
 
 
-class Dump(_Frame, tag="dump"):
+class Dump(_Request, tag="dump"):
     """Write the flight recorder (recent log events) to its folder now."""
 
-    id: int
+    role: ClassVar[Role] = "admin"
 
 
-ClientMessage = (
+ClientMessage: TypeAlias = (
     Hello
     | Ping
     | GetStatus
@@ -240,29 +292,13 @@ ClientMessage = (
     | Dump
 )
 
-# The one place where authorisation is declared: what each request needs.
-REQUIRED_ROLE: Final[Mapping[type[_Frame], Role]] = {
-    Hello: "read",
-    Ping: "read",
-    GetStatus: "read",
-    ListJobs: "read",
-    GetJob: "read",
-    ListQueues: "read",
-    Subscribe: "read",
-    Unsubscribe: "read",
-    Call: "operate",
-    PauseActor: "operate",
-    ResumeActor: "operate",
-    StopActor: "operate",
-    EnqueueJob: "operate",
-    RetryJob: "operate",
-    CancelJob: "operate",
-    PauseQueue: "operate",
-    ResumeQueue: "operate",
-    DrainQueue: "operate",
-    Drain: "admin",
-    Stop: "admin",
-    Dump: "admin",
+CLIENT_TYPES: Final[Mapping[str, type[_Request]]] = {
+    str(t.__struct_config__.tag): t for t in typing.get_args(ClientMessage)
+}
+
+# What each request needs, read off the union (each type declares its own).
+REQUIRED_ROLE: Final[Mapping[type[_Request], Role]] = {
+    t: t.role for t in typing.get_args(ClientMessage)
 }
 
 # And what each HTTP endpoint needs (``/healthz`` needs nothing: it only says the
@@ -277,38 +313,18 @@ ENDPOINT_ROLE: Final[Mapping[str, Role]] = {
 # -- server to client ---------------------------------------------------------------
 
 
-class JobInfo(msgspec.Struct, kw_only=True):
-    """A job as the control channel shows it (times are unix seconds)."""
-
-    id: int
-    kind: str
-    queue: str
-    state: str
-    priority: int = 0
-    attempt: int
-    max_attempts: int
-    args: dict[str, Any]
-    key: str | None = None
-    errors: list[str] = msgspec.field(default_factory=list)
-    worker: str | None = None
-    cancel_requested: bool = False
-    created_at: float | None = None
-    scheduled_at: float | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    duplicate: bool = False  # an enqueue found an existing unique job and returned it
-
-
 class QueueInfo(msgspec.Struct, kw_only=True):
     """A queue: whether it is paused (in the database, for every daemon on it) and
     its jobs counted by state."""
 
     name: str
     paused: bool
-    counts: dict[str, int]  # jobs by state
+    counts: dict[JobState, int]  # jobs by state (states with none are left out)
 
 
 class Welcome(_Frame, tag="welcome"):
+    """The reply to ``hello``: the role the token carries and the server's name."""
+
     id: int
     version: int
     role: Role
@@ -317,6 +333,8 @@ class Welcome(_Frame, tag="welcome"):
 
 
 class Pong(_Frame, tag="pong"):
+    """The reply to ``ping``."""
+
     id: int
 
 
@@ -324,6 +342,15 @@ class Ack(_Frame, tag="ack"):
     """The request was done (a tell, a pause, a stop...)."""
 
     id: int
+
+
+class TargetInfo(msgspec.Struct, kw_only=True):
+    """A hosted actor or domain that ``call`` can reach, with its message types."""
+
+    name: str
+    kind: Literal["actor", "domain"]
+    messages: list[str]
+    paused: bool = False  # the actor, or the whole domain (see the tree for its keys)
 
 
 class StatusReply(_Frame, tag="status.reply"):
@@ -344,41 +371,51 @@ class StatusReply(_Frame, tag="status.reply"):
     connections: int
 
 
-class TargetInfo(msgspec.Struct, kw_only=True):
-    """A hosted actor or domain that ``call`` can reach, with its message types."""
-
-    name: str
-    kind: Literal["actor", "domain"]
-    messages: list[str]
-    paused: bool = False  # the actor, or the whole domain (see the tree for its keys)
-
-
 class CallReply(_Frame, tag="call.reply"):
+    """The reply to ``call``."""
+
     id: int
     result: msgspec.Raw  # the actor's reply, encoded like the frame; null for a tell
 
 
 class JobsReply(_Frame, tag="jobs.reply"):
+    """The reply to ``jobs.list``."""
+
     id: int
     jobs: list[JobInfo]
 
 
 class JobReply(_Frame, tag="job.reply"):
+    """The reply to ``jobs.get``, ``jobs.retry`` and ``jobs.cancel``: the job as it is now."""
+
     id: int
     job: JobInfo
 
 
+class EnqueueReply(_Frame, tag="enqueue.reply"):
+    """The reply to ``jobs.enqueue``: what the store's ``enqueue`` returned."""
+
+    id: int
+    enqueued: Enqueued
+
+
 class QueuesReply(_Frame, tag="queues.reply"):
+    """The reply to ``queues.list``."""
+
     id: int
     queues: list[QueueInfo]
 
 
 class Subscribed(_Frame, tag="subscribed"):
+    """The reply to ``subscribe``: the subscription that ``event`` frames name."""
+
     id: int
     subscription: int
 
 
 class DumpReply(_Frame, tag="dump.reply"):
+    """The reply to ``dump``: the file written and how many events it holds."""
+
     id: int
     path: str
     events: int
@@ -393,16 +430,10 @@ class Error(_Frame, tag="error"):
     details: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class JobEvent(msgspec.Struct, kw_only=True, tag="jobs", tag_field="topic"):
-    """A job changed state (topic ``jobs``); ``at`` is unix seconds."""
-
-    job_id: int
-    kind: str
-    queue: str
-    state: str
-    attempt: int = 0
-    detail: str | None = None  # why, when it is not a plain success
-    at: float = 0.0
+class JobTopicEvent(JobEvent, frozen=True, tag="jobs", tag_field="topic"):
+    """A ``fiefdom.JobEvent`` on the wire (topic ``jobs``): the same fields, tagged
+    with its topic so that it can share the union of events. The client hands out
+    plain ``JobEvent`` objects."""
 
 
 class ActorEvent(msgspec.Struct, kw_only=True, tag="actors", tag_field="topic"):
@@ -434,12 +465,40 @@ class LogEvent(msgspec.Struct, kw_only=True, tag="logs", tag_field="topic"):
     fields: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-EventData = JobEvent | ActorEvent | LogEvent
+# What the daemon publishes to subscribers, and what the client hands out.
+EventData: TypeAlias = JobEvent | ActorEvent | LogEvent
+# The same on the wire.
+WireEventData: TypeAlias = JobTopicEvent | ActorEvent | LogEvent
+
+
+def to_wire(event: EventData) -> WireEventData:
+    """The wire form of a published event."""
+    if isinstance(event, JobTopicEvent | ActorEvent | LogEvent):
+        return event
+    return JobTopicEvent(**msgspec.structs.asdict(event))
+
+
+def from_wire(event: WireEventData) -> EventData:
+    """A received event as the library's types (a plain ``JobEvent`` for jobs)."""
+    if isinstance(event, JobTopicEvent):
+        return JobEvent(**msgspec.structs.asdict(event))
+    return event
+
+
+def topic_of(event: EventData) -> Topic:
+    """The topic an event is published under."""
+    if isinstance(event, JobEvent):
+        return "jobs"
+    if isinstance(event, ActorEvent):
+        return "actors"
+    return "logs"
 
 
 class Event(_Frame, tag="event"):
+    """An event of a subscription."""
+
     subscription: int
-    data: EventData
+    data: WireEventData
 
 
 class Dropped(_Frame, tag="dropped"):
@@ -449,7 +508,8 @@ class Dropped(_Frame, tag="dropped"):
     count: int
 
 
-ServerMessage = (
+# The frames that answer a request.
+Reply: TypeAlias = (
     Welcome
     | Pong
     | Ack
@@ -457,14 +517,11 @@ ServerMessage = (
     | CallReply
     | JobsReply
     | JobReply
+    | EnqueueReply
     | QueuesReply
     | Subscribed
     | DumpReply
     | Error
-    | Event
-    | Dropped
 )
 
-CLIENT_TYPES: Final[Mapping[str, type[_Frame]]] = {
-    t.__struct_config__.tag: t for t in ClientMessage.__args__
-}
+ServerMessage: TypeAlias = Reply | Event | Dropped

@@ -10,10 +10,21 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
-from ..actors import ActorRef, Domain, Request
+from .._errors import ControlError
+from ..actors import ActorRef, Domain
+from ..storage import Enqueued, Job, JobInfo, JobState
 from ..supervisors import ActorSystem
 from ._hub import EventHub
-from ._messages import JobInfo, QueueInfo, TargetInfo
+from ._messages import ErrorCode, QueueInfo, TargetInfo
+
+
+class NotFound(ControlError):
+    """What a request names does not exist: a target, a message type, a job or a
+    subscription (the ``not_found`` error). The server answers it as such, and the
+    client raises it for a ``not_found`` reply. ``details`` may list what exists."""
+
+    def __init__(self, message: str, details: dict[str, object] | None = None) -> None:
+        super().__init__(ErrorCode.NOT_FOUND, message, details)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +44,15 @@ class Target:
         return TargetInfo(
             name=self.name, kind=self.kind, messages=sorted(self.messages), paused=self.paused
         )
+
+    def message_type(self, name: str) -> type[msgspec.Struct]:
+        """The message type registered as ``name``; ``NotFound`` (listing them) if none."""
+        message_type = self.messages.get(name)
+        if message_type is None:
+            raise NotFound(
+                f"{self.name!r} accepts no message type {name!r}", {"known": sorted(self.messages)}
+            )
+        return message_type
 
     @property
     def paused(self) -> bool:
@@ -75,37 +95,52 @@ class Registry:
     def get(self, name: str) -> Target | None:
         return self._targets.get(name)
 
+    def target(self, name: str) -> Target:
+        """The target exposed as ``name``; ``NotFound`` (listing the known ones) if none."""
+        target = self._targets.get(name)
+        if target is None:
+            raise NotFound(
+                f"no exposed actor or domain named {name!r}", {"known": sorted(self._targets)}
+            )
+        return target
+
     def targets(self) -> Sequence[Target]:
         return list(self._targets.values())
 
 
-def is_request(message_type: type[msgspec.Struct]) -> bool:
-    return issubclass(message_type, Request)
-
-
 class JobService(Protocol):
-    """The job operations the control channel offers, backed by the job engine.
-    Lookups of a missing job raise ``LookupError``; refused operations ``JobError``."""
+    """The job operations the control channel offers, backed by the job engine, with
+    the store's names and types. A job that does not exist raises ``NotFound``, a
+    kind that is not registered ``UnknownJobKind``, a refused operation ``JobError``."""
+
+    def job_kind(self, kind: str) -> type[Job]:
+        """The registered Struct of job kind ``kind`` (its arguments are decoded into it)."""
+        ...
 
     async def list_jobs(
-        self, *, queue: str | None, state: str | None, kind: str | None, limit: int
+        self,
+        *,
+        queue: str | None,
+        state: JobState | None,
+        kind: str | None,
+        after_id: int,
+        limit: int,
     ) -> list[JobInfo]: ...
 
     async def get_job(self, job_id: int) -> JobInfo: ...
 
     async def enqueue(
         self,
-        kind: str,
-        args: Mapping[str, Any],
+        job: Job,
         *,
         queue: str | None,
         priority: int | None,
         delay: float | None,
-    ) -> JobInfo: ...
+    ) -> Enqueued: ...
 
-    async def retry(self, job_id: int) -> JobInfo: ...
+    async def retry_job(self, job_id: int) -> JobInfo: ...
 
-    async def cancel(self, job_id: int) -> JobInfo: ...
+    async def cancel_job(self, job_id: int) -> JobInfo: ...
 
     async def queues(self) -> list[QueueInfo]: ...
 
@@ -113,7 +148,10 @@ class JobService(Protocol):
 
     async def resume(self, queue: str) -> None: ...
 
-    async def drain(self, queue: str | None, timeout: float | None) -> None: ...
+    async def drain(self, queue: str | None, timeout: float | None) -> None:
+        """Pause ``queue`` and wait until none of its jobs runs; ``TimeoutError``
+        after ``timeout`` seconds."""
+        ...
 
 
 class ControlHost(Protocol):

@@ -1,6 +1,7 @@
 """The control server (aiohttp): ``/healthz``, ``/readyz``, ``/metrics``,
-``/schema`` and the websocket control channel ``/ws``. Authentication happens
-once, at this boundary, from ``REQUIRED_ROLE`` and ``ENDPOINT_ROLE``. The server
+``/schema`` and the websocket control channel ``/ws`` (each websocket is a
+``Connection``). Authentication happens once, at this boundary, from
+``ENDPOINT_ROLE`` and from the role each request type declares. The server
 is a supervisor ``Service`` (``serve``/``request_stop``/``cancel``/``close``/
 ``reset``), and has the lifecycle every component shares (``state``, ``start``,
 ``stop(mode)``, ``async with``)."""
@@ -8,111 +9,27 @@ is a supervisor ``Service`` (``serve``/``request_stop``/``cancel``/``close``/
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any
 
 import anyio
 import msgspec
 import structlog
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, web
 
-from .._errors import (
-    ActorStopped,
-    AskTimeout,
-    ControlError,
-    FiefdomError,
-    JobError,
-    MailboxFull,
-    StoreError,
-    UnknownJobKind,
-)
+from .._errors import FiefdomError
 from .._lifecycle import Lifecycle, State
-from ..actors import ActorRef, Domain, StopMode
-from ._codec import SERVER_JSON, SERVER_MSGPACK, Codec, json_schema
-from ._hub import Subscription
-from ._messages import (
-    ENDPOINT_ROLE,
-    PROTOCOL_VERSION,
-    REQUIRED_ROLE,
-    Ack,
-    Call,
-    CallReply,
-    CancelJob,
-    Drain,
-    DrainQueue,
-    Dropped,
-    Dump,
-    DumpReply,
-    EnqueueJob,
-    Error,
-    ErrorCode,
-    Event,
-    GetJob,
-    GetStatus,
-    Hello,
-    JobReply,
-    JobsReply,
-    ListJobs,
-    ListQueues,
-    PauseActor,
-    PauseQueue,
-    Ping,
-    Pong,
-    QueueInfo,
-    QueuesReply,
-    ResumeActor,
-    ResumeQueue,
-    RetryJob,
-    Role,
-    StatusReply,
-    Stop,
-    StopActor,
-    Subscribe,
-    Subscribed,
-    Unsubscribe,
-    Welcome,
-    role_allows,
-)
+from ..actors import StopMode
+from ._codec import json_schema
+from ._connection import Connection
+from ._messages import ENDPOINT_ROLE, ErrorCode, QueueInfo, Role, role_allows
 from ._metrics import ControlMetrics
-from ._registry import ControlHost, JobService, Target, is_request
+from ._registry import ControlHost
 from ._settings import ControlSettings, TokenTable
 
 log = structlog.get_logger("fiefdom.control")
-
-_NULL = msgspec.Raw(b"null")
-_MSGPACK_NIL = msgspec.Raw(b"\xc0")
-_TOPICS: list[Any] = ["jobs", "actors", "logs"]
-
-
-def _fail(code: ErrorCode, message: str, **details: Any) -> ControlError:
-    """A typed error to raise in a request handler; it becomes the ``error`` frame."""
-    return ControlError(code, message, details)
-
-
-class _RateLimiter:
-    """A token bucket: ``rate`` frames per second, bursts up to ``burst``."""
-
-    __slots__ = ("_burst", "_last", "_level", "_rate")
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self._rate = rate
-        self._burst = float(burst)
-        self._level = float(burst)
-        self._last = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self._level = min(self._burst, self._level + (now - self._last) * self._rate)
-        self._last = now
-        if self._level >= 1.0:
-            self._level -= 1.0
-            return True
-        return False
 
 
 class ControlServer:
@@ -129,9 +46,9 @@ class ControlServer:
         self.settings = settings
         self.tokens = tokens
         self.metrics = metrics or ControlMetrics(host.system)
-        self._connections: set[_Connection] = set()
+        self._connections: set[Connection] = set()
         # Those of them without a role yet; the others count against max_connections.
-        self._unauthenticated: set[_Connection] = set()
+        self._unauthenticated: set[Connection] = set()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._schema = json.dumps(json_schema(), indent=2).encode()
@@ -173,7 +90,7 @@ class ControlServer:
         self.metrics.ws_refused.labels(reason=reason).inc()
         return web.json_response({"code": ErrorCode.UNAVAILABLE, "message": message}, status=503)
 
-    def admit(self, conn: _Connection) -> bool:
+    def admit(self, conn: Connection) -> bool:
         """A connection has just authenticated (hello): count it against
         max_connections, unless they are all taken."""
         if conn not in self._unauthenticated:
@@ -440,12 +357,14 @@ class ControlServer:
                 {"code": ErrorCode.UNAVAILABLE, "message": "the daemon is stopping"}, status=503
             )
         ws = web.WebSocketResponse(
-            max_msg_size=self.settings.max_frame_bytes,
+            # aiohttp refuses a message of max_msg_size bytes or more; a frame of
+            # exactly max_frame_bytes is allowed. A larger one is closed with 1009.
+            max_msg_size=self.settings.max_frame_bytes + 1,
             decode_text=False,
             compress=False,
             heartbeat=30.0,
         )
-        conn = _Connection(self, ws, role)
+        conn = Connection(self, ws, role)
         # Counted before the handshake's await: concurrent upgrades see each other.
         self._connections.add(conn)
         if role is None:
@@ -459,470 +378,3 @@ class ControlServer:
             self._unauthenticated.discard(conn)
             self.metrics.ws_connections.dec()
         return ws
-
-
-class _Connection:
-    """One websocket client: its role, rate limit, in-flight requests and subscriptions."""
-
-    def __init__(self, server: ControlServer, ws: web.WebSocketResponse, role: Role | None) -> None:
-        self.server = server
-        self.host = server.host
-        self.ws = ws
-        self.role = role
-        settings = server.settings
-        self.limiter = _RateLimiter(settings.messages_per_second, settings.burst)
-        self.max_in_flight = settings.max_in_flight
-        self.subscriptions: dict[int, Subscription] = {}
-        # The connection's tasks (requests, event pumps, the hello deadline): plain
-        # asyncio tasks, owned here and cancelled and awaited when the connection
-        # ends. They are created per request, where a task group's per-spawn cost
-        # showed up as a third of a call's time.
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.pumps: set[asyncio.Task[None]] = set()  # the event pumps among them
-        self.requests = 0
-        self.slot_free = asyncio.Event()
-        self.welcomed = role is not None
-
-    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return task
-
-    async def close(self, code: int, message: str) -> None:
-        for sub in self.subscriptions.values():
-            self.host.hub.unsubscribe(sub)
-        await self.ws.close(code=code, message=message.encode())
-
-    async def finish(self, code: int, message: str) -> None:
-        """Close at shutdown: first let the event pumps send what their subscriptions
-        hold (a subscriber sees the last job events of a drain), then close."""
-        for sub in self.subscriptions.values():
-            self.host.hub.unsubscribe(sub)
-        pumps = list(self.pumps)
-        if pumps:
-            await asyncio.wait(pumps)
-        await self.ws.close(code=code, message=message.encode())
-
-    async def run(self) -> None:
-        try:
-            if self.role is None:
-                self.spawn(self._hello_deadline(), "control/hello-deadline")
-            async for msg in self.ws:
-                if msg.type is WSMsgType.TEXT:
-                    await self._frame(msg.data, SERVER_JSON)
-                elif msg.type is WSMsgType.BINARY:
-                    await self._frame(msg.data, SERVER_MSGPACK)
-                else:
-                    break
-        finally:
-            for sub in self.subscriptions.values():
-                self.host.hub.unsubscribe(sub)
-            self.subscriptions.clear()
-            # The client is gone: nothing can be replied any more.
-            tasks = list(self.tasks)
-            for task in tasks:
-                task.cancel()
-            with anyio.CancelScope(shield=True):
-                await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _hello_deadline(self) -> None:
-        await anyio.sleep(self.server.settings.hello_timeout)
-        if self.role is None:
-            await self.close(WSCloseCode.POLICY_VIOLATION, "no hello within the deadline")
-
-    async def send(self, codec: Codec, frame: object) -> None:
-        if isinstance(frame, Error):
-            self.server.metrics.ws_errors.labels(code=str(frame.code)).inc()
-        data = codec.encode(frame)
-        opcode = WSMsgType.TEXT if codec is SERVER_JSON else WSMsgType.BINARY
-        # The peer may go away between its request and our reply; nothing to tell then.
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.ws.send_frame(data, opcode)
-
-    async def _frame(self, data: bytes, codec: Codec) -> None:
-        allowed = self.limiter.take()
-        try:
-            msg = codec.decode(data)
-        except msgspec.DecodeError as exc:
-            self.server.metrics.frames["invalid"] = self.server.metrics.frames.get("invalid", 0) + 1
-            await self.send(codec, codec.explain(data, exc) if allowed else self._limited(None))
-            return
-        if not allowed:
-            await self.send(codec, self._limited(msg.id))
-            return
-        self.server.count_frame(type(msg))
-        if isinstance(msg, Hello):
-            await self._hello(msg, codec)
-            return
-        if self.role is None or not self.welcomed:
-            await self.send(
-                codec,
-                Error(
-                    id=msg.id,
-                    code=ErrorCode.UNAUTHENTICATED,
-                    message="send 'hello' with a token first",
-                ),
-            )
-            return
-        needed = REQUIRED_ROLE[type(msg)]
-        if not role_allows(self.role, needed):
-            await self.send(
-                codec,
-                Error(
-                    id=msg.id,
-                    code=ErrorCode.FORBIDDEN,
-                    message=f"{msg.__struct_config__.tag!r} needs role {needed!r}, "
-                    f"the token has {self.role!r}",
-                    details={"needed": needed, "role": self.role},
-                ),
-            )
-            return
-        if isinstance(msg, Ping):
-            await self.send(codec, Pong(id=msg.id))
-        elif isinstance(msg, Subscribe):
-            await self._subscribe(msg, codec)
-        elif isinstance(msg, Unsubscribe):
-            await self._unsubscribe(msg, codec)
-        else:
-            # Requests run concurrently (a slow call must not hold up a status); at
-            # most max_in_flight at once: reading stops while they are all taken.
-            while self.requests >= self.max_in_flight:
-                self.slot_free.clear()
-                await self.slot_free.wait()
-            self.requests += 1
-            self.spawn(self._request(msg, codec), "control/request")
-
-    def _limited(self, frame_id: int | None) -> Error:
-        rate = self.server.settings.messages_per_second
-        return Error(
-            id=frame_id,
-            code=ErrorCode.RATE_LIMITED,
-            message=f"too many frames: this connection may send {rate:g} per second",
-            details={"messages_per_second": rate, "burst": self.server.settings.burst},
-        )
-
-    async def _hello(self, msg: Hello, codec: Codec) -> None:
-        if msg.version != PROTOCOL_VERSION:
-            await self.send(
-                codec,
-                Error(
-                    id=msg.id,
-                    code=ErrorCode.VERSION_MISMATCH,
-                    message=f"protocol version {msg.version} is not supported; "
-                    f"this server speaks {PROTOCOL_VERSION}",
-                    details={"supported": [PROTOCOL_VERSION]},
-                ),
-            )
-            return
-        role = self.server.tokens.role_of(msg.token) if msg.token is not None else self.role
-        if role is None:
-            await self.send(
-                codec,
-                Error(
-                    id=msg.id,
-                    code=ErrorCode.UNAUTHENTICATED,
-                    message="wrong or missing token" if msg.token else "missing token",
-                ),
-            )
-            await self.close(WSCloseCode.POLICY_VIOLATION, "authentication failed")
-            return
-        if not self.server.admit(self):
-            limit = self.server.settings.max_connections
-            await self.send(
-                codec,
-                Error(
-                    id=msg.id,
-                    code=ErrorCode.UNAVAILABLE,
-                    message=f"too many connections (limit {limit})",
-                ),
-            )
-            await self.close(WSCloseCode.TRY_AGAIN_LATER, "too many connections")
-            return
-        self.role = role
-        self.welcomed = True
-        await self.send(
-            codec,
-            Welcome(
-                id=msg.id,
-                version=PROTOCOL_VERSION,
-                role=role,
-                server=self.host.name,
-                topics=_TOPICS,
-            ),
-        )
-
-    async def _subscribe(self, msg: Subscribe, codec: Codec) -> None:
-        sub = self.host.hub.subscribe(msg.topics, msg.level)
-        self.subscriptions[sub.id] = sub
-        await self.send(codec, Subscribed(id=msg.id, subscription=sub.id))
-        pump = self.spawn(self._pump(sub, codec), f"control/events/{sub.id}")
-        self.pumps.add(pump)
-        pump.add_done_callback(self.pumps.discard)
-
-    async def _unsubscribe(self, msg: Unsubscribe, codec: Codec) -> None:
-        sub = self.subscriptions.pop(msg.subscription, None)
-        if sub is None:
-            await self.send(
-                codec,
-                Error(
-                    id=msg.id,
-                    code=ErrorCode.NOT_FOUND,
-                    message=f"no subscription {msg.subscription} on this connection",
-                ),
-            )
-            return
-        self.host.hub.unsubscribe(sub)
-        await self.send(codec, Ack(id=msg.id))
-
-    async def _pump(self, sub: Subscription, codec: Codec) -> None:
-        while True:
-            events, dropped = await sub.next_batch()
-            if dropped:
-                self.server.metrics.events_dropped.inc(dropped)
-                await self.send(codec, Dropped(subscription=sub.id, count=dropped))
-            if not events and not dropped:
-                return  # unsubscribed
-            for event in events:
-                await self.send(codec, Event(subscription=sub.id, data=event))
-
-    async def _request(self, msg: Any, codec: Codec) -> None:
-        try:
-            reply = await self._dispatch(msg, codec)
-        except ControlError as exc:
-            reply = Error(
-                id=msg.id, code=ErrorCode(exc.code), message=str(exc), details=exc.details
-            )
-        except AskTimeout as exc:
-            reply = Error(
-                id=msg.id,
-                code=ErrorCode.TIMEOUT,
-                message=str(exc),
-                details={"phase": exc.phase, "handler_exited": exc.handler_exited},
-            )
-        except TimeoutError as exc:
-            reply = Error(id=msg.id, code=ErrorCode.TIMEOUT, message=str(exc) or "timed out")
-        except (ActorStopped, MailboxFull) as exc:
-            reply = Error(id=msg.id, code=ErrorCode.UNAVAILABLE, message=str(exc))
-        except UnknownJobKind as exc:
-            reply = Error(id=msg.id, code=ErrorCode.NOT_FOUND, message=str(exc))
-        except JobError as exc:
-            reply = Error(id=msg.id, code=ErrorCode.JOB_ERROR, message=str(exc))
-        except msgspec.ValidationError as exc:
-            reply = Error(id=msg.id, code=ErrorCode.INVALID_MESSAGE, message=str(exc))
-        except StoreError as exc:
-            reply = Error(id=msg.id, code=ErrorCode.UNAVAILABLE, message=str(exc))
-        except LookupError as exc:
-            reply = Error(id=msg.id, code=ErrorCode.NOT_FOUND, message=str(exc.args[0]))
-        except Exception as exc:
-            log.exception("control request failed", request=msg.__struct_config__.tag)
-            reply = Error(
-                id=msg.id,
-                code=ErrorCode.INTERNAL,
-                message=f"{type(exc).__name__}: {exc}",
-            )
-        finally:
-            self.requests -= 1
-            self.slot_free.set()
-        await self.send(codec, reply)
-
-    def _jobs(self) -> JobService:
-        jobs = self.host.jobs
-        if jobs is None:
-            raise _fail(ErrorCode.UNAVAILABLE, "the job engine is not running")
-        return jobs
-
-    async def _dispatch(self, msg: Any, codec: Codec) -> object:
-        match msg:
-            case Call():
-                return await self._call(msg, codec)
-            case GetStatus():
-                return await self._status(msg)
-            case PauseActor() | ResumeActor() | StopActor():
-                await self._operate(msg)
-                return Ack(id=msg.id)
-            case ListJobs(queue=queue, state=state, kind=kind, limit=limit):
-                jobs = await self._jobs().list_jobs(
-                    queue=queue, state=state, kind=kind, limit=max(1, min(limit, 10_000))
-                )
-                return JobsReply(id=msg.id, jobs=jobs)
-            case GetJob(job_id=job_id):
-                return JobReply(id=msg.id, job=await self._jobs().get_job(job_id))
-            case EnqueueJob():
-                try:
-                    args = codec.decode_as(msg.args, dict[str, Any])
-                except msgspec.DecodeError as exc:
-                    raise _fail(
-                        ErrorCode.INVALID_MESSAGE, f"job args must be an object: {exc}"
-                    ) from None
-                if self.host.draining:
-                    raise _fail(
-                        ErrorCode.UNAVAILABLE, "the daemon is draining and takes no new jobs"
-                    )
-                job = await self._jobs().enqueue(
-                    msg.kind, args, queue=msg.queue, priority=msg.priority, delay=msg.delay
-                )
-                return JobReply(id=msg.id, job=job)
-            case RetryJob(job_id=job_id):
-                return JobReply(id=msg.id, job=await self._jobs().retry(job_id))
-            case CancelJob(job_id=job_id):
-                return JobReply(id=msg.id, job=await self._jobs().cancel(job_id))
-            case ListQueues():
-                return QueuesReply(id=msg.id, queues=await self._jobs().queues())
-            case PauseQueue(queue=queue):
-                await self._jobs().pause(queue)
-                return Ack(id=msg.id)
-            case ResumeQueue(queue=queue):
-                await self._jobs().resume(queue)
-                return Ack(id=msg.id)
-            case DrainQueue(queue=queue, timeout=timeout):
-                await self._jobs().drain(queue, timeout)
-                return Ack(id=msg.id)
-            case Drain(timeout=timeout):
-                await self.host.drain(timeout)
-                return Ack(id=msg.id)
-            case Stop(mode=mode):
-                self.host.request_stop(mode)
-                return Ack(id=msg.id)
-            case Dump():
-                path, count = await self.host.dump()
-                return DumpReply(id=msg.id, path=path, events=count)
-        raise _fail(ErrorCode.UNKNOWN_TYPE, f"no handler for {type(msg).__name__}")
-
-    def _target(self, name: str) -> Target:
-        target = self.host.registry.get(name)
-        if target is None:
-            raise _fail(
-                ErrorCode.NOT_FOUND,
-                f"no exposed actor or domain named {name!r}",
-                known=[t.name for t in self.host.registry.targets()],
-            )
-        return target
-
-    async def _operate(self, msg: PauseActor | ResumeActor | StopActor) -> None:
-        """Pause, resume or stop an exposed actor, a domain key or a whole domain."""
-        target = self._target(msg.target)
-        key = msg.key
-        ref: ActorRef[Any] | None = target.ref
-        whole: Domain[Any, Any] | None = None  # set when the request is for a whole domain
-        if target.domain is not None:
-            if key is None:
-                whole = target.domain
-            else:
-                ref = target.domain.ref(key)
-        elif key is not None:
-            raise _fail(
-                ErrorCode.INVALID_MESSAGE,
-                f"{msg.target!r} is a single actor: it takes no 'key'",
-                path="$.key",
-            )
-        match msg:
-            case PauseActor():
-                if whole is not None:
-                    whole.pause()
-                elif ref is not None:
-                    ref.pause()
-            case ResumeActor():
-                if whole is not None:
-                    whole.resume()
-                elif ref is not None:
-                    ref.resume()
-            case StopActor(timeout=timeout):
-                try:
-                    with anyio.fail_after(timeout):
-                        if whole is not None:
-                            await whole.passivate_all()
-                        elif ref is not None:
-                            await ref.stop()
-                except TimeoutError:
-                    what = msg.target if key is None else f"{msg.target} key {key!r}"
-                    raise _fail(
-                        ErrorCode.TIMEOUT,
-                        f"{what} did not stop within {timeout:g}s; it stops once its "
-                        "running message has returned",
-                    ) from None
-        log.info("actor control", request=msg.__struct_config__.tag, target=msg.target, key=key)
-
-    async def _call(self, msg: Call, codec: Codec) -> CallReply:
-        target = self._target(msg.target)
-        message_type = target.messages.get(msg.message_type)
-        if message_type is None:
-            raise _fail(
-                ErrorCode.NOT_FOUND,
-                f"{msg.target!r} accepts no message type {msg.message_type!r}",
-                known=sorted(target.messages),
-            )
-        try:
-            payload = codec.decode_as(msg.message, message_type)
-        except msgspec.DecodeError as exc:
-            raise _fail(
-                ErrorCode.INVALID_MESSAGE, f"invalid {msg.message_type} message: {exc}"
-            ) from None
-        try:
-            result = await self._deliver(target, msg, payload, is_request(message_type))
-        except (FiefdomError, ControlError):
-            raise
-        except Exception as exc:
-            # The actor's handler raised: the caller gets it as a typed error (the
-            # actor itself crashed and is handled by its supervisor).
-            raise _fail(
-                ErrorCode.ACTOR_ERROR,
-                f"{msg.target} failed on {msg.message_type}: {type(exc).__name__}: {exc}",
-                exception=type(exc).__name__,
-            ) from exc
-        if result is None:
-            raw = _NULL if codec is SERVER_JSON else _MSGPACK_NIL
-        else:
-            raw = msgspec.Raw(codec.encode(result))
-        return CallReply(id=msg.id, result=raw)
-
-    async def _deliver(self, target: Target, msg: Call, payload: Any, asks: bool) -> Any:
-        if target.domain is not None:
-            if msg.key is None:
-                raise _fail(
-                    ErrorCode.INVALID_MESSAGE,
-                    f"{msg.target!r} is a domain: the call needs a 'key'",
-                    path="$.key",
-                )
-            if asks:
-                return await target.domain.ask(msg.key, payload, timeout=msg.timeout)
-            await target.domain.tell(msg.key, payload)
-            return None
-        assert target.ref is not None
-        if msg.key is not None:
-            raise _fail(
-                ErrorCode.INVALID_MESSAGE,
-                f"{msg.target!r} is a single actor: a call to it takes no 'key'",
-                path="$.key",
-            )
-        if asks:
-            return await target.ref.ask(payload, timeout=msg.timeout)
-        await target.ref.tell(payload)
-        return None
-
-    async def _status(self, msg: GetStatus) -> StatusReply:
-        host = self.host
-        queues: list[QueueInfo] = []
-        if host.jobs is not None:
-            queues = await host.jobs.queues()
-        checks = await host.readiness()
-        return StatusReply(
-            id=msg.id,
-            name=host.name,
-            version=_version(),
-            pid=os.getpid(),
-            uptime=time.time() - host.started_at,
-            ready=all(checks.values()),
-            draining=host.draining,
-            loop=host.loop_name,
-            tree=msgspec.to_builtins(host.system.statistics()),
-            targets=[t.info() for t in host.registry.targets()],
-            queues=queues,
-            connections=self.server.connections,
-        )
-
-
-def _version() -> str:
-    from .. import __version__
-
-    return __version__

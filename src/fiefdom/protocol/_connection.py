@@ -1,0 +1,377 @@
+"""One websocket client of the control channel: decoding its frames, its rate limit,
+authentication and roles, the order its requests are answered in, its event
+subscriptions, and the one exhaustive ``match`` that dispatches every request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Coroutine
+from typing import Any, Final, Protocol, assert_never
+
+import anyio
+import msgspec
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from . import _requests as requests
+from ._codec import SERVER_JSON, SERVER_MSGPACK, Codec
+from ._hub import Subscription
+from ._messages import (
+    PROTOCOL_VERSION,
+    Ack,
+    Call,
+    CancelJob,
+    ClientMessage,
+    Drain,
+    DrainQueue,
+    Dropped,
+    Dump,
+    DumpReply,
+    EnqueueJob,
+    Error,
+    ErrorCode,
+    Event,
+    GetJob,
+    GetStatus,
+    Hello,
+    ListJobs,
+    ListQueues,
+    PauseActor,
+    PauseQueue,
+    Ping,
+    Pong,
+    Reply,
+    ResumeActor,
+    ResumeQueue,
+    RetryJob,
+    Role,
+    Stop,
+    StopActor,
+    Subscribe,
+    Subscribed,
+    Topic,
+    Unsubscribe,
+    Welcome,
+    role_allows,
+    to_wire,
+)
+from ._metrics import ControlMetrics
+from ._registry import ControlHost, NotFound
+from ._settings import ControlSettings, TokenTable
+
+_TOPICS: Final[list[Topic]] = ["jobs", "actors", "logs"]
+
+# Answered by the reading task itself, before the next frame is read: a hello
+# decides the role of what follows, a subscription's events must follow its
+# ``subscribed`` reply, and a ping measures the connection, not the daemon's load.
+# Every other request runs concurrently (a slow call must not hold up a status).
+_IN_ORDER: Final = (Hello, Ping, Subscribe, Unsubscribe)
+
+# A refused hello closes the connection once its error is sent.
+_HELLO_CLOSES: Final[dict[ErrorCode, tuple[int, str]]] = {
+    ErrorCode.UNAUTHENTICATED: (WSCloseCode.POLICY_VIOLATION, "authentication failed"),
+    ErrorCode.UNAVAILABLE: (WSCloseCode.TRY_AGAIN_LATER, "too many connections"),
+}
+
+
+class ConnectionOwner(Protocol):
+    """What a connection needs from the server that accepted it."""
+
+    host: ControlHost
+    settings: ControlSettings
+    tokens: TokenTable
+    metrics: ControlMetrics
+
+    @property
+    def connections(self) -> int: ...
+
+    def admit(self, conn: Connection) -> bool:
+        """Count an authenticated connection, unless ``max_connections`` are taken."""
+        ...
+
+    def count_frame(self, message_type: type[msgspec.Struct]) -> None: ...
+
+
+class _RateLimiter:
+    """A token bucket: ``rate`` frames per second, bursts up to ``burst``."""
+
+    __slots__ = ("_burst", "_last", "_level", "_rate")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._level = float(burst)
+        self._last = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._level = min(self._burst, self._level + (now - self._last) * self._rate)
+        self._last = now
+        if self._level >= 1.0:
+            self._level -= 1.0
+            return True
+        return False
+
+
+class Connection:
+    """One websocket client: its role, rate limit, in-flight requests and subscriptions."""
+
+    def __init__(self, server: ConnectionOwner, ws: web.WebSocketResponse, role: Role | None):
+        self.server = server
+        self.host = server.host
+        self.ws = ws
+        self.role = role
+        settings = server.settings
+        self.limiter = _RateLimiter(settings.messages_per_second, settings.burst)
+        self.max_in_flight = settings.max_in_flight
+        self.subscriptions: dict[int, Subscription] = {}
+        # The connection's tasks (requests, event pumps, the hello deadline): plain
+        # asyncio tasks, owned here and cancelled and awaited when the connection
+        # ends. They are created per request, where a task group's per-spawn cost
+        # showed up as a third of a call's time.
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.pumps: set[asyncio.Task[None]] = set()  # the event pumps among them
+        self.requests = 0
+        self.slot_free = asyncio.Event()
+        self.welcomed = role is not None
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def close(self, code: int, message: str) -> None:
+        for sub in self.subscriptions.values():
+            self.host.hub.unsubscribe(sub)
+        await self.ws.close(code=code, message=message.encode())
+
+    async def finish(self, code: int, message: str) -> None:
+        """Close at shutdown: first let the event pumps send what their subscriptions
+        hold (a subscriber sees the last job events of a drain), then close."""
+        for sub in self.subscriptions.values():
+            self.host.hub.unsubscribe(sub)
+        pumps = list(self.pumps)
+        if pumps:
+            await asyncio.wait(pumps)
+        await self.ws.close(code=code, message=message.encode())
+
+    async def run(self) -> None:
+        try:
+            if self.role is None:
+                self.spawn(self._hello_deadline(), "control/hello-deadline")
+            async for msg in self.ws:
+                if msg.type is WSMsgType.TEXT:
+                    await self._frame(msg.data, SERVER_JSON)
+                elif msg.type is WSMsgType.BINARY:
+                    await self._frame(msg.data, SERVER_MSGPACK)
+                else:
+                    # An error (a frame over max_frame_bytes: aiohttp has closed the
+                    # socket with 1009, unanswered) or a close.
+                    break
+        finally:
+            for sub in self.subscriptions.values():
+                self.host.hub.unsubscribe(sub)
+            self.subscriptions.clear()
+            # The client is gone: nothing can be replied any more.
+            tasks = list(self.tasks)
+            for task in tasks:
+                task.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _hello_deadline(self) -> None:
+        await anyio.sleep(self.server.settings.hello_timeout)
+        if self.role is None:
+            await self.close(WSCloseCode.POLICY_VIOLATION, "no hello within the deadline")
+
+    async def send(self, codec: Codec[ClientMessage], frame: Reply | Event | Dropped) -> None:
+        if isinstance(frame, Error):
+            self.server.metrics.ws_errors.labels(code=str(frame.code)).inc()
+        data = codec.encode(frame)
+        opcode = WSMsgType.TEXT if codec is SERVER_JSON else WSMsgType.BINARY
+        # The peer may go away between its request and our reply; nothing to tell then.
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.ws.send_frame(data, opcode)
+
+    # -- reading frames --------------------------------------------------------------
+
+    async def _frame(self, data: bytes, codec: Codec[ClientMessage]) -> None:
+        allowed = self.limiter.take()
+        try:
+            msg = codec.decode(data)
+        except msgspec.DecodeError as exc:
+            self.server.metrics.frames["invalid"] = self.server.metrics.frames.get("invalid", 0) + 1
+            await self.send(codec, codec.explain(data, exc) if allowed else self._limited(None))
+            return
+        if not allowed:
+            await self.send(codec, self._limited(msg.id))
+            return
+        self.server.count_frame(type(msg))
+        refused = self._refusal(msg)
+        if refused is not None:
+            await self.send(codec, refused)
+        elif isinstance(msg, _IN_ORDER):
+            await self._answer(msg, codec)
+        else:
+            # At most max_in_flight at once: reading stops while they are all taken.
+            while self.requests >= self.max_in_flight:
+                self.slot_free.clear()
+                await self.slot_free.wait()
+            self.requests += 1
+            self.spawn(self._answer_in_flight(msg, codec), "control/request")
+
+    def _refusal(self, msg: ClientMessage) -> Error | None:
+        """The error for a request this connection may not send (yet), or None."""
+        if isinstance(msg, Hello):
+            return None
+        if self.role is None or not self.welcomed:
+            return Error(
+                id=msg.id,
+                code=ErrorCode.UNAUTHENTICATED,
+                message="send 'hello' with a token first",
+            )
+        if not role_allows(self.role, msg.role):
+            return Error(
+                id=msg.id,
+                code=ErrorCode.FORBIDDEN,
+                message=f"{msg.__struct_config__.tag!r} needs role {msg.role!r}, "
+                f"the token has {self.role!r}",
+                details={"needed": msg.role, "role": self.role},
+            )
+        return None
+
+    def _limited(self, frame_id: int | None) -> Error:
+        rate = self.server.settings.messages_per_second
+        return Error(
+            id=frame_id,
+            code=ErrorCode.RATE_LIMITED,
+            message=f"too many frames: this connection may send {rate:g} per second",
+            details={"messages_per_second": rate, "burst": self.server.settings.burst},
+        )
+
+    async def _answer_in_flight(self, msg: ClientMessage, codec: Codec[ClientMessage]) -> None:
+        try:
+            await self._answer(msg, codec)
+        finally:
+            self.requests -= 1
+            self.slot_free.set()
+
+    async def _answer(self, msg: ClientMessage, codec: Codec[ClientMessage]) -> None:
+        try:
+            reply = await self._dispatch(msg, codec)
+        except Exception as exc:
+            reply = requests.error_reply(msg, exc)
+        await self.send(codec, reply)
+        # What follows the reply on the wire:
+        if isinstance(reply, Subscribed):
+            sub = self.subscriptions[reply.subscription]
+            pump = self.spawn(self._pump(sub, codec), f"control/events/{sub.id}")
+            self.pumps.add(pump)
+            pump.add_done_callback(self.pumps.discard)
+        elif isinstance(msg, Hello) and isinstance(reply, Error) and reply.code in _HELLO_CLOSES:
+            await self.close(*_HELLO_CLOSES[reply.code])
+
+    # -- the requests ------------------------------------------------------------------
+
+    async def _dispatch(self, msg: ClientMessage, codec: Codec[ClientMessage]) -> Reply:
+        host = self.host
+        match msg:
+            case Hello():
+                return self._hello(msg)
+            case Ping():
+                return Pong(id=msg.id)
+            case Subscribe():
+                return self._subscribe(msg)
+            case Unsubscribe():
+                return self._unsubscribe(msg)
+            case GetStatus():
+                return await requests.status(host, msg, self.server.connections)
+            case Call():
+                return await requests.call(host, msg, codec)
+            case PauseActor() | ResumeActor() | StopActor():
+                return await requests.operate(host, msg)
+            case ListJobs():
+                return await requests.list_jobs(host, msg)
+            case GetJob():
+                return await requests.get_job(host, msg)
+            case EnqueueJob():
+                return await requests.enqueue(host, msg, codec)
+            case RetryJob():
+                return await requests.retry_job(host, msg)
+            case CancelJob():
+                return await requests.cancel_job(host, msg)
+            case ListQueues():
+                return await requests.queues(host, msg)
+            case PauseQueue() | ResumeQueue():
+                return await requests.pause_or_resume_queue(host, msg)
+            case DrainQueue():
+                return await requests.drain_queue(host, msg)
+            case Drain():
+                return await requests.drain(host, msg)
+            case Stop():
+                host.request_stop(msg.mode)
+                return Ack(id=msg.id)
+            case Dump():
+                path, count = await host.dump()
+                return DumpReply(id=msg.id, path=path, events=count)
+            case _:
+                assert_never(msg)
+
+    def _hello(self, msg: Hello) -> Welcome | Error:
+        if msg.version != PROTOCOL_VERSION:
+            return Error(
+                id=msg.id,
+                code=ErrorCode.VERSION_MISMATCH,
+                message=f"protocol version {msg.version} is not supported; "
+                f"this server speaks {PROTOCOL_VERSION}",
+                details={"supported": [PROTOCOL_VERSION]},
+            )
+        role = self.server.tokens.role_of(msg.token) if msg.token is not None else self.role
+        if role is None:
+            return Error(
+                id=msg.id,
+                code=ErrorCode.UNAUTHENTICATED,
+                message="wrong or missing token" if msg.token else "missing token",
+            )
+        if not self.server.admit(self):
+            limit = self.server.settings.max_connections
+            return Error(
+                id=msg.id,
+                code=ErrorCode.UNAVAILABLE,
+                message=f"too many connections (limit {limit})",
+            )
+        self.role = role
+        self.welcomed = True
+        return Welcome(
+            id=msg.id,
+            version=PROTOCOL_VERSION,
+            role=role,
+            server=self.host.name,
+            topics=_TOPICS,
+        )
+
+    def _subscribe(self, msg: Subscribe) -> Subscribed:
+        # Its events start flowing once the reply is out (see _answer).
+        sub = self.host.hub.subscribe(msg.topics, msg.level)
+        self.subscriptions[sub.id] = sub
+        return Subscribed(id=msg.id, subscription=sub.id)
+
+    def _unsubscribe(self, msg: Unsubscribe) -> Ack:
+        sub = self.subscriptions.pop(msg.subscription, None)
+        if sub is None:
+            raise NotFound(f"no subscription {msg.subscription} on this connection")
+        self.host.hub.unsubscribe(sub)
+        return Ack(id=msg.id)
+
+    async def _pump(self, sub: Subscription, codec: Codec[ClientMessage]) -> None:
+        while True:
+            events, dropped = await sub.next_batch()
+            if dropped:
+                self.server.metrics.events_dropped.inc(dropped)
+                await self.send(codec, Dropped(subscription=sub.id, count=dropped))
+            if not events and not dropped:
+                return  # unsubscribed
+            for event in events:
+                await self.send(codec, Event(subscription=sub.id, data=to_wire(event)))

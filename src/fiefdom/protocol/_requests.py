@@ -1,0 +1,313 @@
+"""The requests that act on the daemon: calls to exposed actors, pausing, resuming
+and stopping them, the job and queue operations, and the status. Each handler takes
+its decoded request and returns its reply frame, or raises; ``error_reply`` turns
+what it raised into the typed ``error`` frame (an unexpected exception is
+``internal``, and logged with its traceback)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import time
+from typing import Any, Final
+
+import anyio
+import msgspec
+import structlog
+
+from .._errors import (
+    ActorStopped,
+    AskTimeout,
+    ControlError,
+    FiefdomError,
+    JobError,
+    MailboxFull,
+    StoreError,
+    UnknownJobKind,
+)
+from ..actors import ActorRef, Domain, Request
+from ._codec import Codec, path_of
+from ._messages import (
+    Ack,
+    Call,
+    CallReply,
+    CancelJob,
+    ClientMessage,
+    Drain,
+    DrainQueue,
+    EnqueueJob,
+    EnqueueReply,
+    Error,
+    ErrorCode,
+    GetJob,
+    GetStatus,
+    JobReply,
+    JobsReply,
+    ListJobs,
+    ListQueues,
+    PauseActor,
+    PauseQueue,
+    QueueInfo,
+    QueuesReply,
+    ResumeActor,
+    ResumeQueue,
+    RetryJob,
+    StatusReply,
+    StopActor,
+)
+from ._registry import ControlHost, JobService, Target
+
+log = structlog.get_logger("fiefdom.control")
+
+_CODES: Final = frozenset(ErrorCode)
+_NULL = msgspec.Raw(b"null")
+_MSGPACK_NIL = msgspec.Raw(b"\xc0")
+
+
+def fail(code: ErrorCode, message: str, **details: object) -> ControlError:
+    """A typed error to raise in a request handler; it becomes the ``error`` frame."""
+    return ControlError(code, message, details)
+
+
+def error_reply(msg: ClientMessage, exc: Exception) -> Error:
+    """The ``error`` frame answering ``msg`` for what its handler raised. Only the
+    exceptions that say what went wrong map to a code; anything else is a bug of the
+    daemon: ``internal``, logged with its traceback."""
+    code: ErrorCode | None = None
+    details: dict[str, Any] = {}
+    match exc:
+        case ControlError(code=wire_code, details=wire_details) if wire_code in _CODES:
+            code, details = ErrorCode(wire_code), dict(wire_details)
+        case AskTimeout(phase=phase, handler_exited=exited):
+            code, details = ErrorCode.TIMEOUT, {"phase": phase, "handler_exited": exited}
+        case ActorStopped() | MailboxFull() | StoreError():
+            code = ErrorCode.UNAVAILABLE
+        case UnknownJobKind():
+            code = ErrorCode.NOT_FOUND
+        case JobError():
+            code = ErrorCode.JOB_ERROR
+    if code is None:
+        log.error("control request failed", request=msg.__struct_config__.tag, exc_info=exc)
+        return Error(id=msg.id, code=ErrorCode.INTERNAL, message=f"{type(exc).__name__}: {exc}")
+    return Error(id=msg.id, code=code, message=str(exc), details=details)
+
+
+# -- actors ---------------------------------------------------------------------------
+
+
+async def call(host: ControlHost, msg: Call, codec: Codec[Any]) -> CallReply:
+    """Ask (a ``Request``) or tell (any other message) an exposed actor or domain key."""
+    target = host.registry.target(msg.target)
+    message_type = target.message_type(msg.message_type)
+    try:
+        payload = codec.decode_as(msg.message, message_type)
+    except msgspec.DecodeError as exc:
+        raise fail(
+            ErrorCode.INVALID_MESSAGE,
+            f"invalid {msg.message_type} message: {exc}",
+            **path_of(exc, "$.message"),
+        ) from None
+    try:
+        result = await _deliver(target, msg, payload)
+    except (FiefdomError, ControlError):
+        raise
+    except Exception as exc:
+        # The actor's handler raised: the caller gets it as a typed error (the
+        # actor itself crashed and is handled by its supervisor).
+        raise fail(
+            ErrorCode.ACTOR_ERROR,
+            f"{msg.target} failed on {msg.message_type}: {type(exc).__name__}: {exc}",
+            exception=type(exc).__name__,
+        ) from exc
+    if result is None:
+        raw = _NULL if codec.encoding == "json" else _MSGPACK_NIL
+    else:
+        raw = msgspec.Raw(codec.encode(result))
+    return CallReply(id=msg.id, result=raw)
+
+
+async def _deliver(target: Target, msg: Call, payload: msgspec.Struct) -> object:
+    """Ask a ``Request`` (its reply is returned), tell any other message (None)."""
+    if target.domain is not None:
+        if msg.key is None:
+            raise fail(
+                ErrorCode.INVALID_MESSAGE,
+                f"{msg.target!r} is a domain: the call needs a 'key'",
+                path="$.key",
+            )
+        if isinstance(payload, Request):
+            return await target.domain.ask(msg.key, payload, timeout=msg.timeout)
+        await target.domain.tell(msg.key, payload)
+        return None
+    assert target.ref is not None
+    if msg.key is not None:
+        raise fail(
+            ErrorCode.INVALID_MESSAGE,
+            f"{msg.target!r} is a single actor: a call to it takes no 'key'",
+            path="$.key",
+        )
+    if isinstance(payload, Request):
+        return await target.ref.ask(payload, timeout=msg.timeout)
+    await target.ref.tell(payload)
+    return None
+
+
+async def operate(host: ControlHost, msg: PauseActor | ResumeActor | StopActor) -> Ack:
+    """Pause, resume or stop an exposed actor, a domain key or a whole domain."""
+    target = host.registry.target(msg.target)
+    key = msg.key
+    ref: ActorRef[Any] | None = target.ref
+    whole: Domain[Any, Any] | None = None  # set when the request is for a whole domain
+    if target.domain is not None:
+        if key is None:
+            whole = target.domain
+        else:
+            ref = target.domain.ref(key)
+    elif key is not None:
+        raise fail(
+            ErrorCode.INVALID_MESSAGE,
+            f"{msg.target!r} is a single actor: it takes no 'key'",
+            path="$.key",
+        )
+    match msg:
+        case PauseActor():
+            if whole is not None:
+                whole.pause()
+            elif ref is not None:
+                ref.pause()
+        case ResumeActor():
+            if whole is not None:
+                whole.resume()
+            elif ref is not None:
+                ref.resume()
+        case StopActor(timeout=timeout):
+            try:
+                with anyio.fail_after(timeout):
+                    if whole is not None:
+                        await whole.passivate_all()
+                    elif ref is not None:
+                        await ref.stop()
+            except TimeoutError:
+                what = msg.target if key is None else f"{msg.target} key {key!r}"
+                raise fail(
+                    ErrorCode.TIMEOUT,
+                    f"{what} did not stop within {timeout:g}s; it stops once its "
+                    "running message has returned",
+                ) from None
+    log.info("actor control", request=msg.__struct_config__.tag, target=msg.target, key=key)
+    return Ack(id=msg.id)
+
+
+# -- jobs and queues ------------------------------------------------------------------
+
+
+def _jobs(host: ControlHost) -> JobService:
+    jobs = host.jobs
+    if jobs is None:
+        raise fail(ErrorCode.UNAVAILABLE, "the job engine is not running")
+    return jobs
+
+
+async def list_jobs(host: ControlHost, msg: ListJobs) -> JobsReply:
+    jobs = await _jobs(host).list_jobs(
+        queue=msg.queue, state=msg.state, kind=msg.kind, after_id=msg.after_id, limit=msg.limit
+    )
+    return JobsReply(id=msg.id, jobs=jobs)
+
+
+async def get_job(host: ControlHost, msg: GetJob) -> JobReply:
+    return JobReply(id=msg.id, job=await _jobs(host).get_job(msg.job_id))
+
+
+async def enqueue(host: ControlHost, msg: EnqueueJob, codec: Codec[Any]) -> EnqueueReply:
+    """Decode ``args`` into the kind's Struct, then enqueue it (unless draining)."""
+    jobs = _jobs(host)
+    kind = jobs.job_kind(msg.kind)
+    try:
+        job = codec.decode_as(msg.args, kind)
+    except msgspec.DecodeError as exc:
+        raise fail(
+            ErrorCode.INVALID_MESSAGE,
+            f"invalid arguments of job kind {msg.kind!r}: {exc}",
+            **path_of(exc, "$.args"),
+        ) from None
+    if host.draining:
+        raise fail(ErrorCode.UNAVAILABLE, "the daemon is draining and takes no new jobs")
+    enqueued = await jobs.enqueue(job, queue=msg.queue, priority=msg.priority, delay=msg.delay)
+    return EnqueueReply(id=msg.id, enqueued=enqueued)
+
+
+async def retry_job(host: ControlHost, msg: RetryJob) -> JobReply:
+    return JobReply(id=msg.id, job=await _jobs(host).retry_job(msg.job_id))
+
+
+async def cancel_job(host: ControlHost, msg: CancelJob) -> JobReply:
+    return JobReply(id=msg.id, job=await _jobs(host).cancel_job(msg.job_id))
+
+
+async def queues(host: ControlHost, msg: ListQueues) -> QueuesReply:
+    return QueuesReply(id=msg.id, queues=await _jobs(host).queues())
+
+
+async def pause_or_resume_queue(host: ControlHost, msg: PauseQueue | ResumeQueue) -> Ack:
+    jobs = _jobs(host)
+    if isinstance(msg, PauseQueue):
+        await jobs.pause(msg.queue)
+    else:
+        await jobs.resume(msg.queue)
+    return Ack(id=msg.id)
+
+
+async def drain_queue(host: ControlHost, msg: DrainQueue) -> Ack:
+    try:
+        await _jobs(host).drain(msg.queue, msg.timeout)
+    except TimeoutError:
+        raise _still_draining(f"queue {msg.queue!r}", msg.timeout) from None
+    return Ack(id=msg.id)
+
+
+async def drain(host: ControlHost, msg: Drain) -> Ack:
+    try:
+        await host.drain(msg.timeout)
+    except TimeoutError:
+        raise _still_draining("the daemon", msg.timeout) from None
+    return Ack(id=msg.id)
+
+
+def _still_draining(what: str, timeout: float | None) -> ControlError:
+    return fail(
+        ErrorCode.TIMEOUT,
+        f"{what} still had running jobs after {timeout or 0:g}s; the drain goes on",
+    )
+
+
+# -- status ---------------------------------------------------------------------------
+
+
+async def status(host: ControlHost, msg: GetStatus, connections: int) -> StatusReply:
+    queue_infos: list[QueueInfo] = []
+    if host.jobs is not None:
+        queue_infos = await host.jobs.queues()
+    checks = await host.readiness()
+    return StatusReply(
+        id=msg.id,
+        name=host.name,
+        version=_version(),
+        pid=os.getpid(),
+        uptime=time.time() - host.started_at,
+        ready=all(checks.values()),
+        draining=host.draining,
+        loop=host.loop_name,
+        tree=msgspec.to_builtins(host.system.statistics()),
+        targets=[t.info() for t in host.registry.targets()],
+        queues=queue_infos,
+        connections=connections,
+    )
+
+
+def _version() -> str:
+    # The installed distribution's: the package itself sits in the layer above this one.
+    try:
+        return importlib.metadata.version("fiefdom")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
