@@ -1,43 +1,140 @@
-"""Test-wide rules: no asyncio task may outlive its test, and PostgreSQL is real
-(the machine's service; a missing one fails under CI and skips loudly elsewhere)."""
+"""Test-wide rules and fixtures.
+
+- No test may leave anything behind: an asyncio task, a file descriptor (socket, SQLite
+  file), a child process or a PostgreSQL connection (the guard below; proven to fire by
+  tests/test_suite_guards.py).
+- ``--loop=asyncio|uvloop`` picks the event loop of the whole run.
+- PostgreSQL is real (the machine's service; a missing one fails under CI and skips loudly
+  elsewhere). ``store_url``, ``backend`` and ``store`` run a test on every dialect, or on the
+  one named by ``@pytest.mark.dialect(...)``: the other dialect's case is never generated.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+from leak_guard import PostgresWatch, Snapshot, wait_for_release
+
+if TYPE_CHECKING:
+    from fiefdom.storage import Store
+
+pytest_plugins = ["pytester"]
 
 POSTGRES_URL = os.environ.get(
     "FIEFDOM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
+DIALECTS = ("sqlite", "postgres")
+# How long a released resource may take to go away (a transport closed on the loop's next
+# iteration, a backend exiting after its client hung up); polled, so a clean test never waits.
+LEAK_GRACE = float(os.environ.get("FIEFDOM_TEST_LEAK_GRACE", "5"))
+_POSTGRES_WATCH = pytest.StashKey[PostgresWatch]()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        func = getattr(item, "function", None)
-        if func is not None and inspect.iscoroutinefunction(func):
-            item.add_marker(pytest.mark.usefixtures("_no_leaked_tasks"))
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="event loop for every test: asyncio's default or uvloop (the fast extra)",
+    )
 
 
-@pytest.fixture
-async def _no_leaked_tasks() -> AsyncIterator[None]:
-    """Fail the test if it leaves an asyncio task running (GUARANTEES 004/4)."""
-    before = asyncio.all_tasks()
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("loop") == "uvloop":
+        try:
+            import uvloop
+        except ImportError as exc:
+            raise pytest.UsageError(
+                "--loop=uvloop needs uvloop: pip install -e '.[test,fast]'"
+            ) from exc
+        # Through the policy, so that pytest-asyncio's runners, asyncio.run() and
+        # new_event_loop() in synchronous tests all get uvloop.
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        # libuv opens a pipe with the first loop of the process and keeps it for the
+        # process's life: open it now, not inside the first test that makes a loop.
+        asyncio.new_event_loop().close()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if config.getoption("loop") == "uvloop":
+        asyncio.set_event_loop_policy(None)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"event loop: {config.getoption('loop')}"
+
+
+# -- the guard ---------------------------------------------------------------------------
+
+
+def _runner_of(request: pytest.FixtureRequest) -> asyncio.Runner | None:
+    """The asyncio.Runner whose loop runs this test (pytest-asyncio adds its fixture to
+    the test's fixtures before setting it up), or None for a synchronous test."""
+    names = [n for n in request.fixturenames if n.endswith("_scoped_runner")]
+    if not names:
+        return None
+    runner = request.getfixturevalue(names[0])
+    assert isinstance(runner, asyncio.Runner)
+    return runner
+
+
+def _name(task: asyncio.Task[object]) -> str:
+    return f"{task.get_name()} ({task.get_coro()!r})"
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the test if it leaves an asyncio task running (GUARANTEES 004/4), or a file
+    descriptor, child process or PostgreSQL connection open, once its fixtures are done.
+
+    Autouse and function-scoped, it is set up before the test's other function fixtures and
+    torn down after them; it asks for the test's runner itself, so the runner's loop (the
+    test's loop) is still open when it looks."""
+    if request.node.get_closest_marker("postgres") is not None:
+        # A session fixture set up mid-test would look like the test's own resources.
+        request.getfixturevalue("postgres_server")
+    postgres = request.config.stash.get(_POSTGRES_WATCH, None)
+    runner = _runner_of(request)
+    if runner is not None:
+        # A loop opens some descriptors the first time it runs (uvloop's signal socketpair):
+        # they belong to the loop, not to the test.
+        runner.run(asyncio.sleep(0))
+        tasks_before = asyncio.all_tasks(runner.get_loop())
+    before = Snapshot.take(postgres)
     yield
-    current = asyncio.current_task()
-    leaked = [
-        t for t in asyncio.all_tasks() if t is not current and t not in before and not t.done()
-    ]
-    if leaked:
-        for task in leaked:
-            task.cancel()
-        await asyncio.gather(*leaked, return_exceptions=True)
-        names = ", ".join(sorted(t.get_name() for t in leaked))
-        pytest.fail(f"test left {len(leaked)} task(s) running: {names}")
+    problems = []
+    if runner is not None:
+        loop = runner.get_loop()
+        leaked = [t for t in asyncio.all_tasks(loop) if t not in tasks_before]
+        if leaked:
+            problems.append(f"{len(leaked)} task(s) left running:")
+            problems += [f"  {_name(t)}" for t in leaked]
+            for task in leaked:
+                task.cancel()
+            runner.run(asyncio.wait(leaked))
+
+        def tick() -> None:
+            runner.run(asyncio.sleep(0.01))
+    else:
+
+        def tick() -> None:
+            time.sleep(0.01)
+
+    left = wait_for_release(before, postgres, grace=LEAK_GRACE, tick=tick, clock=time.monotonic)
+    problems += left.report(postgres.database if postgres is not None else None)
+    if problems:
+        pytest.fail("test left resources behind:\n" + "\n".join(problems), pytrace=False)
+
+
+# -- PostgreSQL --------------------------------------------------------------------------
 
 
 def _postgres_reachable() -> str | None:
@@ -55,7 +152,7 @@ def _postgres_reachable() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def postgres_server() -> Iterator[str]:
+def postgres_server(request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh database on the real PostgreSQL server, dropped at the end of the run."""
     problem = _postgres_reachable()
     if problem is not None:
@@ -75,8 +172,83 @@ def postgres_server() -> Iterator[str]:
             await conn.close()
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    watch = PostgresWatch(POSTGRES_URL, name)
+    request.config.stash[_POSTGRES_WATCH] = watch
     base = POSTGRES_URL.rsplit("/", 1)[0]
     try:
         yield f"{base}/{name}"
     finally:
+        del request.config.stash[_POSTGRES_WATCH]
+        watch.close()
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+# -- stores on every dialect -------------------------------------------------------------
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("dialect")
+    if "store_url" not in metafunc.fixturenames:
+        if marker is not None:
+            pytest.fail(
+                f"{metafunc.definition.nodeid}: @pytest.mark.dialect only applies to a test"
+                " that uses store_url, backend or store",
+                pytrace=False,
+            )
+        return
+    dialects = DIALECTS if marker is None else marker.args
+    if marker is not None and (len(dialects) != 1 or dialects[0] not in DIALECTS or marker.kwargs):
+        pytest.fail(
+            f"{metafunc.definition.nodeid}: use @pytest.mark.dialect(name) with one name"
+            f" of {', '.join(DIALECTS)}, not {marker}",
+            pytrace=False,
+        )
+    metafunc.parametrize(
+        "store_url",
+        [
+            pytest.param(d, id=d, marks=[pytest.mark.postgres] if d == "postgres" else [])
+            for d in dialects
+        ],
+        indirect=True,
+    )
+
+
+@pytest.fixture
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL to an empty database: a SQLite file in tmp_path, or a new schema in the
+    run's PostgreSQL database (selected through search_path)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'fiefdom.db'}"
+    server: str = request.getfixturevalue("postgres_server")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+
+    async def create() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(server)
+        try:
+            await conn.execute(f"CREATE SCHEMA {schema}")
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return f"{server}?search_path={schema}"
+
+
+@pytest.fixture
+def backend(store_url: str) -> str:
+    """The dialect of store_url: "sqlite" or "postgres"."""
+    return "sqlite" if store_url.startswith("sqlite") else "postgres"
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    """An open, migrated store."""
+    from fiefdom.storage import open_store
+
+    s = open_store(store_url)
+    await s.open(migrate=True)
+    try:
+        yield s
+    finally:
+        await s.close()
