@@ -4,10 +4,11 @@ writers queue on the database lock instead of failing half way through."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -72,13 +73,15 @@ class _SQLiteTransaction(Transaction):
         # The BEGIN still to run before the first statement (a user transaction
         # takes SQLite's write lock only when it first touches the database).
         self.begin = begin
+        # Whether a BEGIN was handed to the connection's thread: from then on the
+        # way out must roll back, even if the await on it was cancelled.
+        self.begun = False
 
     async def _begin(self) -> None:
         assert self.begin is not None
-        await _begin(self.store, self._conn, self.begin)
-        # Cleared only once the BEGIN succeeded: a failed one leaves no transaction
-        # open, and the rollback on the way out must not be attempted.
-        self.begin = None
+        begin, self.begin = self.begin, None
+        self.begun = True
+        await _begin(self.store, self._conn, begin)
 
     async def execute(self, sql: str, *args: object) -> None:
         if self.begin is not None:
@@ -108,17 +111,59 @@ class _SQLiteTransaction(Transaction):
             raise _wrap(exc) from exc
 
 
+# Transaction bookkeeping must survive any cancellation. aiosqlite runs statements
+# in order on one thread per connection, and a statement handed to it runs to its
+# end even when the await on it is cancelled: an anyio shield keeps anyio's
+# cancellation out, but not a native ``task.cancel()`` (a server cancelling the
+# request of a client that left). So: a BEGIN that may have been handed over is
+# always followed by a ROLLBACK on the way out (queued behind it, so it runs
+# after it), the end of a transaction runs in a task of its own that no
+# cancellation reaches, and a BEGIN that still finds a transaction open (left by
+# anything else) rolls it back and begins again.
+_NO_TRANSACTION = "no transaction is active"
+_NESTED = "within a transaction"
+
+
 async def _begin(store: Store, conn: aiosqlite.Connection, begin: str) -> None:
     try:
-        # Shielded: a cancelled await would not stop the BEGIN in aiosqlite's thread,
-        # and the transaction it then opens would hold SQLite's write lock with
-        # nobody left to roll it back.
         with anyio.CancelScope(shield=True):
-            await conn.execute(begin)
+            try:
+                await _settled(conn.execute(begin))
+            except sqlite3.OperationalError as exc:
+                if _NESTED not in str(exc):
+                    raise
+                log.warning("found a transaction left open on a connection; rolling it back")
+                await _settled(conn.execute("ROLLBACK"))
+                await _settled(conn.execute(begin))
     except sqlite3.Error as exc:
         if not _is_busy(exc):
             store._mark(False)
         raise _wrap(exc) from exc
+
+
+async def _settled(step: Awaitable[object]) -> None:
+    """Run ``step`` to its end in a task no cancellation reaches; a natively
+    cancelled caller still waits for it (so the connection's state is known), then
+    gets its cancellation. Callers also hold an anyio shield, which keeps anyio's
+    own cancellation out."""
+    task = asyncio.ensure_future(step)
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            cancelled = cancelled or exc
+    task.result()  # an error of the step itself comes first
+    if cancelled is not None:
+        raise cancelled
+
+
+async def _rollback(store: SQLiteStore, conn: aiosqlite.Connection) -> None:
+    try:
+        await _settled(conn.execute("ROLLBACK"))
+    except sqlite3.Error as exc:
+        if _NO_TRANSACTION not in str(exc):  # the BEGIN itself failed: nothing to undo
+            log.exception("rollback failed", path=store.path)
 
 
 class _Channel:
@@ -308,27 +353,25 @@ class SQLiteStore(Store):
             assert conn is not None
             begin = "BEGIN IMMEDIATE" if write else "BEGIN"
             tx = _SQLiteTransaction(self, conn, begin=begin)
-            if not lazy:
-                await tx._begin()
             try:
+                if not lazy:
+                    await tx._begin()
                 yield tx
             except BaseException:
-                if tx.begin is None:
-                    # Shielded: a cancelled caller must not leave the transaction open.
+                if tx.begun:
                     with anyio.CancelScope(shield=True):
-                        try:
-                            await conn.execute("ROLLBACK")
-                        except sqlite3.Error:
-                            log.exception("rollback failed", path=self.path)
+                        await _rollback(self, conn)
                 raise
-            else:
-                if tx.begin is None:
+            if tx.begun:
+                try:
                     with anyio.CancelScope(shield=True):
-                        try:
-                            await conn.execute("COMMIT")
-                        except sqlite3.Error as exc:
-                            await conn.execute("ROLLBACK")
-                            raise _wrap(exc) from exc
+                        await _settled(conn.execute("COMMIT"))
+                except sqlite3.Error as exc:
+                    with anyio.CancelScope(shield=True):
+                        await _rollback(self, conn)
+                    raise _wrap(exc) from exc
+                # A native cancellation raised from _settled comes after the COMMIT
+                # ended: the transaction committed, and the caller is gone.
             self._mark(True)
         if tx.wake:
             self._wake_local(sorted(tx.wake))
