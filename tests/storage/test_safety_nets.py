@@ -284,6 +284,7 @@ async def test_a_graceful_stop_gives_claimed_unstarted_jobs_back_at_once(store: 
         assert claimed == {blocker.id, *ids}, "the whole batch should have been claimed"
 
         async def given_back() -> bool:
+            assert began == [0], "a job claimed as the stop arrived must not start"
             infos = [await job_info(store, i) for i in ids]
             return all(i.state is JobState.AVAILABLE for i in infos)
 
