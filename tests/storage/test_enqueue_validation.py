@@ -94,3 +94,47 @@ async def test_a_delay_just_inside_the_bound_is_accepted_and_lists(store: Store)
     assert result.id is not None
     (info,) = await store.list_jobs()
     assert abs((info.run_at - far).total_seconds()) < 1
+
+
+POISON = [
+    pytest.param("run_at", "1e12", id="run-at-year-33715"),
+    pytest.param("created_at", "-1e13", id="created-at-before-year-1"),
+    pytest.param("errors", "'not json'", id="errors-unreadable"),
+]
+
+
+@pytest.mark.dialect("sqlite")  # PostgreSQL's own types refuse these values on write
+@pytest.mark.parametrize(("column", "value"), POISON)
+async def test_a_poisoned_row_is_listed_as_damaged_and_never_fails_the_page(
+    store: Store, column: str, value: str
+) -> None:
+    """A row holding a value this code cannot read (written by another program or an
+    old release) is listed marked damaged, and the rest of the page is listed too."""
+    first, poisoned, last = [await store.enqueue(Note(text=str(i))) for i in range(3)]
+    async with store.transaction() as tx:
+        await tx.execute(f"UPDATE fiefdom_jobs SET {column} = {value} WHERE id = $1", poisoned.id)
+    listed = await store.list_jobs()
+    assert [j.id for j in listed] == [first.id, poisoned.id, last.id]
+    damaged = {j.id: j.damaged for j in listed}
+    assert damaged[first.id] is None
+    assert damaged[last.id] is None
+    assert damaged[poisoned.id] is not None
+    assert column.split("_")[0] in damaged[poisoned.id]
+    info = await store.get_job(poisoned.id)  # type: ignore[arg-type]
+    assert info is not None
+    assert info.damaged == damaged[poisoned.id]
+
+
+@pytest.mark.dialect("postgres")
+async def test_an_infinite_time_is_listed_as_damaged_on_postgres(store: Store) -> None:
+    """PostgreSQL's 'infinity' timestamp in a row is listed as damaged, not an error."""
+    first, poisoned = [await store.enqueue(Note(text=str(i))) for i in range(2)]
+    async with store.transaction() as tx:
+        await tx.execute(
+            "UPDATE fiefdom_jobs SET run_at = 'infinity'::timestamptz WHERE id = $1", poisoned.id
+        )
+    listed = await store.list_jobs()
+    assert [j.id for j in listed] == [first.id, poisoned.id]
+    assert listed[0].damaged is None
+    assert listed[1].damaged is not None
+    assert "run_at" in listed[1].damaged

@@ -11,7 +11,7 @@ import math
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
 import msgspec
@@ -297,6 +297,64 @@ class JobInfo(msgspec.Struct, frozen=True, kw_only=True):
     run_at: datetime
     attempted_at: datetime | None
     finished_at: datetime | None
+    # Set when the row holds a value this code cannot read (a time out of range, an
+    # unknown state, unreadable errors): the rest is shown as well as it can be,
+    # and the listing it is part of still succeeds.
+    damaged: str | None = None
+
+
+_errors_decoder = msgspec.json.Decoder(list[AttemptError])
+_EPOCH = datetime.fromtimestamp(0, UTC)
+_LATEST = datetime.max.replace(tzinfo=UTC)
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+def job_info(row: Sequence[Any]) -> JobInfo:
+    """A ``JobInfo`` from a row of ``JOB_COLUMNS`` (both dialects select the times as
+    unix seconds). A value that cannot be read marks the job damaged instead of
+    failing the page it is listed on."""
+    damage: list[str] = []
+
+    def when(name: str, value: float | None) -> datetime | None:
+        if value is None:
+            return None
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            damage.append(f"{name} is out of range ({value!r})")
+            return _EARLIEST if value < 0 else _LATEST
+
+    try:
+        state = JobState(row[3])
+    except ValueError:
+        damage.append(f"unknown state {row[3]!r}")
+        state = JobState.DISCARDED
+    try:
+        errors = _errors_decoder.decode(row[9])
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        damage.append(f"its errors do not decode ({exc})")
+        errors = []
+    info = JobInfo(
+        id=row[0],
+        kind=row[1],
+        queue=row[2],
+        state=state,
+        priority=row[4],
+        args=row[5],
+        key=row[6],
+        attempt=row[7],
+        max_attempts=row[8],
+        errors=errors,
+        worker=row[10],
+        cancel_requested=bool(row[11]),
+        created_at=when("created_at", row[12]) or _EPOCH,
+        run_at=when("run_at", row[13]) or _EPOCH,
+        attempted_at=when("attempted_at", row[14]),
+        finished_at=when("finished_at", row[15]),
+    )
+    if damage:
+        info = msgspec.structs.replace(info, damaged="; ".join(damage))
+    return info
 
 
 class QueueCount(msgspec.Struct, frozen=True, kw_only=True):

@@ -29,6 +29,7 @@ from ._jobs import (
     JobState,
     NewJob,
     QueueCount,
+    job_info,
     state_bit_sql,
     unique_key_after,
 )
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
     Conn: TypeAlias = PoolConnectionProxy[Any]
 _MIGRATION_LOCK = 0x6669_6566_646F_6D  # an arbitrary constant: "fiefdom" in hex
 _PING_EVERY = 5.0
-_errors_decoder = msgspec.json.Decoder(list[AttemptError])
 _error_encoder = msgspec.json.Encoder()
 
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -153,29 +153,10 @@ async def restore_keys(conn: Conn, ids: Sequence[int]) -> set[int]:
 
 _JOB_COLUMNS = (
     "id, kind, queue, state, priority, args::text, domain_key, attempt, max_attempts, "
-    "errors::text, worker, cancel_requested, created_at, run_at, attempted_at, finished_at"
+    "errors::text, worker, cancel_requested, extract(epoch FROM created_at)::float8, "
+    "extract(epoch FROM run_at)::float8, extract(epoch FROM attempted_at)::float8, "
+    "extract(epoch FROM finished_at)::float8"
 )
-
-
-def _info(row: asyncpg.Record) -> JobInfo:
-    return JobInfo(
-        id=row[0],
-        kind=row[1],
-        queue=row[2],
-        state=JobState(row[3]),
-        priority=row[4],
-        args=row[5],
-        key=row[6],
-        attempt=row[7],
-        max_attempts=row[8],
-        errors=_errors_decoder.decode(row[9]),
-        worker=row[10],
-        cancel_requested=row[11],
-        created_at=row[12],
-        run_at=row[13],
-        attempted_at=row[14],
-        finished_at=row[15],
-    )
 
 
 class PostgresStore(Store):
@@ -380,7 +361,7 @@ class PostgresStore(Store):
                 f"SELECT {_JOB_COLUMNS} FROM fiefdom_jobs WHERE id = $1", job_id
             )
         )
-        return None if row is None else _info(row)
+        return None if row is None else job_info(row)
 
     async def list_jobs(
         self,
@@ -403,7 +384,7 @@ class PostgresStore(Store):
             f"ORDER BY id LIMIT ${len(args)}"
         )
         rows = await self._run(lambda conn: conn.fetch(sql, *args))
-        return [_info(r) for r in rows]
+        return [job_info(r) for r in rows]
 
     async def count_jobs(self) -> list[QueueCount]:
         rows = await self._run(

@@ -10,7 +10,6 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
@@ -25,12 +24,12 @@ from ._jobs import (
     CANCELLED_STATE_SQL,
     STATE_BITS,
     SUPERSEDED_MESSAGE,
-    AttemptError,
     Enqueued,
     JobInfo,
     JobState,
     NewJob,
     QueueCount,
+    job_info,
     state_bit_sql,
     unique_key_after,
 )
@@ -41,7 +40,6 @@ log = structlog.get_logger("fiefdom.storage.sqlite")
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 _CHUNK = 500  # rows per INSERT: 12 parameters each stays under SQLite's 32766
 _BUSY_TIMEOUT_MS = 30_000
-_errors_decoder = msgspec.json.Decoder(list[AttemptError])
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
@@ -211,31 +209,6 @@ _JOB_COLUMNS = (
     "id, kind, queue, state, priority, args, domain_key, attempt, max_attempts, errors, "
     "worker, cancel_requested, created_at, run_at, attempted_at, finished_at"
 )
-
-
-def _time(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC)
-
-
-def _info(row: sqlite3.Row) -> JobInfo:
-    return JobInfo(
-        id=row[0],
-        kind=row[1],
-        queue=row[2],
-        state=JobState(row[3]),
-        priority=row[4],
-        args=row[5],
-        key=row[6],
-        attempt=row[7],
-        max_attempts=row[8],
-        errors=_errors_decoder.decode(row[9]),
-        worker=row[10],
-        cancel_requested=bool(row[11]),
-        created_at=datetime.fromtimestamp(row[12], UTC),
-        run_at=datetime.fromtimestamp(row[13], UTC),
-        attempted_at=_time(row[14]),
-        finished_at=_time(row[15]),
-    )
 
 
 async def restore_keys(tx: _SQLiteTransaction, ids: Sequence[int], now: float) -> set[int]:
@@ -486,7 +459,7 @@ class SQLiteStore(Store):
     async def get_job(self, job_id: int) -> JobInfo | None:
         async with self._read() as tx:
             rows = await tx.raw(f"SELECT {_JOB_COLUMNS} FROM fiefdom_jobs WHERE id = ?", (job_id,))
-        return _info(rows[0]) if rows else None
+        return job_info(rows[0]) if rows else None
 
     async def list_jobs(
         self,
@@ -510,7 +483,7 @@ class SQLiteStore(Store):
                 "ORDER BY id LIMIT ?",
                 args,
             )
-        return [_info(r) for r in rows]
+        return [job_info(r) for r in rows]
 
     async def count_jobs(self) -> list[QueueCount]:
         async with self._read() as tx:
