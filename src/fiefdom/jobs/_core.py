@@ -34,7 +34,9 @@ from ._kinds import JobContext
 
 log = structlog.get_logger("fiefdom.jobs")
 
-_MAX_BACKOFF = 30.0  # seconds between retries of an unreachable store
+# Seconds between retries of an unreachable store, at most: short, so that work
+# resumes within about this long of the database coming back.
+_MAX_BACKOFF = 2.0
 
 CancelReason = Literal["cancel", "lease", "shutdown", "pause"]
 
@@ -128,6 +130,7 @@ class Core:
         self.rescued = 0
         self.recorded_at = 0.0  # monotonic time of the last outcome write that succeeded
         self.finish_failures = 0  # consecutive failed outcome writes (readiness)
+        self.claim_failures = 0  # consecutive failed claims, any queue (readiness)
         # Paused queues are shared through the store: no claims until they are known.
         self.queue_state_known = False
         self.queue_state_stale = True  # read them on the next maintenance round
@@ -220,7 +223,7 @@ class Core:
     ) -> None:
         """Wait before retrying a failed store operation (longer each time); a stop
         cuts the wait short unless ``interruptible`` is False."""
-        delay = min(_MAX_BACKOFF, 0.1 * 2 ** min(failures, 10))
+        delay = min(_MAX_BACKOFF, 0.05 * 2 ** min(failures, 10))
         log.warning(
             "store operation failed; retrying", operation=what, error=str(exc), retry_in=delay
         )

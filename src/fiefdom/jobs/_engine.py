@@ -71,6 +71,7 @@ class EngineStatistics(msgspec.Struct, frozen=True, kw_only=True):
     rescued: int
     store_healthy: bool
     finish_failures: int = 0  # consecutive failed outcome writes (0: recording)
+    claim_failures: int = 0  # consecutive failed claims (0: claiming)
 
 
 class JobEngine(Notifications):
@@ -276,6 +277,18 @@ class JobEngine(Notifications):
             rescued=core.rescued,
             store_healthy=self.store.healthy,
             finish_failures=core.finish_failures,
+            claim_failures=core.claim_failures,
+        )
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the engine runs and can do its work now: its last claim and its
+        last outcome write reached the store (``/readyz`` reports it)."""
+        core = self._core
+        return (
+            self._life.state is State.RUNNING
+            and core.claim_failures == 0
+            and core.finish_failures == 0
         )
 
     # -- notifications from the store -------------------------------------------------

@@ -28,9 +28,11 @@ async def fetch(core: Core, runner: Runner) -> None:
                 )
             except StoreError as exc:
                 failures += 1
+                core.claim_failures += 1
                 await core.backoff("claim", exc, failures)
                 continue
             failures = 0
+            core.claim_failures = 0
             core.claimed += len(jobs)
             # Paused while the claim was in flight: give the jobs back unrun, so
             # that no job of a queue starts once the engine knows it is paused.
