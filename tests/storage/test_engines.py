@@ -243,13 +243,12 @@ async def test_cancelling_a_domain_job_cancels_it_inside_its_actor(store: Store)
     assert order == ["start 0", "cancelled 0", "start 1"]
 
 
+@pytest.mark.dialect("postgres")  # connection loss is a PostgreSQL matter
 async def test_an_engine_rides_out_killed_database_connections(
     store: Store, store_url: str
 ) -> None:
     """Killing every PostgreSQL connection mid-drain loses nothing: the engine retries with
     backoff, reconnects, and every job ends completed (001/9, 001/12)."""
-    if store.backend != "postgres":
-        pytest.skip("connection loss is a PostgreSQL matter")
     import asyncpg
 
     await store.enqueue_many([Unit(n=i) for i in range(2000)])

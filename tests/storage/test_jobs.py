@@ -1030,10 +1030,9 @@ async def test_the_engine_reports_a_superseded_job_as_cancelled(store: Store) ->
     assert await state_of(store, first.id) == JobState.CANCELLED
 
 
+@pytest.mark.dialect("postgres")  # SQLite records a batch in one transaction always
 async def test_a_failed_outcome_batch_records_none_of_it(store: Store, store_url: str) -> None:
     """An outcome batch whose key restore fails leaves every job in it running, to retry whole."""
-    if store.backend != "postgres":
-        pytest.skip("SQLite records a batch in one transaction always")
     import asyncpg
 
     await store.enqueue(Sync(account="x"))

@@ -326,10 +326,9 @@ async def test_claim_query_uses_its_index(store: Store, store_url: str) -> None:
     assert "fiefdom_jobs_claim" in plan, plan
 
 
+@pytest.mark.dialect("sqlite")
 async def test_sqlite_runs_in_wal_with_an_explicit_synchronous(store_url: str) -> None:
     """SQLite is in WAL mode, durable (synchronous=FULL) by default and configurable (001/10)."""
-    if not store_url.startswith("sqlite"):
-        pytest.skip("SQLite's journal settings")
     for url, expected in ((store_url, 2), (store_url + "?synchronous=normal", 1)):
         s = open_store(url)
         await s.open(migrate=True)
@@ -412,12 +411,11 @@ def test_bad_urls_are_refused_with_the_accepted_forms() -> None:
         open_store("sqlite:///x.db?synchronous=sometimes")
 
 
+@pytest.mark.dialect("postgres")
 async def test_postgres_reconnects_after_its_connections_are_killed(
     store: Store, store_url: str
 ) -> None:
     """Killed connections make the store unhealthy, and it recovers on its own (001/9, 001/12)."""
-    if store.backend != "postgres":
-        pytest.skip("connection loss is a PostgreSQL matter")
     import asyncpg
 
     assert await store.ping()
@@ -518,12 +516,11 @@ async def test_the_engine_is_not_queued_behind_an_open_user_transaction(store: S
     assert len(await store.list_jobs()) == 3
 
 
+@pytest.mark.dialect("sqlite")
 async def test_sqlite_lock_contention_is_a_clear_error_not_an_outage(
     store: Store, store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A write lock held past busy_timeout is a StoreError saying so, not an outage."""
-    if store.backend != "sqlite":
-        pytest.skip("SQLite's write lock")
     import sqlite3
 
     from structlog.testing import capture_logs
