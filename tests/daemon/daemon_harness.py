@@ -82,14 +82,20 @@ class DaemonProcess:
         endpoint = self.data / "control.json"
         endpoint.unlink(missing_ok=True)
         self.launch()
-        deadline = time.monotonic() + READY_DEADLINE
-        while not endpoint.is_file():
-            self._check_alive(deadline, "write its control.json")
-        self.url = json.loads(endpoint.read_text())["url"]
-        if not self.token:
-            self.token = (self.data / "admin.token").read_text().strip()
-        while self.http("/readyz")[0] != 200:
-            self._check_alive(deadline, "answer /readyz")
+        try:
+            deadline = time.monotonic() + READY_DEADLINE
+            while not endpoint.is_file():
+                self._check_alive(deadline, "write its control.json")
+            self.url = json.loads(endpoint.read_text())["url"]
+            if not self.token:
+                self.token = (self.data / "admin.token").read_text().strip()
+            while self.http("/readyz")[0] != 200:
+                self._check_alive(deadline, "answer /readyz")
+        except BaseException:
+            # Callers stop() only a daemon start() returned: one that never came up must not
+            # be left running, nor its log file open.
+            self.stop()
+            raise
         return self
 
     def launch(self) -> None:
