@@ -1,4 +1,5 @@
-"""A valid instance of every request type of the control channel, by tag."""
+"""What the tests expect of each request type of the control channel, by tag: a valid
+instance, the role it needs, and how it is answered."""
 
 from __future__ import annotations
 
@@ -27,4 +28,61 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "unsubscribe": {"subscription": 1},
     "stop": {},
     "dump": {},
+}
+
+# The role each request needs, written out by hand from what the request does (the
+# tests compare the server's own table against it).
+ROLES: dict[str, str] = {
+    "hello": "read",
+    "ping": "read",
+    "status": "read",
+    "jobs.list": "read",
+    "jobs.get": "read",
+    "queues.list": "read",
+    "subscribe": "read",
+    "unsubscribe": "read",
+    "call": "operate",
+    "actors.pause": "operate",
+    "actors.resume": "operate",
+    "actors.stop": "operate",
+    "jobs.enqueue": "operate",
+    "jobs.retry": "operate",
+    "jobs.cancel": "operate",
+    "queues.pause": "operate",
+    "queues.resume": "operate",
+    "queues.drain": "operate",
+    "drain": "admin",
+    "stop": "admin",
+    "dump": "admin",
+}
+RANK = {"read": 0, "operate": 1, "admin": 2}
+
+# The frame that answers each request when it succeeds, and the error codes it may
+# get instead when it is well formed and allowed (what it names may not exist, a
+# wait may time out...). "internal" is never among them.
+REPLIES: dict[str, tuple[str, frozenset[str]]] = {
+    "hello": ("welcome", frozenset({"version_mismatch", "unauthenticated"})),
+    "ping": ("pong", frozenset()),
+    "status": ("status.reply", frozenset()),
+    "call": (
+        "call.reply",
+        frozenset({"not_found", "invalid_message", "timeout", "actor_error", "unavailable"}),
+    ),
+    "actors.pause": ("ack", frozenset({"not_found", "invalid_message"})),
+    "actors.resume": ("ack", frozenset({"not_found", "invalid_message"})),
+    "actors.stop": ("ack", frozenset({"not_found", "invalid_message", "timeout"})),
+    "jobs.list": ("jobs.reply", frozenset()),
+    "jobs.get": ("job.reply", frozenset({"not_found"})),
+    "jobs.enqueue": ("enqueue.reply", frozenset({"not_found", "invalid_message", "unavailable"})),
+    "jobs.retry": ("job.reply", frozenset({"not_found", "job_error"})),
+    "jobs.cancel": ("job.reply", frozenset({"not_found"})),
+    "queues.list": ("queues.reply", frozenset()),
+    "queues.pause": ("ack", frozenset({"job_error"})),
+    "queues.resume": ("ack", frozenset({"job_error"})),
+    "queues.drain": ("ack", frozenset({"job_error", "timeout"})),
+    "drain": ("ack", frozenset({"timeout"})),
+    "subscribe": ("subscribed", frozenset()),
+    "unsubscribe": ("ack", frozenset({"not_found"})),
+    "stop": ("ack", frozenset()),
+    "dump": ("dump.reply", frozenset()),
 }

@@ -13,36 +13,15 @@ import aiohttp
 import pytest
 from daemon_harness import TOKENS, TOKENS_TOML, DaemonProcess, write_config
 from hosted_app import GetCount
+from protocol_samples import ROLES
 
 import fiefdom
 from fiefdom import JobState
 from fiefdom.protocol import REQUIRED_ROLE, ClientMessage
 from fiefdom.protocol._messages import CLIENT_TYPES, Role, _Request
 
-# Written out by hand, from what each request does (not from the server's table).
-NEEDS_OPERATE = {
-    "call",
-    "actors.pause",
-    "actors.resume",
-    "actors.stop",
-    "jobs.enqueue",
-    "jobs.retry",
-    "jobs.cancel",
-    "queues.pause",
-    "queues.resume",
-    "queues.drain",
-}
-NEEDS_ADMIN = {"drain", "stop", "dump"}
-NEEDS_READ = {
-    "hello",
-    "ping",
-    "status",
-    "jobs.list",
-    "jobs.get",
-    "queues.list",
-    "subscribe",
-    "unsubscribe",
-}
+NEEDS_OPERATE = {tag for tag, role in ROLES.items() if role == "operate"}
+NEEDS_ADMIN = {tag for tag, role in ROLES.items() if role == "admin"}
 
 
 def test_every_member_of_the_union_declares_its_role() -> None:
@@ -70,14 +49,9 @@ def test_a_request_type_without_a_role_is_refused_where_it_is_defined() -> None:
 
 
 def test_the_roles_are_the_expected_ones() -> None:
-    """The server's table matches the roles written out by hand in this test."""
-    expected = (
-        dict.fromkeys(NEEDS_READ, "read")
-        | dict.fromkeys(NEEDS_OPERATE, "operate")
-        | dict.fromkeys(NEEDS_ADMIN, "admin")
-    )
-    assert {t.__struct_config__.tag: role for t, role in REQUIRED_ROLE.items()} == expected
-    assert set(CLIENT_TYPES) == set(expected)
+    """The server's table matches the roles written out by hand in protocol_samples."""
+    assert {t.__struct_config__.tag: role for t, role in REQUIRED_ROLE.items()} == ROLES
+    assert set(CLIENT_TYPES) == set(ROLES)
 
 
 @pytest.fixture(scope="module")
