@@ -4,14 +4,21 @@ folder, and errors as one line with a non-zero exit status."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
+import anyio
 import pytest
+
+import fiefdom as fiefdom_client
+from fiefdom import JobEvent, JobState
 
 sys.path.insert(0, str(Path(__file__).parent / "daemon"))
 
@@ -34,54 +41,184 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
         yield proc
 
 
-def test_status_table_and_json(daemon: DaemonProcess) -> None:
-    """status prints the tree (actors and services) as a table, and as JSON with --json."""
-    table = fiefdom("status", "--config", str(daemon.config)).stdout
-    assert "ready" in table.splitlines()[0]
-    assert "test-daemon/counter" in table
-    assert "PATH" in table
-    rows = {line.split()[0]: line.split()[1:3] for line in table.splitlines() if line}
-    for service in ("store", "control", "jobs"):
-        assert rows[f"test-daemon/{service}"] == ["service", "running"]
-    data = json.loads(fiefdom("status", "--json", "--config", str(daemon.config)).stdout)
+def _when(moment: str | float | None) -> str:
+    """How the command line prints a time: an RFC 3339 string or unix seconds, in UTC."""
+    if moment is None:
+        return "-"
+    if isinstance(moment, str):
+        return datetime.fromisoformat(moment).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _rows(table: str) -> dict[str, list[str]]:
+    """A printed table's rows by their first cell (the header's too)."""
+    return {line.split()[0]: line.split()[1:] for line in table.splitlines() if line.strip()}
+
+
+def _until(daemon: DaemonProcess, kind: str, args: dict[str, object], state: JobState) -> int:
+    """Enqueue a job through the Python client and wait for its event of ``state``."""
+
+    async def run() -> int:
+        async with (
+            fiefdom_client.connect(daemon.url, token=daemon.token) as client,
+            client.subscribe(["jobs"]) as events,
+        ):
+            job_id = (await client.enqueue(kind, args)).id
+            with anyio.fail_after(30):
+                async for event in events:
+                    if isinstance(event, JobEvent) and (event.job_id, event.state) == (
+                        job_id,
+                        state,
+                    ):
+                        break
+        assert job_id is not None
+        return job_id
+
+    return asyncio.run(run())
+
+
+def test_status_prints_the_daemon_its_tree_targets_and_queues(daemon: DaemonProcess) -> None:
+    """status prints a line on the daemon, the tree (one row per actor, domain and
+    service, with state, mailbox, restarts and messages handled), the exposed targets
+    and the queues, each as the JSON of --json says."""
+    config = ("--config", str(daemon.config))
+    data = json.loads(fiefdom("status", "--json", *config).stdout)
     assert data["name"] == "test-daemon"
     assert data["ready"] is True
+    lines = fiefdom("status", *config).stdout.splitlines()
+    assert re.fullmatch(
+        rf"test-daemon {re.escape(data['version'])}  pid {data['pid']}  up \d+s  ready", lines[0]
+    ), lines[0]
+    assert re.fullmatch(rf"loop {data['loop']}  connections \d+", lines[1]), lines[1]
+    assert lines[2] == ""
+    assert lines[3].split() == ["PATH", "KIND", "STATE", "MAILBOX", "RESTARTS", "HANDLED"]
+    tree = _rows("\n".join(lines[3:]).split("\n\n")[0])
+    assert tree["test-daemon"] == ["supervisor", "-", "-", "0", "-"]
+    for service in ("store", "control", "jobs"):
+        assert tree[f"test-daemon/{service}"] == ["service", "running", "-", "0", "-"]
+    assert tree["test-daemon/echo"] == ["actor", "running", "0/1000", "0", "0"]
+    assert tree["test-daemon/accounts"][:3] == ["domain", "0", "live"]
+    targets, queues = "\n".join(lines).split("\n\n")[2:4]
+    assert _rows(targets) == {
+        "TARGET": ["KIND", "PAUSED", "MESSAGES"],
+        "counter": ["actor", "no", "Crash,", "GetCount,", "Increment"],
+        "accounts": ["domain", "no", "Balance,", "Crash,", "Deposit"],
+        "echo": ["actor", "no", "Echo"],
+        "scratch": ["actor", "no", "GetCount,", "Increment"],
+    }
+    printed = _rows(queues)
+    assert printed["QUEUE"][0] == "PAUSED"
+    states = printed["QUEUE"][1:]
+    for queue in data["queues"]:
+        paused, *counts = printed[queue["name"]]
+        assert paused == ("yes" if queue["paused"] else "no")
+        assert counts == [str(queue["counts"].get(state.lower(), 0)) for state in states]
 
 
-def test_jobs_enqueue_list_show_and_retry(daemon: DaemonProcess) -> None:
-    """jobs enqueue/ls/show work; retrying a job that is not final fails in one line."""
+def test_jobs_enqueue_ls_show_and_cancel_print_the_job(daemon: DaemonProcess) -> None:
+    """jobs enqueue prints the new id; jobs ls prints one row per job (id, kind, queue,
+    state, attempt, key, run_at); jobs cancel prints the job, cancelled; retrying a job
+    that is not final is refused in one line."""
     config = ("--config", str(daemon.config))
-    job = json.loads(
-        fiefdom("jobs", "enqueue", "nap", '{"seconds": 300}', "--json", *config).stdout
+    enqueued = fiefdom("jobs", "enqueue", "nap", '{"seconds": 0}', "--delay", "3600", *config)
+    match = re.fullmatch(r"enqueued job (\d+) \(nap\)\n", enqueued.stdout)
+    assert match, enqueued.stdout
+    job_id = int(match[1])
+    job = json.loads(fiefdom("jobs", "show", str(job_id), "--json", *config).stdout)
+    assert (job["id"], job["state"], job["attempt"], job["max_attempts"]) == (
+        job_id,
+        "scheduled",
+        0,
+        3,
     )
+    table = fiefdom("jobs", "ls", "--kind", "nap", "--state", "scheduled", *config).stdout
+    rows = _rows(table)
+    assert rows["ID"] == ["KIND", "QUEUE", "STATE", "ATTEMPT", "KEY", "RUN_AT"]
+    assert rows[str(job_id)] == [
+        "nap",
+        "default",
+        "scheduled",
+        "0/3",
+        "-",
+        *_when(job["run_at"]).split(),
+    ]
     listed = json.loads(fiefdom("jobs", "ls", "--kind", "nap", "--json", *config).stdout)
-    assert job["id"] in [j["id"] for j in listed]
-    shown = fiefdom("jobs", "show", str(job["id"]), *config).stdout
-    assert "nap" in shown
-    table = fiefdom("jobs", "ls", *config).stdout
-    assert table.splitlines()[0].split()[:4] == ["ID", "KIND", "QUEUE", "STATE"]
-    refused = fiefdom("jobs", "retry", str(job["id"]), *config, check=False)
+    assert job in listed
+    after = json.loads(fiefdom("jobs", "ls", "--after-id", str(job_id), "--json", *config).stdout)
+    assert all(j["id"] > job_id for j in after)
+    refused = fiefdom("jobs", "retry", str(job_id), *config, check=False)
     assert refused.returncode == 1
-    assert refused.stderr.count("\n") == 1
-    assert refused.stderr.startswith("fiefdom: error: ")
-    cancelled = json.loads(fiefdom("jobs", "cancel", str(job["id"]), "--json", *config).stdout)
-    assert cancelled["id"] == job["id"]
+    assert refused.stderr == (
+        f"fiefdom: error: job {job_id} is scheduled: only discarded, cancelled or "
+        "completed jobs can be retried\n"
+    )
+    cancelled = fiefdom("jobs", "cancel", str(job_id), *config).stdout.splitlines()
+    assert cancelled[:4] == [
+        f"id               {job_id}",
+        "kind             nap",
+        "queue            default",
+        "state            cancelled",
+    ]
 
 
-def test_queues_pause_resume(daemon: DaemonProcess) -> None:
-    """queues pause/resume change the queue's state as queues ls shows it."""
+def test_jobs_show_prints_every_field_and_the_errors(daemon: DaemonProcess) -> None:
+    """jobs show prints each field of the job under its JobInfo name, times in UTC, the
+    arguments as stored and each attempt's error (what --json gives as objects)."""
     config = ("--config", str(daemon.config))
-    fiefdom("queues", "pause", "default", *config)
-    queues = json.loads(fiefdom("queues", "ls", "--json", *config).stdout)
-    assert {q["name"]: q["paused"] for q in queues}["default"] is True
-    fiefdom("queues", "resume", "default", *config)
-    assert "default" in fiefdom("queues", "ls", *config).stdout
+    job_id = _until(daemon, "fail", {"reason": "boom"}, JobState.DISCARDED)
+    job = json.loads(fiefdom("jobs", "show", str(job_id), "--json", *config).stdout)
+    (error,) = job["errors"]
+    assert (error["attempt"], error["type"], error["message"]) == (
+        1,
+        "builtins.RuntimeError",
+        "boom",
+    )
+    assert fiefdom("jobs", "show", str(job_id), *config).stdout.splitlines() == [
+        f"id               {job_id}",
+        "kind             fail",
+        "queue            default",
+        "state            discarded",
+        "priority         0",
+        "key              -",
+        "attempt          1",
+        "max_attempts     1",
+        "worker           -",
+        "cancel_requested no",
+        f"created_at       {_when(job['created_at'])}",
+        f"run_at           {_when(job['run_at'])}",
+        f"attempted_at     {_when(job['attempted_at'])}",
+        f"finished_at      {_when(job['finished_at'])}",
+        'args             {"reason":"boom"}',
+        f"errors           attempt 1 at {_when(error['at'])}: builtins.RuntimeError: boom",
+    ]
+    missing = fiefdom("jobs", "show", "999999", *config, check=False)
+    assert (missing.returncode, missing.stderr) == (1, "fiefdom: error: no job 999999\n")
+
+
+def test_queues_pause_and_resume_print_and_show_it(daemon: DaemonProcess) -> None:
+    """queues pause/resume print what they did, and queues ls shows the queue paused,
+    then not; --json prints the same."""
+    config = ("--config", str(daemon.config))
+    assert fiefdom("queues", "pause", "default", *config).stdout == "queue default paused\n"
+    rows = _rows(fiefdom("queues", "ls", *config).stdout)
+    assert rows["QUEUE"][0] == "PAUSED"
+    assert rows["default"][0] == "yes"
+    paused = json.loads(fiefdom("queues", "ls", "--json", *config).stdout)
+    assert {q["name"]: q["paused"] for q in paused}["default"] is True
+    assert fiefdom("queues", "resume", "default", *config).stdout == "queue default resumed\n"
+    assert _rows(fiefdom("queues", "ls", *config).stdout)["default"][0] == "no"
+    resumed = json.loads(fiefdom("queues", "resume", "default", "--json", *config).stdout)
+    assert resumed == {"queue": "default", "done": "resumed"}
 
 
 def test_dump_writes_the_flight_recorder(daemon: DaemonProcess) -> None:
-    """dump writes the flight recorder and prints where."""
+    """dump writes the flight recorder and prints where, and how many events."""
     out = json.loads(fiefdom("dump", "--json", "--config", str(daemon.config)).stdout)
     assert Path(out["path"]).is_file()
+    printed = fiefdom("dump", "--config", str(daemon.config)).stdout
+    match = re.fullmatch(r"wrote (\d+) events to (.+)\n", printed)
+    assert match, printed
+    assert len(Path(match[2]).read_text(encoding="utf-8").splitlines()) == int(match[1])
 
 
 def test_wrong_token_is_one_line_and_exit_1(daemon: DaemonProcess) -> None:
@@ -136,7 +273,8 @@ def test_drain_then_stop(tmp_path: Path) -> None:
 
 
 def test_actors_pause_resume_and_stop(daemon: DaemonProcess) -> None:
-    """actors pause/resume/stop act on an exposed actor or domain key; ls and status show it."""
+    """actors pause/resume/stop print what they did to an exposed actor or domain key,
+    and ls and status show it paused, then running again."""
     config = ("--config", str(daemon.config))
     assert fiefdom("actors", "pause", "counter", *config).stdout == "counter paused\n"
     targets = json.loads(fiefdom("actors", "ls", "--json", *config).stdout)
@@ -145,12 +283,26 @@ def test_actors_pause_resume_and_stop(daemon: DaemonProcess) -> None:
     assert table.splitlines()[0].split() == ["TARGET", "KIND", "PAUSED", "MESSAGES"]
     status = fiefdom("status", *config).stdout
     assert "running (paused)" in next(line for line in status.splitlines() if "/counter" in line)
+    assert fiefdom("actors", "resume", "counter", *config).stdout == "counter resumed\n"
+    assert _rows(fiefdom("status", *config).stdout)["test-daemon/counter"][:2] == [
+        "actor",
+        "running",
+    ]
+    assert _rows(fiefdom("actors", "ls", *config).stdout)["counter"][:2] == ["actor", "no"]
     resumed = json.loads(fiefdom("actors", "resume", "counter", "--json", *config).stdout)
     assert resumed == {"target": "counter", "key": None, "done": "resumed"}
-    fiefdom("actors", "pause", "accounts", "--key", "cli", *config)
+    assert (
+        fiefdom("actors", "pause", "accounts", "--key", "cli", *config).stdout
+        == "accounts key cli paused\n"
+    )
     status = fiefdom("status", *config).stdout
+    assert _rows(status)["test-daemon/accounts"][:5] == ["domain", "0", "live", "(paused", "keys:"]
     assert "(paused keys: cli)" in status
-    fiefdom("actors", "resume", "accounts", "--key", "cli", *config)
+    assert (
+        fiefdom("actors", "resume", "accounts", "--key", "cli", *config).stdout
+        == "accounts key cli resumed\n"
+    )
+    assert "paused keys" not in fiefdom("status", *config).stdout
     stopped = fiefdom("actors", "stop", "accounts", "--key", "cli", "--wait", "30", *config)
     assert stopped.stdout == "accounts key cli stopped\n"
     whole = fiefdom("actors", "stop", "accounts", *config).stdout

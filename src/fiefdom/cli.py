@@ -221,6 +221,8 @@ def _print_job(job: JobInfo) -> None:
     for name in _JOB_TIMES:
         print(f"{name:<{_WIDTH}} {_when(getattr(job, name))}")
     print(f"{'args':<{_WIDTH}} {job.args}")
+    if job.damaged is not None:
+        print(f"{'damaged':<{_WIDTH}} {job.damaged}")
     label = "errors"
     for error in job.errors:
         print(
