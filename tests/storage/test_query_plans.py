@@ -1,0 +1,546 @@
+"""Every listing and claim query is backed by an index (DESIGN, Storage): PostgreSQL's
+plans of the statements the store and the engine really run, read on a table of
+100,000 jobs.
+
+The statements are not copied here: each operation (a claim, a listing with each
+filter combination, a rescue, ...) runs for real against a small database while the
+connections log what they execute, so the test follows the SQL wherever it changes.
+Each logged statement is then run under ``EXPLAIN (ANALYZE, FORMAT JSON)`` with the
+same arguments on the big table, inside a transaction that is rolled back. A
+selective statement must reach ``fiefdom_jobs`` through indexes only and read a
+bounded slice of it (rows returned plus rows thrown away by filters).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+from fiefdom import UniqueConflict
+from fiefdom.jobs import Retention
+from fiefdom.storage import (
+    AttemptError,
+    Job,
+    JobOptions,
+    JobState,
+    Lease,
+    Outcome,
+    Store,
+    Unique,
+    engine_queries,
+    open_store,
+)
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+T = TypeVar("T")
+
+ROWS = 100_000
+# A selective statement may read at most this many rows of the table (2% of it): a
+# page of a listing, a claim batch, the due or expired jobs, a few ids.
+READ_LIMIT = ROWS // 50
+
+# Filter values that are rare in the big table (see BIG_TABLE): what a selective
+# listing asks for.
+RARE_QUEUE = "rare"  # 1% of the rows
+RARE_KIND = "rare-kind"  # 0.2%
+RARE_STATE = JobState.DISCARDED  # 0.5%
+AFTER_ID = ROWS // 2  # the second half of the table (keyset pagination)
+CLAIM_QUEUE = "q1"  # one of ten busy queues, with thousands of available jobs
+
+# The big table: a long-running system's history. Most jobs completed (within the
+# retention, 1% older than it); 5% available, 5% scheduled or retryable (a few due),
+# 2% running (a few with expired leases), the rest cancelled or discarded; one job in
+# ten has a unique key. Columns from _migrations/postgres/*.sql.
+BIG_TABLE = f"""
+INSERT INTO fiefdom_jobs (kind, queue, state, priority, args, domain_key, attempt,
+    max_attempts, lease_token, worker, lease_expires_at, errors, unique_key, unique_states,
+    unique_digest, created_at, run_at, attempted_at, finished_at)
+SELECT
+    CASE WHEN i % 500 = 7 THEN '{RARE_KIND}' ELSE 'kind-' || (i % 20) END,
+    CASE WHEN i % 100 = 3 THEN '{RARE_QUEUE}' ELSE 'q' || (i % 10) END,
+    st, 0, jsonb_build_object('n', i),
+    CASE WHEN i % 3 = 0 THEN 'key-' || (i % 1000) END,
+    CASE WHEN st IN ('available', 'scheduled') THEN 0 ELSE 1 END,
+    5,
+    CASE WHEN st IN ('available', 'scheduled') THEN 0 ELSE 1 END,
+    CASE WHEN st = 'running' THEN 'plan-worker' END,
+    CASE WHEN st = 'running' THEN
+        CASE WHEN i % 50 = 0 THEN now() - interval '1 minute' ELSE now() + interval '1 hour' END
+    END,
+    '[]'::jsonb,
+    CASE WHEN i % 10 = 5 AND st NOT IN ('cancelled', 'discarded')
+        THEN sha256(('plan-' || i)::bytea) END,
+    CASE WHEN i % 10 = 5 THEN 31 ELSE 0 END,
+    CASE WHEN i % 10 = 5 THEN sha256(('plan-' || i)::bytea) END,
+    now() - interval '2 days',
+    CASE WHEN st IN ('scheduled', 'retryable') THEN
+        CASE WHEN i % 20 = 0 THEN now() - interval '1 second' ELSE now() + interval '1 hour' END
+    ELSE now() - (i % 1440) * interval '1 minute' END,
+    CASE WHEN st NOT IN ('available', 'scheduled') THEN now() - interval '1 hour' END,
+    CASE WHEN st IN ('completed', 'cancelled', 'discarded') THEN
+        CASE WHEN i % 100 = 1 THEN now() - interval '30 days'
+        ELSE now() - (i % 720) * interval '1 minute' END
+    END
+FROM (
+    SELECT i, CASE
+        WHEN i % 1000 < 850 THEN 'completed'
+        WHEN i % 1000 < 900 THEN 'available'
+        WHEN i % 1000 < 930 THEN 'scheduled'
+        WHEN i % 1000 < 950 THEN 'retryable'
+        WHEN i % 1000 < 970 THEN 'running'
+        WHEN i % 1000 < 995 THEN 'cancelled'
+        ELSE 'discarded' END AS st
+    FROM generate_series(1, {ROWS}) AS g(i)
+) AS s
+"""
+
+# A statement that reads or writes the jobs table (not a NOTIFY naming its channel).
+TOUCHES_JOBS = re.compile(r"\b(FROM|UPDATE|INTO|JOIN)\s+fiefdom_jobs\b", re.IGNORECASE)
+
+
+# -- the operations whose statements are checked ---------------------------------------
+
+
+class Seed(Job):
+    options = JobOptions(kind="kind-1", queue=CLAIM_QUEUE)
+    n: int
+
+
+class Keyed(Job):
+    """Unique while waiting or done, not while running: a claim releases its key and a
+    retry takes it back (the statements that restore keys)."""
+
+    options = JobOptions(
+        kind="kind-2",
+        queue="q2",
+        unique=Unique(
+            states=frozenset(
+                {JobState.AVAILABLE, JobState.SCHEDULED, JobState.RETRYABLE, JobState.COMPLETED}
+            )
+        ),
+    )
+    n: int
+
+
+class Held(Job):
+    """Unique until it completes: a duplicate can take the key of a completed one."""
+
+    options = JobOptions(
+        kind="kind-3",
+        queue="q3",
+        unique=Unique(
+            states=frozenset(
+                {JobState.AVAILABLE, JobState.SCHEDULED, JobState.RUNNING, JobState.RETRYABLE}
+            )
+        ),
+    )
+    n: int
+
+
+FILTERS = ("queue", "state", "kind", "after_id")
+FILTER_VALUES: dict[str, object] = {
+    "queue": RARE_QUEUE,
+    "state": RARE_STATE,
+    "kind": RARE_KIND,
+    "after_id": AFTER_ID,
+}
+
+
+def listing_name(filters: tuple[str, ...]) -> str:
+    return f"list_jobs({','.join(filters)})"
+
+
+LISTINGS = [
+    tuple(f for i, f in enumerate(FILTERS) if mask & (1 << i)) for mask in range(1 << len(FILTERS))
+]
+
+
+@dataclasses.dataclass
+class Captured:
+    """The statements each operation ran: (sql, args), in order, distinct."""
+
+    statements: dict[str, list[tuple[str, tuple[Any, ...]]]] = dataclasses.field(
+        default_factory=dict
+    )
+    log: list[tuple[str, tuple[Any, ...]]] = dataclasses.field(default_factory=list)
+
+    async def record(self, name: str, operation: Callable[[], Awaitable[T]]) -> T:
+        mark = len(self.log)
+        result = await operation()
+        await asyncio.sleep(0)  # asyncpg hands logged queries over on the next turn
+        seen = self.statements.setdefault(name, [])
+        for sql, args in self.log[mark:]:
+            if TOUCHES_JOBS.search(sql) and (sql, args) not in seen:
+                seen.append((sql, args))
+        return result
+
+
+async def run_operations(store: Store, captured: Captured) -> None:
+    """Every operation of the store and of the engine's port that reads or writes the
+    jobs table, run once on ``store`` (a small database) and recorded."""
+    queries = engine_queries(store)
+    record = captured.record
+
+    await store.enqueue_many([Seed(n=n) for n in range(4)])
+    claimed = await record(
+        "claim", lambda: queries.claim(CLAIM_QUEUE, 10, worker="plan", lease=600.0)
+    )
+    assert len(claimed) == 4
+    leases = [Lease(job.id, job.lease_token) for job in claimed]
+    await record("heartbeat", lambda: queries.heartbeat(leases, lease=600.0))
+    error = AttemptError(attempt=1, at=0.0, type="builtins.RuntimeError", message="failed")
+    await record(
+        "finish",
+        lambda: queries.finish(
+            [
+                Outcome(lease=leases[0], state=JobState.COMPLETED),
+                Outcome(lease=leases[1], state=JobState.RETRYABLE, delay=60.0, error=error),
+            ]
+        ),
+    )
+    await record("get_job", lambda: store.get_job(leases[0].job_id))
+    await record("retry_job", lambda: store.retry_job(leases[0].job_id))
+    await record("cancel_job(running)", lambda: store.cancel_job(leases[2].job_id))
+    waiting = await store.enqueue(Seed(n=10))
+    await record("cancel_job(waiting)", lambda: store.cancel_job(waiting.id or 0))
+
+    # A job that comes back into a state its uniqueness counts takes its key back.
+    await store.enqueue(Keyed(n=1))
+    [keyed] = await queries.claim("q2", 10, worker="plan", lease=600.0)
+    await record(
+        "finish(restoring keys)",
+        lambda: queries.finish(
+            [
+                Outcome(
+                    lease=Lease(keyed.id, keyed.lease_token),
+                    state=JobState.RETRYABLE,
+                    delay=60.0,
+                    error=error,
+                )
+            ]
+        ),
+    )
+    duplicate = await record("enqueue(a duplicate)", lambda: store.enqueue(Keyed(n=1)))
+    assert duplicate.duplicate
+
+    # Retrying a job whose key a duplicate took: the holder is looked up.
+    await store.enqueue(Held(n=1))
+    [held] = await queries.claim("q3", 10, worker="plan", lease=600.0)
+    await queries.finish(
+        [Outcome(lease=Lease(held.id, held.lease_token), state=JobState.COMPLETED)]
+    )
+    await store.enqueue(Held(n=1))
+
+    async def retry_held() -> None:
+        with pytest.raises(UniqueConflict):
+            await store.retry_job(held.id)
+
+    await record("retry_job(key held by a duplicate)", retry_held)
+
+    # A lease that expires at once, and a job due at once: rescued and promoted.
+    await store.enqueue(Keyed(n=2), queue="q4")
+    await queries.claim("q4", 10, worker="plan", lease=0.001)
+    await store.enqueue(Keyed(n=3), delay=0.001)
+    for name, operation in (("rescue", queries.rescue), ("promote", queries.promote)):
+        for _ in range(1000):
+            probe = Captured()
+            probe.log = captured.log
+            if await probe.record(name, operation):
+                captured.statements[name] = probe.statements[name]
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError(f"{name} found nothing to do")
+
+    retention = Retention()
+    await record(
+        "prune",
+        lambda: queries.prune(
+            completed=retention.completed,
+            cancelled=retention.cancelled,
+            discarded=retention.discarded,
+        ),
+    )
+    for filters in LISTINGS:
+        values: dict[str, Any] = {f: FILTER_VALUES[f] for f in filters}
+        await record(listing_name(filters), functools.partial(store.list_jobs, **values))
+    await record("count_jobs", store.count_jobs)
+
+
+# -- fixtures --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Plans:
+    url: str  # the big table's schema
+    statements: dict[str, list[tuple[str, tuple[Any, ...]]]]
+
+
+def _schema_url(server: str, schema: str) -> str:
+    return f"{server}?search_path={schema}"
+
+
+async def _prepare(server: str, big: str, small: str) -> Plans:
+    import asyncpg
+
+    admin = await asyncpg.connect(server)
+    try:
+        await admin.execute(f"CREATE SCHEMA {big}; CREATE SCHEMA {small}")
+    finally:
+        await admin.close()
+
+    store = open_store(_schema_url(server, big))
+    await store.open(migrate=True)
+    try:
+        async with store.transaction() as tx:
+            await tx.execute(BIG_TABLE)
+        async with store.transaction() as tx:
+            await tx.execute("ANALYZE fiefdom_jobs")
+            count = await tx.fetchval("SELECT count(*) FROM fiefdom_jobs")
+        assert count == ROWS
+    finally:
+        await store.close()
+
+    captured = Captured()
+    real_create_pool = asyncpg.create_pool
+
+    async def log_queries(conn: Any) -> None:
+        conn.add_query_logger(lambda q: captured.log.append((q.query, tuple(q.args or ()))))
+
+    def logging_pool(*args: Any, **kwargs: Any) -> Any:
+        assert "init" not in kwargs, "the store now sets up its connections: chain its init"
+        return real_create_pool(*args, init=log_queries, **kwargs)
+
+    # Instrumentation, not a stand-in: the store's real pool, whose connections also
+    # log what they execute.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(asyncpg, "create_pool", logging_pool)
+        store = open_store(_schema_url(server, small))
+        await store.open(migrate=True)
+    try:
+        await run_operations(store, captured)
+    finally:
+        await store.close()
+    return Plans(url=_schema_url(server, big), statements=captured.statements)
+
+
+@pytest.fixture(scope="module")
+def plans(postgres_server: str) -> Iterator[Plans]:
+    """A schema holding the big table, and the statements of every operation."""
+    tag = uuid.uuid4().hex[:10]
+    big, small = f"plans_{tag}", f"plans_capture_{tag}"
+    try:
+        yield asyncio.run(_prepare(postgres_server, big, small))
+    finally:
+
+        async def drop() -> None:
+            import asyncpg
+
+            conn = await asyncpg.connect(postgres_server)
+            try:
+                await conn.execute(
+                    f"DROP SCHEMA IF EXISTS {big} CASCADE; DROP SCHEMA IF EXISTS {small} CASCADE"
+                )
+            finally:
+                await conn.close()
+
+        asyncio.run(drop())
+
+
+@pytest.fixture
+async def big_store(plans: Plans) -> AsyncIterator[Store]:
+    store = open_store(plans.url)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+# -- reading plans ---------------------------------------------------------------------
+
+
+class _Rollback(Exception):
+    """Leaves the transaction of an EXPLAIN ANALYZE, undoing what the statement did."""
+
+
+async def explain(store: Store, sql: str, args: tuple[Any, ...]) -> dict[str, Any]:
+    """The executed plan of ``sql`` with ``args``; whatever it changed is rolled back."""
+    plan: dict[str, Any] = {}
+    try:
+        async with store.transaction() as tx:
+            rows = await tx.fetch("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *args)
+            plan = json.loads(rows[0][0])[0]["Plan"]
+            raise _Rollback
+    except _Rollback:
+        pass
+    return plan
+
+
+def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", ()):
+        yield from nodes(child)
+
+
+def job_scans(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """The nodes that read rows of fiefdom_jobs (not the one writing them)."""
+    return [
+        n
+        for n in nodes(plan)
+        if n.get("Relation Name") == "fiefdom_jobs" and n["Node Type"] != "ModifyTable"
+    ]
+
+
+def rows_read(scan: dict[str, Any]) -> int:
+    """Rows a scan took from the table: kept, and thrown away by its filters."""
+    per_loop = (
+        scan["Actual Rows"]
+        + scan.get("Rows Removed by Filter", 0)
+        + scan.get("Rows Removed by Index Recheck", 0)
+    )
+    return int(per_loop * scan["Actual Loops"])
+
+
+def describe(plan: dict[str, Any], depth: int = 0) -> str:
+    where = plan.get("Index Name") or plan.get("Relation Name") or ""
+    cond = plan.get("Index Cond") or plan.get("Filter") or ""
+    line = (
+        f"{'  ' * depth}{plan['Node Type']} {where} {cond} "
+        f"rows={plan.get('Actual Rows')} removed={plan.get('Rows Removed by Filter', 0)} "
+        f"loops={plan.get('Actual Loops')}"
+    )
+    return "\n".join([line, *(describe(c, depth + 1) for c in plan.get("Plans", ()))])
+
+
+# -- the cases -------------------------------------------------------------------------
+
+NO_QUEUE_ORDER_INDEX = (
+    "no index serves a queue's jobs in id order: list_jobs(queue=...) without a state walks "
+    "the primary key throwing away other queues' rows (about 10% of the table for a queue "
+    "holding 1% of it), because fiefdom_jobs_list (queue, state, id) orders by state first; "
+    "needs an index such as (queue, id)"
+)
+NO_KIND_INDEX = (
+    "no index leads with kind: list_jobs(kind=...) without a queue walks the primary key "
+    "(or the table) throwing away other kinds' rows to find a rare kind; needs an index "
+    "such as (kind, id)"
+)
+NO_STATE_INDEX = (
+    "no index serves a state's jobs in id order: list_jobs(state=...) without a queue "
+    "walks the primary key throwing away other states' rows (fiefdom_jobs_list leads with "
+    "queue); needs an index such as (state, id)"
+)
+
+
+def missing_index(name: str) -> str | None:
+    """Why a listing's plan cannot be index-backed today (its case is an expected
+    failure), or None."""
+    if not name.startswith("list_jobs("):
+        return None
+    filters = set(name[len("list_jobs(") : -1].split(",")) - {""}
+    if "queue" in filters:
+        # fiefdom_jobs_list (queue, state, id): exact with a state; with a kind it reads
+        # the queue's rows and filters them (the kind itself is in no index).
+        return None if filters & {"state", "kind"} else NO_QUEUE_ORDER_INDEX
+    if "kind" in filters:
+        return NO_KIND_INDEX
+    if "state" in filters:
+        return NO_STATE_INDEX
+    return None  # the primary key, in id order
+
+
+OPERATIONS = [
+    "claim",
+    "heartbeat",
+    "finish",
+    "finish(restoring keys)",
+    "get_job",
+    "retry_job",
+    "retry_job(key held by a duplicate)",
+    "cancel_job(running)",
+    "cancel_job(waiting)",
+    "enqueue(a duplicate)",
+    "rescue",
+    "promote",
+    *(listing_name(f) for f in LISTINGS),
+]
+# Checked on their own below: prune (its selection is what must be indexed) and
+# count_jobs (it reads every row by design).
+SPECIAL = ["prune", "count_jobs"]
+
+
+def _param(name: str) -> Any:
+    reason = missing_index(name)
+    marks = [] if reason is None else [pytest.mark.xfail(strict=True, reason=reason)]
+    return pytest.param(name, id=name, marks=marks)
+
+
+def test_every_operation_is_covered(plans: Plans) -> None:
+    """Each operation checked here ran statements on the jobs table, and none is unchecked."""
+    assert sorted(plans.statements) == sorted(OPERATIONS + SPECIAL)
+    empty = [name for name, statements in plans.statements.items() if not statements]
+    assert empty == []
+
+
+@pytest.mark.parametrize("name", [_param(n) for n in OPERATIONS])
+async def test_a_selective_statement_reads_the_jobs_table_through_an_index(
+    big_store: Store, plans: Plans, name: str
+) -> None:
+    """The statements of this operation never seq-scan fiefdom_jobs and read at most 2% of
+    its 100,000 rows."""
+    problems = []
+    for sql, args in plans.statements[name]:
+        plan = await explain(big_store, sql, args)
+        scans = job_scans(plan)
+        seq = [s for s in scans if s["Node Type"] == "Seq Scan"]
+        read = sum(rows_read(s) for s in scans)
+        if seq or read > READ_LIMIT:
+            problems.append(
+                f"{sql}\n  args={args!r}\n  seq scans={len(seq)}, rows read={read} "
+                f"(limit {READ_LIMIT})\n{describe(plan)}"
+            )
+    assert not problems, "\n\n".join(problems)
+
+
+def _conditions(node: dict[str, Any]) -> str:
+    return " ".join(str(node.get(k, "")) for k in ("Index Cond", "Recheck Cond", "Filter"))
+
+
+async def test_prune_finds_old_jobs_through_the_finished_index(
+    big_store: Store, plans: Plans
+) -> None:
+    """Prune's selection of old final jobs (state and finished_at) reads only
+    fiefdom_jobs_finished and the rows it points to."""
+    [(sql, args)] = plans.statements["prune"]
+    plan = await explain(big_store, sql, args)
+    # The rows selected (LIMIT n) are then deleted by id; how the planner joins them
+    # back (primary-key lookups, or at this size a hash join over one pass of the
+    # table) is its cost choice and not checked. What must never scan is the search for
+    # old jobs, which a growing table would make ever slower.
+    selection = [n for n in job_scans(plan) if "finished_at" in _conditions(n)]
+    assert selection, describe(plan)
+    assert all(n["Node Type"] != "Seq Scan" for n in selection), describe(plan)
+    assert {n.get("Index Name") for n in nodes(plan) if "finished_at" in _conditions(n)} >= {
+        "fiefdom_jobs_finished"
+    }, describe(plan)
+    assert sum(rows_read(n) for n in selection) <= READ_LIMIT, describe(plan)
+
+
+async def test_counting_reads_the_table_once(big_store: Store, plans: Plans) -> None:
+    """count_jobs legitimately reads every row (it counts them all): once, in one scan."""
+    [(sql, args)] = plans.statements["count_jobs"]
+    plan = await explain(big_store, sql, args)
+    scans = job_scans(plan)
+    assert len(scans) == 1, describe(plan)
+    assert scans[0]["Actual Loops"] == 1
+    assert rows_read(scans[0]) == ROWS
