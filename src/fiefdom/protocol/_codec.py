@@ -12,13 +12,8 @@ from typing import Any, Final, Generic, TypeVar
 
 import msgspec
 
-from ._messages import (
-    CLIENT_TYPES,
-    ClientMessage,
-    Error,
-    ErrorCode,
-    ServerMessage,
-)
+from ._messages import CLIENT_TYPES, ClientMessage, ErrorCode
+from ._replies import Error, ServerMessage
 
 T = TypeVar("T")
 S = TypeVar("S")

@@ -19,19 +19,14 @@ from ._codec import SERVER_JSON, SERVER_MSGPACK, Codec
 from ._hub import Subscription
 from ._messages import (
     PROTOCOL_VERSION,
-    Ack,
     Call,
     CancelJob,
     ClientMessage,
     Drain,
     DrainQueue,
-    Dropped,
     Dump,
-    DumpReply,
     EnqueueJob,
-    Error,
     ErrorCode,
-    Event,
     GetJob,
     GetStatus,
     Hello,
@@ -40,8 +35,6 @@ from ._messages import (
     PauseActor,
     PauseQueue,
     Ping,
-    Pong,
-    Reply,
     ResumeActor,
     ResumeQueue,
     RetryJob,
@@ -49,15 +42,24 @@ from ._messages import (
     Stop,
     StopActor,
     Subscribe,
-    Subscribed,
     Topic,
     Unsubscribe,
-    Welcome,
     role_allows,
-    to_wire,
 )
 from ._metrics import ControlMetrics
 from ._registry import ControlHost, NotFound
+from ._replies import (
+    Ack,
+    Dropped,
+    DumpReply,
+    Error,
+    Event,
+    Pong,
+    Reply,
+    Subscribed,
+    Welcome,
+    to_wire,
+)
 from ._settings import ControlSettings, TokenTable
 
 _TOPICS: Final[list[Topic]] = ["jobs", "actors", "logs"]

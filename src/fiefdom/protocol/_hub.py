@@ -9,7 +9,8 @@ import itertools
 from collections import deque
 from collections.abc import Iterable
 
-from ._messages import LOG_LEVEL_RANK, EventData, LogEvent, topic_of
+from ._messages import LOG_LEVEL_RANK
+from ._replies import EventData, LogEvent, topic_of
 
 
 class Subscription:

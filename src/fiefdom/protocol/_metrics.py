@@ -12,7 +12,7 @@ from prometheus_client.registry import Collector
 
 from ..actors import ActorStatistics, DomainStatistics
 from ..supervisors import ActorSystem, ServiceStatistics, SupervisorStatistics
-from ._messages import QueueInfo
+from ._replies import QueueInfo
 
 _DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0)
 

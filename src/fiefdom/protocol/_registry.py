@@ -15,7 +15,8 @@ from ..actors import ActorRef, Domain
 from ..storage import Enqueued, Job, JobInfo, JobState
 from ..supervisors import ActorSystem
 from ._hub import EventHub
-from ._messages import ErrorCode, QueueInfo, TargetInfo
+from ._messages import ErrorCode
+from ._replies import QueueInfo, TargetInfo
 
 
 class NotFound(ControlError):

@@ -28,34 +28,36 @@ from .._errors import (
 from ..actors import ActorRef, Domain, Request
 from ._codec import Codec, path_of
 from ._messages import (
-    Ack,
     Call,
-    CallReply,
     CancelJob,
     ClientMessage,
     Drain,
     DrainQueue,
     EnqueueJob,
-    EnqueueReply,
-    Error,
     ErrorCode,
     GetJob,
     GetStatus,
-    JobReply,
-    JobsReply,
     ListJobs,
     ListQueues,
     PauseActor,
     PauseQueue,
-    QueueInfo,
-    QueuesReply,
     ResumeActor,
     ResumeQueue,
     RetryJob,
-    StatusReply,
     StopActor,
 )
 from ._registry import ControlHost, JobService, Target
+from ._replies import (
+    Ack,
+    CallReply,
+    EnqueueReply,
+    Error,
+    JobReply,
+    JobsReply,
+    QueueInfo,
+    QueuesReply,
+    StatusReply,
+)
 
 log = structlog.get_logger("fiefdom.control")
 

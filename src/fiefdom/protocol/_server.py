@@ -24,9 +24,10 @@ from .._lifecycle import Lifecycle, State
 from ..actors import StopMode
 from ._codec import json_schema
 from ._connection import Connection
-from ._messages import ENDPOINT_ROLE, ErrorCode, QueueInfo, Role, role_allows
+from ._messages import ENDPOINT_ROLE, ErrorCode, Role, role_allows
 from ._metrics import ControlMetrics
 from ._registry import ControlHost
+from ._replies import QueueInfo
 from ._settings import ControlSettings, TokenTable
 
 log = structlog.get_logger("fiefdom.control")

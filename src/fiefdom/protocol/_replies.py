@@ -1,0 +1,226 @@
+"""The frames the server sends: the reply to each request (naming its ``id``), the
+typed ``error``, and the events of a subscription. Jobs travel as the library's own
+Structs (``JobInfo``, ``JobEvent``, ``Enqueued``, ``JobState``)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeAlias
+
+import msgspec
+
+from ..storage import Enqueued, JobEvent, JobInfo, JobState
+from ._messages import ErrorCode, Role, Topic, _Frame
+
+
+class QueueInfo(msgspec.Struct, kw_only=True):
+    """A queue: whether it is paused (in the database, for every daemon on it) and
+    its jobs counted by state."""
+
+    name: str
+    paused: bool
+    counts: dict[JobState, int]  # jobs by state (states with none are left out)
+
+
+class Welcome(_Frame, tag="welcome"):
+    """The reply to ``hello``: the role the token carries and the server's name."""
+
+    id: int
+    version: int
+    role: Role
+    server: str
+    topics: list[Topic]
+
+
+class Pong(_Frame, tag="pong"):
+    """The reply to ``ping``."""
+
+    id: int
+
+
+class Ack(_Frame, tag="ack"):
+    """The request was done (a tell, a pause, a stop...)."""
+
+    id: int
+
+
+class TargetInfo(msgspec.Struct, kw_only=True):
+    """A hosted actor or domain that ``call`` can reach, with its message types."""
+
+    name: str
+    kind: Literal["actor", "domain"]
+    messages: list[str]
+    paused: bool = False  # the actor, or the whole domain (see the tree for its keys)
+
+
+class StatusReply(_Frame, tag="status.reply"):
+    """The daemon's state: readiness, the supervisor tree (actors, domains, services
+    and supervisors with their statistics), the callable targets and the queues."""
+
+    id: int
+    name: str
+    version: str
+    pid: int
+    uptime: float
+    ready: bool
+    draining: bool
+    loop: str
+    tree: dict[str, Any]  # SupervisorStatistics, as msgspec encodes it
+    targets: list[TargetInfo]
+    queues: list[QueueInfo]
+    connections: int
+
+
+class CallReply(_Frame, tag="call.reply"):
+    """The reply to ``call``."""
+
+    id: int
+    result: msgspec.Raw  # the actor's reply, encoded like the frame; null for a tell
+
+
+class JobsReply(_Frame, tag="jobs.reply"):
+    """The reply to ``jobs.list``."""
+
+    id: int
+    jobs: list[JobInfo]
+
+
+class JobReply(_Frame, tag="job.reply"):
+    """The reply to ``jobs.get``, ``jobs.retry`` and ``jobs.cancel``: the job as it is now."""
+
+    id: int
+    job: JobInfo
+
+
+class EnqueueReply(_Frame, tag="enqueue.reply"):
+    """The reply to ``jobs.enqueue``: what the store's ``enqueue`` returned."""
+
+    id: int
+    enqueued: Enqueued
+
+
+class QueuesReply(_Frame, tag="queues.reply"):
+    """The reply to ``queues.list``."""
+
+    id: int
+    queues: list[QueueInfo]
+
+
+class Subscribed(_Frame, tag="subscribed"):
+    """The reply to ``subscribe``: the subscription that ``event`` frames name."""
+
+    id: int
+    subscription: int
+
+
+class DumpReply(_Frame, tag="dump.reply"):
+    """The reply to ``dump``: the file written and how many events it holds."""
+
+    id: int
+    path: str
+    events: int
+
+
+class Error(_Frame, tag="error"):
+    """A typed error. ``id`` is the request's, or null when the frame had none."""
+
+    id: int | None
+    code: ErrorCode
+    message: str
+    details: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class JobTopicEvent(JobEvent, frozen=True, tag="jobs", tag_field="topic"):
+    """A ``fiefdom.JobEvent`` on the wire (topic ``jobs``): the same fields, tagged
+    with its topic so that it can share the union of events. The client hands out
+    plain ``JobEvent`` objects."""
+
+
+class ActorEvent(msgspec.Struct, kw_only=True, tag="actors", tag_field="topic"):
+    """A runtime event of the supervisor tree (topic ``actors``), from the system's
+    event bus: ``crashed`` (an actor's handler or start raised; ``key`` names a domain
+    key, ``error_type`` and ``error`` say what), ``restarted`` (``restarts`` counts
+    them), ``exited`` (a child that is not restarted ended; ``reason``) and
+    ``escalated`` (a supervisor exceeded ``restarts`` within ``within`` seconds).
+    ``error`` reads ``Type: message``; ``at`` is unix seconds."""
+
+    path: str
+    event: Literal["crashed", "restarted", "exited", "escalated"]
+    key: str | None = None
+    error_type: str | None = None
+    error: str | None = None
+    restarts: int | None = None
+    reason: str | None = None
+    within: float | None = None
+    at: float = 0.0
+
+
+class LogEvent(msgspec.Struct, kw_only=True, tag="logs", tag_field="topic"):
+    """A log event at or above the subscriber's level (topic ``logs``)."""
+
+    level: str
+    logger: str
+    event: str
+    at: float
+    fields: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+# What the daemon publishes to subscribers, and what the client hands out.
+EventData: TypeAlias = JobEvent | ActorEvent | LogEvent
+# The same on the wire.
+WireEventData: TypeAlias = JobTopicEvent | ActorEvent | LogEvent
+
+
+def to_wire(event: EventData) -> WireEventData:
+    """The wire form of a published event."""
+    if isinstance(event, JobTopicEvent | ActorEvent | LogEvent):
+        return event
+    return JobTopicEvent(**msgspec.structs.asdict(event))
+
+
+def from_wire(event: WireEventData) -> EventData:
+    """A received event as the library's types (a plain ``JobEvent`` for jobs)."""
+    if isinstance(event, JobTopicEvent):
+        return JobEvent(**msgspec.structs.asdict(event))
+    return event
+
+
+def topic_of(event: EventData) -> Topic:
+    """The topic an event is published under."""
+    if isinstance(event, JobEvent):
+        return "jobs"
+    if isinstance(event, ActorEvent):
+        return "actors"
+    return "logs"
+
+
+class Event(_Frame, tag="event"):
+    """An event of a subscription."""
+
+    subscription: int
+    data: WireEventData
+
+
+class Dropped(_Frame, tag="dropped"):
+    """This subscriber was too slow: ``count`` events were dropped since the last notice."""
+
+    subscription: int
+    count: int
+
+
+# The frames that answer a request.
+Reply: TypeAlias = (
+    Welcome
+    | Pong
+    | Ack
+    | StatusReply
+    | CallReply
+    | JobsReply
+    | JobReply
+    | EnqueueReply
+    | QueuesReply
+    | Subscribed
+    | DumpReply
+    | Error
+)
+
+ServerMessage: TypeAlias = Reply | Event | Dropped
