@@ -305,6 +305,9 @@ class Client:
             await self._close(ControlConnectionError("the client was stopped"))
 
     async def _close(self, error: ControlConnectionError) -> None:
+        # First: what is still waiting learns why (not "the daemon closed the
+        # channel", which the reader reports once the socket is closed).
+        self._fail_all(error)
         # Shielded: a cancelled caller must still release the socket and the reader.
         with anyio.CancelScope(shield=True):
             try:
@@ -318,7 +321,6 @@ class Client:
                     await self._session.close()
             finally:
                 self._lifecycle.stopped()
-                self._fail_all(error)
 
     def _fail_all(self, error: ControlConnectionError) -> None:
         self._lost = error

@@ -190,6 +190,14 @@ class ControlServer:
                 async with anyio.create_task_group() as tg:
                     for conn in list(self._connections):
                         tg.start_soon(conn.finish, WSCloseCode.GOING_AWAY, "the daemon is stopping")
+            if closing.cancel_called:
+                # A cancel, or peers past their deadline (one that reads nothing holds
+                # its event pump forever): their handlers are cancelled, so that the
+                # cleanup below does not wait for them (aiohttp would, for as long as
+                # shutdown_timeout again).
+                for conn in list(self._connections):
+                    if conn.ws.task is not None:
+                        conn.ws.task.cancel()
         finally:
             self._closing_scope = None
             # Also when the caller is cancelled: the socket and the app are released.
