@@ -215,3 +215,42 @@ async def test_a_spawn_given_up_during_on_start_leaves_no_orphan() -> None:
                 scope.cancel()
         assert log == ["start cancelled"]
         assert "s" not in system.root.which_children()
+
+
+async def test_leaving_async_with_by_an_exception_cancels_instead_of_draining() -> None:
+    """An exception out of the async with body stops the system with stop("cancel"): a
+    handler blocked behind an hour-long deadline is cancelled, and the error is raised."""
+    log: list[str] = []
+    entered = anyio.Event()
+    system = fiefdom.ActorSystem(name="c")
+
+    async def run() -> None:
+        async with system:
+            ref = await system.spawn(lambda: Hanger(log, "x", entered), name="x", shutdown=HOUR)
+            await ref.tell(Hang())
+            await entered.wait()
+            raise LookupError("the body failed")
+
+    with pytest.raises(LookupError, match="the body failed"):
+        await run()
+    assert log == ["cancelled x"]
+    assert system.state is fiefdom.State.STOPPED
+
+
+async def test_a_drain_whose_caller_is_cancelled_becomes_a_cancel_and_is_waited_for() -> None:
+    """stop() cancelled while it drains turns into a cancel and still waits for the tree,
+    so that no task outlives it; stop() may be called from any task."""
+    log: list[str] = []
+    entered = anyio.Event()
+    system = fiefdom.ActorSystem(name="c")
+    await system.start()
+    ref = await system.spawn(lambda: Hanger(log, "x", entered), name="x", shutdown=HOUR)
+    await ref.tell(Hang())
+    await entered.wait()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(system.stop)  # a drain: it would wait an hour for x
+        await anyio.wait_all_tasks_blocked()
+        assert system.state is fiefdom.State.STOPPING
+        tg.cancel_scope.cancel()
+    assert log == ["cancelled x"]
+    assert system.state is fiefdom.State.STOPPED
