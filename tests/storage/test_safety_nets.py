@@ -312,15 +312,6 @@ class Entry(Job):
     n: int
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "jobs/_executor.py _in_actor: a domain job claimed before a graceful stop and "
-        "still queued in its key's actor starts during the drain once the key is free "
-        "(only the queued bound is checked, not the stop), unlike a plain job, which "
-        "execute() gives back unrun once a stop was requested"
-    ),
-)
 async def test_a_graceful_stop_gives_back_domain_jobs_still_queued_in_their_keys_actor(
     store: Store,
 ) -> None:

@@ -4,6 +4,7 @@ names a domain) and turn what it returned or raised into an outcome."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -122,6 +123,8 @@ async def execute(core: Core, held: Held) -> Outcome | None:
     if held.cancel_reason == "lease" or (held.cancel_reason is not None and scope.cancelled_caught):
         return cancelled_outcome(held, lease)
     if type(result) is _Queued:
+        if held.cancel_reason is not None:
+            return cancelled_outcome(held, lease)
         return given_back(core, lease)
     return outcome_of(job, lease, kind.options, result)
 
@@ -147,14 +150,22 @@ async def _call_in_domain(
     """
     assert kind.domain is not None
     queued_for = max(core.timing.lease, kind.options.timeout or 0.0)
+    result: object = _QUEUED  # until the call returns: cut short by the bound, it never ran
     with anyio.CancelScope() as queued:
         queued.deadline = anyio.current_time() + queued_for
         result = await kind.domain.call(
             key,
-            _in_actor(kind.handler, payload, ctx, kind.options.timeout, queued),
+            _in_actor(
+                kind.handler, payload, ctx, kind.options.timeout, queued, core.stop_requested
+            ),
             timeout=None,
             name=f"job:{kind.options.kind}",
         )
+    if type(result) is _Queued and core.stop_requested.is_set():
+        # The engine began stopping while the job waited for its key: like a job
+        # not yet handed to a worker, it goes back unrun at once.
+        held.cancel_reason = held.cancel_reason or "shutdown"
+        return _QUEUED
     if queued.cancelled_caught or type(result) is _Queued:
         log.warning(
             "domain job given back unrun: its key's actor did not take it in time",
@@ -174,11 +185,13 @@ def _in_actor(
     ctx: JobContext[Any],
     timeout: float | None,
     queued: anyio.CancelScope,
+    stopping: asyncio.Event,
 ) -> Callable[[Any], Awaitable[object]]:
     async def run(actor: Any) -> object:
-        if queued.cancel_called:
-            # The queued bound passed as the actor took the job: the caller is being
-            # cancelled and gives the job back, so the handler must not start.
+        if queued.cancel_called or stopping.is_set():
+            # The queued bound passed as the actor took the job (the caller is being
+            # cancelled and gives the job back), or the engine is stopping: the
+            # handler must not start.
             return _QUEUED
         # Started: from here only the job's own timeout applies.
         queued.deadline = math.inf
