@@ -1,7 +1,8 @@
 """The control channel carries the library's types: a job is one ``JobInfo`` (the
 same class in fiefdom, fiefdom.storage and fiefdom.protocol) with the same field
 names in Python and on the wire, in both encodings, its events are plain
-``JobEvent`` objects, and ``call`` returns the reply type of a ``Request[R]``."""
+``JobEvent`` objects, and ``call`` returns the reply type of a ``Request[R]``. The
+server's dispatch is proven total by mypy."""
 
 from __future__ import annotations
 
@@ -140,3 +141,27 @@ def test_the_client_is_typed_with_the_library_types() -> None:
         ]
     )
     assert status == 0, stdout + stderr
+
+
+CONNECTION = pathlib.Path(fiefdom.protocol.__file__).parent / "_connection.py"
+
+
+@pytest.mark.slow
+def test_the_dispatch_is_proven_total(tmp_path: pathlib.Path) -> None:
+    """mypy --strict accepts the server's dispatch as it is, and rejects it (at its
+    assert_never) with the case of one request type taken out."""
+    source = CONNECTION.read_text(encoding="utf-8")
+    case = (
+        "            case Dump():\n"
+        "                path, count = await host.dump()\n"
+        "                return DumpReply(id=msg.id, path=path, events=count)\n"
+    )
+    assert source.count(case) == 1
+    shadow = tmp_path / "_connection.py"
+    shadow.write_text(source.replace(case, ""), encoding="utf-8")
+    args = ["--strict", "--no-error-summary", "--show-error-codes", str(CONNECTION)]
+    stdout, stderr, status = api.run(args)
+    assert status == 0, stdout + stderr
+    stdout, _, status = api.run([*args, "--shadow-file", str(CONNECTION), str(shadow)])
+    assert status == 1
+    assert 'Argument 1 to "assert_never" has incompatible type "Dump"' in stdout, stdout

@@ -76,7 +76,7 @@ def error_reply(msg: ClientMessage, exc: Exception) -> Error:
     exceptions that say what went wrong map to a code; anything else is a bug of the
     daemon: ``internal``, logged with its traceback."""
     code: ErrorCode | None = None
-    details: dict[str, Any] = {}
+    details: dict[str, object] = {}
     match exc:
         case ControlError(code=wire_code, details=wire_details) if wire_code in _CODES:
             code, details = ErrorCode(wire_code), dict(wire_details)
@@ -97,7 +97,7 @@ def error_reply(msg: ClientMessage, exc: Exception) -> Error:
 # -- actors ---------------------------------------------------------------------------
 
 
-async def call(host: ControlHost, msg: Call, codec: Codec[Any]) -> CallReply:
+async def call(host: ControlHost, msg: Call, codec: Codec[ClientMessage]) -> CallReply:
     """Ask (a ``Request``) or tell (any other message) an exposed actor or domain key."""
     target = host.registry.target(msg.target)
     message_type = target.message_type(msg.message_type)
@@ -221,7 +221,7 @@ async def get_job(host: ControlHost, msg: GetJob) -> JobReply:
     return JobReply(id=msg.id, job=await _jobs(host).get_job(msg.job_id))
 
 
-async def enqueue(host: ControlHost, msg: EnqueueJob, codec: Codec[Any]) -> EnqueueReply:
+async def enqueue(host: ControlHost, msg: EnqueueJob, codec: Codec[ClientMessage]) -> EnqueueReply:
     """Decode ``args`` into the kind's Struct, then enqueue it (unless draining)."""
     jobs = _jobs(host)
     kind = jobs.job_kind(msg.kind)
