@@ -74,7 +74,6 @@ from ._replies import (
     StatusReply,
     Subscribed,
     Welcome,
-    from_wire,
 )
 
 R = TypeVar("R")
@@ -358,7 +357,7 @@ class Client:
         if isinstance(frame, Event):
             stream = self._streams.get(frame.subscription)
             if stream is not None:
-                stream._deliver(from_wire(frame.data))
+                stream._deliver(frame.data)
             return
         if isinstance(frame, Dropped):
             stream = self._streams.get(frame.subscription)

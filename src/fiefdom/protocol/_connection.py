@@ -58,7 +58,6 @@ from ._replies import (
     Reply,
     Subscribed,
     Welcome,
-    to_wire,
 )
 from ._settings import ControlSettings, TokenTable
 
@@ -376,4 +375,4 @@ class Connection:
             if not events and not dropped:
                 return  # unsubscribed
             for event in events:
-                await self.send(codec, Event(subscription=sub.id, data=to_wire(event)))
+                await self.send(codec, Event(subscription=sub.id, data=event))

@@ -129,12 +129,6 @@ class Error(_Frame, tag="error"):
     details: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class JobTopicEvent(JobEvent, frozen=True, tag="jobs", tag_field="topic"):
-    """A ``fiefdom.JobEvent`` on the wire (topic ``jobs``): the same fields, tagged
-    with its topic so that it can share the union of events. The client hands out
-    plain ``JobEvent`` objects."""
-
-
 class ActorEvent(msgspec.Struct, kw_only=True, tag="actors", tag_field="topic"):
     """A runtime event of the supervisor tree (topic ``actors``), from the system's
     event bus: ``crashed`` (an actor's handler or start raised; ``key`` names a domain
@@ -164,24 +158,9 @@ class LogEvent(msgspec.Struct, kw_only=True, tag="logs", tag_field="topic"):
     fields: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-# What the daemon publishes to subscribers, and what the client hands out.
+# What the daemon publishes to subscribers, what the wire carries (each is tagged
+# with its topic), and what the client hands out: the same types.
 EventData: TypeAlias = JobEvent | ActorEvent | LogEvent
-# The same on the wire.
-WireEventData: TypeAlias = JobTopicEvent | ActorEvent | LogEvent
-
-
-def to_wire(event: EventData) -> WireEventData:
-    """The wire form of a published event."""
-    if isinstance(event, JobTopicEvent | ActorEvent | LogEvent):
-        return event
-    return JobTopicEvent(**msgspec.structs.asdict(event))
-
-
-def from_wire(event: WireEventData) -> EventData:
-    """A received event as the library's types (a plain ``JobEvent`` for jobs)."""
-    if isinstance(event, JobTopicEvent):
-        return JobEvent(**msgspec.structs.asdict(event))
-    return event
 
 
 def topic_of(event: EventData) -> Topic:
@@ -197,7 +176,7 @@ class Event(_Frame, tag="event"):
     """An event of a subscription."""
 
     subscription: int
-    data: WireEventData
+    data: EventData
 
 
 class Dropped(_Frame, tag="dropped"):

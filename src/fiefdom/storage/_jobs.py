@@ -278,7 +278,7 @@ class AttemptError(msgspec.Struct, frozen=True, kw_only=True):
     traceback: str = ""
 
 
-class JobInfo(msgspec.Struct, frozen=True, kw_only=True):
+class JobInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One job as the store holds it (``store.get_job``, ``store.list_jobs``)."""
 
     id: int
@@ -365,7 +365,7 @@ class QueueCount(msgspec.Struct, frozen=True, kw_only=True):
     count: int
 
 
-class Enqueued(msgspec.Struct, frozen=True, kw_only=True):
+class Enqueued(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The result of enqueueing one job: its id, or whether an existing unique job
     took its place (``duplicate``; ``id`` is then that job's, or None if it
     finished in the meantime), or, from ``enqueue_many``, why the item was invalid
@@ -381,11 +381,20 @@ class Enqueued(msgspec.Struct, frozen=True, kw_only=True):
         return self.error is None
 
 
-class JobEvent(msgspec.Struct, frozen=True, kw_only=True):
+class JobEvent(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    tag="jobs",
+    tag_field="topic",
+    forbid_unknown_fields=True,
+):
     """A job changed state in an engine (what ``engine.subscribe`` delivers).
 
     ``state`` is the new state; ``detail`` says why when it is not a plain
-    success (the error, the cancel reason, "lease expired", "given back")."""
+    success (the error, the cancel reason, "lease expired", "given back"). Encoded, it
+    carries ``"topic": "jobs"``: the tag of its place in the control channel's union
+    of events."""
 
     job_id: int
     kind: str
