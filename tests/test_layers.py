@@ -150,9 +150,10 @@ def circles(package: str) -> list[list[str]]:
     return found
 
 
-PACKAGES = ["fiefdom"] + sorted(
-    _module_name(p) for p in ROOT.rglob("__init__.py") if p.parent != ROOT
-)
+PACKAGES = [
+    "fiefdom",
+    *sorted(_module_name(p) for p in ROOT.rglob("__init__.py") if p.parent != ROOT),
+]
 
 
 @pytest.mark.parametrize("package", PACKAGES)

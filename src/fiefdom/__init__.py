@@ -5,6 +5,12 @@ cancellation come from ownership instead of lock timeouts.
 
 ``RuntimeEvent`` is the union of the events ``system.events`` delivers:
 ``ActorCrashed``, ``ActorRestarted``, ``ChildExited`` and ``SupervisorEscalated``.
+
+Every long-lived component (actor system, store, job engine, control server,
+client, daemon) has one lifecycle: its ``state`` is a ``State`` (new, starting,
+running, stopping, stopped), and ``stop(mode)`` takes a ``StopMode``: ``"drain"``
+(finish the work in hand, take nothing new), ``"cancel"`` (cancel what runs now,
+give unstarted work back), and for actors ``"exit"`` and ``"restart"``.
 """
 
 from ._errors import ActivationFailed as ActivationFailed
