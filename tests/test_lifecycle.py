@@ -351,6 +351,121 @@ def store_service(dialect: str) -> Factory:
     return build
 
 
+def store(dialect: str) -> Factory:
+    @asynccontextmanager
+    async def build(ctx: Context) -> AsyncIterator[Subject]:
+        url = ctx.store_url(dialect)
+        migrator = open_store(url)
+        await migrator.open(migrate=True)
+        await migrator.close()
+        the_store = open_store(url)
+
+        async def use() -> object:
+            return await the_store.count_jobs()
+
+        try:
+            yield Subject(
+                the_store,
+                what=f"store {the_store.url}",
+                usage="use 'async with open_store(url) as store'",
+                action="use the store",
+                use=use,
+            )
+        finally:
+            await the_store.stop("cancel")
+
+    return build
+
+
+class Hang(fiefdom.Job):
+    options = fiefdom.JobOptions(kind="lifecycle.hang", max_attempts=1)
+    n: int
+
+
+def job_engine(dialect: str) -> Factory:
+    @asynccontextmanager
+    async def build(ctx: Context) -> AsyncIterator[Subject]:
+        the_store = open_store(ctx.store_url(dialect))
+        await the_store.open(migrate=True)
+        engine = fiefdom.JobEngine(
+            the_store, name="lifecycle", drain_timeout=HOUR, poll_interval=0.05, retention=None
+        )
+        entered, cancelled = anyio.Event(), anyio.Event()
+
+        async def hang(job: Hang, ctx: fiefdom.JobContext[Any]) -> None:
+            entered.set()
+            try:
+                await anyio.sleep_forever()
+            except anyio.get_cancelled_exc_class():
+                cancelled.set()
+                raise
+
+        engine.register(Hang, hang)
+
+        async def busy(tg: TaskGroup) -> Callable[[], Awaitable[object]]:
+            # A handler that never returns, with an hour to drain: only a cancel ends it.
+            await the_store.enqueue(Hang(n=1))
+            await entered.wait()
+            return cancelled.wait
+
+        try:
+            yield Subject(
+                engine,
+                what=f"job engine {engine.worker}",
+                usage="use 'async with JobEngine(store) as engine'",
+                busy=busy,
+            )
+        finally:
+            await engine.stop("cancel")
+            await the_store.close()
+
+    return build
+
+
+def maintenance(service: str) -> Factory:
+    """One of the engine's maintenance services, run on its own."""
+
+    @asynccontextmanager
+    async def build(ctx: Context) -> AsyncIterator[Subject]:
+        from fiefdom.jobs import (
+            _core,
+            _finisher,
+            _lease_keeper,
+            _promoter,
+            _queue_watcher,
+            _rescuer,
+        )
+
+        classes = {
+            "finisher": _finisher.Finisher,
+            "lease-keeper": _lease_keeper.LeaseKeeper,
+            "promoter": _promoter.Promoter,
+            "queue-watcher": _queue_watcher.QueueWatcher,
+            "rescuer": _rescuer.Rescuer,
+        }
+        the_store = open_store(ctx.store_url("sqlite"))
+        await the_store.open(migrate=True)
+        timing = _core.Timing(
+            lease=30, heartbeat=10, poll=0.05, rescue_every=0.05, batch=10, drain_timeout=1
+        )
+        core = _core.Core(the_store, name="lifecycle", queues={}, domains={}, timing=timing)
+        the_service = classes[service](core)
+        try:
+            yield Subject(
+                the_service,
+                what=f"the {the_service.name} of job engine {core.worker}",
+                usage=(
+                    "its JobEngine starts it, or use "
+                    f"'async with {type(the_service).__name__}(...)'"
+                ),
+            )
+        finally:
+            await the_service.stop("cancel")
+            await the_store.close()
+
+    return build
+
+
 COMPONENTS = [
     Component("actor-system", actor_system),
     Component("control-server", control_server),
@@ -364,6 +479,14 @@ COMPONENTS = [
         has_use=False,
         has_busy=False,
         **POSTGRES,
+    ),
+    Component("store-sqlite", store("sqlite"), has_busy=False),
+    Component("store-postgresql", store("postgresql"), has_busy=False, **POSTGRES),
+    Component("job-engine-sqlite", job_engine("sqlite"), has_use=False),
+    Component("job-engine-postgresql", job_engine("postgresql"), has_use=False, **POSTGRES),
+    *(
+        Component(f"engine-{name}", maintenance(name), has_use=False, has_busy=False)
+        for name in ("finisher", "lease-keeper", "promoter", "queue-watcher", "rescuer")
     ),
 ]
 

@@ -424,40 +424,6 @@ def describe(plan: dict[str, Any], depth: int = 0) -> str:
 
 # -- the cases -------------------------------------------------------------------------
 
-NO_QUEUE_ORDER_INDEX = (
-    "no index serves a queue's jobs in id order: list_jobs(queue=...) without a state walks "
-    "the primary key throwing away other queues' rows (about 10% of the table for a queue "
-    "holding 1% of it), because fiefdom_jobs_list (queue, state, id) orders by state first; "
-    "needs an index such as (queue, id)"
-)
-NO_KIND_INDEX = (
-    "no index leads with kind: list_jobs(kind=...) without a queue walks the primary key "
-    "(or the table) throwing away other kinds' rows to find a rare kind; needs an index "
-    "such as (kind, id)"
-)
-NO_STATE_INDEX = (
-    "no index serves a state's jobs in id order: list_jobs(state=...) without a queue "
-    "walks the primary key throwing away other states' rows (fiefdom_jobs_list leads with "
-    "queue); needs an index such as (state, id)"
-)
-
-
-def missing_index(name: str) -> str | None:
-    """Why a listing's plan cannot be index-backed today (its case is an expected
-    failure), or None."""
-    if not name.startswith("list_jobs("):
-        return None
-    filters = set(name[len("list_jobs(") : -1].split(",")) - {""}
-    if "queue" in filters:
-        # fiefdom_jobs_list (queue, state, id): exact with a state; with a kind it reads
-        # the queue's rows and filters them (the kind itself is in no index).
-        return None if filters & {"state", "kind"} else NO_QUEUE_ORDER_INDEX
-    if "kind" in filters:
-        return NO_KIND_INDEX
-    if "state" in filters:
-        return NO_STATE_INDEX
-    return None  # the primary key, in id order
-
 
 OPERATIONS = [
     "claim",
@@ -484,9 +450,7 @@ SPECIAL = ["prune", "count_jobs"]
 
 
 def _param(name: str) -> Any:
-    reason = missing_index(name)
-    marks = [] if reason is None else [pytest.mark.xfail(strict=True, reason=reason)]
-    return pytest.param(name, id=name, marks=marks)
+    return pytest.param(name, id=name)
 
 
 def test_every_operation_is_covered(plans: Plans) -> None:

@@ -6,9 +6,9 @@ enqueuer), each in its own module."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -134,7 +134,7 @@ class JobEngine(Notifications):
         self._closed = False
         self._periodic: list[Periodic] = []
         self._stopped = anyio.Event()
-        self._stack: AsyncExitStack | None = None
+        self._task: asyncio.Task[None] | None = None
         if retention is not None:
             core.runners.setdefault("fiefdom", Runner("fiefdom", 1))
             self.register(PruneJobs, pruner(core.queries))
@@ -417,35 +417,49 @@ class JobEngine(Notifications):
         self._core.reset()
 
     async def start(self) -> None:
-        """Start serving in the background; ``await stop()`` ends it."""
+        """Start serving in the background; returns once the engine runs.
+        ``await stop()`` ends it (from any task)."""
         if self._closed or self._life.state is not State.NEW:
             self._life.begin_start()  # raises the message for this state
-        stack = AsyncExitStack()
-        tg = await stack.enter_async_context(anyio.create_task_group())
-        try:
-            await tg.start(self._serve_started)
-        except BaseException:
-            await stack.aclose()
-            raise
-        self._stack = stack
+        loop = asyncio.get_running_loop()
+        started: asyncio.Future[None] = loop.create_future()
 
-    async def _serve_started(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        await self.serve(lambda: task_status.started())
+        def on_started() -> None:
+            if not started.done():
+                started.set_result(None)
+
+        # The engine runs in a task it owns (not in a task group of the caller), so
+        # that stop() may be called from any task; stop() always waits for it.
+        self._task = task = loop.create_task(self.serve(on_started), name=self.path)
+        try:
+            await asyncio.wait({started, task}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            # The caller gave up while the engine started: nothing may run on.
+            with anyio.CancelScope(shield=True):
+                await self.stop("cancel")
+            raise
+        if not started.done():
+            started.cancel()
+            self._task = None
+            task.result()  # serve() ended before it ran: raise why
 
     async def stop(self, mode: StopMode = "drain") -> None:
-        """Stop (see ``request_stop`` for the modes) and wait until stopped. On an
-        engine that was never started it returns at once."""
-        if self._life.state is State.NEW:
+        """Stop (see ``request_stop`` for the modes) and wait until stopped; raises
+        what made the engine fail, if anything did. On an engine that was never
+        started it returns at once."""
+        if self._life.state is State.NEW and self._task is None:
             self._life.begin_stop()
             return
         self.request_stop(mode)
-        if self._life.state is State.STOPPED:
+        task, self._task = self._task, None
+        if task is None:
+            if self._life.state is not State.STOPPED:
+                await self._stopped.wait()
             return
-        stack, self._stack = self._stack, None
-        if stack is not None:
-            await stack.aclose()
-        else:
-            await self._stopped.wait()
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
 
     async def __aenter__(self) -> JobEngine:
         await self.start()
@@ -456,12 +470,8 @@ class JobEngine(Notifications):
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
-        self.request_stop("drain")
-        stack, self._stack = self._stack, None
-        if stack is None:
-            return None
-        return bool(await stack.__aexit__(exc_type, exc, tb))
+    ) -> None:
+        await self.stop("drain")
 
     def __repr__(self) -> str:
         return f"<JobEngine {self.worker} {self._life.state}>"

@@ -24,7 +24,7 @@ from ._jobs import (
     prepare,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The schema version this code reads and writes."""
 
 
