@@ -187,7 +187,7 @@ class Daemon:
         return {
             "store": store_ok,
             "schema": schema_ok,
-            "jobs": self.jobs_adapter.running or not self.config.jobs.enabled,
+            "jobs": self.jobs_adapter.healthy or not self.config.jobs.enabled,
             "accepting": not self._draining,
         }
 

@@ -149,6 +149,12 @@ class JobsAdapter:
         return self.engine is not None and self.engine.state is State.RUNNING
 
     @property
+    def healthy(self) -> bool:
+        """Whether the engine runs and its last claim and outcome write reached the
+        store (``/readyz``'s ``jobs`` check: false during a database outage)."""
+        return self.engine is not None and self.engine.healthy
+
+    @property
     def service(self) -> JobsAdapter | None:
         return self if self.store is not None else None
 
@@ -179,6 +185,7 @@ class JobsAdapter:
                 await engine.pause(name)
         self._unsubscribe = engine.subscribe(self._on_event)
         self.engine = engine
+        self.metrics.engine = engine
         self._service = EngineService(engine)
         return self._service
 

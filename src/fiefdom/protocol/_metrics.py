@@ -11,6 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..actors import ActorStatistics, DomainStatistics
+from ..jobs import JobEngine
 from ..supervisors import ActorSystem, ServiceStatistics, SupervisorStatistics
 from ._replies import QueueInfo
 
@@ -89,6 +90,18 @@ class _TreeCollector(Collector):
         for tag, count in sorted(self._metrics.frames.items()):
             frames.add_metric([tag], count)
         yield frames
+        engine = self._metrics.engine
+        if engine is not None:
+            stats = engine.statistics()
+            failing = GaugeMetricFamily(
+                "fiefdom_engine_failing",
+                "Consecutive failed store operations of the job engine (0 when working), "
+                "by operation",
+                labels=["operation"],
+            )
+            failing.add_metric(["claim"], stats.claim_failures)
+            failing.add_metric(["finish"], stats.finish_failures)
+            yield failing
 
 
 class ControlMetrics:
@@ -97,6 +110,7 @@ class ControlMetrics:
     def __init__(self, system: ActorSystem | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.system = system
+        self.engine: JobEngine | None = None  # set while the daemon's engine exists
         self.queues: Sequence[QueueInfo] = ()
         self.ws_connections = Gauge(
             "fiefdom_ws_connections", "Open control-channel websockets", registry=self.registry
