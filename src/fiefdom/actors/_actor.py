@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 from structlog.typing import FilteringBoundLogger
 
+from ._cell import register_default_hooks
+
 if TYPE_CHECKING:
     from ._cell import Cell
     from ._ref import ActorRef
@@ -86,3 +88,7 @@ class Actor(Generic[M]):
     async def receive(self, msg: M) -> object:
         """Handle one message; the return value is the reply to an ask."""
         raise NotImplementedError(f"{type(self).__name__} must implement receive(msg)")
+
+
+# The cell skips the base class's empty hooks; it learns which they are from here.
+register_default_hooks(Actor.on_start, Actor.on_stop)

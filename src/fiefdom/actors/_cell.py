@@ -9,7 +9,7 @@ import contextvars
 import enum
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
+from typing import Any, Generic, Literal, Protocol, TypeVar, cast
 
 import anyio
 import msgspec
@@ -18,15 +18,26 @@ from structlog.typing import FilteringBoundLogger
 
 from .._errors import ActivationFailed, ActorStopped, AskTimeout, CallCycleError, MailboxFull
 from .._lifecycle import StopMode as StopMode
-from ._envelope import DONE, QUEUED, RUNNING, Ask
+from ._envelope import DONE, QUEUED, RUNNING, Ask, AskHost
 from ._mailbox import EMPTY, Mailbox
 from ._message import Invoke, Request
 
-if TYPE_CHECKING:
-    from ._actor import Actor
-
 M = TypeVar("M")
+M_contra = TypeVar("M_contra", contravariant=True)
 R = TypeVar("R")
+
+
+class Hosted(Protocol[M_contra]):
+    """What a cell runs: an ``Actor`` (defined above the cell, in ``_actor``)."""
+
+    _fiefdom_cell: Any
+
+    async def on_start(self) -> None: ...
+
+    async def on_stop(self) -> None: ...
+
+    async def receive(self, msg: M_contra) -> object: ...
+
 
 DEFAULT_CAPACITY = 1000
 DEFAULT_ASK_TIMEOUT = 5.0
@@ -121,7 +132,7 @@ class Cell(Generic[M]):
 
     def __init__(
         self,
-        factory: Callable[[], Actor[M]],
+        factory: Callable[[], Hosted[M]],
         path: str,
         *,
         key: object = None,
@@ -133,7 +144,7 @@ class Cell(Generic[M]):
         self.key = key
         self.mailbox = Mailbox(capacity, path)
         self.cancel_grace = cancel_grace
-        self.instance: Actor[M] | None = None
+        self.instance: Hosted[M] | None = None
         self.state = ActorState.PENDING
         self.stop_mode: StopMode | None = None
         self.paused = False
@@ -160,7 +171,7 @@ class Cell(Generic[M]):
         self._cancel_requested_at: float | None = None
         self._log: Any = None
 
-    def make_instance(self) -> Actor[M]:
+    def make_instance(self) -> Hosted[M]:
         """A fresh instance for the next incarnation (a domain's cell passes its key)."""
         return self.factory()
 
@@ -212,7 +223,7 @@ class Cell(Generic[M]):
         if running is None or running.state != RUNNING:
             # Not on behalf of a running handler (or its handler has returned, so
             # nobody waits on it): the chain starts here.
-            chain: tuple[Cell[Any], ...] = ()
+            chain: tuple[AskHost, ...] = ()
         else:
             # Asked from a handler of an ask (or a task it started): its chain and it.
             chain = (*running.chain, running.cell)
@@ -316,7 +327,7 @@ class Cell(Generic[M]):
         # No bound methods kept in locals (instance.receive, loop.time): the frame of an
         # idle actor would hold them, and the garbage collector scans each of them.
         mailbox = self.mailbox
-        instance: Actor[M] | None = None
+        instance: Hosted[M] | None = None
         end = False
         try:
             while True:
@@ -437,7 +448,7 @@ class Cell(Generic[M]):
         if self._cancelled and scope.cancelled_caught:
             self.log.warning("actor cancelled at its shutdown deadline")
 
-    async def _stop_instance(self, instance: Actor[M]) -> None:
+    async def _stop_instance(self, instance: Hosted[M]) -> None:
         # on_stop runs even when the incarnation was cancelled, within the grace period.
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.cancel_grace):
             try:
@@ -591,14 +602,16 @@ class Cell(Generic[M]):
         )
 
 
-def _default_hook(name: str) -> object:
-    from ._actor import Actor
+# The base class's own hooks, which do nothing: a cell skips calling them (a domain
+# may activate and passivate thousands of actors a second). ``Actor``'s module
+# registers them (it imports this one, never the other way round).
+_default_on_start: object = None
+_default_on_stop: object = None
 
-    return getattr(Actor, name)
 
-
-_default_on_start = _default_hook("on_start")
-_default_on_stop = _default_hook("on_stop")
+def register_default_hooks(on_start: object, on_stop: object) -> None:
+    global _default_on_start, _default_on_stop
+    _default_on_start, _default_on_stop = on_start, on_stop
 
 
 def _describe(msg: object) -> str:

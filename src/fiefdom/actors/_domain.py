@@ -38,7 +38,7 @@ from ._cell import (
 from ._events import ActorCrashed, ActorRestarted, EventBus
 from ._mailbox import MailboxClosed
 from ._message import Request
-from ._ref import ActorRef, KeyRef
+from ._ref import ActorRef
 
 K = TypeVar("K", bound=Hashable)
 M = TypeVar("M")
@@ -566,3 +566,58 @@ class Domain(Generic[K, M]):
 
     def __repr__(self) -> str:
         return f"<Domain {self.path} live={self._live}>"
+
+
+class KeyRef(ActorRef[M]):
+    """A ref to a domain key: each message goes to the key's current activation."""
+
+    __slots__ = ("_domain", "_key")
+
+    def __init__(self, domain: Domain[Any, M], key: Any) -> None:
+        self._domain = domain
+        self._key = key
+
+    @property
+    def path(self) -> str:
+        return f"{self._domain.path}/{self._key}"
+
+    def _cell(self) -> Cell[M]:
+        return self._domain._deliverable_cell(self._key)
+
+    async def tell(self, msg: M) -> None:
+        await self._domain.tell(self._key, msg)
+
+    def tell_nowait(self, msg: M) -> None:
+        self._domain.tell_nowait(self._key, msg)
+
+    async def ask(self, msg: Request[R], *, timeout: float | None = DEFAULT_ASK_TIMEOUT) -> R:
+        return await self._domain.ask(self._key, msg, timeout=timeout)
+
+    async def stop(self) -> None:
+        await self._domain.passivate(self._key)
+
+    def pause(self) -> None:
+        """Pause the key: its live activation, and the next ones until resumed."""
+        self._domain.pause_key(self._key)
+
+    def resume(self) -> None:
+        self._domain.resume_key(self._key)
+
+    @property
+    def paused(self) -> bool:
+        # Asked of the domain: a key without a live activation is not activated for it.
+        return self._domain.is_paused(self._key)
+
+    def statistics(self) -> ActorStatistics:
+        stats = self._domain.key_statistics(self._key)
+        if stats is None:
+            raise LookupError(f"{self.path} has no live activation")
+        return stats
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, KeyRef) and other._domain is self._domain and other._key == self._key
+        )
+
+    def __hash__(self) -> int:
+        return hash((id(self._domain), self._key))

@@ -4,12 +4,36 @@ timer, and whether its running handler was cancelled."""
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Literal, Protocol
 
 import anyio
 
-if TYPE_CHECKING:
-    from ._cell import Cell
+
+class _Discards(Protocol):
+    def discard(self, item: Ask) -> None: ...
+
+
+class AskHost(Protocol):
+    """What an ask needs of the cell it was sent to (``Cell``, defined above the
+    envelope, implements it)."""
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def mailbox(self) -> _Discards: ...
+
+    @property
+    def cancel_grace(self) -> float: ...
+
+    def queued_ask_removed(self) -> None: ...
+
+    def cancel_running(self, ask: Ask) -> None: ...
+
+    def timeout_error(
+        self, ask: Ask, phase: Literal["queued", "running"], *, handler_exited: bool = True
+    ) -> BaseException: ...
+
 
 QUEUED = 0
 RUNNING = 1
@@ -32,10 +56,10 @@ class Ask:
 
     def __init__(
         self,
-        cell: Cell[Any],
+        cell: AskHost,
         msg: object,
         future: asyncio.Future[object],
-        chain: tuple[Cell[Any], ...],
+        chain: tuple[AskHost, ...],
         timeout: float | None,
     ) -> None:
         self.cell = cell

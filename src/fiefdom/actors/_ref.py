@@ -5,13 +5,10 @@ current activation (activating it when needed)."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 from ._cell import DEFAULT_ASK_TIMEOUT, ActorStatistics, Cell
 from ._message import Invoke, Request
-
-if TYPE_CHECKING:
-    from ._domain import Domain
 
 M = TypeVar("M")
 R = TypeVar("R")
@@ -51,7 +48,7 @@ class ActorRef(Generic[M]):
     ) -> R:
         """Run ``fn(actor_instance)`` inside the actor's turn, serialised with its
         messages; deadlines and caller cancellation behave exactly as for ``ask``."""
-        return await self.ask(Invoke(fn, name or _name_of(fn)), timeout=timeout)
+        return await self.ask(Invoke(fn, name or name_of(fn)), timeout=timeout)
 
     async def stop(self) -> None:
         """Stop the actor after it has handled what is already in its mailbox (a
@@ -122,60 +119,5 @@ class CellRef(ActorRef[M]):
         return id(self._target)
 
 
-class KeyRef(ActorRef[M]):
-    """A ref to a domain key: each message goes to the key's current activation."""
-
-    __slots__ = ("_domain", "_key")
-
-    def __init__(self, domain: Domain[Any, M], key: Any) -> None:
-        self._domain = domain
-        self._key = key
-
-    @property
-    def path(self) -> str:
-        return f"{self._domain.path}/{self._key}"
-
-    def _cell(self) -> Cell[M]:
-        return self._domain._deliverable_cell(self._key)
-
-    async def tell(self, msg: M) -> None:
-        await self._domain.tell(self._key, msg)
-
-    def tell_nowait(self, msg: M) -> None:
-        self._domain.tell_nowait(self._key, msg)
-
-    async def ask(self, msg: Request[R], *, timeout: float | None = DEFAULT_ASK_TIMEOUT) -> R:
-        return await self._domain.ask(self._key, msg, timeout=timeout)
-
-    async def stop(self) -> None:
-        await self._domain.passivate(self._key)
-
-    def pause(self) -> None:
-        """Pause the key: its live activation, and the next ones until resumed."""
-        self._domain.pause_key(self._key)
-
-    def resume(self) -> None:
-        self._domain.resume_key(self._key)
-
-    @property
-    def paused(self) -> bool:
-        # Asked of the domain: a key without a live activation is not activated for it.
-        return self._domain.is_paused(self._key)
-
-    def statistics(self) -> ActorStatistics:
-        stats = self._domain.key_statistics(self._key)
-        if stats is None:
-            raise LookupError(f"{self.path} has no live activation")
-        return stats
-
-    def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, KeyRef) and other._domain is self._domain and other._key == self._key
-        )
-
-    def __hash__(self) -> int:
-        return hash((id(self._domain), self._key))
-
-
-def _name_of(fn: Callable[..., object]) -> str:
+def name_of(fn: Callable[..., object]) -> str:
     return getattr(fn, "__qualname__", None) or type(fn).__name__
