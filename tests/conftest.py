@@ -75,15 +75,38 @@ def pytest_report_header(config: pytest.Config) -> str:
 # -- the guard ---------------------------------------------------------------------------
 
 
-def _runner_of(request: pytest.FixtureRequest) -> asyncio.Runner | None:
-    """The asyncio.Runner whose loop runs this test (pytest-asyncio adds its fixture to
-    the test's fixtures before setting it up), or None for a synchronous test."""
+def _runner_name(request: pytest.FixtureRequest) -> str | None:
+    """The name of the fixture holding the asyncio.Runner whose loop runs this test
+    (pytest-asyncio adds it to the test's fixtures before setting them up), or None for a
+    synchronous test."""
     names = [n for n in request.fixturenames if n.endswith("_scoped_runner")]
-    if not names:
-        return None
-    runner = request.getfixturevalue(names[0])
-    assert isinstance(runner, asyncio.Runner)
-    return runner
+    return names[0] if names else None
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_resources(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the test if it leaves a file descriptor (a socket, a SQLite file...), a child
+    process or a PostgreSQL connection open once its fixtures and its event loop are closed.
+
+    It is set up before the test's other function fixtures and torn down after them, the
+    test's own runner included: what the loop owns (its selector, uvloop's /dev/null for
+    spawning) is closed with it, and whatever is still open is the test's."""
+    if request.node.get_closest_marker("postgres") is not None:
+        # A session fixture set up mid-test would look like the test's own resources.
+        request.getfixturevalue("postgres_server")
+    runner = _runner_name(request)
+    if runner is not None and runner != "_function_scoped_runner":
+        # A loop that outlives the test is set up first, so its resources are not the test's.
+        request.getfixturevalue(runner)
+    postgres = request.config.stash.get(_POSTGRES_WATCH, None)
+    before = Snapshot.take(postgres)
+    yield
+    left = wait_for_release(
+        before, postgres, grace=LEAK_GRACE, poll=lambda: time.sleep(0.01), clock=time.monotonic
+    )
+    if not left.empty():
+        report = left.report(postgres.database if postgres is not None else None)
+        pytest.fail("test left resources behind:\n" + "\n".join(report), pytrace=False)
 
 
 def _name(task: asyncio.Task[object]) -> str:
@@ -91,47 +114,28 @@ def _name(task: asyncio.Task[object]) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fail the test if it leaves an asyncio task running (GUARANTEES 004/4), or a file
-    descriptor, child process or PostgreSQL connection open, once its fixtures are done.
+def _no_leaked_tasks(request: pytest.FixtureRequest, _no_leaked_resources: None) -> Iterator[None]:
+    """Fail the test if it leaves an asyncio task running (GUARANTEES 004/4) once its
+    fixtures are done.
 
-    Autouse and function-scoped, it is set up before the test's other function fixtures and
-    torn down after them; it asks for the test's runner itself, so the runner's loop (the
-    test's loop) is still open when it looks."""
-    if request.node.get_closest_marker("postgres") is not None:
-        # A session fixture set up mid-test would look like the test's own resources.
-        request.getfixturevalue("postgres_server")
-    postgres = request.config.stash.get(_POSTGRES_WATCH, None)
-    runner = _runner_of(request)
-    if runner is not None:
-        # A loop opens some descriptors the first time it runs (uvloop's signal socketpair):
-        # they belong to the loop, not to the test.
-        runner.run(asyncio.sleep(0))
-        tasks_before = asyncio.all_tasks(runner.get_loop())
-    before = Snapshot.take(postgres)
+    It asks for the test's runner itself, so it is torn down before the runner closes the
+    loop: it sees the test's loop (asyncio's or uvloop's) with whatever still runs on it."""
+    name = _runner_name(request)
+    if name is None:
+        yield
+        return
+    runner = request.getfixturevalue(name)
+    assert isinstance(runner, asyncio.Runner)
+    loop = runner.get_loop()
+    before = asyncio.all_tasks(loop)
     yield
-    problems = []
-    if runner is not None:
-        loop = runner.get_loop()
-        leaked = [t for t in asyncio.all_tasks(loop) if t not in tasks_before]
-        if leaked:
-            problems.append(f"{len(leaked)} task(s) left running:")
-            problems += [f"  {_name(t)}" for t in leaked]
-            for task in leaked:
-                task.cancel()
-            runner.run(asyncio.wait(leaked))
-
-        def tick() -> None:
-            runner.run(asyncio.sleep(0.01))
-    else:
-
-        def tick() -> None:
-            time.sleep(0.01)
-
-    left = wait_for_release(before, postgres, grace=LEAK_GRACE, tick=tick, clock=time.monotonic)
-    problems += left.report(postgres.database if postgres is not None else None)
-    if problems:
-        pytest.fail("test left resources behind:\n" + "\n".join(problems), pytrace=False)
+    leaked = [t for t in asyncio.all_tasks(loop) if t not in before]
+    if leaked:
+        for task in leaked:
+            task.cancel()
+        runner.run(asyncio.wait(leaked))
+        names = "\n".join(f"  {_name(t)}" for t in leaked)
+        pytest.fail(f"test left {len(leaked)} task(s) running:\n{names}", pytrace=False)
 
 
 # -- PostgreSQL --------------------------------------------------------------------------

@@ -204,16 +204,15 @@ def wait_for_release(
     postgres: PostgresWatch | None,
     *,
     grace: float,
-    tick: Callable[[], None],
+    poll: Callable[[], None],
     clock: Callable[[], float],
 ) -> Snapshot:
     """What is still new since `before` once everything the test let go of is gone, or at
-    the deadline. An event loop closes transports on a later iteration, a killed process is
-    reaped by a watcher and a server backend exits a moment after its client hung up: `tick`
-    lets those happen (it runs the test's loop when there is one)."""
+    the deadline: a server backend exits a moment after its client hung up, and a child
+    that has exited is reaped by a watcher thread. `poll` waits a little between looks."""
     deadline = clock() + grace
     while True:
         leaked = Snapshot.take(postgres).new_since(before)
         if leaked.empty() or clock() >= deadline:
             return leaked
-        tick()
+        poll()
