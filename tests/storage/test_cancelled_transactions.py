@@ -10,6 +10,7 @@ import asyncio
 import random
 
 import anyio
+import pytest
 
 from fiefdom.storage import Job, JobOptions, JobState, Lease, Store, engine_queries
 
@@ -84,3 +85,15 @@ async def test_scope_cancelled_operations_never_wedge_the_store(store: Store) ->
         with anyio.move_on_after(rng.choice([0, 0.0001, 0.001, 0.005])):
             await _operation(store, i)
     await _usable(store)
+
+
+@pytest.mark.dialect("postgres")
+async def test_an_applications_session_settings_never_leak_to_other_users(store: Store) -> None:
+    """A SET in an application's transaction is reset when its connection goes back to
+    the pool (the store skips that reset only after its own statements)."""
+    async with store.transaction() as tx:
+        await tx.execute("SET application_name = 'leaked'")
+    for _ in range(20):
+        await store.count_jobs()  # the store's own statements, on any pooled connection
+        async with store.transaction() as tx:
+            assert await tx.fetchval("SELECT current_setting('application_name')") != "leaked"

@@ -149,9 +149,7 @@ _JOB_INDEXES = {
     "fiefdom_jobs_unique",
     "fiefdom_jobs_finished",
     "fiefdom_jobs_list",
-    "fiefdom_jobs_list_queue",
     "fiefdom_jobs_list_state",
-    "fiefdom_jobs_list_kind",
 }
 
 # Per backend and table; primary keys included (SQLite's INTEGER PRIMARY KEY is the

@@ -303,6 +303,49 @@ class JobInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     damaged: str | None = None
 
 
+def list_jobs_query(
+    columns: str,
+    *,
+    queue: str | None,
+    state: JobState | None,
+    kind: str | None,
+    after_id: int,
+    limit: int,
+    placeholder: Callable[[int], str],
+) -> tuple[str, list[object]]:
+    """The listing statement of both dialects (``placeholder(n)`` writes parameter
+    ``n``) and its parameters: jobs after ``after_id`` in id order, each filter
+    backed by an index. Without a state, a queue or kind filter reads one range per
+    state, merged in id order: of (queue, state, id), or of (state, id) filtered by
+    kind (no index leads with the kind: each would cost every state change a write)."""
+    args: list[object] = []
+
+    def param(value: object) -> str:
+        args.append(value)
+        return placeholder(len(args))
+
+    where = [f"id > {param(after_id)}"]
+    if queue is not None:
+        where.append(f"queue = {param(queue)}")
+    if kind is not None:
+        where.append(f"kind = {param(kind)}")
+    cap = param(limit)
+    if state is not None:
+        where.append(f"state = {param(state.value)}")
+    if state is not None or (queue is None and kind is None):
+        return (
+            f"SELECT {columns} FROM fiefdom_jobs WHERE {' AND '.join(where)} "
+            f"ORDER BY id LIMIT {cap}",
+            args,
+        )
+    arms = " UNION ALL ".join(
+        f"SELECT * FROM (SELECT {columns} FROM fiefdom_jobs WHERE {' AND '.join(where)} "
+        f"AND state = '{s.value}' ORDER BY id LIMIT {cap}) AS s{i}"
+        for i, s in enumerate(JobState)
+    )
+    return f"SELECT * FROM ({arms}) AS u ORDER BY 1 LIMIT {cap}", args
+
+
 _errors_decoder = msgspec.json.Decoder(list[AttemptError])
 _EPOCH = datetime.fromtimestamp(0, UTC)
 _LATEST = datetime.max.replace(tzinfo=UTC)

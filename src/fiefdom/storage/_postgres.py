@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
 import anyio
 import asyncpg
@@ -30,6 +30,7 @@ from ._jobs import (
     NewJob,
     QueueCount,
     job_info,
+    list_jobs_query,
     state_bit_sql,
     unique_key_after,
 )
@@ -81,6 +82,26 @@ def _safe_url(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+class _PooledConnection(asyncpg.Connection):
+    """A pooled connection that skips asyncpg's session reset on release (advisory
+    unlock, CLOSE ALL, UNLISTEN, RESET ALL: a round trip on every release) unless an
+    application's transaction ran on it. The store's own statements leave no session
+    state: no SET, no session advisory lock, no cursor, no LISTEN (notifications have
+    a connection of their own). An open transaction is rolled back on release either
+    way (asyncpg always does that)."""
+
+    _fiefdom_reset = False
+
+    def needs_reset(self) -> None:
+        self._fiefdom_reset = True
+
+    def get_reset_query(self) -> str:
+        if self._fiefdom_reset:
+            self._fiefdom_reset = False
+            return str(super().get_reset_query())
+        return ""
 
 
 class _PostgresTransaction(Transaction):
@@ -152,10 +173,12 @@ async def restore_keys(conn: Conn, ids: Sequence[int]) -> set[int]:
 
 
 _JOB_COLUMNS = (
-    "id, kind, queue, state, priority, args::text, domain_key, attempt, max_attempts, "
-    "errors::text, worker, cancel_requested, extract(epoch FROM created_at)::float8, "
-    "extract(epoch FROM run_at)::float8, extract(epoch FROM attempted_at)::float8, "
-    "extract(epoch FROM finished_at)::float8"
+    "id, kind, queue, state, priority, args::text AS args, domain_key, attempt, "
+    "max_attempts, errors::text AS errors, worker, cancel_requested, "
+    "extract(epoch FROM created_at)::float8 AS created_at, "
+    "extract(epoch FROM run_at)::float8 AS run_at, "
+    "extract(epoch FROM attempted_at)::float8 AS attempted_at, "
+    "extract(epoch FROM finished_at)::float8 AS finished_at"
 )
 
 
@@ -179,7 +202,12 @@ class PostgresStore(Store):
 
     async def _connect(self) -> None:
         try:
-            self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._pool_size)
+            self._pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=1,
+                max_size=self._pool_size,
+                connection_class=_PooledConnection,
+            )
         except _DRIVER_ERRORS as exc:
             raise _wrap(exc, self.url) from exc
 
@@ -227,8 +255,13 @@ class PostgresStore(Store):
         return result
 
     @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[_PostgresTransaction]:
+    async def _tx(self, *, application: bool = False) -> AsyncIterator[_PostgresTransaction]:
         async with self._acquire() as conn:
+            if application:
+                # Its statements are the application's (a SET, say): reset the session
+                # when the connection goes back to the pool.
+                # (The pool's proxy forwards to its _PooledConnection.)
+                cast(_PooledConnection, conn).needs_reset()
             try:
                 transaction = conn.transaction()
                 await transaction.start()
@@ -256,7 +289,7 @@ class PostgresStore(Store):
         self._mark(True)
 
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
-        return self._tx()
+        return self._tx(application=True)
 
     # -- migrations ------------------------------------------------------------------
 
@@ -372,16 +405,14 @@ class PostgresStore(Store):
         after_id: int = 0,
         limit: int = 100,
     ) -> list[JobInfo]:
-        where = ["id > $1"]
-        args: list[object] = [after_id]
-        for column, value in (("queue", queue), ("state", state), ("kind", kind)):
-            if value is not None:
-                args.append(str(value))
-                where.append(f"{column} = ${len(args)}")
-        args.append(limit)
-        sql = (
-            f"SELECT {_JOB_COLUMNS} FROM fiefdom_jobs WHERE {' AND '.join(where)} "
-            f"ORDER BY id LIMIT ${len(args)}"
+        sql, args = list_jobs_query(
+            _JOB_COLUMNS,
+            queue=queue,
+            state=state,
+            kind=kind,
+            after_id=after_id,
+            limit=limit,
+            placeholder=lambda n: f"${n}",
         )
         rows = await self._run(lambda conn: conn.fetch(sql, *args))
         return [job_info(r) for r in rows]

@@ -30,6 +30,7 @@ from ._jobs import (
     NewJob,
     QueueCount,
     job_info,
+    list_jobs_query,
     state_bit_sql,
     unique_key_after,
 )
@@ -470,19 +471,17 @@ class SQLiteStore(Store):
         after_id: int = 0,
         limit: int = 100,
     ) -> list[JobInfo]:
-        where = ["id > ?"]
-        args: list[object] = [after_id]
-        for column, value in (("queue", queue), ("state", state), ("kind", kind)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(str(value))
-        args.append(limit)
+        sql, args = list_jobs_query(
+            _JOB_COLUMNS,
+            queue=queue,
+            state=state,
+            kind=kind,
+            after_id=after_id,
+            limit=limit,
+            placeholder=lambda n: f"?{n}",
+        )
         async with self._read() as tx:
-            rows = await tx.raw(
-                f"SELECT {_JOB_COLUMNS} FROM fiefdom_jobs WHERE {' AND '.join(where)} "
-                "ORDER BY id LIMIT ?",
-                args,
-            )
+            rows = await tx.raw(sql, args)
         return [job_info(r) for r in rows]
 
     async def count_jobs(self) -> list[QueueCount]:

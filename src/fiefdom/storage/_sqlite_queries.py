@@ -30,7 +30,8 @@ CLAIM_SQL = (
     "lease_token = lease_token + 1, worker = ?1, attempted_at = ?2, "
     "lease_expires_at = ?3, "
     f"{unique_key_after(STATE_BITS[JobState.RUNNING])} "
-    "WHERE id IN (SELECT id FROM fiefdom_jobs WHERE state = 'available' "
+    "WHERE id IN (SELECT id FROM fiefdom_jobs INDEXED BY fiefdom_jobs_claim "
+    "WHERE state = 'available' "
     "AND queue = ?4 ORDER BY priority, run_at, id LIMIT ?5) "
     "RETURNING id, kind, queue, args, attempt, max_attempts, lease_token, "
     "domain_key, priority, ?2 - run_at"
@@ -92,7 +93,8 @@ class SQLiteQueries(EngineQueries):
                 "FROM (SELECT value ->> 0 AS id, value ->> 1 AS token, value ->> 2 AS state, "
                 "value ->> 3 AS delay, value ->> 4 AS refund, value ->> 5 AS error, "
                 "value ->> 6 AS bit FROM json_each(?2)) AS d "
-                "WHERE j.id = d.id AND j.lease_token = d.token AND j.state = 'running' "
+                # +j.state: look each job up by id, never walk every running job.
+                "WHERE j.id = d.id AND j.lease_token = d.token AND +j.state = 'running' "
                 "RETURNING id, queue, state",
                 (now, batch),
             )
@@ -108,7 +110,7 @@ class SQLiteQueries(EngineQueries):
         batch = msgspec.json.encode([(x.job_id, x.token) for x in leases]).decode()
         async with self._sqlite._tx() as tx:
             rows = await tx.raw(
-                "UPDATE fiefdom_jobs SET lease_expires_at = ? WHERE state = 'running' AND "
+                "UPDATE fiefdom_jobs SET lease_expires_at = ? WHERE +state = 'running' AND "
                 "(id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?)) "
                 "RETURNING id, cancel_requested",
                 (time.time() + lease, batch),
@@ -119,7 +121,9 @@ class SQLiteQueries(EngineQueries):
         async with self._sqlite._tx() as tx:
             now = time.time()  # once the write lock is held (see claim)
             rows = await tx.raw(
-                "UPDATE fiefdom_jobs SET "
+                # INDEXED BY: SQLite has no statistics to prefer the partial index
+                # of running jobs by lease expiry over the listing's (state, id).
+                "UPDATE fiefdom_jobs INDEXED BY fiefdom_jobs_lease SET "
                 f"state = {RESCUED_STATE_SQL}, "
                 "finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts "
                 "THEN ?1 END, run_at = ?1, lease_expires_at = NULL, worker = NULL, "
@@ -147,7 +151,8 @@ class SQLiteQueries(EngineQueries):
             rows = await tx.raw(
                 "UPDATE fiefdom_jobs SET state = 'available', "
                 f"{unique_key_after(STATE_BITS[JobState.AVAILABLE])} "
-                "WHERE id IN (SELECT id FROM fiefdom_jobs WHERE state IN "
+                "WHERE id IN (SELECT id FROM fiefdom_jobs INDEXED BY fiefdom_jobs_due "
+                "WHERE state IN "
                 "('scheduled', 'retryable') AND run_at <= ? ORDER BY run_at LIMIT 1000) "
                 "RETURNING id, queue",
                 (now,),
