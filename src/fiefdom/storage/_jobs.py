@@ -579,9 +579,12 @@ def prepare(
     prio = opts.priority if priority is None else priority
     if not -32768 <= prio <= 32767:
         raise ValueError(f"enqueue(priority=...) must fit in 16 bits, got {prio}")
-    q = opts.queue if queue is None else queue
-    if not isinstance(q, str) or not 1 <= len(q) <= 200:
-        raise ValueError(f"enqueue(queue=...) must be a name of 1-200 characters, got {q!r}")
+    if queue is None:
+        q = opts.queue  # checked by JobOptions
+    elif isinstance(queue, str) and 1 <= len(queue) <= 200:
+        q = queue
+    else:
+        raise ValueError(f"enqueue(queue=...) must be a name of 1-200 characters, got {queue!r}")
     try:
         args = _encoder.encode(job)
     except UnicodeEncodeError as exc:
@@ -589,7 +592,7 @@ def prepare(
             f"the arguments of a {opts.kind} job hold text that is not valid Unicode "
             f"(a lone surrogate at position {exc.start}): encode bytes as base64 or hex"
         ) from None
-    if _NUL_ESCAPE.search(args):
+    if b"\\u0000" in args and _NUL_ESCAPE.search(args):
         # PostgreSQL's jsonb cannot hold NUL; refused on both dialects alike.
         raise ValueError(
             f"the arguments of a {opts.kind} job contain a NUL character (\\u0000), "
