@@ -1,0 +1,249 @@
+"""Helpers of the chaos suite: waiting on conditions under a hang guard, a daemon
+configuration on either dialect, a bare websocket client that can vanish at any byte,
+and a private PostgreSQL instance the tests may stop and start."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import glob
+import json
+import math
+import os
+import pwd
+import shutil
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import anyio
+import pytest
+from daemon_harness import write_config
+
+# How long a condition may take before the test calls it a hang. Generous on purpose:
+# the suite asserts that progress happens, never how fast.
+HANG_GUARD = 60.0
+
+
+async def wait_until(
+    condition: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    *,
+    timeout: float = HANG_GUARD,
+    what: str = "the condition",
+    poll: float = 0.01,
+) -> float:
+    """Poll ``condition`` until true and return how long that took; fail naming
+    ``what`` after ``timeout`` seconds."""
+    start = time.monotonic()
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+        await anyio.sleep(poll)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` percentile (0-100) of ``values`` by the nearest-rank method."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
+
+
+def daemon_config(folder: Path, store_url: str | None, *, concurrency: int = 10) -> Path:
+    """A test daemon's configuration on ``store_url`` (None: SQLite in its data folder)
+    hosting the test app, polling its queue often."""
+    store = "" if store_url is None else f"[store]\nurl = {json.dumps(store_url)}\n"
+    return write_config(
+        folder,
+        extra=f"{store}\n[jobs]\npoll_interval = 0.1\n"
+        f"[jobs.queues.default]\nconcurrency = {concurrency}\n",
+    )
+
+
+# -- a websocket client that can disappear at any instant -----------------------------
+
+
+def ws_frame(payload: bytes, *, binary: bool = False) -> bytes:
+    """One masked client frame (RFC 6455), FIN set."""
+    opcode = 0x2 if binary else 0x1
+    head = bytes([0x80 | opcode])
+    n = len(payload)
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 1 << 16:
+        head += bytes([0x80 | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return head + mask + masked
+
+
+class RawWebSocket:
+    """A websocket spoken by hand over a TCP stream, so that a test can send half a
+    frame, or leave without a closing handshake (with a FIN, or a RST)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, url: str, token: str) -> RawWebSocket:
+        host, _, port = url.removeprefix("http://").partition(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            (
+                f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n"
+            ).encode()
+        )
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except BaseException:
+            writer.transport.abort()
+            raise
+        if not head.startswith(b"HTTP/1.1 101"):
+            writer.transport.abort()
+            raise ConnectionError(f"upgrade refused: {head.splitlines()[0]!r}")
+        return cls(reader, writer)
+
+    def send(self, frame: dict[str, object]) -> None:
+        self.writer.write(ws_frame(json.dumps(frame).encode()))
+
+    def send_bytes(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def read_frame(self) -> bytes:
+        """The payload of the next server frame (servers do not mask)."""
+        _, second = await self.reader.readexactly(2)
+        n = second & 0x7F
+        if n == 126:
+            (n,) = struct.unpack("!H", await self.reader.readexactly(2))
+        elif n == 127:
+            (n,) = struct.unpack("!Q", await self.reader.readexactly(8))
+        return await self.reader.readexactly(n)
+
+    def vanish(self, *, reset: bool) -> None:
+        """Leave at once: no closing handshake; ``reset`` sends a RST instead of a FIN."""
+        sock = self.writer.get_extra_info("socket")
+        if reset and sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.writer.transport.abort()
+
+
+# -- a private PostgreSQL instance ---------------------------------------------------
+
+
+def postgres_bindir() -> Path | None:
+    """The folder holding initdb and pg_ctl: ``pg_config --bindir``, else the newest
+    ``/usr/lib/postgresql/*/bin``."""
+    candidates: list[str] = []
+    if shutil.which("pg_config"):
+        found = subprocess.run(
+            ["pg_config", "--bindir"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        if found:
+            candidates.append(found)
+    versions = glob.glob("/usr/lib/postgresql/*/bin")
+    candidates += sorted(versions, key=lambda p: int(Path(p).parent.name), reverse=True)
+    for folder in candidates:
+        if (Path(folder) / "initdb").is_file() and (Path(folder) / "pg_ctl").is_file():
+            return Path(folder)
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the test's own (``initdb`` in a temporary folder, trust
+    authentication, a free port), which the test may stop and start at will. PostgreSQL
+    refuses to run as root: as root, every command runs as the ``postgres`` user."""
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.port = free_port()
+        # Not under pytest's tmp_path: that folder is private to the user running the
+        # tests, and the server's user must reach its data.
+        self.folder = Path(tempfile.mkdtemp(prefix="fiefdom-chaos-pg-"))
+        self.data = self.folder / "data"
+        self.log = self.folder / "server.log"
+        self.prefix: list[str] = []
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            os.chown(self.folder, user.pw_uid, user.pw_gid)
+            self.prefix = ["runuser", "-u", "postgres", "--"]
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        result = subprocess.run(
+            [*self.prefix, *args], capture_output=True, text=True, timeout=120, check=False
+        )
+        if result.returncode != 0:
+            log = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+            raise RuntimeError(
+                f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n"
+                f"{result.stderr}\n{log}"
+            )
+
+    def init(self) -> None:
+        self._run(
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        )
+
+    def start(self) -> None:
+        """Start the server and return once it accepts connections (``pg_ctl -w``)."""
+        options = (
+            f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c max_connections=50"
+        )
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.log),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server: ``fast`` ends sessions politely, ``immediate`` as a crash."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def destroy(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            # Already stopped (or never started): nothing to stop, only to remove.
+            with contextlib.suppress(RuntimeError):
+                self.stop("immediate")
+        shutil.rmtree(self.folder, ignore_errors=True)
