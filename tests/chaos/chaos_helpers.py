@@ -18,12 +18,14 @@ import struct
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import anyio
 import pytest
-from daemon_harness import write_config
+from daemon_harness import DaemonProcess, write_config
 
 # How long a condition may take before the test calls it a hang. Generous on purpose:
 # the suite asserts that progress happens, never how fast.
@@ -71,6 +73,13 @@ def daemon_config(folder: Path, store_url: str | None, *, concurrency: int = 10)
         extra=f"{store}\n[jobs]\npoll_interval = 0.1\n"
         f"[jobs.queues.default]\nconcurrency = {concurrency}\n",
     )
+
+
+def logged_errors(daemon: DaemonProcess) -> list[str]:
+    """The lines of the daemon's log at level error or above, and tracebacks."""
+    text = daemon.log_path.read_text(errors="replace")
+    marks = ("[error", "[critical", "Traceback")
+    return [line for line in text.splitlines() if any(m in line for m in marks)]
 
 
 # -- a websocket client that can disappear at any instant -----------------------------
@@ -247,3 +256,42 @@ class PrivatePostgres:
             with contextlib.suppress(RuntimeError):
                 self.stop("immediate")
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# -- a well-behaved control client ---------------------------------------------------
+
+
+class Control:
+    """A control-channel client over aiohttp's websocket: one request at a time, its
+    reply found by id (JSON text frames)."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self._next = 1
+
+    async def request(self, frame_type: str, /, **fields: object) -> dict[str, Any]:
+        frame_id = self._next
+        self._next += 1
+        await self.ws.send_json({"type": frame_type, "id": frame_id, **fields})
+        while True:
+            reply: dict[str, Any] = await self.ws.receive_json()
+            if reply.get("id") == frame_id:
+                return reply
+
+
+@contextlib.asynccontextmanager
+async def control(url: str, token: str) -> AsyncIterator[Control]:
+    """A websocket to the daemon at ``url``, authenticated by its upgrade request."""
+    headers = {"Authorization": f"Bearer {token}"}
+    async with (
+        aiohttp.ClientSession(headers=headers) as session,
+        session.ws_connect(url.replace("http://", "ws://") + "/ws") as ws,
+    ):
+        yield Control(ws)
+
+
+async def http_get(url: str, token: str) -> tuple[int, bytes]:
+    """GET ``url`` with the token; (status, body)."""
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession(headers=headers) as session, session.get(url) as response:
+        return response.status, await response.read()
