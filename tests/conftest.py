@@ -32,8 +32,9 @@ POSTGRES_URL = os.environ.get(
     "FIEFDOM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 DIALECTS = ("sqlite", "postgres")
-# How long a released resource may take to go away (a transport closed on the loop's next
-# iteration, a backend exiting after its client hung up); polled, so a clean test never waits.
+# How long a released resource may take to go away (a server backend exits a moment after
+# its client hung up, an exited child is reaped by a watcher thread); polled, so a clean test
+# does not wait for it.
 LEAK_GRACE = float(os.environ.get("FIEFDOM_TEST_LEAK_GRACE", "5"))
 _POSTGRES_WATCH = pytest.StashKey[PostgresWatch]()
 
