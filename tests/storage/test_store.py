@@ -150,6 +150,7 @@ _JOB_INDEXES = {
     "fiefdom_jobs_finished",
     "fiefdom_jobs_list",
     "fiefdom_jobs_list_state",
+    "fiefdom_jobs_running_keys",
 }
 
 # Per backend and table; primary keys included (SQLite's INTEGER PRIMARY KEY is the
@@ -189,6 +190,8 @@ EXPECTED_COLUMNS: dict[str, dict[str, dict[str, str]]] = {
             "attempted_at": "timestamp with time zone",
             "finished_at": "timestamp with time zone",
             "unique_digest": "bytea",
+            "domain": "text",
+            "partition": "smallint",
         },
         "fiefdom_queues": {
             "name": "text",
@@ -219,6 +222,8 @@ EXPECTED_COLUMNS: dict[str, dict[str, dict[str, str]]] = {
             "attempted_at": "REAL",
             "finished_at": "REAL",
             "unique_digest": "BLOB",
+            "domain": "TEXT",
+            "partition": "INTEGER",
         },
         "fiefdom_queues": {
             "name": "TEXT",

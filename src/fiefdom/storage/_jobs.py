@@ -10,6 +10,7 @@ import hashlib
 import math
 import random
 import re
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
@@ -45,6 +46,17 @@ DEFAULT_UNIQUE_STATES = frozenset(
         JobState.COMPLETED,
     }
 )
+
+
+PARTITIONS = 256
+"""Domain keys hash to this many partitions (fixed when the store is created); a node
+owns a partition, and so every key in it, through a lease in the store."""
+
+
+def partition_of(key: object) -> int:
+    """The partition of a domain key: a stable hash of its text (the same in every
+    process and release, unlike Python's salted ``hash``)."""
+    return zlib.crc32(str(key).encode("utf-8", "surrogatepass")) % PARTITIONS
 
 
 def state_bit_sql(column: str) -> str:
@@ -464,6 +476,8 @@ class ClaimedJob(msgspec.Struct, kw_only=True, gc=False):
     key: str | None
     priority: int
     queued_for: float = 0.0  # seconds from run_at to the claim (the store's clock)
+    domain: str | None = None
+    partition: int | None = None
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> ClaimedJob:
@@ -479,6 +493,8 @@ class ClaimedJob(msgspec.Struct, kw_only=True, gc=False):
             key=row[7],
             priority=row[8],
             queued_for=max(0.0, row[9]),
+            domain=row[10],
+            partition=row[11],
         )
 
 
@@ -526,6 +542,8 @@ class NewJob:
     unique_key: bytes | None  # set while the job's state counts (the unique index)
     unique_states: int
     unique_digest: bytes | None = None  # the key itself, kept in every state
+    domain: str | None = None
+    partition: int | None = None  # of the domain key (partition_of), None without one
 
 
 def prepare(
@@ -599,8 +617,10 @@ def prepare(
             "which a job's arguments cannot hold: encode binary data as base64 or hex"
         )
     key: str | None = None
+    partition: int | None = None
     if opts.key is not None:
         key = str(getattr(job, opts.key))
+        partition = partition_of(key)
     state = JobState.SCHEDULED if when is not None and when > now else JobState.AVAILABLE
     mask = 0
     if unique_key is None and opts.unique is not None:
@@ -623,6 +643,8 @@ def prepare(
         unique_key=unique_key,
         unique_states=mask,
         unique_digest=digest,
+        domain=opts.domain,
+        partition=partition,
     )
 
 

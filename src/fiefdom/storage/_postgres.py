@@ -352,12 +352,13 @@ class PostgresStore(Store):
         # The INSERT trigger notifies engines (at commit) of queues with available jobs.
         got = await conn.fetch(
             "INSERT INTO fiefdom_jobs (kind, queue, state, priority, args, domain_key, "
-            "max_attempts, unique_key, unique_states, run_at, unique_digest) "
-            "SELECT k, q, s, p, a::jsonb, dk, m, u, us, coalesce(to_timestamp(r), now()), ud "
+            "max_attempts, unique_key, unique_states, run_at, unique_digest, domain, partition) "
+            "SELECT k, q, s, p, a::jsonb, dk, m, u, us, coalesce(to_timestamp(r), now()), ud, "
+            "dn, pt "
             "FROM unnest($1::text[], $2::text[], $3::text[], $4::smallint[], $5::text[], "
             "$6::text[], $7::integer[], $8::bytea[], $9::smallint[], $10::float8[], "
-            "$11::bytea[]) "
-            "WITH ORDINALITY AS t(k, q, s, p, a, dk, m, u, us, r, ud, ord) ORDER BY ord "
+            "$11::bytea[], $12::text[], $13::smallint[]) "
+            "WITH ORDINALITY AS t(k, q, s, p, a, dk, m, u, us, r, ud, dn, pt, ord) ORDER BY ord "
             "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING "
             "RETURNING id, unique_key",
             [r.kind for r in rows],
@@ -371,6 +372,8 @@ class PostgresStore(Store):
             [r.unique_states for r in rows],
             [r.run_at for r in rows],
             [r.unique_digest for r in rows],
+            [r.domain for r in rows],
+            [r.partition for r in rows],
         )
         inserted = [(r[0], r[1]) for r in got]
         existing: dict[bytes, int] = {}

@@ -40,18 +40,32 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("fiefdom.storage.postgres")
 
-# The claim: one statement; SKIP LOCKED lets concurrent claimers pass each other.
-# $1 queue, $2 limit, $3 worker, $4 lease seconds.
-CLAIM_SQL = (
-    "WITH picked AS (SELECT id FROM fiefdom_jobs WHERE state = 'available' "
-    "AND queue = $1 ORDER BY priority, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) "
+# The claim: one statement; SKIP LOCKED lets concurrent claimers pass each other. It
+# skips jobs of a domain key that has a job running (that job holds no worker slot
+# while it waits), and, given partitions, jobs of keys in others.
+# $1 queue, $2 limit, $3 worker, $4 lease seconds, $5 partitions.
+_CLAIM_SQL = (
+    "WITH picked AS (SELECT k.id FROM fiefdom_jobs AS k WHERE k.state = 'available' "
+    "AND k.queue = $1 {partitions}"
+    # r.id <> k.id (always true) keeps the check a probe of the running-keys index
+    # per candidate: PostgreSQL would otherwise read every running job once into a
+    # hash, which costs a claim the whole running set.
+    "AND (k.domain_key IS NULL OR NOT EXISTS (SELECT 1 FROM fiefdom_jobs AS r "
+    "WHERE r.state = 'running' AND r.domain_key IS NOT NULL "
+    "AND r.domain = k.domain AND r.domain_key = k.domain_key AND r.id <> k.id)) "
+    "ORDER BY k.priority, k.run_at, k.id LIMIT $2 FOR UPDATE SKIP LOCKED) "
     "UPDATE fiefdom_jobs AS j SET state = 'running', attempt = j.attempt + 1, "
     "lease_token = j.lease_token + 1, worker = $3, attempted_at = now(), "
     "lease_expires_at = now() + make_interval(secs => $4), "
     f"{unique_key_after(STATE_BITS[JobState.RUNNING], table='j.')} "
     "FROM picked WHERE j.id = picked.id "
     "RETURNING j.id, j.kind, j.queue, j.args::text, j.attempt, j.max_attempts, "
-    "j.lease_token, j.domain_key, j.priority, extract(epoch FROM now() - j.run_at)::float8"
+    "j.lease_token, j.domain_key, j.priority, extract(epoch FROM now() - j.run_at)::float8, "
+    "j.domain, j.partition"
+)
+CLAIM_SQL = _CLAIM_SQL.format(partitions="")
+CLAIM_OWNED_SQL = _CLAIM_SQL.format(
+    partitions="AND (k.partition IS NULL OR k.partition = ANY($5::smallint[])) "
 )
 
 
@@ -98,16 +112,24 @@ class PostgresQueries(EngineQueries):
         super().__init__(store)
         self._pg = store
 
-    async def claim(self, queue: str, limit: int, *, worker: str, lease: float) -> list[ClaimedJob]:
-        rows = await self._pg._run(
-            lambda conn: conn.fetch(
-                CLAIM_SQL,
-                queue,
-                limit,
-                worker,
-                lease,
+    async def claim(
+        self,
+        queue: str,
+        limit: int,
+        *,
+        worker: str,
+        lease: float,
+        partitions: Sequence[int] | None = None,
+    ) -> list[ClaimedJob]:
+        if partitions is None:
+            rows = await self._pg._run(
+                lambda conn: conn.fetch(CLAIM_SQL, queue, limit, worker, lease)
             )
-        )
+        else:
+            owned = sorted(partitions)
+            rows = await self._pg._run(
+                lambda conn: conn.fetch(CLAIM_OWNED_SQL, queue, limit, worker, lease, owned)
+            )
         return [ClaimedJob.from_row(r) for r in rows]
 
     async def finish(self, outcomes: Sequence[Outcome]) -> dict[int, JobState]:

@@ -36,9 +36,19 @@ class EngineQueries(abc.ABC):
         await anyio.sleep_forever()
 
     @abc.abstractmethod
-    async def claim(self, queue: str, limit: int, *, worker: str, lease: float) -> list[ClaimedJob]:
+    async def claim(
+        self,
+        queue: str,
+        limit: int,
+        *,
+        worker: str,
+        lease: float,
+        partitions: Sequence[int] | None = None,
+    ) -> list[ClaimedJob]:
         """Atomically take up to ``limit`` available jobs of ``queue`` (priority, then
-        run_at, then id), each with a lease of ``lease`` seconds and a new token."""
+        run_at, then id), each with a lease of ``lease`` seconds and a new token.
+        Jobs of a domain key that has a job running are skipped; given
+        ``partitions``, so are keyed jobs of every other partition."""
 
     @abc.abstractmethod
     async def finish(self, outcomes: Sequence[Outcome]) -> dict[int, JobState]:

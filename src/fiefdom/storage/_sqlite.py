@@ -39,7 +39,7 @@ from ._store import Store, Transaction
 log = structlog.get_logger("fiefdom.storage.sqlite")
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
-_CHUNK = 500  # rows per INSERT: 12 parameters each stays under SQLite's 32766
+_CHUNK = 500  # rows per INSERT: 14 parameters each stays under SQLite's 32766
 _BUSY_TIMEOUT_MS = 30_000
 
 
@@ -425,11 +425,14 @@ class SQLiteStore(Store):
                     now,
                     now if r.run_at is None else r.run_at,
                     r.unique_digest,
+                    r.domain,
+                    r.partition,
                 )
-            values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * len(chunk))
+            values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"] * len(chunk))
             got = await tx.raw(
                 "INSERT INTO fiefdom_jobs (kind, queue, state, priority, args, domain_key, "
-                "max_attempts, unique_key, unique_states, created_at, run_at, unique_digest) "
+                "max_attempts, unique_key, unique_states, created_at, run_at, unique_digest, "
+                "domain, partition) "
                 "VALUES "
                 + values
                 + " ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING "

@@ -24,17 +24,25 @@ from ._queries import EngineQueries
 from ._sqlite import SQLiteStore, restore_keys
 
 # The claim: one statement inside BEGIN IMMEDIATE (SQLite has one writer at a time).
-# Parameters: worker, now, lease expiry, queue, limit.
-CLAIM_SQL = (
+# It skips jobs of a domain key that has a job running (that job holds no worker
+# slot while it waits), and, given a list of partitions, jobs of keys in others.
+# Parameters: worker, now, lease expiry, queue, limit, partitions (JSON array).
+_CLAIM_SQL = (
     "UPDATE fiefdom_jobs SET state = 'running', attempt = attempt + 1, "
     "lease_token = lease_token + 1, worker = ?1, attempted_at = ?2, "
     "lease_expires_at = ?3, "
     f"{unique_key_after(STATE_BITS[JobState.RUNNING])} "
-    "WHERE id IN (SELECT id FROM fiefdom_jobs INDEXED BY fiefdom_jobs_claim "
-    "WHERE state = 'available' "
-    "AND queue = ?4 ORDER BY priority, run_at, id LIMIT ?5) "
+    "WHERE id IN (SELECT j.id FROM fiefdom_jobs AS j INDEXED BY fiefdom_jobs_claim "
+    "WHERE j.state = 'available' AND j.queue = ?4 {partitions}"
+    "AND (j.domain_key IS NULL OR NOT EXISTS (SELECT 1 FROM fiefdom_jobs AS r "
+    "WHERE r.state = 'running' AND r.domain_key = j.domain_key AND r.domain = j.domain)) "
+    "ORDER BY j.priority, j.run_at, j.id LIMIT ?5) "
     "RETURNING id, kind, queue, args, attempt, max_attempts, lease_token, "
-    "domain_key, priority, ?2 - run_at"
+    "domain_key, priority, ?2 - run_at, domain, partition"
+)
+CLAIM_SQL = _CLAIM_SQL.format(partitions="")
+CLAIM_OWNED_SQL = _CLAIM_SQL.format(
+    partitions="AND (j.partition IS NULL OR j.partition IN (SELECT value FROM json_each(?6))) "
 )
 
 
@@ -50,16 +58,27 @@ class SQLiteQueries(EngineQueries):
         super().__init__(store)
         self._sqlite = store
 
-    async def claim(self, queue: str, limit: int, *, worker: str, lease: float) -> list[ClaimedJob]:
+    async def claim(
+        self,
+        queue: str,
+        limit: int,
+        *,
+        worker: str,
+        lease: float,
+        partitions: Sequence[int] | None = None,
+    ) -> list[ClaimedJob]:
         async with self._sqlite._tx() as tx:
             # Read the clock once the write lock is held: BEGIN IMMEDIATE may have
             # waited for other writers, and a lease counted from before that wait
             # could already have expired when the claim commits.
             now = time.time()
-            rows = await tx.raw(
-                CLAIM_SQL,
-                (worker, now, now + lease, queue, limit),
-            )
+            if partitions is None:
+                rows = await tx.raw(CLAIM_SQL, (worker, now, now + lease, queue, limit))
+            else:
+                owned = msgspec.json.encode(sorted(partitions)).decode()
+                rows = await tx.raw(
+                    CLAIM_OWNED_SQL, (worker, now, now + lease, queue, limit, owned)
+                )
         return [ClaimedJob.from_row(r) for r in rows]
 
     async def finish(self, outcomes: Sequence[Outcome]) -> dict[int, JobState]:

@@ -24,7 +24,7 @@ from ._jobs import (
     prepare,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The schema version this code reads and writes."""
 
 

@@ -1,0 +1,25 @@
+-- One owner per key across every process on this database. A keyed job records its
+-- domain and the partition its key hashes to; a node claims only jobs of the
+-- partitions it holds a lease on. A lease change is one atomic statement, and the
+-- epoch of a partition grows on every change of its owner (a fencing token).
+ALTER TABLE fiefdom_jobs ADD COLUMN domain TEXT;
+ALTER TABLE fiefdom_jobs ADD COLUMN partition INTEGER;
+-- Keys with a job running now: a claim skips their other jobs.
+CREATE INDEX fiefdom_jobs_running_keys ON fiefdom_jobs (domain, domain_key)
+    WHERE state = 'running' AND domain_key IS NOT NULL;
+
+CREATE TABLE fiefdom_nodes (
+    id TEXT PRIMARY KEY,
+    address TEXT,
+    started_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL
+) STRICT;
+
+CREATE TABLE fiefdom_partitions (
+    partition INTEGER PRIMARY KEY,
+    owner TEXT,
+    lease_expires_at REAL,
+    epoch INTEGER NOT NULL DEFAULT 0
+) STRICT;
+WITH RECURSIVE p(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM p WHERE n < 255)
+INSERT INTO fiefdom_partitions (partition) SELECT n FROM p;
