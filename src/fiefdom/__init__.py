@@ -25,6 +25,7 @@ from ._errors import FiefdomError as FiefdomError
 from ._errors import JobError as JobError
 from ._errors import LifecycleError as LifecycleError
 from ._errors import MailboxFull as MailboxFull
+from ._errors import OwnerUnavailable as OwnerUnavailable
 from ._errors import ProcessFailed as ProcessFailed
 from ._errors import RestartIntensityExceeded as RestartIntensityExceeded
 from ._errors import SchemaMismatch as SchemaMismatch
@@ -53,6 +54,7 @@ from .actors import Request as Request
 from .actors import RuntimeEvent as RuntimeEvent
 from .actors import SupervisorEscalated as SupervisorEscalated
 from .actors import run_process as run_process
+from .cluster import ClusterSettings as ClusterSettings
 from .jobs import Cancel as Cancel
 from .jobs import Discard as Discard
 from .jobs import EngineStatistics as EngineStatistics
@@ -108,6 +110,7 @@ __all__ = [
     "CallCycleError",
     "Cancel",
     "ChildExited",
+    "ClusterSettings",
     "ConfigurationError",
     "ControlConnectionError",
     "ControlError",
@@ -130,6 +133,7 @@ __all__ = [
     "JobState",
     "LifecycleError",
     "MailboxFull",
+    "OwnerUnavailable",
     "ProcessFailed",
     "ProcessResult",
     "QueueCount",

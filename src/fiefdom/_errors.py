@@ -7,7 +7,9 @@
     │   ├── MailboxFull               tell_nowait on a full mailbox (also BufferError)
     │   ├── AskTimeout                deadline passed, queued or running (also TimeoutError)
     │   ├── CallCycleError            an ask would wait on an actor already waiting on it
-    │   └── ActivationFailed          a domain actor's on_start raised
+    │   ├── ActivationFailed          a domain actor's on_start raised
+    │   └── OwnerUnavailable          the key is owned by another node of the cluster
+    │                                 (or by none while its lease changes hands)
     ├── ProcessFailed                 run_process(check=True) saw a non-zero exit
     ├── SupervisorError
     │   └── RestartIntensityExceeded  too many restarts within the period: escalated
@@ -116,6 +118,16 @@ class CallCycleError(ActorError):
 
 class ActivationFailed(ActorError):
     """A domain actor failed in its constructor or ``on_start``; queued asks get this."""
+
+
+class OwnerUnavailable(ActorError):
+    """A message for a domain key this node does not own: another node of the store's
+    cluster does (or none does, while its lease changes hands). Nothing was run."""
+
+    def __init__(self, path: str, detail: str = "") -> None:
+        self.path = path
+        text = f"{path} is owned by another node of the cluster, not this one"
+        super().__init__(f"{text}: {detail}" if detail else text)
 
 
 class ProcessFailed(FiefdomError):

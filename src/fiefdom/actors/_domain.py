@@ -17,14 +17,14 @@ import asyncio
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import anyio
 import msgspec
 import structlog
 from anyio.abc import TaskGroup
 
-from .._errors import ActorStopped, MailboxFull
+from .._errors import ActorStopped, MailboxFull, OwnerUnavailable
 from .._lifecycle import StopMode
 from ._actor import Actor
 from ._cell import (
@@ -41,6 +41,14 @@ from ._message import Request
 from ._ref import ActorRef
 
 K = TypeVar("K", bound=Hashable)
+
+
+class Placement(Protocol):
+    """Which keys this process may activate: the port the cluster implements."""
+
+    def is_local(self, key: Hashable) -> bool: ...
+
+
 M = TypeVar("M")
 R = TypeVar("R")
 
@@ -135,6 +143,36 @@ class Domain(Generic[K, M]):
         self._paused = False
         self._paused_keys: set[K] = set()
         self._resumed_keys: set[K] = set()
+        # Who says which keys this process may activate (the cluster's nodes); none:
+        # every key is local, as in a process alone.
+        self._placements: list[Placement] = []
+
+    # -- placement ---------------------------------------------------------------
+
+    def add_placement(self, placement: Placement) -> Callable[[], None]:
+        """Activate only keys that ``placement`` (or another one added) says are local;
+        returns the function that removes it. A ``JobEngine`` adds its cluster node."""
+        self._placements.append(placement)
+
+        def remove() -> None:
+            if placement in self._placements:
+                self._placements.remove(placement)
+
+        return remove
+
+    def is_local(self, key: K) -> bool:
+        """Whether this process may run ``key``'s actor now."""
+        return not self._placements or any(p.is_local(key) for p in self._placements)
+
+    def fence(self, lost: Callable[[K], bool]) -> int:
+        """Stop at once (cancelling its running handler) every live activation whose
+        key ``lost`` says this process no longer owns; returns how many."""
+        stopped = 0
+        for key, cell in list(self._cells.items()):
+            if not cell.mailbox.closed and lost(key):
+                cell.request_stop("cancel")
+                stopped += 1
+        return stopped
 
     # -- sending -----------------------------------------------------------------
 
@@ -344,6 +382,8 @@ class Domain(Generic[K, M]):
             return cell
         if self._closed is not None:
             raise ActorStopped(f"{self.path}/{key}", self._closed)
+        if self._placements and not self.is_local(key):
+            raise OwnerUnavailable(f"{self.path}/{key}")
         new: Cell[M] = _KeyCell(
             cast("Callable[[], Actor[M]]", self._factory),  # called with the key: make_instance
             f"{self.path}/{key}",

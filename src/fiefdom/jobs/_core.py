@@ -11,7 +11,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Literal
 
 import anyio
@@ -29,8 +29,10 @@ from ..storage import (
     Outcome,
     Store,
     engine_queries,
+    partition_of,
 )
 from ._kinds import JobContext
+from ._ownership import Ownership
 
 log = structlog.get_logger("fiefdom.jobs")
 
@@ -135,6 +137,25 @@ class Core:
         self.queue_state_known = False
         self.queue_state_stale = True  # read them on the next maintenance round
         self.queue_changes = 0  # pause notifications received, to spot a racing read
+        # Which keyed jobs this engine may claim: its cluster node's partitions; none
+        # when it serves no domain (it claims only jobs without a key).
+        self.ownership: Ownership | None = None
+        self.keyed = bool(domains)
+
+    def claimable(self) -> Collection[int] | None:
+        """The partitions whose keyed jobs a claim may take; None: all of them."""
+        if self.ownership is not None:
+            return self.ownership.claimable()
+        return None if self.keyed else ()
+
+    def lose(self, partitions: frozenset[int]) -> None:
+        """This process no longer owns ``partitions``: cancel their jobs now (they go
+        back to the queue) and stop their keys' actors in every domain served."""
+        for held in list(self.held.values()):
+            if held.job.partition in partitions:
+                self.cancel_held(held.job.id, "shutdown")
+        for domain in self.domains.values():
+            domain.fence(lambda key: partition_of(key) in partitions)
 
     def reset(self) -> None:
         self.stop_requested = asyncio.Event()

@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio
 import anyio.abc
@@ -28,6 +28,7 @@ from ._finisher import Finisher
 from ._kinds import JobContext
 from ._lease_keeper import LeaseKeeper
 from ._listener import Listener
+from ._ownership import Ownership, default_ownership
 from ._periodic import Periodic, PeriodicEnqueuer
 from ._promoter import Promoter
 from ._pruner import PruneJobs, Retention, pruner
@@ -102,6 +103,7 @@ class JobEngine(Notifications):
         batch_size: int = 100,
         drain_timeout: float = 10.0,
         retention: Retention | None = _DEFAULT_RETENTION,
+        ownership: Ownership | Literal["cluster"] | None = "cluster",
     ) -> None:
         queues = {"default": 10} if queues is None else dict(queues)
         for queue, n in queues.items():
@@ -127,6 +129,17 @@ class JobEngine(Notifications):
         self._core = core = Core(
             store, name=name, queues=queues, domains=dict(domains or {}), timing=timing
         )
+        self._new_ownership: Callable[[], Ownership] | None = None
+        if ownership == "cluster":
+            # Safe by default: an engine that serves a domain joins the store's
+            # cluster, so that every key has one owner across processes.
+            factory = default_ownership()
+            ownership = None
+            if core.domains and factory is not None:
+                worker = core.worker
+                self._new_ownership = lambda: factory(store, worker, lease)
+                ownership = self._new_ownership()
+        core.ownership = ownership
         self.store = store
         self.worker = core.worker
         self.path = core.path
@@ -321,8 +334,16 @@ class JobEngine(Notifications):
         self._stopped = anyio.Event()
         core = self._core
         unsubscribe = core.queries.subscribe(self)
+        cleanups: list[Callable[[], None]] = []
+        ownership = core.ownership
         log.info("job engine started", worker=self.worker, queues=sorted(core.runners))
         try:
+            if ownership is not None:
+                # The first round of leases is taken before any claim: a node alone
+                # holds every partition from its first claim on.
+                await ownership.start()
+                cleanups.append(ownership.on_lost(core.lose))
+                cleanups += [d.add_placement(ownership) for d in core.domains.values()]
             async with anyio.create_task_group() as root:
                 services: list[Service] = [
                     Listener(core, self),
@@ -363,6 +384,11 @@ class JobEngine(Notifications):
                     await service.stop()
         finally:
             unsubscribe()
+            for cleanup in cleanups:
+                cleanup()
+            if ownership is not None:
+                with anyio.CancelScope(shield=True):
+                    await ownership.stop()
             self._life.stopped()
             self._stopped.set()
             log.info("job engine stopped", worker=self.worker)
@@ -415,6 +441,9 @@ class JobEngine(Notifications):
             return
         self._life.state = State.NEW
         self._core.reset()
+        if self._new_ownership is not None:
+            # A node runs once: the next incarnation joins with a new one.
+            self._core.ownership = self._new_ownership()
 
     async def start(self) -> None:
         """Start serving in the background; returns once the engine runs.

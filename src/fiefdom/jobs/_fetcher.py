@@ -24,7 +24,11 @@ async def fetch(core: Core, runner: Runner) -> None:
             limit = min(free, timing.batch)
             try:
                 jobs = await core.queries.claim(
-                    runner.name, limit, worker=core.worker, lease=timing.lease
+                    runner.name,
+                    limit,
+                    worker=core.worker,
+                    lease=timing.lease,
+                    partitions=core.claimable(),
                 )
             except StoreError as exc:
                 failures += 1
@@ -37,15 +41,32 @@ async def fetch(core: Core, runner: Runner) -> None:
             # Paused while the claim was in flight: give the jobs back unrun, so
             # that no job of a queue starts once the engine knows it is paused.
             given_back = runner.paused
+            keys: set[tuple[str | None, str]] = set()
             for job in jobs:
                 held = Held(job, runner)
                 core.held[job.id] = held
                 runner.in_flight += 1
+                lease = Lease(job.id, job.lease_token)
                 if given_back:
                     held.cancel_reason = "pause"
-                    lease = Lease(job.id, job.lease_token)
                     core.submit(held, Outcome(lease=lease, state=JobState.AVAILABLE, refund=True))
                     continue
+                if job.key is not None:
+                    if (job.domain, job.key) in keys or (
+                        job.partition is not None
+                        and core.ownership is not None
+                        and not core.ownership.owns(job.partition)
+                    ):
+                        # A second job of a key claimed in the same batch would wait
+                        # for the first in a worker slot; a key whose partition was
+                        # lost meanwhile is not ours to run. Back unrun, at once.
+                        held.given_back = "given back unrun: its key is busy or owned elsewhere"
+                        core.submit(
+                            held,
+                            Outcome(lease=lease, state=JobState.AVAILABLE, delay=0.0, refund=True),
+                        )
+                        continue
+                    keys.add((job.domain, job.key))
                 runner.inbox.put_nowait(held)
                 if core.subscribers:
                     core.emit(job, JobState.RUNNING, None)

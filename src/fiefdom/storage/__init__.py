@@ -5,12 +5,15 @@ no actors: the job engine (``fiefdom.jobs``) decides, the store records.
 ``Store`` is the application's face (transactions, enqueue, listing, counting,
 cancel, retry, queue pauses). The engine's queries (claim, finish, heartbeat,
 rescue, promote, prune) sit behind ``EngineQueries``, the internal port
-``engine_queries(store)`` returns; only ``fiefdom.jobs`` uses it.
+``engine_queries(store)`` returns; only ``fiefdom.jobs`` uses it. ``leases(store)``
+gives ``fiefdom.cluster`` its statements of membership and partition leases
+(``Leases``); domain keys hash to ``PARTITIONS`` partitions with ``partition_of``.
 
 ``SCHEMA_VERSION`` is the database schema version this code reads and writes;
 ``open_store`` refuses a database at any other version."""
 
 from .._errors import StoreError as StoreError
+from ._jobs import PARTITIONS as PARTITIONS
 from ._jobs import AttemptError as AttemptError
 from ._jobs import ClaimedJob as ClaimedJob
 from ._jobs import Enqueued as Enqueued
@@ -25,10 +28,13 @@ from ._jobs import NewJob as NewJob
 from ._jobs import Outcome as Outcome
 from ._jobs import QueueCount as QueueCount
 from ._jobs import Unique as Unique
+from ._jobs import partition_of as partition_of
 from ._jobs import periodic_row as periodic_row
 from ._open import engine_queries as engine_queries
+from ._open import leases as leases
 from ._open import open_store as open_store
 from ._queries import EngineQueries as EngineQueries
+from ._queries import Leases as Leases
 from ._store import SCHEMA_VERSION as SCHEMA_VERSION
 from ._store import Notifications as Notifications
 from ._store import Store as Store
@@ -36,6 +42,7 @@ from ._store import StoreState as StoreState
 from ._store import Transaction as Transaction
 
 __all__ = [
+    "PARTITIONS",
     "SCHEMA_VERSION",
     "AttemptError",
     "ClaimedJob",
@@ -48,6 +55,7 @@ __all__ = [
     "JobOptions",
     "JobState",
     "Lease",
+    "Leases",
     "NewJob",
     "Notifications",
     "Outcome",
@@ -58,6 +66,8 @@ __all__ = [
     "Transaction",
     "Unique",
     "engine_queries",
+    "leases",
     "open_store",
+    "partition_of",
     "periodic_row",
 ]

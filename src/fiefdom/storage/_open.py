@@ -8,7 +8,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from .._errors import StoreError
-from ._queries import EngineQueries
+from ._queries import EngineQueries, Leases
 from ._store import Store
 
 
@@ -53,3 +53,18 @@ def engine_queries(store: Store) -> EngineQueries:
 
     assert isinstance(store, PostgresStore)
     return PostgresQueries(store)
+
+
+def leases(store: Store) -> Leases:
+    """The cluster's lease statements on ``store`` (only ``fiefdom.cluster`` calls this)."""
+    if store.backend == "sqlite":
+        from ._sqlite import SQLiteStore
+        from ._sqlite_leases import SQLiteLeases
+
+        assert isinstance(store, SQLiteStore)
+        return SQLiteLeases(store)
+    from ._postgres import PostgresStore
+    from ._postgres_leases import PostgresLeases
+
+    assert isinstance(store, PostgresStore)
+    return PostgresLeases(store)

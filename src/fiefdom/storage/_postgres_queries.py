@@ -4,7 +4,7 @@ promote, prune, LISTEN): the internal port only ``fiefdom.jobs`` uses."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
 import anyio
@@ -119,7 +119,7 @@ class PostgresQueries(EngineQueries):
         *,
         worker: str,
         lease: float,
-        partitions: Sequence[int] | None = None,
+        partitions: Collection[int] | None = None,
     ) -> list[ClaimedJob]:
         if partitions is None:
             rows = await self._pg._run(

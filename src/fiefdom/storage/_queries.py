@@ -5,7 +5,7 @@ are kept off the public ``Store`` face; ``engine_queries(store)`` hands them out
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
 from .._errors import StaleLease
@@ -43,7 +43,7 @@ class EngineQueries(abc.ABC):
         *,
         worker: str,
         lease: float,
-        partitions: Sequence[int] | None = None,
+        partitions: Collection[int] | None = None,
     ) -> list[ClaimedJob]:
         """Atomically take up to ``limit`` available jobs of ``queue`` (priority, then
         run_at, then id), each with a lease of ``lease`` seconds and a new token.
@@ -94,3 +94,36 @@ class EngineQueries(abc.ABC):
         """Insert a periodic job's row for its slot unless another engine did."""
         result = await self.store._insert_rows([row])
         return not result[0].duplicate
+
+
+class Leases(abc.ABC):
+    """One dialect's statements of the cluster's membership and partition leases
+    (``fiefdom.cluster`` uses them). Each lease change is one atomic statement: the
+    database is the coordination service."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @abc.abstractmethod
+    async def heartbeat(self, node: str, address: str | None, lease: float) -> list[str]:
+        """Record that ``node`` is alive (registering it if new) and return the ids
+        of every live node, sorted: those whose heartbeat is younger than ``lease``."""
+
+    @abc.abstractmethod
+    async def hold(self, node: str, partitions: Sequence[int], lease: float) -> dict[int, int]:
+        """Take or renew the lease of each of ``partitions`` that is free, expired or
+        already ``node``'s, for ``lease`` seconds; returns partition -> epoch of each
+        now held. The epoch grows whenever the partition was not held by ``node``
+        with a live lease (a new owner, or the same one after a lapse)."""
+
+    @abc.abstractmethod
+    async def release(self, node: str, partitions: Sequence[int]) -> None:
+        """Give up ``node``'s leases of ``partitions`` (a handoff)."""
+
+    @abc.abstractmethod
+    async def leave(self, node: str) -> None:
+        """Release every lease of ``node`` and forget it (a graceful stop)."""
+
+    @abc.abstractmethod
+    async def owners(self) -> list[tuple[int, str | None, int, bool]]:
+        """Every partition: (partition, owner, epoch, lease live)."""

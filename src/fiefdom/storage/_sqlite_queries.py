@@ -5,7 +5,7 @@ store's engine connection in a ``BEGIN IMMEDIATE`` transaction."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import msgspec
 
@@ -65,7 +65,7 @@ class SQLiteQueries(EngineQueries):
         *,
         worker: str,
         lease: float,
-        partitions: Sequence[int] | None = None,
+        partitions: Collection[int] | None = None,
     ) -> list[ClaimedJob]:
         async with self._sqlite._tx() as tx:
             # Read the clock once the write lock is held: BEGIN IMMEDIATE may have

@@ -1,0 +1,21 @@
+"""The cluster: one owner per domain key across every process that shares a store.
+Keys hash to partitions; a ``Node`` holds leases on its fair share of them, with an
+epoch that grows on every change of owner, renews them, hands them over when a node
+joins or it stops, and fences itself (stops the work of partitions whose leases it
+cannot renew) before they expire. Every ``JobEngine`` that serves a domain runs a
+node by itself: importing this package registers it as the engine's ownership."""
+
+from ..jobs import register_ownership as _register_ownership
+from ..storage import Store as _Store
+from ._node import ClusterSettings as ClusterSettings
+from ._node import Node as Node
+
+
+def _engine_node(store: _Store, name: str, lease: float) -> Node:
+    # An engine's node keeps its partitions with the engine's own job lease.
+    return Node(store, name, ClusterSettings(lease=lease, renew=lease / 3, margin=lease / 5))
+
+
+_register_ownership(_engine_node)
+
+__all__ = ["ClusterSettings", "Node"]

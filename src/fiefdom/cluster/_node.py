@@ -1,0 +1,219 @@
+"""``Node``: this process's membership of the store's cluster. It heartbeats its
+node row, takes its fair share of the partitions (partition ``p`` belongs to the
+``p % n``-th of the ``n`` live nodes, by id), renews those leases, hands over the
+ones that are no longer its share, and fences itself: when it cannot renew, it
+gives up every partition before the lease could expire, measured on its own
+monotonic clock with a margin. A node alone holds every partition."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Collection, Hashable
+
+import anyio
+import structlog
+
+from .._errors import ConfigurationError, StoreError
+from .._lifecycle import Lifecycle, State, StopMode
+from ..storage import PARTITIONS, Store, leases, partition_of
+
+log = structlog.get_logger("fiefdom.cluster")
+
+_ALL = frozenset(range(PARTITIONS))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """Timing of membership. A lease lasts ``lease`` seconds and is renewed every
+    ``renew`` seconds; a node that could not renew stops its work on the partitions
+    ``margin`` seconds before the lease would expire. ``address`` is where other
+    nodes reach this one (advertised in the node table)."""
+
+    lease: float = 15.0
+    renew: float = 5.0
+    margin: float = 3.0
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.margin > 0:
+            raise ConfigurationError(f"cluster margin must be positive, got {self.margin}")
+        if not 0 < self.renew < self.lease - self.margin:
+            raise ConfigurationError(
+                f"cluster renew ({self.renew}s) must be positive and shorter than the lease "
+                f"({self.lease}s) minus the margin ({self.margin}s)"
+            )
+
+
+class Node:
+    """One process's membership of the cluster of ``store`` (see the module doc).
+    ``async with Node(store, name)``, or ``start()`` / ``stop()``; a ``JobEngine``
+    serving a domain runs one by itself."""
+
+    def __init__(self, store: Store, name: str, settings: ClusterSettings | None = None) -> None:
+        self.id = name
+        self.settings = settings or ClusterSettings()
+        self._leases = leases(store)
+        self._life = Lifecycle(
+            f"cluster node {name}", "its JobEngine starts it, or use 'async with Node(store, name)'"
+        )
+        self._held: dict[int, int] = {}  # partition -> epoch
+        self._all = False
+        self._renewed_at = -math.inf  # monotonic time the last successful round began
+        self._callbacks: list[Callable[[frozenset[int]], None]] = []
+        self._task: asyncio.Task[None] | None = None
+        self.live_nodes: list[str] = []
+        self.fences = 0
+        self.handoffs = 0
+
+    # -- what others ask -------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._life.state
+
+    def claimable(self) -> Collection[int] | None:
+        return None if self._all else frozenset(self._held)
+
+    def owns(self, partition: int) -> bool:
+        return self._all or partition in self._held
+
+    def is_local(self, key: Hashable) -> bool:
+        """Whether this node owns ``key`` now (the actors' Placement port)."""
+        return self._all or partition_of(key) in self._held
+
+    def epoch(self, partition: int) -> int | None:
+        """The epoch this node holds ``partition`` under, or None."""
+        return self._held.get(partition)
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    def on_lost(self, callback: Callable[[frozenset[int]], None]) -> Callable[[], None]:
+        self._callbacks.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
+
+        return unsubscribe
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._life.begin_start()
+        try:
+            await self._round()
+        except StoreError as exc:
+            # Holding nothing is safe: the loop keeps trying.
+            log.warning("could not join the cluster yet; retrying", node=self.id, error=str(exc))
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"cluster/{self.id}")
+        self._life.started()
+
+    async def stop(self, mode: StopMode = "drain") -> None:
+        if not self._life.begin_stop():
+            return
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait({task})
+        self._lose(frozenset(self._held))
+        try:
+            with anyio.CancelScope(shield=True), anyio.fail_after(self.settings.renew):
+                # Released at once: another node takes over without waiting for expiry.
+                await self._leases.leave(self.id)
+        except (StoreError, TimeoutError) as exc:
+            log.warning(
+                "could not hand over leases; they will expire", node=self.id, error=str(exc)
+            )
+        self._life.stopped()
+
+    async def __aenter__(self) -> Node:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- rounds ----------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        settings = self.settings
+        while True:
+            now = time.monotonic()
+            fence_at = self._renewed_at + settings.lease - settings.margin
+            wake = now + settings.renew
+            if self._held:
+                wake = min(wake, fence_at)
+            await anyio.sleep(max(0.0, wake - now))
+            try:
+                # A round that hangs (a network cut) must not outlive the fence.
+                with anyio.fail_after(
+                    max(0.01, fence_at - time.monotonic()) if self._held else None
+                ):
+                    await self._round()
+            except (StoreError, TimeoutError) as exc:
+                if self._held and time.monotonic() >= fence_at:
+                    self.fences += 1
+                    log.error(
+                        "cannot renew partition leases: stopping their work before they expire",
+                        node=self.id,
+                        partitions=len(self._held),
+                        error=str(exc) or type(exc).__name__,
+                    )
+                    self._lose(frozenset(self._held))
+                else:
+                    log.warning("renewing partition leases failed", node=self.id, error=str(exc))
+
+    async def _round(self) -> None:
+        began = time.monotonic()
+        settings = self.settings
+        live = await self._leases.heartbeat(self.id, settings.address, settings.lease)
+        if self.id not in live:
+            live = sorted([*live, self.id])
+        index, count = live.index(self.id), len(live)
+        wanted = [p for p in range(PARTITIONS) if p % count == index]
+        got = await self._leases.hold(self.id, wanted, settings.lease)
+        extra = frozenset(self._held) - frozenset(wanted)
+        lost = frozenset(self._held) - frozenset(got) - extra
+        if extra:
+            # No longer this node's share (a node joined): stop their work, then hand over.
+            self.handoffs += 1
+            self._lose(extra)
+            await self._leases.release(self.id, sorted(extra))
+        if lost:
+            log.warning("partition leases taken over", node=self.id, partitions=sorted(lost))
+            self._lose(lost)
+        gained = frozenset(got) - frozenset(self._held)
+        self._held = dict(got)
+        self._all = frozenset(got) == _ALL
+        self._renewed_at = began
+        if gained or extra or live != self.live_nodes:
+            log.info(
+                "cluster membership",
+                node=self.id,
+                nodes=len(live),
+                partitions=len(got),
+                gained=len(gained),
+                handed_over=len(extra),
+            )
+        self.live_nodes = live
+
+    def _lose(self, partitions: frozenset[int]) -> None:
+        if not partitions:
+            return
+        for p in partitions:
+            self._held.pop(p, None)
+        self._all = False
+        for callback in list(self._callbacks):
+            try:
+                callback(partitions)
+            except Exception:
+                log.exception("a lost-partitions callback raised", node=self.id)
+
+    def __repr__(self) -> str:
+        return f"<Node {self.id} {self.state} holding {len(self._held)} partitions>"
