@@ -30,6 +30,7 @@ from ._errors import ProcessFailed as ProcessFailed
 from ._errors import RestartIntensityExceeded as RestartIntensityExceeded
 from ._errors import SchemaMismatch as SchemaMismatch
 from ._errors import StaleLease as StaleLease
+from ._errors import StaleOwner as StaleOwner
 from ._errors import StoreError as StoreError
 from ._errors import StoreNotOpen as StoreNotOpen
 from ._errors import StoreUnavailable as StoreUnavailable
@@ -148,6 +149,7 @@ __all__ = [
     "ServiceStatistics",
     "Snooze",
     "StaleLease",
+    "StaleOwner",
     "State",
     "StopMode",
     "Store",

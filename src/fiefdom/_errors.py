@@ -19,6 +19,7 @@
     ├── ConfigurationError            invalid configuration (also ValueError)
     ├── StoreError                    storage failures (wrapped driver errors)
     │   ├── StoreNotOpen              used before open or after close (also LifecycleError)
+    │   ├── StaleOwner                a write made under an epoch that has moved on
     │   ├── SchemaMismatch            the database schema is not the one the code knows
     │   └── StoreUnavailable          the database cannot be reached right now
     ├── JobError                      job-engine misuse and failures
@@ -173,6 +174,20 @@ class StoreError(FiefdomError):
 
 class StoreNotOpen(StoreError, LifecycleError):
     """The store was used before ``open()`` or after ``close()``."""
+
+
+class StaleOwner(StoreError):
+    """A write made on behalf of a key under an ownership epoch that has moved on:
+    another node owns the key now. The transaction does not commit."""
+
+    def __init__(self, partition: int, epoch: int, current: object) -> None:
+        self.partition = partition
+        self.epoch = epoch
+        self.current = current
+        super().__init__(
+            f"partition {partition} is owned under epoch {current} now, not {epoch}: "
+            "another node took the key over; this write was refused"
+        )
 
 
 class SchemaMismatch(StoreError):

@@ -148,6 +148,12 @@ class Core:
             return self.ownership.claimable()
         return None if self.keyed else ()
 
+    def epoch(self, partition: int | None) -> int | None:
+        """The epoch this engine's node holds ``partition`` under (None: no cluster)."""
+        if partition is None or self.ownership is None:
+            return None
+        return self.ownership.epoch(partition)
+
     def lose(self, partitions: frozenset[int]) -> None:
         """This process no longer owns ``partitions``: cancel their jobs now (they go
         back to the queue) and stop their keys' actors in every domain served."""

@@ -92,6 +92,8 @@ async def execute(core: Core, held: Held) -> Outcome | None:
         attempt=job.attempt,
         max_attempts=job.max_attempts,
         store=core.store,
+        partition=job.partition,
+        epoch=core.epoch(job.partition),
     )
     if kind.domain is not None:
         assert kind.options.key is not None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Generic, TypeVar
 
-from ..storage import AttemptError, Store
+from ..storage import AttemptError, Store, Transaction
 
 T = TypeVar("T")
 
@@ -45,9 +45,23 @@ class Snooze(JobOutcome):
 
 class JobContext(Generic[T]):
     """What a handler knows about the job it runs. ``actor`` is the instance of the
-    key's actor for a job whose kind names a domain, else None."""
+    key's actor for a job whose kind names a domain, else None. For such a job,
+    ``partition`` is its key's partition and ``epoch`` the epoch under which this
+    node owns it (None in a process that runs every key without a cluster):
+    ``await ctx.fence(tx)`` inside a store transaction makes the transaction fail
+    with ``StaleOwner`` if ownership has moved on since."""
 
-    __slots__ = ("actor", "attempt", "id", "kind", "max_attempts", "queue", "store")
+    __slots__ = (
+        "actor",
+        "attempt",
+        "epoch",
+        "id",
+        "kind",
+        "max_attempts",
+        "partition",
+        "queue",
+        "store",
+    )
 
     def __init__(
         self,
@@ -59,6 +73,8 @@ class JobContext(Generic[T]):
         max_attempts: int,
         store: Store,
         actor: T | None = None,
+        partition: int | None = None,
+        epoch: int | None = None,
     ) -> None:
         self.id = id
         self.kind = kind
@@ -67,6 +83,15 @@ class JobContext(Generic[T]):
         self.max_attempts = max_attempts
         self.store = store
         self.actor = actor
+        self.partition = partition
+        self.epoch = epoch
+
+    async def fence(self, tx: Transaction) -> None:
+        """Refuse ``tx`` (``StaleOwner``) unless this node still owns the job's key
+        under ``epoch``; the check holds until ``tx`` ends (a new owner's takeover
+        waits for it). Nothing to check for a job without a key or an epoch."""
+        if self.partition is not None and self.epoch is not None:
+            await self.store.check_owner(tx, self.partition, self.epoch)
 
     def __repr__(self) -> str:
         return f"<JobContext {self.kind} id={self.id} attempt={self.attempt}/{self.max_attempts}>"

@@ -31,6 +31,9 @@ class Ownership(Protocol):
 
     def owns(self, partition: int) -> bool: ...
 
+    def epoch(self, partition: int) -> int | None:
+        """The epoch this node holds ``partition`` under, or None."""
+
     def is_local(self, key: Hashable) -> bool:
         """Whether this node owns domain key ``key`` now (a domain's Placement)."""
 

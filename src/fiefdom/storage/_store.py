@@ -12,7 +12,13 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal
 
-from .._errors import ConfigurationError, LifecycleError, StoreError, StoreNotOpen
+from .._errors import (
+    ConfigurationError,
+    LifecycleError,
+    StaleOwner,
+    StoreError,
+    StoreNotOpen,
+)
 from .._lifecycle import Lifecycle, State, StopMode
 from ._jobs import (
     Enqueued,
@@ -286,6 +292,25 @@ class Store(abc.ABC):
             Enqueued(id=None, duplicate=False, error=r) if isinstance(r, str) else next(inserted)
             for r in rows
         ]
+
+    async def check_owner(self, tx: Transaction, partition: int, epoch: int) -> None:
+        """Raise ``StaleOwner`` unless ``partition`` is still owned under ``epoch``,
+        and keep it so until ``tx`` ends: on PostgreSQL the partition's row is locked
+        for share (a takeover waits for the commit), on SQLite the transaction holds
+        the database's one write lock from this statement on."""
+        self._check_tx(tx)
+        lock = " FOR SHARE" if self.backend == "postgres" else ""
+        if self.backend == "sqlite":
+            # Take the write lock now (the BEGIN IMMEDIATE of a user transaction is
+            # deferred to its first statement): the check then holds until commit.
+            await tx.execute(
+                "UPDATE fiefdom_partitions SET epoch = epoch WHERE partition = $1", partition
+            )
+        current = await tx.fetchval(
+            f"SELECT epoch FROM fiefdom_partitions WHERE partition = $1{lock}", partition
+        )
+        if current != epoch:
+            raise StaleOwner(partition, epoch, current)
 
     def _check_tx(self, tx: Transaction | None) -> None:
         if tx is not None and tx.store is not self:

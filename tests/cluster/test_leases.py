@@ -1,0 +1,119 @@
+"""Partition leases and fencing on both dialects: a node alone holds every partition,
+two nodes split them fairly and hand over on a join, a node that cannot renew stops
+the work of its partitions before the lease expires, and a write made under an epoch
+that has moved on is refused (StaleOwner) with nothing committed."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+import fiefdom
+from fiefdom.cluster import ClusterSettings, Node
+from fiefdom.storage import PARTITIONS, Job, JobOptions, Store, leases
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "storage"))
+
+from storage_helpers import wait_until
+
+FAST = ClusterSettings(lease=1.5, renew=0.3, margin=0.4)
+
+
+class Note(Job):
+    options = JobOptions(kind="note")
+    text: str
+
+
+async def test_a_node_alone_holds_every_partition(store: Store) -> None:
+    """A node with no peers owns every partition after its first round."""
+    async with Node(store, "alone", FAST) as node:
+        assert node.held == PARTITIONS
+        assert node.claimable() is None
+        assert node.is_local("any key")
+    owners = await leases(store).owners()
+    assert {owner for _, owner, _, _ in owners} == {None}, "a stopped node hands everything over"
+
+
+async def test_two_nodes_split_the_partitions_and_never_share_one(store: Store) -> None:
+    """A second node joins: the first hands over half, and no partition is held by both."""
+    async with Node(store, "a", FAST) as a:
+        assert a.held == PARTITIONS
+        async with Node(store, "b", FAST) as b:
+            await wait_until(
+                lambda: a.held == b.held == PARTITIONS // 2, what="a fair split of the partitions"
+            )
+            mine = {p for p in range(PARTITIONS) if a.owns(p)}
+            theirs = {p for p in range(PARTITIONS) if b.owns(p)}
+            assert mine.isdisjoint(theirs)
+            assert len(mine | theirs) == PARTITIONS
+            owners = {p: owner for p, owner, _, live in await leases(store).owners() if live}
+            assert {p for p, o in owners.items() if o == "a"} == mine
+        # b left: a takes its partitions back.
+        await wait_until(lambda: a.held == PARTITIONS, what="the partitions of a node that left")
+        assert a.handoffs >= 1
+
+
+async def test_a_node_that_cannot_renew_fences_itself_before_its_lease_expires(
+    store: Store,
+) -> None:
+    """With its lease table gone, a node gives up every partition (and says so to its
+    engine) before the lease it last renewed could expire, on its own clock."""
+    lost_at: list[float] = []
+    node = Node(store, "fenced", FAST)
+    await node.start()
+    try:
+        node.on_lost(lambda partitions: lost_at.append(time.monotonic()))
+        renewed = node._renewed_at
+        async with store.transaction() as tx:
+            await tx.execute("ALTER TABLE fiefdom_partitions RENAME TO fiefdom_partitions_away")
+        await wait_until(lambda: bool(lost_at), what="the node to fence itself")
+        assert node.held == 0
+        assert not node.is_local("any key")
+        # Renewals may have succeeded until the rename: the last one bounds the fence.
+        assert lost_at[0] < node._renewed_at + FAST.lease or node._renewed_at == renewed
+        assert lost_at[0] < max(renewed, node._renewed_at) + FAST.lease
+        assert node.fences == 1
+    finally:
+        async with store.transaction() as tx:
+            await tx.execute("ALTER TABLE fiefdom_partitions_away RENAME TO fiefdom_partitions")
+        await node.stop()
+
+
+async def test_a_write_under_a_stale_epoch_is_refused_and_nothing_commits(store: Store) -> None:
+    """After another node took a partition over, a transaction fenced with the old
+    epoch raises StaleOwner and its other writes are rolled back."""
+    table = leases(store)
+    partition = fiefdom.storage.partition_of("doc-1")
+    (first,) = (await table.hold("a", [partition], 30.0)).values()
+    async with store.transaction() as tx:
+        await store.check_owner(tx, partition, first)
+        await store.enqueue(Note(text="under the current epoch"), tx=tx)
+    await table.release("a", [partition])
+    (second,) = (await table.hold("b", [partition], 30.0)).values()
+    assert second == first + 1, "the epoch grows with every change of owner"
+    with pytest.raises(fiefdom.StaleOwner) as info:
+        await _write_fenced(store, partition, first)
+    assert info.value.current == second
+    texts = [msgspec.json.decode(j.args)["text"] for j in await store.list_jobs()]
+    assert texts == ["under the current epoch"]
+
+
+async def _write_fenced(store: Store, partition: int, epoch: int) -> None:
+    async with store.transaction() as tx:
+        await store.enqueue(Note(text="under a stale epoch"), tx=tx)
+        await store.check_owner(tx, partition, epoch)
+
+
+async def test_an_expired_lease_taken_back_by_its_owner_gets_a_new_epoch(store: Store) -> None:
+    """A node that lets its lease lapse and takes the partition again holds it under a
+    new epoch: what it wrote under the old one may have been fenced meanwhile."""
+    table = leases(store)
+    (first,) = (await table.hold("a", [7], -1.0)).values()  # a lease that has expired
+    (again,) = (await table.hold("a", [7], 30.0)).values()
+    assert again == first + 1
+    (renewed,) = (await table.hold("a", [7], 30.0)).values()
+    assert renewed == again, "a renewal of a live lease keeps its epoch"
