@@ -21,7 +21,13 @@ import pytest
 from chaos_helpers import ms, percentile
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
 from fiefdom import FiefdomError
 from fiefdom.jobs import Cancel, Discard, JobContext, JobEngine, Snooze
@@ -77,13 +83,14 @@ REFUSED = object()  # the operation raised one of ALLOWED
 
 cancel_points = st.none() | st.integers(0, 30) | st.floats(0.0, 0.02)
 ids = st.integers(-5, 40) | st.sampled_from([0, 2**31, 2**63 - 1, -(2**63)])
-priorities = st.none() | st.integers(-32768, 32767) | st.sampled_from([-32769, 32768, 2**40])
-delays = (
-    st.none()
-    | st.floats(0, 5)
-    | st.sampled_from([-1.0, 0.0, 1e9, 1e12, float("nan"), float("inf"), -float("inf")])
-)
-attempts = st.none() | st.integers(1, 5) | st.sampled_from([0, -1, 1_000_000, 1_000_001])
+# Options a caller may legitimately pass, and values past what enqueue takes (each
+# such call must be refused with a ValueError and change nothing).
+priorities = st.none() | st.integers(-32768, 32767)
+delays = st.none() | st.floats(0, 3)
+attempts = st.none() | st.integers(1, 5)
+bad_priorities = st.sampled_from([-32769, 32768, 2**40])
+bad_delays = st.sampled_from([-1.0, 1e12, float("nan"), float("inf"), -float("inf")])
+bad_attempts = st.sampled_from([0, -1, 1_000_001])
 queue_names = st.sampled_from(QUEUES) | st.sampled_from(["", "q" * 201])
 
 
@@ -148,10 +155,16 @@ class StoreMachine(RuleBasedStateMachine):
 
     # -- enqueueing --------------------------------------------------------------------
 
+    @initialize(count=st.integers(5, 30))
+    def some_jobs(self, count: int) -> None:
+        jobs = [Plain(n=i) for i in range(count)]
+        for queue in QUEUES:
+            self.known += [e.id for e in self.run(self.store.enqueue_many(jobs, queue=queue))]
+
     @rule(
         n=st.integers(0, 5),
         single=st.booleans(),
-        queue=st.none() | queue_names,
+        queue=st.none() | st.sampled_from(QUEUES),
         priority=priorities,
         delay=delays,
         max_attempts=attempts,
@@ -177,6 +190,40 @@ class StoreMachine(RuleBasedStateMachine):
         )
         if got not in (CANCELLED, REFUSED) and got.id is not None:
             self.known.append(got.id)
+
+    @rule(
+        queue=st.none() | queue_names,
+        priority=priorities | bad_priorities,
+        delay=delays | bad_delays,
+        max_attempts=attempts | bad_attempts,
+        fallback=bad_attempts,
+    )
+    def enqueue_out_of_range(
+        self,
+        queue: str | None,
+        priority: int | None,
+        delay: float | None,
+        max_attempts: int | None,
+        fallback: int,
+    ) -> None:
+        """At least one option past what enqueue takes: refused, and nothing enqueued."""
+        if not (
+            queue in ("", "q" * 201)
+            or priority in (-32769, 32768, 2**40)
+            or (delay is not None and not 0 <= delay <= 3)
+            or max_attempts in (0, -1, 1_000_001)
+        ):
+            max_attempts = fallback
+        before = self.run(self.store.count_jobs())
+        got = self.step(
+            "enqueue_out_of_range",
+            lambda: self.store.enqueue(
+                Plain(n=-1), queue=queue, priority=priority, delay=delay, max_attempts=max_attempts
+            ),
+            None,
+        )
+        assert got is REFUSED, f"enqueue took an out-of-range option: {got}"
+        assert self.run(self.store.count_jobs()) == before
 
     @rule(
         count=st.integers(1, 20),
@@ -222,14 +269,22 @@ class StoreMachine(RuleBasedStateMachine):
 
     # -- administration ----------------------------------------------------------------
 
-    @rule(data=st.data(), cancel=cancel_points)
-    def cancel_job(self, data: st.DataObject, cancel: int | float | None) -> None:
-        job_id = data.draw(st.sampled_from(self.known) if self.known else ids)
+    def pick_id(self, pick: int, other: int | None) -> int:
+        """A known job's id (``pick`` indexes them), or ``other`` when given. Drawn as
+        plain numbers: what exists depends on timing (cancellations), and hypothesis
+        must draw the same way whatever happened."""
+        if other is not None or not self.known:
+            return other if other is not None else pick
+        return self.known[pick % len(self.known)]
+
+    @rule(pick=st.integers(0, 10_000), other=st.none() | ids, cancel=cancel_points)
+    def cancel_job(self, pick: int, other: int | None, cancel: int | float | None) -> None:
+        job_id = self.pick_id(pick, other)
         self.step("cancel_job", lambda: self.store.cancel_job(job_id), cancel)
 
-    @rule(data=st.data(), cancel=cancel_points)
-    def retry_job(self, data: st.DataObject, cancel: int | float | None) -> None:
-        job_id = data.draw(st.sampled_from(self.known) if self.known else ids)
+    @rule(pick=st.integers(0, 10_000), other=st.none() | ids, cancel=cancel_points)
+    def retry_job(self, pick: int, other: int | None, cancel: int | float | None) -> None:
+        job_id = self.pick_id(pick, other)
         self.step("retry_job", lambda: self.store.retry_job(job_id), cancel)
 
     @rule(queue=queue_names, pause=st.booleans(), cancel=cancel_points)
@@ -279,7 +334,7 @@ class StoreMachine(RuleBasedStateMachine):
             self.held += [Lease(j.id, j.lease_token) for j in got]
 
     @rule(
-        data=st.data(),
+        pick=st.integers(0, 10_000),
         state=st.sampled_from(
             [
                 JobState.COMPLETED,
@@ -296,7 +351,7 @@ class StoreMachine(RuleBasedStateMachine):
     )
     def finish(
         self,
-        data: st.DataObject,
+        pick: int,
         state: JobState,
         delay: float | None,
         stale: bool,
@@ -304,8 +359,7 @@ class StoreMachine(RuleBasedStateMachine):
     ) -> None:
         if not self.held:
             return
-        lease = data.draw(st.sampled_from(self.held))
-        self.held.remove(lease)
+        lease = self.held.pop(pick % len(self.held))
         if stale:  # a token of a claim that lost its lease: must change nothing
             lease = Lease(lease.job_id, lease.token + 1)
         error = None
@@ -448,8 +502,8 @@ def test_no_sequence_of_operations_makes_the_store_unusable(
     run_state_machine_as_test(
         fresh,
         settings=settings(
-            max_examples=12,
-            stateful_step_count=30,
+            max_examples=30,
+            stateful_step_count=40,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
         ),
