@@ -67,8 +67,8 @@ class Expected:
 
 
 def _request_id(value: object) -> int | None:
-    """The id an error must name: the frame's, when it is an integer the frame could carry."""
-    if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**64:
+    """The id an error must name: the frame's, when it is a valid id (a signed 64-bit integer)."""
+    if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63:
         return value
     return None
 
@@ -237,7 +237,8 @@ def test_known_types_with_wrong_field_types_reach_the_handlers(
         ("jobs.retry", "job_id", 2**63 - 1, "not_found"),
         ("jobs.cancel", "job_id", 2**63 - 1, "not_found"),
         ("queues.pause", "queue", "nobody-serves-this", "job_error"),
-        ("unsubscribe", "subscription", 2**63, "not_found"),
+        ("unsubscribe", "subscription", 2**63, "invalid_message"),
+        ("unsubscribe", "subscription", 2**63 - 1, "not_found"),
     ],
     ids=lambda v: str(v)[:12],
 )

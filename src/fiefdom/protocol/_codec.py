@@ -12,6 +12,7 @@ from typing import Any, Final, Generic, TypeVar
 
 import msgspec
 
+from ._depth import json_too_deep, msgpack_too_deep
 from ._messages import CLIENT_TYPES, ClientMessage, ErrorCode
 from ._replies import Error, ServerMessage
 
@@ -27,10 +28,11 @@ class Encoding(enum.StrEnum):
 
 
 class _Probe(msgspec.Struct):
-    """Reads only ``id`` and ``type`` of a frame that failed to decode."""
+    """Reads only ``id`` and ``type`` of a frame that failed to decode, as they are: a
+    number out of a float's range (``1e400``) fails the frame, not the probe."""
 
-    id: Any = None
-    type: Any = None
+    id: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+    type: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
 
 
 class Codec(Generic[T]):
@@ -64,6 +66,23 @@ class Codec(Generic[T]):
         decoded: S = _decoder_for(self.encoding, typing.cast(Hashable, type_)).decode(data)
         return decoded
 
+    def too_deep(self, data: bytes, limit: int) -> bool:
+        """True when ``data`` nests arrays or objects more than ``limit`` deep (checked
+        before decoding it: the decoders recurse)."""
+        if self.encoding is Encoding.JSON:
+            return json_too_deep(data, limit)
+        return msgpack_too_deep(data, limit)
+
+    def depth_error(self, limit: int) -> Error:
+        """The error answering a frame that nests more than ``limit`` deep."""
+        return Error(
+            id=None,
+            code=ErrorCode.INVALID_FRAME,
+            message=f"frame nests arrays or objects more than {limit} deep "
+            "(control.max_frame_depth)",
+            details={"encoding": str(self.encoding), "max_depth": limit},
+        )
+
     def explain(self, data: bytes, exc: msgspec.DecodeError) -> Error:
         """Turn a decoding failure of a client frame into the typed error to send back."""
         try:
@@ -75,26 +94,36 @@ class Codec(Generic[T]):
                 message=f"frame is not a valid {self.encoding} object: {exc}",
                 details={"encoding": str(self.encoding)},
             )
-        frame_id = request_id(probe.id)
-        if not isinstance(probe.type, str) or probe.type not in CLIENT_TYPES:
+        frame_id = request_id(self._field(probe.id))
+        tag = self._field(probe.type)
+        if not isinstance(tag, str) or tag not in CLIENT_TYPES:
             return Error(
                 id=frame_id,
                 code=ErrorCode.UNKNOWN_TYPE,
-                message=f"unknown message type {probe.type!r}",
+                message=f"unknown message type {tag!r}",
                 details={"known": sorted(CLIENT_TYPES)},
             )
         return Error(
             id=frame_id,
             code=ErrorCode.INVALID_MESSAGE,
-            message=f"invalid {probe.type!r} message: {exc}",
+            message=f"invalid {tag!r} message: {exc}",
             details=path_of(exc),
         )
+
+    def _field(self, raw: msgspec.Raw) -> object:
+        """A probed field's value when it is a string or an integer, else None."""
+        if not raw:
+            return None
+        try:
+            return _decoder_for(self.encoding, str | int).decode(raw)
+        except msgspec.DecodeError:
+            return None
 
 
 def request_id(value: object) -> int | None:
     """The ``id`` an error names for a frame that failed to decode: its own ``id``
-    when that is a valid one (an integer the frame could have carried), else None."""
-    if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**64:
+    when that is a valid one (a signed 64-bit integer), else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63:
         return value
     return None
 

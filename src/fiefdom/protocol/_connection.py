@@ -200,6 +200,11 @@ class Connection:
 
     async def _frame(self, data: bytes, codec: Codec[ClientMessage]) -> None:
         allowed = self.limiter.take()
+        depth = self.server.settings.max_frame_depth
+        if codec.too_deep(data, depth):
+            self.server.metrics.frames["invalid"] = self.server.metrics.frames.get("invalid", 0) + 1
+            await self.send(codec, codec.depth_error(depth) if allowed else self._limited(None))
+            return
         try:
             msg = codec.decode(data)
         except msgspec.DecodeError as exc:

@@ -32,6 +32,10 @@ LOG_LEVEL_RANK: Final[Mapping[str, int]] = {
 
 # Bounds checked when a frame is decoded, so that a request the store or the engine
 # would refuse (or overflow on) is an ``invalid_message`` naming the field.
+# Every other integer of a request (its id, a subscription, a version) is a signed
+# 64-bit one: JSON carries integers of any size, and a reply must not echo one that
+# a client in another language could not hold.
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 JobId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]  # the store's ids: 64-bit, from 1
 AfterId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 QueueName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -77,7 +81,7 @@ class _Request(_Frame):
     role allowed to send it; a type without one is refused when it is defined."""
 
     role: ClassVar[Role]
-    id: int
+    id: Int64
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -92,7 +96,7 @@ class Hello(_Request, tag="hello"):
     """The first frame: negotiates the protocol version and authenticates."""
 
     role: ClassVar[Role] = "read"
-    version: int = PROTOCOL_VERSION
+    version: Int64 = PROTOCOL_VERSION
     token: str | None = None
     client: str = ""
 
@@ -251,7 +255,7 @@ class Unsubscribe(_Request, tag="unsubscribe"):
     """End a subscription of this connection."""
 
     role: ClassVar[Role] = "read"
-    subscription: int
+    subscription: Int64
 
 
 class Stop(_Request, tag="stop"):

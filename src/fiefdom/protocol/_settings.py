@@ -34,6 +34,10 @@ class ControlSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     listen: str = "127.0.0.1:8765"
     tokens: list[TokenSpec] = msgspec.field(default_factory=list)
     max_frame_bytes: _AtLeastOne = 1 << 20
+    # Arrays and objects (maps) nested deeper than this in a frame are refused before
+    # decoding ("invalid_frame"): decoders recurse, and Python's stack is a few
+    # hundred of them deep. The frame itself is the first level.
+    max_frame_depth: Annotated[int, msgspec.Meta(ge=2, le=256)] = 32
     max_connections: _AtLeastOne = 256  # clients that have authenticated
     # Websockets that have not yet authenticated (no valid hello yet), counted apart:
     # idle sockets that never say hello must not lock authenticated clients out.
