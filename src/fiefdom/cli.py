@@ -1,6 +1,7 @@
 """The ``fiefdom`` command line: run the daemon (``serve``), migrate its store, and
 drive a running daemon through its control channel. Output is a readable table by
-default and JSON with ``--json``; an error is one line on stderr and exit status 1."""
+default and JSON with ``--json``; an error is one line on stderr and exit status 1
+(2 when ``serve`` cannot start), with its traceback before it under ``--debug``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,10 +27,16 @@ from .protocol import Client, QueueInfo, StatusReply, TargetInfo, connect
 from .storage import Enqueued, JobInfo, JobState
 
 EXIT_ERROR = 1
+# ``serve`` could not start: nothing was created; the line names the setting to change.
+EXIT_STARTUP = 2
 
 
 class CommandError(Exception):
-    """A one-line error for the user."""
+    """A one-line error for the user, and the exit status that goes with it."""
+
+    def __init__(self, message: str, *, status: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 # -- configuration and where the daemon is ---------------------------------------------
@@ -245,7 +253,30 @@ def _print_enqueued(kind: str, enqueued: Enqueued) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    config = _config(args)
+    daemon: Daemon | None = None
+    try:
+        config = _config(args)
+        runner, loop_name = _runner(config)
+        daemon = Daemon(config, loop_name=loop_name)
+        runner(daemon.run())
+    except Exception as exc:
+        if daemon is not None and daemon.reached_running:
+            raise  # it ran, then failed: like any other command's error
+        raise CommandError(_startup_error(exc), status=EXIT_STARTUP) from exc
+    return 0
+
+
+def _startup_error(exc: Exception) -> str:
+    if isinstance(exc, CommandError | FiefdomError):
+        return str(exc) or type(exc).__name__
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    # A bug, not a setting: its traceback is what helps, under --debug.
+    return f"unexpected {type(exc).__name__}: {exc} (--debug shows the traceback)"
+
+
+def _runner(config: Config) -> tuple[Callable[[Awaitable[None]], None], str]:
+    """How to run the daemon's loop, as ``daemon.loop`` asks, and the loop's name."""
     wanted = config.daemon.loop
     loop_name = "asyncio"
     runner: Callable[[Awaitable[None]], None] = asyncio.run  # type: ignore[assignment]
@@ -263,9 +294,7 @@ def _serve(args: argparse.Namespace) -> int:
         else:
             runner = uvloop.run
             loop_name = "uvloop"
-    daemon = Daemon(config, loop_name=loop_name)
-    runner(daemon.run())
-    return 0
+    return runner, loop_name
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -446,6 +475,9 @@ def _parser() -> argparse.ArgumentParser:
         "--config", metavar="PATH", help="configuration file (default: ./config.toml)"
     )
     common.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    common.add_argument(
+        "--debug", action="store_true", help="print an error's traceback before its line"
+    )
     remote = argparse.ArgumentParser(add_help=False, parents=[common])
     remote.add_argument("--url", help="the daemon's address (default: from the configuration)")
     remote.add_argument("--token", help="a control token (default: from the data folder)")
@@ -526,9 +558,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, exc: BaseException, debug: bool, status: int = EXIT_ERROR) -> NoReturn:
+    if debug:
+        # What went wrong underneath: the cause a one-line error was made from.
+        traceback.print_exception(exc.__cause__ or exc)
     print(f"fiefdom: error: {message}", file=sys.stderr)
-    raise SystemExit(EXIT_ERROR)
+    raise SystemExit(status)
 
 
 def _quiet_logging() -> None:
@@ -544,12 +579,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command != "serve":
         _quiet_logging()
+    debug = bool(getattr(args, "debug", False))
     try:
         return int(args.func(args))
-    except (CommandError, FiefdomError) as exc:
-        _fail(str(exc) or type(exc).__name__)
+    except CommandError as exc:
+        _fail(str(exc), exc, debug, exc.status)
+    except FiefdomError as exc:
+        _fail(str(exc) or type(exc).__name__, exc, debug)
     except OSError as exc:
-        _fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
+        message = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+        _fail(message, exc, debug)
     except KeyboardInterrupt:
         return 130
 

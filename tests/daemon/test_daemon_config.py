@@ -146,34 +146,30 @@ def test_admin_token_is_created_once_with_mode_0600(tmp_path: Path) -> None:
     assert ensure_admin_token(path) == token
 
 
-def test_a_missing_module_fails_the_start_with_one_clear_line(tmp_path: Path) -> None:
-    """A user module that cannot be imported stops `fiefdom serve` with exit 1 and one line."""
-    config = write_config(tmp_path, modules=("no_such_module_here",))
+def test_a_failure_after_the_checks_writes_the_flight_recorder(tmp_path: Path) -> None:
+    """A start that fails once the daemon holds its data folder (a module's setup
+    raises) writes its recent events, debug included, to a crash file; the command
+    line still ends with one line and exit status 2, without a traceback."""
+    config = write_config(tmp_path, modules=("failing_app",))
     result = subprocess.run(
-        [sys.executable, "-m", "fiefdom.cli", "serve", "--config", str(config)],
+        [sys.executable, "-m", "fiefdom", "serve", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert result.returncode == 1
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("fiefdom: error: daemon.modules: cannot import 'no_such_module_here'")
-
-
-def test_crash_writes_the_flight_recorder(tmp_path: Path) -> None:
-    """A daemon that fails at start writes its recent events (debug included) to a file."""
-    config = write_config(tmp_path, modules=("no_such_module_here",))
-    subprocess.run(
-        [sys.executable, "-m", "fiefdom.cli", "serve", "--config", str(config)],
-        capture_output=True,
-        timeout=60,
+    assert result.returncode == 2
+    assert result.stderr.endswith(
+        "fiefdom: error: unexpected RuntimeError: setup failed on purpose "
+        "(--debug shows the traceback)\n"
     )
+    assert "Traceback" not in result.stderr
     dumps = list((tmp_path / "data" / "flight-recorder").glob("flight-*-crash.jsonl"))
     assert len(dumps) == 1
     events = [json.loads(line) for line in dumps[0].read_text().splitlines()]
     names = [e["event"] for e in events]
     assert "opening the store" in names
-    assert "daemon failed" in names
+    failed = events[names.index("daemon failed")]
+    assert "RuntimeError: setup failed on purpose" in failed["exception"]
 
 
 async def test_dump_on_request_writes_the_flight_recorder(daemon: DaemonProcess) -> None:

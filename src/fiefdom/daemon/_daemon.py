@@ -37,24 +37,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
-import inspect
-import json
 import os
-import signal
-import sys
 import time
-from collections.abc import Callable, Iterable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import anyio
-import msgspec
 import structlog
 
 from .._errors import ConfigurationError, FiefdomError
 from .._lifecycle import Lifecycle, State, StopMode
-from ..actors import ActorRef, Domain
 from ..protocol import (
     ControlMetrics,
     ControlServer,
@@ -65,11 +57,15 @@ from ..protocol import (
 )
 from ..supervisors import ActorSystem, Restart, ServiceSpec
 from ._config import Config
+from ._datadir import DataDirLock, publish_endpoint, withdraw_endpoint
 from ._events import forward_runtime_events
-from ._jobs import JobRegistrar, JobsAdapter
-from ._logging import FlightRecorder, configure_logging
+from ._jobs import JobsAdapter
+from ._logging import FlightRecorder
+from ._modules import UserModule, set_up_modules
+from ._preflight import listen_error, prepare
+from ._run import run_daemon
 from ._services import StoreService
-from ._storage import SCHEMA_VERSION, Store, open_store
+from ._storage import SCHEMA_VERSION, Store
 from ._tokens import token_table
 
 log = structlog.get_logger("fiefdom.daemon")
@@ -83,44 +79,6 @@ _SCHEMA_RECHECK = 2.0
 # cancels it: the engine's drain ends at shutdown_timeout by itself and then writes
 # the outcomes of the jobs it gives back; the control server bounds its own closing.
 _STOP_MARGIN = 10.0
-
-
-class DaemonContext:
-    """What a user module's ``setup(daemon)`` hook gets: the actor system to spawn
-    into, ``expose`` to make actors callable over the control channel, the job
-    engine to register job kinds with, its own settings, and the data folder."""
-
-    def __init__(self, daemon: Daemon, module: str) -> None:
-        self._daemon = daemon
-        self.module = module
-        self.system: ActorSystem = daemon.system
-        self.data_dir: Path = daemon.config.data_path
-        self.settings: dict[str, Any] = dict(daemon.config.app.get(module.rsplit(".", 1)[-1], {}))
-        self.log = structlog.get_logger(module)
-
-    def expose(
-        self,
-        name: str,
-        target: ActorRef[Any] | Domain[Any, Any],
-        messages: Iterable[type[msgspec.Struct]],
-    ) -> None:
-        """Make ``target`` callable over the control channel as ``name``."""
-        self._daemon.registry.expose(name, target, messages)
-        if isinstance(target, Domain):
-            # Job kinds may run in an exposed domain under the same name.
-            self._daemon.jobs_adapter.registrar.domains.setdefault(name, target)
-
-    @property
-    def store(self) -> Store:
-        store = self._daemon.store
-        if store is None:  # pragma: no cover - setup runs after the store opened
-            raise FiefdomError("the store is not open")
-        return store
-
-    @property
-    def jobs(self) -> JobRegistrar:
-        """Register job kinds, their handlers and the domains they run in."""
-        return self._daemon.jobs_adapter.registrar
 
 
 class Daemon:
@@ -142,6 +100,11 @@ class Daemon:
         self.jobs_adapter = JobsAdapter(config, self.hub, self.metrics)
         self.server: ControlServer | None = None
         self._log_stream = log_stream
+        # The data folder's lock, from the start's checks until the daemon has stopped;
+        # ``_claimed`` stays true once the daemon has written into the folder.
+        self._lock: DataDirLock | None = None
+        self._claimed = False
+        self._reached_running = False
         self._draining = False
         self._schema_checked_at: float | None = None
         self._schema_current = False
@@ -151,7 +114,6 @@ class Daemon:
         # Set once the tree has finished starting (or failed to): a drain waits for
         # it, so that it never races the start of the engine.
         self._tree_started = asyncio.Event()
-        self._signals = 0
         self._lifecycle = Lifecycle(
             f"daemon {self.name!r}", "use 'async with Daemon(config) as daemon' or 'await run()'"
         )
@@ -164,6 +126,11 @@ class Daemon:
     def state(self) -> State:
         """Where the daemon is in its lifecycle."""
         return self._lifecycle.state
+
+    @property
+    def reached_running(self) -> bool:
+        """Whether start() completed: a failure before it is a failure to start."""
+        return self._reached_running
 
     # -- ControlHost -----------------------------------------------------------------
 
@@ -206,10 +173,12 @@ class Daemon:
     def request_stop(self, mode: StopMode) -> None:
         """Ask the daemon to stop and return at once (a signal, the ``stop`` request):
         ``run()`` then stops it. A second request, or one in ``cancel`` mode, cancels
-        running work at once."""
+        running work at once; ``exit`` and ``restart`` mean ``drain`` (the daemon has
+        no messages of its own)."""
         # A second request (or a first one in cancel mode) ends the drain at once:
         # running jobs are cancelled and go back to their queue.
-        self._note_stop("cancel" if self._stop_mode is not None else mode)
+        first: StopMode = "cancel" if mode == "cancel" else "drain"
+        self._note_stop("cancel" if self._stop_mode is not None else first)
 
     def _note_stop(self, mode: StopMode) -> None:
         if mode == "cancel":
@@ -261,97 +230,46 @@ class Daemon:
 
     # -- running ---------------------------------------------------------------------
 
-    def _on_signal(self, name: str) -> None:
-        self._signals += 1
-        if self._signals == 1:
-            log.info("signal received: draining (send it again to cancel at once)", signal=name)
-            self.request_stop("drain")
-        else:
-            log.warning("second signal received: cancelling running work", signal=name)
-            self.request_stop("cancel")
-
-    def _install_signals(self) -> Callable[[], None]:
-        loop = asyncio.get_running_loop()
-        installed: list[signal.Signals] = []
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, self._on_signal, sig.name)
-            except (NotImplementedError, RuntimeError, ValueError):
-                continue  # not the main thread, or a platform without signals
-            installed.append(sig)
-
-        def remove() -> None:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
-
-        return remove
-
     async def run(self) -> None:
-        """Run until stopped (signal or ``stop`` request); raises what made it fail."""
-        config = self.config
-        configure_logging(
-            config.daemon.log_level,
-            config.daemon.log_format,
-            self.recorder,
-            self.hub,
-            stream=self._log_stream,
-        )
-        remove_signals = self._install_signals()
-        try:
-            try:
-                await self._run()
-            except BaseExceptionGroup as group:
-                # The task groups of the actor system wrap what a start step raised;
-                # the operator wants that one error, not the group around it.
-                leaves = _leaves(group)
-                if len(leaves) == 1 and isinstance(leaves[0], Exception):
-                    raise leaves[0] from None
-                raise
-        except BaseException as exc:
-            if isinstance(exc, FiefdomError):
-                # An expected failure (configuration, schema, database): one line.
-                log.error("daemon failed", error=str(exc), error_type=type(exc).__name__)
-            elif not isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
-                log.error("daemon failed", exc_info=exc)
-            if not isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
-                with contextlib.suppress(OSError):
-                    path, _ = self.recorder.dump("crash")
-                    log.error("flight recorder written", path=str(path))
-            raise
-        finally:
-            remove_signals()
+        """Run until stopped (signal or ``stop`` request); raises what made it fail.
+        See ``_run`` for what it does around start() and stop()."""
+        await run_daemon(self, self._log_stream)
 
-    async def _run(self) -> None:
-        await self.start()
-        try:
-            await self._until_stop_requested()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self.stop("cancel")
-            raise
-        log.info(
-            "draining: stopping the tree in reverse order",
-            mode=self._stop_mode,
-            deadline=self.config.daemon.shutdown_timeout,
-        )
-        await self.stop(self._stop_mode or "drain")
-        log.info("daemon stopped", name=self.name)
+    @property
+    def claimed_data_dir(self) -> bool:
+        """Whether this daemon has held its data folder (and may write into it)."""
+        return self._claimed
+
+    async def wait_stop_request(self) -> StopMode:
+        """Wait for a stop request; returns the mode to stop in."""
+        await self._stop_requested.wait()
+        return self._stop_mode or "drain"
 
     async def start(self) -> None:
         """Open the store, set up the user modules, start the control server and the
         job engine, in that order; returns once the whole tree has started (and
-        ``control.json`` is written). A daemon runs once."""
+        ``control.json`` is written). A daemon runs once.
+
+        Everything that can be checked without writing is checked first (see
+        ``_preflight``): a start refused there raises ConfigurationError naming the
+        setting, and has created nothing. Then the daemon locks its data folder (a
+        second daemon on it is refused) and holds it until it has stopped."""
         self._lifecycle.begin_start()
         try:
             config = self.config
-            config.data_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            prepared = prepare(config)
+            self._lock = prepared.lock
+            prepared.lock.acquire()
+            self._claimed = True
+            # Left by a daemon that was killed: its address is not this one's.
+            withdraw_endpoint(config.data_path)
             tokens: TokenTable = token_table(config)
-            store = open_store(config.store_url)
+            store = prepared.store
             self.store = store
             self.jobs_adapter.attach(store)
             self._stop_forwarding = forward_runtime_events(self.system.events, self.hub)
             await self.system.start()
-            await self._start_tree(store, tokens)
+            await self._start_tree(store, tokens, prepared.modules)
         except BaseException:
             # Whatever started is stopped at once (cancelled), and the error raised.
             with anyio.CancelScope(shield=True):
@@ -367,6 +285,7 @@ class Daemon:
             self._settled.set()
         if self._lifecycle.state is State.STARTING:  # not stopped meanwhile
             self._lifecycle.started()
+            self._reached_running = True
 
     async def stop(self, mode: StopMode = "drain") -> None:
         """Stop the tree in reverse order (see the module docstring): ``drain`` lets
@@ -393,7 +312,8 @@ class Daemon:
 
     async def _release(self) -> None:
         """What start() set up beside the tree: forwarding of runtime events, the
-        engine's event subscription, a drain's task, the endpoint file."""
+        engine's event subscription, a drain's task, the endpoint file and the data
+        folder's lock (let go last)."""
         if self._released:
             return
         self._released = True
@@ -405,8 +325,12 @@ class Daemon:
             # Stopping the tree stopped the engine too; collect the drain's end.
             with contextlib.suppress(Exception):
                 await self._drain_task
-        with contextlib.suppress(FileNotFoundError):
-            self.config.endpoint_path.unlink()
+        if self._lock is not None:
+            # Only the daemon holding the folder may remove its control.json: a
+            # second one refused on it must leave the running one's address there.
+            if self._lock.held:
+                withdraw_endpoint(self.config.data_path)
+            self._lock.release()
 
     async def __aenter__(self) -> Daemon:
         await self.start()
@@ -415,35 +339,45 @@ class Daemon:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop("drain" if exc_info[1] is None else "cancel")
 
-    async def _start_tree(self, store: Store, tokens: TokenTable) -> None:
+    async def _start_tree(
+        self, store: Store, tokens: TokenTable, modules: list[UserModule]
+    ) -> None:
         try:
-            await self._start_children(store, tokens)
+            await self._start_children(store, tokens, modules)
         finally:
             # Even on failure: a drain waiting for the start must not wait forever.
             self._tree_started.set()
 
-    async def _start_children(self, store: Store, tokens: TokenTable) -> None:
+    async def _start_children(
+        self, store: Store, tokens: TokenTable, modules: list[UserModule]
+    ) -> None:
         config = self.config
         root = self.system.root
         # The store is a child like the others, so that it closes last; it is started
         # first and open before the modules' setup hooks run (they may use it).
         store_service = StoreService(
-            store, migrate=config.store.migrate, url_for_logs=_redact(config.store_url)
+            store,
+            migrate=config.store.migrate,
+            url_for_logs=_redact(config.store_url),
         )
         await root.start_child(
             ServiceSpec(
                 "store", lambda: store_service, restart=Restart.TEMPORARY, shutdown=_STOP_MARGIN
             )
         )
-        await self._load_modules()
+        await set_up_modules(self, modules)
         server = ControlServer(self, config.control, tokens, self.metrics)
-        await root.start_child(
-            ServiceSpec(
-                "control",
-                lambda: server,
-                shutdown=config.control.shutdown_timeout + _STOP_MARGIN,
+        try:
+            await root.start_child(
+                ServiceSpec(
+                    "control",
+                    lambda: server,
+                    shutdown=config.control.shutdown_timeout + _STOP_MARGIN,
+                )
             )
-        )
+        except OSError as exc:
+            # Taken since the start's checks bound it: the same line as theirs.
+            raise ConfigurationError(listen_error(exc, config.control)) from exc
         self.server = server
         if config.jobs.enabled and not self._draining:
             engine = await self.jobs_adapter.build_engine()
@@ -459,73 +393,10 @@ class Daemon:
                         shutdown=config.daemon.shutdown_timeout + _STOP_MARGIN,
                     )
                 )
-        self._write_endpoint(server)
-        log.info(
-            "daemon ready",
-            name=self.name,
-            url=f"http://{config.control.host_port()[0]}:{server.port}",
-            loop=self.loop_name,
-            pid=os.getpid(),
-        )
-
-    async def _until_stop_requested(self) -> None:
-        """Return on a stop request, or when the tree stopped by itself (the root
-        gave up: leaving the system then raises why)."""
-        async with anyio.create_task_group() as tg:
-
-            async def root_stopped() -> None:
-                await self.system.wait_stopped()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(root_stopped, name="daemon/root-stopped")
-            await self._stop_requested.wait()
-            tg.cancel_scope.cancel()
-
-    async def _load_modules(self) -> None:
-        base = Path(self.config.base_dir)
-        for folder in self.config.daemon.python_path:
-            path = str((base / folder).resolve())
-            if path not in sys.path:
-                sys.path.insert(0, path)
-        for name in self.config.daemon.modules:
-            try:
-                module = importlib.import_module(name)
-            except ImportError as exc:
-                raise ConfigurationError(
-                    f"daemon.modules: cannot import {name!r}: {exc} "
-                    "(is it installed, or its folder listed in daemon.python_path?)"
-                ) from exc
-            setup = getattr(module, "setup", None)
-            if not callable(setup):
-                raise ConfigurationError(
-                    f"daemon.modules: {name!r} has no setup(daemon) function to call"
-                )
-            result = setup(DaemonContext(self, name))
-            if inspect.isawaitable(result):
-                await result
-            log.info("module set up", module=name)
-
-    def _write_endpoint(self, server: ControlServer) -> None:
-        host, _ = self.config.control.host_port()
-        info = {
-            "url": f"http://{host}:{server.port}",
-            "pid": os.getpid(),
-            "name": self.name,
-        }
-        path = self.config.endpoint_path
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info), encoding="utf-8")
-        os.replace(tmp, path)
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    leaves: list[BaseException] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            leaves.extend(_leaves(exc))
-        else:
-            leaves.append(exc)
-    return leaves
+        host, _ = config.control.host_port()
+        url = f"http://{host}:{server.port}"
+        publish_endpoint(config.data_path, url, self.name)
+        log.info("daemon ready", name=self.name, url=url, loop=self.loop_name, pid=os.getpid())
 
 
 def _redact(url: str) -> str:

@@ -40,8 +40,9 @@ def read_token_file(path: Path) -> str:
     return token
 
 
-def token_table(config: Config) -> TokenTable:
-    """The tokens the daemon accepts (creating the admin token when none is configured)."""
+def configured_credentials(config: Config) -> list[Credential]:
+    """The tokens ``control.tokens`` configures (reading their files), checked; creates
+    nothing. Raises ConfigurationError naming the entry that is wrong."""
     credentials: list[Credential] = []
     for index, spec in enumerate(config.control.tokens):
         where = f"control.tokens[{index}]"
@@ -51,10 +52,19 @@ def token_table(config: Config) -> TokenTable:
             secret = spec.token
         else:
             assert spec.token_file is not None
-            secret = read_token_file(Path(config.base_dir) / spec.token_file)
+            try:
+                secret = read_token_file(Path(config.base_dir) / spec.token_file)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{where}.token_file: {exc}") from None
         if len(secret) < 16:
             raise ConfigurationError(f"{where}: a token must have at least 16 characters")
         credentials.append(Credential(secret.encode(), spec.role, spec.name or where))
+    return credentials
+
+
+def token_table(config: Config) -> TokenTable:
+    """The tokens the daemon accepts (creating the admin token when none is configured)."""
+    credentials = configured_credentials(config)
     if not credentials:
         admin = ensure_admin_token(config.admin_token_path)
         credentials.append(Credential(admin.encode(), "admin", "admin.token"))

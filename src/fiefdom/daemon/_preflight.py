@@ -1,0 +1,97 @@
+"""What the daemon checks before it writes anything: the data folder (and that no other
+daemon holds it), the control address, the configured tokens, the store's URL and the
+user's modules. A start that fails here leaves the disk as it was, and its error is
+one line naming the setting to change."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from dataclasses import dataclass
+
+from .._errors import ConfigurationError, FiefdomError
+from ..protocol import ControlSettings
+from ._config import Config
+from ._datadir import DataDirLock, check_data_dir
+from ._modules import UserModule, import_modules
+from ._storage import Store, open_store
+from ._tokens import configured_credentials
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What the checks produced, for the start to use: the store (not yet open), the
+    imported modules, and the data folder's lock (taken already if its file existed)."""
+
+    store: Store
+    modules: list[UserModule]
+    lock: DataDirLock
+
+
+def prepare(config: Config) -> Prepared:
+    """Run every check that needs nothing created; raises ConfigurationError."""
+    check_data_dir(config.data_path)
+    lock = DataDirLock(config.data_path)
+    # First: a daemon already running there is the answer, whatever else is wrong
+    # (it may well hold the same port).
+    lock.acquire_existing()
+    try:
+        check_listen(config.control)
+        configured_credentials(config)
+        try:
+            store = open_store(config.store_url)
+        except FiefdomError as exc:
+            raise ConfigurationError(f"store.url: {exc}") from exc
+        modules = import_modules(config)
+    except BaseException:
+        lock.release()
+        raise
+    return Prepared(store, modules, lock)
+
+
+def check_listen(settings: ControlSettings) -> None:
+    """Bind (and close at once) every address ``control.listen`` resolves to, as the
+    control server will: a taken port or a foreign address is refused here."""
+    host, port = settings.host_port()
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigurationError(
+            f"control.listen: cannot resolve {host!r}: {exc.strerror}; set control.listen "
+            "to an address of this machine"
+        ) from None
+    for family, kind, proto, _, address in dict.fromkeys(addresses):
+        with socket.socket(family, kind, proto) as sock:
+            # The options asyncio's create_server sets, so that the answer is the same.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                raise ConfigurationError(listen_error(exc, settings)) from None
+
+
+def listen_error(exc: OSError, settings: ControlSettings) -> str:
+    """The one line for a failure to listen on ``control.listen``."""
+    host, port = settings.host_port()
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"control.listen: {settings.listen} is in use by another process; stop it, "
+            "or set control.listen to a free port (port 0 lets the system choose one)"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"control.listen: {host} is not an address of this machine; set control.listen "
+            "to one of its addresses (127.0.0.1 for this machine only, 0.0.0.0 for every "
+            "interface)"
+        )
+    if exc.errno == errno.EACCES:
+        return (
+            f"control.listen: this user may not listen on port {port} (ports below 1024 "
+            "need privileges); set control.listen to a port above 1023"
+        )
+    return (
+        f"control.listen: cannot listen on {settings.listen}: {exc.strerror or exc}; "
+        "set control.listen to another address"
+    )
