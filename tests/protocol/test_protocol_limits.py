@@ -13,7 +13,7 @@ from daemon_harness import DaemonProcess, write_config
 
 import fiefdom
 from fiefdom import JobEvent, JobState
-from fiefdom.protocol import EventHub
+from fiefdom.protocol import ControlSettings, EventHub
 
 
 @pytest.fixture(scope="module")
@@ -85,27 +85,54 @@ async def test_slow_subscriber_buffer_is_bounded_and_reports_drops() -> None:
 
 
 async def test_sockets_that_never_say_hello_do_not_lock_clients_out(tmp_path: Path) -> None:
-    """Idle unauthenticated websockets fill only their own limit; authenticated clients get in."""
+    """Idle unauthenticated websockets fill only their own budget: a browser-style client
+    (token in its hello) still gets in, the oldest idle socket making room (closed with
+    1013), and clients with a header token are never counted against that budget."""
     config = write_config(
         tmp_path, control="max_connections = 2\nmax_unauthenticated = 2\nhello_timeout = 600.0"
     )
     async with aiohttp.ClientSession() as session:
         with DaemonProcess(config) as daemon:
             idle = [await session.ws_connect(daemon.ws_url) for _ in range(2)]
-            with pytest.raises(aiohttp.WSServerHandshakeError) as info:
-                await session.ws_connect(daemon.ws_url)
-            assert info.value.status == 503
-            bearer = {"Authorization": f"Bearer {daemon.token}"}
-            async with (
-                fiefdom.connect(daemon.url, token=daemon.token) as client,
-                session.ws_connect(daemon.ws_url, headers=bearer) as raw,
-            ):
-                await client.ping()
-                await raw.send_json({"type": "hello", "id": 1})
-                assert (await raw.receive_json())["type"] == "welcome"
-                # Both authenticated slots are taken: a waiting socket's hello is refused.
-                await idle[0].send_json({"type": "hello", "id": 1, "token": daemon.token})
-                reply = await idle[0].receive_json()
-                assert (reply["type"], reply["code"]) == ("error", "unavailable")
+            # Proof that both idle sockets are open and counted before the newcomer comes.
+            for ws in idle:
+                await ws.send_json({"type": "ping", "id": 1})
+                assert (await ws.receive_json(timeout=10))["code"] == "unauthenticated"
+            async with session.ws_connect(daemon.ws_url) as browser:
+                await browser.send_json({"type": "hello", "id": 1, "token": daemon.token})
+                assert (await browser.receive_json(timeout=10))["type"] == "welcome"
+                evicted = await idle[0].receive(timeout=10)
+                assert evicted.type is aiohttp.WSMsgType.CLOSE, evicted
+                assert evicted.data == aiohttp.WSCloseCode.TRY_AGAIN_LATER
+                assert "waiting to authenticate" in evicted.extra
+                # The younger idle socket is still there.
+                await idle[1].send_json({"type": "ping", "id": 2})
+                assert (await idle[1].receive_json(timeout=10))["id"] == 2
+                bearer = {"Authorization": f"Bearer {daemon.token}"}
+                async with session.ws_connect(daemon.ws_url, headers=bearer) as raw:
+                    await raw.send_json({"type": "hello", "id": 1})
+                    assert (await raw.receive_json(timeout=10))["type"] == "welcome"
+                    # Both authenticated slots are taken: a waiting socket's hello is refused.
+                    await idle[1].send_json({"type": "hello", "id": 3, "token": daemon.token})
+                    reply = await idle[1].receive_json(timeout=10)
+                    assert (reply["type"], reply["code"]) == ("error", "unavailable")
             for ws in idle:
                 await ws.close()
+
+
+async def test_a_socket_that_never_says_hello_is_closed_at_the_deadline(tmp_path: Path) -> None:
+    """An unauthenticated websocket is closed with 1008 once hello_timeout has passed
+    without a valid hello (waited on as the close frame, under a hang guard)."""
+    config = write_config(tmp_path, control="hello_timeout = 0.2")
+    async with aiohttp.ClientSession() as session:
+        with DaemonProcess(config) as daemon:
+            async with session.ws_connect(daemon.ws_url) as ws:
+                closing = await ws.receive(timeout=30)
+                assert closing.type is aiohttp.WSMsgType.CLOSE, closing
+                assert closing.data == aiohttp.WSCloseCode.POLICY_VIOLATION
+                assert closing.extra == "no hello within the deadline"
+
+
+def test_the_hello_deadline_is_short_by_default() -> None:
+    """A socket that has not said hello is held for seconds, not minutes, by default."""
+    assert ControlSettings().hello_timeout <= 5.0

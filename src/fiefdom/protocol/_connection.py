@@ -136,6 +136,7 @@ class Connection:
         self.requests = 0
         self.slot_free = asyncio.Event()
         self.welcomed = role is not None
+        self.evicted: str | None = None  # why it was closed to make room for another
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -160,6 +161,9 @@ class Connection:
 
     async def run(self) -> None:
         try:
+            if self.evicted is not None:
+                await self.close(WSCloseCode.TRY_AGAIN_LATER, self.evicted)
+                return
             if self.role is None:
                 self.spawn(self._hello_deadline(), "control/hello-deadline")
             async for msg in self.ws:
@@ -181,6 +185,13 @@ class Connection:
                 task.cancel()
             with anyio.CancelScope(shield=True):
                 await asyncio.gather(*tasks, return_exceptions=True)
+
+    def evict(self, reason: str) -> None:
+        """Close this connection, still to say hello, to make room for a newcomer (at
+        once, or as soon as its handshake is done)."""
+        self.evicted = reason
+        if self.ws.prepared:
+            self.spawn(self.close(WSCloseCode.TRY_AGAIN_LATER, reason), "control/evict")
 
     async def _hello_deadline(self) -> None:
         await anyio.sleep(self.server.settings.hello_timeout)

@@ -48,8 +48,11 @@ class ControlServer:
         self.tokens = tokens
         self.metrics = metrics or ControlMetrics(host.system)
         self._connections: set[Connection] = set()
-        # Those of them without a role yet; the others count against max_connections.
-        self._unauthenticated: set[Connection] = set()
+        # Those of them without a role yet, oldest first (the first to make room for a
+        # newcomer), and those closed to make room; the others count against
+        # max_connections.
+        self._unauthenticated: dict[Connection, None] = {}
+        self._evicted: set[Connection] = set()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._schema = json.dumps(json_schema(), indent=2).encode()
@@ -85,7 +88,7 @@ class ControlServer:
 
     @property
     def authenticated(self) -> int:
-        return len(self._connections) - len(self._unauthenticated)
+        return len(self._connections) - len(self._unauthenticated) - len(self._evicted)
 
     def _too_many(self, reason: str, message: str) -> web.Response:
         self.metrics.ws_refused.labels(reason=reason).inc()
@@ -94,13 +97,26 @@ class ControlServer:
     def admit(self, conn: Connection) -> bool:
         """A connection has just authenticated (hello): count it against
         max_connections, unless they are all taken."""
+        if conn in self._evicted:
+            return False  # its hello crossed the close that made room for another
         if conn not in self._unauthenticated:
             return True
         if self.authenticated >= self.settings.max_connections:
             self.metrics.ws_refused.labels(reason="too_many_connections").inc()
             return False
-        self._unauthenticated.discard(conn)
+        del self._unauthenticated[conn]
         return True
+
+    def _make_room(self) -> None:
+        """Close the oldest websocket still to say hello, for a newcomer: a budget full
+        of sockets that never authenticate must not lock out a client that
+        authenticates by ``hello`` (a browser cannot send a header)."""
+        oldest = next(iter(self._unauthenticated))
+        del self._unauthenticated[oldest]
+        self._evicted.add(oldest)
+        self.metrics.ws_refused.labels(reason="unauthenticated_evicted").inc()
+        limit = self.settings.max_unauthenticated
+        oldest.evict(f"too many connections waiting to authenticate (limit {limit})")
 
     def _app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_frame_bytes)
@@ -355,12 +371,6 @@ class ControlServer:
             if refused is not None:
                 return refused
             role = self.tokens.role_of(self._bearer(request))
-        if role is None and len(self._unauthenticated) >= self.settings.max_unauthenticated:
-            waiting = self.settings.max_unauthenticated
-            return self._too_many(
-                "too_many_unauthenticated",
-                f"too many connections waiting to authenticate (limit {waiting})",
-            )
         if self._runner is None:
             return web.json_response(
                 {"code": ErrorCode.UNAVAILABLE, "message": "the daemon is stopping"}, status=503
@@ -375,15 +385,18 @@ class ControlServer:
         )
         conn = Connection(self, ws, role)
         # Counted before the handshake's await: concurrent upgrades see each other.
-        self._connections.add(conn)
         if role is None:
-            self._unauthenticated.add(conn)
+            if len(self._unauthenticated) >= self.settings.max_unauthenticated:
+                self._make_room()
+            self._unauthenticated[conn] = None
+        self._connections.add(conn)
         self.metrics.ws_connections.inc()
         try:
             await ws.prepare(request)
             await conn.run()
         finally:
             self._connections.discard(conn)
-            self._unauthenticated.discard(conn)
+            self._unauthenticated.pop(conn, None)
+            self._evicted.discard(conn)
             self.metrics.ws_connections.dec()
         return ws

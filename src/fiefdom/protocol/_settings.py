@@ -40,13 +40,15 @@ class ControlSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_frame_depth: Annotated[int, msgspec.Meta(ge=2, le=256)] = 32
     max_connections: _AtLeastOne = 256  # clients that have authenticated
     # Websockets that have not yet authenticated (no valid hello yet), counted apart:
-    # idle sockets that never say hello must not lock authenticated clients out.
+    # idle sockets that never say hello must not lock authenticated clients out. When
+    # they are all taken, a new one closes the oldest of them (1013, try again later),
+    # so a client that authenticates by hello (a browser) always gets its turn.
     max_unauthenticated: _AtLeastOne = 32
     messages_per_second: _PositiveRate = 1000.0
     burst: _AtLeastOne = 2000
     max_in_flight: _AtLeastOne = 64  # requests of one connection handled at once
     subscriber_buffer: _AtLeastOne = 1000  # events held for a slow subscriber before dropping
-    hello_timeout: _PositiveSeconds = 10.0  # an unauthenticated connection is closed after this
+    hello_timeout: _PositiveSeconds = 5.0  # an unauthenticated connection is closed after this
     shutdown_timeout: _Seconds = 5.0  # open connections get this long to finish on stop
 
     def host_port(self) -> tuple[str, int]:
