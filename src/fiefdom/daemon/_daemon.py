@@ -62,6 +62,7 @@ from ._events import forward_runtime_events
 from ._jobs import JobsAdapter
 from ._logging import FlightRecorder
 from ._modules import UserModule, set_up_modules
+from ._outage import OutageLog
 from ._preflight import listen_error, prepare
 from ._run import run_daemon
 from ._services import StoreService
@@ -99,12 +100,14 @@ class Daemon:
         self.store: Store | None = None
         self.jobs_adapter = JobsAdapter(config, self.hub, self.metrics)
         self.server: ControlServer | None = None
+        self.outages = OutageLog(_redact(config.store_url))
         self._log_stream = log_stream
         # The data folder's lock, from the start's checks until the daemon has stopped;
         # ``_claimed`` stays true once the daemon has written into the folder.
         self._lock: DataDirLock | None = None
         self._claimed = False
         self._reached_running = False
+        self._remove_outage_filter: Callable[[], None] | None = None
         self._draining = False
         self._schema_checked_at: float | None = None
         self._schema_current = False
@@ -263,6 +266,7 @@ class Daemon:
             self._claimed = True
             # Left by a daemon that was killed: its address is not this one's.
             withdraw_endpoint(config.data_path)
+            self._remove_outage_filter = self.outages.install()
             tokens: TokenTable = token_table(config)
             store = prepared.store
             self.store = store
@@ -312,8 +316,8 @@ class Daemon:
 
     async def _release(self) -> None:
         """What start() set up beside the tree: forwarding of runtime events, the
-        engine's event subscription, a drain's task, the endpoint file and the data
-        folder's lock (let go last)."""
+        engine's event subscription, a drain's task, the outage filter, the endpoint
+        file and the data folder's lock (let go last)."""
         if self._released:
             return
         self._released = True
@@ -325,6 +329,9 @@ class Daemon:
             # Stopping the tree stopped the engine too; collect the drain's end.
             with contextlib.suppress(Exception):
                 await self._drain_task
+        if self._remove_outage_filter is not None:
+            self._remove_outage_filter()
+            self._remove_outage_filter = None
         if self._lock is not None:
             # Only the daemon holding the folder may remove its control.json: a
             # second one refused on it must leave the running one's address there.
@@ -359,6 +366,7 @@ class Daemon:
             store,
             migrate=config.store.migrate,
             url_for_logs=_redact(config.store_url),
+            outages=self.outages,
         )
         await root.start_child(
             ServiceSpec(

@@ -12,6 +12,7 @@ import structlog
 
 from .._lifecycle import Lifecycle, State, StopMode
 from ..storage import Store
+from ._outage import OutageLog
 
 log = structlog.get_logger("fiefdom.daemon")
 
@@ -30,13 +31,22 @@ class StoreService:
     the database is handled inside the store (reconnecting with backoff, reported by
     ``/readyz``), never by pulling it from under the engine and the actors. Hence its
     restart type is ``temporary``, and ``serve`` never fails once it has started.
+    Given an ``OutageLog``, it logs each outage's beginning and end while it serves.
 
     It has the shared lifecycle too (``state``, ``start``, ``stop(mode)``, ``async
     with``); it holds no work of its own, so both stop modes close the store."""
 
-    def __init__(self, store: Store, *, migrate: bool, url_for_logs: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        migrate: bool,
+        url_for_logs: str,
+        outages: OutageLog | None = None,
+    ) -> None:
         self.store = store
         self.migrate = migrate
+        self.outages = outages
         self._url = url_for_logs
         self._lifecycle = Lifecycle(
             f"store service of {url_for_logs}",
@@ -101,7 +111,12 @@ class StoreService:
         try:
             if started is not None:
                 started()
-            await self._stop_requested.wait()
+            async with anyio.create_task_group() as tg:
+                if self.outages is not None:
+                    tg.start_soon(self.outages.watch, self.store, name="store/outages")
+                await self._stop_requested.wait()
+                # Before the store closes: a closed store is not an outage.
+                tg.cancel_scope.cancel()
         finally:
             await self.stop()
 
