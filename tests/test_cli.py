@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import socket
 import subprocess
@@ -27,8 +28,13 @@ from daemon_harness import DaemonProcess, write_config
 FIEFDOM = str(Path(sys.executable).parent / "fiefdom")
 
 
-def fiefdom(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([FIEFDOM, *args], capture_output=True, text=True, timeout=60)
+def fiefdom(
+    *args: str, check: bool = True, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != "FIEFDOM_TOKEN"} | (env or {})
+    result = subprocess.run(
+        [FIEFDOM, *args], capture_output=True, text=True, timeout=60, env=environ, cwd=cwd
+    )
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -224,11 +230,41 @@ def test_dump_writes_the_flight_recorder(daemon: DaemonProcess) -> None:
 def test_wrong_token_is_one_line_and_exit_1(daemon: DaemonProcess) -> None:
     """A refused token is reported in one line with exit status 1."""
     result = fiefdom(
-        "status", "--config", str(daemon.config), "--token", "wrong-token-0123", check=False
+        "status",
+        "--config",
+        str(daemon.config),
+        env={"FIEFDOM_TOKEN": "wrong-token-0123"},
+        check=False,
     )
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0
     assert "token" in result.stderr
+
+
+TOKEN_WARNING = (
+    "fiefdom: warning: --token shows the token to every user of this machine (ps, /proc); "
+    "set FIEFDOM_TOKEN or let the command read the token file instead\n"
+)
+
+
+def test_the_token_is_taken_from_fiefdom_token(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """FIEFDOM_TOKEN is the token a command presents (no token file to fall back on:
+    the command runs where there is no configuration), and nothing is warned."""
+    url = ("--url", daemon.url)
+    without = fiefdom("status", *url, cwd=tmp_path, check=False)
+    assert without.returncode == 1
+    assert "pass --token or set FIEFDOM_TOKEN" in without.stderr
+    result = fiefdom("status", "--json", *url, cwd=tmp_path, env={"FIEFDOM_TOKEN": daemon.token})
+    assert json.loads(result.stdout)["name"] == "test-daemon"
+    assert result.stderr == ""
+
+
+def test_token_option_works_but_warns_once(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """--token still works, and says on stderr, in one line, that ps shows it and
+    what to use instead; the output itself is unchanged."""
+    result = fiefdom("status", "--json", "--url", daemon.url, "--token", daemon.token, cwd=tmp_path)
+    assert json.loads(result.stdout)["name"] == "test-daemon"
+    assert result.stderr == TOKEN_WARNING
 
 
 def test_unreachable_daemon_is_one_line_and_exit_1(tmp_path: Path) -> None:
@@ -237,7 +273,7 @@ def test_unreachable_daemon_is_one_line_and_exit_1(tmp_path: Path) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    result = fiefdom("status", "--url", url, "--token", "x" * 20, check=False)
+    result = fiefdom("status", "--url", url, env={"FIEFDOM_TOKEN": "x" * 20}, check=False)
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0
     assert f"127.0.0.1:{port}" in result.stderr

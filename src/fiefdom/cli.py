@@ -1,7 +1,11 @@
 """The ``fiefdom`` command line: run the daemon (``serve``), migrate its store, and
 drive a running daemon through its control channel. Output is a readable table by
 default and JSON with ``--json``; an error is one line on stderr and exit status 1
-(2 when ``serve`` cannot start), with its traceback before it under ``--debug``."""
+(2 when ``serve`` cannot start), with its traceback before it under ``--debug``.
+
+The control token is read from ``FIEFDOM_TOKEN``, else from the configuration's
+tokens, else from the daemon's ``admin.token``. ``--token`` works too, but any user
+of the machine can read it in the process list: the command warns when it is used."""
 
 from __future__ import annotations
 
@@ -67,6 +71,11 @@ def _url(args: argparse.Namespace, config: Config) -> str:
 
 def _token(args: argparse.Namespace, config: Config) -> str:
     if args.token:
+        print(
+            "fiefdom: warning: --token shows the token to every user of this machine "
+            "(ps, /proc); set FIEFDOM_TOKEN or let the command read the token file instead",
+            file=sys.stderr,
+        )
         return str(args.token)
     if os.environ.get("FIEFDOM_TOKEN"):
         return os.environ["FIEFDOM_TOKEN"]
@@ -480,7 +489,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     remote = argparse.ArgumentParser(add_help=False, parents=[common])
     remote.add_argument("--url", help="the daemon's address (default: from the configuration)")
-    remote.add_argument("--token", help="a control token (default: from the data folder)")
+    remote.add_argument(
+        "--token",
+        help="a control token; other users see it in ps: prefer FIEFDOM_TOKEN "
+        "(default: FIEFDOM_TOKEN, the configured tokens, then the data folder's admin.token)",
+    )
     remote.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply")
 
     parser = argparse.ArgumentParser(prog="fiefdom", description=__doc__)
