@@ -174,21 +174,36 @@ class Case:
     label: str
     binary: bool
     data: bytes
-    frame_id: int | None  # the id the answer must name, when it has a valid one
+    frame_id: int | None  # the id the answer must name (None when the frame's is invalid)
     codes: frozenset[str] | None  # the error codes allowed, None: any reply or typed error
     path: str | None = None  # the field a refusal must name
 
 
-def _valid_id(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**64
+def _valid_id(raw: bytes, binary: bool) -> bool:
+    """Whether ``raw`` (an encoded value) is an id the protocol takes: a ping carrying
+    it decodes. An answer names the frame's id exactly when it is one."""
+    if binary:
+        ping = b"\x82\xa4type\xa4ping\xa2id" + raw  # {"type": "ping", "id": <raw>}
+        decode: Any = msgspec.msgpack.decode
+    else:
+        ping = b'{"type": "ping", "id": ' + raw + b"}"
+        decode = msgspec.json.decode
+    try:
+        decode(ping, type=ClientMessage)
+    except msgspec.DecodeError:
+        return False
+    return True
 
 
-def _expect(target: Target, field: str, data: bytes, inner: bytes | None, binary: bool) -> Case:
+def _expect(
+    target: Target, field: str, data: bytes, inner: bytes | None, binary: bool, raw_id: bytes
+) -> Case:
     """The answer the protocol prescribes for ``data`` (``inner``: the encoded actor
-    message or job arguments holding the poison, when that is where it is)."""
+    message or job arguments holding the poison, when that is where it is; ``raw_id``:
+    the frame's id as encoded)."""
     decode: Any = msgspec.msgpack.decode if binary else msgspec.json.decode
     value = msgspec.msgpack.decode(data) if binary else json.loads(data)
-    frame_id = value["id"] if _valid_id(value.get("id")) else None
+    frame_id = value["id"] if _valid_id(raw_id, binary) else None
     case = Case(target, field, "", binary, data, frame_id, None)
     try:
         decode(data, type=ClientMessage)
@@ -244,7 +259,11 @@ def cases() -> list[Case]:
                             if nested
                             else None
                         )
-                    case = _expect(target, field, data, inner, binary)
+                    encoded_id = poison if field == "id" else n
+                    raw_id = (
+                        msgspec.msgpack.encode(encoded_id) if binary else str(encoded_id).encode()
+                    )
+                    case = _expect(target, field, data, inner, binary, raw_id)
                     case.label = label
                     out.append(case)
     return out
@@ -282,8 +301,8 @@ async def _answer(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
 
 def _judge(case: Case, answer: dict[str, Any]) -> str | None:
     """What is wrong with ``answer`` to ``case``, or None."""
-    if case.frame_id is not None and answer.get("id") != case.frame_id:
-        return f"answer names id {answer.get('id')!r}, not {case.frame_id}"
+    if answer.get("id") != case.frame_id:
+        return f"answer names id {answer.get('id')!r}, not {case.frame_id!r}"
     if answer.get("type") == "error":
         code = answer.get("code")
         if code == "internal" or code not in CODES:
