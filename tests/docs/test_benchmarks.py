@@ -56,3 +56,26 @@ def test_control_benchmark_prints_figures_with_baselines() -> None:
     assert isinstance(results, dict)
     for clients in ("1_client", "50_clients"):
         assert {"fiefdom_calls_per_s", "bare_echo_per_s", "ratio"} <= results[clients].keys()
+
+
+@pytest.mark.slow
+def test_cluster_benchmark_prints_figures_with_baselines() -> None:
+    """bench/cluster.py on SQLite: drain and asks with and without the cluster layer, and
+    the takeover time after a node process is killed."""
+    figures = run(
+        "cluster.py",
+        "--jobs",
+        "100",
+        "--rounds",
+        "1",
+        "--trials",
+        "1",
+        "--lease",
+        "1.5",
+        "--backend",
+        "sqlite",
+    )
+    names = [f["figure"] for f in figures]
+    assert names == ["single_node_round", "single_node_overhead", "takeover_after_kill"]
+    assert {"drain_with_cluster_per_s", "drain_without_per_s"} <= figures[0].keys()
+    assert figures[2]["trials"]

@@ -1,0 +1,234 @@
+"""The cluster layer's cost and its takeover time.
+
+- single-node overhead: drain of keyed jobs (each runs in its key's actor) by an
+  engine that joins the store's cluster (the default) against the same engine with
+  ``ownership=None`` (no cluster), in the same run; and domain asks with the node's
+  placement check against none.
+- takeover after ``kill -9``: a node process holding every partition is killed;
+  the time until a node in this process holds them all (with the given lease).
+
+    .venv/bin/python bench/cluster.py [--jobs 5000] [--backend sqlite|postgres|all]
+        [--trials 3] [--lease 15]
+
+Prints one JSON object per figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from typing import Any
+
+import structlog
+
+import fiefdom
+from fiefdom.cluster import ClusterSettings, Node
+from fiefdom.storage import PARTITIONS, Store, open_store
+
+POSTGRES = os.environ.get("FIEFDOM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+class Touch(fiefdom.Job):
+    options = fiefdom.JobOptions(kind="touch", domain="res", key="key")
+    key: str
+
+
+class Ping(fiefdom.Request[int]):
+    pass
+
+
+class Res(fiefdom.Actor[Ping]):
+    def __init__(self, key: str) -> None:
+        self.n = 0
+
+    async def receive(self, msg: Ping) -> int:
+        self.n += 1
+        return self.n
+
+
+def emit(**values: Any) -> None:
+    print(json.dumps({"bench": "cluster", **values}), flush=True)
+
+
+async def fresh_store(backend: str) -> tuple[Store, str]:
+    if backend == "sqlite":
+        url = f"sqlite:///{tempfile.mkdtemp()}/bench.db"
+    else:
+        import asyncpg
+
+        schema = f"bench_{uuid.uuid4().hex[:8]}"
+        conn = await asyncpg.connect(POSTGRES)
+        await conn.execute(f"CREATE SCHEMA {schema}")
+        await conn.close()
+        url = f"{POSTGRES}?search_path={schema}"
+    store = open_store(url)
+    await store.open(migrate=True)
+    return store, url
+
+
+async def drain(store: Store, n: int, *, cluster: bool) -> float:
+    done = asyncio.Event()
+    count = 0
+
+    async def touch(job: Touch, ctx: fiefdom.JobContext[Res]) -> None:
+        nonlocal count
+        count += 1
+        if count == n:
+            done.set()
+
+    async with fiefdom.ActorSystem(name="bench") as system:
+        res = system.domain("res", Res)
+        await store.enqueue_many([Touch(key=f"k{i % 200}") for i in range(n)])
+        engine = fiefdom.JobEngine(
+            store,
+            queues={"default": 50},
+            domains={"res": res},
+            retention=None,
+            ownership="cluster" if cluster else None,
+        )
+        engine.register(Touch, touch)
+        start = time.perf_counter()
+        async with engine:
+            await done.wait()
+            elapsed = time.perf_counter() - start
+    return elapsed
+
+
+async def asks(store: Store, n: int, *, cluster: bool) -> float:
+    async with fiefdom.ActorSystem(name="bench") as system:
+        res = system.domain("res", Res)
+        node = Node(store, "bench-asks") if cluster else None
+        if node is not None:
+            await node.start()
+            res.add_placement(node)
+        try:
+            start = time.perf_counter()
+            for i in range(n):
+                await res.ask(f"k{i % 200}", Ping())
+            return time.perf_counter() - start
+        finally:
+            if node is not None:
+                await node.stop()
+
+
+async def overhead(backend: str, jobs: int, rounds: int) -> None:
+    ratios, asks_ratios = [], []
+    for _ in range(rounds):
+        for cluster in (False, True):
+            store, _ = await fresh_store(backend)
+            try:
+                took = await drain(store, jobs, cluster=cluster)
+            finally:
+                await store.close()
+            if cluster:
+                with_rate = jobs / took
+            else:
+                without_rate = jobs / took
+        ratios.append(with_rate / without_rate)
+        store, _ = await fresh_store(backend)
+        try:
+            plain = 20_000 / await asks(store, 20_000, cluster=False)
+            placed = 20_000 / await asks(store, 20_000, cluster=True)
+        finally:
+            await store.close()
+        asks_ratios.append(placed / plain)
+        emit(
+            backend=backend,
+            figure="single_node_round",
+            drain_with_cluster_per_s=round(with_rate),
+            drain_without_per_s=round(without_rate),
+            asks_with_placement_per_s=round(placed),
+            asks_without_per_s=round(plain),
+        )
+    emit(
+        backend=backend,
+        figure="single_node_overhead",
+        drain_ratio_median=round(statistics.median(ratios), 3),
+        asks_ratio_median=round(statistics.median(asks_ratios), 3),
+        rounds=[round(r, 3) for r in ratios],
+        goal="ratios >= 0.95 (at most 5% overhead)",
+    )
+
+
+HOLDER = """
+import asyncio, logging, sys, fiefdom, structlog
+from fiefdom.cluster import ClusterSettings, Node
+structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+from fiefdom.storage import open_store
+async def main():
+    store = open_store(sys.argv[1]); await store.open()
+    node = Node(store, "victim", ClusterSettings(lease=float(sys.argv[2]),
+                renew=float(sys.argv[2]) / 3, margin=float(sys.argv[2]) / 5))
+    await node.start()
+    print("held", node.held, flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+async def takeover(backend: str, trials: int, lease: float) -> None:
+    times = []
+    for _ in range(trials):
+        store, url = await fresh_store(backend)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                HOLDER,
+                url,
+                str(lease),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+            assert proc.stdout is not None
+            line = (await proc.stdout.readline()).decode()
+            assert line.startswith("held 256"), line
+            os.kill(proc.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            await proc.wait()
+            settings = ClusterSettings(lease=lease, renew=min(1.0, lease / 3), margin=lease / 5)
+            async with Node(store, "survivor", settings) as node:
+                # The node has no event for it: poll its count.
+                while node.held < PARTITIONS:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+                times.append(time.monotonic() - killed)
+        finally:
+            await store.close()
+    emit(
+        backend=backend,
+        figure="takeover_after_kill",
+        lease_s=lease,
+        p50_s=round(statistics.median(times), 2),
+        max_s=round(max(times), 2),
+        trials=[round(t, 2) for t in times],
+        goal="<= 15 s with default settings",
+    )
+
+
+async def main(args: argparse.Namespace) -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    backends = ["sqlite", "postgres"] if args.backend == "all" else [args.backend]
+    for backend in backends:
+        await overhead(backend, args.jobs, args.rounds)
+        if args.trials:
+            await takeover(backend, args.trials, args.lease)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--lease", type=float, default=15.0)
+    asyncio.run(main(parser.parse_args()))
