@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import math
 import time
-from collections.abc import Callable, Collection, Hashable
+from collections.abc import Awaitable, Callable, Collection, Hashable
 
 import anyio
 import structlog
@@ -62,7 +63,7 @@ class Node:
         self._held: dict[int, int] = {}  # partition -> epoch
         self._all = False
         self._renewed_at = -math.inf  # monotonic time the last successful round began
-        self._callbacks: list[Callable[[frozenset[int]], None]] = []
+        self._callbacks: list[Callable[[frozenset[int]], Awaitable[None] | None]] = []
         self._task: asyncio.Task[None] | None = None
         self.live_nodes: list[str] = []
         self.fences = 0
@@ -92,7 +93,9 @@ class Node:
     def held(self) -> int:
         return len(self._held)
 
-    def on_lost(self, callback: Callable[[frozenset[int]], None]) -> Callable[[], None]:
+    def on_lost(
+        self, callback: Callable[[frozenset[int]], Awaitable[None] | None]
+    ) -> Callable[[], None]:
         self._callbacks.append(callback)
 
         def unsubscribe() -> None:
@@ -121,7 +124,11 @@ class Node:
             task.cancel()
             with anyio.CancelScope(shield=True):
                 await asyncio.wait({task})
-        self._lose(frozenset(self._held))
+        stopping = self._lose(frozenset(self._held))
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.settings.renew):
+            for waiting in stopping:
+                await waiting
+        _forget(stopping)
         try:
             with anyio.CancelScope(shield=True), anyio.fail_after(self.settings.renew):
                 # Released at once: another node takes over without waiting for expiry.
@@ -165,7 +172,8 @@ class Node:
                         partitions=len(self._held),
                         error=str(exc) or type(exc).__name__,
                     )
-                    self._lose(frozenset(self._held))
+                    # No time to wait for the work to stop: the leases are expiring.
+                    _forget(self._lose(frozenset(self._held)))
                 else:
                     log.warning("renewing partition leases failed", node=self.id, error=str(exc))
 
@@ -181,13 +189,19 @@ class Node:
         extra = frozenset(self._held) - frozenset(wanted)
         lost = frozenset(self._held) - frozenset(got) - extra
         if extra:
-            # No longer this node's share (a node joined): stop their work, then hand over.
+            # No longer this node's share (a node joined): stop their work, wait until
+            # it has stopped (while the leases still last), then hand over.
             self.handoffs += 1
-            self._lose(extra)
+            stopping = self._lose(extra)
+            left = self._renewed_at + settings.lease - settings.margin - time.monotonic()
+            with anyio.move_on_after(max(0.0, left)):
+                for waiting in stopping:
+                    await waiting
+            _forget(stopping)
             await self._leases.release(self.id, sorted(extra))
         if lost:
             log.warning("partition leases taken over", node=self.id, partitions=sorted(lost))
-            self._lose(lost)
+            _forget(self._lose(lost))
         gained = frozenset(got) - frozenset(self._held)
         self._held = dict(got)
         self._all = frozenset(got) == _ALL
@@ -203,17 +217,31 @@ class Node:
             )
         self.live_nodes = live
 
-    def _lose(self, partitions: frozenset[int]) -> None:
+    def _lose(self, partitions: frozenset[int]) -> list[Awaitable[None]]:
+        """Stop counting ``partitions`` as held and tell the callbacks; returns what
+        they gave to wait for (their work on the partitions ending)."""
         if not partitions:
-            return
+            return []
         for p in partitions:
             self._held.pop(p, None)
         self._all = False
+        waits: list[Awaitable[None]] = []
         for callback in list(self._callbacks):
             try:
-                callback(partitions)
+                waiting = callback(partitions)
             except Exception:
                 log.exception("a lost-partitions callback raised", node=self.id)
+                continue
+            if waiting is not None:
+                waits.append(waiting)
+        return waits
 
     def __repr__(self) -> str:
         return f"<Node {self.id} {self.state} holding {len(self._held)} partitions>"
+
+
+def _forget(waits: list[Awaitable[None]]) -> None:
+    """Drop the waits not (or no longer) awaited: a coroutine is closed, not leaked."""
+    for waiting in waits:
+        if inspect.iscoroutine(waiting):
+            waiting.close()

@@ -126,6 +126,7 @@ class Core:
         self.stop_requested = asyncio.Event()
         self.hard_stop = False
         self.idle = asyncio.Event()
+        self.released = asyncio.Event()  # a held job was let go
         self.claimed = 0
         self.outcomes: dict[str, int] = {}
         self.stale = 0
@@ -154,14 +155,22 @@ class Core:
             return None
         return self.ownership.epoch(partition)
 
-    def lose(self, partitions: frozenset[int]) -> None:
+    def lose(self, partitions: frozenset[int]) -> Awaitable[None]:
         """This process no longer owns ``partitions``: cancel their jobs now (they go
-        back to the queue) and stop their keys' actors in every domain served."""
+        back to the queue) and stop their keys' actors in every domain served. The
+        result waits until every such job has been let go (a handoff awaits it
+        before releasing the leases, so the next owner never overlaps a handler)."""
         for held in list(self.held.values()):
             if held.job.partition in partitions:
                 self.cancel_held(held.job.id, "shutdown")
         for domain in self.domains.values():
             domain.fence(lambda key: partition_of(key) in partitions)
+        return self._let_go(partitions)
+
+    async def _let_go(self, partitions: frozenset[int]) -> None:
+        while any(h.job.partition in partitions for h in self.held.values()):
+            self.released.clear()
+            await self.released.wait()
 
     def reset(self) -> None:
         self.stop_requested = asyncio.Event()
@@ -202,6 +211,7 @@ class Core:
         if self.held.pop(held.job.id, None) is not None:
             held.runner.in_flight -= 1
             held.runner.wake.set()
+            self.released.set()
 
     # -- queue state -----------------------------------------------------------------
 

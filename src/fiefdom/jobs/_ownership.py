@@ -5,7 +5,7 @@ the store's cluster through it with no configuration."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Hashable
+from collections.abc import Awaitable, Callable, Collection, Hashable
 from typing import Protocol
 
 from .._lifecycle import State, StopMode
@@ -37,9 +37,13 @@ class Ownership(Protocol):
     def is_local(self, key: Hashable) -> bool:
         """Whether this node owns domain key ``key`` now (a domain's Placement)."""
 
-    def on_lost(self, callback: Callable[[frozenset[int]], None]) -> Callable[[], None]:
+    def on_lost(
+        self, callback: Callable[[frozenset[int]], Awaitable[None] | None]
+    ) -> Callable[[], None]:
         """Call ``callback(partitions)`` when leases are lost or given up (before the
-        lease could expire: the callback must stop work on them at once)."""
+        lease could expire): it must stop work on them at once, and may return an
+        awaitable that ends once that work has stopped (awaited before a handoff
+        releases the leases, within the time the leases still last)."""
 
 
 # (store, node name, lease seconds) -> the node; the engine's lease sets the timing.
