@@ -72,12 +72,14 @@ async def _recorded(daemon: DaemonProcess, event: str) -> int:
     return sum(json.loads(line)["event"] == event for line in lines)
 
 
+@pytest.mark.parametrize("stop_mode", ["fast", "immediate"])
 async def test_an_outage_logs_one_line_as_it_begins_and_one_as_it_ends(
-    private_postgres: PrivatePostgres, tmp_path: Path
+    private_postgres: PrivatePostgres, tmp_path: Path, stop_mode: str
 ) -> None:
-    """PostgreSQL stopped, then started, under a daemon: one warning when the outage
-    begins, one when the database is back, and no traceback, though asyncpg's pool
-    failed to reconnect several times meanwhile (each attempt a debug event)."""
+    """PostgreSQL stopped (cleanly, or as a crash), then started, under a daemon: one
+    warning when the outage begins, one when the database is back, and no traceback,
+    though asyncpg's pool failed to reconnect several times meanwhile (each attempt a
+    debug event)."""
     server = private_postgres
     config = write_config(tmp_path, extra=f'[store]\nurl = "{server.url}"\n')
     daemon = DaemonProcess(config).start()
@@ -88,8 +90,11 @@ async def test_an_outage_logs_one_line_as_it_begins_and_one_as_it_ends(
             # (the first on losing its connections, the next a second later).
             return _noisy(daemon) or await _recorded(daemon, ATTEMPT) >= 2
 
-        await anyio.to_thread.run_sync(server.stop, "fast")
+        await anyio.to_thread.run_sync(server.stop, stop_mode)
         await wait_until(pool_failed_twice, what="two failed reconnects of the pool", poll=0.2)
+        await wait_until(
+            lambda: bool(_lines(daemon, BEGAN)) or _noisy(daemon), what="the outage's line"
+        )
         await anyio.to_thread.run_sync(server.start)
         await wait_until(
             lambda: bool(_lines(daemon, BACK)) or _noisy(daemon), what="the database back"
