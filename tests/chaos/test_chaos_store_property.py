@@ -502,7 +502,7 @@ def test_no_sequence_of_operations_makes_the_store_unusable(
     run_state_machine_as_test(
         fresh,
         settings=settings(
-            max_examples=30,
+            max_examples=20,
             stateful_step_count=40,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
