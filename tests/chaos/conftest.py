@@ -24,14 +24,15 @@ Report = Callable[..., None]
 
 @pytest.fixture
 def figures(request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]) -> Report:
-    """``figures(**values)`` prints one JSON line naming the test, so that runs can be
-    compared; written past pytest's capture, so it shows without ``-s``."""
+    """``figures(**values)`` prints one JSON line, ``{"chaos": <test id>, ...values}``,
+    so that runs can be compared (``grep '^{"chaos"'``); written past pytest's capture,
+    so it shows without ``-s``."""
 
     def report(**values: object) -> None:
-        line = json.dumps({"test": request.node.nodeid, **values}, sort_keys=False)
+        line = json.dumps({"chaos": request.node.nodeid, **values})
         with capsys.disabled():
             # The figures are this suite's output, not a debugging print.
-            sys.stdout.write(f"\nCHAOS {line}\n")
+            sys.stdout.write(f"\n{line}\n")
             sys.stdout.flush()
 
     return report

@@ -48,8 +48,7 @@ async def _latencies(ctl: Control) -> list[float]:
 async def test_a_ping_flood_measured_from_a_well_behaved_client(
     daemon: DaemonProcess, figures: Any
 ) -> None:
-    """A well-behaved client's jobs.list latencies, alone and while another process
-    floods pings on one connection, are printed; every request of both is answered."""
+    """A well-behaved client's latencies alone and under another's ping flood are printed."""
     async with control(daemon.url, daemon.token) as ctl:
         await _latencies(ctl)  # warm up: first requests pay for imports and caches
         solo = await _latencies(ctl)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -50,10 +51,9 @@ async def all_jobs(store: Store) -> list[JobInfo]:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 async def test_an_engine_killed_at_random_instants_completes_every_job_once(
-    store: Store, store_url: str, backend: str, tmp_path: Path, figures, seed: int
+    store: Store, store_url: str, backend: str, tmp_path: Path, figures: Any, seed: int
 ) -> None:
-    """SIGKILL an engine process 5 times mid-load: every job completed, none lost, no
-    completion twice, none run after its completion (001/2, 003/3, 004/2)."""
+    """SIGKILL at 5 random instants under load: every job completed once, none lost (001/2)."""
     rng = random.Random(seed)
     await store.enqueue_many([Work(n=i) for i in range(TOTAL)])
     log_path = tmp_path / "events.log"

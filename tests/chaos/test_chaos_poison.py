@@ -322,8 +322,7 @@ def _judge(case: Case, answer: dict[str, Any]) -> str | None:
 async def test_poison_values_get_typed_errors_and_commit_nothing_that_breaks_a_listing(
     daemon: DaemonProcess, store_url: str, backend: str, figures: Any
 ) -> None:
-    """Every number and time of every request, poisoned, in JSON and MessagePack: a typed
-    answer each (never internal); then every job lists, none damaged (001/2)."""
+    """Every request's numbers poisoned: typed answers only, nothing damaged commits (001/2)."""
     all_cases = cases()
     problems: list[str] = []
     answers: collections.Counter[str] = collections.Counter()
@@ -414,8 +413,7 @@ async def test_poison_values_get_typed_errors_and_commit_nothing_that_breaks_a_l
 async def test_a_non_finite_float_in_job_arguments_is_refused_or_runs(
     daemon: DaemonProcess, figures: Any
 ) -> None:
-    """NaN / Infinity in a job's float argument (MessagePack) is refused with a typed error,
-    or the job runs as enqueued: never an acknowledged job that cannot run (001/2)."""
+    """NaN/Infinity in a job's float argument is refused, or the job runs as sent (001/2)."""
     outcomes: dict[str, str] = {}
     headers = {"Authorization": f"Bearer {TOKENS['operate']}"}
     async with (

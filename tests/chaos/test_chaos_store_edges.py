@@ -42,8 +42,7 @@ NATIVE_STOP_BUG = (
     ["anyio", pytest.param("native", marks=pytest.mark.xfail(strict=True, reason=NATIVE_STOP_BUG))],
 )
 async def test_a_cancelled_stop_waits_for_the_engine(store: Store, how: str) -> None:
-    """stop() cancelled while the engine drains a running job (by an anyio scope, or
-    natively with Task.cancel()) returns only once the engine has stopped (000/1e)."""
+    """stop() cancelled mid-drain returns only once the engine has stopped (000/1e)."""
     started = anyio.Event()
     release = anyio.Event()
 
@@ -89,8 +88,7 @@ BIG_ID_BUG = (
 async def test_numbers_past_64_bits_are_typed_errors_and_the_store_goes_on(
     store: Store, backend: str, request: pytest.FixtureRequest
 ) -> None:
-    """get_job, cancel_job, retry_job and list_jobs given a number past 64 bits raise a
-    FiefdomError on both dialects, and the store answers afterwards (001/2)."""
+    """Numbers past 64 bits raise a FiefdomError on both dialects; the store goes on (001/2)."""
     if backend == "sqlite":
         request.applymarker(pytest.mark.xfail(strict=True, reason=BIG_ID_BUG))
     calls = {

@@ -482,8 +482,7 @@ async def _new_schema(server: str) -> str:
 def test_no_sequence_of_operations_makes_the_store_unusable(
     store_url: str, backend: str, tmp_path: Any, figures: Any
 ) -> None:
-    """Random store and engine operations, any cancelled mid-flight: after each step
-    the store answers a read and a write, and nothing rolled back exists (001/9)."""
+    """No operation sequence, any cancelled mid-flight, makes the store unusable (001/9)."""
     StoreMachine.stats = collections.Counter()
     StoreMachine.checks = []
     made = 0
