@@ -79,24 +79,35 @@ class DaemonProcess:
         return [sys.executable, "-m", "fiefdom.cli", "serve", "--config", str(self.config)]
 
     def start(self) -> DaemonProcess:
-        endpoint = self.data / "control.json"
-        endpoint.unlink(missing_ok=True)
         self.launch()
         try:
-            deadline = time.monotonic() + READY_DEADLINE
-            while not endpoint.is_file():
-                self._check_alive(deadline, "write its control.json")
-            self.url = json.loads(endpoint.read_text())["url"]
-            if not self.token:
-                self.token = (self.data / "admin.token").read_text().strip()
-            while self.http("/readyz")[0] != 200:
-                self._check_alive(deadline, "answer /readyz")
+            self.wait_ready()
         except BaseException:
             # Callers stop() only a daemon start() returned: one that never came up must not
             # be left running, nor its log file open.
             self.stop()
             raise
         return self
+
+    def wait_ready(self) -> None:
+        """Wait until the launched process has published its own address (a killed
+        daemon's control.json may still be there until then) and answers /readyz."""
+        assert self.proc is not None
+        deadline = time.monotonic() + READY_DEADLINE
+        while (published := self._published()) is None or published.get("pid") != self.proc.pid:
+            self._check_alive(deadline, "write its control.json")
+        self.url = str(published["url"])
+        if not self.token:
+            self.token = (self.data / "admin.token").read_text().strip()
+        while self.http("/readyz")[0] != 200:
+            self._check_alive(deadline, "answer /readyz")
+
+    def _published(self) -> dict[str, Any] | None:
+        try:
+            info: dict[str, Any] = json.loads((self.data / "control.json").read_text())
+        except (OSError, ValueError):
+            return None  # not written yet, or being replaced
+        return info
 
     def launch(self) -> None:
         """Start the process without waiting for anything."""

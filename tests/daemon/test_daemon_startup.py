@@ -5,17 +5,20 @@ daemon on the same data folder refuses, naming the one that runs there."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from daemon_harness import DaemonProcess, write_config
+from daemon_harness import READY_DEADLINE, DaemonProcess, write_config
 
 EXIT_STARTUP = 2
 
@@ -228,3 +231,46 @@ def test_a_second_daemon_on_the_same_data_dir_refuses(tmp_path: Path) -> None:
         assert endpoint.read_text(encoding="utf-8") == published
         assert snapshot(tmp_path) == before
         assert first.http("/readyz")[0] == 200
+
+
+def test_a_second_daemon_refuses_while_the_first_is_still_starting(tmp_path: Path) -> None:
+    """While the first daemon starts (its data folder locked, no control.json yet), a
+    second one refuses naming the first's pid, and says it is still starting."""
+    first = DaemonProcess(write_config(tmp_path, modules=("waiting_app", "hosted_app")))
+    first.launch()
+    try:
+        assert first.proc is not None
+        lock = first.data / "daemon.lock"
+        deadline = time.monotonic() + READY_DEADLINE
+        # The first daemon writes its pid into the lock file once it holds the lock.
+        while not (lock.is_file() and lock.read_text().strip() == str(first.proc.pid)):
+            first._check_alive(deadline, "lock its data folder")
+        result = serve(first.config)
+        assert (result.returncode, result.stderr) == (
+            EXIT_STARTUP,
+            f"fiefdom: error: daemon.data_dir: {first.data.resolve()} is in use by the "
+            f"daemon with pid {first.proc.pid} (still starting); stop it first, or set "
+            "daemon.data_dir to another folder\n",
+        )
+        (first.data / "go").touch()
+        first.wait_ready()
+    finally:
+        first.stop()
+
+
+def test_a_killed_daemon_leaves_its_folder_free(tmp_path: Path) -> None:
+    """A daemon killed with SIGKILL leaves no lock behind: the next one starts on the
+    same folder and replaces the dead one's control.json with its own."""
+    daemon = DaemonProcess(write_config(tmp_path)).start()
+    try:
+        assert daemon.proc is not None
+        killed_pid = daemon.proc.pid
+        daemon.signal(signal.SIGKILL)
+        daemon.wait()
+        endpoint = daemon.data / "control.json"
+        assert json.loads(endpoint.read_text())["pid"] == killed_pid
+        daemon.start()
+        assert json.loads(endpoint.read_text())["pid"] == daemon.proc.pid != killed_pid
+        assert daemon.http("/readyz")[0] == 200
+    finally:
+        daemon.stop()
