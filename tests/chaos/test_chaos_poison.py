@@ -240,9 +240,7 @@ def cases() -> list[Case]:
     for target in TARGETS:
         for field in ("id", *target.fields):
             for binary in (False, True):
-                poisons: list[tuple[str, object]] = (
-                    MSGPACK_POISONS if binary else list(JSON_POISONS)  # type: ignore[arg-type]
-                )
+                poisons: list[tuple[str, object]] = [*(MSGPACK_POISONS if binary else JSON_POISONS)]
                 for label, poison in poisons:
                     n += 1
                     frame = copy.deepcopy({"type": target.type, "id": n, **target.base})
