@@ -66,7 +66,7 @@ async def test_a_node_that_cannot_renew_fences_itself_before_its_lease_expires(
     node = Node(store, "fenced", FAST)
     await node.start()
     try:
-        node.on_lost(lambda partitions: lost_at.append(time.monotonic()))
+        node.on_lost(lambda partitions, urgent: lost_at.append(time.monotonic()))
         renewed = node._renewed_at
         async with store.transaction() as tx:
             await tx.execute("ALTER TABLE fiefdom_partitions RENAME TO fiefdom_partitions_away")

@@ -164,13 +164,14 @@ class Domain(Generic[K, M]):
         """Whether this process may run ``key``'s actor now."""
         return not self._placements or any(p.is_local(key) for p in self._placements)
 
-    def fence(self, lost: Callable[[K], bool]) -> int:
-        """Stop at once (cancelling its running handler) every live activation whose
-        key ``lost`` says this process no longer owns; returns how many."""
+    def fence(self, lost: Callable[[K], bool], *, cancel: bool = True) -> int:
+        """Stop every live activation whose key ``lost`` says this process no longer
+        owns: at once, cancelling its running handler, or (``cancel=False``) after
+        its current message; returns how many. Queued messages fail ActorStopped."""
         stopped = 0
         for key, cell in list(self._cells.items()):
             if not cell.mailbox.closed and lost(key):
-                cell.request_stop("cancel")
+                cell.request_stop("cancel" if cancel else "exit")
                 stopped += 1
         return stopped
 

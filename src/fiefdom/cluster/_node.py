@@ -63,7 +63,7 @@ class Node:
         self._held: dict[int, int] = {}  # partition -> epoch
         self._all = False
         self._renewed_at = -math.inf  # monotonic time the last successful round began
-        self._callbacks: list[Callable[[frozenset[int]], Awaitable[None] | None]] = []
+        self._callbacks: list[Callable[[frozenset[int], bool], Awaitable[None] | None]] = []
         self._task: asyncio.Task[None] | None = None
         self.live_nodes: list[str] = []
         self.fences = 0
@@ -94,7 +94,7 @@ class Node:
         return len(self._held)
 
     def on_lost(
-        self, callback: Callable[[frozenset[int]], Awaitable[None] | None]
+        self, callback: Callable[[frozenset[int], bool], Awaitable[None] | None]
     ) -> Callable[[], None]:
         self._callbacks.append(callback)
 
@@ -124,7 +124,7 @@ class Node:
             task.cancel()
             with anyio.CancelScope(shield=True):
                 await asyncio.wait({task})
-        stopping = self._lose(frozenset(self._held))
+        stopping = self._lose(frozenset(self._held), urgent=False)
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.settings.renew):
             for waiting in stopping:
                 await waiting
@@ -173,7 +173,7 @@ class Node:
                         error=str(exc) or type(exc).__name__,
                     )
                     # No time to wait for the work to stop: the leases are expiring.
-                    _forget(self._lose(frozenset(self._held)))
+                    _forget(self._lose(frozenset(self._held), urgent=True))
                 else:
                     log.warning("renewing partition leases failed", node=self.id, error=str(exc))
 
@@ -192,16 +192,23 @@ class Node:
             # No longer this node's share (a node joined): stop their work, wait until
             # it has stopped (while the leases still last), then hand over.
             self.handoffs += 1
-            stopping = self._lose(extra)
-            left = self._renewed_at + settings.lease - settings.margin - time.monotonic()
-            with anyio.move_on_after(max(0.0, left)):
+            stopping = self._lose(extra, urgent=False)
+            left = self._renewed_at + settings.lease - 2 * settings.margin - time.monotonic()
+            with anyio.move_on_after(max(0.0, left)) as scope:
                 for waiting in stopping:
                     await waiting
             _forget(stopping)
+            if scope.cancelled_caught:
+                # Handlers that outlast the leases are cancelled before the release.
+                stopping = self._lose(extra, urgent=True)
+                with anyio.move_on_after(settings.margin):
+                    for waiting in stopping:
+                        await waiting
+                _forget(stopping)
             await self._leases.release(self.id, sorted(extra))
         if lost:
             log.warning("partition leases taken over", node=self.id, partitions=sorted(lost))
-            _forget(self._lose(lost))
+            _forget(self._lose(lost, urgent=True))
         gained = frozenset(got) - frozenset(self._held)
         self._held = dict(got)
         self._all = frozenset(got) == _ALL
@@ -217,7 +224,7 @@ class Node:
             )
         self.live_nodes = live
 
-    def _lose(self, partitions: frozenset[int]) -> list[Awaitable[None]]:
+    def _lose(self, partitions: frozenset[int], *, urgent: bool) -> list[Awaitable[None]]:
         """Stop counting ``partitions`` as held and tell the callbacks; returns what
         they gave to wait for (their work on the partitions ending)."""
         if not partitions:
@@ -228,7 +235,7 @@ class Node:
         waits: list[Awaitable[None]] = []
         for callback in list(self._callbacks):
             try:
-                waiting = callback(partitions)
+                waiting = callback(partitions, urgent)
             except Exception:
                 log.exception("a lost-partitions callback raised", node=self.id)
                 continue

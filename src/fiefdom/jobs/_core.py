@@ -155,16 +155,18 @@ class Core:
             return None
         return self.ownership.epoch(partition)
 
-    def lose(self, partitions: frozenset[int]) -> Awaitable[None]:
-        """This process no longer owns ``partitions``: cancel their jobs now (they go
-        back to the queue) and stop their keys' actors in every domain served. The
-        result waits until every such job has been let go (a handoff awaits it
-        before releasing the leases, so the next owner never overlaps a handler)."""
+    def lose(self, partitions: frozenset[int], urgent: bool) -> Awaitable[None]:
+        """This process no longer owns ``partitions``. Their jobs not yet started go
+        back to the queue at once; running ones are cancelled when ``urgent`` (the
+        leases are expiring) and otherwise let finish (a handoff); their keys'
+        actors stop (cancelled, or after their current message). The result waits
+        until every such job has been let go: a handoff awaits it before releasing
+        the leases, so the next owner never overlaps a handler."""
         for held in list(self.held.values()):
-            if held.job.partition in partitions:
+            if held.job.partition in partitions and (urgent or held.scope is None):
                 self.cancel_held(held.job.id, "shutdown")
         for domain in self.domains.values():
-            domain.fence(lambda key: partition_of(key) in partitions)
+            domain.fence(lambda key: partition_of(key) in partitions, cancel=urgent)
         return self._let_go(partitions)
 
     async def _let_go(self, partitions: frozenset[int]) -> None:

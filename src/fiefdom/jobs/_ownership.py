@@ -38,12 +38,13 @@ class Ownership(Protocol):
         """Whether this node owns domain key ``key`` now (a domain's Placement)."""
 
     def on_lost(
-        self, callback: Callable[[frozenset[int]], Awaitable[None] | None]
+        self, callback: Callable[[frozenset[int], bool], Awaitable[None] | None]
     ) -> Callable[[], None]:
-        """Call ``callback(partitions)`` when leases are lost or given up (before the
-        lease could expire): it must stop work on them at once, and may return an
-        awaitable that ends once that work has stopped (awaited before a handoff
-        releases the leases, within the time the leases still last)."""
+        """Call ``callback(partitions, urgent)`` when leases are lost or given up:
+        ``urgent`` (the leases are expiring, or were taken over) means stop the work
+        on them at once; otherwise (a handoff) take nothing new and let what runs
+        finish. It may return an awaitable that ends once that work has stopped
+        (awaited before a handoff releases the leases, while they still last)."""
 
 
 # (store, node name, lease seconds) -> the node; the engine's lease sets the timing.

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Coroutine
 from typing import Any, Final, Protocol, assert_never
 
@@ -16,6 +15,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import _requests as requests
 from ._codec import SERVER_JSON, SERVER_MSGPACK, Codec
+from ._fairness import FairScheduler, RateLimiter
 from ._hub import Subscription
 from ._messages import (
     PROTOCOL_VERSION,
@@ -62,6 +62,7 @@ from ._replies import (
 from ._settings import ControlSettings, TokenTable
 
 _TOPICS: Final[list[Topic]] = ["jobs", "actors", "logs"]
+_DROPPED_PER_TURN: Final = 32
 
 # Answered by the reading task itself, before the next frame is read: a hello
 # decides the role of what follows, a subscription's events must follow its
@@ -91,28 +92,12 @@ class ConnectionOwner(Protocol):
         """Count an authenticated connection, unless ``max_connections`` are taken."""
         ...
 
+    @property
+    def scheduler(self) -> FairScheduler[Connection]:
+        """The server's slots for requests running at once, shared fairly."""
+        ...
+
     def count_frame(self, message_type: type[msgspec.Struct]) -> None: ...
-
-
-class _RateLimiter:
-    """A token bucket: ``rate`` frames per second, bursts up to ``burst``."""
-
-    __slots__ = ("_burst", "_last", "_level", "_rate")
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self._rate = rate
-        self._burst = float(burst)
-        self._level = float(burst)
-        self._last = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self._level = min(self._burst, self._level + (now - self._last) * self._rate)
-        self._last = now
-        if self._level >= 1.0:
-            self._level -= 1.0
-            return True
-        return False
 
 
 class Connection:
@@ -124,7 +109,8 @@ class Connection:
         self.ws = ws
         self.role = role
         settings = server.settings
-        self.limiter = _RateLimiter(settings.messages_per_second, settings.burst)
+        self.limiter = RateLimiter(settings.messages_per_second, settings.burst)
+        self.limited = False  # frames are being dropped (the client has been told once)
         self.max_in_flight = settings.max_in_flight
         self.subscriptions: dict[int, Subscription] = {}
         # The connection's tasks (requests, event pumps, the hello deadline): plain
@@ -166,15 +152,23 @@ class Connection:
                 return
             if self.role is None:
                 self.spawn(self._hello_deadline(), "control/hello-deadline")
+            dropped = 0
             async for msg in self.ws:
                 if msg.type is WSMsgType.TEXT:
-                    await self._frame(msg.data, SERVER_JSON)
+                    handled = await self._frame(msg.data, SERVER_JSON)
                 elif msg.type is WSMsgType.BINARY:
-                    await self._frame(msg.data, SERVER_MSGPACK)
+                    handled = await self._frame(msg.data, SERVER_MSGPACK)
                 else:
                     # An error (a frame over max_frame_bytes: aiohttp has closed the
                     # socket with 1009, unanswered) or a close.
                     break
+                # Reading a buffered frame does not suspend: without this, a client
+                # that keeps its socket full would hold the event loop until its
+                # buffer runs dry, and every other connection would wait. A dropped
+                # frame costs little: the turn comes after a batch of them.
+                dropped = 0 if handled else dropped + 1
+                if handled or dropped % _DROPPED_PER_TURN == 0:
+                    await asyncio.sleep(0)
         finally:
             for sub in self.subscriptions.values():
                 self.host.hub.unsubscribe(sub)
@@ -185,6 +179,7 @@ class Connection:
                 task.cancel()
             with anyio.CancelScope(shield=True):
                 await asyncio.gather(*tasks, return_exceptions=True)
+            self.server.scheduler.drop(self)
 
     def evict(self, reason: str) -> None:
         """Close this connection, still to say hello, to make room for a newcomer (at
@@ -209,21 +204,33 @@ class Connection:
 
     # -- reading frames --------------------------------------------------------------
 
-    async def _frame(self, data: bytes, codec: Codec[ClientMessage]) -> None:
-        allowed = self.limiter.take()
+    async def _frame(self, data: bytes, codec: Codec[ClientMessage]) -> bool:
+        """Handle one frame; False when it was dropped (past the rate limit)."""
+        frames = self.server.metrics.frames
+        if not self.limiter.take():
+            # Dropped before anything is spent on it; the first of a window of
+            # dropped frames is answered once, the others not at all.
+            frames["rate_limited"] = frames.get("rate_limited", 0) + 1
+            if not self.limited:
+                self.limited = True
+                await self.send(codec, self._limited())
+            return False
+        self.limited = False
+        await self._handle(data, codec)
+        return True
+
+    async def _handle(self, data: bytes, codec: Codec[ClientMessage]) -> None:
+        frames = self.server.metrics.frames
         depth = self.server.settings.max_frame_depth
         if codec.too_deep(data, depth):
-            self.server.metrics.frames["invalid"] = self.server.metrics.frames.get("invalid", 0) + 1
-            await self.send(codec, codec.depth_error(depth) if allowed else self._limited(None))
+            frames["invalid"] = frames.get("invalid", 0) + 1
+            await self.send(codec, codec.depth_error(depth))
             return
         try:
             msg = codec.decode(data)
         except msgspec.DecodeError as exc:
-            self.server.metrics.frames["invalid"] = self.server.metrics.frames.get("invalid", 0) + 1
-            await self.send(codec, codec.explain(data, exc) if allowed else self._limited(None))
-            return
-        if not allowed:
-            await self.send(codec, self._limited(msg.id))
+            frames["invalid"] = frames.get("invalid", 0) + 1
+            await self.send(codec, codec.explain(data, exc))
             return
         self.server.count_frame(type(msg))
         refused = self._refusal(msg)
@@ -237,7 +244,9 @@ class Connection:
                 self.slot_free.clear()
                 await self.slot_free.wait()
             self.requests += 1
-            self.spawn(self._answer_in_flight(msg, codec), "control/request")
+            # In line for a slot now, in the order the requests were read.
+            ticket = self.server.scheduler.ticket(self)
+            self.spawn(self._answer_in_flight(msg, codec, ticket), "control/request")
 
     def _refusal(self, msg: ClientMessage) -> Error | None:
         """The error for a request this connection may not send (yet), or None."""
@@ -259,18 +268,28 @@ class Connection:
             )
         return None
 
-    def _limited(self, frame_id: int | None) -> Error:
-        rate = self.server.settings.messages_per_second
+    def _limited(self) -> Error:
+        settings = self.server.settings
+        rate, burst = settings.messages_per_second, settings.burst
+        wait = self.limiter.retry_after()
         return Error(
-            id=frame_id,
+            id=None,
             code=ErrorCode.RATE_LIMITED,
-            message=f"too many frames: this connection may send {rate:g} per second",
-            details={"messages_per_second": rate, "burst": self.server.settings.burst},
+            message=f"too many frames: this connection may send {rate:g} per second "
+            f"(bursts of {burst}); this frame and those that follow it are dropped "
+            f"unanswered and unread until the rate allows one again (in {wait:.3g}s)",
+            details={"messages_per_second": rate, "burst": burst, "retry_after": wait},
         )
 
-    async def _answer_in_flight(self, msg: ClientMessage, codec: Codec[ClientMessage]) -> None:
+    async def _answer_in_flight(
+        self, msg: ClientMessage, codec: Codec[ClientMessage], ticket: asyncio.Future[None]
+    ) -> None:
         try:
-            await self._answer(msg, codec)
+            slot = await self.server.scheduler.run(self, ticket)
+            try:
+                await self._answer(msg, codec)
+            finally:
+                slot.release()
         finally:
             self.requests -= 1
             self.slot_free.set()

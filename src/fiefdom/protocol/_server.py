@@ -24,6 +24,7 @@ from .._lifecycle import Lifecycle, State
 from ..actors import StopMode
 from ._codec import json_schema
 from ._connection import Connection
+from ._fairness import FairScheduler
 from ._messages import ENDPOINT_ROLE, ErrorCode, Role, role_allows
 from ._metrics import ControlMetrics
 from ._registry import ControlHost
@@ -53,6 +54,9 @@ class ControlServer:
         # max_connections.
         self._unauthenticated: dict[Connection, None] = {}
         self._evicted: set[Connection] = set()
+        self._scheduler: FairScheduler[Connection] = FairScheduler(
+            settings.max_running_requests, settings.running_request_slice
+        )
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._schema = json.dumps(json_schema(), indent=2).encode()
@@ -81,6 +85,10 @@ class ControlServer:
         tag = str(message_type.__struct_config__.tag)
         counts = self.metrics.frames
         counts[tag] = counts.get(tag, 0) + 1
+
+    @property
+    def scheduler(self) -> FairScheduler[Connection]:
+        return self._scheduler
 
     @property
     def connections(self) -> int:

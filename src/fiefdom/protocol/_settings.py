@@ -46,7 +46,13 @@ class ControlSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_unauthenticated: _AtLeastOne = 32
     messages_per_second: _PositiveRate = 1000.0
     burst: _AtLeastOne = 2000
-    max_in_flight: _AtLeastOne = 64  # requests of one connection handled at once
+    # Fairness (see _fairness.py). A connection with max_in_flight requests not yet
+    # answered is not read from until one is. Requests of every connection share
+    # max_running_requests slots, a free one going to the connection holding the
+    # fewest; a request past running_request_slice gives its slot back and runs on.
+    max_in_flight: _AtLeastOne = 64
+    max_running_requests: _AtLeastOne = 8
+    running_request_slice: _PositiveSeconds = 0.1
     subscriber_buffer: _AtLeastOne = 1000  # events held for a slow subscriber before dropping
     hello_timeout: _PositiveSeconds = 5.0  # an unauthenticated connection is closed after this
     shutdown_timeout: _Seconds = 5.0  # open connections get this long to finish on stop

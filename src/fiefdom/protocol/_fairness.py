@@ -1,0 +1,148 @@
+"""Fairness between the clients of the control channel: one client's flood must not
+stall the others. Three mechanisms, each cheap on the path of a well-behaved client:
+
+- ``RateLimiter``: a token bucket per connection; a frame past it is dropped before
+  it is decoded, and one error per window of dropped frames tells the client;
+- the per-connection cap on requests in flight (``Connection`` stops reading);
+- ``FairScheduler``: the server's slots for concurrent requests, handed out to the
+  connection holding the fewest, so a newcomer waits for one request to end, not
+  for every request a flooder has queued."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Generic, TypeVar
+
+K = TypeVar("K")
+
+
+class RateLimiter:
+    """A token bucket: ``rate`` frames per second, bursts up to ``burst``."""
+
+    __slots__ = ("_burst", "_last", "_level", "_rate")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._level = float(burst)
+        self._last = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._level = min(self._burst, self._level + (now - self._last) * self._rate)
+        self._last = now
+        if self._level >= 1.0:
+            self._level -= 1.0
+            return True
+        return False
+
+    def retry_after(self) -> float:
+        """Seconds until the next frame would be taken."""
+        return max(0.0, (1.0 - self._level) / self._rate)
+
+
+class FairScheduler(Generic[K]):
+    """``capacity`` slots for requests running at once, shared by owners (``K``: the
+    connections). A free slot goes to the waiting owner that holds the fewest slots,
+    the earliest of them on a tie; an owner's own requests start in the order it
+    queued them.
+
+    A request gives its slot back when it ends, or after ``slice_seconds`` if it runs
+    longer (it goes on, uncounted): a request that waits on something else, a drain
+    or a slow actor, must not hold up the others for as long as it waits."""
+
+    def __init__(self, capacity: int, slice_seconds: float) -> None:
+        self.capacity = capacity
+        self.slice_seconds = slice_seconds
+        self._free = capacity
+        self._held: dict[K, int] = {}
+        self._waiting: dict[K, deque[asyncio.Future[None]]] = {}  # oldest owner first
+
+    def statistics(self) -> tuple[int, int]:
+        """(slots held, requests waiting for one)."""
+        return self.capacity - self._free, sum(len(q) for q in self._waiting.values())
+
+    def ticket(self, owner: K) -> asyncio.Future[None]:
+        """A place in line for one request of ``owner``, taken at once (so the order
+        is the order requests were read): done when its slot is granted."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._free > 0 and not self._waiting:
+            self._grant(owner, future)
+        else:
+            self._waiting.setdefault(owner, deque()).append(future)
+        return future
+
+    async def run(self, owner: K, ticket: asyncio.Future[None]) -> Slot[K]:
+        """Wait for ``ticket``'s slot; the returned ``Slot`` gives it back."""
+        try:
+            await ticket
+        except asyncio.CancelledError:
+            if ticket.done() and not ticket.cancelled():
+                self._give_back(owner)  # granted just as the wait was cancelled
+            else:
+                self._forget(owner, ticket)
+            raise
+        return Slot(self, owner)
+
+    def drop(self, owner: K) -> None:
+        """``owner`` is gone and its requests have ended: forget its place in line, and
+        take back the slots granted to requests cancelled before they began."""
+        for future in self._waiting.pop(owner, ()):
+            future.cancel()
+        unclaimed = self._held.pop(owner, 0)
+        for _ in range(unclaimed):
+            self._held[owner] = 1
+            self._give_back(owner)
+
+    def _grant(self, owner: K, future: asyncio.Future[None]) -> None:
+        self._free -= 1
+        self._held[owner] = self._held.get(owner, 0) + 1
+        future.set_result(None)
+
+    def _forget(self, owner: K, future: asyncio.Future[None]) -> None:
+        queue = self._waiting.get(owner)
+        if queue is not None and future in queue:
+            queue.remove(future)
+            if not queue:
+                del self._waiting[owner]
+
+    def _give_back(self, owner: K) -> None:
+        held = self._held[owner] - 1
+        if held:
+            self._held[owner] = held
+        else:
+            del self._held[owner]
+        self._free += 1
+        while self._free > 0 and self._waiting:
+            # The fewest slots held wins; dicts keep insertion order, so min() picks
+            # the owner waiting longest among equals.
+            chosen = min(self._waiting, key=lambda o: self._held.get(o, 0))
+            queue = self._waiting[chosen]
+            future = queue.popleft()
+            if not queue:
+                del self._waiting[chosen]
+            else:
+                # To the back of the line among owners with as many slots.
+                self._waiting[chosen] = self._waiting.pop(chosen)
+            if not future.cancelled():
+                self._grant(chosen, future)
+
+
+class Slot(Generic[K]):
+    """A slot held by one request: ``release()`` gives it back (once), at the latest
+    when the scheduler's slice has passed."""
+
+    __slots__ = ("_owner", "_scheduler", "_timer")
+
+    def __init__(self, scheduler: FairScheduler[K], owner: K) -> None:
+        self._scheduler: FairScheduler[K] | None = scheduler
+        self._owner = owner
+        self._timer = asyncio.get_running_loop().call_later(scheduler.slice_seconds, self.release)
+
+    def release(self) -> None:
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            self._timer.cancel()
+            scheduler._give_back(self._owner)
