@@ -22,6 +22,7 @@ from aiohttp import WSCloseCode, web
 from .._errors import FiefdomError
 from .._lifecycle import Lifecycle, State
 from ..actors import StopMode
+from ._admission import Admission, CappedSite, loud_repeats, quiet_repeats
 from ._codec import json_schema
 from ._connection import Connection
 from ._fairness import FairScheduler
@@ -59,6 +60,11 @@ class ControlServer:
         )
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
+        self._admission = Admission(
+            settings.max_http_connections,
+            settings.probe_connections,
+            lambda reason: self.metrics.ws_refused.labels(reason=reason).inc(),
+        )
         self._schema = json.dumps(json_schema(), indent=2).encode()
         self._port: int | None = None
         self._closed: str | None = None
@@ -127,7 +133,10 @@ class ControlServer:
         oldest.evict(f"too many connections waiting to authenticate (limit {limit})")
 
     def _app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_frame_bytes)
+        app = web.Application(
+            client_max_size=self.settings.max_frame_bytes,
+            middlewares=[self._admission.middleware],
+        )
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._guard("/readyz", self._readyz))
         app.router.add_get("/metrics", self._guard("/metrics", self._metrics))
@@ -154,12 +163,17 @@ class ControlServer:
             host, port = self.settings.host_port()
             # A short aiohttp shutdown timeout: websockets are closed by stop() first.
             runner = web.AppRunner(
-                self._app(), access_log=None, shutdown_timeout=self.settings.shutdown_timeout
+                self._app(),
+                access_log=None,
+                shutdown_timeout=self.settings.shutdown_timeout,
+                keepalive_timeout=self.settings.header_timeout,
+                lingering_time=self.settings.body_timeout,
             )
             await runner.setup()
-            site = web.TCPSite(runner, host, port, reuse_address=True)
+            site = CappedSite(runner, host, port, self._admission)
             try:
                 await site.start()
+                quiet_repeats()
             except BaseException:
                 # The address is taken (or the start was cancelled): nothing may stay open.
                 with anyio.CancelScope(shield=True):
@@ -224,6 +238,7 @@ class ControlServer:
                         conn.ws.task.cancel()
         finally:
             self._closing_scope = None
+            loud_repeats()
             # Also when the caller is cancelled: the socket and the app are released.
             with anyio.CancelScope(shield=True):
                 await runner.cleanup()

@@ -56,6 +56,19 @@ class ControlSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     subscriber_buffer: _AtLeastOne = 1000  # events held for a slow subscriber before dropping
     hello_timeout: _PositiveSeconds = 5.0  # an unauthenticated connection is closed after this
     shutdown_timeout: _Seconds = 5.0  # open connections get this long to finish on stop
+    # HTTP connections (see _admission.py). A connection must send a whole request's
+    # headers within header_timeout of connecting, or of its previous request (an idle
+    # keep-alive connection is closed then too: aiohttp's keepalive_timeout). A body
+    # a handler does not read is read and dropped for at most body_timeout (aiohttp's
+    # lingering_time); a handler that reads one reads it within body_timeout too.
+    header_timeout: _PositiveSeconds = 10.0
+    body_timeout: _PositiveSeconds = 10.0
+    # Connections of every kind (websockets included). Past it, a newcomer closes the
+    # oldest one with no request under way, else it may only probe /healthz and
+    # /readyz on one of probe_connections spare slots; past those it gets a 503. Keep
+    # the sum under the daemon's limit on open files (ulimit -n) with room to spare.
+    max_http_connections: _AtLeastOne = 512
+    probe_connections: _AtLeastOne = 16
 
     def host_port(self) -> tuple[str, int]:
         host, sep, port = self.listen.rpartition(":")

@@ -1,0 +1,126 @@
+"""Slow and idle HTTP connections to the control port (real sockets sending part of
+a request): each is closed once control.header_timeout (or body_timeout) has passed,
+hundreds of them leave /healthz and /readyz answering, and a storm of the same error
+logs one line per interval with a count."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import resource
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import anyio
+from daemon_harness import DaemonProcess, write_config
+
+from fiefdom.protocol._admission import RepeatFilter
+
+GUARD = 60.0  # a hang guard, never a speed requirement
+
+
+@contextlib.contextmanager
+def _open_files(soft: int) -> Iterator[None]:
+    """This process's soft limit on open files set to ``soft`` (capped by the hard one)."""
+    before, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, hard), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (before, hard))
+
+
+@contextlib.asynccontextmanager
+async def _slow_sockets(
+    daemon: DaemonProcess, count: int, partial: bytes
+) -> AsyncIterator[list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]:
+    """``count`` connections to the daemon, each having sent ``partial`` and nothing more."""
+    host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
+    opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        for _ in range(count):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            opened.append((reader, writer))
+            writer.write(partial)
+            await writer.drain()
+        yield opened
+    finally:
+        for _, writer in opened:
+            writer.close()
+        for _, writer in opened:
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+async def test_partial_requests_are_closed_after_the_timeouts(tmp_path: Path) -> None:
+    """Sockets that send half a request line, headers without their end, or a body
+    shorter than announced are closed by the daemon (EOF, waited on under a hang guard)."""
+    control = "header_timeout = 0.3\nbody_timeout = 0.3"
+    with DaemonProcess(write_config(tmp_path, control=control)) as daemon:
+        for partial in (
+            b"GET /hea",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab",
+        ):
+            async with _slow_sockets(daemon, 5, partial) as sockets:
+                for reader, _ in sockets:
+                    with anyio.fail_after(GUARD):
+                        rest = await reader.read()
+                        while (more := await reader.read()) != b"":
+                            rest += more
+                    # Only the request whose headers were whole got an answer.
+                    assert (b"200 OK" in rest) is partial.endswith(b"ab"), rest
+
+
+async def test_health_answers_while_hundreds_of_slow_sockets_are_open(tmp_path: Path) -> None:
+    """With 300 sockets holding half a request on a daemon that may open 256 files and
+    serves 50 connections, /healthz and /readyz still answer: the oldest idle socket is
+    closed for each newcomer, and probes have slots of their own."""
+    control = "header_timeout = 600.0\nmax_http_connections = 50\nprobe_connections = 5"
+    daemon = DaemonProcess(write_config(tmp_path, control=control))
+    with _open_files(256):  # the daemon inherits the limit
+        daemon.start()
+    try:
+        with _open_files(4096):
+            async with _slow_sockets(daemon, 300, b"GET /healthz HTTP/1.1\r\nHost: x\r\n"):
+                for _ in range(3):
+                    status, _ = await anyio.to_thread.run_sync(daemon.http, "/healthz", None)
+                    assert status == 200
+                    status, _ = await anyio.to_thread.run_sync(daemon.http, "/readyz")
+                    assert status == 200
+        assert "Too many open files" not in daemon.log()
+    finally:
+        daemon.stop()
+
+
+def test_a_storm_of_one_error_logs_one_line_per_interval_with_a_count() -> None:
+    """10,000 records of one kind within an interval let the first through; the first
+    after the interval carries the count of those suppressed; another kind is apart."""
+    now = [0.0]
+    logger = logging.getLogger("fiefdom.test.storm")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    repeat = RepeatFilter(interval=10.0, clock=lambda: now[0])
+    logger.addHandler(handler)
+    logger.addFilter(repeat)
+    logger.propagate = False
+    try:
+        error = OSError(24, "Too many open files")
+        for _ in range(10_000):
+            logger.error("socket.accept() out of system resource", exc_info=error)
+        logger.error("another kind")
+        now[0] = 10.5
+        logger.error("socket.accept() out of system resource", exc_info=error)
+    finally:
+        logger.removeFilter(repeat)
+        logger.removeHandler(handler)
+        logger.propagate = True
+    assert [r.getMessage() for r in records] == [
+        "socket.accept() out of system resource",
+        "another kind",
+        "socket.accept() out of system resource (9999 more like it in the last 10s)",
+    ]
+    assert records[0].exc_info is not None
+    assert records[2].exc_info is None  # the repeat is one line
