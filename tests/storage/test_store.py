@@ -151,6 +151,7 @@ _JOB_INDEXES = {
     "fiefdom_jobs_list",
     "fiefdom_jobs_list_state",
     "fiefdom_jobs_running_keys",
+    "fiefdom_jobs_ordered_keys",
 }
 
 # Per backend and table; primary keys included (SQLite's INTEGER PRIMARY KEY is the
@@ -192,6 +193,7 @@ EXPECTED_COLUMNS: dict[str, dict[str, dict[str, str]]] = {
             "unique_digest": "bytea",
             "domain": "text",
             "partition": "smallint",
+            "ordered": "boolean",
         },
         "fiefdom_queues": {
             "name": "text",
@@ -224,6 +226,7 @@ EXPECTED_COLUMNS: dict[str, dict[str, dict[str, str]]] = {
             "unique_digest": "BLOB",
             "domain": "TEXT",
             "partition": "INTEGER",
+            "ordered": "INTEGER",
         },
         "fiefdom_queues": {
             "name": "TEXT",

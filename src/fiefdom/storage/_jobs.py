@@ -194,6 +194,9 @@ class JobOptions:
     does not count). ``domain`` and ``key`` name the
     domain and the field holding the key: the job then runs inside that key's
     actor, serialised with every other message and job for the same key.
+    ``ordered`` makes the key's jobs of ordered kinds run in enqueue order: one
+    waits until every earlier one of its key has completed, been discarded or been
+    cancelled (a retried or snoozed job holds back those after it).
     """
 
     kind: str
@@ -205,6 +208,7 @@ class JobOptions:
     unique: Unique | None = None
     domain: str | None = None
     key: str | None = None
+    ordered: bool = False
 
     def __post_init__(self) -> None:
         if not self.kind or len(self.kind) > 200:
@@ -221,6 +225,11 @@ class JobOptions:
             raise ValueError(
                 "JobOptions(domain=..., key=...) go together: the domain to run in "
                 "and the field that holds the key"
+            )
+        if self.ordered and self.key is None:
+            raise ValueError(
+                "JobOptions(ordered=True) orders the jobs of one key: name the domain and "
+                "the key field too (domain=..., key=...)"
             )
 
 
@@ -544,6 +553,7 @@ class NewJob:
     unique_digest: bytes | None = None  # the key itself, kept in every state
     domain: str | None = None
     partition: int | None = None  # of the domain key (partition_of), None without one
+    ordered: bool = False
 
 
 def prepare(
@@ -645,6 +655,7 @@ def prepare(
         unique_digest=digest,
         domain=opts.domain,
         partition=partition,
+        ordered=opts.ordered,
     )
 
 

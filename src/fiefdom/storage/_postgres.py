@@ -352,13 +352,15 @@ class PostgresStore(Store):
         # The INSERT trigger notifies engines (at commit) of queues with available jobs.
         got = await conn.fetch(
             "INSERT INTO fiefdom_jobs (kind, queue, state, priority, args, domain_key, "
-            "max_attempts, unique_key, unique_states, run_at, unique_digest, domain, partition) "
+            "max_attempts, unique_key, unique_states, run_at, unique_digest, domain, partition, "
+            "ordered) "
             "SELECT k, q, s, p, a::jsonb, dk, m, u, us, coalesce(to_timestamp(r), now()), ud, "
-            "dn, pt "
+            "dn, pt, od "
             "FROM unnest($1::text[], $2::text[], $3::text[], $4::smallint[], $5::text[], "
             "$6::text[], $7::integer[], $8::bytea[], $9::smallint[], $10::float8[], "
-            "$11::bytea[], $12::text[], $13::smallint[]) "
-            "WITH ORDINALITY AS t(k, q, s, p, a, dk, m, u, us, r, ud, dn, pt, ord) ORDER BY ord "
+            "$11::bytea[], $12::text[], $13::smallint[], $14::boolean[]) "
+            "WITH ORDINALITY AS t(k, q, s, p, a, dk, m, u, us, r, ud, dn, pt, od, ord) "
+            "ORDER BY ord "
             "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING "
             "RETURNING id, unique_key",
             [r.kind for r in rows],
@@ -374,6 +376,7 @@ class PostgresStore(Store):
             [r.unique_digest for r in rows],
             [r.domain for r in rows],
             [r.partition for r in rows],
+            [r.ordered for r in rows],
         )
         inserted = [(r[0], r[1]) for r in got]
         existing: dict[bytes, int] = {}

@@ -53,6 +53,10 @@ _CLAIM_SQL = (
     "AND (k.domain_key IS NULL OR NOT EXISTS (SELECT 1 FROM fiefdom_jobs AS r "
     "WHERE r.state = 'running' AND r.domain_key IS NOT NULL "
     "AND r.domain = k.domain AND r.domain_key = k.domain_key AND r.id <> k.id)) "
+    # An ordered job waits for every earlier unfinished ordered job of its key.
+    "AND (NOT k.ordered OR NOT EXISTS (SELECT 1 FROM fiefdom_jobs AS o "
+    "WHERE o.ordered AND o.state IN ('available', 'scheduled', 'retryable', 'running') "
+    "AND o.domain = k.domain AND o.domain_key = k.domain_key AND o.id < k.id)) "
     "ORDER BY k.priority, k.run_at, k.id LIMIT $2 FOR UPDATE SKIP LOCKED) "
     "UPDATE fiefdom_jobs AS j SET state = 'running', attempt = j.attempt + 1, "
     "lease_token = j.lease_token + 1, worker = $3, attempted_at = now(), "

@@ -39,7 +39,7 @@ from ._store import Store, Transaction
 log = structlog.get_logger("fiefdom.storage.sqlite")
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
-_CHUNK = 500  # rows per INSERT: 14 parameters each stays under SQLite's 32766
+_CHUNK = 500  # rows per INSERT: 15 parameters each stays under SQLite's 32766
 _BUSY_TIMEOUT_MS = 30_000
 
 
@@ -427,12 +427,13 @@ class SQLiteStore(Store):
                     r.unique_digest,
                     r.domain,
                     r.partition,
+                    1 if r.ordered else 0,
                 )
-            values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"] * len(chunk))
+            values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"] * len(chunk))
             got = await tx.raw(
                 "INSERT INTO fiefdom_jobs (kind, queue, state, priority, args, domain_key, "
                 "max_attempts, unique_key, unique_states, created_at, run_at, unique_digest, "
-                "domain, partition) "
+                "domain, partition, ordered) "
                 "VALUES "
                 + values
                 + " ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING "

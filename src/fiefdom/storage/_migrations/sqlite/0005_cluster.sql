@@ -4,6 +4,11 @@
 -- epoch of a partition grows on every change of its owner (a fencing token).
 ALTER TABLE fiefdom_jobs ADD COLUMN domain TEXT;
 ALTER TABLE fiefdom_jobs ADD COLUMN partition INTEGER;
+-- A job of a kind declared ordered waits for every earlier unfinished ordered job
+-- of its key (a claim checks through the index below).
+ALTER TABLE fiefdom_jobs ADD COLUMN ordered INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX fiefdom_jobs_ordered_keys ON fiefdom_jobs (domain, domain_key, id)
+    WHERE ordered AND state IN ('available', 'scheduled', 'retryable', 'running');
 -- Keys with a job running now: a claim skips their other jobs.
 CREATE INDEX fiefdom_jobs_running_keys ON fiefdom_jobs (domain, domain_key)
     WHERE state = 'running' AND domain_key IS NOT NULL;
