@@ -402,12 +402,6 @@ async def test_poison_values_get_typed_errors_and_commit_nothing_that_breaks_a_l
 
 @pytest.mark.slow
 @pytest.mark.dialect("sqlite")  # the encoding at fault is shared by both dialects
-@pytest.mark.xfail(
-    strict=True,
-    reason="storage/_jobs.py prepare(): msgspec's JSON encoder writes NaN and Infinity in a "
-    "job's arguments as null, so an acknowledged enqueue stores arguments that no longer "
-    "decode into the kind, and the job is discarded unrun on its first claim",
-)
 async def test_a_non_finite_float_in_job_arguments_is_refused_or_runs(
     daemon: DaemonProcess, figures: Any
 ) -> None:

@@ -39,7 +39,7 @@ NATIVE_STOP_BUG = (
 @pytest.mark.dialect("sqlite")  # the engine's own lifecycle: the dialect plays no part
 @pytest.mark.parametrize(
     "how",
-    ["anyio", pytest.param("native", marks=pytest.mark.xfail(strict=True, reason=NATIVE_STOP_BUG))],
+    ["anyio", "native"],
 )
 async def test_a_cancelled_stop_waits_for_the_engine(store: Store, how: str) -> None:
     """stop() cancelled mid-drain returns only once the engine has stopped (000/1e)."""
@@ -89,8 +89,6 @@ async def test_numbers_past_64_bits_are_typed_errors_and_the_store_goes_on(
     store: Store, backend: str, request: pytest.FixtureRequest
 ) -> None:
     """Numbers past 64 bits raise a FiefdomError on both dialects; the store goes on (001/2)."""
-    if backend == "sqlite":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=BIG_ID_BUG))
     calls = {
         "get_job(2**63)": lambda: store.get_job(2**63),
         "cancel_job(2**63)": lambda: store.cancel_job(2**63),

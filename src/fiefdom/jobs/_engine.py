@@ -485,10 +485,20 @@ class JobEngine(Notifications):
             if self._life.state is not State.STOPPED:
                 await self._stopped.wait()
             return
+        # Waited for to its end, whatever cancels the caller: an anyio shield keeps
+        # anyio's cancellation out, and a native Task.cancel() (asyncio.timeout, a
+        # server cancelling a request) is held until the engine has stopped.
+        cancelled: asyncio.CancelledError | None = None
         with anyio.CancelScope(shield=True):
-            await asyncio.wait({task})
+            while not task.done():
+                try:
+                    await asyncio.wait({task})
+                except asyncio.CancelledError as exc:
+                    cancelled = cancelled or exc
         if not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
+        if cancelled is not None:
+            raise cancelled
 
     async def __aenter__(self) -> JobEngine:
         await self.start()

@@ -235,7 +235,12 @@ async def enqueue(host: ControlHost, msg: EnqueueJob, codec: Codec[ClientMessage
         ) from None
     if host.draining:
         raise fail(ErrorCode.UNAVAILABLE, "the daemon is draining and takes no new jobs")
-    enqueued = await jobs.enqueue(job, queue=msg.queue, priority=msg.priority, delay=msg.delay)
+    try:
+        enqueued = await jobs.enqueue(job, queue=msg.queue, priority=msg.priority, delay=msg.delay)
+    except ValueError as exc:
+        # The store refused the job before writing anything (arguments it cannot
+        # hold, a value out of range): the client sent it, so it is named to them.
+        raise fail(ErrorCode.INVALID_MESSAGE, f"job of kind {msg.kind!r} refused: {exc}") from None
     return EnqueueReply(id=msg.id, enqueued=enqueued)
 
 

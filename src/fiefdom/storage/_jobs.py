@@ -17,6 +17,8 @@ from typing import Any, ClassVar, TypeVar
 
 import msgspec
 
+from .._errors import StoreError
+
 T = TypeVar("T")
 
 
@@ -57,6 +59,17 @@ def partition_of(key: object) -> int:
     """The partition of a domain key: a stable hash of its text (the same in every
     process and release, unlike Python's salted ``hash``)."""
     return zlib.crc32(str(key).encode("utf-8", "surrogatepass")) % PARTITIONS
+
+
+_BIGINT = 2**63
+
+
+def check_bigint(**values: int) -> None:
+    """Refuse (StoreError naming it) a number no database column of ours can hold: a
+    job id, an ``after_id`` or a ``limit`` past signed 64 bits."""
+    for name, value in values.items():
+        if not -_BIGINT <= value < _BIGINT:
+            raise StoreError(f"{name} must fit in a signed 64-bit integer, got {value}")
 
 
 def state_bit_sql(column: str) -> str:
@@ -531,6 +544,16 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 # -- preparing rows ------------------------------------------------------------------
 
 _encoder = msgspec.json.Encoder()
+_decoders: dict[type[Job], msgspec.json.Decoder[Any]] = {}
+
+
+def _decoder(kind: type[Job]) -> msgspec.json.Decoder[Any]:
+    decoder = _decoders.get(kind)
+    if decoder is None:
+        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
+    return decoder
+
+
 # JSON's escape of NUL, not preceded by an odd number of backslashes (which would
 # make it the text "\\u0000" rather than the character).
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
@@ -620,6 +643,16 @@ def prepare(
             f"the arguments of a {opts.kind} job hold text that is not valid Unicode "
             f"(a lone surrogate at position {exc.start}): encode bytes as base64 or hex"
         ) from None
+    if b"null" in args:
+        # JSON has no NaN or infinity: msgspec writes them as null, which the handler
+        # could not decode. Whatever holds a null must decode back as the kind.
+        try:
+            _decoder(type(job)).decode(args)
+        except msgspec.ValidationError as exc:
+            raise ValueError(
+                f"the arguments of a {opts.kind} job do not survive storage ({exc}): "
+                "a float that is NaN or infinite has no JSON form; send a finite number"
+            ) from None
     if b"\\u0000" in args and _NUL_ESCAPE.search(args):
         # PostgreSQL's jsonb cannot hold NUL; refused on both dialects alike.
         raise ValueError(

@@ -29,6 +29,7 @@ from ._jobs import (
     JobState,
     NewJob,
     QueueCount,
+    check_bigint,
     job_info,
     list_jobs_query,
     state_bit_sql,
@@ -395,6 +396,7 @@ class PostgresStore(Store):
     # -- administration --------------------------------------------------------------
 
     async def get_job(self, job_id: int) -> JobInfo | None:
+        check_bigint(job_id=job_id)
         row = await self._run(
             lambda conn: conn.fetchrow(
                 f"SELECT {_JOB_COLUMNS} FROM fiefdom_jobs WHERE id = $1", job_id
@@ -411,6 +413,7 @@ class PostgresStore(Store):
         after_id: int = 0,
         limit: int = 100,
     ) -> list[JobInfo]:
+        check_bigint(after_id=after_id, limit=limit)
         sql, args = list_jobs_query(
             _JOB_COLUMNS,
             queue=queue,
@@ -433,6 +436,7 @@ class PostgresStore(Store):
         return [QueueCount(queue=r[0], state=JobState(r[1]), count=r[2]) for r in rows]
 
     async def retry_job(self, job_id: int) -> bool:
+        check_bigint(job_id=job_id)
         bit = STATE_BITS[JobState.AVAILABLE]
 
         async def run(conn: Conn) -> list[asyncpg.Record]:
@@ -479,6 +483,8 @@ class PostgresStore(Store):
         return {r[0] for r in rows}
 
     async def cancel_job(self, job_id: int) -> JobState | None:
+        check_bigint(job_id=job_id)
+
         async def run(conn: Conn) -> str | None:
             async with conn.transaction():
                 state = await conn.fetchval(

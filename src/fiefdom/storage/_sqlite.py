@@ -29,6 +29,7 @@ from ._jobs import (
     JobState,
     NewJob,
     QueueCount,
+    check_bigint,
     job_info,
     list_jobs_query,
     state_bit_sql,
@@ -462,6 +463,7 @@ class SQLiteStore(Store):
     # -- administration --------------------------------------------------------------
 
     async def get_job(self, job_id: int) -> JobInfo | None:
+        check_bigint(job_id=job_id)
         async with self._read() as tx:
             rows = await tx.raw(f"SELECT {_JOB_COLUMNS} FROM fiefdom_jobs WHERE id = ?", (job_id,))
         return job_info(rows[0]) if rows else None
@@ -475,6 +477,7 @@ class SQLiteStore(Store):
         after_id: int = 0,
         limit: int = 100,
     ) -> list[JobInfo]:
+        check_bigint(after_id=after_id, limit=limit)
         sql, args = list_jobs_query(
             _JOB_COLUMNS,
             queue=queue,
@@ -497,6 +500,7 @@ class SQLiteStore(Store):
         return [QueueCount(queue=r[0], state=JobState(r[1]), count=r[2]) for r in rows]
 
     async def retry_job(self, job_id: int) -> bool:
+        check_bigint(job_id=job_id)
         bit = STATE_BITS[JobState.AVAILABLE]
         async with self._tx() as tx:
             # The write lock is held: no enqueue can take the key between the
@@ -535,6 +539,7 @@ class SQLiteStore(Store):
         return {r[0] for r in rows}
 
     async def cancel_job(self, job_id: int) -> JobState | None:
+        check_bigint(job_id=job_id)
         async with self._tx() as tx:
             now = time.time()
             rows = await tx.raw(
