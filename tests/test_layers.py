@@ -17,6 +17,7 @@ ROOT = Path(fiefdom.__file__).parent
 LAYERS = [
     "_errors",
     "_lifecycle",
+    "_throttle",
     "actors",
     "supervisors",
     "storage",

@@ -19,6 +19,7 @@ import structlog
 
 from .._errors import ConfigurationError, StoreError
 from .._lifecycle import Lifecycle, State, StopMode
+from .._throttle import Throttle
 from ..storage import PARTITIONS, Store, leases, partition_of
 
 log = structlog.get_logger("fiefdom.cluster")
@@ -67,6 +68,7 @@ class Node:
         self._task: asyncio.Task[None] | None = None
         self.live_nodes: list[str] = []
         self.fences = 0
+        self._throttle = Throttle()
         self.handoffs = 0
 
     # -- what others ask -------------------------------------------------------------
@@ -175,7 +177,9 @@ class Node:
                     # No time to wait for the work to stop: the leases are expiring.
                     _forget(self._lose(frozenset(self._held), urgent=True))
                 else:
-                    log.warning("renewing partition leases failed", node=self.id, error=str(exc))
+                    self._throttle.warning(
+                        log, "renewing partition leases failed", node=self.id, error=str(exc)
+                    )
 
     async def _round(self) -> None:
         began = time.monotonic()

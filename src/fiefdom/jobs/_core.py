@@ -18,6 +18,7 @@ import anyio
 import msgspec
 import structlog
 
+from .._throttle import Throttle
 from ..actors import Domain
 from ..storage import (
     ClaimedJob,
@@ -131,6 +132,7 @@ class Core:
         self.outcomes: dict[str, int] = {}
         self.stale = 0
         self.rescued = 0
+        self.throttle = Throttle()  # repeated failure lines, one per 10 s per event
         self.recorded_at = 0.0  # monotonic time of the last outcome write that succeeded
         self.finish_failures = 0  # consecutive failed outcome writes (readiness)
         self.claim_failures = 0  # consecutive failed claims, any queue (readiness)
@@ -263,8 +265,12 @@ class Core:
         """Wait before retrying a failed store operation (longer each time); a stop
         cuts the wait short unless ``interruptible`` is False."""
         delay = min(_MAX_BACKOFF, 0.05 * 2 ** min(failures, 10))
-        log.warning(
-            "store operation failed; retrying", operation=what, error=str(exc), retry_in=delay
+        self.throttle.warning(
+            log,
+            f"store operation failed; retrying: {what}",
+            operation=what,
+            error=str(exc),
+            retry_in=delay,
         )
         if not interruptible:
             await anyio.sleep(delay)

@@ -28,7 +28,7 @@ class LeaseKeeper(Service):
             try:
                 alive, cancel = await core.queries.heartbeat(leases, lease=core.timing.lease)
             except StoreError as exc:
-                log.warning("heartbeat failed", error=str(exc), jobs=len(leases))
+                core.throttle.warning(log, "heartbeat failed", error=str(exc), jobs=len(leases))
                 continue
             for lease in leases:
                 if lease.job_id not in alive:

@@ -21,5 +21,5 @@ class Promoter(Service):
             try:
                 await core.queries.promote()
             except StoreError as exc:
-                log.warning("promoting due jobs failed", error=str(exc))
+                core.throttle.warning(log, "promoting due jobs failed", error=str(exc))
             await anyio.sleep(core.timing.poll)

@@ -23,7 +23,7 @@ class QueueWatcher(Service):
                 try:
                     await self.refresh()
                 except StoreError as exc:
-                    log.warning("reading paused queues failed", error=str(exc))
+                    core.throttle.warning(log, "reading paused queues failed", error=str(exc))
             await anyio.sleep(core.timing.poll)
 
     async def refresh(self) -> None:

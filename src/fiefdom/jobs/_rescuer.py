@@ -43,5 +43,5 @@ class Rescuer(Service):
                             )
                         )
             except StoreError as exc:
-                log.warning("rescue failed", error=str(exc))
+                core.throttle.warning(log, "rescue failed", error=str(exc))
             await anyio.sleep(core.timing.rescue_every)
