@@ -117,3 +117,33 @@ async def test_an_expired_lease_taken_back_by_its_owner_gets_a_new_epoch(store: 
     assert again == first + 1
     (renewed,) = (await table.hold("a", [7], 30.0)).values()
     assert renewed == again, "a renewal of a live lease keeps its epoch"
+
+
+@pytest.mark.dialect("postgres")  # SQLite has one writer: a fenced transaction blocks all
+async def test_an_open_fenced_transaction_holds_back_only_its_own_partition(
+    store: Store,
+) -> None:
+    """While the old owner's fenced transaction on one partition is open, a node takes
+    over every other expired partition, keeps renewing its own and never fences itself;
+    it takes the last one once that transaction has ended."""
+    table = leases(store)
+    theirs = list(range(1, PARTITIONS, 2))
+    held = await table.hold("old", theirs, 0.5)
+    locked = theirs[0]
+    node = Node(store, "new", FAST)
+    async with store.transaction() as tx:
+        await store.check_owner(tx, locked, held[locked])
+        await node.start()
+        try:
+            await wait_until(
+                lambda: node.held == PARTITIONS - 1, what="every partition but the locked one"
+            )
+            assert not node.owns(locked)
+        except BaseException:
+            await node.stop()
+            raise
+    try:
+        await wait_until(lambda: node.held == PARTITIONS, what="the partition, once released")
+        assert node.fences == 0
+    finally:
+        await node.stop()

@@ -111,8 +111,10 @@ class Node:
     async def start(self) -> None:
         self._life.begin_start()
         try:
-            await self._round()
-        except StoreError as exc:
+            # Bounded: a store that does not answer must not hold up the engine's start.
+            with anyio.fail_after(self.settings.lease):
+                await self._round()
+        except (StoreError, TimeoutError) as exc:
             # Holding nothing is safe: the loop keeps trying.
             log.warning("could not join the cluster yet; retrying", node=self.id, error=str(exc))
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"cluster/{self.id}")

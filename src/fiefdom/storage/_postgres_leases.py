@@ -44,14 +44,25 @@ class PostgresLeases(Leases):
     async def hold(self, node: str, partitions: Sequence[int], lease: float) -> dict[int, int]:
         if not partitions:
             return {}
+        # A renewal of a live lease waits for nobody: a fenced transaction holds its
+        # partition's row FOR KEY SHARE, which a plain UPDATE does not conflict with.
+        # A takeover locks the rows it takes FOR UPDATE, which does conflict: it
+        # skips a partition whose fenced transaction is still open (the old owner's
+        # write decides first) and takes it at a later round.
         rows = await self._pg._run(
             lambda conn: conn.fetch(
+                "WITH taken AS (SELECT partition FROM fiefdom_partitions "
+                "WHERE partition = ANY($2::smallint[]) "
+                "AND NOT (owner IS NOT DISTINCT FROM $1 AND lease_expires_at >= now()) "
+                "AND (owner IS NULL OR owner = $1 OR lease_expires_at < now()) "
+                "FOR UPDATE SKIP LOCKED) "
                 "UPDATE fiefdom_partitions SET "
                 "epoch = CASE WHEN owner = $1 AND lease_expires_at >= now() THEN epoch "
                 "ELSE epoch + 1 END, owner = $1, "
                 "lease_expires_at = now() + make_interval(secs => $3) "
                 "WHERE partition = ANY($2::smallint[]) "
-                "AND (owner IS NULL OR owner = $1 OR lease_expires_at < now()) "
+                "AND ((owner = $1 AND lease_expires_at >= now()) "
+                "OR partition IN (SELECT partition FROM taken)) "
                 "RETURNING partition, epoch",
                 node,
                 sorted(partitions),

@@ -296,16 +296,13 @@ class Store(abc.ABC):
     async def check_owner(self, tx: Transaction, partition: int, epoch: int) -> None:
         """Raise ``StaleOwner`` unless ``partition`` is still owned under ``epoch``,
         and keep it so until ``tx`` ends: on PostgreSQL the partition's row is locked
-        for share (a takeover waits for the commit), on SQLite the transaction holds
-        the database's one write lock from this statement on."""
+        (a takeover passes it over until the commit; the owner's renewals go on), on
+        SQLite the transaction holds the database's one write lock from its first
+        statement on (keep such transactions short)."""
         self._check_tx(tx)
-        lock = " FOR SHARE" if self.backend == "postgres" else ""
-        if self.backend == "sqlite":
-            # Take the write lock now (the BEGIN IMMEDIATE of a user transaction is
-            # deferred to its first statement): the check then holds until commit.
-            await tx.execute(
-                "UPDATE fiefdom_partitions SET epoch = epoch WHERE partition = $1", partition
-            )
+        # FOR KEY SHARE: the owner's renewals go on, a takeover (FOR UPDATE) skips the
+        # partition. (A SQLite transaction's first statement is its BEGIN IMMEDIATE.)
+        lock = " FOR KEY SHARE" if self.backend == "postgres" else ""
         current = await tx.fetchval(
             f"SELECT epoch FROM fiefdom_partitions WHERE partition = $1{lock}", partition
         )
