@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -147,3 +148,36 @@ async def test_an_open_fenced_transaction_holds_back_only_its_own_partition(
         assert node.fences == 0
     finally:
         await node.stop()
+
+
+class Touch(Job):
+    options = JobOptions(kind="touch", domain="res", key="key")
+    key: str
+
+
+class Res(fiefdom.Actor[Any]):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    async def receive(self, msg: Any) -> None:
+        return None
+
+
+async def test_an_engine_serving_a_domain_joins_and_shows_it_in_metrics(store: Store) -> None:
+    """With no configuration an engine serving a domain runs a node that holds every
+    partition alone; its statistics and /metrics say so; one without a domain does not."""
+    from fiefdom.protocol import ControlMetrics
+
+    metrics = ControlMetrics()
+    async with fiefdom.ActorSystem(name="metrics") as system:
+        res = system.domain("res", Res)
+        engine = fiefdom.JobEngine(store, domains={"res": res}, retention=None)
+        metrics.engine = engine
+        async with engine:
+            stats = engine.statistics()
+            assert (stats.partitions, stats.cluster_nodes) == (PARTITIONS, 1)
+            metrics.render([])
+            assert metrics.registry.get_sample_value("fiefdom_cluster_partitions_held") == 256
+            assert metrics.registry.get_sample_value("fiefdom_cluster_nodes") == 1
+    plain = fiefdom.JobEngine(store, retention=None)
+    assert plain.statistics().partitions is None

@@ -73,6 +73,8 @@ class EngineStatistics(msgspec.Struct, frozen=True, kw_only=True):
     store_healthy: bool
     finish_failures: int = 0  # consecutive failed outcome writes (0: recording)
     claim_failures: int = 0  # consecutive failed claims (0: claiming)
+    partitions: int | None = None  # partitions its cluster node holds (None: no cluster)
+    cluster_nodes: int | None = None  # live nodes of the store's cluster
 
 
 class JobEngine(Notifications):
@@ -291,6 +293,8 @@ class JobEngine(Notifications):
             store_healthy=self.store.healthy,
             finish_failures=core.finish_failures,
             claim_failures=core.claim_failures,
+            partitions=None if core.ownership is None else core.ownership.held,
+            cluster_nodes=None if core.ownership is None else len(core.ownership.live_nodes),
         )
 
     @property

@@ -31,6 +31,16 @@ class Ownership(Protocol):
 
     def owns(self, partition: int) -> bool: ...
 
+    @property
+    def held(self) -> int:
+        """How many partitions this node holds now."""
+        ...
+
+    @property
+    def live_nodes(self) -> list[str]:
+        """The ids of the live nodes of the cluster at the last round."""
+        ...
+
     def epoch(self, partition: int) -> int | None:
         """The epoch this node holds ``partition`` under, or None."""
 

@@ -102,6 +102,18 @@ class _TreeCollector(Collector):
             failing.add_metric(["claim"], stats.claim_failures)
             failing.add_metric(["finish"], stats.finish_failures)
             yield failing
+            if stats.partitions is not None:
+                held = GaugeMetricFamily(
+                    "fiefdom_cluster_partitions_held",
+                    "Partitions of the store's cluster this node holds a lease on",
+                )
+                held.add_metric([], stats.partitions)
+                nodes = GaugeMetricFamily(
+                    "fiefdom_cluster_nodes", "Live nodes of the store's cluster"
+                )
+                nodes.add_metric([], stats.cluster_nodes or 0)
+                yield held
+                yield nodes
 
 
 class ControlMetrics:
