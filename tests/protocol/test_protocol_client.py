@@ -262,6 +262,13 @@ async def _read_all(events: fiefdom.protocol.EventStream, into: list[object]) ->
         into.append(item)
 
 
+async def _status_until_closed(client: fiefdom.protocol.Client) -> None:
+    """Ask for the status until the connection has closed (which raises)."""
+    while True:
+        await client.status()
+        await anyio.sleep(0.05)
+
+
 async def test_a_full_event_buffer_still_ends_with_the_connection_error(tmp_path: Path) -> None:
     """A subscriber that read nothing gets its buffered events, then the disconnect as an error."""
     daemon = DaemonProcess(write_config(tmp_path)).start()
@@ -277,10 +284,11 @@ async def test_a_full_event_buffer_still_ends_with_the_connection_error(tmp_path
                 for job_id in ids:
                     await _until_state(events, job_id, JobState.COMPLETED)
                 await client.stop_daemon()
-            # Fails once the reader has routed every frame and seen the close: the
-            # stream's buffer is full by then, with nothing read from it.
+            # The daemon answers reads while it drains: ask until the connection has
+            # closed. Then the reader has routed every frame and seen the close, and
+            # the stream's buffer is full, with nothing read from it.
             with anyio.fail_after(30), pytest.raises(fiefdom.ControlConnectionError):
-                await slow.status()
+                await _status_until_closed(slow)
             received: list[object] = []
             with anyio.fail_after(30), pytest.raises(fiefdom.ControlConnectionError):
                 await _read_all(behind, received)
