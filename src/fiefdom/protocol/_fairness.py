@@ -59,6 +59,9 @@ class FairScheduler(Generic[K]):
         self._free = capacity
         self._held: dict[K, int] = {}
         self._waiting: dict[K, deque[asyncio.Future[None]]] = {}  # oldest owner first
+        # Slots of running requests not yet timed: a slice only matters to a request
+        # that waits, so the timer is armed when one starts to (none in the common case).
+        self._running: set[Slot[K]] = set()
 
     def statistics(self) -> tuple[int, int]:
         """(slots held, requests waiting for one)."""
@@ -72,6 +75,9 @@ class FairScheduler(Generic[K]):
             self._grant(owner, future)
         else:
             self._waiting.setdefault(owner, deque()).append(future)
+            # Someone waits from now on: the running requests' slices start to count.
+            for slot in list(self._running):
+                slot.arm()
         return future
 
     async def run(self, owner: K, ticket: asyncio.Future[None]) -> Slot[K]:
@@ -132,17 +138,33 @@ class FairScheduler(Generic[K]):
 
 class Slot(Generic[K]):
     """A slot held by one request: ``release()`` gives it back (once), at the latest
-    when the scheduler's slice has passed."""
+    when the scheduler's slice has passed while another request waited."""
 
-    __slots__ = ("_owner", "_scheduler", "_timer")
+    __slots__ = ("_owner", "_scheduler", "_started", "_timer")
 
     def __init__(self, scheduler: FairScheduler[K], owner: K) -> None:
         self._scheduler: FairScheduler[K] | None = scheduler
         self._owner = owner
-        self._timer = asyncio.get_running_loop().call_later(scheduler.slice_seconds, self.release)
+        self._started = asyncio.get_running_loop().time()
+        self._timer: asyncio.TimerHandle | None = None
+        if scheduler._waiting:
+            self.arm()
+        else:
+            scheduler._running.add(self)
+
+    def arm(self) -> None:
+        """Give the slot back once the slice (from the request's start) has passed."""
+        scheduler = self._scheduler
+        if scheduler is None or self._timer is not None:
+            return
+        scheduler._running.discard(self)
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(self._started + scheduler.slice_seconds, self.release)
 
     def release(self) -> None:
         scheduler, self._scheduler = self._scheduler, None
         if scheduler is not None:
-            self._timer.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
+            scheduler._running.discard(self)
             scheduler._give_back(self._owner)

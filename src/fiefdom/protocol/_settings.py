@@ -51,7 +51,7 @@ class ControlSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # max_running_requests slots, a free one going to the connection holding the
     # fewest; a request past running_request_slice gives its slot back and runs on.
     max_in_flight: _AtLeastOne = 64
-    max_running_requests: _AtLeastOne = 8
+    max_running_requests: _AtLeastOne = 256
     running_request_slice: _PositiveSeconds = 0.1
     subscriber_buffer: _AtLeastOne = 1000  # events held for a slow subscriber before dropping
     hello_timeout: _PositiveSeconds = 5.0  # an unauthenticated connection is closed after this
