@@ -62,7 +62,8 @@ async def main(data_dir: pathlib.Path) -> dict[str, int]:
             completed: list[int] = []
 
             def on_event(event: fiefdom.JobEvent) -> None:
-                if event.state is fiefdom.JobState.COMPLETED:
+                # (The engine's own pruning job completes too: count ours.)
+                if event.state is fiefdom.JobState.COMPLETED and event.kind == "reindex":
                     completed.append(event.job_id)
                     if len(completed) == 3:
                         done.set()
