@@ -19,16 +19,11 @@ from asyncpg.pool import PoolConnectionProxy
 
 from .._errors import StoreError, StoreUnavailable, UniqueConflict
 from . import _migrations
-from ._jobs import (
+from ._jobs import STATE_BITS, AttemptError, Enqueued, JobInfo, JobState, QueueCount
+from ._rows import NewJob
+from ._sql import (
     CANCELLED_STATE_SQL,
-    STATE_BITS,
     SUPERSEDED_MESSAGE,
-    AttemptError,
-    Enqueued,
-    JobInfo,
-    JobState,
-    NewJob,
-    QueueCount,
     check_bigint,
     job_info,
     list_jobs_query,

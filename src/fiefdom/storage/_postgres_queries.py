@@ -12,17 +12,7 @@ import asyncpg
 import structlog
 
 from .._errors import StoreUnavailable
-from ._jobs import (
-    LEASE_EXPIRED_SQL,
-    RESCUED_STATE_SQL,
-    STATE_BITS,
-    ClaimedJob,
-    JobState,
-    Lease,
-    Outcome,
-    state_bit_sql,
-    unique_key_after,
-)
+from ._jobs import STATE_BITS, ClaimedJob, JobState, Lease, Outcome
 from ._postgres import (
     _CLOSE_ERRORS,
     _DRIVER_ERRORS,
@@ -33,6 +23,7 @@ from ._postgres import (
     restore_keys,
 )
 from ._queries import EngineQueries
+from ._sql import LEASE_EXPIRED_SQL, RESCUED_STATE_SQL, state_bit_sql, unique_key_after
 from ._store import Notifications
 
 if TYPE_CHECKING:

@@ -9,7 +9,8 @@ from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
 from .._errors import StaleLease
-from ._jobs import ClaimedJob, JobState, Lease, NewJob, Outcome
+from ._jobs import ClaimedJob, JobState, Lease, Outcome
+from ._rows import NewJob
 
 if TYPE_CHECKING:
     from ._store import Notifications, Store

@@ -20,15 +20,11 @@ import structlog
 
 from .._errors import StoreError, StoreUnavailable, UniqueConflict
 from . import _migrations
-from ._jobs import (
+from ._jobs import STATE_BITS, Enqueued, JobInfo, JobState, QueueCount
+from ._rows import NewJob
+from ._sql import (
     CANCELLED_STATE_SQL,
-    STATE_BITS,
     SUPERSEDED_MESSAGE,
-    Enqueued,
-    JobInfo,
-    JobState,
-    NewJob,
-    QueueCount,
     check_bigint,
     job_info,
     list_jobs_query,

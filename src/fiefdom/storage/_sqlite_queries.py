@@ -9,18 +9,9 @@ from collections.abc import Collection, Sequence
 
 import msgspec
 
-from ._jobs import (
-    LEASE_EXPIRED_SQL,
-    RESCUED_STATE_SQL,
-    STATE_BITS,
-    ClaimedJob,
-    JobState,
-    Lease,
-    Outcome,
-    state_bit_sql,
-    unique_key_after,
-)
+from ._jobs import STATE_BITS, ClaimedJob, JobState, Lease, Outcome
 from ._queries import EngineQueries
+from ._sql import LEASE_EXPIRED_SQL, RESCUED_STATE_SQL, state_bit_sql, unique_key_after
 from ._sqlite import SQLiteStore, restore_keys
 
 # The claim: one statement inside BEGIN IMMEDIATE (SQLite has one writer at a time).

@@ -20,15 +20,8 @@ from .._errors import (
     StoreNotOpen,
 )
 from .._lifecycle import Lifecycle, State, StopMode
-from ._jobs import (
-    Enqueued,
-    Job,
-    JobInfo,
-    JobState,
-    NewJob,
-    QueueCount,
-    prepare,
-)
+from ._jobs import Enqueued, Job, JobInfo, JobState, QueueCount
+from ._rows import NewJob, prepare
 
 SCHEMA_VERSION = 5
 """The schema version this code reads and writes."""

@@ -1,0 +1,201 @@
+"""Preparing a job's row: validation of the job and its overrides (every number and
+time bounded, arguments a store can hold and a handler can decode), its unique key,
+and the row of a periodic job's slot."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import re
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from ._jobs import (
+    STATE_BITS,
+    Job,
+    JobOptions,
+    JobState,
+    Unique,
+    partition_of,
+    state_mask,
+)
+
+MAX_DELAY = 100 * 365.25 * 24 * 3600.0  # seconds: the furthest a job may be scheduled
+MAX_ATTEMPTS = 1_000_000
+
+
+_encoder = msgspec.json.Encoder()
+_decoders: dict[type[Job], msgspec.json.Decoder[Any]] = {}
+
+
+def _decoder(kind: type[Job]) -> msgspec.json.Decoder[Any]:
+    decoder = _decoders.get(kind)
+    if decoder is None:
+        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
+    return decoder
+
+
+# JSON's escape of NUL, not preceded by an odd number of backslashes (which would
+# make it the text "\\u0000" rather than the character).
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+@dataclasses.dataclass(slots=True)
+class NewJob:
+    """A job ready to insert (the backends turn a batch of these into one statement)."""
+
+    kind: str
+    queue: str
+    state: JobState
+    priority: int
+    args: bytes
+    key: str | None
+    max_attempts: int
+    run_at: float | None  # unix time; None = now (the database's clock)
+    unique_key: bytes | None  # set while the job's state counts (the unique index)
+    unique_states: int
+    unique_digest: bytes | None = None  # the key itself, kept in every state
+    domain: str | None = None
+    partition: int | None = None  # of the domain key (partition_of), None without one
+    ordered: bool = False
+
+
+def prepare(
+    job: Job,
+    *,
+    now: float,
+    queue: str | None = None,
+    priority: int | None = None,
+    run_at: datetime | None = None,
+    delay: float | None = None,
+    max_attempts: int | None = None,
+    unique_key: bytes | None = None,
+    unique_states: int | None = None,
+) -> NewJob:
+    """Validate a job and its overrides and build its row."""
+    if not isinstance(job, Job):
+        raise TypeError(
+            f"enqueue takes a fiefdom.Job instance, got {type(job).__name__}: "
+            "declare the kind as 'class MyJob(fiefdom.Job): options = fiefdom.JobOptions(...)'"
+        )
+    opts = type(job).options
+    if run_at is not None and delay is not None:
+        raise ValueError("enqueue takes run_at or delay, not both")
+    when: float | None = None
+    if run_at is not None:
+        if run_at.tzinfo is None:
+            raise ValueError(
+                "enqueue(run_at=...) needs an aware datetime (e.g. datetime.now(UTC)), "
+                "got a naive one"
+            )
+        when = run_at.timestamp()
+        if not when <= now + MAX_DELAY:
+            raise ValueError(
+                f"enqueue(run_at=...) must be within {MAX_DELAY:.0f} seconds (100 years) "
+                f"from now, got {run_at.isoformat()}"
+            )
+    elif delay is not None:
+        # Non-finite and huge delays are refused before anything is written: every
+        # time a job carries must be one both databases can store and read back.
+        if not (isinstance(delay, int | float) and 0 <= delay <= MAX_DELAY):
+            raise ValueError(
+                f"enqueue(delay=...) must be finite seconds from 0 to {MAX_DELAY:.0f} "
+                f"(100 years), got {delay!r}"
+            )
+        when = now + delay
+    attempts = opts.max_attempts if max_attempts is None else max_attempts
+    if not 1 <= attempts <= MAX_ATTEMPTS:
+        raise ValueError(
+            f"enqueue(max_attempts=...) must be from 1 to {MAX_ATTEMPTS}, got {attempts}"
+        )
+    prio = opts.priority if priority is None else priority
+    if not -32768 <= prio <= 32767:
+        raise ValueError(f"enqueue(priority=...) must fit in 16 bits, got {prio}")
+    if queue is None:
+        q = opts.queue  # checked by JobOptions
+    elif isinstance(queue, str) and 1 <= len(queue) <= 200:
+        q = queue
+    else:
+        raise ValueError(f"enqueue(queue=...) must be a name of 1-200 characters, got {queue!r}")
+    try:
+        args = _encoder.encode(job)
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"the arguments of a {opts.kind} job hold text that is not valid Unicode "
+            f"(a lone surrogate at position {exc.start}): encode bytes as base64 or hex"
+        ) from None
+    if b"null" in args:
+        # JSON has no NaN or infinity: msgspec writes them as null, which the handler
+        # could not decode. Whatever holds a null must decode back as the kind.
+        try:
+            _decoder(type(job)).decode(args)
+        except msgspec.ValidationError as exc:
+            raise ValueError(
+                f"the arguments of a {opts.kind} job do not survive storage ({exc}): "
+                "a float that is NaN or infinite has no JSON form; send a finite number"
+            ) from None
+    if b"\\u0000" in args and _NUL_ESCAPE.search(args):
+        # PostgreSQL's jsonb cannot hold NUL; refused on both dialects alike.
+        raise ValueError(
+            f"the arguments of a {opts.kind} job contain a NUL character (\\u0000), "
+            "which a job's arguments cannot hold: encode binary data as base64 or hex"
+        )
+    key: str | None = None
+    partition: int | None = None
+    if opts.key is not None:
+        key = str(getattr(job, opts.key))
+        partition = partition_of(key)
+    state = JobState.SCHEDULED if when is not None and when > now else JobState.AVAILABLE
+    mask = 0
+    if unique_key is None and opts.unique is not None:
+        unique_key = _unique_key(job, opts, opts.unique, q, now)
+        mask = state_mask(opts.unique.states)
+    elif unique_key is not None:
+        mask = unique_states if unique_states is not None else state_mask(frozenset(JobState))
+    digest = unique_key
+    if unique_key is not None and not mask & STATE_BITS[state]:
+        unique_key = None  # its own first state does not count: nothing to guard
+    return NewJob(
+        kind=opts.kind,
+        queue=q,
+        state=state,
+        priority=prio,
+        args=args,
+        key=key,
+        max_attempts=attempts,
+        run_at=when,
+        unique_key=unique_key,
+        unique_states=mask,
+        unique_digest=digest,
+        domain=opts.domain,
+        partition=partition,
+        ordered=opts.ordered,
+    )
+
+
+def _unique_key(job: Job, opts: JobOptions, unique: Unique, queue: str, now: float) -> bytes:
+    parts: list[object] = [opts.kind]
+    if unique.by_queue:
+        parts.append(queue)
+    if unique.by_args is True:
+        parts.append(msgspec.to_builtins(job))
+    elif unique.by_args:
+        parts.append({name: msgspec.to_builtins(getattr(job, name)) for name in unique.by_args})
+    if unique.period is not None:
+        parts.append(math.floor(now / unique.period))
+    # order_keys: the same arguments always make the same key.
+    return hashlib.sha256(msgspec.json.encode(parts, order="sorted")).digest()
+
+
+def periodic_row(job: Job, name: str, slot: int, *, now: float) -> NewJob:
+    """The row of periodic job ``name`` for its time ``slot``: unique in every state,
+    so that one engine of many inserts it."""
+    return prepare(
+        job,
+        now=now,
+        unique_key=hashlib.sha256(f"fiefdom.periodic\0{name}\0{slot}".encode()).digest(),
+        unique_states=state_mask(frozenset(JobState)),
+    )
