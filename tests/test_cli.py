@@ -95,7 +95,13 @@ def test_status_prints_the_daemon_its_tree_targets_and_queues(daemon: DaemonProc
     assert re.fullmatch(
         rf"test-daemon {re.escape(data['version'])}  pid {data['pid']}  up \d+s  ready", lines[0]
     ), lines[0]
-    assert re.fullmatch(rf"loop {data['loop']}  connections \d+", lines[1]), lines[1]
+    # The hosted app's engine serves a domain: the daemon is a node of the store's
+    # cluster, alone, holding every partition.
+    assert data["cluster"]["partitions"] == data["cluster"]["total"] == 256
+    assert data["cluster"]["nodes"] == 1
+    assert re.fullmatch(
+        rf"loop {data['loop']}  connections \d+  cluster: 256/256 partitions, 1 node", lines[1]
+    ), lines[1]
     assert lines[2] == ""
     assert lines[3].split() == ["PATH", "KIND", "STATE", "MAILBOX", "RESTARTS", "HANDLED"]
     tree = _rows("\n".join(lines[3:]).split("\n\n")[0])

@@ -132,7 +132,14 @@ def _when(moment: datetime | float | None) -> str:
 def _print_status(status: StatusReply) -> None:
     state = "draining" if status.draining else ("ready" if status.ready else "not ready")
     print(f"{status.name} {status.version}  pid {status.pid}  up {status.uptime:.0f}s  {state}")
-    print(f"loop {status.loop}  connections {status.connections}")
+    cluster = status.cluster
+    where = (
+        ""
+        if cluster is None
+        else f"  cluster: {cluster.partitions}/{cluster.total} partitions, "
+        f"{cluster.nodes} node{'s' if cluster.nodes != 1 else ''}"
+    )
+    print(f"loop {status.loop}  connections {status.connections}{where}")
     print()
     rows: list[list[Any]] = []
 

@@ -18,8 +18,8 @@ from .._errors import JobError, StoreUnavailable, UnknownJobKind
 from .._lifecycle import State
 from ..actors import Domain, StopMode
 from ..jobs import JobContext, JobEngine
-from ..protocol import ControlMetrics, EventHub, NotFound, QueueInfo
-from ..storage import Enqueued, Job, JobEvent, JobInfo, JobState, Store
+from ..protocol import ClusterInfo, ControlMetrics, EventHub, NotFound, QueueInfo
+from ..storage import PARTITIONS, Enqueued, Job, JobEvent, JobInfo, JobState, Store
 from ._config import Config
 
 log = structlog.get_logger("fiefdom.daemon.jobs")
@@ -291,6 +291,19 @@ class JobsAdapter:
             QueueInfo(name=name, paused=name in paused, counts=by_state)
             for name, by_state in sorted(counts.items())
         ]
+
+    def cluster(self) -> ClusterInfo | None:
+        if self.engine is None:
+            return None
+        stats = self.engine.statistics()
+        if stats.partitions is None:
+            return None
+        return ClusterInfo(
+            node=stats.worker,
+            partitions=stats.partitions,
+            total=PARTITIONS,
+            nodes=stats.cluster_nodes or 0,
+        )
 
     def _engine(self) -> JobEngine:
         if self.engine is None:

@@ -37,6 +37,7 @@ from ._registry import JobService as JobService
 from ._registry import NotFound as NotFound
 from ._registry import Registry as Registry
 from ._replies import ActorEvent as ActorEvent
+from ._replies import ClusterInfo as ClusterInfo
 from ._replies import Dropped as Dropped
 from ._replies import LogEvent as LogEvent
 from ._replies import QueueInfo as QueueInfo
@@ -56,6 +57,7 @@ __all__ = [
     "Client",
     "ClientMessage",
     "ClientState",
+    "ClusterInfo",
     "ControlHost",
     "ControlMetrics",
     "ControlServer",

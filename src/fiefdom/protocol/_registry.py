@@ -16,7 +16,7 @@ from ..storage import Enqueued, Job, JobInfo, JobState
 from ..supervisors import ActorSystem
 from ._hub import EventHub
 from ._messages import ErrorCode
-from ._replies import QueueInfo, TargetInfo
+from ._replies import ClusterInfo, QueueInfo, TargetInfo
 
 
 class NotFound(ControlError):
@@ -144,6 +144,10 @@ class JobService(Protocol):
     async def cancel_job(self, job_id: int) -> JobInfo: ...
 
     async def queues(self) -> list[QueueInfo]: ...
+
+    def cluster(self) -> ClusterInfo | None:
+        """The engine's cluster membership, or None (it serves no domain)."""
+        ...
 
     async def pause(self, queue: str) -> None: ...
 

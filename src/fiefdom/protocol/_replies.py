@@ -52,6 +52,16 @@ class TargetInfo(msgspec.Struct, kw_only=True):
     paused: bool = False  # the actor, or the whole domain (see the tree for its keys)
 
 
+class ClusterInfo(msgspec.Struct, kw_only=True):
+    """This daemon's place in the store's cluster: its node id, the partitions it
+    holds (of ``total``) and the live nodes."""
+
+    node: str
+    partitions: int
+    total: int
+    nodes: int
+
+
 class StatusReply(_Frame, tag="status.reply"):
     """The daemon's state: readiness, the supervisor tree (actors, domains, services
     and supervisors with their statistics), the callable targets and the queues."""
@@ -68,6 +78,7 @@ class StatusReply(_Frame, tag="status.reply"):
     targets: list[TargetInfo]
     queues: list[QueueInfo]
     connections: int
+    cluster: ClusterInfo | None = None  # None: its engine serves no domain
 
 
 class CallReply(_Frame, tag="call.reply"):

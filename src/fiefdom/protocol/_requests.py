@@ -309,6 +309,7 @@ async def status(host: ControlHost, msg: GetStatus, connections: int) -> StatusR
         targets=[t.info() for t in host.registry.targets()],
         queues=queue_infos,
         connections=connections,
+        cluster=None if host.jobs is None else host.jobs.cluster(),
     )
 
 
