@@ -76,6 +76,11 @@ def test_cluster_benchmark_prints_figures_with_baselines() -> None:
         "sqlite",
     )
     names = [f["figure"] for f in figures]
-    assert names == ["single_node_round", "single_node_overhead", "takeover_after_kill"]
+    assert names == [
+        "single_node_round",
+        "single_node_overhead",
+        "takeover_after_kill",
+        "handoff_after_sigterm",
+    ]
     assert {"drain_with_cluster_per_s", "drain_without_per_s"} <= figures[0].keys()
     assert figures[2]["trials"]
