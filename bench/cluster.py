@@ -7,7 +7,9 @@
 - takeover after ``kill -9``: a node process holding every partition is killed;
   the time until a node in this process holds them all (with the given lease);
 - handoff on SIGTERM: the same, the node process stopping gracefully (it releases
-  its leases at once).
+  its leases at once);
+- drain of keyed jobs by 1 and by 3 node processes on one store, once their
+  partitions are split (jobs/s, and the CPU seconds each node spent).
 
     .venv/bin/python bench/cluster.py [--jobs 5000] [--backend sqlite|postgres|all]
         [--trials 3] [--lease 15]
@@ -22,6 +24,7 @@ import asyncio
 import json
 import logging
 import os
+import pathlib
 import signal
 import statistics
 import subprocess
@@ -35,7 +38,7 @@ import structlog
 
 import fiefdom
 from fiefdom.cluster import ClusterSettings, Node
-from fiefdom.storage import PARTITIONS, Store, open_store
+from fiefdom.storage import PARTITIONS, Store, leases, open_store
 
 POSTGRES = os.environ.get("FIEFDOM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -221,6 +224,89 @@ async def takeover(backend: str, trials: int, lease: float, *, sig: int = signal
     )
 
 
+DRAINER = """
+import asyncio, logging, signal, sys, fiefdom, structlog
+structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+class Touch(fiefdom.Job):
+    options = fiefdom.JobOptions(kind="touch", domain="res", key="key")
+    key: str
+class Res(fiefdom.Actor[object]):
+    def __init__(self, key): pass
+    async def receive(self, msg): return None
+async def touch(job, ctx): return None
+async def main():
+    store = fiefdom.open_store(sys.argv[1]); await store.open()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with fiefdom.ActorSystem(name="drain") as system:
+        res = system.domain("res", Res)
+        engine = fiefdom.JobEngine(store, queues={"default": 50}, domains={"res": res},
+                                   retention=None, lease=3.0, poll_interval=0.05)
+        engine.register(Touch, touch)
+        async with engine:
+            print("ready", flush=True)
+            await stop.wait()
+    await store.close()
+asyncio.run(main())
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def nodes_drain(backend: str, jobs: int, count: int) -> dict[str, Any]:
+    store, url = await fresh_store(backend)
+    procs = []
+    try:
+        for _ in range(count):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", DRAINER, url, stdout=subprocess.PIPE
+            )
+            assert proc.stdout is not None
+            assert (await proc.stdout.readline()).startswith(b"ready")
+            procs.append(proc)
+        table = leases(store)
+        # Wait until every node holds its share (the nodes renew every second).
+        while True:
+            owners = {o for _, o, _, live in await table.owners() if live and o}
+            if len(owners) == count:
+                break
+            await asyncio.sleep(0.1)
+        before = [cpu_seconds(p.pid) for p in procs]
+        await store.enqueue_many([Touch(key=f"k{i % 500}") for i in range(jobs)])
+        start = time.perf_counter()
+        while True:
+            done = sum(c.count for c in await store.count_jobs() if c.state.value == "completed")
+            if done >= jobs:
+                break
+            await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - start
+        cpu = [round(cpu_seconds(p.pid) - b, 2) for p, b in zip(procs, before, strict=True)]
+        return {"jobs_per_s": round(jobs / elapsed), "cpu_s_per_node": cpu}
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            await proc.wait()
+        await store.close()
+
+
+async def scaling(backend: str, jobs: int) -> None:
+    one = await nodes_drain(backend, jobs, 1)
+    three = await nodes_drain(backend, jobs, 3)
+    emit(
+        backend=backend,
+        figure="drain_1_vs_3_nodes",
+        jobs=jobs,
+        one_node=one,
+        three_nodes=three,
+        ratio=round(three["jobs_per_s"] / one["jobs_per_s"], 3),
+        note="3 nodes on a 2-core machine: no speed-up is expected",
+    )
+
+
 async def main(args: argparse.Namespace) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     backends = ["sqlite", "postgres"] if args.backend == "all" else [args.backend]
@@ -229,6 +315,8 @@ async def main(args: argparse.Namespace) -> None:
         if args.trials:
             await takeover(backend, args.trials, args.lease)
             await takeover(backend, args.trials, args.lease, sig=signal.SIGTERM)
+        if args.scaling:
+            await scaling(backend, args.scaling)
 
 
 if __name__ == "__main__":
@@ -238,4 +326,5 @@ if __name__ == "__main__":
     parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--lease", type=float, default=15.0)
+    parser.add_argument("--scaling", type=int, default=20000, help="keyed jobs; 0 skips")
     asyncio.run(main(parser.parse_args()))
