@@ -60,8 +60,8 @@ def test_control_benchmark_prints_figures_with_baselines() -> None:
 
 @pytest.mark.slow
 def test_cluster_benchmark_prints_figures_with_baselines() -> None:
-    """bench/cluster.py on SQLite: drain and asks with and without the cluster layer, and
-    the takeover time after a node process is killed."""
+    """bench/cluster.py on SQLite: drain and asks with and without the cluster layer, the
+    takeover time after a node process is killed or stopped, and 1 against 3 nodes."""
     figures = run(
         "cluster.py",
         "--jobs",
@@ -74,6 +74,8 @@ def test_cluster_benchmark_prints_figures_with_baselines() -> None:
         "1.5",
         "--backend",
         "sqlite",
+        "--scaling",
+        "60",
     )
     names = [f["figure"] for f in figures]
     assert names == [
@@ -81,6 +83,8 @@ def test_cluster_benchmark_prints_figures_with_baselines() -> None:
         "single_node_overhead",
         "takeover_after_kill",
         "handoff_after_sigterm",
+        "drain_1_vs_3_nodes",
     ]
+    assert len(figures[4]["three_nodes"]["cpu_s_per_node"]) == 3
     assert {"drain_with_cluster_per_s", "drain_without_per_s"} <= figures[0].keys()
     assert figures[2]["trials"]
