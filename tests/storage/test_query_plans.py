@@ -425,11 +425,6 @@ def describe(plan: dict[str, Any], depth: int = 0) -> str:
 # -- the cases -------------------------------------------------------------------------
 
 
-# A listing by kind without queue or state: no index leads with the kind (each index
-# costs every state change a write), so it reads the (state, id) index per state,
-# filtered by kind. Checked on its own below: index-backed, never a table scan.
-BY_KIND_ALONE = ["list_jobs(kind)", "list_jobs(kind,after_id)"]
-
 OPERATIONS = [
     "claim",
     "heartbeat",
@@ -443,7 +438,7 @@ OPERATIONS = [
     "enqueue(a duplicate)",
     "rescue",
     "promote",
-    *(listing_name(f) for f in LISTINGS if listing_name(f) not in BY_KIND_ALONE),
+    *(listing_name(f) for f in LISTINGS),
 ]
 # Statements that take the first jobs in an order (a claim batch, the due jobs): the
 # order must come straight from an index, so that a backlog of any size is never read
@@ -451,7 +446,7 @@ OPERATIONS = [
 ORDERED = {"claim", "promote"}
 # Checked on their own below: prune (its selection is what must be indexed) and
 # count_jobs (it reads every row by design).
-SPECIAL = ["prune", "count_jobs", *BY_KIND_ALONE]
+SPECIAL = ["prune", "count_jobs"]
 
 
 def _param(name: str) -> Any:
@@ -519,16 +514,3 @@ async def test_counting_reads_the_table_once(big_store: Store, plans: Plans) -> 
     assert len(scans) == 1, describe(plan)
     assert scans[0]["Actual Loops"] == 1
     assert rows_read(scans[0]) == ROWS
-
-
-@pytest.mark.parametrize("name", BY_KIND_ALONE)
-async def test_a_listing_by_kind_alone_reads_the_state_index(
-    big_store: Store, plans: Plans, name: str
-) -> None:
-    """A listing by kind alone reads fiefdom_jobs one state at a time through indexes on
-    the state (merged in id order), and never scans the table."""
-    for sql, args in plans.statements[name]:
-        plan = await explain(big_store, sql, args)
-        scans = job_scans(plan)
-        assert scans, describe(plan)
-        assert all(s["Node Type"] != "Seq Scan" for s in scans), describe(plan)

@@ -150,6 +150,7 @@ _JOB_INDEXES = {
     "fiefdom_jobs_finished",
     "fiefdom_jobs_list",
     "fiefdom_jobs_list_state",
+    "fiefdom_jobs_list_kind",
     "fiefdom_jobs_running_keys",
     "fiefdom_jobs_ordered_keys",
 }

@@ -85,9 +85,8 @@ def list_jobs_query(
 ) -> tuple[str, list[object]]:
     """The listing statement of both dialects (``placeholder(n)`` writes parameter
     ``n``) and its parameters: jobs after ``after_id`` in id order, each filter
-    backed by an index. Without a state, a queue or kind filter reads one range per
-    state, merged in id order: of (queue, state, id), or of (state, id) filtered by
-    kind (no index leads with the kind: each would cost every state change a write)."""
+    backed by an index: (state, id), (kind, id), or, for a queue without a state,
+    one range of (queue, state, id) per state, merged in id order."""
     args: list[object] = []
 
     def param(value: object) -> str:
@@ -102,7 +101,7 @@ def list_jobs_query(
     cap = param(limit)
     if state is not None:
         where.append(f"state = {param(state.value)}")
-    if state is not None or (queue is None and kind is None):
+    if state is not None or queue is None:
         return (
             f"SELECT {columns} FROM fiefdom_jobs WHERE {' AND '.join(where)} "
             f"ORDER BY id LIMIT {cap}",
