@@ -18,9 +18,9 @@ import struct
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 import anyio
@@ -295,3 +295,33 @@ async def http_get(url: str, token: str) -> tuple[int, bytes]:
     headers = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession(headers=headers) as session, session.get(url) as response:
         return response.status, await response.read()
+
+
+def _unavailable(message: str) -> NoReturn:
+    if os.environ.get("CI"):
+        pytest.fail(message + "; CI requires it")
+    pytest.skip(message)
+
+
+def running_private_postgres() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL server of the test's own, running; removed afterwards (a test
+    module makes it its fixture: ``private_postgres = pytest.fixture(...)``). Missing
+    server binaries skip the test, and fail it under CI."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        _unavailable(
+            "initdb and pg_ctl were not found (pg_config --bindir, /usr/lib/postgresql/*/bin):"
+            " install the PostgreSQL server package"
+        )
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            _unavailable("running as root without a 'postgres' user to run PostgreSQL as")
+    server = PrivatePostgres(bindir)
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.destroy()

@@ -8,17 +8,19 @@ asserts only that progress resumes, within a generous hang guard."""
 from __future__ import annotations
 
 import collections
-import os
-import pwd
 import random
 import time
-from collections.abc import Iterator
-from typing import Any, NoReturn
+from typing import Any
 
 import anyio
 import anyio.to_thread
 import pytest
-from chaos_helpers import HANG_GUARD, PrivatePostgres, postgres_bindir, wait_until
+from chaos_helpers import (
+    HANG_GUARD,
+    PrivatePostgres,
+    running_private_postgres,
+    wait_until,
+)
 
 from fiefdom.jobs import JobContext, JobEngine
 from fiefdom.storage import Job, JobEvent, JobOptions, JobState, open_store
@@ -33,33 +35,7 @@ class Step(Job):
     n: int
 
 
-def _unavailable(message: str) -> NoReturn:
-    if os.environ.get("CI"):
-        pytest.fail(message + "; CI requires it")
-    pytest.skip(message)
-
-
-@pytest.fixture
-def private_postgres() -> Iterator[PrivatePostgres]:
-    """A PostgreSQL server of the test's own, running; removed afterwards."""
-    bindir = postgres_bindir()
-    if bindir is None:
-        _unavailable(
-            "initdb and pg_ctl were not found (pg_config --bindir, /usr/lib/postgresql/*/bin):"
-            " install the PostgreSQL server package to run the database restart test"
-        )
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            _unavailable("running as root without a 'postgres' user to run PostgreSQL as")
-    server = PrivatePostgres(bindir)
-    try:
-        server.init()
-        server.start()
-        yield server
-    finally:
-        server.destroy()
+private_postgres = pytest.fixture(running_private_postgres, name="private_postgres")
 
 
 @pytest.mark.slow

@@ -14,14 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pwd
 import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import anyio
 import asyncpg
@@ -49,7 +48,7 @@ _TESTS = Path(__file__).resolve().parent.parent
 sys.path.append(str(_TESTS / "chaos"))
 sys.path.append(str(_TESTS / "daemon"))
 
-from chaos_helpers import PrivatePostgres, postgres_bindir  # noqa: E402
+from chaos_helpers import PrivatePostgres, running_private_postgres  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -264,33 +263,7 @@ async def test_a_paused_owner_s_fenced_write_is_refused_after_a_takeover(
 # -- an owner cut off from its database -------------------------------------------------------
 
 
-def _unavailable(message: str) -> NoReturn:
-    if os.environ.get("CI"):
-        pytest.fail(message + "; CI requires it")
-    pytest.skip(message)
-
-
-@pytest.fixture
-def private_postgres() -> Iterator[PrivatePostgres]:
-    """A PostgreSQL server of the test's own, running; removed afterwards."""
-    bindir = postgres_bindir()
-    if bindir is None:
-        _unavailable(
-            "initdb and pg_ctl were not found (pg_config --bindir, /usr/lib/postgresql/*/bin):"
-            " install the PostgreSQL server package to cut a node off from its own database"
-        )
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            _unavailable("running as root without a 'postgres' user to run PostgreSQL as")
-    server = PrivatePostgres(bindir)
-    try:
-        server.init()
-        server.start()
-        yield server
-    finally:
-        server.destroy()
+private_postgres = pytest.fixture(running_private_postgres, name="private_postgres")
 
 
 @contextlib.asynccontextmanager

@@ -6,10 +6,7 @@ back; asyncpg's pool, which retries its connections all along, adds no traceback
 from __future__ import annotations
 
 import json
-import os
-import pwd
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -23,7 +20,7 @@ import fiefdom
 # when the tests run as root, on a free port, in a folder of its own.
 sys.path.insert(0, str(Path(__file__).parent.parent / "chaos"))
 
-from chaos_helpers import PrivatePostgres, postgres_bindir, wait_until
+from chaos_helpers import PrivatePostgres, running_private_postgres, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -32,31 +29,7 @@ BACK = "database is back"
 ATTEMPT = "database reconnect failed"
 
 
-def _unavailable(message: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(message + "; CI requires it")
-    pytest.skip(message)
-
-
-@pytest.fixture
-def private_postgres() -> Iterator[PrivatePostgres]:
-    """A PostgreSQL server of the test's own, running; removed afterwards."""
-    bindir = postgres_bindir()
-    if bindir is None:
-        _unavailable("initdb and pg_ctl were not found: install the PostgreSQL server package")
-        raise AssertionError("unreachable")
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            _unavailable("running as root without a 'postgres' user to run PostgreSQL as")
-    server = PrivatePostgres(bindir)
-    try:
-        server.init()
-        server.start()
-        yield server
-    finally:
-        server.destroy()
+private_postgres = pytest.fixture(running_private_postgres, name="private_postgres")
 
 
 def _lines(daemon: DaemonProcess, text: str) -> list[str]:
