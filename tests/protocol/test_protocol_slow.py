@@ -9,6 +9,8 @@ import asyncio
 import contextlib
 import logging
 import resource
+import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -85,13 +87,63 @@ async def test_health_answers_while_hundreds_of_slow_sockets_are_open(tmp_path: 
         with _open_files(4096):
             async with _slow_sockets(daemon, 300, b"GET /healthz HTTP/1.1\r\nHost: x\r\n"):
                 for _ in range(3):
-                    status, _ = await anyio.to_thread.run_sync(daemon.http, "/healthz", None)
-                    assert status == 200
-                    status, _ = await anyio.to_thread.run_sync(daemon.http, "/readyz")
-                    assert status == 200
+                    status, body = await anyio.to_thread.run_sync(daemon.http, "/healthz", None)
+                    assert status == 200, body
+                    status, body = await anyio.to_thread.run_sync(daemon.http, "/readyz")
+                    assert status == 200, body
         assert "Too many open files" not in daemon.log()
     finally:
         daemon.stop()
+
+
+async def test_a_probe_accepted_in_one_burst_behind_slow_sockets_is_answered(
+    tmp_path: Path,
+) -> None:
+    """A probe queued behind 100 slow sockets in the listen backlog (the daemon stopped
+    with SIGSTOP while they connect) is accepted in the same burst as them, when none is
+    listed by the server yet: it still closes the oldest of them and is answered (on
+    asyncio's loop, which accepts a backlog in one burst of tasks)."""
+    control = "header_timeout = 600.0\nmax_http_connections = 50\nprobe_connections = 5"
+    partial = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+    answers: list[tuple[int, bytes]] = []
+
+    async def probe(daemon: DaemonProcess) -> None:
+        answers.append(await anyio.to_thread.run_sync(daemon.http, "/healthz", None))
+
+    with DaemonProcess(write_config(tmp_path, control=control, loop="asyncio")) as daemon:
+        daemon.signal(signal.SIGSTOP)
+        try:
+            async with _slow_sockets(daemon, 100, partial), anyio.create_task_group() as group:
+                group.start_soon(probe, daemon)
+                # The probe is in the backlog once the kernel lists one more connection
+                # to the daemon's port than the slow sockets.
+                await anyio.to_thread.run_sync(_wait_established, daemon, 101)
+                daemon.signal(signal.SIGCONT)
+        finally:
+            daemon.signal(signal.SIGCONT)
+    assert [status for status, _ in answers] == [200], answers
+
+
+def _wait_established(daemon: DaemonProcess, count: int) -> None:
+    """Wait (under the hang guard) until ``count`` connections to the daemon are up."""
+    deadline = time.monotonic() + GUARD
+    while _established(daemon) < count:
+        assert time.monotonic() < deadline, f"{count} connections never came up"
+        time.sleep(0.01)  # polling a condition: the interval only bounds the cost
+
+
+def _established(daemon: DaemonProcess) -> int:
+    """Established TCP connections to the daemon's port, counted from /proc/net/tcp."""
+    port = int(daemon.url.rsplit(":", 1)[1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                if local_port == port and fields[3] == "01":
+                    count += 1
+    return count
 
 
 def test_a_storm_of_one_error_logs_one_line_per_interval_with_a_count() -> None:

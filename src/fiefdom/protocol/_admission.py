@@ -43,6 +43,15 @@ class _Refused(asyncio.Protocol):
         transport.close()
 
 
+def _close_once_made(handler: RequestHandler, server: web.Server, tries: int = 10) -> None:
+    """Close ``handler`` now if its connection is made, else once it is (a handler
+    closed before its ``connection_made`` would leave the socket open)."""
+    if handler.transport is not None:
+        handler.force_close()
+    elif handler not in server.connections and tries > 0:
+        asyncio.get_running_loop().call_soon(_close_once_made, handler, server, tries - 1)
+
+
 class Admission:
     """Counts the connections of one server and decides who gets in."""
 
@@ -61,16 +70,25 @@ class Admission:
 
         def accept() -> asyncio.BaseProtocol:
             live = server.connections
-            self._closing &= set(live)
-            self._probe_only &= set(live) | set(self._pending)
+            known = set(live) | set(self._pending)
+            self._closing &= known
+            self._probe_only &= known
             count = len(live) + len(self._pending) - len(self._closing)
             if count >= self.limit:
+                # The oldest first: those the server lists, then those made in this
+                # burst of accepts (a backlog is accepted many at a time, and a probe
+                # queued behind slow sockets must still find one to close).
                 idle = next(
-                    (h for h in live if h not in self._busy and h not in self._closing), None
+                    (
+                        h
+                        for h in (*live, *self._pending)
+                        if h not in self._busy and h not in self._closing
+                    ),
+                    None,
                 )
                 if idle is not None:
                     self._closing.add(idle)
-                    idle.force_close()
+                    _close_once_made(idle, server)
                     self._on_refused("idle_closed")
                 elif count < self.limit + self.probes:
                     handler = self._made(server())
