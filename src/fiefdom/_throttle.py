@@ -1,10 +1,16 @@
 """Log lines that repeat while a fault lasts (a database outage makes every poll of
 every service fail) are throttled: the first one is logged, then at most one per
-``interval`` per event, carrying how many were held back."""
+``interval`` per event, carrying how many were held back.
+
+``exc_fields(exc)``: what to log of an exception raised by application code, whose
+text is data (a lone surrogate in it cannot be written to a UTF-8 stream, and a
+log call that raises would take the runtime down with it)."""
 
 from __future__ import annotations
 
+import sys
 import time
+import traceback
 from typing import Any
 
 from structlog.typing import FilteringBoundLogger
@@ -37,3 +43,19 @@ class Throttle:
         """The fault is over: the next occurrence is logged at once."""
         self._last.pop(event, None)
         self._held.pop(event, None)
+
+
+def exc_fields(exc: BaseException | None = None) -> dict[str, Any]:
+    """Log fields for ``exc`` (the exception being handled if None): ``exc_info``,
+    or, when its traceback holds text no UTF-8 stream can take, that traceback
+    escaped as ``error``."""
+    if exc is None:
+        exc = sys.exc_info()[1]
+        if exc is None:
+            return {}
+    text = "".join(traceback.format_exception(exc))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return {"error": text.encode("utf-8", "backslashreplace").decode("utf-8")}
+    return {"exc_info": exc}

@@ -10,6 +10,8 @@ from collections.abc import Callable
 import msgspec
 import structlog
 
+from .._throttle import exc_fields
+
 log = structlog.get_logger("fiefdom.events")
 
 
@@ -73,4 +75,4 @@ class EventBus:
                 callback(event)
             except Exception:
                 # A broken subscriber must not break the runtime that reports to it.
-                log.exception("event subscriber raised", subscriber=repr(callback))
+                log.error("event subscriber raised", subscriber=repr(callback), **exc_fields())

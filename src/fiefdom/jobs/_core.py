@@ -18,7 +18,7 @@ import anyio
 import msgspec
 import structlog
 
-from .._throttle import Throttle
+from .._throttle import Throttle, exc_fields
 from ..actors import Domain
 from ..storage import (
     ClaimedJob,
@@ -255,7 +255,7 @@ class Core:
             try:
                 callback(event)
             except Exception:
-                log.exception("job event subscriber raised", subscriber=repr(callback))
+                log.error("job event subscriber raised", subscriber=repr(callback), **exc_fields())
 
     # -- failures --------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import anyio
 import msgspec
 import structlog
 
+from .._throttle import exc_fields
 from ..storage import ClaimedJob, Job, JobOptions, JobState, Lease, Outcome
 from ._core import Core, Held, Kind, Runner
 from ._kinds import Cancel, Discard, JobContext, JobOutcome, Snooze, describe_error, note
@@ -252,7 +253,7 @@ def outcome_of(job: ClaimedJob, lease: Lease, options: JobOptions, result: objec
     try:
         delay = float(options.backoff(job.attempt))
     except Exception:
-        log.exception("backoff function raised; retrying at once", kind=job.kind)
+        log.error("backoff function raised; retrying at once", kind=job.kind, **exc_fields())
         delay = 0.0
     if not math.isfinite(delay) or delay < 0:
         delay = 0.0

@@ -25,6 +25,7 @@ from .._errors import (
     StoreError,
     UnknownJobKind,
 )
+from .._throttle import exc_fields
 from ..actors import ActorRef, Domain, Request
 from ._codec import Codec, path_of
 from ._messages import (
@@ -89,7 +90,7 @@ def error_reply(msg: ClientMessage, exc: Exception) -> Error:
         case JobError():
             code = ErrorCode.JOB_ERROR
     if code is None:
-        log.error("control request failed", request=msg.__struct_config__.tag, exc_info=exc)
+        log.error("control request failed", request=msg.__struct_config__.tag, **exc_fields(exc))
         return Error(id=msg.id, code=ErrorCode.INTERNAL, message=f"{type(exc).__name__}: {exc}")
     return Error(id=msg.id, code=code, message=str(exc), details=details)
 

@@ -16,6 +16,7 @@ import structlog
 from anyio.abc import TaskGroup
 
 from .._errors import RestartIntensityExceeded, SupervisorError
+from .._throttle import exc_fields
 from ..actors import (
     ActorCrashed,
     ActorRef,
@@ -329,7 +330,7 @@ class Supervisor:
         spec = child.spec
         path = child.runnable.path
         if exc is not None:
-            log.error("child crashed", supervisor=self.path, child=path, exc_info=exc)
+            log.error("child crashed", supervisor=self.path, child=path, **exc_fields(exc))
             self.events.emit(
                 ActorCrashed(path=path, key=None, error_type=type(exc).__name__, error=str(exc))
             )
