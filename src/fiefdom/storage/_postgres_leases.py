@@ -102,3 +102,18 @@ class PostgresLeases(Leases):
             )
         )
         return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def addresses(self) -> dict[str, str | None]:
+        rows = await self._pg._run(lambda conn: conn.fetch("SELECT id, address FROM fiefdom_nodes"))
+        return {r[0]: r[1] for r in rows}
+
+    async def shared(self, name: str, proposed: str) -> str:
+        value: str = await self._pg._run(
+            lambda conn: conn.fetchval(
+                "INSERT INTO fiefdom_cluster (name, value) VALUES ($1, $2) "
+                "ON CONFLICT (name) DO UPDATE SET value = fiefdom_cluster.value RETURNING value",
+                name,
+                proposed,
+            )
+        )
+        return value

@@ -128,3 +128,12 @@ class Leases(abc.ABC):
     @abc.abstractmethod
     async def owners(self) -> list[tuple[int, str | None, int, bool]]:
         """Every partition: (partition, owner, epoch, lease live)."""
+
+    @abc.abstractmethod
+    async def addresses(self) -> dict[str, str | None]:
+        """Every known node's advertised address (None: it advertises none)."""
+
+    @abc.abstractmethod
+    async def shared(self, name: str, proposed: str) -> str:
+        """The cluster-wide setting ``name``: ``proposed`` if no node set it before
+        (one atomic statement: concurrent first nodes agree on one value)."""

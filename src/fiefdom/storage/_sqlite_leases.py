@@ -79,3 +79,18 @@ class SQLiteLeases(Leases):
                 (now,),
             )
         return [(r[0], r[1], r[2], bool(r[3])) for r in rows]
+
+    async def addresses(self) -> dict[str, str | None]:
+        async with self._sqlite._read() as tx:
+            rows = await tx.raw("SELECT id, address FROM fiefdom_nodes")
+        return {r[0]: r[1] for r in rows}
+
+    async def shared(self, name: str, proposed: str) -> str:
+        async with self._sqlite._tx() as tx:
+            rows = await tx.raw(
+                "INSERT INTO fiefdom_cluster (name, value) VALUES (?1, ?2) "
+                "ON CONFLICT (name) DO UPDATE SET value = value RETURNING value",
+                (name, proposed),
+            )
+        value: str = rows[0][0]
+        return value

@@ -23,7 +23,7 @@ from .._lifecycle import Lifecycle, State, StopMode
 from ._jobs import Enqueued, Job, JobInfo, JobState, QueueCount
 from ._rows import NewJob, prepare
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """The schema version this code reads and writes."""
 
 
