@@ -27,6 +27,7 @@ from ._errors import LifecycleError as LifecycleError
 from ._errors import MailboxFull as MailboxFull
 from ._errors import OwnerUnavailable as OwnerUnavailable
 from ._errors import ProcessFailed as ProcessFailed
+from ._errors import RemoteHandlerError as RemoteHandlerError
 from ._errors import RestartIntensityExceeded as RestartIntensityExceeded
 from ._errors import SchemaMismatch as SchemaMismatch
 from ._errors import StaleLease as StaleLease
@@ -138,6 +139,7 @@ __all__ = [
     "ProcessFailed",
     "ProcessResult",
     "QueueCount",
+    "RemoteHandlerError",
     "Request",
     "Restart",
     "RestartIntensityExceeded",

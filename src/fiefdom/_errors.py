@@ -8,8 +8,11 @@
     │   ├── AskTimeout                deadline passed, queued or running (also TimeoutError)
     │   ├── CallCycleError            an ask would wait on an actor already waiting on it
     │   ├── ActivationFailed          a domain actor's on_start raised
-    │   └── OwnerUnavailable          the key is owned by another node of the cluster
-    │                                 (or by none while its lease changes hands)
+    │   ├── OwnerUnavailable          the key is owned by another node of the cluster
+    │   │                             that cannot be reached (or by none while its
+    │   │                             lease changes hands)
+    │   └── RemoteHandlerError        a handler run on another node (a forwarded ask)
+    │                                 raised
     ├── ProcessFailed                 run_process(check=True) saw a non-zero exit
     ├── SupervisorError
     │   └── RestartIntensityExceeded  too many restarts within the period: escalated
@@ -129,6 +132,18 @@ class OwnerUnavailable(ActorError):
         self.path = path
         text = f"{path} is owned by another node of the cluster, not this one"
         super().__init__(f"{text}: {detail}" if detail else text)
+
+
+class RemoteHandlerError(ActorError):
+    """The handler of a forwarded ask raised on the node that owns the key: its
+    exception's type name and message (the exception itself stayed there)."""
+
+    def __init__(self, path: str, node: str, error_type: str, message: str) -> None:
+        self.path = path
+        self.node = node
+        self.error_type = error_type
+        self.error = message
+        super().__init__(f"the handler of {path} on node {node} raised {error_type}: {message}")
 
 
 class ProcessFailed(FiefdomError):

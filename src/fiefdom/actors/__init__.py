@@ -23,6 +23,7 @@ from ._cell import Cell as Cell
 from ._domain import DEFAULT_MAX_ACTIVE as DEFAULT_MAX_ACTIVE
 from ._domain import Domain as Domain
 from ._domain import DomainStatistics as DomainStatistics
+from ._domain import Forwarder as Forwarder
 from ._domain import Placement as Placement
 from ._events import ActorCrashed as ActorCrashed
 from ._events import ActorRestarted as ActorRestarted
@@ -54,6 +55,7 @@ __all__ = [
     "Domain",
     "DomainStatistics",
     "EventBus",
+    "Forwarder",
     "Placement",
     "ProcessResult",
     "Request",

@@ -18,6 +18,7 @@ from structlog.typing import FilteringBoundLogger
 
 from .._errors import ActivationFailed, ActorStopped, AskTimeout, CallCycleError, MailboxFull
 from .._lifecycle import StopMode as StopMode
+from .._throttle import exc_fields
 from ._envelope import DONE, QUEUED, RUNNING, Ask, AskHost
 from ._mailbox import EMPTY, Mailbox
 from ._message import Invoke, Request
@@ -55,6 +56,24 @@ current_cell: contextvars.ContextVar[Cell[Any] | None] = contextvars.ContextVar(
 handling: contextvars.ContextVar[Ask | None] = contextvars.ContextVar(
     "fiefdom_handling", default=None
 )
+
+
+# The call chain of an ask forwarded from another node of the cluster (the paths of
+# the actors waiting on it there), set by the task that delivers it: the ask made
+# in that task, and every ask its handler makes, carry it on.
+forwarded_from: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "fiefdom_forwarded_from", default=()
+)
+
+
+def chain_paths() -> tuple[str, ...]:
+    """The paths of the actors waiting on the ask being handled in this task (the
+    ones on other nodes first, this task's actor last): the chain an ask forwarded
+    from here carries. Empty outside a handler of an ask."""
+    running = handling.get()
+    if running is None or running.state != RUNNING:
+        return forwarded_from.get()
+    return (*running.origin, *(c.path for c in running.chain), running.cell.path)
 
 
 class ActorState(enum.StrEnum):
@@ -222,16 +241,23 @@ class Cell(Generic[M]):
         running = handling.get()
         if running is None or running.state != RUNNING:
             # Not on behalf of a running handler (or its handler has returned, so
-            # nobody waits on it): the chain starts here.
+            # nobody waits on it): the chain starts here, or where a forwarded ask
+            # from another node began it.
             chain: tuple[AskHost, ...] = ()
+            origin = forwarded_from.get()
         else:
             # Asked from a handler of an ask (or a task it started): its chain and it.
             chain = (*running.chain, running.cell)
+            origin = running.origin
             if self in chain:
                 start = chain.index(self)
                 raise CallCycleError([c.path for c in chain[start:]] + [self.path])
+        if origin and self.path in origin:
+            # The chain left this node and came back to an actor waiting on it.
+            paths = [*origin, *(c.path for c in chain)]
+            raise CallCycleError([*paths[paths.index(self.path) :], self.path])
         loop = asyncio.get_running_loop()
-        ask = Ask(self, msg, loop.create_future(), chain, timeout)
+        ask = Ask(self, msg, loop.create_future(), chain, timeout, origin)
         if timeout is not None:
             if timeout <= 0:
                 if self.mailbox.closed:
@@ -454,7 +480,7 @@ class Cell(Generic[M]):
             try:
                 await instance.on_stop()
             except Exception:
-                self.log.exception("on_stop raised")
+                self.log.error("on_stop raised", **exc_fields())
 
     def _failure_of(self, ask: Ask, exc: BaseException) -> BaseException:
         """What the caller of a running ask gets when its handler raised ``exc``."""

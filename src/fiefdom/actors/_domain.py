@@ -26,6 +26,7 @@ from anyio.abc import TaskGroup
 
 from .._errors import ActorStopped, MailboxFull, OwnerUnavailable
 from .._lifecycle import StopMode
+from .._throttle import exc_fields
 from ._actor import Actor
 from ._cell import (
     DEFAULT_ASK_TIMEOUT,
@@ -47,6 +48,16 @@ class Placement(Protocol):
     """Which keys this process may activate: the port the cluster implements."""
 
     def is_local(self, key: Hashable) -> bool: ...
+
+
+class Forwarder(Protocol):
+    """Delivers a message for a key of one domain owned by another node of the
+    cluster to that node (the cluster implements it). An ask keeps its deadline and
+    call chain."""
+
+    async def forward_ask(self, key: Hashable, msg: Request[Any], timeout: float | None) -> Any: ...
+
+    async def forward_tell(self, key: Hashable, msg: object) -> None: ...
 
 
 M = TypeVar("M")
@@ -146,6 +157,7 @@ class Domain(Generic[K, M]):
         # Who says which keys this process may activate (the cluster's nodes); none:
         # every key is local, as in a process alone.
         self._placements: list[Placement] = []
+        self._forwarder: Forwarder | None = None
 
     # -- placement ---------------------------------------------------------------
 
@@ -159,6 +171,11 @@ class Domain(Generic[K, M]):
                 self._placements.remove(placement)
 
         return remove
+
+    def set_forwarder(self, forwarder: Forwarder | None) -> None:
+        """Send messages for keys owned elsewhere through ``forwarder`` (a cluster
+        node), instead of failing them with ``OwnerUnavailable``."""
+        self._forwarder = forwarder
 
     def is_local(self, key: K) -> bool:
         """Whether this process may run ``key``'s actor now."""
@@ -178,8 +195,15 @@ class Domain(Generic[K, M]):
     # -- sending -----------------------------------------------------------------
 
     async def tell(self, key: K, msg: M) -> None:
-        """Send to ``key``'s actor (activating it); waits while its mailbox is full."""
-        cell = self._deliverable_cell(key) if self._has_room() else await self._cell_for(key)
+        """Send to ``key``'s actor (activating it); waits while its mailbox is full.
+        A key owned by another node of the cluster is sent to that node."""
+        try:
+            cell = self._deliverable_cell(key) if self._has_room() else await self._cell_for(key)
+        except OwnerUnavailable:
+            if self._forwarder is None:
+                raise
+            await self._forwarder.forward_tell(key, msg)
+            return
         if cell.mailbox.put_nowait(msg):
             return
         while True:
@@ -203,8 +227,14 @@ class Domain(Generic[K, M]):
     async def ask(
         self, key: K, msg: Request[R], *, timeout: float | None = DEFAULT_ASK_TIMEOUT
     ) -> R:
-        """Ask ``key``'s actor (activating it) and wait for the reply."""
-        cell = self._deliverable_cell(key) if self._has_room() else await self._cell_for(key)
+        """Ask ``key``'s actor (activating it) and wait for the reply. A key owned by
+        another node of the cluster is asked there, with the same deadline."""
+        try:
+            cell = self._deliverable_cell(key) if self._has_room() else await self._cell_for(key)
+        except OwnerUnavailable:
+            if self._forwarder is None:
+                raise
+            return cast(R, await self._forwarder.forward_ask(key, msg, timeout))
         try:
             return cast(R, await cell.ask(msg, timeout))
         except MailboxClosed:
@@ -425,12 +455,12 @@ class Domain(Generic[K, M]):
                     except StartFailed as exc:
                         cell.mailbox.close("it failed to start")
                         cell.fail_queued(exc.__cause__ or exc)
-                        cell.log.error("activation failed", exc_info=exc.__cause__)
+                        cell.log.error("activation failed", **exc_fields(exc.__cause__))
                         self._emit_crash(cell, exc.__cause__ or exc)
                         break
                     except Exception as exc:
                         self._crashes += 1
-                        cell.log.error("actor crashed", exc_info=exc)
+                        cell.log.error("actor crashed", **exc_fields(exc))
                         self._emit_crash(cell, exc)
                         if cell.mailbox.depth == 0 or cell.stop_mode == "exit":
                             break

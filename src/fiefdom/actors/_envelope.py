@@ -49,6 +49,7 @@ class Ask:
         "exited",
         "future",
         "msg",
+        "origin",
         "state",
         "timeout",
         "timer",
@@ -61,11 +62,16 @@ class Ask:
         future: asyncio.Future[object],
         chain: tuple[AskHost, ...],
         timeout: float | None,
+        origin: tuple[str, ...] = (),
     ) -> None:
         self.cell = cell
         self.msg = msg
         self.future = future
         self.chain = chain
+        # The paths of the actors on other nodes of the cluster this call chain came
+        # through (a forwarded ask, and every ask its handler makes): a cycle that
+        # crosses nodes is found by path.
+        self.origin = origin
         self.timeout = timeout
         self.deadline: float | None = None  # loop time; set once the ask is queued
         self.state = QUEUED
