@@ -85,8 +85,9 @@ def _until(daemon: DaemonProcess, kind: str, args: dict[str, object], state: Job
 
 def test_status_prints_the_daemon_its_tree_targets_and_queues(daemon: DaemonProcess) -> None:
     """status prints a line on the daemon, the tree (one row per actor, domain and
-    service, with state, mailbox, restarts and messages handled), the exposed targets
-    and the queues, each as the JSON of --json says."""
+    service, with state, mailbox, restarts and messages handled), the exposed targets,
+    the queues, the cluster's nodes (partitions, epochs, this node marked) and its
+    node's last events, each as the JSON of --json says."""
     config = ("--config", str(daemon.config))
     data = json.loads(fiefdom("status", "--json", *config).stdout)
     assert data["name"] == "test-daemon"
@@ -110,7 +111,7 @@ def test_status_prints_the_daemon_its_tree_targets_and_queues(daemon: DaemonProc
         assert tree[f"test-daemon/{service}"] == ["service", "running", "-", "0", "-"]
     assert tree["test-daemon/echo"] == ["actor", "running", "0/1000", "0", "0"]
     assert tree["test-daemon/accounts"][:3] == ["domain", "0", "live"]
-    targets, queues = "\n".join(lines).split("\n\n")[2:4]
+    targets, queues, nodes, events = "\n".join(lines).split("\n\n")[2:6]
     assert _rows(targets) == {
         "TARGET": ["KIND", "PAUSED", "MESSAGES"],
         "counter": ["actor", "no", "Crash,", "GetCount,", "Increment"],
@@ -125,6 +126,24 @@ def test_status_prints_the_daemon_its_tree_targets_and_queues(daemon: DaemonProc
         paused, *counts = printed[queue["name"]]
         assert paused == ("yes" if queue["paused"] else "no")
         assert counts == [str(queue["counts"].get(state.lower(), 0)) for state in states]
+    cluster = data["cluster"]
+    epoch = cluster["min_epoch"]
+    assert cluster["max_epoch"] == epoch
+    assert [(m["node"], m["partitions"]) for m in cluster["members"]] == [(cluster["node"], 256)]
+    assert _rows(nodes) == {
+        "NODE": ["PARTITIONS", "EPOCHS", "LAPSED", "STATE"],
+        cluster["node"]: ["256", str(epoch), "0", "this", "node"],
+    }
+    assert [e["kind"] for e in cluster["events"][:2]] == ["joined", "claimed"]
+    assert cluster["events"][1]["partitions"] == 256
+    assert cluster["counters"]["claimed"] == 256
+    assert cluster["counters"]["took_over"] == 0
+    printed_events = events.splitlines()
+    assert printed_events[0].split() == ["TIME", "EVENT", "PARTITIONS", "NODES"]
+    assert [line.split() for line in printed_events[1:]] == [
+        [*_when(e["at"]).split(), e["kind"], str(e["partitions"]), ",".join(e["nodes"]) or "-"]
+        for e in cluster["events"][-5:]
+    ]
 
 
 def test_jobs_enqueue_ls_show_and_cancel_print_the_job(daemon: DaemonProcess) -> None:

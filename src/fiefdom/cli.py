@@ -27,7 +27,7 @@ import structlog
 
 from ._errors import FiefdomError
 from .daemon import Config, Daemon, load_config, read_token_file
-from .protocol import Client, QueueInfo, StatusReply, TargetInfo, connect
+from .protocol import Client, ClusterInfo, QueueInfo, StatusReply, TargetInfo, connect
 from .storage import Enqueued, JobInfo, JobState
 
 EXIT_ERROR = 1
@@ -185,6 +185,42 @@ def _print_status(status: StatusReply) -> None:
     if status.queues:
         print()
         _print_queues(status.queues)
+    if cluster is not None and cluster.members:
+        print()
+        _print_cluster(cluster)
+
+
+_EVENTS_SHOWN = 5  # the last events of the cluster node status prints (--json has all)
+
+
+def _print_cluster(cluster: ClusterInfo) -> None:
+    """The nodes of the cluster as this daemon's node last saw them, then its last
+    events."""
+    rows: list[list[Any]] = []
+    for member in cluster.members:
+        state = (
+            "this node" if member.node == cluster.node else ("live" if member.alive else "silent")
+        )
+        epochs = _epochs(member.min_epoch, member.max_epoch)
+        rows.append([member.node, member.partitions, epochs, member.lapsed, state])
+    if cluster.unowned:
+        rows.append(["-", cluster.unowned, "-", "-", "no live lease"])
+    _table(["node", "partitions", "epochs", "lapsed", "state"], rows)
+    if cluster.events:
+        print()
+        _table(
+            ["time", "event", "partitions", "nodes"],
+            [
+                [_when(e.at), e.kind, e.partitions, ",".join(e.nodes) or "-"]
+                for e in cluster.events[-_EVENTS_SHOWN:]
+            ],
+        )
+
+
+def _epochs(low: int | None, high: int | None) -> str:
+    if low is None or high is None:
+        return "-"
+    return str(low) if low == high else f"{low}-{high}"
 
 
 def _domain_pauses(node: dict[str, Any]) -> str:

@@ -165,7 +165,8 @@ class Res(fiefdom.Actor[Any]):
 
 async def test_an_engine_serving_a_domain_joins_and_shows_it_in_metrics(store: Store) -> None:
     """With no configuration an engine serving a domain runs a node that holds every
-    partition alone; its statistics and /metrics say so; one without a domain does not."""
+    partition alone; its statistics (with the node's view: itself, its claim) and
+    /metrics (with the node's counters) say so; one without a domain does not."""
     from fiefdom.protocol import ControlMetrics
 
     metrics = ControlMetrics()
@@ -179,5 +180,14 @@ async def test_an_engine_serving_a_domain_joins_and_shows_it_in_metrics(store: S
             metrics.render([])
             assert metrics.registry.get_sample_value("fiefdom_cluster_partitions_held") == 256
             assert metrics.registry.get_sample_value("fiefdom_cluster_nodes") == 1
+            view = stats.cluster
+            assert view is not None
+            assert [(m.node, m.partitions) for m in view.members] == [(engine.worker, PARTITIONS)]
+            assert [e.kind for e in view.events] == ["joined", "claimed"]
+            renewals = metrics.registry.get_sample_value("fiefdom_cluster_lease_renewals_total")
+            assert renewals is not None
+            assert renewals >= view.counters.renewals >= 1  # read later, never fewer
+            assert metrics.registry.get_sample_value("fiefdom_cluster_takeovers_total") == 0
     plain = fiefdom.JobEngine(store, retention=None)
     assert plain.statistics().partitions is None
+    assert plain.statistics().cluster is None

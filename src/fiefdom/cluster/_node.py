@@ -3,7 +3,9 @@ node row, takes its fair share of the partitions (partition ``p`` belongs to the
 ``p % n``-th of the ``n`` live nodes, by id), renews those leases, hands over the
 ones that are no longer its share, and fences itself: when it cannot renew, it
 gives up every partition before the lease could expire, measured on its own
-monotonic clock with a margin. A node alone holds every partition."""
+monotonic clock with a margin. A node alone holds every partition. Each round also
+reads the partition table (one query), which with the node's counters and last
+events (``_view``) makes what ``view()`` tells of the cluster."""
 
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ import structlog
 from .._errors import ConfigurationError, StoreError
 from .._lifecycle import Lifecycle, State, StopMode
 from .._throttle import Throttle
+from ..jobs._ownership import ClusterView
 from ..storage import PARTITIONS, Store, leases, partition_of
+from ._view import Ledger, Row
 
 log = structlog.get_logger("fiefdom.cluster")
 
@@ -67,9 +71,8 @@ class Node:
         self._callbacks: list[Callable[[frozenset[int], bool], Awaitable[None] | None]] = []
         self._task: asyncio.Task[None] | None = None
         self.live_nodes: list[str] = []
-        self.fences = 0
         self._throttle = Throttle()
-        self.handoffs = 0
+        self._ledger = Ledger(name)
 
     # -- what others ask -------------------------------------------------------------
 
@@ -95,6 +98,21 @@ class Node:
     def held(self) -> int:
         return len(self._held)
 
+    @property
+    def fences(self) -> int:
+        """Times this node gave up every partition for want of renewing its leases."""
+        return self._ledger.counts.fences
+
+    @property
+    def handoffs(self) -> int:
+        """Rounds in which this node handed partitions over to a node that joined."""
+        return self._ledger.counts.handoffs
+
+    def view(self) -> ClusterView:
+        """This node's view of the cluster (see ``ClusterView``), from memory: the
+        partition table as its last successful round read it, never the store now."""
+        return self._ledger.view(self._held)
+
     def on_lost(
         self, callback: Callable[[frozenset[int], bool], Awaitable[None] | None]
     ) -> Callable[[], None]:
@@ -116,6 +134,7 @@ class Node:
                 await self._round()
         except (StoreError, TimeoutError) as exc:
             # Holding nothing is safe: the loop keeps trying.
+            self._ledger.counts.renewal_failures += 1
             log.warning("could not join the cluster yet; retrying", node=self.id, error=str(exc))
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"cluster/{self.id}")
         self._life.started()
@@ -128,6 +147,7 @@ class Node:
             task.cancel()
             with anyio.CancelScope(shield=True):
                 await asyncio.wait({task})
+        holding = len(self._held)
         stopping = self._lose(frozenset(self._held), urgent=False)
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.settings.renew):
             for waiting in stopping:
@@ -141,6 +161,7 @@ class Node:
             log.warning(
                 "could not hand over leases; they will expire", node=self.id, error=str(exc)
             )
+        self._ledger.note("left", holding)
         self._life.stopped()
 
     async def __aenter__(self) -> Node:
@@ -168,8 +189,9 @@ class Node:
                 ):
                     await self._round()
             except (StoreError, TimeoutError) as exc:
+                self._ledger.counts.renewal_failures += 1
                 if self._held and time.monotonic() >= fence_at:
-                    self.fences += 1
+                    self._ledger.fenced(len(self._held))
                     log.error(
                         "cannot renew partition leases: stopping their work before they expire",
                         node=self.id,
@@ -191,13 +213,14 @@ class Node:
             live = sorted([*live, self.id])
         index, count = live.index(self.id), len(live)
         wanted = [p for p in range(PARTITIONS) if p % count == index]
+        # Read before the hold: who held what this node gains tells a takeover apart.
+        table = await self._table()
         got = await self._leases.hold(self.id, wanted, settings.lease)
         extra = frozenset(self._held) - frozenset(wanted)
         lost = frozenset(self._held) - frozenset(got) - extra
         if extra:
             # No longer this node's share (a node joined): stop their work, wait until
             # it has stopped (while the leases still last), then hand over.
-            self.handoffs += 1
             stopping = self._lose(extra, urgent=False)
             left = self._renewed_at + settings.lease - 2 * settings.margin - time.monotonic()
             with anyio.move_on_after(max(0.0, left)) as scope:
@@ -212,13 +235,21 @@ class Node:
                         await waiting
                 _forget(stopping)
             await self._leases.release(self.id, sorted(extra))
+            self._ledger.handed_over(len(extra), {live[p % count] for p in extra})
         if lost:
             log.warning("partition leases taken over", node=self.id, partitions=sorted(lost))
+            self._ledger.lost(len(lost))
             _forget(self._lose(lost, urgent=True))
         gained = frozenset(got) - frozenset(self._held)
         self._held = dict(got)
         self._all = frozenset(got) == _ALL
         self._renewed_at = began
+        ledger = self._ledger
+        ledger.counts.renewals += 1
+        ledger.met(live)
+        ledger.gained(gained, table, live)
+        if table is not None:
+            ledger.looked(table, self._held, live)
         if gained or extra or live != self.live_nodes:
             log.info(
                 "cluster membership",
@@ -229,6 +260,17 @@ class Node:
                 handed_over=len(extra),
             )
         self.live_nodes = live
+
+    async def _table(self) -> list[Row] | None:
+        """The partition table, or None if it could not be read (the round goes on:
+        renewing the leases matters, the view keeps its last look)."""
+        try:
+            return await self._leases.owners()
+        except StoreError as exc:
+            self._throttle.warning(
+                log, "reading the partition table failed", node=self.id, error=str(exc)
+            )
+            return None
 
     def _lose(self, partitions: frozenset[int], *, urgent: bool) -> list[Awaitable[None]]:
         """Stop counting ``partitions`` as held and tell the callbacks; returns what

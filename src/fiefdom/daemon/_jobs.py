@@ -298,11 +298,28 @@ class JobsAdapter:
         stats = self.engine.statistics()
         if stats.partitions is None:
             return None
+        # From the node's memory, never the store: a status reply does not fail
+        # while the store is down, it tells what the node's last round saw.
+        view = stats.cluster
+        if view is None:
+            return ClusterInfo(
+                node=stats.worker,
+                partitions=stats.partitions,
+                total=PARTITIONS,
+                nodes=stats.cluster_nodes or 0,
+            )
         return ClusterInfo(
             node=stats.worker,
             partitions=stats.partitions,
             total=PARTITIONS,
             nodes=stats.cluster_nodes or 0,
+            min_epoch=view.min_epoch,
+            max_epoch=view.max_epoch,
+            members=view.members,
+            unowned=view.unowned,
+            as_of=view.as_of,
+            counters=view.counters,
+            events=view.events,
         )
 
     def _engine(self) -> JobEngine:

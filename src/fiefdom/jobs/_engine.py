@@ -21,7 +21,7 @@ from ..actors import Domain
 from ..storage import Job, JobEvent, JobState, Store
 from ._core import Core, Kind, Runner, Timing
 from ._kinds import JobContext
-from ._ownership import Ownership, default_ownership
+from ._ownership import ClusterView, Ownership, default_ownership
 from ._periodic import Periodic
 from ._pruner import PruneJobs, Retention, pruner
 from ._running import EngineRunner
@@ -62,6 +62,7 @@ class EngineStatistics(msgspec.Struct, frozen=True, kw_only=True):
     claim_failures: int = 0  # consecutive failed claims (0: claiming)
     partitions: int | None = None  # partitions its cluster node holds (None: no cluster)
     cluster_nodes: int | None = None  # live nodes of the store's cluster
+    cluster: ClusterView | None = None  # its node's view of the cluster (None: no cluster)
 
 
 class JobEngine(EngineRunner):
@@ -282,6 +283,7 @@ class JobEngine(EngineRunner):
             claim_failures=core.claim_failures,
             partitions=None if core.ownership is None else core.ownership.held,
             cluster_nodes=None if core.ownership is None else len(core.ownership.live_nodes),
+            cluster=None if core.ownership is None else core.ownership.view(),
         )
 
     @property

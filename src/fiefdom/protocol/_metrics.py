@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 
 from ..actors import ActorStatistics, DomainStatistics
 from ..jobs import JobEngine
+from ..jobs._ownership import ClusterCounters
 from ..supervisors import ActorSystem, ServiceStatistics, SupervisorStatistics
 from ._replies import QueueInfo
 
@@ -114,6 +115,38 @@ class _TreeCollector(Collector):
                 nodes.add_metric([], stats.cluster_nodes or 0)
                 yield held
                 yield nodes
+            if stats.cluster is not None:
+                yield from _cluster_counters(stats.cluster.counters)
+
+
+# The counters of a cluster node, each exposed with the ``_total`` suffix.
+_CLUSTER_COUNTERS = (
+    ("lease_renewals", "renewals", "Lease rounds of this node that renewed its leases"),
+    ("lease_failures", "renewal_failures", "Lease rounds of this node that failed"),
+    (
+        "takeovers",
+        "took_over",
+        "Partitions this node took over from a node whose lease had expired",
+    ),
+    (
+        "partitions_lost",
+        "lost",
+        "Partitions another node took over while this node held them",
+    ),
+    ("handoffs", "handed_over", "Partitions this node handed over to a node that joined"),
+    (
+        "fences",
+        "fences",
+        "Times this node gave up every partition because it could not renew its leases",
+    ),
+)
+
+
+def _cluster_counters(counters: ClusterCounters) -> Iterator[CounterMetricFamily]:
+    for name, field, help_text in _CLUSTER_COUNTERS:
+        yield CounterMetricFamily(
+            f"fiefdom_cluster_{name}", help_text, value=getattr(counters, field)
+        )
 
 
 class ControlMetrics:

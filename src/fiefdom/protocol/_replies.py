@@ -8,6 +8,7 @@ from typing import Any, Literal, TypeAlias
 
 import msgspec
 
+from ..jobs._ownership import ClusterCounters, ClusterEvent, ClusterMember
 from ..storage import Enqueued, JobEvent, JobInfo, JobState
 from ._messages import ErrorCode, Role, Topic, _Frame
 
@@ -54,12 +55,23 @@ class TargetInfo(msgspec.Struct, kw_only=True):
 
 class ClusterInfo(msgspec.Struct, kw_only=True):
     """This daemon's place in the store's cluster: its node id, the partitions it
-    holds (of ``total``) and the live nodes."""
+    holds (of ``total``) under epochs ``min_epoch`` to ``max_epoch``, and the live
+    nodes; ``members``, every node with its partitions and epochs as this node's
+    last round read the partition table (``as_of``, unix seconds), ``unowned`` the
+    partitions no node holds a live lease on; its ``counters`` and last ``events``
+    (oldest first). A daemon older than these fields sends only the first four."""
 
     node: str
     partitions: int
     total: int
     nodes: int
+    min_epoch: int | None = None
+    max_epoch: int | None = None
+    members: list[ClusterMember] = msgspec.field(default_factory=list)
+    unowned: int = 0
+    as_of: float | None = None
+    counters: ClusterCounters | None = None
+    events: list[ClusterEvent] = msgspec.field(default_factory=list)
 
 
 class StatusReply(_Frame, tag="status.reply"):
