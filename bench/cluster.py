@@ -9,10 +9,13 @@
 - handoff on SIGTERM: the same, the node process stopping gracefully (it releases
   its leases at once);
 - drain of keyed jobs by 1 and by 3 node processes on one store, once their
-  partitions are split (jobs/s, and the CPU seconds each node spent).
+  partitions are split (jobs/s, and the CPU seconds each node spent);
+- forwarded asks: round trips per second of an ask for a key another node process
+  owns (over the nodes' websocket) against an ask for a key this process owns, one
+  caller at a time and 20 at once, in the same run.
 
     .venv/bin/python bench/cluster.py [--jobs 5000] [--backend sqlite|postgres|all]
-        [--trials 3] [--lease 15]
+        [--trials 3] [--lease 15] [--asks 2000]
 
 Prints one JSON object per figure.
 """
@@ -307,6 +310,81 @@ async def scaling(backend: str, jobs: int) -> None:
     )
 
 
+PEER = """
+import asyncio, logging, signal, sys, fiefdom, structlog
+structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+class Ping(fiefdom.Request[int]):
+    pass
+class Res(fiefdom.Actor[Ping]):
+    def __init__(self, key): self.n = 0
+    async def receive(self, msg):
+        self.n += 1
+        return self.n
+async def main():
+    store = fiefdom.open_store(sys.argv[1]); await store.open()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with fiefdom.ActorSystem(name="peer") as system:
+        res = system.domain("res", Res)
+        async with fiefdom.JobEngine(store, domains={"res": res}, lease=3.0):
+            print("ready", flush=True)
+            await stop.wait()
+    await store.close()
+asyncio.run(main())
+"""
+
+
+async def round_trips(res: fiefdom.Domain[str, Ping], key: str, n: int, callers: int) -> float:
+    """Asks per second to ``key`` with ``callers`` asking at once."""
+
+    async def caller() -> None:
+        for _ in range(n // callers):
+            await res.ask(key, Ping(), timeout=10)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    return (n // callers * callers) / (time.perf_counter() - start)
+
+
+async def forwarded(backend: str, n: int) -> None:
+    store, url = await fresh_store(backend)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", PEER, url, stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        assert (await proc.stdout.readline()).startswith(b"ready")
+        async with fiefdom.ActorSystem(name="bench") as system:
+            res: fiefdom.Domain[str, Ping] = system.domain("res", Res)
+            async with fiefdom.JobEngine(store, domains={"res": res}, lease=3.0):
+                table = leases(store)
+                # Polled: the split has no event of its own.
+                while len({o for _, o, _, live in await table.owners() if live and o}) < 2:  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+                keys = [f"k{i}" for i in range(1000)]
+                while all(res.is_local(k) for k in keys):  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+                local = next(k for k in keys if res.is_local(k))
+                remote = next(k for k in keys if not res.is_local(k))
+                await res.ask(remote, Ping(), timeout=10)  # the link is opened once
+                for callers in (1, 20):
+                    here = await round_trips(res, local, n, callers)
+                    there = await round_trips(res, remote, n, callers)
+                    emit(
+                        backend=backend,
+                        figure="forwarded_ask",
+                        callers=callers,
+                        local_asks_per_s=round(here),
+                        forwarded_asks_per_s=round(there),
+                        ratio=round(there / here, 4),
+                        goal=">= 0.3 x local (one loopback hop)",
+                    )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await proc.wait()
+        await store.close()
+
+
 async def main(args: argparse.Namespace) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     backends = ["sqlite", "postgres"] if args.backend == "all" else [args.backend]
@@ -317,6 +395,8 @@ async def main(args: argparse.Namespace) -> None:
             await takeover(backend, args.trials, args.lease, sig=signal.SIGTERM)
         if args.scaling:
             await scaling(backend, args.scaling)
+        if args.asks:
+            await forwarded(backend, args.asks)
 
 
 if __name__ == "__main__":
@@ -327,4 +407,5 @@ if __name__ == "__main__":
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--lease", type=float, default=15.0)
     parser.add_argument("--scaling", type=int, default=20000, help="keyed jobs; 0 skips")
+    parser.add_argument("--asks", type=int, default=2000, help="forwarded asks; 0 skips")
     asyncio.run(main(parser.parse_args()))

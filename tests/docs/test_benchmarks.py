@@ -61,7 +61,8 @@ def test_control_benchmark_prints_figures_with_baselines() -> None:
 @pytest.mark.slow
 def test_cluster_benchmark_prints_figures_with_baselines() -> None:
     """bench/cluster.py on SQLite: drain and asks with and without the cluster layer, the
-    takeover time after a node process is killed or stopped, and 1 against 3 nodes."""
+    takeover time after a node process is killed or stopped, 1 against 3 nodes, and
+    forwarded against local asks."""
     figures = run(
         "cluster.py",
         "--jobs",
@@ -76,6 +77,8 @@ def test_cluster_benchmark_prints_figures_with_baselines() -> None:
         "sqlite",
         "--scaling",
         "60",
+        "--asks",
+        "40",
     )
     names = [f["figure"] for f in figures]
     assert names == [
@@ -84,7 +87,10 @@ def test_cluster_benchmark_prints_figures_with_baselines() -> None:
         "takeover_after_kill",
         "handoff_after_sigterm",
         "drain_1_vs_3_nodes",
+        "forwarded_ask",
+        "forwarded_ask",
     ]
+    assert figures[5]["forwarded_asks_per_s"] > 0
     assert len(figures[4]["three_nodes"]["cpu_s_per_node"]) == 3
     assert {"drain_with_cluster_per_s", "drain_without_per_s"} <= figures[0].keys()
     assert figures[2]["trials"]

@@ -16,11 +16,14 @@ from ..jobs._ownership import ClusterView as ClusterView
 from ..storage import Store as _Store
 from ._node import ClusterSettings as ClusterSettings
 from ._node import Node as Node
+from ._serving import ServingNode as ServingNode
 
 
 def _engine_node(store: _Store, name: str, lease: float) -> Node:
-    # An engine's node keeps its partitions with the engine's own job lease.
-    return Node(store, name, ClusterSettings(lease=lease, renew=lease / 3, margin=lease / 5))
+    # An engine's node keeps its partitions with the engine's own job lease, and
+    # forwards messages for the keys other nodes own to them.
+    settings = ClusterSettings(lease=lease, renew=lease / 3, margin=lease / 5)
+    return ServingNode(store, name, settings)
 
 
 _register_ownership(_engine_node)
@@ -32,4 +35,5 @@ __all__ = [
     "ClusterSettings",
     "ClusterView",
     "Node",
+    "ServingNode",
 ]

@@ -15,6 +15,7 @@ import inspect
 import math
 import time
 from collections.abc import Awaitable, Callable, Collection, Hashable
+from typing import Any
 
 import anyio
 import structlog
@@ -22,6 +23,7 @@ import structlog
 from .._errors import ConfigurationError, StoreError
 from .._lifecycle import Lifecycle, State, StopMode
 from .._throttle import Throttle
+from ..actors import Domain
 from ..jobs._ownership import ClusterView
 from ..storage import PARTITIONS, Store, leases, partition_of
 from ._view import Ledger, Row
@@ -89,6 +91,12 @@ class Node:
     def is_local(self, key: Hashable) -> bool:
         """Whether this node owns ``key`` now (the actors' Placement port)."""
         return self._all or partition_of(key) in self._held
+
+    def serve(self, name: str, domain: Domain[Any, Any]) -> Callable[[], None]:
+        """Activate only the keys of ``domain`` (known to the cluster as ``name``) this
+        node owns (a message for another key fails ``OwnerUnavailable``); returns the
+        function that undoes it."""
+        return domain.add_placement(self)
 
     def epoch(self, partition: int) -> int | None:
         """The epoch this node holds ``partition`` under, or None."""

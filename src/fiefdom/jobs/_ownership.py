@@ -8,11 +8,12 @@ the cluster: the engine's statistics carry it to ``fiefdom status`` and ``/metri
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Hashable
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
 from .._lifecycle import State, StopMode
+from ..actors import Domain
 from ..storage import Store
 
 
@@ -114,6 +115,11 @@ class Ownership(Protocol):
 
     def is_local(self, key: Hashable) -> bool:
         """Whether this node owns domain key ``key`` now (a domain's Placement)."""
+
+    def serve(self, name: str, domain: Domain[Any, Any]) -> Callable[[], None]:
+        """Make ``domain`` (the engine's domain ``name``) activate only the keys this
+        node owns (and send messages for the others to their owners, if it can);
+        returns the function that undoes it."""
 
     def on_lost(
         self, callback: Callable[[frozenset[int], bool], Awaitable[None] | None]

@@ -73,7 +73,7 @@ class EngineRunner(Notifications):
                 # holds every partition from its first claim on.
                 await ownership.start()
                 cleanups.append(ownership.on_lost(core.lose))
-                cleanups += [d.add_placement(ownership) for d in core.domains.values()]
+                cleanups += [ownership.serve(n, d) for n, d in core.domains.items()]
             async with anyio.create_task_group() as root:
                 services: list[Service] = [
                     Listener(core, self),

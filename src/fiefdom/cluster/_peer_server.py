@@ -1,0 +1,174 @@
+"""``PeerServer``: where the other nodes of the cluster deliver messages for the keys
+this node owns. A peer must present the cluster's secret. Each forwarded ask runs in
+a task of its own under the call chain it came with; a key this node does not own
+(any more) is answered ``not_owner`` and nothing runs. A link that closes cancels
+what it asked, as a cancelled caller would."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import socket
+from collections.abc import Mapping
+from typing import Any, Protocol, cast
+
+import msgspec
+import structlog
+from aiohttp import WSMsgType, web
+
+from .._errors import ActorStopped, AskTimeout, CallCycleError, OwnerUnavailable
+from ..actors import Domain, Request
+from ..actors._cell import forwarded_from
+from ..jobs._kinds import safe_text
+from ._peer_wire import (
+    DECODER,
+    ENCODER,
+    PEER_PATH,
+    AskFrame,
+    CancelFrame,
+    ErrorFrame,
+    ReplyFrame,
+    TellFrame,
+    resolve_type,
+)
+
+
+class PeerHost(Protocol):
+    """What the server needs of the node's forwarding side (``Peers``)."""
+
+    @property
+    def node(self) -> str: ...
+
+    @property
+    def domains(self) -> Mapping[str, Domain[Any, Any]]: ...
+
+    def authorized(self, header: str) -> bool: ...
+
+
+log = structlog.get_logger("fiefdom.cluster")
+
+_TEXT_LIMIT = 2000
+
+
+class PeerServer:
+    def __init__(self, peers: PeerHost) -> None:
+        self._peers = peers
+        self._runner: web.AppRunner | None = None
+        self._sockets: set[web.WebSocketResponse] = set()
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen on ``host:port``; returns the port bound (``port`` 0: any free one)."""
+        app = web.Application()
+        app.router.add_get(PEER_PATH, self._serve)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await runner.setup()
+        try:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((host, port))
+            except BaseException:
+                sock.close()
+                raise
+            await web.SockSite(runner, sock).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        bound: int = sock.getsockname()[1]
+        return bound
+
+    async def stop(self) -> None:
+        for ws in list(self._sockets):
+            await ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        if not self._peers.authorized(request.headers.get("Authorization", "")):
+            return web.json_response(
+                {"code": "unauthenticated", "message": "not a node of this cluster"}, status=401
+            )
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+        self._sockets.add(ws)
+        running: dict[int, asyncio.Task[None]] = {}
+        try:
+            async for msg in ws:
+                if msg.type is not WSMsgType.BINARY:
+                    break
+                try:
+                    frame = DECODER.decode(msg.data)
+                except msgspec.DecodeError:
+                    break
+                if isinstance(frame, AskFrame | TellFrame):
+                    task = asyncio.get_running_loop().create_task(self._deliver(ws, frame))
+                    running[frame.id] = task
+                    task.add_done_callback(functools.partial(_forget, running, frame.id))
+                elif isinstance(frame, CancelFrame):
+                    cancelled = running.get(frame.id)
+                    if cancelled is not None:
+                        cancelled.cancel()
+        finally:
+            self._sockets.discard(ws)
+            # The asking node is gone: nobody waits for these any more.
+            tasks = list(running.values())
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+        return ws
+
+    async def _deliver(self, ws: web.WebSocketResponse, frame: AskFrame | TellFrame) -> None:
+        answer = await self._run(frame)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.send_bytes(ENCODER.encode(answer))
+
+    async def _run(self, frame: AskFrame | TellFrame) -> ReplyFrame | ErrorFrame:
+        node = self._peers.node
+        path = f"{frame.domain}/{frame.key}"  # the cluster's name for the key
+
+        def error(code: str, message: str, **more: Any) -> ErrorFrame:
+            text = safe_text(message, _TEXT_LIMIT)
+            return ErrorFrame(id=frame.id, code=code, message=text, node=node, path=path, **more)
+
+        domain = self._peers.domains.get(frame.domain)
+        if domain is None:
+            return error("invalid", f"node {node} serves no domain {frame.domain!r}")
+        path = f"{domain.path}/{frame.key}"
+        if not domain.is_local(frame.key):
+            return error("not_owner", f"node {node} does not own {path} (any more)")
+        try:
+            msg = msgspec.msgpack.decode(frame.body, type=resolve_type(frame.type))
+        except (LookupError, msgspec.DecodeError) as exc:
+            return error("invalid", f"node {node} cannot read the message: {exc}")
+        try:
+            if isinstance(frame, TellFrame):
+                await domain.tell(frame.key, msg)
+                return ReplyFrame(id=frame.id, body=b"")
+            forwarded_from.set(tuple(frame.chain))  # this task's context only
+            result: object = await domain.ask(
+                frame.key, cast("Request[Any]", msg), timeout=frame.timeout
+            )
+        except AskTimeout as exc:
+            return error("timeout", str(exc), phase=exc.phase, handler_exited=exc.handler_exited)
+        except CallCycleError as exc:
+            return error("cycle", str(exc), cycle=list(exc.cycle))
+        except OwnerUnavailable as exc:
+            return error("not_owner", str(exc))
+        except ActorStopped as exc:
+            return error("stopped", str(exc))
+        except Exception as exc:
+            return error("raised", str(exc), error_type=type(exc).__name__)
+        try:
+            body = ENCODER.encode(result)
+        except (TypeError, msgspec.EncodeError) as exc:
+            return error("raised", f"the reply cannot be sent back: {exc}", error_type="TypeError")
+        return ReplyFrame(id=frame.id, body=body)
+
+
+def _forget(running: dict[int, asyncio.Task[None]], frame_id: int, _: object) -> None:
+    running.pop(frame_id, None)

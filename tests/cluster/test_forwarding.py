@@ -1,0 +1,168 @@
+"""Forwarding (DESIGN "Cluster"): an ask or tell for a key another node owns goes to
+that node and runs there, with the caller's deadline (expired while queued: removed
+unrun; while running: cancelled) and call chain (a cycle across nodes fails at once);
+a key nobody can serve fails ``OwnerUnavailable`` within the deadline. The other
+node is a real process on the same store; this test process is the first node."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import peer_app
+import pytest
+from cluster_helpers import reap, start_nodes, stop_node, wait_until
+from peer_app import Fail, Journal, Nap, Relay, WhereAreYou
+
+import fiefdom
+from fiefdom.storage import leases, partition_of
+
+pytestmark = pytest.mark.slow
+
+PEER_SCRIPT = Path(__file__).resolve().parent / "peer_node.py"
+
+
+class Cluster:
+    """This process's node (its domain ``acct``) and one peer process."""
+
+    def __init__(self, store: fiefdom.Store, domain: fiefdom.Domain[str, peer_app.Message]):
+        self.store = store
+        self.acct = domain
+        self.owners: dict[int, str | None] = {}
+
+    async def split(self) -> bool:
+        """Both nodes hold partitions (the peer took its share)."""
+        rows = await leases(self.store).owners()
+        self.owners = {p: owner for p, owner, _, live in rows if live}
+        return len(set(self.owners.values())) == 2 and len(self.owners) == 256
+
+    def keys(self, *, local: bool, count: int = 1) -> list[str]:
+        """``count`` keys this process owns (``local``) or the peer owns."""
+        found = [
+            key
+            for key in (f"k{i}" for i in range(2000))
+            if self.acct.is_local(key) is local and self.owners.get(partition_of(key)) is not None
+        ]
+        assert len(found) >= count
+        return found[:count]
+
+
+@contextlib.asynccontextmanager
+async def two_nodes(store: fiefdom.Store, store_url: str, tmp_path: Path) -> AsyncIterator[Cluster]:
+    """This process as one node and a peer process as the other, split."""
+    async with fiefdom.ActorSystem(name="forwarding") as system:
+        engine = peer_app.make_engine(store, system, f"test-{os.getpid()}")
+        async with engine:
+            nodes = await start_nodes(1, store_url, tmp_path, lease=3.0, script=PEER_SCRIPT)
+            try:
+                cluster = Cluster(store, peer_app.DOMAIN[0])
+
+                async def split() -> bool:
+                    return (
+                        await cluster.split()
+                        and len(cluster.keys(local=False, count=2)) == 2
+                        and not all(cluster.acct.is_local(f"k{i}") for i in range(50))
+                    )
+
+                await wait_until(split, what="the peer to take its share of the partitions")
+                yield cluster
+                await stop_node(nodes[0])
+            finally:
+                await reap(nodes)
+
+
+async def test_an_ask_for_a_key_the_peer_owns_runs_there_and_its_reply_comes_back(
+    store: fiefdom.Store,
+    store_url: str,
+    tmp_path: Path,
+) -> None:
+    """The reply of a forwarded ask is the owner's (the pid of the peer process); a
+    local key answers here; a tell reaches the peer's actor (seen in its journal)."""
+    async with two_nodes(store, store_url, tmp_path) as cluster:
+        (remote,) = cluster.keys(local=False)
+        (local,) = cluster.keys(local=True)
+        pid = await cluster.acct.ask(remote, WhereAreYou(), timeout=10)
+        assert pid != os.getpid()
+        assert await cluster.acct.ask(local, WhereAreYou(), timeout=10) == os.getpid()
+        await cluster.acct.tell(remote, Nap(seconds=0, tag="told"))
+        journal = await cluster.acct.ask(remote, Journal(), timeout=10)
+        assert journal == ["nap:told:start", "nap:told:end"]
+        assert not cluster.acct.is_active(remote)  # nothing ran here
+
+
+async def test_a_forwarded_ask_past_its_deadline_is_removed_unrun_or_cancelled(
+    store: fiefdom.Store,
+    store_url: str,
+    tmp_path: Path,
+) -> None:
+    """Queued behind a long nap on the owner past its deadline: AskTimeout 'queued' and
+    it never runs; running past it: AskTimeout 'running' and the owner's handler was
+    cancelled (its journal says so)."""
+    async with two_nodes(store, store_url, tmp_path) as cluster:
+        remote, other = cluster.keys(local=False, count=2)
+        async with anyio.create_task_group() as group:
+            group.start_soon(
+                lambda: cluster.acct.ask(remote, Nap(seconds=3.0, tag="long"), timeout=10)
+            )
+
+            async def napping() -> bool:
+                # (Asked of another key of the peer: this one is busy napping.)
+                return "nap:long:start" in await cluster.acct.ask(other, Journal(), timeout=10)
+
+            await wait_until(napping, what="the long nap to start on the owner")
+            with pytest.raises(fiefdom.AskTimeout) as queued:
+                await cluster.acct.ask(remote, Nap(seconds=0, tag="late"), timeout=0.2)
+        assert queued.value.phase == "queued"
+        with pytest.raises(fiefdom.AskTimeout) as running:
+            await cluster.acct.ask(remote, Nap(seconds=60, tag="stuck"), timeout=0.3)
+        assert running.value.phase == "running"
+        journal = await cluster.acct.ask(other, Journal(), timeout=10)
+        assert "nap:stuck:cancelled" in journal
+        assert not any(entry.startswith("nap:late") for entry in journal)
+
+
+async def test_a_call_cycle_across_nodes_fails_at_once(
+    store: fiefdom.Store, store_url: str, tmp_path: Path
+) -> None:
+    """A (on the peer) asks B (here), whose handler asks A back: CallCycleError, naming
+    both, instead of a wait until the deadline; a chain without a cycle works."""
+    async with two_nodes(store, store_url, tmp_path) as cluster:
+        (a,) = cluster.keys(local=False)
+        b, c = cluster.keys(local=True, count=2)
+        with anyio.fail_after(5), pytest.raises(fiefdom.CallCycleError) as cycle:
+            await cluster.acct.ask(a, Relay(to=b, then=a), timeout=30)
+        assert any(path.endswith(f"acct/{a}") for path in cycle.value.cycle), cycle.value
+        assert any(path.endswith(f"acct/{b}") for path in cycle.value.cycle), cycle.value
+        assert await cluster.acct.ask(a, Relay(to=b, then=c), timeout=10) == os.getpid()
+
+
+async def test_a_handler_error_on_the_owner_comes_back_typed(
+    store: fiefdom.Store, store_url: str, tmp_path: Path
+) -> None:
+    """The owner's handler raising ValueError (a NUL and a lone surrogate in its text)
+    gives RemoteHandlerError naming it; a message that cannot travel (a lone
+    surrogate in it) is a TypeError naming it, sent nowhere; the actor goes on."""
+    async with two_nodes(store, store_url, tmp_path) as cluster:
+        (remote,) = cluster.keys(local=False)
+        with pytest.raises(fiefdom.RemoteHandlerError) as raised:
+            await cluster.acct.ask(remote, Fail(text="bad input"), timeout=10)
+        assert raised.value.error_type == "ValueError"
+        assert "bad" in raised.value.error
+        assert await cluster.acct.ask(remote, WhereAreYou(), timeout=10) != os.getpid()
+
+
+async def test_a_key_whose_owner_is_gone_fails_owner_unavailable_within_the_deadline(
+    store: fiefdom.Store, store_url: str, tmp_path: Path
+) -> None:
+    """A key of a partition whose owner was SIGKILLed (its lease not yet expired):
+    OwnerUnavailable once the deadline passes, nothing run here."""
+    async with two_nodes(store, store_url, tmp_path) as cluster:
+        (remote,) = cluster.keys(local=False)
+        peer_pid = await cluster.acct.ask(remote, WhereAreYou(), timeout=10)
+        os.kill(peer_pid, 9)
+        with pytest.raises(fiefdom.OwnerUnavailable):
+            await cluster.acct.ask(remote, WhereAreYou(), timeout=0.5)
+        assert not cluster.acct.is_active(remote)
