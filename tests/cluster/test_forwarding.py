@@ -28,9 +28,15 @@ PEER_SCRIPT = Path(__file__).resolve().parent / "peer_node.py"
 class Cluster:
     """This process's node (its domain ``acct``) and one peer process."""
 
-    def __init__(self, store: fiefdom.Store, domain: fiefdom.Domain[str, peer_app.Message]):
+    def __init__(
+        self,
+        store: fiefdom.Store,
+        domain: fiefdom.Domain[str, peer_app.Message],
+        engine: fiefdom.JobEngine,
+    ):
         self.store = store
         self.acct = domain
+        self.engine = engine
         self.owners: dict[int, str | None] = {}
 
     async def split(self) -> bool:
@@ -58,7 +64,7 @@ async def two_nodes(store: fiefdom.Store, store_url: str, tmp_path: Path) -> Asy
         async with engine:
             nodes = await start_nodes(1, store_url, tmp_path, lease=3.0, script=PEER_SCRIPT)
             try:
-                cluster = Cluster(store, peer_app.DOMAIN[0])
+                cluster = Cluster(store, peer_app.DOMAIN[0], engine)
 
                 async def split() -> bool:
                     return (

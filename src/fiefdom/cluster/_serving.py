@@ -9,8 +9,11 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from .._lifecycle import State, StopMode
 from ..actors import Domain
+from ..jobs._ownership import ClusterView
 from ..storage import Store
 from ._forward import Peers
 from ._node import ClusterSettings, Node
@@ -47,6 +50,18 @@ class ServingNode(Node):
     async def stop(self, mode: StopMode = "drain") -> None:
         await super().stop(mode)
         await self.peers.stop()
+
+    def view(self) -> ClusterView:
+        """The node's view, its forwarding counted in."""
+        view = super().view()
+        peers = self.peers
+        counters = msgspec.structs.replace(
+            view.counters,
+            forwarded=peers.forwarded,
+            forward_failures=peers.forward_failures,
+            forward_seconds=peers.forward_seconds,
+        )
+        return msgspec.structs.replace(view, counters=counters)
 
     def serve(self, name: str, domain: Domain[Any, Any]) -> Callable[[], None]:
         """Run only the keys of ``domain`` (known to the cluster as ``name``) this

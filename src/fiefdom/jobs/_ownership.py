@@ -58,6 +58,9 @@ class ClusterCounters(msgspec.Struct, frozen=True, kw_only=True):
     handoffs: int = 0  # rounds that handed partitions over
     lost: int = 0  # partitions another node took over while this one held them
     fences: int = 0  # times it gave up every partition for want of renewing
+    forwarded: int = 0  # asks and tells sent to the node owning their key
+    forward_failures: int = 0  # of those, the ones that failed (no reply, or an error)
+    forward_seconds: float = 0.0  # the time the forwarded ones that succeeded took
 
 
 class ClusterView(msgspec.Struct, frozen=True, kw_only=True):

@@ -139,6 +139,14 @@ _CLUSTER_COUNTERS = (
         "fences",
         "Times this node gave up every partition because it could not renew its leases",
     ),
+    ("forwarded", "forwarded", "Asks and tells this node forwarded to the owner of their key"),
+    ("forward_failures", "forward_failures", "Forwarded asks and tells that failed"),
+    (
+        "forward_seconds",
+        "forward_seconds",
+        "Seconds the forwarded asks and tells that succeeded took (over forwarded_total: "
+        "the mean latency)",
+    ),
 )
 
 
