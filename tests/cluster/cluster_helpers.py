@@ -9,6 +9,7 @@ machine, so intervals written by different processes compare directly.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import signal
@@ -73,6 +74,9 @@ class Run:
     stop_ns: int
     completed: bool  # ended with an ``end`` line (the handler returned)
     closed: bool  # had an ``end`` or ``abort`` line
+    # The part of a run that a paused (SIGSTOP) process went on with once resumed
+    # (split_at_pauses): it starts at the SIGCONT.
+    after_pause: bool = False
 
 
 @dataclass
@@ -171,6 +175,28 @@ def cross_process_overlaps(runs: Sequence[Run]) -> list[tuple[Run, Run]]:
     return found
 
 
+def split_at_pauses(runs: Iterable[Run], pauses: dict[int, list[tuple[int, int]]]) -> list[Run]:
+    """The runs as the intervals their processes were executing: a process stopped
+    (SIGSTOP) from ``stop_ns`` to ``cont_ns`` (``pauses``: pid to such pairs, monotonic
+    ns) runs nothing meanwhile, so a run spanning a pause is cut in two, the part
+    after it marked ``after_pause``. A pause should be given as the instant the process
+    was seen stopped and the instant just before SIGCONT: inside the real one, so that
+    the executing intervals are never shorter than they were."""
+    found: list[Run] = []
+    for run in runs:
+        rest: Run | None = run
+        for stop_ns, cont_ns in sorted(pauses.get(run.pid, [])):
+            if rest is None or not rest.start_ns < stop_ns < rest.stop_ns:
+                continue
+            found.append(dataclasses.replace(rest, stop_ns=stop_ns, completed=False, closed=True))
+            # Nothing ran after the pause if the run's process died during it.
+            after = dataclasses.replace(rest, start_ns=cont_ns, after_pause=True)
+            rest = after if cont_ns < rest.stop_ns else None
+        if rest is not None:
+            found.append(rest)
+    return found
+
+
 def same_process_overlaps(runs: Sequence[Run]) -> int:
     """Overlapping runs of one key inside one process (the actor's own exclusion)."""
     count = 0
@@ -251,14 +277,17 @@ class Node:
         return f"node {self.index} exited with {code}:\n{self.output.read_text()[-4000:]}"
 
 
-async def start_node(index: int, store_url: str, folder: Path, *, lease: float) -> Node:
-    """Start ``node.py`` serving domain ``res`` on the store, logging to ``folder``."""
+async def start_node(
+    index: int, store_url: str, folder: Path, *, lease: float, script: Path = NODE_SCRIPT
+) -> Node:
+    """Start ``node.py`` (or ``script``, taking the same arguments) serving domain
+    ``res`` on the store, logging to ``folder``."""
     log = folder / f"node-{index}.log"
     output = folder / f"node-{index}.out"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
     with output.open("wb") as out:
         process = await anyio.open_process(
-            [sys.executable, str(NODE_SCRIPT), store_url, str(log), "--lease", str(lease)],
+            [sys.executable, str(script), store_url, str(log), "--lease", str(lease)],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -268,14 +297,20 @@ async def start_node(index: int, store_url: str, folder: Path, *, lease: float) 
 
 
 async def start_nodes(
-    count: int, store_url: str, folder: Path, *, lease: float, first: int = 0
+    count: int,
+    store_url: str,
+    folder: Path,
+    *,
+    lease: float,
+    first: int = 0,
+    script: Path = NODE_SCRIPT,
 ) -> list[Node]:
     """Start ``count`` nodes (numbered from ``first``) and wait until each serves; if
     one exits, fail with its output (and reap the others)."""
     nodes: list[Node] = []
     try:
         for index in range(first, first + count):
-            nodes.append(await start_node(index, store_url, folder, lease=lease))
+            nodes.append(await start_node(index, store_url, folder, lease=lease, script=script))
 
         def all_ready() -> bool:
             check_alive(nodes)
@@ -286,6 +321,12 @@ async def start_nodes(
         await reap(nodes)
         raise
     return nodes
+
+
+def is_stopped(node: Node) -> bool:
+    """Whether the node's process is stopped by a signal (state T in /proc)."""
+    stat = Path(f"/proc/{node.pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] == "T"
 
 
 def check_alive(nodes: Iterable[Node]) -> None:
