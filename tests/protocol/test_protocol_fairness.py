@@ -1,16 +1,20 @@
 """Fairness between the clients of the control channel (GUARANTEES 004/7): a frame past
-a connection's rate is dropped unread, with one error per window of dropped frames; a
-connection's requests in flight are capped (it is not read from past the cap); the
-server's slots for running requests go to the connection holding the fewest; and a
-well-behaved client is answered while another floods. Speed is measured in
+a connection's rate is dropped unread, with one error per window of dropped frames, and
+the connection is not read from until the rate allows a frame again; a connection's
+requests in flight are capped (it is not read from past the cap); the server's slots
+for running requests go to the connection holding the fewest, a few at most to one;
+and a well-behaved client is answered while another floods. Speed is measured in
 bench/control_fairness.py, never asserted here."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
+import socket
+import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -62,51 +66,101 @@ def _frames(daemon: DaemonProcess) -> dict[str, float]:
     }
 
 
-async def _poll_until_answered(ws: aiohttp.ClientWebSocketResponse, first_id: int) -> int:
-    """Send pings until one is answered (the bucket refills with time); return how many
-    were sent. Whatever arrives must be that ping's pong: the dropped ones get nothing."""
-    sent = 0
-    with anyio.fail_after(GUARD):
-        while True:
-            sent += 1
-            await ws.send_json({"type": "ping", "id": first_id + sent})
-            try:
-                answer = await ws.receive_json(timeout=0.25)
-            except TimeoutError:
-                continue  # still limited: that ping was dropped, unanswered
-            assert answer == {"type": "pong", "id": first_id + sent}, answer
-            return sent
+class _RawSocket:
+    """A websocket client spoken over a plain TCP stream: its frames are written without
+    waiting for the kernel to take them, so that what the daemon leaves unread backs up
+    in this client's own buffer, where the test can see it."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, daemon: DaemonProcess) -> _RawSocket:
+        host, _, port = daemon.url.removeprefix("http://").partition(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {daemon.token}\r\n\r\n".encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        return cls(reader, writer)
+
+    def send(self, payload: bytes) -> None:
+        """One masked text frame (RFC 6455; payloads under 126 bytes here)."""
+        assert len(payload) < 126
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.writer.write(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+
+    def unsent(self) -> int:
+        """Bytes written that the kernel has not taken yet (its send buffer is full)."""
+        return self.writer.transport.get_write_buffer_size()
+
+    async def receive(self) -> Any:
+        """The next server frame, decoded from JSON (servers do not mask)."""
+        _, second = await self.reader.readexactly(2)
+        n = second & 0x7F
+        if n == 126:
+            (n,) = struct.unpack("!H", await self.reader.readexactly(2))
+        elif n == 127:
+            (n,) = struct.unpack("!Q", await self.reader.readexactly(8))
+        return json.loads(await self.reader.readexactly(n))
+
+    def vanish(self) -> None:
+        """Leave with a RST: the daemon has megabytes of this client still to read."""
+        sock = self.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.writer.transport.abort()
 
 
-async def test_a_flooder_gets_one_error_per_window_and_its_excess_is_not_read(
+async def test_past_its_rate_a_connection_is_not_read_until_the_rate_allows(
     tmp_path: Path,
 ) -> None:
-    """Past its burst, a connection gets exactly one "rate_limited" error per window of
-    dropped frames; the dropped frames (undecodable ones here) are never decoded nor
-    answered: /metrics counts them as rate_limited, none as invalid."""
-    with _daemon(tmp_path, "", rate="messages_per_second = 0.5\nburst = 5") as daemon:
+    """Past its burst a flooding connection gets one "rate_limited" error for its whole
+    flood, and the daemon stops reading it: what the client goes on sending backs up in
+    the client's own buffer, and the daemon then reads the flood in order, one frame each
+    time the rate allows, the first being the frame right after the dropped one (not
+    one from further into the flood, as reading and dropping everything would give).
+    The dropped frame, undecodable, counts against the rate before any decoding."""
+    with _daemon(tmp_path, "", rate="messages_per_second = 1.0\nburst = 3") as daemon:
         before = _frames(daemon)
-        async with _client(daemon) as ws:  # the hello takes the first token
-            for i in range(1, 5):
-                await ws.send_json({"type": "ping", "id": i})
-            for _ in range(50):
-                await ws.send_str("{not json")
-            answers = [await ws.receive_json(timeout=GUARD) for _ in range(5)]
-            assert answers[:4] == [{"type": "pong", "id": i} for i in range(1, 5)]
-            error = answers[4]
+        ws = await _RawSocket.connect(daemon)
+        try:
+            with anyio.fail_after(GUARD):
+                ws.send(b'{"type": "hello", "id": 0}')  # the first of the burst of 3
+                assert (await ws.receive())["type"] == "welcome"
+                ws.send(b'{"type": "ping", "id": 1}')
+                ws.send(b'{"type": "ping", "id": 2}')
+                ws.send(b"{not json")  # past the burst
+                sent = 2
+                while not ws.unsent():  # the flood, until the kernel takes no more
+                    sent += 1
+                    ws.send(b'{"type": "ping", "id": %d}' % sent)
+                    assert sent < 2_000_000, "the daemon reads on past the rate"
+                answers = [await ws.receive() for _ in range(5)]
+            assert answers[:2] == [{"type": "pong", "id": 1}, {"type": "pong", "id": 2}]
+            error = answers[2]
             assert (error["type"], error["code"], error["id"]) == ("error", "rate_limited", None)
-            assert error["details"]["messages_per_second"] == 0.5
-            assert error["details"]["burst"] == 5
-            polls = await _poll_until_answered(ws, 100)
-            # A second window: one error again, then nothing until the rate allows.
-            for _ in range(20):
-                await ws.send_str("{not json")
-            error = await ws.receive_json(timeout=GUARD)
-            assert (error["type"], error["code"]) == ("error", "rate_limited")
-            polls += await _poll_until_answered(ws, 200)
-        after = _frames(daemon)
-    assert after.get("invalid", 0) == before.get("invalid", 0)
-    assert after["rate_limited"] - before.get("rate_limited", 0) == 50 + 20 + polls - 2
+            details = error["details"]
+            assert (details["messages_per_second"], details["burst"]) == (1.0, 3)
+            assert 0 < details["retry_after"] <= 1.0
+            # Read again once the rate allows: the next frame, then one of the two after
+            # it (the one between dropped, if the bucket is empty again; told no more).
+            assert answers[3] == {"type": "pong", "id": 3}
+            assert answers[4] in ({"type": "pong", "id": 4}, {"type": "pong", "id": 5})
+            # The flood is still in the client's buffer: the daemon has read a handful.
+            assert ws.unsent()
+            after = _frames(daemon)
+            read = sum(after.values()) - sum(before.values())
+            assert read < sent
+            assert after.get("invalid", 0) == before.get("invalid", 0)
+            assert after["rate_limited"] - before.get("rate_limited", 0) >= 1
+        finally:
+            ws.vanish()
 
 
 def _hold(frame_id: int, key: str) -> dict[str, Any]:
@@ -177,6 +231,28 @@ async def test_a_free_slot_goes_to_the_owner_holding_fewest() -> None:
     assert scheduler.statistics() == (1, 0)
     # The flooder's third request was granted but never began (its connection closed).
     scheduler.drop("flooder")
+    assert scheduler.statistics() == (0, 0)
+
+
+async def test_an_owner_holds_a_few_slots_at_most_even_when_others_are_free() -> None:
+    """An owner holding owner_slots waits with its next request though slots are free,
+    while another owner's request is granted at once; a slot it gives back lets its
+    next request start."""
+    scheduler: FairScheduler[str] = FairScheduler(10, slice_seconds=600, owner_slots=2)
+    flooder = [scheduler.ticket("flooder") for _ in range(3)]
+    newcomer = scheduler.ticket("newcomer")
+    assert [t.done() for t in flooder] == [True, True, False]
+    assert newcomer.done()
+    assert scheduler.statistics() == (3, 1)
+    with anyio.fail_after(GUARD):
+        slots = [await scheduler.run("flooder", t) for t in flooder[:2]]
+        other = await scheduler.run("newcomer", newcomer)
+    slots[0].release()
+    assert flooder[2].done()
+    with anyio.fail_after(GUARD):
+        slots.append(await scheduler.run("flooder", flooder[2]))
+    for slot in [*slots[1:], other]:
+        slot.release()
     assert scheduler.statistics() == (0, 0)
 
 

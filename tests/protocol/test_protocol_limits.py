@@ -31,8 +31,9 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
 
 async def test_rate_limit_gives_one_typed_error_then_recovers(daemon: DaemonProcess) -> None:
     """Past its burst a connection gets one "rate_limited" error (id null: the frame is not
-    read) saying when to retry, its further frames go unanswered, and it recovers as the
-    bucket refills (the per-window details: test_protocol_fairness)."""
+    read) saying when to retry, its frames are then read only as the rate allows (those
+    still past it dropped unanswered), and it recovers as the bucket refills (the
+    per-window details and the backpressure: test_protocol_fairness)."""
     async with aiohttp.ClientSession() as session, session.ws_connect(daemon.ws_url) as ws:
         await ws.send_json({"type": "hello", "id": 0, "token": daemon.token})
         assert (await ws.receive_json())["type"] == "welcome"

@@ -1,6 +1,8 @@
-"""One websocket client of the control channel: decoding its frames, its rate limit,
-authentication and roles, the order its requests are answered in, its event
-subscriptions, and the one exhaustive ``match`` that dispatches every request."""
+"""One websocket client of the control channel: decoding its frames, its rate limit
+(a frame past it is dropped undecoded, and the socket is left unread until the rate
+allows a frame again: see _fairness.py), authentication and roles, the order its
+requests are answered in, its event subscriptions, and the one exhaustive ``match``
+that dispatches every request."""
 
 from __future__ import annotations
 
@@ -64,7 +66,8 @@ from ._settings import ControlSettings, TokenTable
 _TOPICS: Final[list[Topic]] = ["jobs", "actors", "logs"]
 # Frames read from one connection between two turns given to the others: reading a
 # buffered frame does not suspend, so a client that keeps its socket full would hold
-# the event loop. A few per turn keep the switch cheap for a busy well-behaved client.
+# the event loop for as long as its burst lasts. A few per turn keep the switch cheap
+# for a busy well-behaved client.
 _FRAMES_PER_TURN: Final = 8
 
 # Answered by the reading task itself, before the next frame is read: a hello
@@ -113,7 +116,6 @@ class Connection:
         self.role = role
         settings = server.settings
         self.limiter = RateLimiter(settings.messages_per_second, settings.burst)
-        self.limited = False  # frames are being dropped (the client has been told once)
         self.max_in_flight = settings.max_in_flight
         self.subscriptions: dict[int, Subscription] = {}
         # The connection's tasks (requests, event pumps, the hello deadline): plain
@@ -158,13 +160,18 @@ class Connection:
             frames = 0
             async for msg in self.ws:
                 if msg.type is WSMsgType.TEXT:
-                    await self._frame(msg.data, SERVER_JSON)
+                    codec = SERVER_JSON
                 elif msg.type is WSMsgType.BINARY:
-                    await self._frame(msg.data, SERVER_MSGPACK)
+                    codec = SERVER_MSGPACK
                 else:
                     # An error (a frame over max_frame_bytes: aiohttp has closed the
                     # socket with 1009, unanswered) or a close.
                     break
+                # Counted against the rate before anything else is spent on it.
+                if self.limiter.take():
+                    await self._handle(msg.data, codec)
+                else:
+                    await self._drop(codec)
                 # (See _FRAMES_PER_TURN.)
                 frames += 1
                 if frames % _FRAMES_PER_TURN == 0:
@@ -204,20 +211,15 @@ class Connection:
 
     # -- reading frames --------------------------------------------------------------
 
-    async def _frame(self, data: bytes, codec: Codec[ClientMessage]) -> bool:
-        """Handle one frame; False when it was dropped (past the rate limit)."""
+    async def _drop(self, codec: Codec[ClientMessage]) -> None:
+        """A frame past the rate, dropped unread (the first of a window is answered);
+        then nothing is read until the rate allows a frame again: aiohttp stops
+        reading the socket once its buffer is full, and the client's sends block."""
         frames = self.server.metrics.frames
-        if not self.limiter.take():
-            # Dropped before anything is spent on it; the first of a window of
-            # dropped frames is answered once, the others not at all.
-            frames["rate_limited"] = frames.get("rate_limited", 0) + 1
-            if not self.limited:
-                self.limited = True
-                await self.send(codec, self._limited())
-            return False
-        self.limited = False
-        await self._handle(data, codec)
-        return True
+        frames["rate_limited"] = frames.get("rate_limited", 0) + 1
+        if self.limiter.refuse():
+            await self.send(codec, self.limiter.error())
+        await self.limiter.pause()
 
     async def _handle(self, data: bytes, codec: Codec[ClientMessage]) -> None:
         frames = self.server.metrics.frames
@@ -267,19 +269,6 @@ class Connection:
                 details={"needed": msg.role, "role": self.role},
             )
         return None
-
-    def _limited(self) -> Error:
-        settings = self.server.settings
-        rate, burst = settings.messages_per_second, settings.burst
-        wait = self.limiter.retry_after()
-        return Error(
-            id=None,
-            code=ErrorCode.RATE_LIMITED,
-            message=f"too many frames: this connection may send {rate:g} per second "
-            f"(bursts of {burst}); this frame and those that follow it are dropped "
-            f"unanswered and unread until the rate allows one again (in {wait:.3g}s)",
-            details={"messages_per_second": rate, "burst": burst, "retry_after": wait},
-        )
 
     async def _answer_in_flight(
         self, msg: ClientMessage, codec: Codec[ClientMessage], ticket: asyncio.Future[None]

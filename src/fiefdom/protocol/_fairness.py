@@ -1,46 +1,103 @@
 """Fairness between the clients of the control channel: one client's flood must not
 stall the others. Three mechanisms, each cheap on the path of a well-behaved client:
 
-- ``RateLimiter``: a token bucket per connection; a frame past it is dropped before
-  it is decoded, and one error per window of dropped frames tells the client;
+- ``RateLimiter``: a token bucket per connection. A frame past it is dropped before
+  it is decoded, and the first of a window of dropped frames is answered with one
+  error; then the connection is not read from until the bucket allows a frame again.
+  A flooder's frames wait in the socket buffers meanwhile, then its sends block: the
+  daemon reads it (and it sends) no faster than the rate, in order, instead of
+  reading and dropping every frame it manages to send;
 - the per-connection cap on requests in flight (``Connection`` stops reading);
 - ``FairScheduler``: the server's slots for concurrent requests, handed out to the
-  connection holding the fewest, so a newcomer waits for one request to end, not
-  for every request a flooder has queued."""
+  connection holding the fewest, and at most ``OWNER_SLOTS`` to one connection, so
+  that a newcomer's request waits for one request to end, not for every request a
+  flooder has queued, and then runs behind a few of its requests, not dozens (the
+  database, an actor's mailbox and the event loop serve in the order asked)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import deque
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
+
+from ._messages import ErrorCode
+from ._replies import Error
 
 K = TypeVar("K")
 
+# Slots one owner (connection) holds at most, even when others are free: requests
+# that run at once mostly wait in line for the same CPU, database and actors, so a
+# connection running more of them gains little and delays every other connection's
+# requests. A request past the slice gives its slot back, so slow requests (waiting
+# on I/O) still overlap. Measured in bench/control_fairness.py.
+OWNER_SLOTS: Final = 4
+
 
 class RateLimiter:
-    """A token bucket: ``rate`` frames per second, bursts up to ``burst``."""
+    """A token bucket: ``rate`` frames per second, bursts up to ``burst``; and the
+    window of a connection past it. A window opens with the first frame dropped and
+    closes with the first frame taken without a pause before it (the client has
+    slowed down): a flooder is told once, not once per frame or per pause."""
 
-    __slots__ = ("_burst", "_last", "_level", "_rate")
+    __slots__ = ("_burst", "_last", "_level", "_limited", "_rate", "_resumed")
 
     def __init__(self, rate: float, burst: int) -> None:
         self._rate = rate
         self._burst = float(burst)
         self._level = float(burst)
         self._last = time.monotonic()
+        self._limited = False  # in a window of dropped frames (the client was told)
+        self._resumed = False  # the reading has just resumed after a pause
 
-    def take(self) -> bool:
+    def _refill(self) -> None:
         now = time.monotonic()
         self._level = min(self._burst, self._level + (now - self._last) * self._rate)
         self._last = now
+
+    def take(self) -> bool:
+        self._refill()
         if self._level >= 1.0:
             self._level -= 1.0
+            if self._resumed:
+                self._resumed = False  # taken thanks to the pause: the window goes on
+            else:
+                self._limited = False
             return True
         return False
+
+    def refuse(self) -> bool:
+        """Note a dropped frame: True when it opens a window (the client is to be told)."""
+        opens = not self._limited
+        self._limited = True
+        return opens
 
     def retry_after(self) -> float:
         """Seconds until the next frame would be taken."""
         return max(0.0, (1.0 - self._level) / self._rate)
+
+    def error(self) -> Error:
+        """What the first frame of a window is answered with."""
+        rate, burst, wait = self._rate, int(self._burst), self.retry_after()
+        return Error(
+            id=None,
+            code=ErrorCode.RATE_LIMITED,
+            message=f"too many frames: this connection may send {rate:g} per second "
+            f"(bursts of {burst}); this frame is dropped unanswered, and this connection "
+            f"is not read from until the rate allows a frame again (in {wait:.3g}s); "
+            f"each frame then read past the rate is dropped in the same way",
+            details={"messages_per_second": rate, "burst": burst, "retry_after": wait},
+        )
+
+    async def pause(self) -> None:
+        """Wait until the bucket allows a frame again. The caller reads nothing
+        meanwhile: its peer's frames fill the socket buffers, then its sends block."""
+        await asyncio.sleep(self.retry_after())
+        # A timer may fire a hair early: the next frame read is let through anyway,
+        # so that frames are taken in the order sent, one after each pause.
+        self._refill()
+        self._level = max(self._level, 1.0)
+        self._resumed = True
 
 
 class FairScheduler(Generic[K]):
@@ -49,18 +106,22 @@ class FairScheduler(Generic[K]):
     the earliest of them on a tie; an owner's own requests start in the order it
     queued them.
 
-    A request gives its slot back when it ends, or after ``slice_seconds`` if it runs
-    longer (it goes on, uncounted): a request that waits on something else, a drain
-    or a slow actor, must not hold up the others for as long as it waits."""
+    An owner holds at most ``owner_slots`` at once; its further requests wait, even
+    while slots are free. A request gives its slot back when it ends, or after
+    ``slice_seconds`` if it runs longer (it goes on, uncounted): a request that waits
+    on something else, a drain or a slow actor, must not hold up the others for as
+    long as it waits."""
 
-    def __init__(self, capacity: int, slice_seconds: float) -> None:
+    def __init__(self, capacity: int, slice_seconds: float, owner_slots: int = OWNER_SLOTS) -> None:
         self.capacity = capacity
         self.slice_seconds = slice_seconds
+        self.owner_slots = owner_slots
         self._free = capacity
         self._held: dict[K, int] = {}
         self._waiting: dict[K, deque[asyncio.Future[None]]] = {}  # oldest owner first
         # Slots of running requests not yet timed: a slice only matters to a request
         # that waits, so the timer is armed when one starts to (none in the common case).
+        # While a slot is free, every owner waiting holds its owner_slots.
         self._running: set[Slot[K]] = set()
 
     def statistics(self) -> tuple[int, int]:
@@ -71,7 +132,11 @@ class FairScheduler(Generic[K]):
         """A place in line for one request of ``owner``, taken at once (so the order
         is the order requests were read): done when its slot is granted."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self._free > 0 and not self._waiting:
+        if (
+            self._free > 0
+            and owner not in self._waiting
+            and self._held.get(owner, 0) < self.owner_slots
+        ):
             self._grant(owner, future)
         else:
             self._waiting.setdefault(owner, deque()).append(future)
@@ -125,6 +190,8 @@ class FairScheduler(Generic[K]):
             # The fewest slots held wins; dicts keep insertion order, so min() picks
             # the owner waiting longest among equals.
             chosen = min(self._waiting, key=lambda o: self._held.get(o, 0))
+            if self._held.get(chosen, 0) >= self.owner_slots:
+                return  # every owner waiting holds its share already
             queue = self._waiting[chosen]
             future = queue.popleft()
             if not queue:
