@@ -56,7 +56,9 @@ class ControlServer:
         self._unauthenticated: dict[Connection, None] = {}
         self._evicted: set[Connection] = set()
         self._scheduler: FairScheduler[Connection] = FairScheduler(
-            settings.max_running_requests, settings.running_request_slice
+            settings.max_running_requests,
+            settings.running_request_slice,
+            settings.max_running_per_connection,
         )
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None

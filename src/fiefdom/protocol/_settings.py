@@ -49,9 +49,12 @@ class ControlSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Fairness (see _fairness.py). A connection with max_in_flight requests not yet
     # answered is not read from until one is. Requests of every connection share
     # max_running_requests slots, a free one going to the connection holding the
-    # fewest; a request past running_request_slice gives its slot back and runs on.
+    # fewest, and one connection holds at most max_running_per_connection of them (a
+    # flooder's requests then queue behind its own, not in front of everyone's); a
+    # request past running_request_slice gives its slot back and runs on.
     max_in_flight: _AtLeastOne = 64
     max_running_requests: _AtLeastOne = 256
+    max_running_per_connection: _AtLeastOne = 4
     running_request_slice: _PositiveSeconds = 0.1
     subscriber_buffer: _AtLeastOne = 1000  # events held for a slow subscriber before dropping
     hello_timeout: _PositiveSeconds = 5.0  # an unauthenticated connection is closed after this
