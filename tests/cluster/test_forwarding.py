@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -172,3 +173,29 @@ async def test_a_key_whose_owner_is_gone_fails_owner_unavailable_within_the_dead
         with pytest.raises(fiefdom.OwnerUnavailable):
             await cluster.acct.ask(remote, WhereAreYou(), timeout=0.5)
         assert not cluster.acct.is_active(remote)
+
+
+async def test_an_engine_s_cluster_listen_address_is_where_its_node_serves_peers(
+    store: fiefdom.Store,
+) -> None:
+    """cluster_listen picks the peer server's address, advertised in the node table
+    (cluster_address overrides what is advertised); a malformed one is refused at
+    once with a ConfigurationError naming it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with fiefdom.ActorSystem(name="listen") as system:
+        domain = system.domain("acct", peer_app.Account, idle_timeout=None)
+        engine = fiefdom.JobEngine(
+            store, domains={"acct": domain}, name="listener", cluster_listen=f"127.0.0.1:{port}"
+        )
+        async with engine:
+            addresses = await leases(store).addresses()
+            assert f"127.0.0.1:{port}" in addresses.values()
+        engine = fiefdom.JobEngine(
+            store, domains={"acct": domain}, name="adv", cluster_address="node-a.example:7001"
+        )
+        async with engine:
+            assert "node-a.example:7001" in (await leases(store).addresses()).values()
+        with pytest.raises(fiefdom.ConfigurationError, match="HOST:PORT"):
+            fiefdom.JobEngine(store, domains={"acct": domain}, cluster_listen="nowhere")

@@ -19,11 +19,11 @@ from ._node import Node as Node
 from ._serving import ServingNode as ServingNode
 
 
-def _engine_node(store: _Store, name: str, lease: float) -> Node:
+def _engine_node(store: _Store, name: str, lease: float, listen: str, address: str | None) -> Node:
     # An engine's node keeps its partitions with the engine's own job lease, and
     # forwards messages for the keys other nodes own to them.
-    settings = ClusterSettings(lease=lease, renew=lease / 3, margin=lease / 5)
-    return ServingNode(store, name, settings)
+    settings = ClusterSettings(lease=lease, renew=lease / 3, margin=lease / 5, address=address)
+    return ServingNode(store, name, settings, listen=listen)
 
 
 _register_ownership(_engine_node)

@@ -77,6 +77,11 @@ class JobEngine(EngineRunner):
     seconds; another engine rescues it once the lease has expired.
     ``drain_timeout`` is how long a graceful stop lets running jobs finish
     before cancelling them and giving their jobs back (no attempt used).
+
+    An engine that serves domains joins the store's cluster (``ownership="cluster"``,
+    the default): its node serves the other nodes on ``cluster_listen`` (loopback,
+    any free port) and advertises ``cluster_address`` (None: the address it listens
+    on) for them to forward asks and tells for the keys it owns.
     """
 
     def __init__(
@@ -94,6 +99,8 @@ class JobEngine(EngineRunner):
         drain_timeout: float = 10.0,
         retention: Retention | None = _DEFAULT_RETENTION,
         ownership: Ownership | Literal["cluster"] | None = "cluster",
+        cluster_listen: str = "127.0.0.1:0",
+        cluster_address: str | None = None,
     ) -> None:
         queues = {"default": 10} if queues is None else dict(queues)
         for queue, n in queues.items():
@@ -127,7 +134,9 @@ class JobEngine(EngineRunner):
             ownership = None
             if core.domains and factory is not None:
                 worker = core.worker
-                self._new_ownership = lambda: factory(store, worker, lease)
+                self._new_ownership = lambda: factory(
+                    store, worker, lease, cluster_listen, cluster_address
+                )
                 ownership = self._new_ownership()
         core.ownership = ownership
         self.store = store

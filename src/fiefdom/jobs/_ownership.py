@@ -134,14 +134,17 @@ class Ownership(Protocol):
         (awaited before a handoff releases the leases, while they still last)."""
 
 
-# (store, node name, lease seconds) -> the node; the engine's lease sets the timing.
-OwnershipFactory = Callable[[Store, str, float], Ownership]
+# (store, node name, lease seconds, listen, advertised address) -> the node; the
+# engine's lease sets the timing.
+OwnershipFactory = Callable[[Store, str, float, str, str | None], Ownership]
 _default: OwnershipFactory | None = None
 
 
 def register_ownership(factory: OwnershipFactory) -> None:
-    """Make ``factory(store, node_name, lease)`` the ownership every engine that serves
-    a domain creates (``fiefdom.cluster`` calls this when it is imported)."""
+    """Make ``factory(store, node_name, lease, listen, address)`` the ownership every
+    engine that serves a domain creates (``fiefdom.cluster`` calls this when it is
+    imported): ``listen`` is where its node serves the other nodes, ``address`` what
+    it advertises to them (None: the address it listens on)."""
     global _default
     _default = factory
 
