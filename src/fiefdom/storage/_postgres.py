@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
 import anyio
@@ -25,12 +26,14 @@ from ._sql import (
     CANCELLED_STATE_SQL,
     SUPERSEDED_MESSAGE,
     check_bigint,
+    count_listed_query,
     job_info,
     list_jobs_query,
+    retry_candidates_query,
     state_bit_sql,
     unique_key_after,
 )
-from ._store import Store, Transaction
+from ._store import BULK_LIMIT, COUNT_CAP, FINAL_STATES, Store, Transaction, check_bulk
 
 log = structlog.get_logger("fiefdom.storage.postgres")
 
@@ -166,6 +169,11 @@ async def restore_keys(conn: Conn, ids: Sequence[int]) -> set[int]:
     if superseded:
         log.info("superseded jobs by waiting duplicates", ids=[r[0] for r in superseded])
     return {r[0] for r in superseded}
+
+
+def _timestamp(param: str) -> str:
+    """A parameter of unix seconds as the timestamptz the time columns hold."""
+    return f"to_timestamp({param}::float8)"
 
 
 _JOB_COLUMNS = (
@@ -407,6 +415,9 @@ class PostgresStore(Store):
         kind: str | None = None,
         after_id: int = 0,
         limit: int = 100,
+        key: str | None = None,
+        since: datetime | None = None,
+        newest_first: bool = False,
     ) -> list[JobInfo]:
         check_bigint(after_id=after_id, limit=limit)
         sql, args = list_jobs_query(
@@ -416,10 +427,114 @@ class PostgresStore(Store):
             kind=kind,
             after_id=after_id,
             limit=limit,
+            key=key,
+            since=None if since is None else since.timestamp(),
+            newest_first=newest_first,
             placeholder=lambda n: f"${n}",
+            timestamp=_timestamp,
         )
         rows = await self._run(lambda conn: conn.fetch(sql, *args))
         return [job_info(r) for r in rows]
+
+    async def count_listed(
+        self,
+        *,
+        queue: str | None = None,
+        state: JobState | None = None,
+        kind: str | None = None,
+        key: str | None = None,
+        since: datetime | None = None,
+        cap: int = COUNT_CAP,
+    ) -> int:
+        check_bigint(cap=cap)
+        sql, args = count_listed_query(
+            queue=queue,
+            state=state,
+            kind=kind,
+            key=key,
+            since=None if since is None else since.timestamp(),
+            cap=cap,
+            placeholder=lambda n: f"${n}",
+            timestamp=_timestamp,
+        )
+        return int(await self._run(lambda conn: conn.fetchval(sql, *args)))
+
+    async def retry_jobs(
+        self,
+        *,
+        state: JobState,
+        queue: str | None = None,
+        kind: str | None = None,
+        limit: int = BULK_LIMIT,
+    ) -> tuple[int, int]:
+        check_bulk(states=[state], limit=limit)
+        check_bigint(limit=limit)
+        bit = STATE_BITS[JobState.AVAILABLE]
+        sql, args = retry_candidates_query(
+            state=state, queue=queue, kind=kind, limit=limit, placeholder=lambda n: f"${n}"
+        )
+
+        async def run(conn: Conn) -> tuple[list[str], int]:
+            # One transaction: an error (a duplicate enqueued between a job's check
+            # and its update takes the key) rolls every retry back.
+            async with conn.transaction():
+                ids = [r[0] for r in await conn.fetch(sql + " FOR UPDATE", *args)]
+                rows = await conn.fetch(
+                    "UPDATE fiefdom_jobs AS j SET state = 'available', run_at = now(), "
+                    "finished_at = NULL, max_attempts = greatest(max_attempts, attempt + 1), "
+                    "cancel_requested = false, "
+                    f"{unique_key_after(bit, table='j.', keep='unique_digest')} "
+                    "WHERE j.id = ANY($1::bigint[]) AND (j.unique_states & "
+                    f"{bit} = 0 OR j.unique_digest IS NULL OR ("
+                    # Not while a duplicate holds the key, and of the jobs retried
+                    # that share one, only the oldest takes it (as one by one would).
+                    "NOT EXISTS (SELECT 1 FROM fiefdom_jobs AS h "
+                    "WHERE h.unique_key = j.unique_digest AND h.id <> j.id) "
+                    "AND j.id = (SELECT min(c.id) FROM fiefdom_jobs AS c "
+                    "WHERE c.id = ANY($1::bigint[]) AND c.unique_digest = j.unique_digest "
+                    f"AND c.unique_states & {bit} <> 0))) "
+                    "RETURNING j.queue",
+                    ids,
+                )
+                queues = [r[0] for r in rows]
+                await self._notify_queues(conn, queues)
+                return queues, len(ids) - len(rows)
+
+        queues, skipped = await self._run(run)
+        self._wake_local(queues)
+        return len(queues), skipped
+
+    async def prune_jobs(
+        self,
+        *,
+        older_than: float,
+        states: Sequence[JobState] = FINAL_STATES,
+        queue: str | None = None,
+        kind: str | None = None,
+        limit: int = BULK_LIMIT,
+    ) -> int:
+        check_bulk(states=states, older_than=older_than, limit=limit)
+        check_bigint(limit=limit)
+        if not states:
+            return 0
+        args: list[object] = [older_than]
+        where = [
+            "state IN (" + ", ".join(f"'{JobState(s).value}'" for s in states) + ")",
+            "finished_at < now() - make_interval(secs => $1)",
+        ]
+        for column, value in (("queue", queue), ("kind", kind)):
+            if value is not None:
+                args.append(value)
+                where.append(f"{column} = ${len(args)}")
+        args.append(limit)
+        rows = await self._run(
+            lambda conn: conn.fetch(
+                "DELETE FROM fiefdom_jobs WHERE id IN (SELECT id FROM fiefdom_jobs WHERE "
+                f"{' AND '.join(where)} LIMIT ${len(args)}) RETURNING id",
+                *args,
+            )
+        )
+        return len(rows)
 
     async def count_jobs(self) -> list[QueueCount]:
         rows = await self._run(

@@ -73,6 +73,37 @@ LEASE_EXPIRED_SQL = (
 )
 
 
+def _filters(
+    *,
+    queue: str | None,
+    kind: str | None,
+    key: str | None,
+    since: float | None,
+    param: Callable[[object], str],
+    timestamp: Callable[[str], str],
+) -> list[str]:
+    where = []
+    if queue is not None:
+        where.append(f"queue = {param(queue)}")
+    if kind is not None:
+        where.append(f"kind = {param(kind)}")
+    if key is not None:
+        where.append(f"domain_key = {param(key)}")
+    if since is not None:
+        where.append(f"created_at >= {timestamp(param(since))}")
+    return where
+
+
+def _params(placeholder: Callable[[int], str]) -> tuple[list[object], Callable[[object], str]]:
+    args: list[object] = []
+
+    def param(value: object) -> str:
+        args.append(value)
+        return placeholder(len(args))
+
+    return args, param
+
+
 def list_jobs_query(
     columns: str,
     *,
@@ -82,37 +113,90 @@ def list_jobs_query(
     after_id: int,
     limit: int,
     placeholder: Callable[[int], str],
+    key: str | None = None,
+    since: float | None = None,
+    newest_first: bool = False,
+    timestamp: Callable[[str], str] = lambda p: p,
 ) -> tuple[str, list[object]]:
     """The listing statement of both dialects (``placeholder(n)`` writes parameter
-    ``n``) and its parameters: jobs after ``after_id`` in id order, each filter
-    backed by an index: (state, id), (kind, id), or, for a queue without a state,
-    one range of (queue, state, id) per state, merged in id order."""
-    args: list[object] = []
-
-    def param(value: object) -> str:
-        args.append(value)
-        return placeholder(len(args))
-
-    where = [f"id > {param(after_id)}"]
-    if queue is not None:
-        where.append(f"queue = {param(queue)}")
-    if kind is not None:
-        where.append(f"kind = {param(kind)}")
+    ``n``, ``timestamp(p)`` turns unix seconds into the column's type) and its
+    parameters: jobs after ``after_id`` in id order (newest first: before it, ids
+    going down; 0 starts at either end), each filter backed by an index walked in
+    either direction: (state, id), (kind, id), or, for a queue without a state, one
+    range of (queue, state, id) per state, merged in id order. ``key`` and ``since``
+    filter the rows of that walk (no index of their own)."""
+    args, param = _params(placeholder)
+    where = []
+    if newest_first:
+        if after_id:
+            where.append(f"id < {param(after_id)}")
+    else:
+        where.append(f"id > {param(after_id)}")
+    where += _filters(
+        queue=queue, kind=kind, key=key, since=since, param=param, timestamp=timestamp
+    )
     cap = param(limit)
     if state is not None:
         where.append(f"state = {param(state.value)}")
+    order = "DESC" if newest_first else ""
     if state is not None or queue is None:
+        condition = f"WHERE {' AND '.join(where)} " if where else ""
         return (
-            f"SELECT {columns} FROM fiefdom_jobs WHERE {' AND '.join(where)} "
-            f"ORDER BY id LIMIT {cap}",
+            f"SELECT {columns} FROM fiefdom_jobs {condition}ORDER BY id {order} LIMIT {cap}",
             args,
         )
     arms = " UNION ALL ".join(
         f"SELECT * FROM (SELECT {columns} FROM fiefdom_jobs WHERE {' AND '.join(where)} "
-        f"AND state = '{s.value}' ORDER BY id LIMIT {cap}) AS s{i}"
+        f"AND state = '{s.value}' ORDER BY id {order} LIMIT {cap}) AS s{i}"
         for i, s in enumerate(JobState)
     )
-    return f"SELECT * FROM ({arms}) AS u ORDER BY 1 LIMIT {cap}", args
+    return f"SELECT * FROM ({arms}) AS u ORDER BY 1 {order} LIMIT {cap}", args
+
+
+def count_listed_query(
+    *,
+    queue: str | None,
+    state: JobState | None,
+    kind: str | None,
+    key: str | None,
+    since: float | None,
+    cap: int,
+    placeholder: Callable[[int], str],
+    timestamp: Callable[[str], str] = lambda p: p,
+) -> tuple[str, list[object]]:
+    """How many jobs a listing with these filters has in all (whatever its page),
+    counted up to ``cap`` at most: a count never reads more than ``cap`` rows of an
+    index, however big the table."""
+    args, param = _params(placeholder)
+    where = _filters(queue=queue, kind=kind, key=key, since=since, param=param, timestamp=timestamp)
+    if state is not None:
+        where.append(f"state = {param(state.value)}")
+    condition = f"WHERE {' AND '.join(where)} " if where else ""
+    return (
+        f"SELECT count(*) FROM (SELECT 1 FROM fiefdom_jobs {condition}LIMIT {param(cap)}) AS c",
+        args,
+    )
+
+
+def retry_candidates_query(
+    *,
+    state: JobState,
+    queue: str | None,
+    kind: str | None,
+    limit: int,
+    placeholder: Callable[[int], str],
+) -> tuple[str, list[object]]:
+    """The ids a bulk retry takes (oldest first, at most ``limit``), through the
+    (state, id) index."""
+    args, param = _params(placeholder)
+    where = [f"state = {param(state.value)}"]
+    where += _filters(
+        queue=queue, kind=kind, key=None, since=None, param=param, timestamp=lambda p: p
+    )
+    return (
+        f"SELECT id FROM fiefdom_jobs WHERE {' AND '.join(where)} ORDER BY id LIMIT {param(limit)}",
+        args,
+    )
 
 
 _errors_decoder = msgspec.json.Decoder(list[AttemptError])

@@ -10,6 +10,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
@@ -26,12 +27,14 @@ from ._sql import (
     CANCELLED_STATE_SQL,
     SUPERSEDED_MESSAGE,
     check_bigint,
+    count_listed_query,
     job_info,
     list_jobs_query,
+    retry_candidates_query,
     state_bit_sql,
     unique_key_after,
 )
-from ._store import Store, Transaction
+from ._store import BULK_LIMIT, COUNT_CAP, FINAL_STATES, Store, Transaction, check_bulk
 
 log = structlog.get_logger("fiefdom.storage.sqlite")
 
@@ -472,6 +475,9 @@ class SQLiteStore(Store):
         kind: str | None = None,
         after_id: int = 0,
         limit: int = 100,
+        key: str | None = None,
+        since: datetime | None = None,
+        newest_first: bool = False,
     ) -> list[JobInfo]:
         check_bigint(after_id=after_id, limit=limit)
         sql, args = list_jobs_query(
@@ -481,11 +487,108 @@ class SQLiteStore(Store):
             kind=kind,
             after_id=after_id,
             limit=limit,
+            key=key,
+            since=None if since is None else since.timestamp(),
+            newest_first=newest_first,
             placeholder=lambda n: f"?{n}",
         )
         async with self._read() as tx:
             rows = await tx.raw(sql, args)
         return [job_info(r) for r in rows]
+
+    async def count_listed(
+        self,
+        *,
+        queue: str | None = None,
+        state: JobState | None = None,
+        kind: str | None = None,
+        key: str | None = None,
+        since: datetime | None = None,
+        cap: int = COUNT_CAP,
+    ) -> int:
+        check_bigint(cap=cap)
+        sql, args = count_listed_query(
+            queue=queue,
+            state=state,
+            kind=kind,
+            key=key,
+            since=None if since is None else since.timestamp(),
+            cap=cap,
+            placeholder=lambda n: f"?{n}",
+        )
+        async with self._read() as tx:
+            rows = await tx.raw(sql, args)
+        return int(rows[0][0])
+
+    async def retry_jobs(
+        self,
+        *,
+        state: JobState,
+        queue: str | None = None,
+        kind: str | None = None,
+        limit: int = BULK_LIMIT,
+    ) -> tuple[int, int]:
+        check_bulk(states=[state], limit=limit)
+        check_bigint(limit=limit)
+        bit = STATE_BITS[JobState.AVAILABLE]
+        sql, args = retry_candidates_query(
+            state=state, queue=queue, kind=kind, limit=limit, placeholder=lambda n: f"?{n}"
+        )
+        retried = skipped = 0
+        async with self._tx() as tx:
+            now = time.time()
+            for (job_id,) in await tx.raw(sql, args):
+                # The write lock is held throughout: no enqueue takes a key meanwhile.
+                holder = await tx.raw(
+                    "SELECT 1 FROM fiefdom_jobs AS j JOIN fiefdom_jobs AS h "
+                    "ON h.unique_key = j.unique_digest AND h.id <> j.id "
+                    f"WHERE j.id = ? AND j.unique_states & {bit}",
+                    (job_id,),
+                )
+                if holder:
+                    skipped += 1
+                    continue
+                rows = await tx.raw(
+                    "UPDATE fiefdom_jobs SET state = 'available', run_at = ?, "
+                    "finished_at = NULL, max_attempts = max(max_attempts, attempt + 1), "
+                    f"cancel_requested = 0, {unique_key_after(bit, keep='unique_digest')} "
+                    "WHERE id = ? RETURNING queue",
+                    (now, job_id),
+                )
+                tx.wake.update(r[0] for r in rows)
+                retried += len(rows)
+        return retried, skipped
+
+    async def prune_jobs(
+        self,
+        *,
+        older_than: float,
+        states: Sequence[JobState] = FINAL_STATES,
+        queue: str | None = None,
+        kind: str | None = None,
+        limit: int = BULK_LIMIT,
+    ) -> int:
+        check_bulk(states=states, older_than=older_than, limit=limit)
+        check_bigint(limit=limit)
+        if not states:
+            return 0
+        args: list[object] = [time.time() - older_than]
+        where = [
+            "state IN (" + ", ".join(f"'{JobState(s).value}'" for s in states) + ")",
+            "finished_at < ?1",
+        ]
+        for column, value in (("queue", queue), ("kind", kind)):
+            if value is not None:
+                args.append(value)
+                where.append(f"{column} = ?{len(args)}")
+        args.append(limit)
+        async with self._tx() as tx:
+            rows = await tx.raw(
+                "DELETE FROM fiefdom_jobs WHERE id IN (SELECT id FROM fiefdom_jobs WHERE "
+                f"{' AND '.join(where)} LIMIT ?{len(args)}) RETURNING id",
+                args,
+            )
+        return len(rows)
 
     async def count_jobs(self) -> list[QueueCount]:
         async with self._read() as tx:

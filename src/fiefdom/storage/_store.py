@@ -5,6 +5,7 @@ so an embedded SQLite user never imports asyncpg)."""
 from __future__ import annotations
 
 import abc
+import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -22,6 +23,12 @@ from .._errors import (
 from .._lifecycle import Lifecycle, State, StopMode
 from ._jobs import Enqueued, Job, JobInfo, JobState, QueueCount
 from ._rows import NewJob, prepare
+
+# At most this many jobs are counted for a listing's total, and changed by one bulk
+# retry or prune: each stays one bounded statement, and says when more are left.
+COUNT_CAP = 100_000
+BULK_LIMIT = 100_000
+FINAL_STATES = (JobState.COMPLETED, JobState.CANCELLED, JobState.DISCARDED)
 
 SCHEMA_VERSION = 6
 """The schema version this code reads and writes."""
@@ -350,8 +357,28 @@ class Store(abc.ABC):
         kind: str | None = None,
         after_id: int = 0,
         limit: int = 100,
+        key: str | None = None,
+        since: datetime | None = None,
+        newest_first: bool = False,
     ) -> list[JobInfo]:
-        """Jobs matching the filters, by id, starting after ``after_id`` (paging)."""
+        """Jobs matching the filters (``key``: the job's domain key; ``since``:
+        created at or after it), by id, starting after ``after_id`` (paging). With
+        ``newest_first`` the ids go down, and ``after_id`` (when not 0) is the last
+        id of the page before: the jobs listed are those below it."""
+
+    @abc.abstractmethod
+    async def count_listed(
+        self,
+        *,
+        queue: str | None = None,
+        state: JobState | None = None,
+        kind: str | None = None,
+        key: str | None = None,
+        since: datetime | None = None,
+        cap: int = COUNT_CAP,
+    ) -> int:
+        """How many jobs ``list_jobs`` with these filters has in all pages, counted
+        up to ``cap`` (a result equal to ``cap`` means at least that many)."""
 
     @abc.abstractmethod
     async def count_jobs(self) -> list[QueueCount]:
@@ -365,6 +392,34 @@ class Store(abc.ABC):
         A unique job takes its unique key back when its kind counts the available
         state; if a duplicate enqueued since holds the key, the job is left as it
         is and UniqueConflict names that duplicate."""
+
+    @abc.abstractmethod
+    async def retry_jobs(
+        self,
+        *,
+        state: JobState,
+        queue: str | None = None,
+        kind: str | None = None,
+        limit: int = BULK_LIMIT,
+    ) -> tuple[int, int]:
+        """``retry_job`` for the jobs in ``state`` (discarded, cancelled or
+        completed) of ``queue`` and ``kind``, oldest first, at most ``limit``, in one
+        transaction. Returns how many were retried and how many were skipped
+        because a duplicate enqueued since holds their unique key."""
+
+    @abc.abstractmethod
+    async def prune_jobs(
+        self,
+        *,
+        older_than: float,
+        states: Sequence[JobState] = FINAL_STATES,
+        queue: str | None = None,
+        kind: str | None = None,
+        limit: int = BULK_LIMIT,
+    ) -> int:
+        """Delete jobs in ``states`` (final ones) that finished more than
+        ``older_than`` seconds ago, at most ``limit`` of them, in one statement;
+        returns how many were deleted."""
 
     # -- queue state -----------------------------------------------------------------
 
@@ -398,3 +453,20 @@ class Store(abc.ABC):
 def _check_queue_name(queue: str) -> None:
     if not isinstance(queue, str) or not 1 <= len(queue) <= 200:
         raise ConfigurationError(f"queue must be a name of 1-200 characters, got {queue!r}")
+
+
+def check_bulk(
+    *, states: Sequence[JobState], older_than: float | None = None, limit: int | None = None
+) -> None:
+    """Refuse (ValueError naming it) what a bulk retry or prune cannot take: a state
+    that is not final, an age that is negative or not a finite number, a limit
+    below 1."""
+    for state in states:
+        if state not in FINAL_STATES:
+            raise ValueError(
+                f"state must be one of {', '.join(s.value for s in FINAL_STATES)}, got {state}"
+            )
+    if older_than is not None and not (math.isfinite(older_than) and older_than >= 0):
+        raise ValueError(f"older_than must be a finite number of seconds >= 0, got {older_than}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
