@@ -31,6 +31,10 @@ class Relay(fiefdom.Request[int]):
     then: str | None = None
 
 
+class Count(fiefdom.Request[int]):
+    """How many Count asks the key's actor has answered, this one included."""
+
+
 class Journal(fiefdom.Request[list[str]]):
     """The journal of every key of the process so far (asked of any of them)."""
 
@@ -41,7 +45,7 @@ class Fail(fiefdom.Request[None]):
     text: str
 
 
-Message = WhereAreYou | Nap | Relay | Journal | Fail
+Message = WhereAreYou | Nap | Relay | Count | Journal | Fail
 # The process's domain ``acct`` (set where it is created): a handler relays through it.
 DOMAIN: list[fiefdom.Domain[str, Message]] = []
 JOURNAL: list[str] = []
@@ -51,6 +55,7 @@ class Account(fiefdom.Actor[Message]):
     def __init__(self, key: str) -> None:
         self.key = key
         self.journal = JOURNAL
+        self.counted = 0
 
     async def receive(self, msg: Message) -> object:
         match msg:
@@ -70,6 +75,9 @@ class Account(fiefdom.Actor[Message]):
                 if then is None:
                     return await domain.ask(to, WhereAreYou())
                 return await domain.ask(to, Relay(to=then))
+            case Count():
+                self.counted += 1
+                return self.counted
             case Journal():
                 return list(self.journal)
             case Fail(text=text):

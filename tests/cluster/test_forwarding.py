@@ -16,7 +16,7 @@ import anyio
 import peer_app
 import pytest
 from cluster_helpers import reap, start_nodes, stop_node, wait_until
-from peer_app import Fail, Journal, Nap, Relay, WhereAreYou
+from peer_app import Count, Fail, Journal, Nap, Relay, WhereAreYou
 
 import fiefdom
 from fiefdom.storage import leases, partition_of
@@ -98,6 +98,27 @@ async def test_an_ask_for_a_key_the_peer_owns_runs_there_and_its_reply_comes_bac
         journal = await cluster.acct.ask(remote, Journal(), timeout=10)
         assert journal == ["nap:told:start", "nap:told:end"]
         assert not cluster.acct.is_active(remote)  # nothing ran here
+
+
+async def test_many_forwarded_asks_at_once_each_get_their_own_reply(
+    store: fiefdom.Store, store_url: str, tmp_path: Path
+) -> None:
+    """200 asks at once over one link to 5 keys of the peer (sent and answered in
+    batches): each key's actor answered 1..40 exactly once, each caller got one."""
+    async with two_nodes(store, store_url, tmp_path) as cluster:
+        keys = cluster.keys(local=False, count=5)
+        replies: dict[str, list[int]] = {key: [] for key in keys}
+
+        async def ask(key: str) -> None:
+            replies[key].append(await cluster.acct.ask(key, Count(), timeout=30))
+
+        async with anyio.create_task_group() as group:
+            for _ in range(40):
+                for key in keys:
+                    group.start_soon(ask, key)
+        assert {key: sorted(got) for key, got in replies.items()} == {
+            key: list(range(1, 41)) for key in keys
+        }
 
 
 async def test_a_forwarded_ask_past_its_deadline_is_removed_unrun_or_cancelled(

@@ -205,13 +205,24 @@ class Peers:
     ) -> ReplyFrame | ErrorFrame:
         link = self._links.get(address)
         if link is None or link.closed:
-            assert self._session is not None, "forwarding before the node started"
-            link = Link(self._session, address, self._secret, self.node)
-            connect = None if deadline is None else max(0.01, deadline - time.monotonic())
-            with anyio.fail_after(connect):
-                await link.open()
-            self._links[address] = link
+            link = await self._open_link(address, link, deadline)
         return await link.request(frame, wait)
+
+    async def _open_link(self, address: str, old: Link | None, deadline: float | None) -> Link:
+        assert self._session is not None, "forwarding before the node started"
+        if old is not None:
+            await old.close()
+        link = Link(self._session, address, self._secret, self.node)
+        connect = None if deadline is None else max(0.01, deadline - time.monotonic())
+        with anyio.fail_after(connect):
+            await link.open()
+        current = self._links.get(address)
+        if current is not None and current is not old and not current.closed:
+            # Another caller opened one meanwhile: one link per peer.
+            await link.close()
+            return current
+        self._links[address] = link
+        return link
 
     async def _owner_address(self, partition: int, *, fresh: bool) -> str | None:
         """The address of the node that holds ``partition``, from the store (read

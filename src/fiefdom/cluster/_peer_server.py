@@ -7,7 +7,6 @@ what it asked, as a cancelled caller would."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import socket
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from .._errors import ActorStopped, AskTimeout, CallCycleError, OwnerUnavailable
 from ..actors import Domain, Request
 from ..actors._cell import forwarded_from
 from ..jobs._kinds import safe_text
+from ._peer_link import Outbox
 from ._peer_wire import (
     DECODER,
     ENCODER,
@@ -96,22 +96,25 @@ class PeerServer:
         await ws.prepare(request)
         self._sockets.add(ws)
         running: dict[int, asyncio.Task[None]] = {}
+        outbox = Outbox(ws.send_bytes, "cluster/peer/out")
+        loop = asyncio.get_running_loop()
         try:
             async for msg in ws:
                 if msg.type is not WSMsgType.BINARY:
                     break
                 try:
-                    frame = DECODER.decode(msg.data)
+                    frames = DECODER.decode(msg.data)
                 except msgspec.DecodeError:
                     break
-                if isinstance(frame, AskFrame | TellFrame):
-                    task = asyncio.get_running_loop().create_task(self._deliver(ws, frame))
-                    running[frame.id] = task
-                    task.add_done_callback(functools.partial(_forget, running, frame.id))
-                elif isinstance(frame, CancelFrame):
-                    cancelled = running.get(frame.id)
-                    if cancelled is not None:
-                        cancelled.cancel()
+                for frame in frames:
+                    if isinstance(frame, AskFrame | TellFrame):
+                        task = loop.create_task(self._deliver(outbox, frame))
+                        running[frame.id] = task
+                        task.add_done_callback(functools.partial(_forget, running, frame.id))
+                    elif isinstance(frame, CancelFrame):
+                        cancelled = running.get(frame.id)
+                        if cancelled is not None:
+                            cancelled.cancel()
         finally:
             self._sockets.discard(ws)
             # The asking node is gone: nobody waits for these any more.
@@ -120,12 +123,11 @@ class PeerServer:
                 task.cancel()
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
+            await outbox.close()
         return ws
 
-    async def _deliver(self, ws: web.WebSocketResponse, frame: AskFrame | TellFrame) -> None:
-        answer = await self._run(frame)
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await ws.send_bytes(ENCODER.encode(answer))
+    async def _deliver(self, outbox: Outbox, frame: AskFrame | TellFrame) -> None:
+        outbox.put(await self._run(frame))
 
     async def _run(self, frame: AskFrame | TellFrame) -> ReplyFrame | ErrorFrame:
         node = self._peers.node
@@ -165,7 +167,7 @@ class PeerServer:
             return error("raised", str(exc), error_type=type(exc).__name__)
         try:
             body = ENCODER.encode(result)
-        except (TypeError, msgspec.EncodeError) as exc:
+        except (TypeError, ValueError, msgspec.EncodeError) as exc:
             return error("raised", f"the reply cannot be sent back: {exc}", error_type="TypeError")
         return ReplyFrame(id=frame.id, body=body)
 

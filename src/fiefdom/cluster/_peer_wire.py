@@ -78,7 +78,8 @@ class ErrorFrame(msgspec.Struct, tag="error", tag_field="frame", kw_only=True):
 PeerFrame = AskFrame | TellFrame | CancelFrame | ReplyFrame | ErrorFrame
 
 ENCODER = msgspec.msgpack.Encoder()
-DECODER: msgspec.msgpack.Decoder[PeerFrame] = msgspec.msgpack.Decoder(PeerFrame)
+# A websocket message holds the frames queued within one turn of its sender's loop.
+DECODER: msgspec.msgpack.Decoder[list[PeerFrame]] = msgspec.msgpack.Decoder(list[PeerFrame])
 
 
 def type_name(cls: type) -> str:
