@@ -50,7 +50,8 @@ log = structlog.get_logger("fiefdom.cluster")
 
 # How long the owners read from the store are trusted before they are read again.
 _OWNERS_FRESH = 1.0
-# A tell (which has no deadline of its own) waits this long for its owner to queue it.
+# A tell (which has no deadline of its own) waits this long for its owner to queue it,
+# and an ask without a deadline this long to find an owner that answers.
 TELL_TIMEOUT = 10.0
 
 
@@ -176,6 +177,9 @@ class Peers:
     ) -> ReplyFrame:
         self.forwarded += 1
         partition = partition_of(key)
+        # An ask without a deadline waits for its reply as long as the handler runs,
+        # but not for ever for a node to answer at all.
+        give_up = time.monotonic() + TELL_TIMEOUT if deadline is None else deadline
         pause = 0.02
         fresh = False
         why = "no node holds its partition (its lease is changing hands)"
@@ -194,7 +198,7 @@ class Peers:
                         self.forward_failures += 1
                         raise _error(answer, frame, timeout)
                     why = answer.message
-            if deadline is not None and time.monotonic() + pause >= deadline:
+            if time.monotonic() + pause >= give_up:
                 self.forward_failures += 1
                 raise OwnerUnavailable(path, why)
             await anyio.sleep(pause)
@@ -213,7 +217,7 @@ class Peers:
         if old is not None:
             await old.close()
         link = Link(self._session, address, self._secret, self.node)
-        connect = None if deadline is None else max(0.01, deadline - time.monotonic())
+        connect = TELL_TIMEOUT if deadline is None else max(0.01, deadline - time.monotonic())
         with anyio.fail_after(connect):
             await link.open()
         current = self._links.get(address)
