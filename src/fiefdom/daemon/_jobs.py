@@ -8,17 +8,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 import anyio
 import structlog
 
-from .._errors import JobError, StoreUnavailable, UnknownJobKind
+from .._errors import ControlError, JobError, StoreUnavailable, UnknownJobKind
 from .._lifecycle import State
 from ..actors import Domain, StopMode
 from ..jobs import JobContext, JobEngine
-from ..protocol import ClusterInfo, ControlMetrics, EventHub, NotFound, QueueInfo
+from ..protocol import ClusterInfo, ControlMetrics, ErrorCode, EventHub, NotFound, QueueInfo
 from ..storage import PARTITIONS, Enqueued, Job, JobEvent, JobInfo, JobState, Store
 from ._config import Config
 
@@ -29,6 +30,8 @@ Handler = Callable[[J, JobContext[Any]], Awaitable[object]]
 # States that end an attempt (its outcome and duration are counted).
 _ENDED = frozenset({JobState.RETRYABLE, JobState.COMPLETED, JobState.CANCELLED, JobState.DISCARDED})
 _STARTS_KEPT = 100_000  # start times of running jobs, for their duration
+# A listing's total is counted up to this many jobs (one bounded read of an index).
+_COUNT_CAP = 100_000
 
 
 class JobRegistrar:
@@ -246,10 +249,34 @@ class JobsAdapter:
         kind: str | None,
         after_id: int,
         limit: int,
+        key: str | None = None,
+        since: datetime | None = None,
+        newest_first: bool = False,
     ) -> list[JobInfo]:
         return await self._store().list_jobs(
-            queue=queue, state=state, kind=kind, after_id=after_id, limit=limit
+            queue=queue,
+            state=state,
+            kind=kind,
+            after_id=after_id,
+            limit=limit,
+            key=key,
+            since=since,
+            newest_first=newest_first,
         )
+
+    async def count_listed(
+        self,
+        *,
+        queue: str | None,
+        state: JobState | None,
+        kind: str | None,
+        key: str | None,
+        since: datetime | None,
+    ) -> tuple[int, int]:
+        total = await self._store().count_listed(
+            queue=queue, state=state, kind=kind, key=key, since=since, cap=_COUNT_CAP
+        )
+        return total, _COUNT_CAP
 
     async def get_job(self, job_id: int) -> JobInfo:
         job = await self._store().get_job(job_id)
@@ -267,7 +294,13 @@ class JobsAdapter:
     ) -> Enqueued:
         return await self._store().enqueue(job, queue=queue, priority=priority, delay=delay)
 
-    async def retry_job(self, job_id: int) -> JobInfo:
+    async def retry_job(self, job_id: int, *, force: bool = False) -> JobInfo:
+        job = await self.get_job(job_id)
+        if job.state is JobState.COMPLETED and not force:
+            raise JobError(
+                f"job {job_id} completed: retrying it runs it a second time; "
+                "ask again with force to do so"
+            )
         if not await self._store().retry_job(job_id):
             job = await self.get_job(job_id)
             raise JobError(
@@ -280,6 +313,37 @@ class JobsAdapter:
         if await self._store().cancel_job(job_id) is None:
             raise NotFound(f"no job {job_id}")
         return await self.get_job(job_id)
+
+    def kinds(self) -> list[type[Job]]:
+        return [kind for kind, _ in self.registrar.kinds.values()]
+
+    async def retry_jobs(
+        self, *, state: JobState, queue: str | None, kind: str | None, limit: int, force: bool
+    ) -> tuple[int, int]:
+        if state is JobState.COMPLETED and not force:
+            raise JobError(
+                "retrying completed jobs runs them a second time; ask again with force to do so"
+            )
+        try:
+            return await self._store().retry_jobs(state=state, queue=queue, kind=kind, limit=limit)
+        except ValueError as exc:
+            raise ControlError(ErrorCode.INVALID_MESSAGE, str(exc)) from None
+
+    async def prune_jobs(
+        self,
+        *,
+        older_than: float,
+        states: Sequence[JobState],
+        queue: str | None,
+        kind: str | None,
+        limit: int,
+    ) -> int:
+        try:
+            return await self._store().prune_jobs(
+                older_than=older_than, states=states, queue=queue, kind=kind, limit=limit
+            )
+        except ValueError as exc:
+            raise ControlError(ErrorCode.INVALID_MESSAGE, str(exc)) from None
 
     async def queues(self) -> list[QueueInfo]:
         counts: dict[str, dict[JobState, int]] = {name: {} for name in self.config.jobs.queues}

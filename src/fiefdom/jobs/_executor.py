@@ -14,12 +14,36 @@ import anyio
 import msgspec
 import structlog
 
-from .._throttle import exc_fields
-from ..storage import ClaimedJob, Job, JobOptions, JobState, Lease, Outcome
+from .._throttle import Throttle, exc_fields
+from ..storage import AttemptError, ClaimedJob, Job, JobOptions, JobState, Lease, Outcome
 from ._core import Core, Held, Kind, Runner
 from ._kinds import Cancel, Discard, JobContext, JobOutcome, Snooze, describe_error, note
 
 log = structlog.get_logger("fiefdom.jobs")
+
+# A failed attempt that will be retried is logged at warning level, at most once per
+# interval per kind: a kind whose every job fails (a dependency down) must not
+# flood the log; the line after a quiet interval counts those held back.
+_RETRY_LOG_INTERVAL = 10.0
+_retry_logs: dict[str, Throttle] = {}
+
+
+def _log_retry(job: ClaimedJob, err: AttemptError, state: JobState, delay: float) -> None:
+    throttle = _retry_logs.get(job.kind)
+    if throttle is None:
+        throttle = _retry_logs[job.kind] = Throttle(_RETRY_LOG_INTERVAL)
+    throttle.warning(
+        log,
+        "job attempt failed: will retry",
+        kind=job.kind,
+        job_id=job.id,
+        key=job.key,
+        attempt=job.attempt,
+        max_attempts=job.max_attempts,
+        error=f"{err.type}: {err.message}",
+        state=str(state),
+        retry_in=round(delay, 3),
+    )
 
 
 class _Raised:
@@ -236,6 +260,14 @@ def outcome_of(job: ClaimedJob, lease: Lease, options: JobOptions, result: objec
             return Outcome(lease=lease, state=JobState.CANCELLED, error=err)
         if isinstance(result, Discard):
             err = note(job.attempt, now, "fiefdom.Discard", result.reason)
+            log.warning(
+                "job discarded by its handler",
+                kind=job.kind,
+                job_id=job.id,
+                key=job.key,
+                attempt=job.attempt,
+                error=result.reason,
+            )
             return Outcome(lease=lease, state=JobState.DISCARDED, error=err)
         if isinstance(result, Snooze):
             state = JobState.SCHEDULED if result.delay > 0 else JobState.AVAILABLE
@@ -244,10 +276,12 @@ def outcome_of(job: ClaimedJob, lease: Lease, options: JobOptions, result: objec
     if job.attempt >= job.max_attempts:
         log.warning(
             "job failed its last attempt: discarded",
-            job_id=job.id,
             kind=job.kind,
+            job_id=job.id,
+            key=job.key,
             attempt=job.attempt,
-            error=err.message,
+            max_attempts=job.max_attempts,
+            error=f"{err.type}: {err.message}",
         )
         return Outcome(lease=lease, state=JobState.DISCARDED, error=err)
     try:
@@ -258,4 +292,5 @@ def outcome_of(job: ClaimedJob, lease: Lease, options: JobOptions, result: objec
     if not math.isfinite(delay) or delay < 0:
         delay = 0.0
     state = JobState.RETRYABLE if delay > 0 else JobState.AVAILABLE
+    _log_retry(job, err, state, delay)
     return Outcome(lease=lease, state=state, delay=delay, error=err)

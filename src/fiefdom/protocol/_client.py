@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import typing
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
@@ -39,15 +40,18 @@ from ._messages import (
     GetJob,
     GetStatus,
     Hello,
+    ListJobKinds,
     ListJobs,
     ListQueues,
     LogLevel,
     PauseActor,
     PauseQueue,
     Ping,
+    PruneJobs,
     ResumeActor,
     ResumeQueue,
     RetryJob,
+    RetryJobs,
     Role,
     Stop,
     StopActor,
@@ -67,9 +71,13 @@ from ._replies import (
     EventData,
     JobReply,
     JobsReply,
+    KindInfo,
+    KindsReply,
     Pong,
+    PrunedReply,
     QueueInfo,
     QueuesReply,
+    RetriedReply,
     ServerMessage,
     StatusReply,
     Subscribed,
@@ -507,16 +515,56 @@ class Client:
         kind: str | None = None,
         after_id: int = 0,
         limit: int = 100,
+        key: str | None = None,
+        since: datetime | None = None,
+        newest_first: bool = False,
     ) -> list[JobInfo]:
         """Jobs matching the filters, by id, starting after ``after_id`` (at most
-        ``limit``, up to 10000), as the store's ``list_jobs`` returns them."""
-        reply = await self._request(
+        ``limit``, up to 10000), as the store's ``list_jobs`` returns them (with
+        ``newest_first``, ids going down from below ``after_id``)."""
+        page = await self.jobs_page(
+            queue=queue,
+            state=state,
+            kind=kind,
+            after_id=after_id,
+            limit=limit,
+            key=key,
+            since=since,
+            newest_first=newest_first,
+        )
+        return page.jobs
+
+    async def jobs_page(
+        self,
+        *,
+        queue: str | None = None,
+        state: JobState | None = None,
+        kind: str | None = None,
+        after_id: int = 0,
+        limit: int = 100,
+        key: str | None = None,
+        since: datetime | None = None,
+        newest_first: bool = False,
+        count: bool = False,
+    ) -> JobsReply:
+        """``list_jobs`` as the reply it came in: with ``count``, its ``total`` is how
+        many jobs the filters match in all pages (counted up to ``total_cap``)."""
+        at = None if since is None else since.timestamp()
+        return await self._request(
             lambda i: ListJobs(
-                id=i, queue=queue, state=state, kind=kind, after_id=after_id, limit=limit
+                id=i,
+                queue=queue,
+                state=state,
+                kind=kind,
+                after_id=after_id,
+                limit=limit,
+                key=key,
+                since=at,
+                newest_first=newest_first,
+                count=count,
             ),
             JobsReply,
         )
-        return reply.jobs
 
     async def get_job(self, job_id: int) -> JobInfo:
         """One job; ``NotFound`` when there is none."""
@@ -546,13 +594,79 @@ class Client:
         )
         return reply.enqueued
 
-    async def retry_job(self, job_id: int) -> JobInfo:
-        """Make a discarded, cancelled or completed job available again; returns it."""
-        return (await self._request(lambda i: RetryJob(id=i, job_id=job_id), JobReply)).job
+    async def retry_job(self, job_id: int, *, force: bool = False) -> JobInfo:
+        """Make a discarded or cancelled job available again (a completed one only with
+        ``force``: it runs a second time); returns it."""
+        return (await self.job_action("retry", job_id, force=force))[0]
 
     async def cancel_job(self, job_id: int) -> JobInfo:
         """Cancel a job (a running one is stopped by its engine); returns it."""
-        return (await self._request(lambda i: CancelJob(id=i, job_id=job_id), JobReply)).job
+        return (await self.job_action("cancel", job_id))[0]
+
+    async def job_action(
+        self, action: Literal["retry", "cancel"], job_id: int, *, force: bool = False
+    ) -> tuple[JobInfo, JobState | None]:
+        """Retry or cancel a job; returns it as it is now and the state it was in
+        before (None from a daemon older than that field)."""
+        reply = await self._request(
+            lambda i: (
+                RetryJob(id=i, job_id=job_id, force=force)
+                if action == "retry"
+                else CancelJob(id=i, job_id=job_id)
+            ),
+            JobReply,
+        )
+        return reply.job, reply.previous
+
+    async def job_kinds(self) -> list[KindInfo]:
+        """The job kinds registered in the daemon, with their options."""
+        return (await self._request(lambda i: ListJobKinds(id=i), KindsReply)).kinds
+
+    async def retry_jobs(
+        self,
+        state: JobState,
+        *,
+        queue: str | None = None,
+        kind: str | None = None,
+        limit: int = 100_000,
+        force: bool = False,
+    ) -> tuple[int, int]:
+        """Retry every job in ``state`` (discarded, cancelled; completed with
+        ``force``) of ``queue`` and ``kind``, at most ``limit``, in one transaction;
+        returns how many were retried and how many skipped (a duplicate holds their
+        unique key)."""
+        reply = await self._request(
+            lambda i: RetryJobs(
+                id=i, state=state, queue=queue, kind=kind, limit=limit, force=force
+            ),
+            RetriedReply,
+        )
+        return reply.retried, reply.skipped
+
+    async def prune_jobs(
+        self,
+        older_than: float,
+        *,
+        states: Sequence[JobState] | None = None,
+        queue: str | None = None,
+        kind: str | None = None,
+        limit: int = 100_000,
+    ) -> tuple[int, bool]:
+        """Delete final jobs (``states``, by default every final one) that finished
+        more than ``older_than`` seconds ago; returns how many were deleted and
+        whether ``limit`` was reached (more may be left)."""
+        chosen = list(states) if states is not None else None
+        reply = await self._request(
+            lambda i: (
+                PruneJobs(id=i, older_than=older_than, queue=queue, kind=kind, limit=limit)
+                if chosen is None
+                else PruneJobs(
+                    id=i, older_than=older_than, states=chosen, queue=queue, kind=kind, limit=limit
+                )
+            ),
+            PrunedReply,
+        )
+        return reply.deleted, reply.more
 
     async def queues(self) -> list[QueueInfo]:
         """Every queue: paused or not, and its jobs counted by state."""

@@ -32,14 +32,17 @@ from ._messages import (
     GetJob,
     GetStatus,
     Hello,
+    ListJobKinds,
     ListJobs,
     ListQueues,
     PauseActor,
     PauseQueue,
     Ping,
+    PruneJobs,
     ResumeActor,
     ResumeQueue,
     RetryJob,
+    RetryJobs,
     Role,
     Stop,
     StopActor,
@@ -327,6 +330,8 @@ class Connection:
                 return await requests.retry_job(host, msg)
             case CancelJob():
                 return await requests.cancel_job(host, msg)
+            case ListJobKinds() | RetryJobs() | PruneJobs():
+                return await requests.job_maintenance(host, msg)
             case ListQueues():
                 return await requests.queues(host, msg)
             case PauseQueue() | ResumeQueue():

@@ -41,6 +41,9 @@ AfterId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 QueueName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Priority = Annotated[int, msgspec.Meta(ge=-32768, le=32767)]  # a 16-bit column
 Limit = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
+BulkLimit = Annotated[int, msgspec.Meta(ge=1, le=100_000)]  # the store's BULK_LIMIT
+# A moment as unix seconds: from 1970 to the year 5138 (a finite number).
+UnixTime = Annotated[float, msgspec.Meta(ge=0, le=1e11)]
 # At most about 31 years: a deadline past that is no deadline, and event loops
 # overflow on huge ones. None (where allowed) means no limit.
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=1e9)]
@@ -161,8 +164,12 @@ class StopActor(_Request, tag="actors.stop"):
 
 
 class ListJobs(_Request, tag="jobs.list"):
-    """Jobs matching the filters, by id, starting after ``after_id`` (the store's
-    ``list_jobs``)."""
+    """Jobs matching the filters (the store's ``list_jobs``): ``key`` is a domain
+    job's key, ``since`` (unix seconds) keeps the jobs created at or after it. By
+    id, starting after ``after_id``; with ``newest_first`` the ids go down and a
+    non-zero ``after_id`` is the last id of the page before (the jobs below it).
+    With ``count`` the reply's ``total`` says how many jobs the filters match in
+    all pages (counted up to ``total_cap``)."""
 
     role: ClassVar[Role] = "read"
     queue: QueueName | None = None
@@ -170,6 +177,10 @@ class ListJobs(_Request, tag="jobs.list"):
     kind: str | None = None
     after_id: AfterId = 0
     limit: Limit = 100
+    key: str | None = None
+    since: UnixTime | None = None
+    newest_first: bool = False
+    count: bool = False
 
 
 class GetJob(_Request, tag="jobs.get"):
@@ -192,17 +203,57 @@ class EnqueueJob(_Request, tag="jobs.enqueue"):
 
 
 class RetryJob(_Request, tag="jobs.retry"):
-    """Make a discarded, cancelled or completed job available again (``retry_job``)."""
+    """Make a discarded or cancelled job available again (``retry_job``); a
+    completed one only with ``force`` (it would run a second time). Refused
+    (``job_error``) for a job that is waiting or running, or completed without
+    ``force``."""
 
     role: ClassVar[Role] = "operate"
     job_id: JobId
+    force: bool = False
 
 
 class CancelJob(_Request, tag="jobs.cancel"):
-    """Cancel a job (``cancel_job``): a waiting one at once, a running one is stopped."""
+    """Cancel a job (``cancel_job``): a waiting one at once, a running one is stopped.
+    A job already completed, cancelled or discarded is left as it is: the reply's
+    ``previous`` state says so."""
 
     role: ClassVar[Role] = "operate"
     job_id: JobId
+
+
+class ListJobKinds(_Request, tag="jobs.kinds"):
+    """The job kinds registered in the daemon, with their options."""
+
+    role: ClassVar[Role] = "read"
+
+
+class RetryJobs(_Request, tag="jobs.retry_many"):
+    """Retry every job in ``state`` (discarded, cancelled, or completed with
+    ``force``) of ``queue`` and ``kind`` (when given), oldest first, at most
+    ``limit``, in one transaction: an error reply means none was retried."""
+
+    role: ClassVar[Role] = "operate"
+    state: JobState
+    queue: QueueName | None = None
+    kind: str | None = None
+    limit: BulkLimit = 100_000
+    force: bool = False
+
+
+class PruneJobs(_Request, tag="jobs.prune"):
+    """Delete final jobs (of ``states``: by default completed, cancelled and
+    discarded) that finished more than ``older_than`` seconds ago, of ``queue`` and
+    ``kind`` when given, at most ``limit``, in one statement."""
+
+    role: ClassVar[Role] = "admin"
+    older_than: Seconds
+    states: list[JobState] = msgspec.field(
+        default_factory=lambda: [JobState.COMPLETED, JobState.CANCELLED, JobState.DISCARDED]
+    )
+    queue: QueueName | None = None
+    kind: str | None = None
+    limit: BulkLimit = 100_000
 
 
 class ListQueues(_Request, tag="queues.list"):
@@ -285,6 +336,9 @@ ClientMessage: TypeAlias = (
     | EnqueueJob
     | RetryJob
     | CancelJob
+    | ListJobKinds
+    | RetryJobs
+    | PruneJobs
     | ListQueues
     | PauseQueue
     | ResumeQueue

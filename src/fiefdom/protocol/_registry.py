@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal, Protocol
 
 import msgspec
@@ -126,7 +127,22 @@ class JobService(Protocol):
         kind: str | None,
         after_id: int,
         limit: int,
+        key: str | None = None,
+        since: datetime | None = None,
+        newest_first: bool = False,
     ) -> list[JobInfo]: ...
+
+    async def count_listed(
+        self,
+        *,
+        queue: str | None,
+        state: JobState | None,
+        kind: str | None,
+        key: str | None,
+        since: datetime | None,
+    ) -> tuple[int, int]:
+        """How many jobs these filters match, counted up to a cap; and the cap."""
+        ...
 
     async def get_job(self, job_id: int) -> JobInfo: ...
 
@@ -139,9 +155,33 @@ class JobService(Protocol):
         delay: float | None,
     ) -> Enqueued: ...
 
-    async def retry_job(self, job_id: int) -> JobInfo: ...
+    async def retry_job(self, job_id: int, *, force: bool = False) -> JobInfo:
+        """Retry a discarded or cancelled job; a completed one only with ``force``."""
+        ...
 
     async def cancel_job(self, job_id: int) -> JobInfo: ...
+
+    def kinds(self) -> list[type[Job]]:
+        """The registered job kinds."""
+        ...
+
+    async def retry_jobs(
+        self, *, state: JobState, queue: str | None, kind: str | None, limit: int, force: bool
+    ) -> tuple[int, int]:
+        """Retry the jobs in ``state``; how many were retried and skipped."""
+        ...
+
+    async def prune_jobs(
+        self,
+        *,
+        older_than: float,
+        states: Sequence[JobState],
+        queue: str | None,
+        kind: str | None,
+        limit: int,
+    ) -> int:
+        """Delete old final jobs; how many were deleted."""
+        ...
 
     async def queues(self) -> list[QueueInfo]: ...
 

@@ -101,17 +101,64 @@ class CallReply(_Frame, tag="call.reply"):
 
 
 class JobsReply(_Frame, tag="jobs.reply"):
-    """The reply to ``jobs.list``."""
+    """The reply to ``jobs.list``: a page of jobs and, when the request asked to
+    ``count``, how many jobs its filters match in all (``total``, counted up to
+    ``total_cap``: a total equal to it means at least that many)."""
 
     id: int
     jobs: list[JobInfo]
+    total: int | None = None
+    total_cap: int | None = None
 
 
 class JobReply(_Frame, tag="job.reply"):
-    """The reply to ``jobs.get``, ``jobs.retry`` and ``jobs.cancel``: the job as it is now."""
+    """The reply to ``jobs.get``, ``jobs.retry`` and ``jobs.cancel``: the job as it is
+    now, and (retry, cancel) the state it was in before (what the request found)."""
 
     id: int
     job: JobInfo
+    previous: JobState | None = None
+
+
+class KindInfo(msgspec.Struct, kw_only=True):
+    """A job kind registered in the daemon and its options (``JobOptions``):
+    ``unique`` describes its uniqueness, ``fields`` are its arguments."""
+
+    kind: str
+    queue: str
+    priority: int
+    max_attempts: int
+    timeout: float | None
+    unique: str | None
+    domain: str | None
+    key: str | None
+    ordered: bool
+    fields: list[str]
+
+
+class KindsReply(_Frame, tag="kinds.reply"):
+    """The reply to ``jobs.kinds``, sorted by kind."""
+
+    id: int
+    kinds: list[KindInfo]
+
+
+class RetriedReply(_Frame, tag="retried.reply"):
+    """The reply to ``jobs.retry_many``: jobs made available again, and those left
+    as they were because a duplicate enqueued since holds their unique key."""
+
+    id: int
+    retried: int
+    skipped: int
+
+
+class PrunedReply(_Frame, tag="pruned.reply"):
+    """The reply to ``jobs.prune``: how many jobs were deleted, and whether the limit
+    was reached (more may match: prune again)."""
+
+    id: int
+    deleted: int
+    more: bool
 
 
 class EnqueueReply(_Frame, tag="enqueue.reply"):
@@ -218,6 +265,9 @@ Reply: TypeAlias = (
     | CallReply
     | JobsReply
     | JobReply
+    | KindsReply
+    | RetriedReply
+    | PrunedReply
     | EnqueueReply
     | QueuesReply
     | Subscribed

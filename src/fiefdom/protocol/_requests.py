@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import time
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import anyio
@@ -27,6 +28,7 @@ from .._errors import (
 )
 from .._throttle import exc_fields
 from ..actors import ActorRef, Domain, Request
+from ..storage import Job, JobState
 from ._codec import Codec, path_of
 from ._messages import (
     Call,
@@ -38,13 +40,16 @@ from ._messages import (
     ErrorCode,
     GetJob,
     GetStatus,
+    ListJobKinds,
     ListJobs,
     ListQueues,
     PauseActor,
     PauseQueue,
+    PruneJobs,
     ResumeActor,
     ResumeQueue,
     RetryJob,
+    RetryJobs,
     StopActor,
 )
 from ._registry import ControlHost, JobService, Target
@@ -55,8 +60,12 @@ from ._replies import (
     Error,
     JobReply,
     JobsReply,
+    KindInfo,
+    KindsReply,
+    PrunedReply,
     QueueInfo,
     QueuesReply,
+    RetriedReply,
     StatusReply,
 )
 
@@ -212,10 +221,24 @@ def _jobs(host: ControlHost) -> JobService:
 
 
 async def list_jobs(host: ControlHost, msg: ListJobs) -> JobsReply:
-    jobs = await _jobs(host).list_jobs(
-        queue=msg.queue, state=msg.state, kind=msg.kind, after_id=msg.after_id, limit=msg.limit
+    jobs = _jobs(host)
+    since = None if msg.since is None else datetime.fromtimestamp(msg.since, UTC)
+    page = await jobs.list_jobs(
+        queue=msg.queue,
+        state=msg.state,
+        kind=msg.kind,
+        after_id=msg.after_id,
+        limit=msg.limit,
+        key=msg.key,
+        since=since,
+        newest_first=msg.newest_first,
     )
-    return JobsReply(id=msg.id, jobs=jobs)
+    if not msg.count:
+        return JobsReply(id=msg.id, jobs=page)
+    total, cap = await jobs.count_listed(
+        queue=msg.queue, state=msg.state, kind=msg.kind, key=msg.key, since=since
+    )
+    return JobsReply(id=msg.id, jobs=page, total=total, total_cap=cap)
 
 
 async def get_job(host: ControlHost, msg: GetJob) -> JobReply:
@@ -246,11 +269,104 @@ async def enqueue(host: ControlHost, msg: EnqueueJob, codec: Codec[ClientMessage
 
 
 async def retry_job(host: ControlHost, msg: RetryJob) -> JobReply:
-    return JobReply(id=msg.id, job=await _jobs(host).retry_job(msg.job_id))
+    jobs = _jobs(host)
+    before = await jobs.get_job(msg.job_id)
+    job = await jobs.retry_job(msg.job_id, force=msg.force)
+    log.info("job retried", job_id=msg.job_id, kind=job.kind, previous=str(before.state))
+    return JobReply(id=msg.id, job=job, previous=before.state)
 
 
 async def cancel_job(host: ControlHost, msg: CancelJob) -> JobReply:
-    return JobReply(id=msg.id, job=await _jobs(host).cancel_job(msg.job_id))
+    jobs = _jobs(host)
+    before = await jobs.get_job(msg.job_id)
+    job = await jobs.cancel_job(msg.job_id)
+    return JobReply(id=msg.id, job=job, previous=before.state)
+
+
+async def job_maintenance(
+    host: ControlHost, msg: ListJobKinds | RetryJobs | PruneJobs
+) -> KindsReply | RetriedReply | PrunedReply:
+    """The registered kinds, and the bulk operations: retrying many jobs and pruning
+    old ones. Bad input is refused before anything is written."""
+    jobs = _jobs(host)
+    match msg:
+        case ListJobKinds():
+            kinds = [_kind_info(k) for k in jobs.kinds()]
+            return KindsReply(id=msg.id, kinds=sorted(kinds, key=lambda k: k.kind))
+        case RetryJobs():
+            if msg.state not in _FINAL:
+                raise fail(
+                    ErrorCode.INVALID_MESSAGE,
+                    f"only discarded, cancelled or completed jobs can be retried, not {msg.state}",
+                    path="$.state",
+                )
+            retried, skipped = await jobs.retry_jobs(
+                state=msg.state, queue=msg.queue, kind=msg.kind, limit=msg.limit, force=msg.force
+            )
+            log.info(
+                "jobs retried",
+                state=str(msg.state),
+                queue=msg.queue,
+                kind=msg.kind,
+                retried=retried,
+                skipped=skipped,
+            )
+            return RetriedReply(id=msg.id, retried=retried, skipped=skipped)
+        case PruneJobs():
+            for index, state in enumerate(msg.states):
+                if state not in _FINAL:
+                    raise fail(
+                        ErrorCode.INVALID_MESSAGE,
+                        f"only completed, cancelled or discarded jobs can be pruned, not {state}",
+                        path=f"$.states[{index}]",
+                    )
+            deleted = await jobs.prune_jobs(
+                older_than=msg.older_than,
+                states=msg.states,
+                queue=msg.queue,
+                kind=msg.kind,
+                limit=msg.limit,
+            )
+            log.info(
+                "jobs pruned",
+                older_than=msg.older_than,
+                states=[str(s) for s in msg.states],
+                queue=msg.queue,
+                kind=msg.kind,
+                deleted=deleted,
+            )
+            return PrunedReply(id=msg.id, deleted=deleted, more=deleted >= msg.limit)
+
+
+_FINAL: Final = frozenset({JobState.COMPLETED, JobState.CANCELLED, JobState.DISCARDED})
+
+
+def _kind_info(kind: type[Job]) -> KindInfo:
+    options = kind.options
+    unique = options.unique
+    described = None
+    if unique is not None:
+        by = (
+            "all arguments"
+            if unique.by_args is True
+            else ("no arguments" if unique.by_args is False else ", ".join(unique.by_args))
+        )
+        described = f"by {by}" + (", queue" if unique.by_queue else "")
+        if unique.period is not None:
+            described += f", per {unique.period:g}s"
+        described += " while " + ", ".join(sorted(str(s) for s in unique.states))
+    return KindInfo(
+        kind=options.kind,
+        queue=options.queue,
+        priority=options.priority,
+        max_attempts=options.max_attempts,
+        timeout=options.timeout,
+        unique=described,
+        domain=options.domain,
+        key=options.key,
+        ordered=options.ordered,
+        fields=list(kind.__struct_fields__),
+    )
 
 
 async def queues(host: ControlHost, msg: ListQueues) -> QueuesReply:
