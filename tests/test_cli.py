@@ -48,12 +48,13 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
 
 
 def _when(moment: str | float | None) -> str:
-    """How the command line prints a time: an RFC 3339 string or unix seconds, in UTC."""
+    """How the command line prints a time: an RFC 3339 string or unix seconds, in UTC
+    with its zone (``Z``)."""
     if moment is None:
         return "-"
     if isinstance(moment, str):
-        return datetime.fromisoformat(moment).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        return datetime.fromisoformat(moment).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _rows(table: str) -> dict[str, list[str]]:
@@ -148,8 +149,9 @@ def test_status_prints_the_daemon_its_tree_targets_and_queues(daemon: DaemonProc
 
 def test_jobs_enqueue_ls_show_and_cancel_print_the_job(daemon: DaemonProcess) -> None:
     """jobs enqueue prints the new id; jobs ls prints one row per job (id, kind, queue,
-    state, attempt, key, run_at); jobs cancel prints the job, cancelled; retrying a job
-    that is not final is refused in one line."""
+    state, attempt, key, run_at with its zone) and how many match in all; jobs cancel
+    says what it did, and a second cancel that there was nothing left to cancel;
+    retrying a job that is not final is refused in one line."""
     config = ("--config", str(daemon.config))
     enqueued = fiefdom("jobs", "enqueue", "nap", '{"seconds": 0}', "--delay", "3600", *config)
     match = re.fullmatch(r"enqueued job (\d+) \(nap\)\n", enqueued.stdout)
@@ -165,36 +167,77 @@ def test_jobs_enqueue_ls_show_and_cancel_print_the_job(daemon: DaemonProcess) ->
     table = fiefdom("jobs", "ls", "--kind", "nap", "--state", "scheduled", *config).stdout
     rows = _rows(table)
     assert rows["ID"] == ["KIND", "QUEUE", "STATE", "ATTEMPT", "KEY", "RUN_AT"]
-    assert rows[str(job_id)] == [
-        "nap",
-        "default",
-        "scheduled",
-        "0/3",
-        "-",
-        *_when(job["run_at"]).split(),
-    ]
+    assert rows[str(job_id)] == ["nap", "default", "scheduled", "0/3", "-", _when(job["run_at"])]
     listed = json.loads(fiefdom("jobs", "ls", "--kind", "nap", "--json", *config).stdout)
-    assert job in listed
-    after = json.loads(fiefdom("jobs", "ls", "--after-id", str(job_id), "--json", *config).stdout)
-    assert all(j["id"] > job_id for j in after)
+    assert job in listed["jobs"]
+    assert listed["total"] == len(listed["jobs"])
+    assert table.splitlines()[-1].startswith("showing ")
     refused = fiefdom("jobs", "retry", str(job_id), *config, check=False)
     assert refused.returncode == 1
     assert refused.stderr == (
         f"fiefdom: error: job {job_id} is scheduled: only discarded, cancelled or "
         "completed jobs can be retried\n"
     )
-    cancelled = fiefdom("jobs", "cancel", str(job_id), *config).stdout.splitlines()
-    assert cancelled[:4] == [
-        f"id               {job_id}",
-        "kind             nap",
-        "queue            default",
-        "state            cancelled",
-    ]
+    cancelled = fiefdom("jobs", "cancel", str(job_id), *config).stdout
+    assert cancelled == f"job {job_id} (nap) was scheduled: cancelled\n"
+    again = fiefdom("jobs", "cancel", str(job_id), *config).stdout
+    assert re.fullmatch(
+        rf"job {job_id} \(nap\) had already been cancelled at \S+Z: nothing to cancel\n", again
+    ), again
+    shown = json.loads(fiefdom("jobs", "cancel", str(job_id), "--json", *config).stdout)
+    assert (shown["previous"], shown["job"]["state"]) == ("cancelled", "cancelled")
+
+
+def test_jobs_ls_lists_newest_first_with_the_total_and_pages_by_keyset(
+    daemon: DaemonProcess,
+) -> None:
+    """jobs ls lists the newest jobs first and says how many of how many it shows;
+    --after with the id its last line names gives the next page, and the pages
+    together are every matching job once; --key, --since and --oldest-first filter
+    and order as they say, and the options work before the command too."""
+    config = ("--config", str(daemon.config))
+    ids = []
+    for _ in range(5):
+        out = fiefdom("jobs", "enqueue", "nap", '{"seconds": 0}', "--delay", "3600", *config)
+        ids.append(int(out.stdout.split()[2]))
+    queue = ("--kind", "nap", "--state", "scheduled")
+    total = json.loads(fiefdom("--json", *config, "jobs", "ls", *queue).stdout)["total"]
+    printed = fiefdom("jobs", "ls", *queue, "--limit", "2", *config).stdout.splitlines()
+    assert [int(line.split()[0]) for line in printed[1:3]] == sorted(ids, reverse=True)[:2]
+    assert printed[-1] == (
+        f"showing 2 of {total:,} (newest first); next page: --after {sorted(ids)[-2]}"
+    )
+    seen: list[int] = []
+    after = 0
+    while True:
+        page = json.loads(
+            fiefdom(
+                "jobs", "ls", *queue, "--limit", "2", "--after", str(after), "--json", *config
+            ).stdout
+        )
+        seen += [j["id"] for j in page["jobs"]]
+        if page["next_after"] is None:
+            break
+        after = page["next_after"]
+    assert seen == sorted(seen, reverse=True)
+    assert len(seen) == len(set(seen)) == total
+    assert set(ids) <= set(seen)
+    oldest = json.loads(fiefdom("jobs", "ls", *queue, "--oldest-first", "--json", *config).stdout)
+    assert [j["id"] for j in oldest["jobs"]] == sorted(seen)
+    future = json.loads(fiefdom("jobs", "ls", "--since", "2999-01-01", "--json", *config).stdout)
+    assert (future["jobs"], future["total"]) == ([], 0)
+    recent = json.loads(fiefdom("jobs", "ls", "--since", "1h", *queue, "--json", *config).stdout)
+    assert recent["total"] == total
+    by_key = json.loads(fiefdom("jobs", "ls", "--key", "nobody", "--json", *config).stdout)
+    assert by_key["total"] == 0
+    for job_id in ids:
+        fiefdom("jobs", "cancel", str(job_id), *config)
 
 
 def test_jobs_show_prints_every_field_and_the_errors(daemon: DaemonProcess) -> None:
-    """jobs show prints each field of the job under its JobInfo name, times in UTC, the
-    arguments as stored and each attempt's error (what --json gives as objects)."""
+    """jobs show prints each field of the job under its JobInfo name, times in UTC
+    with their zone, the arguments as stored and each attempt's error followed by its
+    traceback, indented (what --json gives as objects)."""
     config = ("--config", str(daemon.config))
     job_id = _until(daemon, "fail", {"reason": "boom"}, JobState.DISCARDED)
     job = json.loads(fiefdom("jobs", "show", str(job_id), "--json", *config).stdout)
@@ -204,6 +247,8 @@ def test_jobs_show_prints_every_field_and_the_errors(daemon: DaemonProcess) -> N
         "builtins.RuntimeError",
         "boom",
     )
+    assert error["traceback"].startswith("Traceback (most recent call last):")
+    traceback_lines = ["                   " + line for line in error["traceback"].splitlines()]
     assert fiefdom("jobs", "show", str(job_id), *config).stdout.splitlines() == [
         f"id               {job_id}",
         "kind             fail",
@@ -221,9 +266,15 @@ def test_jobs_show_prints_every_field_and_the_errors(daemon: DaemonProcess) -> N
         f"finished_at      {_when(job['finished_at'])}",
         'args             {"reason":"boom"}',
         f"errors           attempt 1 at {_when(error['at'])}: builtins.RuntimeError: boom",
+        *(line.rstrip() for line in traceback_lines),
     ]
     missing = fiefdom("jobs", "show", "999999", *config, check=False)
     assert (missing.returncode, missing.stderr) == (1, "fiefdom: error: no job 999999\n")
+    # The failure reached the daemon's log at warning level, naming the job.
+    assert any(
+        "job failed its last attempt: discarded" in line and f"job_id={job_id}" in line
+        for line in daemon.log().splitlines()
+    ), daemon.log()
 
 
 def test_queues_pause_and_resume_print_and_show_it(daemon: DaemonProcess) -> None:
@@ -278,7 +329,7 @@ def test_the_token_is_taken_from_fiefdom_token(daemon: DaemonProcess, tmp_path: 
     url = ("--url", daemon.url)
     without = fiefdom("status", *url, cwd=tmp_path, check=False)
     assert without.returncode == 1
-    assert "pass --token or set FIEFDOM_TOKEN" in without.stderr
+    assert "pass --token-file or set FIEFDOM_TOKEN" in without.stderr
     result = fiefdom("status", "--json", *url, cwd=tmp_path, env={"FIEFDOM_TOKEN": daemon.token})
     assert json.loads(result.stdout)["name"] == "test-daemon"
     assert result.stderr == ""

@@ -1,0 +1,218 @@
+"""What every command shares: its errors, where the daemon is and which token to
+present, running a command against the daemon, and the output primitives (JSON,
+tables, cells, times with their zone, durations)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ..daemon import Config, load_config, read_token_file
+from ..protocol import Client, connect
+
+EXIT_ERROR = 1
+# ``serve`` could not start: nothing was created; the line names the setting to change.
+EXIT_STARTUP = 2
+
+
+class CommandError(Exception):
+    """A one-line error for the user, and the exit status that goes with it."""
+
+    def __init__(self, message: str, *, status: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# -- configuration and where the daemon is ---------------------------------------------
+
+
+def config_of(args: argparse.Namespace) -> Config:
+    path = args.config or os.environ.get("FIEFDOM_CONFIG")
+    if path is None and Path("config.toml").is_file():
+        path = "config.toml"
+    return load_config(path)
+
+
+def url_of(args: argparse.Namespace, config: Config) -> str:
+    if args.url:
+        return str(args.url)
+    if os.environ.get("FIEFDOM_URL"):
+        return os.environ["FIEFDOM_URL"]
+    endpoint = config.endpoint_path
+    if endpoint.is_file():
+        # The running daemon's actual address (its port may have been chosen by the OS).
+        try:
+            return str(json.loads(endpoint.read_text(encoding="utf-8"))["url"])
+        except (OSError, ValueError, KeyError):
+            pass
+    host, port = config.control.host_port()
+    return f"http://{host}:{port}"
+
+
+def token_of(args: argparse.Namespace, config: Config) -> str:
+    if args.token:
+        print(
+            "fiefdom: warning: --token shows the token to every user of this machine "
+            "(ps, /proc); set FIEFDOM_TOKEN or let the command read the token file instead",
+            file=sys.stderr,
+        )
+        return str(args.token)
+    if args.token_file:
+        return read_token_file(Path(args.token_file))
+    if os.environ.get("FIEFDOM_TOKEN"):
+        return os.environ["FIEFDOM_TOKEN"]
+    rank = {"read": 0, "operate": 1, "admin": 2}
+    for spec in sorted(config.control.tokens, key=lambda s: -rank[s.role]):
+        if spec.token:
+            return spec.token
+        if spec.token_file:
+            return read_token_file(Path(config.base_dir) / spec.token_file)
+    path = config.admin_token_path
+    if not path.is_file():
+        raise CommandError(
+            f"no token: {path} does not exist (has the daemon started once?); "
+            "pass --token-file or set FIEFDOM_TOKEN"
+        )
+    return read_token_file(path)
+
+
+def remote(action: Callable[[Client, argparse.Namespace], Awaitable[int]]) -> Callable[..., int]:
+    """A command that runs ``action`` on a client connected to the daemon."""
+
+    def command(args: argparse.Namespace) -> int:
+        config = config_of(args)
+        url = url_of(args, config)
+        token = token_of(args, config)
+
+        async def run() -> int:
+            async with connect(url, token=token, timeout=args.timeout) as client:
+                return await action(client, args)
+
+        return asyncio.run(run())
+
+    return command
+
+
+# -- output ----------------------------------------------------------------------------
+
+
+def emit_json(value: Any) -> None:
+    print(msgspec.json.encode(value).decode())
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, value in enumerate(row):
+            widths[i] = max(widths[i], len(value))
+    print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+class _Zone:
+    local = False  # --local: times in this machine's zone, with its offset
+
+
+ZONE = _Zone()
+
+
+def when(moment: datetime | float | None) -> str:
+    """A time (a datetime, or unix seconds) to the second, with its zone: RFC 3339 in
+    UTC (``Z``), or with ``--local`` in this machine's zone with its offset."""
+    if moment is None:
+        return "-"
+    if isinstance(moment, float | int):
+        moment = datetime.fromtimestamp(moment, UTC)
+    if ZONE.local:
+        return moment.astimezone().isoformat(timespec="seconds")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
+
+
+def duration(text: str) -> float:
+    """Seconds from ``30s``, ``15m``, ``12h``, ``7d``, ``2w`` or a plain number of
+    seconds (an argparse type: garbage is an error naming it)."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration (like 90, 30s, 15m, 12h, 7d or 2w)"
+        )
+    seconds = float(match[1]) * _UNITS[match[2] or "s"]
+    if not math.isfinite(seconds) or seconds > 1e9:
+        raise argparse.ArgumentTypeError(f"{text!r} is too long a duration")
+    return seconds
+
+
+def moment(text: str) -> datetime:
+    """A time from a duration ago (``1h``: an hour ago) or an ISO 8601 time (without a
+    zone: UTC)."""
+    try:
+        return datetime.now(UTC) - timedelta(seconds=duration(text))
+    except argparse.ArgumentTypeError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a duration ago (like 1h, 7d) nor an ISO 8601 time "
+            "(like 2024-05-01T12:00:00Z)"
+        ) from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def finite(text: str) -> float:
+    """A finite number of seconds, 0 or more (an argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds >= 0")
+    return value
+
+
+def positive(text: str) -> int:
+    """An integer of 1 or more (an argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def confirm(args: argparse.Namespace, question: str) -> None:
+    """Ask ``question`` (y/N) on the terminal unless ``--yes`` was given; without a
+    terminal to ask on, the command needs ``--yes``."""
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise CommandError(f"{question} (not a terminal: pass --yes to confirm)")
+    answer = input(f"{question} [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise CommandError("not confirmed: nothing was changed")
