@@ -1,7 +1,11 @@
 """The control server (aiohttp): ``/healthz``, ``/readyz``, ``/metrics``,
 ``/schema`` and the websocket control channel ``/ws`` (each websocket is a
 ``Connection``). Authentication happens once, at this boundary, from
-``ENDPOINT_ROLE`` and from the role each request type declares. The server
+``ENDPOINT_ROLE`` and from the role each request type declares. The probes
+(``/healthz``, ``/readyz``) answer without a token: load balancers and Kubernetes
+carry none, and they tell nothing but up or not. ``/metrics`` needs one unless
+``metrics_auth`` says otherwise (see ``ControlSettings.metrics_auth_required``).
+Responses carry ``Server: fiefdom``, never the versions of Python or aiohttp. The server
 is a supervisor ``Service`` (``serve``/``request_stop``/``cancel``/``close``/
 ``reset``), and has the lifecycle every component shares (``state``, ``start``,
 ``stop(mode)``, ``async with``)."""
@@ -139,9 +143,13 @@ class ControlServer:
             client_max_size=self.settings.max_frame_bytes,
             middlewares=[self._admission.middleware],
         )
+        app.on_response_prepare.append(_hide_versions)
         app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._guard("/readyz", self._readyz))
-        app.router.add_get("/metrics", self._guard("/metrics", self._metrics))
+        app.router.add_get("/readyz", self._readyz)
+        metrics: Callable[[web.Request], Awaitable[web.StreamResponse]] = self._metrics
+        if self.settings.metrics_auth_required():
+            metrics = self._guard("/metrics", metrics)
+        app.router.add_get("/metrics", metrics)
         app.router.add_get("/schema", self._guard("/schema", self._schema_endpoint))
         app.router.add_get("/ws", self._websocket)
         return app
@@ -425,3 +433,9 @@ class ControlServer:
             self._evicted.discard(conn)
             self.metrics.ws_connections.dec()
         return ws
+
+
+async def _hide_versions(request: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp's default names itself and Python with their versions: a map of which
+    # known flaws to try, for anyone who can reach the port.
+    response.headers["Server"] = "fiefdom"

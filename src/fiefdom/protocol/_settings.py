@@ -4,6 +4,7 @@ configuration) and the tokens it accepts."""
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
@@ -33,6 +34,10 @@ class ControlSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     listen: str = "127.0.0.1:8765"
     tokens: list[TokenSpec] = msgspec.field(default_factory=list)
+    # Whether /metrics needs a token (role read). Unset: only when ``listen`` is not a
+    # loopback address, so that a scraper on the same machine needs no secret while
+    # one elsewhere does. /healthz and /readyz never need one.
+    metrics_auth: bool | None = None
     max_frame_bytes: _AtLeastOne = 1 << 20
     # Arrays and objects (maps) nested deeper than this in a frame are refused before
     # decoding ("invalid_frame"): decoders recurse, and Python's stack is a few
@@ -85,6 +90,19 @@ class ControlSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             # Left unchecked, the OS would take the port modulo 65536.
             raise ValueError(f"control.listen: the port must be 0-65535, got {number}")
         return host.strip("[]") or "127.0.0.1", number
+
+    def metrics_auth_required(self) -> bool:
+        """Whether ``/metrics`` asks for a token: ``metrics_auth`` when it is set, else
+        unless ``listen`` is a loopback address (a host name counts as not one)."""
+        if self.metrics_auth is not None:
+            return self.metrics_auth
+        host, _ = self.host_port()
+        if host == "localhost":
+            return False
+        try:
+            return not ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return True
 
 
 @dataclass(frozen=True, slots=True)
