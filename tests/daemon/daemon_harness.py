@@ -29,6 +29,7 @@ def write_config(
     shutdown_timeout: float = 10.0,
     listen: str = "127.0.0.1:0",
     loop: str = "auto",
+    log_format: str = "console",
 ) -> Path:
     """A configuration for a test daemon in ``folder`` (data under ``folder/data``)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -40,6 +41,7 @@ name = "test-daemon"
 data_dir = "data"
 shutdown_timeout = {shutdown_timeout}
 log_level = "info"
+log_format = "{log_format}"
 loop = "{loop}"
 modules = {json.dumps(list(modules))}
 python_path = [{json.dumps(str(APP_DIR))}]

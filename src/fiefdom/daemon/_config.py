@@ -33,7 +33,9 @@ class DaemonSection(_Section):
     data_dir: str = "data"
     shutdown_timeout: Seconds = 30.0  # a drain lets running work finish this long, then cancels
     log_level: LogLevel = "info"
-    log_format: Literal["console", "json"] = "console"
+    # Where logs go: stderr. "auto" writes the human console format when stderr is a
+    # terminal and JSON lines otherwise (journald, a container's log collector).
+    log_format: Literal["auto", "console", "json"] = "auto"
     loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     modules: list[str] = msgspec.field(default_factory=list)  # each has a setup(daemon) hook
     python_path: list[str] = msgspec.field(default_factory=list)  # folders to import them from
@@ -42,6 +44,12 @@ class DaemonSection(_Section):
 class StoreSection(_Section):
     url: str | None = None  # default: sqlite:///<data_dir>/fiefdom.db
     migrate: bool = True  # apply pending migrations at start (else refuse an old schema)
+    # PostgreSQL only: the connection pool's bounds (the engine's notifications use one
+    # connection more, outside it), and how long one statement may run before the
+    # server cancels it (unset: no limit, PostgreSQL's default).
+    pool_min_size: Annotated[int, msgspec.Meta(ge=0)] = 1
+    pool_max_size: Annotated[int, msgspec.Meta(ge=2)] = 10
+    statement_timeout: PositiveSeconds | None = None
 
 
 class QueueSection(_Section):
@@ -49,12 +57,35 @@ class QueueSection(_Section):
     paused: bool = False  # pause it at start; a pause is kept in the database, for every node
 
 
+class RetentionSection(_Section):
+    """How long final jobs are kept before the engine's pruning job deletes them."""
+
+    enabled: bool = True  # false: keep every final job (prune them yourself)
+    completed: PositiveSeconds = 24 * 3600.0
+    cancelled: PositiveSeconds = 7 * 24 * 3600.0
+    discarded: PositiveSeconds = 7 * 24 * 3600.0
+    every: PositiveSeconds = 3600.0  # how often the pruning job runs
+
+
 class JobsSection(_Section):
     enabled: bool = True
     queues: dict[str, QueueSection] = msgspec.field(
         default_factory=lambda: {"default": QueueSection()}
     )
+    # Seconds between claims of an idle queue when nothing wakes it (PostgreSQL's
+    # notifications and this process's own enqueues wake it at once).
     poll_interval: PositiveSeconds = 1.0
+    # A claim holds a job for ``lease`` seconds, renewed every ``heartbeat`` (default:
+    # a third of the lease); another engine rescues a job whose lease has expired.
+    lease: PositiveSeconds = 15.0
+    heartbeat: PositiveSeconds | None = None
+    rescue_interval: PositiveSeconds = 2.0  # how often expired leases are looked for
+    batch_size: AtLeastOne = 100  # jobs claimed (and outcomes written) per statement
+    # How long a drain (SIGTERM, `fiefdom drain`, `fiefdom stop`) lets running jobs
+    # finish before cancelling them and giving them back (no attempt used). Default:
+    # daemon.shutdown_timeout.
+    drain_timeout: Seconds | None = None
+    retention: RetentionSection = msgspec.field(default_factory=RetentionSection)
 
 
 class RecorderSection(_Section):
@@ -84,6 +115,13 @@ class Config(_Section):
         if self.store.url is not None:
             return self.store.url
         return f"sqlite:///{self.data_path / 'fiefdom.db'}"
+
+    @property
+    def drain_timeout(self) -> float:
+        """How long a drain lets running jobs finish (``jobs.drain_timeout``, else
+        ``daemon.shutdown_timeout``)."""
+        drain = self.jobs.drain_timeout
+        return self.daemon.shutdown_timeout if drain is None else drain
 
     @property
     def recorder_path(self) -> Path:
@@ -175,6 +213,18 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         origin = overrides.get(("control", "listen"))
         where = f" (from the environment variable {origin[0]})" if origin else ""
         raise ConfigurationError(f"{source}: {exc}{where}") from None
+    store = config.store
+    if store.pool_min_size > store.pool_max_size:
+        raise ConfigurationError(
+            f"{source}: store.pool_min_size: must be at most store.pool_max_size "
+            f"({store.pool_max_size}), got {store.pool_min_size}"
+        )
+    jobs = config.jobs
+    if jobs.heartbeat is not None and jobs.heartbeat >= jobs.lease:
+        raise ConfigurationError(
+            f"{source}: jobs.heartbeat: must be shorter than jobs.lease ({jobs.lease:g}s), "
+            f"got {jobs.heartbeat:g}s; leave it unset for a third of the lease"
+        )
     return config
 
 

@@ -55,9 +55,11 @@ from ..protocol import (
     Registry,
     TokenTable,
 )
+from ..storage._postgres import PostgresStore
 from ..supervisors import ActorSystem, Restart, ServiceSpec
 from ._config import Config
 from ._datadir import DataDirLock, publish_endpoint, withdraw_endpoint
+from ._drain import DrainWatch
 from ._events import forward_runtime_events
 from ._jobs import JobsAdapter
 from ._logging import FlightRecorder
@@ -112,6 +114,10 @@ class Daemon:
         self._schema_checked_at: float | None = None
         self._schema_current = False
         self._drain_task: asyncio.Future[None] | None = None
+        # What the engine's drain did (from the first drain or stop request on).
+        self._watch: DrainWatch | None = None
+        self._drained_logged = False
+        self._stop_requested_at: float | None = None
         self._stop_mode: StopMode | None = None
         self._stop_requested = asyncio.Event()
         # Set once the tree has finished starting (or failed to): a drain waits for
@@ -184,7 +190,11 @@ class Daemon:
         self._note_stop("cancel" if self._stop_mode is not None else first)
 
     def _note_stop(self, mode: StopMode) -> None:
+        if self._stop_requested_at is None:
+            self._stop_requested_at = time.monotonic()
+        watch = self._watch_drain()
         if mode == "cancel":
+            watch.cancelling()
             self._stop_mode = "cancel"
             self.jobs_adapter.cancel_running()
             # The rest of the tree too: every child is cancelled (still in reverse
@@ -207,7 +217,7 @@ class Daemon:
             self._lifecycle.check_running("drain")
         self._draining = True
         if self._drain_task is None:
-            log.info("draining: no new jobs are claimed; running ones finish")
+            self._watch_drain()
             self._drain_task = asyncio.ensure_future(self._stop_engine())
         with anyio.fail_after(timeout):
             # Shielded: a drain request that gives up waiting leaves the drain going.
@@ -224,7 +234,29 @@ class Daemon:
         root = self.system.root
         if "jobs" in root.which_children():
             await root.terminate_child("jobs")
-        log.info("drained: the job engine has stopped", at=time.time())
+        await self._log_drained()
+
+    def _watch_drain(self) -> DrainWatch:
+        """Begin counting (and telling) what the engine's drain does, once."""
+        if self._watch is None:
+            timeout = self.config.drain_timeout
+            self._watch = DrainWatch(self.jobs_adapter.engine, timeout)
+            log.info(
+                "draining: no new jobs are claimed; running ones finish, or are cancelled "
+                "and given back to their queue after drain_timeout",
+                running=self._watch.running,
+                drain_timeout=timeout,
+            )
+        return self._watch
+
+    async def _log_drained(self) -> dict[str, object]:
+        """The engine has stopped: the drain's summary line (once)."""
+        watch = self._watch_drain()
+        summary = await watch.finish()
+        if not self._drained_logged:
+            self._drained_logged = True
+            log.info("drained: the job engine has stopped", **summary)
+        return summary
 
     async def dump(self) -> tuple[str, int]:
         path, count = self.recorder.dump("request")
@@ -270,6 +302,8 @@ class Daemon:
             tokens: TokenTable = token_table(config)
             store = prepared.store
             self.store = store
+            if isinstance(store, PostgresStore):
+                self.metrics.pool = store
             self.jobs_adapter.attach(store)
             self._stop_forwarding = forward_runtime_events(self.system.events, self.hub)
             await self.system.start()
@@ -310,9 +344,31 @@ class Daemon:
             await self.system.stop(self._stop_mode or mode)
         finally:
             with anyio.CancelScope(shield=True):
+                drained = await self._log_drained()
                 await self._release()
             self._lifecycle.stopped()
             self._stopped.set()
+        self._log_stopped(drained)
+
+    def _log_stopped(self, drained: dict[str, object]) -> None:
+        """The one line that ends a daemon's log: what ran, what the stop gave back
+        or cancelled, and how long the stop took (from the stop request)."""
+        engine = self.jobs_adapter.engine
+        ran = 0
+        if engine is not None:
+            outcomes = engine.statistics().outcomes
+            ran = sum(n for state, n in outcomes.items() if state != "available")
+        requested = self._stop_requested_at or time.monotonic()
+        log.info(
+            "daemon stopped",
+            name=self.name,
+            jobs_run=ran,
+            finished=drained["finished"],
+            given_back=drained["given_back"],
+            cancelled=drained["cancelled"],
+            stop_took=round(time.monotonic() - requested, 3),
+            uptime=round(time.time() - self.started_at, 3),
+        )
 
     async def _release(self) -> None:
         """What start() set up beside the tree: forwarding of runtime events, the
@@ -404,7 +460,11 @@ class Daemon:
         host, _ = config.control.host_port()
         url = f"http://{host}:{server.port}"
         publish_endpoint(config.data_path, url, self.name)
-        log.info("daemon ready", name=self.name, url=url, loop=self.loop_name, pid=os.getpid())
+        # Where the command line finds the admin token, when that is what it uses.
+        token = {} if config.control.tokens else {"admin_token": str(config.admin_token_path)}
+        log.info(
+            "daemon ready", name=self.name, url=url, loop=self.loop_name, pid=os.getpid(), **token
+        )
 
 
 def _redact(url: str) -> str:

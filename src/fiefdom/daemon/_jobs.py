@@ -18,7 +18,7 @@ import structlog
 from .._errors import ControlError, JobError, StoreUnavailable, UnknownJobKind
 from .._lifecycle import State
 from ..actors import Domain, StopMode
-from ..jobs import JobContext, JobEngine
+from ..jobs import JobContext, JobEngine, Retention
 from ..protocol import ClusterInfo, ControlMetrics, ErrorCode, EventHub, NotFound, QueueInfo
 from ..storage import PARTITIONS, Enqueued, Job, JobEvent, JobInfo, JobState, Store
 from ._config import Config
@@ -32,6 +32,28 @@ _ENDED = frozenset({JobState.RETRYABLE, JobState.COMPLETED, JobState.CANCELLED, 
 _STARTS_KEPT = 100_000  # start times of running jobs, for their duration
 # A listing's total is counted up to this many jobs (one bounded read of an index).
 _COUNT_CAP = 100_000
+
+
+def engine_settings(config: Config) -> dict[str, Any]:
+    """The engine's settings from ``[jobs]`` (see ``JobsSection``)."""
+    jobs = config.jobs
+    kept = jobs.retention
+    return {
+        "poll_interval": jobs.poll_interval,
+        "lease": jobs.lease,
+        "heartbeat": jobs.heartbeat,
+        "rescue_interval": jobs.rescue_interval,
+        "batch_size": jobs.batch_size,
+        "drain_timeout": config.drain_timeout,
+        "retention": Retention(
+            completed=kept.completed,
+            cancelled=kept.cancelled,
+            discarded=kept.discarded,
+            every=kept.every,
+        )
+        if kept.enabled
+        else None,
+    }
 
 
 class JobRegistrar:
@@ -176,8 +198,7 @@ class JobsAdapter:
             queues=queues,
             domains=self.registrar.domains,
             name=self.config.daemon.name,
-            poll_interval=self.config.jobs.poll_interval,
-            drain_timeout=self.config.daemon.shutdown_timeout,
+            **engine_settings(self.config),
         )
         for kind, handler in self.registrar.kinds.values():
             engine.register(kind, handler)

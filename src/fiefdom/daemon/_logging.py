@@ -139,6 +139,17 @@ def _exc_to_text(logger: WrappedLogger, method: str, event_dict: EventDict) -> E
     return event_dict
 
 
+def resolve_format(fmt: str, stream: TextIO) -> str:
+    """``daemon.log_format`` for ``stream``: ``auto`` is ``console`` on a terminal
+    (a person reads it) and ``json`` otherwise (a program collects it)."""
+    if fmt != "auto":
+        return fmt
+    try:
+        return "console" if stream.isatty() else "json"
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return "json"
+
+
 def configure_logging(
     level: str,
     fmt: str,
@@ -146,11 +157,12 @@ def configure_logging(
     hub: EventHub,
     stream: TextIO | None = None,
 ) -> None:
-    """Configure structlog for the whole process (once, at daemon start)."""
+    """Configure structlog for the whole process (once, at daemon start). ``fmt`` is
+    ``console``, ``json`` or ``auto`` (console on a terminal, JSON otherwise)."""
     stream = stream or sys.stderr
     renderer: Processor = (
         structlog.processors.JSONRenderer()
-        if fmt == "json"
+        if resolve_format(fmt, stream) == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
     processors: list[Processor] = [

@@ -14,7 +14,7 @@ from ..protocol import ControlSettings
 from ._config import Config
 from ._datadir import DataDirLock, check_data_dir
 from ._modules import UserModule, import_modules
-from ._storage import Store, open_store
+from ._storage import Store, open_configured_store
 from ._tokens import configured_credentials
 
 
@@ -39,7 +39,7 @@ def prepare(config: Config) -> Prepared:
         check_listen(config.control)
         configured_credentials(config)
         try:
-            store = open_store(config.store_url)
+            store = open_configured_store(config.store_url, config.store)
         except FiefdomError as exc:
             raise ConfigurationError(f"store.url: {exc}") from exc
         modules = import_modules(config)

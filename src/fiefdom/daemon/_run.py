@@ -89,12 +89,13 @@ async def _start_wait_stop(daemon: Runnable) -> None:
             await daemon.stop("cancel")
         raise
     log.info(
-        "draining: stopping the tree in reverse order",
+        "stopping the tree in reverse order",
         mode=mode,
         deadline=daemon.config.daemon.shutdown_timeout,
     )
+    # Its last line says what ran, what was given back or cancelled, and how long
+    # the stop took.
     await daemon.stop(mode)
-    log.info("daemon stopped", name=daemon.name)
 
 
 async def _until_stop_requested(daemon: Runnable) -> StopMode:

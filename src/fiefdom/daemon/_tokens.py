@@ -8,9 +8,13 @@ import os
 import secrets
 from pathlib import Path
 
+import structlog
+
 from .._errors import ConfigurationError
 from ..protocol import Credential, TokenTable
 from ._config import Config
+
+log = structlog.get_logger("fiefdom.daemon")
 
 
 def ensure_admin_token(path: Path) -> str:
@@ -26,6 +30,11 @@ def ensure_admin_token(path: Path) -> str:
         out.write(token + "\n")
         out.flush()
         os.fsync(out.fileno())
+    log.info(
+        "admin token written: the command line reads it from this file "
+        "(FIEFDOM_TOKEN=$(cat PATH) for a client elsewhere)",
+        path=str(path),
+    )
     return token
 
 

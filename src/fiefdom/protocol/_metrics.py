@@ -5,16 +5,25 @@ from the supervisor tree at scrape time; job figures come from job events."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from ..actors import ActorStatistics, DomainStatistics
 from ..jobs import JobEngine
 from ..jobs._ownership import ClusterCounters
+from ..storage._postgres import ACQUIRE_BUCKETS, PoolStatistics
 from ..supervisors import ActorSystem, ServiceStatistics, SupervisorStatistics
 from ._replies import QueueInfo
+
+
+class PooledStore(Protocol):
+    """A store with a connection pool (PostgreSQL)."""
+
+    def pool_statistics(self) -> PoolStatistics: ...
+
 
 _DURATION_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0)
 
@@ -23,7 +32,7 @@ class _TreeCollector(Collector):
     def __init__(self, metrics: ControlMetrics) -> None:
         self._metrics = metrics
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
         depth = GaugeMetricFamily(
             "fiefdom_actor_mailbox_depth",
             "Messages waiting in an actor's mailbox",
@@ -91,6 +100,9 @@ class _TreeCollector(Collector):
         for tag, count in sorted(self._metrics.frames.items()):
             frames.add_metric([tag], count)
         yield frames
+        pool = self._metrics.pool
+        if pool is not None:
+            yield from _pool_metrics(pool.pool_statistics())
         engine = self._metrics.engine
         if engine is not None:
             stats = engine.statistics()
@@ -164,6 +176,7 @@ class ControlMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.system = system
         self.engine: JobEngine | None = None  # set while the daemon's engine exists
+        self.pool: PooledStore | None = None  # set when the daemon's store has a pool
         self.queues: Sequence[QueueInfo] = ()
         self.ws_connections = Gauge(
             "fiefdom_ws_connections", "Open control-channel websockets", registry=self.registry
@@ -208,3 +221,31 @@ class ControlMetrics:
     def render(self, queues: Sequence[QueueInfo]) -> bytes:
         self.queues = queues
         return generate_latest(self.registry)
+
+
+def _pool_metrics(stats: PoolStatistics) -> Iterator[GaugeMetricFamily | HistogramMetricFamily]:
+    connections = GaugeMetricFamily(
+        "fiefdom_store_pool_connections",
+        "Connections of the store's pool, by state (in_use, idle)",
+        labels=["state"],
+    )
+    connections.add_metric(["in_use"], stats.in_use)
+    connections.add_metric(["idle"], stats.size - stats.in_use)
+    yield connections
+    limit = GaugeMetricFamily("fiefdom_store_pool_max", "Connections the store's pool may open")
+    limit.add_metric([], stats.max_size)
+    yield limit
+    waiting = GaugeMetricFamily(
+        "fiefdom_store_pool_waiting", "Callers waiting for a connection of the store's pool"
+    )
+    waiting.add_metric([], stats.waiting)
+    yield waiting
+    acquire = HistogramMetricFamily(
+        "fiefdom_store_pool_acquire_seconds", "Time taken to get a connection from the pool"
+    )
+    buckets = [
+        (f"{bound:g}", count)
+        for bound, count in zip(ACQUIRE_BUCKETS, stats.acquire_buckets, strict=True)
+    ]
+    acquire.add_metric([], [*buckets, ("+Inf", stats.acquires)], stats.acquire_seconds)
+    yield acquire

@@ -7,6 +7,8 @@ machines agree on lease expiry."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
@@ -186,6 +188,25 @@ _JOB_COLUMNS = (
 )
 
 
+# Upper bounds (seconds) of the acquire-time histogram's buckets.
+ACQUIRE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PoolStatistics:
+    """A PostgreSQL store's connection pool: its size, the connections in use, the
+    callers waiting for one, and how long getting one took (``acquire_buckets[i]``
+    counts the acquires that took at most ``ACQUIRE_BUCKETS[i]`` seconds)."""
+
+    max_size: int
+    size: int
+    in_use: int
+    waiting: int
+    acquires: int
+    acquire_seconds: float
+    acquire_buckets: tuple[int, ...]
+
+
 class PostgresStore(Store):
     """``postgresql://...``: an asyncpg pool; broken connections are replaced on
     the next use, and every operation that cannot reach the database raises
@@ -194,23 +215,62 @@ class PostgresStore(Store):
     backend: Literal["sqlite", "postgres"] = "postgres"
     notifies_processes = True
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        pool_min_size: int = 1,
+        statement_timeout: float | None = None,
+    ) -> None:
         super().__init__(_safe_url(url))
         if pool_size < 2:
             raise StoreError(f"pool_size must be at least 2, got {pool_size}")
+        if not 0 <= pool_min_size <= pool_size:
+            raise StoreError(
+                f"pool_min_size must be 0 to pool_size ({pool_size}), got {pool_min_size}"
+            )
+        if statement_timeout is not None and not statement_timeout > 0:
+            raise StoreError(f"statement_timeout must be positive seconds, got {statement_timeout}")
         self._dsn = url
         self._pool_size = pool_size
+        self._pool_min_size = pool_min_size
+        self._statement_timeout = statement_timeout
         self._pool: asyncpg.Pool[Any] | None = None
+        self._waiting = 0  # callers waiting for a pooled connection
+        self._acquires = 0
+        self._acquire_seconds = 0.0
+        self._acquire_buckets = [0] * len(ACQUIRE_BUCKETS)
+
+    def pool_statistics(self) -> PoolStatistics:
+        """The connection pool now (what ``/metrics`` exposes)."""
+        pool = self._pool
+        size = 0 if pool is None else pool.get_size()
+        idle = 0 if pool is None else pool.get_idle_size()
+        return PoolStatistics(
+            max_size=self._pool_size,
+            size=size,
+            in_use=max(0, size - idle),
+            waiting=self._waiting,
+            acquires=self._acquires,
+            acquire_seconds=self._acquire_seconds,
+            acquire_buckets=tuple(self._acquire_buckets),
+        )
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def _connect(self) -> None:
         try:
+            settings: dict[str, str] = {}
+            if self._statement_timeout is not None:
+                # In milliseconds: PostgreSQL cancels a statement running longer.
+                settings["statement_timeout"] = str(max(1, round(self._statement_timeout * 1000)))
             self._pool = await asyncpg.create_pool(
                 self._dsn,
-                min_size=1,
+                min_size=self._pool_min_size,
                 max_size=self._pool_size,
                 connection_class=_PooledConnection,
+                server_settings=settings or None,
             )
         except _DRIVER_ERRORS as exc:
             raise _wrap(exc, self.url) from exc
@@ -229,11 +289,16 @@ class PostgresStore(Store):
     async def _acquire(self) -> AsyncIterator[Conn]:
         self._check_open()
         assert self._pool is not None
+        began = time.monotonic()
+        self._waiting += 1
         try:
             conn = await self._pool.acquire()
         except _DRIVER_ERRORS as exc:
             self._mark(False)
             raise _wrap(exc, self.url) from exc
+        finally:
+            self._waiting -= 1
+        self._count_acquire(time.monotonic() - began)
         try:
             yield conn
         finally:
@@ -245,6 +310,13 @@ class PostgresStore(Store):
                     # already discarded it and opens a new one when needed.
                     self._mark(False)
                     log.warning("a broken connection was dropped from the pool", url=self.url)
+
+    def _count_acquire(self, took: float) -> None:
+        self._acquires += 1
+        self._acquire_seconds += took
+        for i, bound in enumerate(ACQUIRE_BUCKETS):
+            if took <= bound:
+                self._acquire_buckets[i] += 1
 
     async def _run(self, fn: Callable[[Conn], Any]) -> Any:
         """Run one operation on a pooled connection, wrapping driver errors."""
