@@ -432,3 +432,64 @@ def test_actors_errors_are_one_line(daemon: DaemonProcess, args: tuple[str, ...]
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith("fiefdom: error: ")
+
+
+def test_jobs_kinds_retry_force_bulk_retry_and_prune(daemon: DaemonProcess) -> None:
+    """jobs kinds lists the registered kinds with their options; retrying a completed
+    job needs --force and says what it did; a bulk retry counts, needs --yes without
+    a terminal, and says how many it retried; prune deletes old final jobs and refuses
+    an age that is not one by name, changing nothing."""
+    config = ("--config", str(daemon.config))
+    kinds = {k["kind"]: k for k in json.loads(fiefdom("jobs", "kinds", "--json", *config).stdout)}
+    assert (kinds["nap"]["max_attempts"], kinds["fail"]["max_attempts"]) == (3, 1)
+    assert _rows(fiefdom("jobs", "kinds", *config).stdout)["nap"][:3] == ["default", "0", "3"]
+    done = _until(daemon, "nap", {"seconds": 0}, JobState.COMPLETED)
+    refused = fiefdom("jobs", "retry", str(done), *config, check=False)
+    assert refused.returncode == 1
+    assert "--force" in refused.stderr or "force" in refused.stderr
+    forced = fiefdom("jobs", "retry", str(done), "--force", *config).stdout
+    assert forced.startswith(f"job {done} (nap) was completed: retried, now ")
+    failed = _until(daemon, "fail", {"reason": "bulk"}, JobState.DISCARDED)
+    bulk = ("jobs", "retry", "--state", "discarded", "--kind", "fail", *config)
+    unconfirmed = fiefdom(*bulk, check=False)
+    assert unconfirmed.returncode == 1
+    assert "pass --yes to confirm" in unconfirmed.stderr
+    assert json.loads(fiefdom("jobs", "show", str(failed), "--json", *config).stdout)["state"] in (
+        "discarded",
+        "available",
+        "running",
+    )
+    retried = fiefdom(*bulk, "--yes", *config).stdout
+    assert re.fullmatch(r"retried \d+ discarded jobs? of kind fail\n", retried), retried
+    bad = fiefdom("jobs", "prune", "--older-than", "7x", "--yes", *config, check=False)
+    assert bad.returncode == 2
+    assert "'7x' is not a duration" in bad.stderr
+    kept = json.loads(
+        fiefdom("jobs", "prune", "--older-than", "7d", "--yes", "--json", *config).stdout
+    )
+    assert kept == {"deleted": 0, "more": False}
+    negative = fiefdom("jobs", "ls", "--limit", "-1", *config, check=False)
+    assert (negative.returncode, "must be at least 1" in negative.stderr) == (2, True)
+    infinite = fiefdom("jobs", "enqueue", "nap", "--delay", "inf", *config, check=False)
+    assert infinite.returncode == 2
+
+
+def test_version_global_options_and_a_closed_pipe(daemon: DaemonProcess) -> None:
+    """--version prints the version; --json and --config work before the command as
+    after it; output cut short by its reader ends the command quietly, status 0."""
+    assert re.fullmatch(r"fiefdom \S+\n", fiefdom("--version").stdout)
+    before = json.loads(fiefdom("--json", "--config", str(daemon.config), "status").stdout)
+    assert before["name"] == "test-daemon"
+    environ = {k: v for k, v in os.environ.items() if k != "FIEFDOM_TOKEN"}
+    proc = subprocess.Popen(
+        [FIEFDOM, "status", "--config", str(daemon.config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=environ,
+    )
+    assert proc.stdout is not None
+    # No reader at all: whenever the command writes, the pipe is closed (EPIPE).
+    proc.stdout.close()
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert stderr == b""
