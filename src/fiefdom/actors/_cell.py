@@ -120,6 +120,7 @@ class Cell(Generic[M]):
     __slots__ = (
         "__weakref__",
         "_cancel_requested_at",
+        "_cancel_warns",
         "_cancelled",
         "_deadline_at",
         "_deadline_timer",
@@ -185,6 +186,7 @@ class Cell(Generic[M]):
         self._running_ask: Ask | None = None
         self._scope: anyio.CancelScope | None = None
         self._cancelled = False  # the owner cancelled this incarnation (``cancel``)
+        self._cancel_warns = True  # a cancelled incarnation logs that it was
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._deadline_at: float | None = None
         self._cancel_requested_at: float | None = None
@@ -448,7 +450,9 @@ class Cell(Generic[M]):
                             # Even past its deadline: the work was done, and a timeout
                             # would tell the caller it was not (it might do it twice).
                             future.set_result(result)
-                        del result, msg, future  # an idle actor holds no old reply
+                        # An idle actor holds no old reply, nor the token (the garbage
+                        # collector would scan it on every live actor).
+                        del result, msg, future, token
                         if item.cancelled:  # the handler swallowed its cancellation
                             break
                 # Left after a cancelled handler returned: go on in a fresh scope, unless
@@ -471,7 +475,7 @@ class Cell(Generic[M]):
             if inst is not None and type(inst).on_stop is not _default_on_stop:
                 await self._stop_instance(inst)
             self._cancel_requested_at = None  # whatever was cancelled has returned
-        if self._cancelled and scope.cancelled_caught:
+        if self._cancelled and self._cancel_warns and scope.cancelled_caught:
             self.log.warning("actor cancelled at its shutdown deadline")
 
     async def _stop_instance(self, instance: Hosted[M]) -> None:
@@ -575,9 +579,13 @@ class Cell(Generic[M]):
         self.state = ActorState.RESTARTING
         self.restarts += 1
 
-    def cancel(self) -> None:
-        """Cancel the running incarnation (a shutdown deadline passed)."""
+    def cancel(self, *, warn: bool = True) -> None:
+        """Cancel the running incarnation (a shutdown deadline passed). ``warn=False``:
+        its owner is cancelled as a whole, and the incarnation logs nothing of its own
+        (a domain may hold thousands)."""
         if self._scope is not None:
+            if not self._cancelled:
+                self._cancel_warns = warn
             self._cancelled = True
             self._cancel_requested_at = time.monotonic()
             self._scope.cancel()

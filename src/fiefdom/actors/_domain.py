@@ -14,6 +14,7 @@ still accepted, as an explicit choice, for a domain whose keys are known to be f
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Hashable
@@ -22,7 +23,6 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 import anyio
 import msgspec
 import structlog
-from anyio.abc import TaskGroup
 
 from .._errors import ActorStopped, MailboxFull, OwnerUnavailable
 from .._lifecycle import StopMode
@@ -137,7 +137,18 @@ class Domain(Generic[K, M]):
         self._evicting: set[Cell[M]] = set()
         self._pending = 0  # activations created that do not hold a slot yet
         self._room: deque[asyncio.Future[None]] = deque()  # senders waiting for room
-        self._tg: TaskGroup | None = None
+        # Each activation runs in a task of its own, made with the loop (not through a
+        # task group: its bookkeeping per task is most of an activation, and the
+        # garbage collector scans what it leaves on every live actor). The domain does
+        # a task group's work itself: serve waits for every task, a failed one stops
+        # the others and its error is raised, a cancellation reaches every actor.
+        self._loop: asyncio.AbstractEventLoop | None = None  # while serve hosts actors
+        self._tasks: dict[asyncio.Task[None], Cell[M]] = {}
+        self._tasks_done: asyncio.Future[None] | None = None
+        self._task_done_hook = self._task_done  # one bound method shared by every task
+        self._context = contextvars.Context()  # empty: the done callback reads no variable
+        self._failures: list[BaseException] = []
+        self._doomed = False  # cancelled: no actor starts, restarts or waits for a slot
         self._backlog: list[Cell[M]] = []
         self._closed: str | None = None
         self._stop_requested = asyncio.Event()
@@ -430,11 +441,54 @@ class Domain(Generic[K, M]):
             new.pause()
         self._cells[key] = new
         self._pending += 1
-        if self._tg is None:
+        if self._loop is None:
             self._backlog.append(new)
         else:
-            self._tg.start_soon(self._run_cell, new, name=new.path)
+            self._spawn(new)
         return new
+
+    def _spawn(self, cell: Cell[M]) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(self._run_cell(cell), name=cell.path)
+        self._tasks[task] = cell
+        # In the domain's own context: by default each callback would get a copy of
+        # the sender's, one more object per live actor.
+        task.add_done_callback(self._task_done_hook, context=self._context)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        del self._tasks[task]
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is not None:
+                # As a task group does: the error stops the domain, serve raises it.
+                self._failures.append(exc)
+                if self._scope is not None:
+                    self._scope.cancel()
+        if not self._tasks:
+            done = self._tasks_done
+            if done is not None and not done.done():
+                done.set_result(None)
+
+    async def _all_tasks_done(self) -> None:
+        if self._tasks:
+            assert self._loop is not None
+            self._tasks_done = self._loop.create_future()
+            try:
+                await self._tasks_done
+            finally:
+                self._tasks_done = None
+
+    def _doom(self) -> None:
+        """Cancel every actor, as a cancelled task group cancels its tasks: a running
+        incarnation is cancelled through its cancel scope (level by level, so a shield
+        in a handler or on_stop still holds), one waiting for a slot stops waiting,
+        and none starts or restarts any more."""
+        self._doomed = True
+        self._closed = self._closed or "its domain is stopping"
+        for waiter in self._waiters:
+            waiter.cancel()
+        for cell in list(self._tasks.values()):
+            cell.cancel(warn=False)
 
     async def _run_cell(self, cell: Cell[M]) -> None:
         pending = True
@@ -442,11 +496,15 @@ class Domain(Generic[K, M]):
             if cell.predecessor is not None:
                 await cell.predecessor.stopped.wait()
                 cell.predecessor = None
+            if self._doomed:
+                return
             await self._acquire_slot()
             pending = False
             self._pending -= 1
             self._wake_room()
             try:
+                if self._doomed:  # cancelled while its slot was being handed over
+                    return
                 self._activations += 1
                 while True:
                     try:
@@ -462,7 +520,7 @@ class Domain(Generic[K, M]):
                         self._crashes += 1
                         cell.log.error("actor crashed", **exc_fields(exc))
                         self._emit_crash(cell, exc)
-                        if cell.mailbox.depth == 0 or cell.stop_mode == "exit":
+                        if cell.mailbox.depth == 0 or cell.stop_mode == "exit" or self._doomed:
                             break
                         # Messages are waiting (also while passivating: they were sent
                         # before it began): a fresh instance takes them.
@@ -569,28 +627,43 @@ class Domain(Generic[K, M]):
     async def serve(self, started: Callable[[], None] | None = None) -> None:
         """Host the domain's actors until a stop is requested, then drain them all."""
         try:
+            self._doomed = False
+            self._failures = []
             with anyio.CancelScope() as scope:
                 self._scope = scope
                 async with anyio.create_task_group() as tg:
-                    self._tg = tg
-                    for cell in self._backlog:
-                        tg.start_soon(self._run_cell, cell, name=cell.path)
-                    self._backlog.clear()
-                    # Entered by the sweeper's own task: a cancel scope belongs to the
-                    # task that enters it.
-                    sweeper = anyio.CancelScope()
-                    if self._idle_timeout is not None:
-                        tg.start_soon(self._sweep_idle_in, sweeper, self._idle_timeout)
-                    if started is not None:
-                        started()
-                    await self._stop_requested.wait()
-                    self._closed = self._closed or "its domain is stopping"
-                    sweeper.cancel()
-                    mode: StopMode = "cancel" if self._cancelling else "drain"
-                    for cell in list(self._cells.values()):
-                        cell.request_stop(mode)
+                    self._loop = asyncio.get_running_loop()
+                    try:
+                        for cell in self._backlog:
+                            self._spawn(cell)
+                        self._backlog.clear()
+                        # Entered by the sweeper's own task: a cancel scope belongs to
+                        # the task that enters it.
+                        sweeper = anyio.CancelScope()
+                        if self._idle_timeout is not None:
+                            tg.start_soon(self._sweep_idle_in, sweeper, self._idle_timeout)
+                        if started is not None:
+                            started()
+                        await self._stop_requested.wait()
+                        self._closed = self._closed or "its domain is stopping"
+                        sweeper.cancel()
+                        mode: StopMode = "cancel" if self._cancelling else "drain"
+                        for cell in list(self._cells.values()):
+                            cell.request_stop(mode)
+                        await self._all_tasks_done()
+                    finally:
+                        # Cancelled (cancel(), a failed actor task, or from outside):
+                        # cancel every actor and wait for them all, as a task group would.
+                        if self._tasks:
+                            self._doom()
+                            with anyio.CancelScope(shield=True):
+                                await self._all_tasks_done()
+                        self._loop = None
+            if self._failures:
+                failures, self._failures = self._failures, []
+                raise BaseExceptionGroup("unhandled errors in a TaskGroup", failures)
         finally:
-            self._tg = None
+            self._loop = None
             self._scope = None
             self._closed = self._closed or "its domain has stopped"
             # A cell whose task never ran (cancelled before its first step) must not
