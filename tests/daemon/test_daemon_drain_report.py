@@ -27,7 +27,7 @@ DRAINED = "drained: the job engine has stopped"
 def _daemon(folder: Path, *, extra: str = "", shutdown_timeout: float = 600.0) -> DaemonProcess:
     config = write_config(
         folder,
-        modules=("hosted_app", "gate_app"),
+        modules=("hosted_app", "drain_gate_app"),
         shutdown_timeout=shutdown_timeout,
         extra=extra,
         log_format="json",

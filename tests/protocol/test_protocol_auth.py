@@ -29,29 +29,32 @@ def test_every_message_type_has_a_sample() -> None:
     assert set(SAMPLES) == set(CLIENT_TYPES)
 
 
-@pytest.mark.parametrize("path", sorted(ENDPOINT_ROLE))
+@pytest.mark.parametrize("path", sorted(set(ENDPOINT_ROLE) - {"/metrics"}))
 @pytest.mark.parametrize(
     "token", [None, "wrong-token-0123456789", ""], ids=["none", "wrong", "empty"]
 )
 def test_endpoints_refuse_a_missing_or_wrong_token(
     daemon: DaemonProcess, path: str, token: str | None
 ) -> None:
-    """Each guarded endpoint answers 401 with a typed body without a valid token."""
+    """Each guarded endpoint answers 401 with a typed body without a valid token
+    (/metrics only when it is guarded: tests/daemon/test_daemon_operator.py)."""
     status, body = daemon.http(path, token=token)
     assert status == 401
     assert msgspec.json.decode(body)["code"] == "unauthenticated"
 
 
-@pytest.mark.parametrize("path", ["/readyz", "/metrics", "/schema"])
+@pytest.mark.parametrize("path", ["/metrics", "/schema"])
 def test_endpoints_accept_the_weakest_role(daemon: DaemonProcess, path: str) -> None:
     """Every guarded endpoint needs only "read" (the weakest role), and "read" passes."""
     assert ENDPOINT_ROLE[path] == "read"
     assert daemon.http(path, token=TOKENS["read"])[0] == 200
 
 
-def test_healthz_needs_no_token(daemon: DaemonProcess) -> None:
-    """/healthz answers without a token (process liveness for a supervisor)."""
-    assert daemon.http("/healthz", token=None)[0] == 200
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+def test_probes_need_no_token(daemon: DaemonProcess, path: str) -> None:
+    """/healthz and /readyz answer without a token (load balancers and supervisors
+    carry none)."""
+    assert daemon.http(path, token=None)[0] == 200
 
 
 async def test_websocket_upgrade_with_a_wrong_header_token_is_refused(

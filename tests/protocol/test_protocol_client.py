@@ -199,7 +199,7 @@ async def test_job_enqueued_completes_and_its_events_arrive(daemon: DaemonProces
         assert job_id in [j.id for j in listed]
         after = await client.list_jobs(kind="nap", after_id=job_id)
         assert all(j.id > job_id for j in after)
-        again = await client.retry_job(job_id)
+        again = await client.retry_job(job_id, force=True)
         assert again.state is JobState.AVAILABLE
         await _until_state(events, job_id, JobState.COMPLETED)
         queues = {q.name: q for q in await client.queues()}

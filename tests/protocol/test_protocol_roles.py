@@ -101,6 +101,8 @@ def _frames(jobs: dict[str, int]) -> dict[str, dict[str, Any]]:
         "jobs.enqueue": {"kind": "nap", "args": {"seconds": 0.0}},
         "jobs.retry": {"job_id": jobs["completed"]},
         "jobs.cancel": {"job_id": jobs["scheduled"]},
+        "jobs.retry_many": {"state": "completed", "force": True},
+        "jobs.prune": {"older_than": 0.0},
         "queues.pause": {"queue": "default"},
         "queues.resume": {"queue": "held"},
         "queues.drain": {"queue": "default"},

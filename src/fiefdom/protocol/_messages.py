@@ -359,10 +359,10 @@ REQUIRED_ROLE: Final[Mapping[type[_Request], Role]] = {
     t: t.role for t in typing.get_args(ClientMessage)
 }
 
-# And what each HTTP endpoint needs (``/healthz`` needs nothing: it only says the
-# process is alive, which a supervisor like systemd must see without a secret).
+# And what each HTTP endpoint needs when it is guarded. The probes (``/healthz``,
+# ``/readyz``) need nothing: load balancers and supervisors carry no secret.
+# ``/metrics`` is guarded unless the daemon listens on loopback (``metrics_auth``).
 ENDPOINT_ROLE: Final[Mapping[str, Role]] = {
-    "/readyz": "read",
     "/metrics": "read",
     "/schema": "read",
     "/ws": "read",
