@@ -29,9 +29,19 @@
     │   ├── UnknownJobKind            a job kind that has no registration or handler
     │   ├── StaleLease                an outcome reported with a fencing token that lost its lease
     │   └── UniqueConflict            a retry would take a unique key another job holds
-    └── ControlError                  the control channel refused a request (code, details)
-        └── ControlConnectionError    the control channel cannot be reached or was lost
-                                      (also ConnectionError)
+    ├── ControlError                  the control channel refused a request (code, details)
+    │   └── ControlConnectionError    the control channel cannot be reached or was lost
+    │                                 (also ConnectionError)
+    └── VaultError                    the vault refused or failed an operation; nothing
+        │                             was committed
+        ├── InvalidName               a resource name that is not allowed (also ValueError)
+        ├── TooLarge                  an upload past its size limit
+        ├── ChecksumMismatch          the bytes do not have the checksum the caller gave
+        ├── BadRange                  a byte range outside the version (also ValueError)
+        ├── NotFound                  no such resource or version (also LookupError)
+        ├── LocationUnavailable       a storage location cannot be written or read
+        │                             (also OSError)
+        └── BlobMissing               a version's blob file is gone from its location
 """
 
 from __future__ import annotations
@@ -259,3 +269,64 @@ class ControlConnectionError(ControlError, ConnectionError):
 
     def __init__(self, message: str) -> None:
         super().__init__("unavailable", message)
+
+
+class VaultError(FiefdomError):
+    """The vault refused or failed an operation; nothing was committed."""
+
+
+class InvalidName(VaultError, ValueError):
+    """A resource name the vault does not allow; the message says what is wrong."""
+
+    def __init__(self, name: object, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        shown = repr(name)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(f"invalid resource name {shown}: {reason}")
+
+
+class TooLarge(VaultError):
+    """An upload passed its size limit; it was stopped there and nothing was kept."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(
+            f"the upload is larger than the limit of {limit} bytes; it was stopped and "
+            "nothing was stored"
+        )
+
+
+class ChecksumMismatch(VaultError):
+    """The bytes received do not hash to the checksum the caller announced."""
+
+    def __init__(self, expected: str, actual: str) -> None:
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"the bytes received have sha256 {actual}, not the {expected} announced; "
+            "nothing was stored"
+        )
+
+
+class BadRange(VaultError, ValueError):
+    """A byte range that does not fit the version (``size`` is the version's size)."""
+
+    def __init__(self, message: str, size: int) -> None:
+        self.size = size
+        super().__init__(message)
+
+
+class NotFound(VaultError, LookupError):
+    """No such resource, or no such version of it (deleted ones included)."""
+
+
+class LocationUnavailable(VaultError, OSError):
+    """A storage location cannot be written or read (missing, read-only, full); the
+    operating system's error is the ``__cause__``."""
+
+
+class BlobMissing(VaultError):
+    """The file of a version's blob is missing from its location (``fsck`` reports and,
+    with ``repair``, marks such versions damaged)."""
