@@ -88,6 +88,15 @@ class JobsSection(_Section):
     retention: RetentionSection = msgspec.field(default_factory=RetentionSection)
 
 
+class ClusterSection(_Section):
+    # Where this daemon's node serves the other nodes of the store's cluster (they
+    # forward asks and tells for the keys it owns there): loopback, any free port, by
+    # default (daemons of one host). ``advertise``: the HOST:PORT the others use to
+    # reach it (unset: the address it listens on), for daemons on several hosts.
+    listen: str = "127.0.0.1:0"
+    advertise: str | None = None
+
+
 class RecorderSection(_Section):
     folder: str = "flight-recorder"  # relative to data_dir
     capacity: AtLeastOne = 10_000  # events kept (debug included)
@@ -95,13 +104,14 @@ class RecorderSection(_Section):
 
 class Config(_Section):
     """The daemon's configuration: ``[daemon]``, ``[store]``, ``[control]``, ``[jobs]``,
-    ``[recorder]`` and the user modules' own ``[app.<module>]`` sections."""
+    ``[recorder]``, ``[cluster]`` and the user modules' own ``[app.<module>]`` sections."""
 
     daemon: DaemonSection = msgspec.field(default_factory=DaemonSection)
     store: StoreSection = msgspec.field(default_factory=StoreSection)
     control: ControlSettings = msgspec.field(default_factory=ControlSettings)
     jobs: JobsSection = msgspec.field(default_factory=JobsSection)
     recorder: RecorderSection = msgspec.field(default_factory=RecorderSection)
+    cluster: ClusterSection = msgspec.field(default_factory=ClusterSection)
     app: dict[str, Any] = msgspec.field(default_factory=dict)  # free-form, for user modules
     # Where relative paths start; set by load_config, not read from the file.
     base_dir: str = "."

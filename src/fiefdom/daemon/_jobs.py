@@ -45,6 +45,8 @@ def engine_settings(config: Config) -> dict[str, Any]:
         "rescue_interval": jobs.rescue_interval,
         "batch_size": jobs.batch_size,
         "drain_timeout": config.drain_timeout,
+        "cluster_listen": config.cluster.listen,
+        "cluster_address": config.cluster.advertise,
         "retention": Retention(
             completed=kept.completed,
             cancelled=kept.cancelled,
