@@ -360,7 +360,11 @@ class Cell(Generic[M]):
         try:
             while True:
                 scope = self._scope = anyio.CancelScope()
-                with scope:
+                # Entered and left by hand, not with ``with``: the statement keeps the
+                # scope's bound __exit__ on the frame of every idle actor, one more object
+                # for the garbage collector to scan.
+                scope.__enter__()
+                try:
                     if instance is None:
                         try:
                             instance = self.make_instance()
@@ -455,6 +459,11 @@ class Cell(Generic[M]):
                         del result, msg, future, token
                         if item.cancelled:  # the handler swallowed its cancellation
                             break
+                except BaseException as exc:
+                    if not scope.__exit__(type(exc), exc, exc.__traceback__):
+                        raise
+                else:
+                    scope.__exit__(None, None, None)
                 # Left after a cancelled handler returned: go on in a fresh scope, unless
                 # the incarnation ends (or was cancelled, maybe before it even started).
                 if end or self._cancelled or self.instance is None:
