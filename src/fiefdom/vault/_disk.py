@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import uuid
@@ -51,7 +52,10 @@ def prepare(location: Location) -> None:
 
 
 class TempBlob:
-    """An upload being written to ``tmp/``: hashed and counted as it is written."""
+    """An upload being written to ``tmp/``: hashed and counted as it is written. It
+    holds an exclusive ``flock`` on its file until it is discarded, so that ``fsck``
+    never removes the temp file of an upload going on, whatever its age (the lock
+    dies with the process: a crashed upload's file is fair game)."""
 
     def __init__(self, location: Location) -> None:
         self.location = location
@@ -62,12 +66,21 @@ class TempBlob:
         self._fd: int | None = None
 
     def open(self) -> None:
-        try:
-            self._fd = os.open(
-                self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
-            )
-        except OSError as exc:
-            raise unavailable(self.location, "create", self.path, exc) from exc
+        while True:
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                raise unavailable(self.location, "create", self.path, exc) from exc
+            # fsck may have removed the file between its creation and the lock.
+            try:
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    self._fd = fd
+                    return
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+            self.path = self.location.tmp / f"{uuid.uuid4().hex}{TEMP_SUFFIX}"
 
     def write(self, data: bytes) -> None:
         assert self._fd is not None
@@ -80,24 +93,41 @@ class TempBlob:
             raise unavailable(self.location, "write", self.path, exc) from exc
 
     def finish(self) -> None:
-        """fsync and close; ``sha256`` is the hash of what was written."""
+        """fsync (the file stays open and locked); ``sha256`` is the hash of what was
+        written."""
         assert self._fd is not None
-        fd, self._fd = self._fd, None
         try:
-            os.fsync(fd)
+            os.fsync(self._fd)
         except OSError as exc:
             raise unavailable(self.location, "fsync", self.path, exc) from exc
-        finally:
-            os.close(fd)
         self.sha256 = self._hash.hexdigest()
 
     def discard(self) -> None:
-        """Close and remove the temp file (whatever state it is in)."""
+        """Remove the temp file, then close it (whatever state it is in)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+
+
+def remove_if_unlocked(location: Location, path: Path) -> bool | None:
+    """Remove a temp file unless an upload holds its lock: True if removed, None if
+    in use, False if it was gone already."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise unavailable(location, "open", path, exc) from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        return remove(location, path)
+    finally:
+        os.close(fd)
 
 
 async def receive(

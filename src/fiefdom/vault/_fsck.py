@@ -41,13 +41,17 @@ def _clean_temp(location: Location, cutoff: float) -> tuple[int, int]:
         raise _disk.unavailable(location, "list", location.tmp, exc) from exc
     for entry in entries:
         try:
-            if entry.stat(follow_symlinks=False).st_mtime <= cutoff:
-                if _disk.remove(location, Path(entry.path)):
-                    removed += 1
-            else:
-                kept += 1
+            young = entry.stat(follow_symlinks=False).st_mtime > cutoff
         except FileNotFoundError:
             continue  # an upload finished meanwhile
+        if young:
+            kept += 1
+            continue
+        done = _disk.remove_if_unlocked(location, Path(entry.path))
+        if done is None:
+            kept += 1  # an upload going on holds it
+        elif done:
+            removed += 1
     return removed, kept
 
 

@@ -219,9 +219,10 @@ class Vault:
                     "database and the location disagree; run fsck"
                 )
             # The blob's row is ours until commit: a sweep cannot remove its file now,
-            # and one that did before is undone by linking our temp file again.
-            if await anyio.to_thread.run_sync(_disk.publish, loc, msg.sha256, Path(msg.temp)):
-                await tx.execute(sql.heal_damaged, blob)
+            # and one that did before is undone by linking our temp file again. The
+            # file is there from here on: versions found damaged (by fsck) are healed.
+            await anyio.to_thread.run_sync(_disk.publish, loc, msg.sha256, Path(msg.temp))
+            await tx.execute(sql.heal_damaged, blob)
             await tx.execute(sql.insert_version, resource, number, blob, msg.size, now)
         return VersionInfo(
             resource=msg.name,
