@@ -25,6 +25,7 @@ from daemon_harness import DaemonProcess, write_config
 from prometheus_client.parser import text_string_to_metric_families
 
 from fiefdom.protocol._fairness import FairScheduler
+from fiefdom.protocol._messages import HEAVY
 
 HERE = Path(__file__).parent
 GUARD = 30.0  # a hang guard, never a speed requirement
@@ -331,3 +332,27 @@ async def test_a_well_behaved_client_is_answered_while_another_floods(tmp_path: 
                     assert reply["type"] != "error", reply
                 assert sent > at_start  # the flood went on all along
                 tg.cancel_scope.cancel()
+
+
+async def test_a_heavy_request_counts_as_several_frames_against_the_rate(tmp_path: Path) -> None:
+    """With a bucket of 12 frames (refilled at 1 per second): 12 pings are all answered,
+    but only 3 of 12 status requests (each counts as HEAVY frames, the last one
+    taken may overdraw the bucket): the 4th is past the rate, and its error names
+    the cost of a heavy request."""
+    rate = "messages_per_second = 1.0\nburst = 12"
+    with _daemon(tmp_path, "", rate=rate) as daemon:
+        async with _client(daemon) as pings:
+            for i in range(1, 12):  # (the hello took one frame)
+                await pings.send_json({"type": "ping", "id": i})
+            answers = [await pings.receive_json(timeout=GUARD) for _ in range(11)]
+            assert [a["type"] for a in answers] == ["pong"] * 11
+        async with _client(daemon) as heavy:
+            for i in range(1, 13):
+                await heavy.send_json({"type": "status", "id": i})
+            # (Replies run concurrently: the error may come before the last of them.)
+            answers = [await heavy.receive_json(timeout=GUARD) for _ in range(4)]
+    replies = sorted(a["id"] for a in answers if a["type"] == "status.reply")
+    (error,) = [a for a in answers if a["type"] == "error"]
+    assert replies == [1, 2, 3], answers
+    assert error["code"] == "rate_limited", error
+    assert error["details"]["heavy_request_cost"] == HEAVY

@@ -238,6 +238,8 @@ class Connection:
             await self.send(codec, codec.explain(data, exc))
             return
         self.server.count_frame(type(msg))
+        if msg.cost > 1:
+            self.limiter.charge(msg.cost - 1)
         refused = self._refusal(msg)
         if refused is not None:
             await self.send(codec, refused)

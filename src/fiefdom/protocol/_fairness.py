@@ -1,9 +1,11 @@
 """Fairness between the clients of the control channel: one client's flood must not
 stall the others. Three mechanisms, each cheap on the path of a well-behaved client:
 
-- ``RateLimiter``: a token bucket per connection. A frame past it is dropped before
-  it is decoded, and the first of a window of dropped frames is answered with one
-  error; then the connection is not read from until the bucket allows a frame again.
+- ``RateLimiter``: a token bucket per connection; a heavy request (one that reads
+  the store or walks every actor: its type's ``cost``) counts as that many frames,
+  once decoded. A frame past it is dropped before it is decoded, and the first of
+  a window of dropped frames is answered with one error; then the connection is
+  not read from until the bucket allows a frame again.
   A flooder's frames wait in the socket buffers meanwhile, then its sends block: the
   daemon reads it (and it sends) no faster than the rate, in order, instead of
   reading and dropping every frame it manages to send;
@@ -21,7 +23,7 @@ import time
 from collections import deque
 from typing import Final, Generic, TypeVar
 
-from ._messages import ErrorCode
+from ._messages import HEAVY, ErrorCode
 from ._replies import Error
 
 K = TypeVar("K")
@@ -66,6 +68,11 @@ class RateLimiter:
             return True
         return False
 
+    def charge(self, frames: int) -> None:
+        """Count a request read as ``frames`` more frames (a heavy one): the bucket may
+        go below empty, and the frames after it then wait until it has refilled."""
+        self._level = max(self._level - frames, -self._burst)
+
     def refuse(self) -> bool:
         """Note a dropped frame: True when it opens a window (the client is to be told)."""
         opens = not self._limited
@@ -83,10 +90,16 @@ class RateLimiter:
             id=None,
             code=ErrorCode.RATE_LIMITED,
             message=f"too many frames: this connection may send {rate:g} per second "
-            f"(bursts of {burst}); this frame is dropped unanswered, and this connection "
+            f"(bursts of {burst}; status, jobs.list and queues.list count as {HEAVY}); "
+            f"this frame is dropped unanswered, and this connection "
             f"is not read from until the rate allows a frame again (in {wait:.3g}s); "
             f"each frame then read past the rate is dropped in the same way",
-            details={"messages_per_second": rate, "burst": burst, "retry_after": wait},
+            details={
+                "messages_per_second": rate,
+                "burst": burst,
+                "heavy_request_cost": HEAVY,
+                "retry_after": wait,
+            },
         )
 
     async def pause(self) -> None:

@@ -79,11 +79,21 @@ class _Frame(msgspec.Struct, kw_only=True, tag_field="type", forbid_unknown_fiel
 # -- client to server ---------------------------------------------------------------
 
 
+# What a request that reads the store or walks every actor (status, jobs.list,
+# queues.list) counts as against a connection's rate: a flood of them is held to
+# messages_per_second / HEAVY, as they cost the daemon that much more than a ping.
+HEAVY: Final = 5
+
+
 class _Request(_Frame):
     """A frame a client sends. Each request type declares ``role``, the weakest token
-    role allowed to send it; a type without one is refused when it is defined."""
+    role allowed to send it; a type without one is refused when it is defined. A
+    request that costs the daemon much more than a ping (it reads the store or walks
+    every actor) declares its ``cost``: it counts as that many frames against the
+    connection's rate."""
 
     role: ClassVar[Role]
+    cost: ClassVar[int] = 1
     id: Int64
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -114,6 +124,7 @@ class GetStatus(_Request, tag="status"):
     """The supervisor tree with every actor's statistics, the domains and the queues."""
 
     role: ClassVar[Role] = "read"
+    cost: ClassVar[int] = HEAVY
 
 
 class Call(_Request, tag="call"):
@@ -172,6 +183,7 @@ class ListJobs(_Request, tag="jobs.list"):
     all pages (counted up to ``total_cap``)."""
 
     role: ClassVar[Role] = "read"
+    cost: ClassVar[int] = HEAVY
     queue: QueueName | None = None
     state: JobState | None = None
     kind: str | None = None
@@ -260,6 +272,7 @@ class ListQueues(_Request, tag="queues.list"):
     """The queues, paused or not, with their jobs counted by state."""
 
     role: ClassVar[Role] = "read"
+    cost: ClassVar[int] = HEAVY
 
 
 class PauseQueue(_Request, tag="queues.pause"):
