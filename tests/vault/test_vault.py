@@ -14,7 +14,7 @@ import anyio
 import pytest
 from vault_helpers import chunks, files_under, read_only
 
-from fiefdom import ActorSystem, ConfigurationError
+from fiefdom import ActorSystem, ConfigurationError, StaleOwner
 from fiefdom.storage import Store
 from fiefdom.vault import (
     BadRange,
@@ -270,3 +270,30 @@ async def test_deleting_versions_and_resources(vault: Vault) -> None:
     info = await vault.put("doc", chunks(b"one"))
     assert info.version == 4
     assert (await vault.stats()).pending_sweeps == 2  # "one" was taken back
+
+
+async def test_a_write_under_an_epoch_that_moved_on_is_refused_and_commits_nothing(
+    store: Store, location: Location
+) -> None:
+    """With a cluster node as its ownership, a put or delete carries the epoch of the
+    resource's partition; once another owner's epoch is recorded, both are refused with
+    StaleOwner and nothing is committed (GUARANTEES 000/1a stale owner, DESIGN rule 9)."""
+    from fiefdom.cluster import Node
+    from fiefdom.storage import partition_of
+
+    async with Node(store, "vault-node") as node:
+        vault = Vault(store, location, ownership=node)
+        await vault.put("owned", chunks(b"first"))
+        async with store.transaction() as tx:
+            await tx.execute(
+                "UPDATE fiefdom_partitions SET epoch = epoch + 1 WHERE partition = $1",
+                partition_of("owned"),
+            )
+        before = await vault.stats()
+        with pytest.raises(StaleOwner):
+            await vault.put("owned", chunks(b"second"))
+        with pytest.raises(StaleOwner):
+            await vault.delete("owned")
+        assert await vault.stats() == before
+        assert [v.version for v in await vault.versions("owned")] == [1]
+        assert files_under(location.tmp) == []
