@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -20,10 +21,11 @@ import pytest
 
 import fiefdom as fiefdom_client
 from fiefdom import JobEvent, JobState
+from fiefdom.storage import SCHEMA_VERSION, open_store
 
 sys.path.insert(0, str(Path(__file__).parent / "daemon"))
 
-from daemon_harness import DaemonProcess, write_config
+from daemon_harness import TOKENS, TOKENS_TOML, DaemonProcess, write_config
 
 FIEFDOM = str(Path(sys.executable).parent / "fiefdom")
 
@@ -363,6 +365,68 @@ def test_no_token_anywhere_is_one_line(tmp_path: Path) -> None:
     assert "admin.token" in result.stderr
 
 
+def _refusal(result: subprocess.CompletedProcess[str]) -> str:
+    """The one line of a refused command, without its prefix."""
+    assert result.returncode == 1, result.stdout
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("fiefdom: error: ")
+    return result.stderr.removeprefix("fiefdom: error: ").rstrip("\n")
+
+
+def test_a_refused_token_names_where_it_came_from(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """When the daemon refuses the token, the one line names where the command found it
+    (FIEFDOM_TOKEN, --token-file PATH, a [[control.tokens]] entry of the configuration,
+    the admin token file) and what to do."""
+    refused = f"{daemon.ws_url}: the token was refused: the token came from"
+    url = ("--url", daemon.url)
+    wrong = {"FIEFDOM_TOKEN": "wrong-token-0123456789"}
+    assert _refusal(fiefdom("status", *url, env=wrong, cwd=tmp_path, check=False)) == (
+        f"{refused} FIEFDOM_TOKEN; set FIEFDOM_TOKEN to one of the daemon's tokens, or unset "
+        "it to use the configuration's"
+    )
+    token_file = tmp_path / "token"
+    token_file.write_text("wrong-token-0123456789\n")
+    by_file = fiefdom("status", *url, "--token-file", str(token_file), cwd=tmp_path, check=False)
+    assert _refusal(by_file) == (
+        f"{refused} --token-file {token_file}; check that this file holds one of the "
+        "daemon's tokens (its [[control.tokens]], or admin.token in its data folder)"
+    )
+    configured = write_config(
+        tmp_path / "tokens",
+        control='[[control.tokens]]\nrole = "operate"\ntoken = "wrong-token-0123456789"\n',
+    )
+    by_config = fiefdom("status", *url, "--config", str(configured), check=False)
+    assert _refusal(by_config).startswith(
+        f"{refused} the operate token of [[control.tokens]] in {configured}; check that the "
+        "daemon at this address runs with this configuration (--config, --url)"
+    )
+    other = write_config(tmp_path / "other")
+    (other.parent / "data").mkdir()
+    admin = other.parent / "data" / "admin.token"
+    admin.write_text("another-daemons-token-0123456789\n")
+    by_admin_file = fiefdom("status", *url, "--config", str(other), check=False)
+    assert _refusal(by_admin_file).startswith(
+        f"{refused} the admin token file {admin}; check that the daemon at this address uses "
+        f"the data folder of {other}"
+    )
+
+
+def test_a_weak_token_names_the_role_needed(tmp_path: Path) -> None:
+    """A token whose role is too weak for the command: the line names the role needed,
+    where the token came from and how to give another."""
+    config = write_config(tmp_path, control=TOKENS_TOML)
+    with DaemonProcess(config, token=TOKENS["admin"]) as daemon:
+        result = fiefdom(
+            "drain", "--url", daemon.url, env={"FIEFDOM_TOKEN": TOKENS["read"]}, check=False
+        )
+        assert _refusal(result) == (
+            "'drain' needs role 'admin', the token has 'read': the token came from "
+            "FIEFDOM_TOKEN; this command needs a token of role admin (pass --token-file "
+            "PATH or set FIEFDOM_TOKEN)"
+        )
+        assert json.loads(fiefdom("status", "--json", "--config", str(config)).stdout)["ready"]
+
+
 def test_migrate_creates_the_schema(tmp_path: Path) -> None:
     """migrate applies the migrations to a fresh store and prints the version."""
     config = write_config(tmp_path)
@@ -371,16 +435,80 @@ def test_migrate_creates_the_schema(tmp_path: Path) -> None:
     assert "schema at version" in fiefdom("migrate", "--config", str(config)).stdout
 
 
+def test_migrate_store_migrates_that_store_and_makes_no_data_folder(tmp_path: Path) -> None:
+    """migrate --store URL migrates the store named, without a configuration, and
+    makes no data folder; a SQLite file in a missing folder is one line naming it;
+    migrate without a configuration or --store migrates the default store, SQLite in
+    ./data (the one folder it makes)."""
+    environ = {"FIEFDOM_CONFIG": ""}
+    database = tmp_path / "stores" / "jobs.db"
+    database.parent.mkdir()
+    missing = fiefdom(
+        "migrate", "--store", f"sqlite:///{tmp_path}/nowhere/jobs.db", cwd=tmp_path, check=False
+    )
+    assert _refusal(missing) == (
+        f"{tmp_path}/nowhere does not exist: create the SQLite database's folder first"
+    )
+    url = f"sqlite:///{database}"
+    out = fiefdom("migrate", "--store", url, "--json", cwd=tmp_path, env=environ).stdout
+    assert json.loads(out)["schema_version"] == SCHEMA_VERSION
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stores"]
+    assert database.is_file()
+    fiefdom("migrate", cwd=tmp_path, env=environ)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "stores"]
+    assert (tmp_path / "data" / "fiefdom.db").is_file()
+
+
+@pytest.mark.postgres
+def test_migrate_of_a_configured_postgres_store_makes_no_data_folder(
+    tmp_path: Path, postgres_server: str
+) -> None:
+    """migrate with a configuration whose store is PostgreSQL migrates it and makes no
+    data folder beside the configuration."""
+    config = tmp_path / "config.toml"
+    config.write_text(f'[store]\nurl = "{postgres_server}"\n', encoding="utf-8")
+    out = fiefdom("migrate", "--json", "--config", str(config)).stdout
+    assert json.loads(out)["schema_version"] == SCHEMA_VERSION
+    assert [p.name for p in tmp_path.iterdir()] == ["config.toml"]
+
+
+async def test_the_unmigrated_database_hint_is_a_command_that_works(store_url: str) -> None:
+    """The error of a store opened on an unmigrated database names a command; run as
+    written, it migrates that database, which then opens."""
+    with pytest.raises(fiefdom_client.SchemaMismatch) as refused:
+        await open_store(store_url).open()
+    hint = re.search(r"run '(fiefdom migrate [^']+)'", str(refused.value))
+    assert hint, str(refused.value)
+    command = shlex.split(hint[1])
+    assert command[:3] == ["fiefdom", "migrate", "--store"]
+    result = await anyio.run_process([FIEFDOM, *command[1:]], check=False)
+    assert result.returncode == 0, result.stderr
+    async with open_store(store_url) as store:
+        assert await store.schema_version() == SCHEMA_VERSION
+
+
 def test_drain_then_stop(tmp_path: Path) -> None:
-    """drain reports not ready and keeps serving; stop ends the daemon with exit 0."""
+    """drain sums up its drain (nothing was running) and the daemon reports not ready
+    and keeps serving; stop says the drain was done and that the daemon closed its
+    control channel, and the daemon ends with exit 0."""
     with DaemonProcess(write_config(tmp_path)) as daemon:
         config = ("--config", str(daemon.config))
-        fiefdom("drain", "--wait", "30", *config)
+        drained = fiefdom("drain", "--wait", "30", *config)
+        assert re.fullmatch(
+            r"drained in [\d.e-]+s: 0 finished, 0 given back unrun, 0 cancelled and given "
+            r"back; no new jobs are claimed \(stop the daemon with 'fiefdom stop'\)\n",
+            drained.stdout,
+        ), drained.stdout
+        assert drained.stderr.startswith("draining: no new jobs are claimed; 0 running")
         status = json.loads(fiefdom("status", "--json", *config).stdout)
         assert status["draining"] is True
         assert status["ready"] is False
         assert daemon.http("/readyz")[0] == 503
-        fiefdom("stop", *config)
+        assert fiefdom("stop", *config).stdout.splitlines() == [
+            "drained: no new jobs are claimed and none is running (the daemon was draining "
+            "already: its log has that drain's summary)",
+            "stopped: the daemon has closed its control channel",
+        ]
         assert daemon.wait(60) == 0
 
 

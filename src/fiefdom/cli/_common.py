@@ -12,12 +12,14 @@ import os
 import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from .._errors import ControlError
 from ..daemon import Config, load_config, read_token_file
 from ..protocol import Client, connect
 
@@ -38,7 +40,7 @@ class CommandError(Exception):
 
 
 def config_of(args: argparse.Namespace) -> Config:
-    path = args.config or os.environ.get("FIEFDOM_CONFIG")
+    path = args.config or os.environ.get("FIEFDOM_CONFIG") or None
     if path is None and Path("config.toml").is_file():
         path = "config.toml"
     return load_config(path)
@@ -60,31 +62,91 @@ def url_of(args: argparse.Namespace, config: Config) -> str:
     return f"http://{host}:{port}"
 
 
-def token_of(args: argparse.Namespace, config: Config) -> str:
+@dataclass(frozen=True, repr=False)
+class Token:
+    """A control token, and where the command found it (for an error that names it)."""
+
+    secret: str
+    source: str  # e.g. "FIEFDOM_TOKEN", "--token-file PATH"
+    remedy: str  # what to do when the daemon refuses it
+
+
+_ANY_TOKEN = "pass --token-file PATH or set FIEFDOM_TOKEN to a token the daemon accepts"
+
+
+def token_of(args: argparse.Namespace, config: Config) -> Token:
+    """The token a command presents: ``--token``, ``--token-file``, ``FIEFDOM_TOKEN``,
+    the configuration's tokens (the strongest role first), else the daemon's admin
+    token file; with where it came from and what to do if the daemon refuses it."""
     if args.token:
         print(
             "fiefdom: warning: --token shows the token to every user of this machine "
             "(ps, /proc); set FIEFDOM_TOKEN or let the command read the token file instead",
             file=sys.stderr,
         )
-        return str(args.token)
+        return Token(str(args.token), "--token", f"check it, or {_ANY_TOKEN}")
     if args.token_file:
-        return read_token_file(Path(args.token_file))
+        path = Path(args.token_file)
+        return Token(
+            read_token_file(path),
+            f"--token-file {path}",
+            "check that this file holds one of the daemon's tokens (its [[control.tokens]], "
+            "or admin.token in its data folder)",
+        )
     if os.environ.get("FIEFDOM_TOKEN"):
-        return os.environ["FIEFDOM_TOKEN"]
+        return Token(
+            os.environ["FIEFDOM_TOKEN"],
+            "FIEFDOM_TOKEN",
+            "set FIEFDOM_TOKEN to one of the daemon's tokens, or unset it to use the "
+            "configuration's",
+        )
+    where = _config_name(args)
     rank = {"read": 0, "operate": 1, "admin": 2}
     for spec in sorted(config.control.tokens, key=lambda s: -rank[s.role]):
+        entry = f"the {spec.role} token of [[control.tokens]] in {where}"
+        remedy = (
+            "check that the daemon at this address runs with this configuration (--config, "
+            f"--url) and was restarted since its tokens changed, or {_ANY_TOKEN}"
+        )
         if spec.token:
-            return spec.token
+            return Token(spec.token, entry, remedy)
         if spec.token_file:
-            return read_token_file(Path(config.base_dir) / spec.token_file)
+            path = Path(config.base_dir) / spec.token_file
+            return Token(read_token_file(path), f"{entry} (token_file {path})", remedy)
     path = config.admin_token_path
     if not path.is_file():
         raise CommandError(
             f"no token: {path} does not exist (has the daemon started once?); "
             "pass --token-file or set FIEFDOM_TOKEN"
         )
-    return read_token_file(path)
+    return Token(
+        read_token_file(path),
+        f"the admin token file {path}",
+        f"check that the daemon at this address uses the data folder of {where} (--config "
+        f"names the right configuration, --url the right daemon), or {_ANY_TOKEN}",
+    )
+
+
+def _config_name(args: argparse.Namespace) -> str:
+    path = args.config or os.environ.get("FIEFDOM_CONFIG") or None
+    if path is None and Path("config.toml").is_file():
+        path = "config.toml"
+    return "the built-in defaults" if path is None else str(path)
+
+
+def refused(exc: ControlError, token: Token) -> CommandError | None:
+    """The error to print for a token the daemon refused (or whose role is too weak),
+    naming where the token came from and what to do; None for any other error."""
+    if exc.code == "unauthenticated":
+        return CommandError(f"{exc}: the token came from {token.source}; {token.remedy}")
+    if exc.code == "forbidden":
+        needed = exc.details.get("needed")
+        stronger = f"a token of role {needed}" if needed else "a token of a stronger role"
+        return CommandError(
+            f"{exc}: the token came from {token.source}; this command needs {stronger} "
+            "(pass --token-file PATH or set FIEFDOM_TOKEN)"
+        )
+    return None
 
 
 def remote(action: Callable[[Client, argparse.Namespace], Awaitable[int]]) -> Callable[..., int]:
@@ -96,10 +158,16 @@ def remote(action: Callable[[Client, argparse.Namespace], Awaitable[int]]) -> Ca
         token = token_of(args, config)
 
         async def run() -> int:
-            async with connect(url, token=token, timeout=args.timeout) as client:
+            async with connect(url, token=token.secret, timeout=args.timeout) as client:
                 return await action(client, args)
 
-        return asyncio.run(run())
+        try:
+            return asyncio.run(run())
+        except ControlError as exc:
+            error = refused(exc, token)
+            if error is None:
+                raise
+            raise error from exc
 
     return command
 

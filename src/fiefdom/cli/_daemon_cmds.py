@@ -7,7 +7,7 @@ import argparse
 import asyncio
 import importlib
 from collections.abc import Awaitable, Callable
-from typing import Literal
+from pathlib import Path
 
 from .._errors import FiefdomError
 from ..daemon import Config, Daemon
@@ -63,12 +63,23 @@ def _runner(config: Config) -> tuple[Callable[[Awaitable[None]], None], str]:
 
 def _migrate(args: argparse.Namespace) -> int:
     config = config_of(args)
+    url = args.store or config.store_url
 
     async def run() -> int:
         from ..daemon._storage import open_store
 
-        config.data_path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        store = open_store(config.store_url)
+        if args.store is None and config.store.url is None:
+            # The default store is SQLite in the data folder: made here if need be.
+            # Any other store's folder is its owner's to make.
+            config.data_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        store = open_store(url)
+        path = getattr(store, "path", None)
+        if store.backend == "sqlite" and isinstance(path, str):
+            folder = Path(path).parent
+            if not folder.is_dir():
+                raise CommandError(
+                    f"{folder} does not exist: create the SQLite database's folder first"
+                )
         await store.open(migrate=True)
         try:
             return await store.schema_version()
@@ -144,25 +155,6 @@ async def _actors(client: Client, args: argparse.Namespace) -> int:
 
 def _is_domain(status: StatusReply, target: str) -> bool:
     return any(t.name == target and t.kind == "domain" for t in status.targets)
-
-
-async def _drain(client: Client, args: argparse.Namespace) -> int:
-    await client.drain(timeout=args.wait)
-    if args.json:
-        emit_json({"drained": True})
-    else:
-        print("drained: no new jobs are claimed and none is running (stop it with 'fiefdom stop')")
-    return 0
-
-
-async def _stop(client: Client, args: argparse.Namespace) -> int:
-    mode: Literal["drain", "cancel"] = "cancel" if args.cancel else "drain"
-    await client.stop_daemon(mode)
-    if args.json:
-        emit_json({"stopping": mode})
-    else:
-        print(f"stopping ({mode})")
-    return 0
 
 
 async def _dump(client: Client, args: argparse.Namespace) -> int:

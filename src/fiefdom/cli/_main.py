@@ -26,7 +26,7 @@ from ._common import (
     positive,
     remote,
 )
-from ._daemon_cmds import _actors, _drain, _dump, _migrate, _queues, _serve, _status, _stop
+from ._daemon_cmds import _actors, _dump, _migrate, _queues, _serve, _status
 from ._jobs import (
     jobs_cancel,
     jobs_enqueue,
@@ -36,6 +36,7 @@ from ._jobs import (
     jobs_retry,
     jobs_show,
 )
+from ._live import call, drain, jobs_watch, logs, stop
 
 
 def _version() -> str:
@@ -45,9 +46,12 @@ def _version() -> str:
         return "unknown"
 
 
-def _global_options(parser: argparse.ArgumentParser, *, sub: bool) -> None:
+def _global_options(
+    parser: argparse.ArgumentParser, *, sub: bool, json_output: bool = True
+) -> None:
     """The options every command takes, before or after its name. On a command they
-    default to nothing, so that one given before the command is kept."""
+    default to nothing, so that one given before the command is kept. ``call`` takes
+    ``--json`` for its message instead (its output is JSON anyway)."""
 
     def default(value: object) -> object:
         return argparse.SUPPRESS if sub else value
@@ -58,9 +62,10 @@ def _global_options(parser: argparse.ArgumentParser, *, sub: bool) -> None:
         default=default(None),
         help="configuration file (default: $FIEFDOM_CONFIG, else ./config.toml)",
     )
-    parser.add_argument(
-        "--json", action="store_true", default=default(False), help="print JSON, not tables"
-    )
+    if json_output:
+        parser.add_argument(
+            "--json", action="store_true", default=default(False), help="print JSON, not tables"
+        )
     parser.add_argument(
         "--local",
         action="store_true",
@@ -100,6 +105,8 @@ def _global_options(parser: argparse.ArgumentParser, *, sub: bool) -> None:
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, sub=True)
+    common_no_json = argparse.ArgumentParser(add_help=False)
+    _global_options(common_no_json, sub=True, json_output=False)
     parser = argparse.ArgumentParser(prog="fiefdom", description=_DESCRIPTION)
     _global_options(parser, sub=False)
     parser.add_argument("--version", action="version", version=f"fiefdom {_version()}")
@@ -111,7 +118,14 @@ def _parser() -> argparse.ArgumentParser:
         return parent.add_parser(name, parents=[common], help=text, description=text)
 
     command(sub, "serve", "run the daemon").set_defaults(func=_serve)
-    command(sub, "migrate", "apply the store's migrations").set_defaults(func=_migrate)
+    migrate = command(sub, "migrate", "apply the store's migrations")
+    migrate.add_argument(
+        "--store",
+        metavar="URL",
+        help="the store to migrate, like sqlite:///path/to/fiefdom.db or "
+        "postgresql://user@host:port/db (default: the configuration's)",
+    )
+    migrate.set_defaults(func=_migrate)
     command(sub, "status", "the daemon's actors and queues").set_defaults(func=remote(_status))
     _jobs_parser(sub, command)
 
@@ -143,12 +157,60 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--wait", type=finite, default=None, help="seconds to wait at most")
         p.set_defaults(func=remote(_actors))
 
-    drain = command(sub, "drain", "stop taking work; let running finish")
-    drain.add_argument("--wait", type=finite, default=None, help="seconds to wait at most")
-    drain.set_defaults(func=remote(_drain))
-    stop = command(sub, "stop", "stop the daemon (drains first)")
-    stop.add_argument("--cancel", action="store_true", help="cancel running work at once")
-    stop.set_defaults(func=remote(_stop))
+    call_parser = sub.add_parser(
+        "call",
+        parents=[common_no_json],
+        help="ask an exposed actor or domain key; prints its reply as JSON",
+        description="Send MESSAGE_TYPE with the fields of --json to an exposed actor or "
+        "domain key (see 'fiefdom actors ls') and print its reply as JSON (null for a "
+        "message that is not a request). --timeout is also the actor's deadline.",
+    )
+    call_parser.add_argument("target", help="an exposed actor or domain")
+    call_parser.add_argument("message_type", help="a message type the target accepts")
+    call_parser.add_argument("--key", help="the domain key to ask (a domain needs one)")
+    call_parser.add_argument(
+        "--json",
+        dest="payload",
+        default="{}",
+        metavar="FIELDS",
+        help="the message's fields as a JSON object (default: {})",
+    )
+    call_parser.set_defaults(func=remote(call))
+
+    logs_parser = command(
+        sub, "logs", "print the daemon's log events as they come (with -f), until Ctrl-C"
+    )
+    logs_parser.add_argument(
+        "-f", "--follow", action="store_true", help="follow the log (the only mode)"
+    )
+    logs_parser.add_argument(
+        "--level",
+        choices=["debug", "info", "warning", "error", "critical"],
+        default="info",
+        help="the lowest level printed (default: info)",
+    )
+    logs_parser.set_defaults(func=remote(logs))
+
+    drain_parser = command(
+        sub,
+        "drain",
+        "stop taking jobs and let running ones finish (cancelled and given back after "
+        "jobs.drain_timeout); prints progress on stderr, then a summary",
+    )
+    drain_parser.add_argument("--wait", type=finite, default=None, help="seconds to wait at most")
+    drain_parser.set_defaults(func=remote(drain))
+    stop_parser = command(
+        sub,
+        "stop",
+        "stop the daemon: drain first (progress on stderr, then a summary), then stop "
+        "and wait (--timeout) until it closes its control channel",
+    )
+    stop_parser.add_argument(
+        "--cancel",
+        action="store_true",
+        help="cancel running work at once (jobs go back to their queue)",
+    )
+    stop_parser.set_defaults(func=remote(stop))
     command(sub, "dump", "write the flight recorder now").set_defaults(func=remote(_dump))
     return parser
 
@@ -222,6 +284,11 @@ def _jobs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], comma
     add(jobs_sub, "kinds", "the registered job kinds and their options").set_defaults(
         func=remote(jobs_kinds)
     )
+
+    watch = add(jobs_sub, "watch", "print job events (state changes) as they come, until Ctrl-C")
+    watch.add_argument("--kind", help="only jobs of this kind")
+    watch.add_argument("--queue", help="only jobs of this queue")
+    watch.set_defaults(func=remote(jobs_watch))
 
     prune = add(jobs_sub, "prune", "delete final jobs that finished long enough ago")
     prune.add_argument(

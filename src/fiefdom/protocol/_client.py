@@ -173,6 +173,23 @@ class EventStream:
         self.subscription = None
         self._queue.put_nowait(error)
 
+    def received(self) -> list[EventData | Dropped]:
+        """The events received and not yet read, without waiting (an event the daemon
+        sent before the reply to a later request is among them once that reply has
+        come)."""
+        items: list[EventData | Dropped] = []
+        if self._local_dropped:
+            count, self._local_dropped = self._local_dropped, 0
+            items.append(Dropped(subscription=self.subscription or 0, count=count))
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, BaseException):
+                # The end of the stream: left for the iterator to raise.
+                self._queue.put_nowait(item)
+                break
+            items.append(item)
+        return items
+
     def __aiter__(self) -> EventStream:
         return self
 
@@ -484,6 +501,34 @@ class Client:
         if not isinstance(message, Request):
             return None
         return self.codec.decode_as(reply.result, reply_type_of(type(message)))
+
+    async def call_by_name(
+        self,
+        target: str,
+        message_type: str,
+        fields: Mapping[str, Any] | None = None,
+        *,
+        key: str | None = None,
+        timeout: float | None = 5.0,
+    ) -> Any:
+        """``call`` without the message's class: the message type as the target
+        registered it and its fields; returns the reply as plain values (dicts, lists,
+        numbers, strings; None for a tell). The reply may take ``timeout`` seconds
+        (the actor's deadline) more than the client's usual timeout."""
+        payload = msgspec.Raw(self.codec.encode(dict(fields or {})))
+        reply = await self._request(
+            lambda i: Call(
+                id=i,
+                target=target,
+                message_type=message_type,
+                message=payload,
+                key=key,
+                timeout=timeout,
+            ),
+            CallReply,
+            timeout=self._waiting(timeout),
+        )
+        return self.codec.decode_as(reply.result, Any)
 
     async def pause_actor(self, target: str, *, key: str | None = None) -> None:
         """Pause the exposed actor ``target``: it finishes its current message and
