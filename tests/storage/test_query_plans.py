@@ -1,6 +1,7 @@
 """Every listing and claim query is backed by an index (DESIGN, Storage): PostgreSQL's
 plans of the statements the store and the engine really run, read on a table of
-100,000 jobs.
+100,000 jobs; and SQLite's plans of the listings, newest first (what ``fiefdom jobs
+ls`` shows), with each filter.
 
 The statements are not copied here: each operation (a claim, a listing with each
 filter combination, a rescue, ...) runs for real against a small database while the
@@ -39,7 +40,7 @@ from fiefdom.storage import (
     open_store,
 )
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 T = TypeVar("T")
 
@@ -155,8 +156,8 @@ FILTER_VALUES: dict[str, object] = {
 }
 
 
-def listing_name(filters: tuple[str, ...]) -> str:
-    return f"list_jobs({','.join(filters)})"
+def listing_name(filters: tuple[str, ...], *, newest_first: bool = False) -> str:
+    return f"list_jobs({','.join(('newest_first',) * newest_first + filters)})"
 
 
 LISTINGS = [
@@ -273,6 +274,12 @@ async def run_operations(store: Store, captured: Captured) -> None:
     for filters in LISTINGS:
         values: dict[str, Any] = {f: FILTER_VALUES[f] for f in filters}
         await record(listing_name(filters), functools.partial(store.list_jobs, **values))
+        # Newest first, as the command line lists: after_id is then the id the ids
+        # go down from.
+        await record(
+            listing_name(filters, newest_first=True),
+            functools.partial(store.list_jobs, newest_first=True, **values),
+        )
     await record("count_jobs", store.count_jobs)
 
 
@@ -439,6 +446,7 @@ OPERATIONS = [
     "rescue",
     "promote",
     *(listing_name(f) for f in LISTINGS),
+    *(listing_name(f, newest_first=True) for f in LISTINGS),
 ]
 # Statements that take the first jobs in an order (a claim batch, the due jobs): the
 # order must come straight from an index, so that a backlog of any size is never read
@@ -453,6 +461,7 @@ def _param(name: str) -> Any:
     return pytest.param(name, id=name)
 
 
+@pytest.mark.postgres
 def test_every_operation_is_covered(plans: Plans) -> None:
     """Each operation checked here ran statements on the jobs table, and none is unchecked."""
     assert sorted(plans.statements) == sorted(OPERATIONS + SPECIAL)
@@ -460,6 +469,7 @@ def test_every_operation_is_covered(plans: Plans) -> None:
     assert empty == []
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize("name", [_param(n) for n in OPERATIONS])
 async def test_a_selective_statement_reads_the_jobs_table_through_an_index(
     big_store: Store, plans: Plans, name: str
@@ -486,6 +496,7 @@ def _conditions(node: dict[str, Any]) -> str:
     return " ".join(str(node.get(k, "")) for k in ("Index Cond", "Recheck Cond", "Filter"))
 
 
+@pytest.mark.postgres
 async def test_prune_finds_old_jobs_through_the_finished_index(
     big_store: Store, plans: Plans
 ) -> None:
@@ -506,6 +517,7 @@ async def test_prune_finds_old_jobs_through_the_finished_index(
     assert sum(rows_read(n) for n in selection) <= READ_LIMIT, describe(plan)
 
 
+@pytest.mark.postgres
 async def test_counting_reads_the_table_once(big_store: Store, plans: Plans) -> None:
     """count_jobs legitimately reads every row (it counts them all): once, in one scan."""
     [(sql, args)] = plans.statements["count_jobs"]
@@ -514,3 +526,81 @@ async def test_counting_reads_the_table_once(big_store: Store, plans: Plans) -> 
     assert len(scans) == 1, describe(plan)
     assert scans[0]["Actual Loops"] == 1
     assert rows_read(scans[0]) == ROWS
+
+
+# -- SQLite ----------------------------------------------------------------------------
+
+# A smaller table of the same shape as BIG_TABLE (SQLite's planner reads the statistics
+# of ANALYZE as PostgreSQL's does; what matters is which index a plan walks).
+SQLITE_ROWS = 20_000
+SQLITE_TABLE = f"""
+INSERT INTO fiefdom_jobs (kind, queue, state, args, max_attempts, created_at, run_at)
+WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < {SQLITE_ROWS})
+SELECT
+    CASE WHEN i % 500 = 7 THEN '{RARE_KIND}' ELSE 'kind-' || (i % 20) END,
+    CASE WHEN i % 100 = 3 THEN '{RARE_QUEUE}' ELSE 'q' || (i % 10) END,
+    CASE
+        WHEN i % 1000 < 850 THEN 'completed'
+        WHEN i % 1000 < 900 THEN 'available'
+        WHEN i % 1000 < 970 THEN 'scheduled'
+        WHEN i % 1000 < 995 THEN 'cancelled'
+        ELSE 'discarded' END,
+    '{{}}', 5, 0, 0
+FROM g
+"""
+# A plan's line reading fiefdom_jobs through an index: the primary key (a range of
+# ids) or one of the listing indexes.
+SQLITE_INDEXED = re.compile(
+    r"SEARCH fiefdom_jobs USING (INTEGER PRIMARY KEY|(COVERING )?INDEX \w+) \("
+)
+
+
+async def _sqlite_plan(store: Store, sql: str) -> list[tuple[int, int, str]]:
+    """``EXPLAIN QUERY PLAN`` of ``sql``: (id, parent, detail) per line."""
+    async with store.transaction() as tx:
+        rows = await tx.fetch("EXPLAIN QUERY PLAN " + sql)
+    return [(int(r[0]), int(r[1]), str(r[-1])) for r in rows]
+
+
+@pytest.mark.dialect("sqlite")
+@pytest.mark.parametrize("filters", [pytest.param(f, id=",".join(f) or "all") for f in LISTINGS])
+async def test_sqlite_lists_newest_first_through_an_index(
+    store: Store, filters: tuple[str, ...]
+) -> None:
+    """On SQLite, each newest-first listing (by queue, state, kind, below an id, and
+    their combinations) reads fiefdom_jobs through an index walked downwards: it
+    searches an index (the unfiltered listing walks the ids down from the top) and
+    sorts no more than the pages of its arms, never the table."""
+    async with store.transaction() as tx:
+        await tx.execute(SQLITE_TABLE)
+        await tx.execute("ANALYZE")
+    reader = store._reader.conn  # type: ignore[attr-defined]
+    assert reader is not None
+    executed: list[str] = []
+    # The statements as executed, their arguments written in (SQLite's expanded SQL).
+    await reader.set_trace_callback(executed.append)
+    values: dict[str, Any] = {f: FILTER_VALUES[f] for f in filters}
+    try:
+        listed = await store.list_jobs(newest_first=True, **values)
+    finally:
+        await reader.set_trace_callback(None)
+    ids = [job.id for job in listed]
+    assert ids == sorted(ids, reverse=True)
+    [sql] = [s for s in executed if TOUCHES_JOBS.search(s)]
+    plan = await _sqlite_plan(store, sql)
+    text = "\n".join(detail for _, _, detail in plan)
+    reads = [detail for _, _, detail in plan if "fiefdom_jobs" in detail]
+    assert reads, text
+    if filters:
+        assert all(SQLITE_INDEXED.match(detail) for detail in reads), text
+    else:
+        # All jobs, newest first: the table's own order (its ids), read down from the
+        # top and stopped at the page's end.
+        assert reads == ["SCAN fiefdom_jobs"], text
+    # A sort only ever orders the rows of one arm's page (a subquery's, ``s<n>``),
+    # never rows read straight from the table.
+    for node, parent, detail in plan:
+        if detail.startswith("USE TEMP B-TREE"):
+            siblings = [d for n, p, d in plan if p == parent and n != node]
+            assert siblings, text
+            assert all(re.fullmatch(r"(CO-ROUTINE|SCAN) s\d+", d) for d in siblings), text
