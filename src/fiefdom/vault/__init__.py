@@ -10,8 +10,12 @@ enqueues the ``SweepBlobs`` job in the same transaction; the sweep removes files
 only once unreferenced for the grace period. ``Vault.fsck`` reconciles files and
 rows. ``validate_name`` is the one rule for names (``MAX_NAME_BYTES`` bytes at
 most). ``VAULT_DOMAIN`` names the vault's domain of per-resource actors.
-``VersionState`` is a version's state: ``"live"`` or ``"damaged"``. See
-docs/vault.md."""
+``VersionState`` is a version's state: ``"live"`` or ``"damaged"``.
+
+``Transforms`` runs transforms (``Thumbnail`` with Pillow, ``Command``: an owned
+subprocess, or any ``Transform``) as ``TransformVersion`` jobs in the resource's
+actor: each reads a version and writes the resource's next version, its progress
+kept as ``TransformProgress``. See docs/vault.md."""
 
 from .._errors import BadRange as BadRange
 from .._errors import BlobMissing as BlobMissing
@@ -32,6 +36,13 @@ from ._model import VersionInfo as VersionInfo
 from ._model import VersionState as VersionState
 from ._names import MAX_NAME_BYTES as MAX_NAME_BYTES
 from ._names import validate_name as validate_name
+from ._transforms import Command as Command
+from ._transforms import Progress as Progress
+from ._transforms import Thumbnail as Thumbnail
+from ._transforms import Transform as Transform
+from ._transforms import TransformProgress as TransformProgress
+from ._transforms import Transforms as Transforms
+from ._transforms import TransformVersion as TransformVersion
 from ._vault import VAULT_DOMAIN as VAULT_DOMAIN
 from ._vault import SweepBlobs as SweepBlobs
 from ._vault import Vault as Vault
@@ -42,6 +53,7 @@ __all__ = [
     "BadRange",
     "BlobMissing",
     "ChecksumMismatch",
+    "Command",
     "Download",
     "FsckReport",
     "InvalidName",
@@ -49,10 +61,16 @@ __all__ = [
     "LocationUnavailable",
     "MissingBlob",
     "NotFound",
+    "Progress",
     "ResourceInfo",
     "ResourcePage",
     "SweepBlobs",
+    "Thumbnail",
     "TooLarge",
+    "Transform",
+    "TransformProgress",
+    "TransformVersion",
+    "Transforms",
     "Vault",
     "VaultError",
     "VaultStats",
