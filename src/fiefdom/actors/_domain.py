@@ -14,6 +14,7 @@ still accepted, as an explicit choice, for a domain whose keys are known to be f
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Hashable
@@ -142,8 +143,10 @@ class Domain(Generic[K, M]):
         # a task group's work itself: serve waits for every task, a failed one stops
         # the others and its error is raised, a cancellation reaches every actor.
         self._loop: asyncio.AbstractEventLoop | None = None  # while serve hosts actors
-        self._tasks: dict[Cell[M], asyncio.Task[None]] = {}  # a strong ref to each task
+        self._tasks: dict[asyncio.Task[None], Cell[M]] = {}
         self._tasks_done: asyncio.Future[None] | None = None
+        self._task_done_hook = self._task_done  # one bound method shared by every task
+        self._context = contextvars.Context()  # empty: the done callback reads no variable
         self._failures: list[BaseException] = []
         self._doomed = False  # cancelled: no actor starts, restarts or waits for a slot
         self._backlog: list[Cell[M]] = []
@@ -446,7 +449,25 @@ class Domain(Generic[K, M]):
 
     def _spawn(self, cell: Cell[M]) -> None:
         assert self._loop is not None
-        self._tasks[cell] = self._loop.create_task(self._run_cell(cell), name=cell.path)
+        task = self._loop.create_task(self._run_cell(cell), name=cell.path)
+        self._tasks[task] = cell
+        # In the domain's own context: by default each callback would get a copy of
+        # the sender's, one more object per live actor.
+        task.add_done_callback(self._task_done_hook, context=self._context)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        del self._tasks[task]
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is not None:
+                # As a task group does: the error stops the domain, serve raises it.
+                self._failures.append(exc)
+                if self._scope is not None:
+                    self._scope.cancel()
+        if not self._tasks:
+            done = self._tasks_done
+            if done is not None and not done.done():
+                done.set_result(None)
 
     async def _all_tasks_done(self) -> None:
         if self._tasks:
@@ -466,79 +487,63 @@ class Domain(Generic[K, M]):
         self._closed = self._closed or "its domain is stopping"
         for waiter in self._waiters:
             waiter.cancel()
-        for cell in list(self._tasks):
+        for cell in list(self._tasks.values()):
             cell.cancel(warn=False)
 
     async def _run_cell(self, cell: Cell[M]) -> None:
-        # The task's end is noted here, not by a done callback (one call less per
-        # activation): an error is kept for serve to raise, as a task group does.
+        pending = True
         try:
-            pending = True
+            if cell.predecessor is not None:
+                await cell.predecessor.stopped.wait()
+                cell.predecessor = None
+            if self._doomed:
+                return
+            await self._acquire_slot()
+            pending = False
+            self._pending -= 1
+            self._wake_room()
             try:
-                if cell.predecessor is not None:
-                    await cell.predecessor.stopped.wait()
-                    cell.predecessor = None
-                if self._doomed:
+                if self._doomed:  # cancelled while its slot was being handed over
                     return
-                await self._acquire_slot()
-                pending = False
+                self._activations += 1
+                while True:
+                    try:
+                        await cell.serve()
+                        break
+                    except StartFailed as exc:
+                        cell.mailbox.close("it failed to start")
+                        cell.fail_queued(exc.__cause__ or exc)
+                        cell.log.error("activation failed", **exc_fields(exc.__cause__))
+                        self._emit_crash(cell, exc.__cause__ or exc)
+                        break
+                    except Exception as exc:
+                        self._crashes += 1
+                        cell.log.error("actor crashed", **exc_fields(exc))
+                        self._emit_crash(cell, exc)
+                        if cell.mailbox.depth == 0 or cell.stop_mode == "exit" or self._doomed:
+                            break
+                        # Messages are waiting (also while passivating: they were sent
+                        # before it began): a fresh instance takes them.
+                        cell.restarts += 1
+                        if self._events is not None:
+                            self._events.emit(
+                                ActorRestarted(
+                                    path=cell.path, key=str(cell.key), restarts=cell.restarts
+                                )
+                            )
+            finally:
+                self._release_slot(cell)
+        finally:
+            if pending:
                 self._pending -= 1
                 self._wake_room()
-                try:
-                    if self._doomed:  # cancelled while its slot was being handed over
-                        return
-                    self._activations += 1
-                    while True:
-                        try:
-                            await cell.serve()
-                            break
-                        except StartFailed as exc:
-                            cell.mailbox.close("it failed to start")
-                            cell.fail_queued(exc.__cause__ or exc)
-                            cell.log.error("activation failed", **exc_fields(exc.__cause__))
-                            self._emit_crash(cell, exc.__cause__ or exc)
-                            break
-                        except Exception as exc:
-                            self._crashes += 1
-                            cell.log.error("actor crashed", **exc_fields(exc))
-                            self._emit_crash(cell, exc)
-                            if cell.mailbox.depth == 0 or cell.stop_mode == "exit" or self._doomed:
-                                break
-                            # Messages are waiting (also while passivating: they were sent
-                            # before it began): a fresh instance takes them.
-                            cell.restarts += 1
-                            if self._events is not None:
-                                self._events.emit(
-                                    ActorRestarted(
-                                        path=cell.path, key=str(cell.key), restarts=cell.restarts
-                                    )
-                                )
-                finally:
-                    self._release_slot(cell)
-            finally:
-                if pending:
-                    self._pending -= 1
-                    self._wake_room()
-                if self._cells.get(cell.key) is cell:  # type: ignore[arg-type]
-                    del self._cells[cell.key]  # type: ignore[arg-type]
-                if cell.idle:
-                    cell.idle = False
-                    del self._idle[cell.key]  # type: ignore[arg-type]
-                cell.close("it was passivated")  # sets cell.stopped: a successor may start
-                self._passivations += 1
-        except BaseException as exc:
-            if not isinstance(exc, asyncio.CancelledError):  # a wait for a slot, cancelled
-                self._failures.append(exc)
-                if self._scope is not None:
-                    self._scope.cancel()  # serve stops every other actor, then raises it
-                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                    raise  # the loop stops at once, as for any task
-        finally:
-            del self._tasks[cell]
-            if not self._tasks:
-                done = self._tasks_done
-                if done is not None and not done.done():
-                    done.set_result(None)
+            if self._cells.get(cell.key) is cell:  # type: ignore[arg-type]
+                del self._cells[cell.key]  # type: ignore[arg-type]
+            if cell.idle:
+                cell.idle = False
+                del self._idle[cell.key]  # type: ignore[arg-type]
+            cell.close("it was passivated")  # sets cell.stopped: a successor may start
+            self._passivations += 1
 
     def _emit_crash(self, cell: Cell[M], exc: BaseException) -> None:
         if self._events is not None:
