@@ -3,8 +3,8 @@ topics: ``drain`` and ``stop`` (the drain's progress, then its summary), ``jobs
 watch`` (job events) and ``logs -f`` (log events); and ``call``, which asks an
 exposed actor or domain key.
 
-Progress goes to stderr (a line rewritten in place on a terminal, one line per
-report otherwise), results to stdout, so that ``--json`` output stays JSON."""
+Progress goes to stderr (a progress bar on a terminal, one line per report
+otherwise), results to stdout, so that ``--json`` output stays JSON."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
 import anyio
+from tqdm import tqdm
 
 from .._errors import ControlConnectionError, ControlError
 from ..protocol import Client, Dropped, EventStream, JobEvent, LogEvent
@@ -26,12 +27,11 @@ from ._common import CommandError, emit_json, when
 _BEGUN = "draining: no new jobs are claimed"
 _PROGRESS = "draining: jobs still running"
 _DRAINED = "drained: "
-_BAR = 20  # cells of the progress bar on a terminal
 
 
 class _DrainReport:
-    """Prints what the daemon's drain says: progress on ``out`` (rewritten in place
-    on a terminal), and keeps the summary (``finished``, ``given_back``,
+    """Prints what the daemon's drain says: progress on ``out`` (a bar on a
+    terminal), and keeps the summary (``finished``, ``given_back``,
     ``cancelled``, ``took``) once it comes."""
 
     def __init__(self, out: TextIO) -> None:
@@ -39,7 +39,7 @@ class _DrainReport:
         self.tty = out.isatty()
         self.total = 0  # the most jobs seen running: the bar's length
         self.summary: dict[str, Any] | None = None
-        self._open_line = False
+        self._bar: tqdm[Any] | None = None
 
     def see(self, event: object) -> None:
         if not isinstance(event, LogEvent):
@@ -50,10 +50,7 @@ class _DrainReport:
             self.total = max(self.total, running)
             limit = fields.get("drain_timeout")
             after = f" (cancelled and given back after {limit:g}s)" if limit is not None else ""
-            self._line(
-                f"draining: no new jobs are claimed; {running} running{after}",
-                keep=True,
-            )
+            self._line(f"draining: no new jobs are claimed; {running} running{after}")
         elif event.event == _PROGRESS:
             running = int(fields.get("running") or 0)
             left = float(fields.get("seconds_left") or 0.0)
@@ -70,27 +67,25 @@ class _DrainReport:
         if not self.tty:
             self._line(f"draining: {jobs}, {left:g}s left before they are cancelled")
             return
-        done = self.total - running
-        filled = round(_BAR * done / self.total) if self.total else _BAR
-        bar = "#" * filled + "." * (_BAR - filled)
-        self._line(f"draining [{bar}] {done}/{self.total} done, {jobs}, {left:.0f}s left")
+        bar = self._bar
+        if bar is None:
+            bar = self._bar = tqdm(
+                total=self.total, desc="draining", unit="job", file=self.out, leave=True
+            )
+        bar.total = self.total
+        bar.n = self.total - running
+        bar.set_postfix_str(f"{jobs}, {left:.0f}s left", refresh=True)
 
-    def _line(self, text: str, *, keep: bool = False) -> None:
-        if self.tty and not keep:
-            # In place: back to the start of the line, and clear it.
-            self.out.write(f"\r\x1b[K{text}")
-            self._open_line = True
-        else:
-            self.end()
-            self.out.write(text + "\n")
+    def _line(self, text: str) -> None:
+        self.end()
+        self.out.write(text + "\n")
         self.out.flush()
 
     def end(self) -> None:
-        """End a line left open on the terminal."""
-        if self._open_line:
-            self.out.write("\n")
-            self.out.flush()
-            self._open_line = False
+        """Close the progress bar left open on the terminal."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 def _summary_text(summary: dict[str, Any]) -> str:
