@@ -36,6 +36,7 @@ from ._jobs import (
     jobs_retry,
     jobs_show,
 )
+from ._vault import register as _vault_parser
 from ._live import call, drain, jobs_watch, logs, stop
 
 
@@ -212,6 +213,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     stop_parser.set_defaults(func=remote(stop))
     command(sub, "dump", "write the flight recorder now").set_defaults(func=remote(_dump))
+    _vault_parser(sub, command)
     return parser
 
 

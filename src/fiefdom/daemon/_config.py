@@ -14,6 +14,7 @@ import msgspec
 
 from .._errors import ConfigurationError
 from ..protocol import ControlSettings
+from ..vault import Location
 
 ENV_PREFIX = "FIEFDOM_"
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
@@ -97,6 +98,29 @@ class ClusterSection(_Section):
     advertise: str | None = None
 
 
+class VaultSection(_Section):
+    """The vault (see docs/vault.md): resources with versions, stored in one location
+    under the data folder and served over HTTP on the control address."""
+
+    enabled: bool = True
+    # The storage location's folder (relative paths: to data_dir) and the name the
+    # database records for it (the folder may move as long as the name stays).
+    path: str = "vault"
+    location: str = "vault"
+    # The largest upload taken (PUT or tus), in bytes: 413 past it.
+    max_upload_bytes: Annotated[int, msgspec.Meta(ge=0)] = 1 << 30
+    # How long an unreferenced blob, an abandoned temp file or a blob file without a
+    # row is kept before it is removed (longer than any upload's commit may take).
+    grace: Seconds = 3600.0
+    # A resumable (tus) upload not written to for this long is removed.
+    upload_expiry: PositiveSeconds = 24 * 3600.0
+    # An upload whose body stalls this long between two chunks is abandoned.
+    idle_timeout: PositiveSeconds = 60.0
+    # Reconcile files and rows (fsck without repair) at start, in the background;
+    # one summary line is logged.
+    fsck_at_start: bool = True
+
+
 class RecorderSection(_Section):
     folder: str = "flight-recorder"  # relative to data_dir
     capacity: AtLeastOne = 10_000  # events kept (debug included)
@@ -104,7 +128,8 @@ class RecorderSection(_Section):
 
 class Config(_Section):
     """The daemon's configuration: ``[daemon]``, ``[store]``, ``[control]``, ``[jobs]``,
-    ``[recorder]``, ``[cluster]`` and the user modules' own ``[app.<module>]`` sections."""
+    ``[recorder]``, ``[cluster]``, ``[vault]`` and the user modules' own
+    ``[app.<module>]`` sections."""
 
     daemon: DaemonSection = msgspec.field(default_factory=DaemonSection)
     store: StoreSection = msgspec.field(default_factory=StoreSection)
@@ -112,6 +137,7 @@ class Config(_Section):
     jobs: JobsSection = msgspec.field(default_factory=JobsSection)
     recorder: RecorderSection = msgspec.field(default_factory=RecorderSection)
     cluster: ClusterSection = msgspec.field(default_factory=ClusterSection)
+    vault: VaultSection = msgspec.field(default_factory=VaultSection)
     app: dict[str, Any] = msgspec.field(default_factory=dict)  # free-form, for user modules
     # Where relative paths start; set by load_config, not read from the file.
     base_dir: str = "."
@@ -132,6 +158,10 @@ class Config(_Section):
         ``daemon.shutdown_timeout``)."""
         drain = self.jobs.drain_timeout
         return self.daemon.shutdown_timeout if drain is None else drain
+
+    @property
+    def vault_path(self) -> Path:
+        return (self.data_path / self.vault.path).resolve()
 
     @property
     def recorder_path(self) -> Path:
@@ -235,6 +265,10 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
             f"{source}: jobs.heartbeat: must be shorter than jobs.lease ({jobs.lease:g}s), "
             f"got {jobs.heartbeat:g}s; leave it unset for a third of the lease"
         )
+    try:
+        Location(config.vault.location, config.vault_path)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{source}: vault.location: {exc}") from None
     return config
 
 

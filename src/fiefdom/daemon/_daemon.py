@@ -70,6 +70,7 @@ from ._run import run_daemon
 from ._services import StoreService
 from ._storage import SCHEMA_VERSION, Store
 from ._tokens import token_table
+from ._vault import DaemonVault
 
 log = structlog.get_logger("fiefdom.daemon")
 
@@ -102,6 +103,8 @@ class Daemon:
         self.store: Store | None = None
         self.jobs_adapter = JobsAdapter(config, self.hub, self.metrics)
         self.server: ControlServer | None = None
+        # The vault ([vault]): its routes on the control server, its sweeps on the engine.
+        self.vault_host = DaemonVault(config)
         self.outages = OutageLog(_redact(config.store_url))
         self._log_stream = log_stream
         # The data folder's lock, from the start's checks until the daemon has stopped;
@@ -341,6 +344,7 @@ class Daemon:
         self._note_stop(mode)
         try:
             await self._settled.wait()  # a start under way finishes first
+            await self.vault_host.stop()
             await self.system.stop(self._stop_mode or mode)
         finally:
             with anyio.CancelScope(shield=True):
@@ -377,6 +381,7 @@ class Daemon:
         if self._released:
             return
         self._released = True
+        await self.vault_host.stop()
         if self._stop_forwarding is not None:
             self._stop_forwarding()
             self._stop_forwarding = None
@@ -429,8 +434,9 @@ class Daemon:
                 "store", lambda: store_service, restart=Restart.TEMPORARY, shutdown=_STOP_MARGIN
             )
         )
+        mounts = self.vault_host.open(store)
         await set_up_modules(self, modules)
-        server = ControlServer(self, config.control, tokens, self.metrics)
+        server = ControlServer(self, config.control, tokens, self.metrics, mounts=mounts)
         try:
             await root.start_child(
                 ServiceSpec(
@@ -445,6 +451,8 @@ class Daemon:
         self.server = server
         if config.jobs.enabled and not self._draining:
             engine = await self.jobs_adapter.build_engine()
+            assert self.jobs_adapter.engine is not None
+            self.vault_host.register(self.jobs_adapter.engine)
             # Read again: a drain (or a stop) may have arrived while the engine was
             # built (it awaits the pausing of the configured queues). Nothing awaits
             # between this check and start_child, and a drain waits for the start to
@@ -460,6 +468,7 @@ class Daemon:
         host, _ = config.control.host_port()
         url = f"http://{host}:{server.port}"
         publish_endpoint(config.data_path, url, self.name)
+        self.vault_host.start_background()
         # Where the command line finds the admin token, when that is what it uses.
         token = {} if config.control.tokens else {"admin_token": str(config.admin_token_path)}
         log.info(

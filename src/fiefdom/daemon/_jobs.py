@@ -195,6 +195,10 @@ class JobsAdapter:
         assert self.store is not None
         self.registrar.closed = True
         queues = {name: q.concurrency for name, q in self.config.jobs.queues.items()}
+        if self.config.vault.enabled and not self.config.jobs.retention.enabled:
+            # The vault's sweep jobs run on the engine's own queue, which the pruning
+            # job otherwise brings along.
+            queues.setdefault("fiefdom", 1)
         engine = JobEngine(
             self.store,
             queues=queues,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 
 import anyio
@@ -38,6 +38,13 @@ from ._settings import ControlSettings, TokenTable
 
 log = structlog.get_logger("fiefdom.control")
 
+# What a mounted set of routes gets to authenticate a request: None when its token
+# holds the role, else the 401 or 403 to answer with.
+Refuse = Callable[[web.Request, Role], web.Response | None]
+# Adds routes to the server's application (the vault's HTTP API, say), sharing the
+# control channel's tokens and roles through ``Refuse``.
+HttpMount = Callable[[web.Application, Refuse], None]
+
 
 class ControlServer:
     """Serves the control channel for one daemon (``host``)."""
@@ -48,8 +55,10 @@ class ControlServer:
         settings: ControlSettings,
         tokens: TokenTable,
         metrics: ControlMetrics | None = None,
+        mounts: Sequence[HttpMount] = (),
     ) -> None:
         self.host = host
+        self.mounts = tuple(mounts)
         self.settings = settings
         self.tokens = tokens
         self.metrics = metrics or ControlMetrics(host.system)
@@ -152,6 +161,8 @@ class ControlServer:
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/schema", self._guard("/schema", self._schema_endpoint))
         app.router.add_get("/ws", self._websocket)
+        for mount in self.mounts:
+            mount(app, self._refuse)
         return app
 
     @property

@@ -15,7 +15,12 @@ most). ``VAULT_DOMAIN`` names the vault's domain of per-resource actors.
 ``Transforms`` runs transforms (``Thumbnail`` with Pillow, ``Command``: an owned
 subprocess, or any ``Transform``) as ``TransformVersion`` jobs in the resource's
 actor: each reads a version and writes the resource's next version, its progress
-kept as ``TransformProgress``. See docs/vault.md."""
+kept as ``TransformProgress``.
+
+Over HTTP: ``VaultHttp`` mounts the vault's routes (and tus 1.0 resumable uploads,
+``TusUploads``) on an aiohttp application, as the daemon does on its control
+server; ``VaultClient`` is their Python client (``Stored``: a committed version).
+See docs/vault.md."""
 
 from .._errors import BadRange as BadRange
 from .._errors import BlobMissing as BlobMissing
@@ -25,7 +30,10 @@ from .._errors import LocationUnavailable as LocationUnavailable
 from .._errors import NotFound as NotFound
 from .._errors import TooLarge as TooLarge
 from .._errors import VaultError as VaultError
+from ._client import Stored as Stored
+from ._client import VaultClient as VaultClient
 from ._disk import Download as Download
+from ._http import VaultHttp as VaultHttp
 from ._model import FsckReport as FsckReport
 from ._model import Location as Location
 from ._model import MissingBlob as MissingBlob
@@ -43,6 +51,7 @@ from ._transforms import Transform as Transform
 from ._transforms import TransformProgress as TransformProgress
 from ._transforms import Transforms as Transforms
 from ._transforms import TransformVersion as TransformVersion
+from ._tus import TusUploads as TusUploads
 from ._vault import VAULT_DOMAIN as VAULT_DOMAIN
 from ._vault import SweepBlobs as SweepBlobs
 from ._vault import Vault as Vault
@@ -64,6 +73,7 @@ __all__ = [
     "Progress",
     "ResourceInfo",
     "ResourcePage",
+    "Stored",
     "SweepBlobs",
     "Thumbnail",
     "TooLarge",
@@ -71,8 +81,11 @@ __all__ = [
     "TransformProgress",
     "TransformVersion",
     "Transforms",
+    "TusUploads",
     "Vault",
+    "VaultClient",
     "VaultError",
+    "VaultHttp",
     "VaultStats",
     "VersionInfo",
     "VersionState",

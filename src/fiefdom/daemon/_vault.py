@@ -1,0 +1,114 @@
+"""The daemon's vault (the ``[vault]`` section): one storage location under the
+data folder, the vault on the daemon's store, its HTTP routes mounted on the
+control server, its sweep jobs on the daemon's engine, and a background task that
+reconciles files and rows once at start (``fsck`` without repair, one summary
+line) and removes expired resumable uploads from then on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from .._errors import ConfigurationError, FiefdomError
+from ..jobs import JobEngine
+from ..protocol._server import HttpMount
+from ..vault import Location, Vault, VaultHttp
+from ..vault._disk import prepare
+from ._config import Config
+from ._storage import Store
+
+log = structlog.get_logger("fiefdom.vault")
+
+
+class DaemonVault:
+    """The vault of one daemon run (nothing at all when ``vault.enabled`` is false)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.vault: Vault | None = None
+        self.http: VaultHttp | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def open(self, store: Store) -> list[HttpMount]:
+        """Create the vault on ``store`` (its location's folders made now: a location
+        that cannot be written fails the start, naming the setting); returns the
+        routes to mount on the control server."""
+        settings = self.config.vault
+        if not settings.enabled:
+            return []
+        location = Location(settings.location, self.config.vault_path)
+        try:
+            prepare(location)
+            (location.path / "uploads").mkdir(exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"vault.path: cannot use {location.path} as the vault's storage: {exc}"
+            ) from exc
+        self.vault = Vault(
+            store, location, grace=settings.grace, max_size=settings.max_upload_bytes
+        )
+        self.http = VaultHttp(
+            self.vault,
+            max_upload=settings.max_upload_bytes,
+            upload_expiry=settings.upload_expiry,
+            idle_timeout=settings.idle_timeout,
+        )
+        return [self.http.mount]
+
+    def register(self, engine: JobEngine) -> None:
+        """Run the vault's sweep jobs on the daemon's engine."""
+        if self.vault is not None:
+            self.vault.register(engine)
+
+    def start_background(self) -> None:
+        """Start the reconciliation at start and the expiry of resumable uploads."""
+        if self.vault is not None and self._task is None:
+            self._task = asyncio.ensure_future(self._background())
+
+    async def stop(self) -> None:
+        """Cancel the background task and wait for it."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _background(self) -> None:
+        assert self.vault is not None
+        assert self.http is not None
+        if self.config.vault.fsck_at_start:
+            await self._fsck()
+        # Often enough that an expired upload goes within a tenth of its expiry.
+        every = max(1.0, min(600.0, self.config.vault.upload_expiry / 10))
+        while True:
+            try:
+                removed = await self.http.uploads.expire()
+                if removed:
+                    log.info("expired resumable uploads removed", removed=removed)
+            except FiefdomError as exc:
+                log.warning("removing expired uploads failed", error=str(exc))
+            await asyncio.sleep(every)
+
+    async def _fsck(self) -> None:
+        assert self.vault is not None
+        try:
+            report = await self.vault.fsck(repair=False)
+        except FiefdomError as exc:
+            log.warning("vault fsck at start failed", error=str(exc))
+            return
+        log.info(
+            "vault checked",
+            path=str(self.config.vault_path),
+            blobs_checked=report.blobs_checked,
+            missing=len(report.missing),
+            missing_versions=sum(len(m.versions) for m in report.missing),
+            orphans_removed=report.orphans_removed,
+            orphans_kept=report.orphans_kept,
+            temp_removed=report.temp_removed,
+            temp_kept=report.temp_kept,
+            swept=report.swept,
+            foreign=len(report.foreign),
+            clean=report.clean,
+        )
