@@ -165,6 +165,8 @@ every = 30.0
         "batch_size": 50,
         "drain_timeout": 12.0,
         "retention": Retention(completed=60.0, cancelled=120.0, discarded=180.0, every=30.0),
+        "cluster_listen": "127.0.0.1:0",
+        "cluster_address": None,
     }
     path.write_text("[jobs.retention]\nenabled = false\n", encoding="utf-8")
     settings = engine_settings(load_config(path, environ={}))
