@@ -6,10 +6,12 @@ is the same on both)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 from vault_daemon import MAX_UPLOAD, TOKENS, DaemonProcess, files, raw_request, start
+from vault_helpers import HANG_GUARD
 
 from fiefdom.vault import VaultClient
 
@@ -46,9 +49,10 @@ async def stats(url: str) -> dict[str, Any]:
 
 
 async def test_put_then_get_round_trips_a_multi_mib_file(store_url: str, tmp_path: Path) -> None:
-    """A 5 MiB file PUT streamed (with its Content-Digest) is 201 with its version and
-    hash, reads back byte for byte with ETag, Accept-Ranges and Content-Disposition;
-    the same bytes again are version 2 of one blob; HEAD has the headers, no body."""
+    """(Both dialects.) A 5 MiB file PUT streamed (with its Content-Digest) is 201
+    with its version and hash, reads back byte for byte with ETag, Accept-Ranges and
+    Content-Disposition; the same bytes again are version 2 of one blob; HEAD has the
+    headers, no body; the fsck at start logged its summary line."""
     daemon = start(tmp_path / "d", store_url)
     try:
         data = os.urandom(5 * 1024 * 1024 + 123)
@@ -95,6 +99,11 @@ async def test_put_then_get_round_trips_a_multi_mib_file(store_url: str, tmp_pat
             (2, sha, len(data)),
         ]
         assert all(v["location"] == "vault" and v["created_at"] > 0 for v in versions)
+        # The start's fsck logged its one summary line.
+        deadline = time.monotonic() + HANG_GUARD
+        while "vault checked" not in daemon.log():
+            assert time.monotonic() < deadline, daemon.log()
+            await asyncio.sleep(0.05)
     finally:
         daemon.stop()
 
