@@ -8,7 +8,8 @@ measured in the same run (so the ratio holds on a noisy machine):
   clients, with max_active=10,000 (activations/s) vs a bare "activation" (a task
   started per key by a task group, answering one future; also shown: a task made
   with loop.create_task alone), in interleaved rounds: the ratio is the median of
-  the per-round ratios, and every round is printed;
+  the per-round ratios, and every round is printed; the domain also under the
+  garbage collector settings the daemon applies once started (docs/performance.md);
 - peak RSS after touching 1,000,000 distinct keys with max_active=10,000, in a fresh
   process, with the RSS at 100,000 keys to show it stops growing at the cap.
 
@@ -21,8 +22,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib.util
 import json
 import logging
+import pathlib
 import resource
 import subprocess
 import sys
@@ -254,6 +257,31 @@ async def bare_activations(keys: int, clients: int) -> float:
         return keys / (time.perf_counter() - start)
 
 
+def _daemon_gc() -> Any:
+    """fiefdom.daemon._gc, loaded on its own: importing the daemon package would load
+    the whole daemon, whose objects every collection measured here would then scan."""
+    name = "fiefdom_daemon_gc"
+    if name not in sys.modules:
+        path = pathlib.Path(fiefdom.__file__).parent / "daemon" / "_gc.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
+
+
+def with_daemon_gc(main: Any, *args: Any) -> float:
+    """The rate under the garbage collector settings ``fiefdom serve`` applies once
+    started (fiefdom.daemon._gc: start-up frozen, young threshold raised)."""
+    undo = _daemon_gc().tune_gc({})
+    try:
+        return float(run(main, *args)["activations_per_s"])
+    finally:
+        undo()
+
+
 def median(values: list[float]) -> float:
     ordered = sorted(values)
     middle = len(ordered) // 2
@@ -269,6 +297,7 @@ def activation_rounds(keys: int, max_active: int, clients: int, rounds: int) -> 
     for i in range(rounds):
         measures: list[tuple[str, Any]] = [
             ("domain", lambda: run(domain_asks, keys, max_active, clients)["activations_per_s"]),
+            ("domain_daemon_gc", lambda: with_daemon_gc(domain_asks, keys, max_active, clients)),
             ("bare", lambda: run(bare_activations, keys, clients)),
             ("bare_task", lambda: run(bare_task_activations, keys, clients)),
         ]
@@ -281,20 +310,25 @@ def activation_rounds(keys: int, max_active: int, clients: int, rounds: int) -> 
         raw.append(rates)
     ratios = [r["domain"] / r["bare"] for r in raw]
     task_ratios = [r["domain"] / r["bare_task"] for r in raw]
+    daemon_ratios = [r["domain_daemon_gc"] / r["bare"] for r in raw]
     return {
         "activations_per_s": round(median([r["domain"] for r in raw])),
         "baseline_per_s": round(median([r["bare"] for r in raw])),
         "baseline": "a task started per key by an anyio task group, answering one future",
         "ratio": round(median(ratios), 3),
         "goal": 0.6,
+        "daemon_gc_activations_per_s": round(median([r["domain_daemon_gc"] for r in raw])),
+        "daemon_gc_ratio": round(median(daemon_ratios), 3),
         "create_task_baseline_per_s": round(median([r["bare_task"] for r in raw])),
         "ratio_to_create_task_baseline": round(median(task_ratios), 3),
         "rounds": [
             {
                 "domain_per_s": round(r["domain"]),
+                "daemon_gc_domain_per_s": round(r["domain_daemon_gc"]),
                 "baseline_per_s": round(r["bare"]),
                 "create_task_baseline_per_s": round(r["bare_task"]),
                 "ratio": round(r["domain"] / r["bare"], 3),
+                "daemon_gc_ratio": round(r["domain_daemon_gc"] / r["bare"], 3),
             }
             for r in raw
         ],

@@ -19,6 +19,7 @@ from .._lifecycle import StopMode
 from ..protocol import EventHub
 from ..supervisors import ActorSystem
 from ._config import Config
+from ._gc import tune_gc
 from ._logging import FlightRecorder, configure_logging
 
 log = structlog.get_logger("fiefdom.daemon")
@@ -82,6 +83,7 @@ async def run_daemon(daemon: Runnable, log_stream: TextIO | None) -> None:
 
 async def _start_wait_stop(daemon: Runnable) -> None:
     await daemon.start()
+    tune_gc()  # start-up frozen, a higher young threshold (FIEFDOM_GC=default: not)
     try:
         mode = await _until_stop_requested(daemon)
     except BaseException:
