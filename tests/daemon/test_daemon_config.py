@@ -21,9 +21,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_default_config_file_is_valid_and_loopback() -> None:
-    """config.toml decodes; SQLite under the data folder; control on 127.0.0.1:8765."""
+    """config.toml decodes; SQLite under the data folder; control on 127.0.0.1:8765;
+    it hosts the example module the README walks through (examples/app.py)."""
     config = load_config(ROOT / "config.toml", environ={})
     assert config.control.listen == "127.0.0.1:8765"
+    assert (config.daemon.modules, config.daemon.python_path) == (["app"], ["examples"])
+    assert (ROOT / "examples" / "app.py").exists()
     assert config.store_url == f"sqlite:///{ROOT / 'data' / 'fiefdom.db'}"
     assert config.data_path == ROOT / "data"
 
