@@ -36,8 +36,8 @@ from ._jobs import (
     jobs_retry,
     jobs_show,
 )
-from ._vault import register as _vault_parser
 from ._live import call, drain, jobs_watch, logs, stop
+from ._vault import register as _vault_parser
 
 
 def _version() -> str:
