@@ -658,7 +658,8 @@ class Domain(Generic[K, M]):
                             self._doom()
                             with anyio.CancelScope(shield=True):
                                 await self._all_tasks_done()
-                        self._loop = None
+                        # No activation may begin while the task group ends.
+                        self._closed = self._closed or "its domain has stopped"
             if self._failures:
                 failures, self._failures = self._failures, []
                 raise BaseExceptionGroup("unhandled errors in a TaskGroup", failures)
