@@ -10,6 +10,9 @@ inside that actor, serialised with its edits. Over the control channel:
     fiefdom status
     fiefdom jobs enqueue wordcount '{"doc_id": "readme"}'   (or client.enqueue(...))
     client.call("documents", Append(text="hello world"), key="readme")
+
+Its own settings come from ``[app.app]`` (the section is named after the module);
+docs/modules.md is the guide to writing such a module.
 """
 
 from __future__ import annotations
@@ -67,8 +70,15 @@ async def count_words(job: WordCount, ctx: fiefdom.JobContext[Any]) -> None:
     document.words = len(document.text.split())
 
 
-async def setup(daemon: Any) -> None:
+class Settings(msgspec.Struct, forbid_unknown_fields=True):
+    """``[app.app]`` in config.toml (every key optional)."""
+
+    idle_timeout: float = 300.0  # seconds before an idle document's actor is passivated
+
+
+async def setup(daemon: fiefdom.ModuleHost) -> None:
     """Called once at start: spawn and expose actors, register job kinds."""
-    documents = daemon.system.domain("documents", Document, idle_timeout=300.0)
+    settings = daemon.settings(Settings)
+    documents = daemon.system.domain("documents", Document, idle_timeout=settings.idle_timeout)
     daemon.expose("documents", documents, [Append, Read, Words])
     daemon.jobs.register(WordCount, count_words)

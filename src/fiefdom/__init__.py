@@ -57,6 +57,7 @@ from .actors import RuntimeEvent as RuntimeEvent
 from .actors import SupervisorEscalated as SupervisorEscalated
 from .actors import run_process as run_process
 from .cluster import ClusterSettings as ClusterSettings
+from .daemon import ModuleHost as ModuleHost
 from .jobs import Cancel as Cancel
 from .jobs import Discard as Discard
 from .jobs import EngineStatistics as EngineStatistics
@@ -135,6 +136,7 @@ __all__ = [
     "JobState",
     "LifecycleError",
     "MailboxFull",
+    "ModuleHost",
     "OwnerUnavailable",
     "ProcessFailed",
     "ProcessResult",

@@ -1,6 +1,6 @@
 """The user's modules (``daemon.modules``): imported before the daemon writes anything,
 so that a missing one fails the start with nothing created; their ``setup(daemon)``
-hooks run later, once the store is open, with a ``DaemonContext``."""
+hooks run later, once the store is open, each with its own ``ModuleHost``."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, overload
 
 import msgspec
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 from .._errors import ConfigurationError, FiefdomError
 from ..actors import ActorRef, Domain
@@ -25,8 +26,10 @@ from ._storage import Store
 
 log = structlog.get_logger("fiefdom.daemon")
 
+S = TypeVar("S", bound=msgspec.Struct)
 
-class ModuleHost(Protocol):
+
+class _Daemon(Protocol):
     """What the modules' hooks reach of the daemon (named here, so that this module
     needs no import of the daemon's)."""
 
@@ -37,33 +40,54 @@ class ModuleHost(Protocol):
     store: Store | None
 
 
-class DaemonContext:
-    """What a user module's ``setup(daemon)`` hook gets: the actor system to spawn
-    into, ``expose`` to make actors callable over the control channel, the job
-    engine to register job kinds with, its own settings, and the data folder."""
+class ModuleHost:
+    """What a module's ``setup(daemon)`` hook receives: the daemon as its modules see it.
 
-    def __init__(self, daemon: ModuleHost, module: str) -> None:
+    ::
+
+        class Settings(msgspec.Struct):
+            port: int = 8080
+
+        async def setup(daemon: fiefdom.ModuleHost) -> None:
+            settings = daemon.settings(Settings)          # [app.<module>] in config.toml
+            documents = daemon.system.domain("documents", Document)
+            daemon.expose("documents", documents, [Append, Read])
+            daemon.jobs.register(WordCount, count_words)
+
+    One is made per module. The hook runs once at start, after the store has opened
+    and before the control server and the job engine start; what it spawns joins the
+    daemon's supervisor tree in module order and stops, in reverse order, after the
+    engine and the control server have stopped. An exception raised by the hook fails
+    the daemon's start (``fiefdom serve`` exits 2)."""
+
+    def __init__(self, daemon: _Daemon, module: str) -> None:
         self._daemon = daemon
-        self.module = module
-        self.system: ActorSystem = daemon.system
-        self.data_dir: Path = daemon.config.data_path
-        self.settings: dict[str, Any] = dict(daemon.config.app.get(module.rsplit(".", 1)[-1], {}))
-        self.log = structlog.get_logger(module)
+        self._module = module
+        self._section = module.rsplit(".", 1)[-1]
+        self._log: FilteringBoundLogger = structlog.get_logger(module)
 
-    def expose(
-        self,
-        name: str,
-        target: ActorRef[Any] | Domain[Any, Any],
-        messages: Iterable[type[msgspec.Struct]],
-    ) -> None:
-        """Make ``target`` callable over the control channel as ``name``."""
-        self._daemon.registry.expose(name, target, messages)
-        if isinstance(target, Domain):
-            # Job kinds may run in an exposed domain under the same name.
-            self._daemon.jobs_adapter.registrar.domains.setdefault(name, target)
+    @property
+    def module(self) -> str:
+        """The module's import name, as listed in ``daemon.modules``."""
+        return self._module
+
+    @property
+    def section(self) -> str:
+        """The name of the module's own settings section, ``[app.<section>]``: the last
+        part of its import name (``[app.webhooks]`` for ``myapp.webhooks``)."""
+        return self._section
+
+    @property
+    def system(self) -> ActorSystem:
+        """The daemon's actor system: ``await system.spawn(...)`` an actor, or create a
+        domain with ``system.domain(...)``; both join the daemon's supervisor tree."""
+        return self._daemon.system
 
     @property
     def store(self) -> Store:
+        """The daemon's store, open and migrated: ``store.transaction()`` to write the
+        application's own tables (and enqueue jobs with them), ``store.read()`` to read
+        them."""
         store = self._daemon.store
         if store is None:  # pragma: no cover - setup runs after the store opened
             raise FiefdomError("the store is not open")
@@ -71,8 +95,87 @@ class DaemonContext:
 
     @property
     def jobs(self) -> JobRegistrar:
-        """Register job kinds, their handlers and the domains they run in."""
+        """The job engine's registrar: ``jobs.register(JobType, handler)`` a job kind,
+        ``jobs.domain(name, domain)`` a domain job kinds run in, ``jobs.periodic(...)``
+        a job enqueued on a schedule. Only during setup: the engine starts after it."""
         return self._daemon.jobs_adapter.registrar
+
+    @property
+    def data_dir(self) -> Path:
+        """The daemon's data folder (``daemon.data_dir``), for files of the module's own."""
+        return self._daemon.config.data_path
+
+    @property
+    def config(self) -> Config:
+        """The daemon's whole configuration, read-only by convention."""
+        return self._daemon.config
+
+    @property
+    def log(self) -> FilteringBoundLogger:
+        """A logger named after the module; its lines go wherever the daemon's go."""
+        return self._log
+
+    def expose(
+        self,
+        name: str,
+        target: ActorRef[Any] | Domain[Any, Any],
+        messages: Iterable[type[msgspec.Struct]],
+    ) -> None:
+        """Make ``target`` callable over the control channel as ``name``, for the
+        message types listed (``client.call(name, msg, key=...)``, ``fiefdom call``).
+        An exposed domain is also where job kinds declaring ``domain=name`` run."""
+        self._daemon.registry.expose(name, target, messages)
+        if isinstance(target, Domain):
+            # Job kinds may run in an exposed domain under the same name.
+            self._daemon.jobs_adapter.registrar.domains.setdefault(name, target)
+
+    @overload
+    def settings(self) -> dict[str, Any]: ...
+
+    @overload
+    def settings(self, kind: type[S]) -> S: ...
+
+    def settings(self, kind: type[S] | None = None) -> dict[str, Any] | S:
+        """The module's own section of ``config.toml``, ``[app.<section>]``.
+
+        Without an argument: a copy of the section as a dict (empty when there is
+        none). With a ``msgspec.Struct`` type: the section decoded and validated into
+        it (its defaults fill what the section leaves out; ``forbid_unknown_fields=True``
+        on the Struct refuses misspelt keys). Environment variables override keys as
+        for any setting: ``FIEFDOM_APP__<SECTION>__<KEY>``. A bad value raises
+        ConfigurationError naming ``app.<section>.<key>``; raised in ``setup``, it
+        fails the daemon's start with that one line (``fiefdom serve`` exits 2)."""
+        raw = self._daemon.config.app.get(self._section, {})
+        if not isinstance(raw, dict):
+            raise ConfigurationError(
+                f"app.{self._section}: expected a table ([app.{self._section}]), "
+                f"got {type(raw).__name__}"
+            )
+        if kind is None:
+            return dict(raw)
+        try:
+            # Not strict: environment overrides arrive as text ("9000" for an int).
+            return msgspec.convert(raw, kind, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigurationError(_explain(exc, f"app.{self._section}")) from None
+
+
+def _explain(exc: msgspec.ValidationError, section: str) -> str:
+    """One line naming the key of ``section`` that msgspec refused, and why."""
+    text = str(exc)
+    message, marker, where = text.rpartition(" - at `")
+    if not marker:
+        message, where = text, "$"
+    key = where.rstrip("`").removeprefix("$").lstrip(".")
+    path = f"{section}.{key}" if key else section
+    if message.startswith("Object contains unknown field"):
+        field = message.split("`")[1]
+        return f"{path}.{field}: unknown key (check its spelling)"
+    if message.startswith("Object missing required field"):
+        field = message.split("`")[1]
+        return f"{path}.{field}: missing (the module requires it)"
+    detail = message[0].lower() + message[1:] if message else "invalid value"
+    return f"{path}: {detail}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +183,7 @@ class UserModule:
     """An imported user module and its ``setup(daemon)`` hook."""
 
     name: str
-    setup: Callable[[DaemonContext], object]
+    setup: Callable[[ModuleHost], object]
 
 
 def import_modules(config: Config) -> list[UserModule]:
@@ -114,10 +217,10 @@ def import_modules(config: Config) -> list[UserModule]:
     return modules
 
 
-async def set_up_modules(daemon: ModuleHost, modules: Sequence[UserModule]) -> None:
+async def set_up_modules(daemon: _Daemon, modules: Sequence[UserModule]) -> None:
     """Run each module's hook in order (awaiting it when it is a coroutine)."""
     for module in modules:
-        result = module.setup(DaemonContext(daemon, module.name))
+        result = module.setup(ModuleHost(daemon, module.name))
         if inspect.isawaitable(result):
             await result
         log.info("module set up", module=module.name)
