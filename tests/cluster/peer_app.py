@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import anyio
+import msgspec
 
 import fiefdom
 
@@ -31,6 +32,13 @@ class Relay(fiefdom.Request[int]):
     then: str | None = None
 
 
+class RelayTold(msgspec.Struct):
+    """Told: ask key ``to`` WhereAreYou from the handler, and journal the answer
+    (``relayed:<pid>``) or the error's type name (``relayed:<Error>``)."""
+
+    to: str
+
+
 class Count(fiefdom.Request[int]):
     """How many Count asks the key's actor has answered, this one included."""
 
@@ -45,7 +53,7 @@ class Fail(fiefdom.Request[None]):
     text: str
 
 
-Message = WhereAreYou | Nap | Relay | Count | Journal | Fail
+Message = WhereAreYou | Nap | Relay | RelayTold | Count | Journal | Fail
 # The process's domain ``acct`` (set where it is created): a handler relays through it.
 DOMAIN: list[fiefdom.Domain[str, Message]] = []
 JOURNAL: list[str] = []
@@ -75,6 +83,12 @@ class Account(fiefdom.Actor[Message]):
                 if then is None:
                     return await domain.ask(to, WhereAreYou())
                 return await domain.ask(to, Relay(to=then))
+            case RelayTold(to=to):
+                try:
+                    self.journal.append(f"relayed:{await DOMAIN[0].ask(to, WhereAreYou())}")
+                except Exception as exc:
+                    self.journal.append(f"relayed:{type(exc).__name__}")
+                return None
             case Count():
                 self.counted += 1
                 return self.counted

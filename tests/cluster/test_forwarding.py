@@ -16,7 +16,7 @@ import anyio
 import peer_app
 import pytest
 from cluster_helpers import reap, start_nodes, stop_node, wait_until
-from peer_app import Count, Fail, Journal, Nap, Relay, WhereAreYou
+from peer_app import Count, Fail, Journal, Nap, Relay, RelayTold, WhereAreYou
 
 import fiefdom
 from fiefdom.storage import leases, partition_of
@@ -165,6 +165,29 @@ async def test_a_call_cycle_across_nodes_fails_at_once(
         assert any(path.endswith(f"acct/{a}") for path in cycle.value.cycle), cycle.value
         assert any(path.endswith(f"acct/{b}") for path in cycle.value.cycle), cycle.value
         assert await cluster.acct.ask(a, Relay(to=b, then=c), timeout=10) == os.getpid()
+
+
+async def test_an_actor_activated_by_a_forwarded_ask_keeps_no_call_chain_of_it(
+    store: fiefdom.Store, store_url: str, tmp_path: Path
+) -> None:
+    """Key b (on the peer) first activated by an ask from key a's handler (here): a
+    later tell to b whose handler asks a is answered, not refused as a cycle (the
+    chain of the ask that activated b is not b's for ever)."""
+    async with two_nodes(store, store_url, tmp_path) as cluster:
+        (b,) = cluster.keys(local=False)
+        (a,) = cluster.keys(local=True)
+        assert await cluster.acct.ask(a, Relay(to=b), timeout=10) != os.getpid()
+        await cluster.acct.tell(b, RelayTold(to=a))
+
+        async def relayed() -> list[str]:
+            journal = await cluster.acct.ask(b, Journal(), timeout=10)
+            return [entry for entry in journal if entry.startswith("relayed:")]
+
+        async def done() -> bool:
+            return bool(await relayed())
+
+        await wait_until(done, what="b's handler to relay its ask to a")
+        assert await relayed() == [f"relayed:{os.getpid()}"]
 
 
 async def test_a_handler_error_on_the_owner_comes_back_typed(

@@ -342,6 +342,10 @@ class Cell(Generic[M]):
         a stop is requested, stop it. Raises what a handler raised (a crash), or
         StartFailed when the factory or on_start raised."""
         current_cell.set(self)
+        # The task was made in the context of whoever activated the actor, maybe a
+        # forwarded ask: its chain is that ask's, not the actor's later messages'.
+        if forwarded_from.get():
+            forwarded_from.set(())
         self.state = ActorState.STARTING
         self._cancelled = False
         # One coroutine and, as a rule, one cancel scope per incarnation: a domain may
