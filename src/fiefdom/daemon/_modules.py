@@ -19,12 +19,16 @@ from structlog.typing import FilteringBoundLogger
 from .._errors import ConfigurationError, FiefdomError
 from ..actors import ActorRef, Domain
 from ..protocol import Registry
-from ..supervisors import ActorSystem
+from ..supervisors import ActorSystem, Backoff, Restart, ServiceSpec, SupervisorSpec
 from ._config import Config
 from ._jobs import JobRegistrar, JobsAdapter
+from ._module_services import HostedService, ServiceTarget
 from ._storage import Store
 
 log = structlog.get_logger("fiefdom.daemon")
+
+# How long a service's supervisor waits beyond the service's own deadline.
+_STOP_MARGIN = 5.0
 
 S = TypeVar("S", bound=msgspec.Struct)
 
@@ -128,6 +132,48 @@ class ModuleHost:
         if isinstance(target, Domain):
             # Job kinds may run in an exposed domain under the same name.
             self._daemon.jobs_adapter.registrar.domains.setdefault(name, target)
+
+    async def run_service(
+        self,
+        name: str,
+        service: ServiceTarget,
+        *,
+        restart: Restart = Restart.PERMANENT,
+        max_restarts: int = 3,
+        within: float = 5.0,
+        backoff: Backoff | None = None,
+        shutdown: float = 10.0,
+    ) -> None:
+        """Run a long-lived service (an HTTP server, a consumer) in the daemon's tree,
+        supervised, and stopped with the daemon; returns once it has started.
+
+        ``service`` is an async function that runs until it is cancelled (``await
+        service()``; its ``finally`` blocks clean up), or an object with ``async
+        start()`` (returning once it serves) and ``async stop()``. At the daemon's
+        stop, services stop in reverse order of their start, after the job engine
+        and the control server (so a webhook server can still enqueue while jobs
+        drain) and before the store closes; each gets ``shutdown`` seconds, then is
+        cancelled. A function is cancelled to stop it.
+
+        It runs under a supervisor of its own named ``name`` (its child is
+        ``service``): a crash (the function raising, or returning when ``restart``
+        is ``PERMANENT``) restarts it after ``backoff``; more than ``max_restarts``
+        within ``within`` seconds and that supervisor gives up, escalating to the
+        daemon's root, which restarts it within its own intensity and past that
+        stops the daemon with the error. A failure of ``start()`` here fails the
+        daemon's start."""
+        path = f"{self.system.name}/{name}/service"
+        hosted = HostedService(path, service, shutdown)
+        spec = SupervisorSpec(
+            name,
+            children=[ServiceSpec("service", lambda: hosted, restart=restart, shutdown=shutdown)],
+            max_restarts=max_restarts,
+            within=within,
+            backoff=backoff,
+            shutdown=shutdown + _STOP_MARGIN,
+        )
+        await self.system.start_supervisor(spec)
+        log.info("service started", module=self._module, service=name)
 
     @overload
     def settings(self) -> dict[str, Any]: ...
