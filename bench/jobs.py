@@ -1,27 +1,47 @@
-"""Job engine throughput and pickup latency, on SQLite and PostgreSQL.
+"""Job engine throughput and pickup latency, side by side with pgqueuer.
 
-Per backend: enqueue N no-op jobs in batches, drain them with one engine (jobs/s
-for both phases), then the pickup latency (enqueue of one job to its handler
-starting, on an idle engine) as p50 and p99. The baseline, measured in the same
-run: the bare driver inserting and updating the same number of rows in the same
-batches (asyncpg; aiosqlite for SQLite). Prints one JSON object per figure.
+Every round measures, per system, on the same PostgreSQL server (each system in a
+database of its own, emptied before each round):
 
-    .venv/bin/python bench/jobs.py [--jobs 20000] [--backend sqlite|postgres|all]
-        [--loop uvloop|asyncio] [--postgres URL]
+- batch enqueue: ``--batch-jobs`` no-op jobs in one call (jobs/s);
+- one-at-a-time enqueue: ``--single-jobs`` jobs, each call awaited before the next;
+- drain: every job enqueued above (batch + single), one engine/worker process,
+  claim batches of 100 (jobs/s, from the engine's start until every outcome is
+  committed);
+- pickup latency: an idle engine, one job enqueued at a time; from just before the
+  enqueue call to its handler starting (p50 and p99 over ``--samples``).
+
+The systems: fiefdom on PostgreSQL, pgqueuer (when installed: ``pip install -e
+'.[bench]'``; otherwise it is reported as skipped) on PostgreSQL, and fiefdom on
+SQLite (batch enqueue and drain: the one-process SQLite drain against the PostgreSQL
+one). The order of the systems alternates from round to round. Each round prints one
+JSON object per system; the summary gives each figure's median and every ratio as
+the median of the per-round ratios (fiefdom / peer for rates; fiefdom's p50 / the
+peer's for pickup, lower is better), with every round's values.
+
+``--baseline`` also prints the bare driver's figures (asyncpg, aiosqlite) for the
+same row counts.
+
+    .venv/bin/python bench/jobs.py [--rounds 5] [--batch-jobs 20000]
+        [--single-jobs 2000] [--samples 200] [--loop uvloop|asyncio]
+        [--postgres URL] [--no-sqlite] [--baseline]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import importlib.util
 import json
 import logging
 import os
+import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +51,11 @@ from fiefdom.jobs import JobContext, JobEngine
 from fiefdom.storage import Job, JobOptions, Store, open_store
 
 ENQUEUE_BATCH = 1000
+CLAIM_BATCH = 100
+CONCURRENCY = 200
 POSTGRES = os.environ.get("FIEFDOM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+Figures = dict[str, float]
 
 
 class Noop(Job):
@@ -39,13 +63,26 @@ class Noop(Job):
     n: int
 
 
-def emit(loop: str, backend: str, figure: str, **values: Any) -> None:
-    print(
-        json.dumps({"bench": "jobs", "backend": backend, "figure": figure, "loop": loop, **values})
-    )
+def emit(**values: Any) -> None:
+    print(json.dumps({"bench": "jobs", **values}), flush=True)
 
 
-async def drain(store: Store, n: int, concurrency: int, batch: int) -> float:
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def latency_figures(latencies: list[float]) -> Figures:
+    return {
+        "pickup_p50_ms": round(percentile(latencies, 50) * 1000, 3),
+        "pickup_p99_ms": round(percentile(latencies, 99) * 1000, 3),
+    }
+
+
+# -- fiefdom -----------------------------------------------------------------------------
+
+
+async def fiefdom_drain(store: Store, n: int) -> float:
     done = asyncio.Event()
     count = 0
 
@@ -56,7 +93,11 @@ async def drain(store: Store, n: int, concurrency: int, batch: int) -> float:
             done.set()
 
     engine = JobEngine(
-        store, queues={"default": concurrency}, batch_size=batch, retention=None, poll_interval=1.0
+        store,
+        queues={"default": CONCURRENCY},
+        batch_size=CLAIM_BATCH,
+        retention=None,
+        poll_interval=1.0,
     )
     engine.register(Noop, noop)
     start = time.perf_counter()
@@ -69,7 +110,7 @@ async def drain(store: Store, n: int, concurrency: int, batch: int) -> float:
     return elapsed
 
 
-async def pickup(store: Store, samples: int) -> list[float]:
+async def fiefdom_pickup(store: Store, samples: int) -> list[float]:
     started: asyncio.Future[float] | None = None
 
     async def noop(job: Noop, ctx: JobContext[Any]) -> None:
@@ -90,44 +131,136 @@ async def pickup(store: Store, samples: int) -> list[float]:
     return latencies
 
 
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+async def fiefdom_round(store: Store, args: argparse.Namespace, *, full: bool) -> Figures:
+    async with store.transaction() as tx:
+        await tx.execute("DELETE FROM fiefdom_jobs")
+    figures: Figures = {}
+    batch = [Noop(n=j) for j in range(args.batch_jobs)]
+    start = time.perf_counter()
+    await store.enqueue_many(batch)
+    figures["batch_enqueue_per_s"] = round(args.batch_jobs / (time.perf_counter() - start))
+    total = args.batch_jobs
+    if full:
+        start = time.perf_counter()
+        for j in range(args.single_jobs):
+            await store.enqueue(Noop(n=j))
+        figures["single_enqueue_per_s"] = round(args.single_jobs / (time.perf_counter() - start))
+        total += args.single_jobs
+    figures["drain_per_s"] = round(total / await fiefdom_drain(store, total))
+    if full:
+        figures.update(latency_figures(await fiefdom_pickup(store, args.samples)))
+    return figures
 
 
-async def engine_figures(url: str, backend: str, loop: str, n: int, samples: int) -> None:
+@contextlib.asynccontextmanager
+async def fiefdom_store(url: str) -> AsyncIterator[Store]:
     store = open_store(url)
     await store.open(migrate=True)
     try:
-        start = time.perf_counter()
-        for i in range(0, n, ENQUEUE_BATCH):
-            await store.enqueue_many([Noop(n=j) for j in range(i, min(n, i + ENQUEUE_BATCH))])
-        enqueue = time.perf_counter() - start
-        emit(loop, backend, "enqueue", jobs=n, batch=ENQUEUE_BATCH, jobs_per_s=round(n / enqueue))
-        elapsed = await drain(store, n, concurrency=200, batch=100)
-        emit(
-            loop,
-            backend,
-            "drain",
-            jobs=n,
-            concurrency=200,
-            claim_batch=100,
-            jobs_per_s=round(n / elapsed),
-        )
-        latencies = await pickup(store, samples)
-        emit(
-            loop,
-            backend,
-            "pickup_latency",
-            samples=samples,
-            p50_ms=round(percentile(latencies, 50) * 1000, 3),
-            p99_ms=round(percentile(latencies, 99) * 1000, 3),
-        )
+        yield store
     finally:
         await store.close()
 
 
-async def postgres_baseline(url: str, loop: str, n: int) -> None:
+# -- pgqueuer ----------------------------------------------------------------------------
+
+
+class PgQueuerPeer:
+    """pgqueuer on a database of its own: its tables installed through its Python API;
+    a QueueManager with batch_size=100 per drain (drain mode), one per pickup run."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def __aenter__(self) -> PgQueuerPeer:
+        import asyncpg
+        from pgqueuer import AsyncpgDriver, Queries
+
+        self.conn = await asyncpg.connect(self.url)
+        self.queries = Queries(AsyncpgDriver(self.conn))
+        await self.queries.install()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.conn.close()
+
+    async def manager(self, handler: Callable[[Any], Awaitable[None]]) -> tuple[Any, Any]:
+        import asyncpg
+        from pgqueuer import AsyncpgDriver, Queries, QueueManager
+
+        conn = await asyncpg.connect(self.url)
+        qm = QueueManager(Queries(AsyncpgDriver(conn)))
+        qm.entrypoint("noop")(handler)
+        return qm, conn
+
+    async def drain(self, n: int) -> float:
+        from pgqueuer.types import QueueExecutionMode
+
+        count = 0
+
+        async def noop(job: Any) -> None:
+            nonlocal count
+            count += 1
+
+        start = time.perf_counter()
+        qm, conn = await self.manager(noop)
+        try:
+            # Returns once the queue is empty, every task is done and its status
+            # buffer flushed.
+            await qm.run(batch_size=CLAIM_BATCH, mode=QueueExecutionMode.drain)
+            elapsed = time.perf_counter() - start
+        finally:
+            await conn.close()
+        assert count == n, (count, n)
+        return elapsed
+
+    async def pickup(self, samples: int) -> list[float]:
+        started: asyncio.Future[float] | None = None
+
+        async def noop(job: Any) -> None:
+            if started is not None and not started.done():
+                started.set_result(time.perf_counter())
+
+        qm, conn = await self.manager(noop)
+        latencies: list[float] = []
+        runner = asyncio.create_task(qm.run(batch_size=CLAIM_BATCH))
+        try:
+            await asyncio.sleep(0.2)  # let the listener connect: idle from here
+            for i in range(samples):
+                started = asyncio.get_running_loop().create_future()
+                t0 = time.perf_counter()
+                await self.queries.enqueue("noop", str(i).encode())
+                latencies.append((await started) - t0)
+                await asyncio.sleep(0.005)
+        finally:
+            qm.shutdown.set()
+            await runner
+            await conn.close()
+        return latencies
+
+    async def round(self, args: argparse.Namespace) -> Figures:
+        await self.conn.execute("TRUNCATE pgqueuer, pgqueuer_log, pgqueuer_statistics")
+        figures: Figures = {}
+        n = args.batch_jobs
+        payloads: list[bytes | None] = [str(j).encode() for j in range(n)]
+        start = time.perf_counter()
+        await self.queries.enqueue(["noop"] * n, payloads, [0] * n)
+        figures["batch_enqueue_per_s"] = round(n / (time.perf_counter() - start))
+        start = time.perf_counter()
+        for j in range(args.single_jobs):
+            await self.queries.enqueue("noop", str(j).encode())
+        figures["single_enqueue_per_s"] = round(args.single_jobs / (time.perf_counter() - start))
+        figures["drain_per_s"] = round(
+            (n + args.single_jobs) / await self.drain(n + args.single_jobs)
+        )
+        figures.update(latency_figures(await self.pickup(args.samples)))
+        return figures
+
+
+# -- bare drivers (--baseline) -----------------------------------------------------------
+
+
+async def postgres_baseline(url: str, n: int) -> None:
     import asyncpg
 
     conn = await asyncpg.connect(url)
@@ -145,45 +278,34 @@ async def postgres_baseline(url: str, loop: str, n: int) -> None:
                 [f'{{"n":{j}}}' for j in range(i, i + k)],
             )
         insert = time.perf_counter() - start
-        emit(
-            loop,
-            "postgres",
-            "baseline_asyncpg_insert",
-            rows=n,
-            batch=ENQUEUE_BATCH,
-            rows_per_s=round(n / insert),
-        )
         start = time.perf_counter()
-        for i in range(1, n + 1, 100):
+        for i in range(1, n + 1, CLAIM_BATCH):
             await conn.execute(
                 "UPDATE bench_rows SET state = 'completed' WHERE id = ANY($1::bigint[])",
-                list(range(i, min(n + 1, i + 100))),
+                list(range(i, min(n + 1, i + CLAIM_BATCH))),
             )
         update = time.perf_counter() - start
-        emit(
-            loop,
-            "postgres",
-            "baseline_asyncpg_update",
-            rows=n,
-            batch=100,
-            rows_per_s=round(n / update),
-        )
         start = time.perf_counter()
         for _ in range(2000):
             await conn.execute("INSERT INTO bench_rows (state, args) VALUES ('x', '{}')")
         single = time.perf_counter() - start
         emit(
-            loop,
-            "postgres",
-            "baseline_asyncpg_single_row_insert",
-            rows=2000,
-            rows_per_s=round(2000 / single),
+            figure="baseline",
+            backend="postgres",
+            driver="asyncpg",
+            rows=n,
+            insert_rows_per_s=round(n / insert),
+            insert_batch=ENQUEUE_BATCH,
+            update_rows_per_s=round(n / update),
+            update_batch=CLAIM_BATCH,
+            single_row_inserts_per_s=round(2000 / single),
         )
     finally:
+        await conn.execute("DROP TABLE IF EXISTS bench_rows")
         await conn.close()
 
 
-async def sqlite_baseline(path: Path, loop: str, n: int) -> None:
+async def sqlite_baseline(path: Path, n: int) -> None:
     import aiosqlite
 
     async with aiosqlite.connect(path, isolation_level=None) as db:
@@ -202,17 +324,9 @@ async def sqlite_baseline(path: Path, loop: str, n: int) -> None:
             )
             await db.execute("COMMIT")
         insert = time.perf_counter() - start
-        emit(
-            loop,
-            "sqlite",
-            "baseline_aiosqlite_insert",
-            rows=n,
-            batch=ENQUEUE_BATCH,
-            rows_per_s=round(n / insert),
-        )
         start = time.perf_counter()
-        for i in range(1, n + 1, 100):
-            ids = list(range(i, min(n + 1, i + 100)))
+        for i in range(1, n + 1, CLAIM_BATCH):
+            ids = list(range(i, min(n + 1, i + CLAIM_BATCH)))
             await db.execute("BEGIN IMMEDIATE")
             marks = ",".join("?" * len(ids))
             await db.execute(
@@ -221,26 +335,32 @@ async def sqlite_baseline(path: Path, loop: str, n: int) -> None:
             await db.execute("COMMIT")
         update = time.perf_counter() - start
         emit(
-            loop,
-            "sqlite",
-            "baseline_aiosqlite_update",
+            figure="baseline",
+            backend="sqlite",
+            driver="aiosqlite",
             rows=n,
-            batch=100,
-            rows_per_s=round(n / update),
+            insert_rows_per_s=round(n / insert),
+            insert_batch=ENQUEUE_BATCH,
+            update_rows_per_s=round(n / update),
+            update_batch=CLAIM_BATCH,
         )
 
 
-async def with_postgres_database(server: str, fn: Callable[[str], Awaitable[None]]) -> None:
+# -- the run -----------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def postgres_database(server: str, prefix: str) -> AsyncIterator[str]:
     import asyncpg
 
-    name = f"fiefdom_bench_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(server)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
     try:
-        await fn(f"{server.rsplit('/', 1)[0]}/{name}")
+        yield f"{server.rsplit('/', 1)[0]}/{name}"
     finally:
         admin = await asyncpg.connect(server)
         try:
@@ -249,32 +369,105 @@ async def with_postgres_database(server: str, fn: Callable[[str], Awaitable[None
             await admin.close()
 
 
+RATIOS = {
+    # name: (figure, numerator system, denominator system)
+    "drain_vs_pgqueuer": ("drain_per_s", "fiefdom_postgres", "pgqueuer"),
+    "single_enqueue_vs_pgqueuer": ("single_enqueue_per_s", "fiefdom_postgres", "pgqueuer"),
+    "batch_enqueue_vs_pgqueuer": ("batch_enqueue_per_s", "fiefdom_postgres", "pgqueuer"),
+    "pickup_p50_vs_pgqueuer": ("pickup_p50_ms", "fiefdom_postgres", "pgqueuer"),
+    "sqlite_drain_vs_postgres_drain": ("drain_per_s", "fiefdom_sqlite", "fiefdom_postgres"),
+}
+GOALS = {
+    "drain_vs_pgqueuer": ">= 1.5",
+    "single_enqueue_vs_pgqueuer": ">= 1.2",
+    "batch_enqueue_vs_pgqueuer": ">= 2",
+    "pickup_p50_vs_pgqueuer": "lower is better; fiefdom's p50 <= 1.5 ms",
+    "sqlite_drain_vs_postgres_drain": ">= 1.3",
+}
+
+
+def summary(rounds: list[dict[str, Figures]], loop: str, args: argparse.Namespace) -> None:
+    systems = sorted({s for r in rounds for s in r})
+    medians = {
+        system: {
+            figure: statistics.median(r[system][figure] for r in rounds)
+            for figure in rounds[0][system]
+        }
+        for system in systems
+    }
+    ratios: dict[str, Any] = {}
+    for name, (figure, a, b) in RATIOS.items():
+        if a not in systems or b not in systems:
+            continue
+        per_round = [round(r[a][figure] / r[b][figure], 3) for r in rounds]
+        ratios[name] = {
+            "median": round(statistics.median(per_round), 3),
+            "goal": GOALS[name],
+            "rounds": per_round,
+        }
+    emit(
+        figure="summary",
+        loop=loop,
+        rounds=len(rounds),
+        batch_jobs=args.batch_jobs,
+        single_jobs=args.single_jobs,
+        drain_jobs=args.batch_jobs + args.single_jobs,
+        claim_batch=CLAIM_BATCH,
+        samples=args.samples,
+        medians=medians,
+        ratios=ratios,
+        raw={system: [r[system] for r in rounds] for system in systems},
+    )
+
+
 async def main(args: argparse.Namespace, loop: str) -> None:
-    if args.backend in ("sqlite", "all"):
-        with tempfile.TemporaryDirectory() as tmp:
-            await sqlite_baseline(Path(tmp) / "baseline.db", loop, args.jobs)
-            await engine_figures(
-                f"sqlite:///{tmp}/jobs.db", "sqlite", loop, args.jobs, args.samples
-            )
-    if args.backend in ("postgres", "all"):
-
-        async def run(url: str) -> None:
-            await postgres_baseline(url, loop, args.jobs)
-            await engine_figures(url, "postgres", loop, args.jobs, args.samples)
-
-        await with_postgres_database(args.postgres, run)
+    peer = importlib.util.find_spec("pgqueuer") is not None
+    if not peer:
+        emit(figure="peer", peer="pgqueuer", skipped="not installed (pip install -e '.[bench]')")
+    async with contextlib.AsyncExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        url = await stack.enter_async_context(postgres_database(args.postgres, "fiefdom_bench"))
+        if args.baseline:
+            await postgres_baseline(url, args.batch_jobs)
+            if not args.no_sqlite:
+                await sqlite_baseline(Path(tmp) / "baseline.db", args.batch_jobs)
+        runs: dict[str, Callable[[], Awaitable[Figures]]] = {}
+        pg = await stack.enter_async_context(fiefdom_store(url))
+        runs["fiefdom_postgres"] = lambda: fiefdom_round(pg, args, full=True)
+        if peer:
+            pgq_url = await stack.enter_async_context(postgres_database(args.postgres, "pgq_bench"))
+            pgq = await stack.enter_async_context(PgQueuerPeer(pgq_url))
+            runs["pgqueuer"] = lambda: pgq.round(args)
+        if not args.no_sqlite:
+            lite = await stack.enter_async_context(fiefdom_store(f"sqlite:///{tmp}/jobs.db"))
+            runs["fiefdom_sqlite"] = lambda: fiefdom_round(lite, args, full=False)
+        rounds: list[dict[str, Figures]] = []
+        order = list(runs)
+        for i in range(args.rounds):
+            # Alternate the order, so that neither system always runs on a warm server.
+            names = order if i % 2 == 0 else order[::-1]
+            figures: dict[str, Figures] = {}
+            for name in names:
+                figures[name] = await runs[name]()
+                emit(figure="round", round=i, system=name, loop=loop, **figures[name])
+            rounds.append(figures)
+        summary(rounds, loop, args)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch-jobs", type=int, default=20_000)
+    parser.add_argument("--single-jobs", type=int, default=2_000)
     parser.add_argument("--samples", type=int, default=200)
-    parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     parser.add_argument("--postgres", default=POSTGRES)
+    parser.add_argument("--no-sqlite", action="store_true", help="skip fiefdom on SQLite")
+    parser.add_argument("--baseline", action="store_true", help="also the bare drivers")
     arguments = parser.parse_args()
     # Log only warnings: the figures are the output.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    logging.basicConfig(level=logging.WARNING)
     loop_name = arguments.loop
     if loop_name == "uvloop":
         try:
