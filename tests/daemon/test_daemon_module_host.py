@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from daemon_harness import DaemonProcess, write_config
+from daemon_harness import APP_DIR, DaemonProcess, write_config
 from typed_settings_app import Greet
 
 import fiefdom
@@ -84,3 +84,21 @@ def test_a_bad_setting_fails_the_start_in_one_line(tmp_path: Path, case: tuple[s
     body, expected = case
     config = write_config(tmp_path, modules=("typed_settings_app",), extra=f"{SECTION}\n{body}")
     assert_failed_to_start(serve(config), expected)
+
+
+def test_a_coroutine_left_unawaited_in_setup_fails_the_start(tmp_path: Path) -> None:
+    """A setup that calls ``daemon.system.spawn(...)`` without ``await`` (so nothing
+    is spawned) fails the start with one line naming the call and where it is, exit
+    status 2, instead of a daemon "ready" with nothing running."""
+    app = APP_DIR / "forgetful_app.py"
+    lines = app.read_text().splitlines()
+    lineno = next(i for i, line in enumerate(lines, 1) if "the await forgotten" in line)
+    config = write_config(tmp_path, modules=("hosted_app", "forgetful_app"))
+    expected = (
+        "daemon.modules: 'forgetful_app' setup called ActorSystem.spawn() without await "
+        f'at {app}:{lineno} (daemon.system.spawn(Idle, name="idle")  # the await '
+        "forgotten): it did nothing; write await before the call"
+    )
+    result = serve(config)
+    assert_failed_to_start(result, expected)
+    assert "daemon ready" not in result.stderr

@@ -4,10 +4,15 @@ hooks run later, once the store is open, each with its own ``ModuleHost``."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib
 import inspect
+import linecache
+import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+import warnings
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, overload
@@ -62,7 +67,15 @@ class ModuleHost:
     and before the control server and the job engine start; what it spawns joins the
     daemon's supervisor tree in module order and stops, in reverse order, after the
     engine and the control server have stopped. An exception raised by the hook fails
-    the daemon's start (``fiefdom serve`` exits 2)."""
+    the daemon's start (``fiefdom serve`` exits 2).
+
+    The await rule: a call that returns once something has happened is a coroutine,
+    and must be awaited: an actor started (``system.spawn``, ``start_supervisor``), a
+    service started (``run_service``), a message delivered or answered (``tell``,
+    ``ask``), the database written or read. A call that only declares something
+    returns at once and is not awaited: ``system.domain`` (its actors start on their
+    first message), ``expose``, ``jobs.register``, ``settings``. A coroutine that
+    setup leaves never awaited fails the start with one line naming the call."""
 
     def __init__(self, daemon: _Daemon, module: str) -> None:
         self._daemon = daemon
@@ -264,9 +277,67 @@ def import_modules(config: Config) -> list[UserModule]:
 
 
 async def set_up_modules(daemon: _Daemon, modules: Sequence[UserModule]) -> None:
-    """Run each module's hook in order (awaiting it when it is a coroutine)."""
+    """Run each module's hook in order (awaiting it when it is a coroutine). A hook
+    that leaves a coroutine never awaited (``daemon.system.spawn(...)`` without
+    ``await``: nothing was spawned) fails the start, naming the call."""
     for module in modules:
-        result = module.setup(ModuleHost(daemon, module.name))
-        if inspect.isawaitable(result):
-            await result
+        with _unawaited_coroutines() as unawaited:
+            result = module.setup(ModuleHost(daemon, module.name))
+            if inspect.isawaitable(result):
+                await result
+            del result
+        if unawaited:
+            raise FiefdomError(_describe_unawaited(module.name, unawaited))
         log.info("module set up", module=module.name)
+
+
+_NEVER_AWAITED = r"coroutine .* was never awaited"
+
+
+@contextlib.contextmanager
+def _unawaited_coroutines() -> Iterator[list[Coroutine[Any, Any, Any]]]:
+    """Collect the coroutines the block leaves never awaited (with where each was
+    made); other warnings raised meanwhile are shown as usual afterwards."""
+    found: list[Coroutine[Any, Any, Any]] = []
+    depth = sys.get_coroutine_origin_tracking_depth()
+    sys.set_coroutine_origin_tracking_depth(max(depth, 1))
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as recorded:
+            warnings.filterwarnings("always", message=_NEVER_AWAITED, category=RuntimeWarning)
+            try:
+                yield found
+            finally:
+                # A coroutine kept in a reference cycle warns only once collected.
+                gc.collect()
+                caught = list(recorded)
+    finally:
+        sys.set_coroutine_origin_tracking_depth(depth)
+        for warning in caught:
+            source = warning.source
+            if (
+                issubclass(warning.category, RuntimeWarning)
+                and inspect.iscoroutine(source)
+                and re.match(_NEVER_AWAITED, str(warning.message))
+            ):
+                found.append(source)
+            else:
+                warnings.warn_explicit(
+                    warning.message, warning.category, warning.filename, warning.lineno
+                )
+
+
+def _describe_unawaited(module: str, coroutines: Sequence[Coroutine[Any, Any, Any]]) -> str:
+    first = coroutines[0]
+    name = getattr(first, "__qualname__", type(first).__name__)
+    origin = getattr(first, "cr_origin", None)
+    where = ""
+    if origin:
+        filename, lineno, _ = origin[0]
+        code = linecache.getline(filename, lineno).strip()
+        where = f" at {filename}:{lineno}" + (f" ({code})" if code else "")
+    more = f" (and {len(coroutines) - 1} more)" if len(coroutines) > 1 else ""
+    return (
+        f"daemon.modules: {module!r} setup called {name}() without await{where}{more}: "
+        "it did nothing; write await before the call"
+    )
