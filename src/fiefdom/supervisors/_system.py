@@ -39,7 +39,9 @@ class ActorSystem:
     """The root supervisor (one_for_one). Use ``async with ActorSystem() as system``.
 
     Leaving the block normally drains the tree (``stop("drain")``); leaving it with
-    an exception, or cancelled, cancels it (``stop("cancel")``). When the root gives
+    an exception, or cancelled, cancels it (``stop("cancel")``) and the exception
+    comes out as itself, never wrapped in an exception group (the root runs in a
+    task of the system's own, not in a task group around the body). When the root gives
     up (its restart intensity is exceeded) the body of the ``async with`` is
     cancelled and ``RestartIntensityExceeded`` is raised out of it (or out of
     ``stop()`` when the system was started with ``start()``)."""
