@@ -147,12 +147,24 @@ async def client_loop(
         return done
 
 
+WARM_UP = 0.3  # seconds of calls before each measurement
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far (Linux; 0.0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def measure(url: str, token: str | None, clients: int, seconds: float) -> float:
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         # Warm up (connections, code paths), then measure.
         await asyncio.gather(
-            *(client_loop(session, url, token, time.monotonic() + 0.3) for _ in range(clients))
+            *(client_loop(session, url, token, time.monotonic() + WARM_UP) for _ in range(clients))
         )
         start = time.monotonic()
         counts = await asyncio.gather(
@@ -259,10 +271,16 @@ enabled = false
                     order = ("echo", "fiefdom") if i % 2 == 0 else ("fiefdom", "echo")
                     rates: dict[str, float] = {}
                     for side in order:
+                        pid = procs[0 if side == "fiefdom" else 1].pid
+                        cpu = cpu_seconds(pid)
                         if side == "echo":
                             rates[side] = run(measure(echo_url, None, clients, args.seconds))
                         else:
                             rates[side] = run(measure(daemon_url, token, clients, args.seconds))
+                        # The server's CPU time per request (warm-up included: it is
+                        # the same on both sides), steadier than rates on a busy machine.
+                        served = rates[side] * (args.seconds + WARM_UP)
+                        rates[f"{side}_cpu_us"] = (cpu_seconds(pid) - cpu) / served * 1e6
                     raw[clients].append(rates)
                     emit(
                         {
@@ -272,6 +290,8 @@ enabled = false
                             "fiefdom_calls_per_s": round(rates["fiefdom"]),
                             "bare_echo_per_s": round(rates["echo"]),
                             "ratio": round(rates["fiefdom"] / rates["echo"], 3),
+                            "fiefdom_server_cpu_us_per_call": round(rates["fiefdom_cpu_us"], 1),
+                            "echo_server_cpu_us_per_echo": round(rates["echo_cpu_us"], 1),
                         }
                     )
         finally:
@@ -293,6 +313,10 @@ enabled = false
                 "bare_echo_per_s": round(median([r["echo"] for r in rounds])),
                 "ratio": round(median([r["fiefdom"] / r["echo"] for r in rounds]), 3),
                 "ratio_is": "median of per-round ratios",
+                "fiefdom_server_cpu_us_per_call": round(
+                    median([r["fiefdom_cpu_us"] for r in rounds]), 1
+                ),
+                "echo_server_cpu_us_per_echo": round(median([r["echo_cpu_us"] for r in rounds]), 1),
                 "goal": f"ratio >= {goals[clients]}" if clients in goals else None,
             }
         )
