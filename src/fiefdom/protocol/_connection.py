@@ -17,7 +17,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import _requests as requests
 from ._codec import SERVER_JSON, SERVER_MSGPACK, Codec
-from ._fairness import FairScheduler, RateLimiter
+from ._fairness import FairScheduler, RateLimiter, Slot
 from ._hub import Subscription
 from ._messages import (
     PROTOCOL_VERSION,
@@ -251,8 +251,10 @@ class Connection:
                 self.slot_free.clear()
                 await self.slot_free.wait()
             self.requests += 1
-            # In line for a slot now, in the order the requests were read.
-            ticket = self.server.scheduler.ticket(self)
+            # In line for a slot now, in the order the requests were read (granted at
+            # once, without a ticket to wait on, in the common case).
+            scheduler = self.server.scheduler
+            ticket = None if scheduler.try_grant(self) else scheduler.ticket(self)
             self.spawn(self._answer_in_flight(msg, codec, ticket), "control/request")
 
     def _refusal(self, msg: ClientMessage) -> Error | None:
@@ -276,10 +278,16 @@ class Connection:
         return None
 
     async def _answer_in_flight(
-        self, msg: ClientMessage, codec: Codec[ClientMessage], ticket: asyncio.Future[None]
+        self,
+        msg: ClientMessage,
+        codec: Codec[ClientMessage],
+        ticket: asyncio.Future[None] | None,
     ) -> None:
+        # A slot granted before this task started and never claimed (cancelled first)
+        # is taken back by the scheduler's drop() when the connection ends.
         try:
-            slot = await self.server.scheduler.run(self, ticket)
+            scheduler = self.server.scheduler
+            slot = Slot(scheduler, self) if ticket is None else await scheduler.run(self, ticket)
             try:
                 await self._answer(msg, codec)
             finally:

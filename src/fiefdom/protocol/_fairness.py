@@ -141,16 +141,26 @@ class FairScheduler(Generic[K]):
         """(slots held, requests waiting for one)."""
         return self.capacity - self._free, sum(len(q) for q in self._waiting.values())
 
-    def ticket(self, owner: K) -> asyncio.Future[None]:
-        """A place in line for one request of ``owner``, taken at once (so the order
-        is the order requests were read): done when its slot is granted."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def try_grant(self, owner: K) -> bool:
+        """Grant ``owner`` a slot at once when ``ticket`` would (a slot is free, the
+        owner has none of its requests waiting and holds fewer than its share): True
+        then, and the caller makes its ``Slot`` without a future to wait on."""
         if (
             self._free > 0
             and owner not in self._waiting
             and self._held.get(owner, 0) < self.owner_slots
         ):
-            self._grant(owner, future)
+            self._free -= 1
+            self._held[owner] = self._held.get(owner, 0) + 1
+            return True
+        return False
+
+    def ticket(self, owner: K) -> asyncio.Future[None]:
+        """A place in line for one request of ``owner``, taken at once (so the order
+        is the order requests were read): done when its slot is granted."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.try_grant(owner):
+            future.set_result(None)
         else:
             self._waiting.setdefault(owner, deque()).append(future)
             # Someone waits from now on: the running requests' slices start to count.
