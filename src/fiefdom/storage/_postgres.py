@@ -35,7 +35,15 @@ from ._sql import (
     state_bit_sql,
     unique_key_after,
 )
-from ._store import BULK_LIMIT, COUNT_CAP, FINAL_STATES, Store, Transaction, check_bulk
+from ._store import (
+    BULK_LIMIT,
+    COUNT_CAP,
+    FINAL_STATES,
+    Store,
+    Transaction,
+    check_bulk,
+    read_only_write,
+)
 
 log = structlog.get_logger("fiefdom.storage.postgres")
 
@@ -106,21 +114,29 @@ class _PooledConnection(asyncpg.Connection):
 
 
 class _PostgresTransaction(Transaction):
-    def __init__(self, store: PostgresStore, conn: Conn) -> None:
+    def __init__(self, store: PostgresStore, conn: Conn, *, read_only: bool = False) -> None:
         self.store = store
         self.conn = conn
+        self.read_only = read_only
 
     async def execute(self, sql: str, *args: object) -> None:
         try:
             await self.conn.execute(sql, *args)
         except _DRIVER_ERRORS as exc:
-            raise _wrap(exc, self.store.url) from exc
+            raise self._error(exc, sql) from exc
 
     async def fetch(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
         try:
             return [tuple(r) for r in await self.conn.fetch(sql, *args)]
         except _DRIVER_ERRORS as exc:
-            raise _wrap(exc, self.store.url) from exc
+            raise self._error(exc, sql) from exc
+
+    def _error(self, exc: BaseException, sql: str) -> StoreError:
+        if isinstance(exc, asyncpg.ReadOnlySQLTransactionError):
+            words = sql.split(maxsplit=1)
+            statement = words[0].upper() if words else "the statement"
+            return read_only_write(statement, f"PostgreSQL: {exc}")
+        return _wrap(exc, self.store.url)
 
 
 # A job that re-enters a state its uniqueness counts takes its key back (one job
@@ -331,7 +347,9 @@ class PostgresStore(Store):
         return result
 
     @asynccontextmanager
-    async def _tx(self, *, application: bool = False) -> AsyncIterator[_PostgresTransaction]:
+    async def _tx(
+        self, *, application: bool = False, read_only: bool = False
+    ) -> AsyncIterator[_PostgresTransaction]:
         async with self._acquire() as conn:
             if application:
                 # Its statements are the application's (a SET, say): reset the session
@@ -339,12 +357,17 @@ class PostgresStore(Store):
                 # (The pool's proxy forwards to its _PooledConnection.)
                 cast(_PooledConnection, conn).needs_reset()
             try:
-                transaction = conn.transaction()
+                if read_only:
+                    # One snapshot for all its statements, as SQLite's WAL reads have
+                    # (a read-only transaction never fails to serialize).
+                    transaction = conn.transaction(isolation="repeatable_read", readonly=True)
+                else:
+                    transaction = conn.transaction()
                 await transaction.start()
             except _DRIVER_ERRORS as exc:
                 self._mark(False)
                 raise _wrap(exc, self.url) from exc
-            tx = _PostgresTransaction(self, conn)
+            tx = _PostgresTransaction(self, conn, read_only=read_only)
             try:
                 yield tx
             except BaseException:
@@ -366,6 +389,9 @@ class PostgresStore(Store):
 
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         return self._tx(application=True)
+
+    def read(self) -> AbstractAsyncContextManager[Transaction]:
+        return self._tx(application=True, read_only=True)
 
     # -- migrations ------------------------------------------------------------------
 

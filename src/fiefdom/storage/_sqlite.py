@@ -34,7 +34,15 @@ from ._sql import (
     state_bit_sql,
     unique_key_after,
 )
-from ._store import BULK_LIMIT, COUNT_CAP, FINAL_STATES, Store, Transaction, check_bulk
+from ._store import (
+    BULK_LIMIT,
+    COUNT_CAP,
+    FINAL_STATES,
+    Store,
+    Transaction,
+    check_bulk,
+    read_only_write,
+)
 
 log = structlog.get_logger("fiefdom.storage.sqlite")
 
@@ -48,6 +56,15 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     all of ``busy_timeout``."""
     code = getattr(exc, "sqlite_errorcode", None)
     return isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_BUSY
+
+
+# What SQLite says of a write on a query_only connection.
+_READ_ONLY = "readonly database"
+
+
+def _first_word(sql: str) -> str:
+    words = sql.split(maxsplit=1)
+    return words[0].upper() if words else "the statement"
 
 
 def _wrap(exc: sqlite3.Error) -> StoreError:
@@ -64,9 +81,15 @@ def _wrap(exc: sqlite3.Error) -> StoreError:
 
 class _SQLiteTransaction(Transaction):
     def __init__(
-        self, store: SQLiteStore, conn: aiosqlite.Connection, *, begin: str | None = None
+        self,
+        store: SQLiteStore,
+        conn: aiosqlite.Connection,
+        *,
+        begin: str | None = None,
+        read_only: bool = False,
     ) -> None:
         self.store = store
+        self.read_only = read_only
         self._conn = conn
         self.wake: set[str] = set()
         # The BEGIN still to run before the first statement (a user transaction
@@ -88,7 +111,7 @@ class _SQLiteTransaction(Transaction):
         try:
             await self._conn.execute(_PLACEHOLDER.sub(r"?\1", sql), args)
         except sqlite3.Error as exc:
-            raise _wrap(exc) from exc
+            raise self._error(exc, sql) from exc
 
     async def fetch(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
         if self.begin is not None:
@@ -97,7 +120,12 @@ class _SQLiteTransaction(Transaction):
             async with self._conn.execute(_PLACEHOLDER.sub(r"?\1", sql), args) as cur:
                 return [tuple(r) for r in await cur.fetchall()]
         except sqlite3.Error as exc:
-            raise _wrap(exc) from exc
+            raise self._error(exc, sql) from exc
+
+    def _error(self, exc: sqlite3.Error, sql: str) -> StoreError:
+        if self.read_only and _READ_ONLY in str(exc):
+            return read_only_write(_first_word(sql), f"SQLite: {exc}")
+        return _wrap(exc)
 
     async def raw(self, sql: str, args: Sequence[object] = ()) -> list[sqlite3.Row]:
         """Run with SQLite's own ``?`` placeholders (the store's internal queries)."""
@@ -227,11 +255,12 @@ async def restore_keys(tx: _SQLiteTransaction, ids: Sequence[int], now: float) -
 
 
 class SQLiteStore(Store):
-    """``sqlite:///path``: three connections per store, each running one transaction
+    """``sqlite:///path``: four connections per store, each running one transaction
     at a time. Applications' ``transaction()`` blocks have their own; the engine's
     writes (claims, heartbeats, outcomes, rescue) and enqueues outside a
     transaction have theirs; inspection (``get_job``, ``list_jobs``, ``count_jobs``,
-    ``ping``) reads on a third, read-only one. So a user transaction kept open,
+    ``ping``) reads on a third, read-only one; applications' ``read()`` blocks on a
+    fourth, read-only too. So a user transaction kept open,
     even one that awaits a job, does not queue the engine behind it in this process
     until its first statement (which takes the write lock, below); from then on the
     engine's writes wait for it like any other writer's. Readers never wait: in
@@ -270,11 +299,14 @@ class SQLiteStore(Store):
         self._engine = _Channel("engine")
         self._user = _Channel("user")
         self._reader = _Channel("reader", read_only=True)
+        # Applications' read() blocks: read-only too, and apart from the store's own
+        # reads, so that one kept open never holds up a readiness probe.
+        self._app_reader = _Channel("app-reader", read_only=True)
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def _connect(self) -> None:
-        channels = (self._engine, self._user, self._reader)
+        channels = (self._engine, self._user, self._reader, self._app_reader)
         try:
             # The engine's first: it switches a new file to WAL before the others open.
             for channel in channels:
@@ -308,7 +340,7 @@ class SQLiteStore(Store):
         return conn
 
     async def _disconnect(self) -> None:
-        for channel in (self._reader, self._user, self._engine):
+        for channel in (self._app_reader, self._reader, self._user, self._engine):
             if channel.conn is not None:
                 conn, channel.conn = channel.conn, None
                 with anyio.CancelScope(shield=True):
@@ -326,7 +358,7 @@ class SQLiteStore(Store):
             conn = channel.conn
             assert conn is not None
             begin = "BEGIN IMMEDIATE" if write else "BEGIN"
-            tx = _SQLiteTransaction(self, conn, begin=begin)
+            tx = _SQLiteTransaction(self, conn, begin=begin, read_only=channel.read_only)
             try:
                 if not lazy:
                     await tx._begin()
@@ -357,6 +389,9 @@ class SQLiteStore(Store):
 
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         return self._tx(self._user, lazy=True)
+
+    def read(self) -> AbstractAsyncContextManager[Transaction]:
+        return self._tx(self._app_reader, write=False)
 
     # -- migrations ------------------------------------------------------------------
 

@@ -39,7 +39,8 @@ StoreState = State
 
 
 class Transaction(abc.ABC):
-    """A database transaction (``async with store.transaction() as tx``).
+    """A database transaction (``async with store.transaction() as tx``, or read-only
+    ``async with store.read() as tx``).
 
     SQL uses PostgreSQL's ``$1, $2`` placeholders on both backends, so an
     application's outbox code is written once. Pass ``tx=tx`` to ``enqueue`` to
@@ -47,6 +48,8 @@ class Transaction(abc.ABC):
     """
 
     store: Store
+    read_only: bool = False
+    """Whether it came from ``store.read()``: a write in it raises StoreError."""
 
     @abc.abstractmethod
     async def execute(self, sql: str, *args: object) -> None: ...
@@ -198,6 +201,19 @@ class Store(abc.ABC):
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         """A write transaction; commits on a clean exit and rolls back on an exception."""
 
+    @abc.abstractmethod
+    def read(self) -> AbstractAsyncContextManager[Transaction]:
+        """A read-only transaction, for an application's reads of its own tables:
+        ``async with store.read() as tx: rows = await tx.fetch(...)``, with the same
+        ``execute``/``fetch``/``fetchval`` as ``transaction()``.
+
+        Its statements see one snapshot of the database, and it takes no write lock,
+        so it never waits for a writer (nor makes one wait). A write in it (an
+        INSERT, ``enqueue(tx=tx)``) raises StoreError saying so. On SQLite it runs on
+        a read-only connection of its own (``query_only``), one such transaction at a
+        time per store; on PostgreSQL it is ``BEGIN ISOLATION LEVEL REPEATABLE READ
+        READ ONLY`` on a pooled connection."""
+
     async def ping(self) -> bool:
         """Read the schema version; updates and returns ``healthy``. Read-only: it
         takes no write lock, so a readiness probe never waits behind a writer (nor
@@ -299,7 +315,7 @@ class Store(abc.ABC):
         (a takeover passes it over until the commit; the owner's renewals go on), on
         SQLite the transaction holds the database's one write lock from its first
         statement on (keep such transactions short)."""
-        self._check_tx(tx)
+        self._check_tx(tx, "check_owner(tx, ...)")
         # FOR KEY SHARE: the owner's renewals go on, a takeover (FOR UPDATE) skips the
         # partition. (A SQLite transaction's first statement is its BEGIN IMMEDIATE.)
         lock = " FOR KEY SHARE" if self.backend == "postgres" else ""
@@ -309,12 +325,14 @@ class Store(abc.ABC):
         if current != epoch:
             raise StaleOwner(partition, epoch, current)
 
-    def _check_tx(self, tx: Transaction | None) -> None:
+    def _check_tx(self, tx: Transaction | None, what: str = "enqueue(tx=...)") -> None:
         if tx is not None and tx.store is not self:
             raise StoreError(
                 "enqueue(tx=...) got a transaction of another store: "
                 "open the transaction on the store you enqueue into"
             )
+        if tx is not None and tx.read_only:
+            raise read_only_write(what)
 
     @staticmethod
     def _match_inserted(
@@ -448,6 +466,15 @@ class Store(abc.ABC):
         """Cancel a job: a waiting one ends cancelled at once; a running one is asked
         to stop (its engine cancels the handler). Returns its state afterwards, or
         None if there is no such job."""
+
+
+def read_only_write(what: str, detail: str = "") -> StoreError:
+    """The error of a write attempted in ``store.read()`` (``detail``: the database's
+    own words)."""
+    return StoreError(
+        f"{what} cannot run in a read-only transaction (store.read()): "
+        "write inside store.transaction() instead" + (f" ({detail})" if detail else "")
+    )
 
 
 def _check_queue_name(queue: str) -> None:
