@@ -64,15 +64,14 @@ CLAIM_OWNED_SQL = _CLAIM_SQL.format(
 )
 
 
-# Whether an outcome brings a job into a state its uniqueness counts while it does
-# not hold its key (d.bit: the new state's bit).
 # Whether finish must run a batch in a transaction: some job in it would re-enter a
 # counted state without its unique key (restored in the same transaction), or its
-# lease is stale. Uncorrelated, so it holds for all of the batch or none of it; the
-# same parameters as finish's UPDATE ($1 ids, $2 tokens, $7 state bits).
+# lease is stale. Uncorrelated, so it holds for all of the batch or none of it. It
+# reads the rows finish has just locked (the CTE ``locked`` of _FINISH_SQL: their
+# latest committed versions), not the table again.
 _NEEDS_TX = (
     "SELECT 1 FROM unnest($1::bigint[], $2::bigint[], $7::smallint[]) AS x(id, token, bit) "
-    "LEFT JOIN fiefdom_jobs AS k ON k.id = x.id AND k.lease_token = x.token "
+    "LEFT JOIN locked AS k ON k.id = x.id AND k.lease_token = x.token "
     "AND k.state = 'running' WHERE k.id IS NULL OR (k.unique_key IS NULL "
     "AND k.unique_digest IS NOT NULL AND k.unique_states & x.bit <> 0)"
 )
@@ -93,6 +92,37 @@ _LOCK_IN_ORDER = (
     "WITH locked AS MATERIALIZED (SELECT id FROM fiefdom_jobs "
     "WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE) "
 )
+
+# An outcome write. Its rows are first locked in id order (as _LOCK_IN_ORDER, with
+# the columns _NEEDS_TX reads), by an uncorrelated condition that PostgreSQL checks
+# once, before it reads a row to update: the count reads all of the CTE, so every
+# row is locked by then. (Joining the CTE instead, as _LOCK_IN_ORDER's users do,
+# led the planner to rescan it once per row.) Then each row is updated where its
+# lease still holds. {condition}: more of the WHERE clause. $1 ids (sorted), $2
+# tokens, $3 states, $4 delays, $5 refunds (0 or 1), $6 errors (JSON text), $7 the
+# new states' bits.
+_FINISH_SQL = (
+    "WITH locked AS MATERIALIZED (SELECT id, lease_token, state, unique_key, unique_digest, "
+    "unique_states FROM fiefdom_jobs WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE) "
+    "UPDATE fiefdom_jobs AS j SET state = d.state, "
+    "attempt = j.attempt - d.refund, "
+    "run_at = CASE WHEN d.delay IS NULL THEN j.run_at "
+    "ELSE now() + make_interval(secs => d.delay) END, "
+    "finished_at = CASE WHEN d.state IN ('completed', 'cancelled', 'discarded') "
+    "THEN now() END, "
+    "errors = CASE WHEN d.error IS NULL THEN j.errors "
+    "ELSE j.errors || jsonb_build_array(d.error::jsonb) END, "
+    "lease_expires_at = NULL, worker = NULL, cancel_requested = false, "
+    f"{unique_key_after('d.bit', table='j.')} "
+    "FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::float8[], "
+    "$5::integer[], $6::text[], $7::smallint[]) "
+    "AS d(id, token, state, delay, refund, error, bit) "
+    "WHERE (SELECT count(*) FROM locked) > 0 "
+    "AND j.id = d.id AND j.lease_token = d.token "
+    "AND j.state = 'running' {condition}RETURNING j.id, j.queue, j.state"
+)
+FINISH_SQL = _FINISH_SQL.format(condition="")
+FINISH_FAST_SQL = _FINISH_SQL.format(condition=f"AND NOT EXISTS ({_NEEDS_TX}) ")
 
 
 _LEASE_EXPIRED = LEASE_EXPIRED_SQL.format(
@@ -140,37 +170,21 @@ class PostgresQueries(EngineQueries):
             # also restores the keys: all or nothing, so a failure cannot leave
             # part of the batch committed, which the engine's retry would then
             # report as stale leases (no event, no outcome count, no NOTIFY).
-            rows = list(await update(conn, outcomes, "AND NOT EXISTS (" + _NEEDS_TX + ") "))
+            rows = list(await update(conn, outcomes, FINISH_FAST_SQL))
             if not rows:
                 async with conn.transaction():
-                    rows = list(await update(conn, outcomes, ""))
+                    rows = list(await update(conn, outcomes, FINISH_SQL))
                     superseded.update(await restore_keys(conn, [r[0] for r in rows]))
             # Rows missing from a non-empty first result lost their lease between the
             # check and the row lock (a rescue): stale, nothing left to record.
             await self._pg._notify_queues(conn, sorted({r[1] for r in rows if r[2] == "available"}))
             return rows
 
-        async def update(
-            conn: Conn, outcomes: Sequence[Outcome], condition: str
-        ) -> list[asyncpg.Record]:
+        async def update(conn: Conn, outcomes: Sequence[Outcome], sql: str) -> list[asyncpg.Record]:
             # By id: heartbeats lock the same rows in the same order (_LOCK_IN_ORDER).
             outcomes = sorted(outcomes, key=lambda o: o.lease.job_id)
             return await conn.fetch(
-                _LOCK_IN_ORDER + "UPDATE fiefdom_jobs AS j SET state = d.state, "
-                "attempt = j.attempt - d.refund, "
-                "run_at = CASE WHEN d.delay IS NULL THEN j.run_at "
-                "ELSE now() + make_interval(secs => d.delay) END, "
-                "finished_at = CASE WHEN d.state IN ('completed', 'cancelled', 'discarded') "
-                "THEN now() END, "
-                "errors = CASE WHEN d.error IS NULL THEN j.errors "
-                "ELSE j.errors || jsonb_build_array(d.error::jsonb) END, "
-                "lease_expires_at = NULL, worker = NULL, cancel_requested = false, "
-                f"{unique_key_after('d.bit', table='j.')} "
-                "FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::float8[], "
-                "$5::integer[], $6::text[], $7::smallint[]) "
-                "AS d(id, token, state, delay, refund, error, bit), locked "
-                "WHERE j.id = d.id AND j.id = locked.id AND j.lease_token = d.token "
-                "AND j.state = 'running' " + condition + "RETURNING j.id, j.queue, j.state",
+                sql,
                 [o.lease.job_id for o in outcomes],
                 [o.lease.token for o in outcomes],
                 [o.state.value for o in outcomes],
