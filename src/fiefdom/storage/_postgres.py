@@ -189,6 +189,35 @@ async def restore_keys(conn: Conn, ids: Sequence[int]) -> set[int]:
     return {r[0] for r in superseded}
 
 
+# Enqueueing: one statement per batch, the rows passed as one array per column and
+# inserted in their order (ids grow in that order); a single job, the most common
+# enqueue, as plain parameters (a cheaper statement to run). A duplicate of a unique
+# job is skipped (the unique index), and looked up afterwards.
+_INSERT_INTO = (
+    "INSERT INTO fiefdom_jobs (kind, queue, state, priority, args, domain_key, "
+    "max_attempts, unique_key, unique_states, run_at, unique_digest, domain, partition, "
+    "ordered) "
+)
+_ON_CONFLICT = (
+    "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING RETURNING id, unique_key"
+)
+_INSERT_MANY_SQL = (
+    _INSERT_INTO + "SELECT k, q, s, p, a::jsonb, dk, m, u, us, coalesce(to_timestamp(r), now()), "
+    "ud, dn, pt, od "
+    "FROM unnest($1::text[], $2::text[], $3::text[], $4::smallint[], $5::text[], "
+    "$6::text[], $7::integer[], $8::bytea[], $9::smallint[], $10::float8[], "
+    "$11::bytea[], $12::text[], $13::smallint[], $14::boolean[]) "
+    "WITH ORDINALITY AS t(k, q, s, p, a, dk, m, u, us, r, ud, dn, pt, od, ord) "
+    "ORDER BY ord " + _ON_CONFLICT
+)
+_INSERT_ONE_SQL = (
+    _INSERT_INTO + "VALUES ($1::text, $2::text, $3::text, $4::smallint, $5::text::jsonb, "
+    "$6::text, $7::integer, $8::bytea, $9::smallint, "
+    "coalesce(to_timestamp($10::float8), now()), $11::bytea, $12::text, $13::smallint, "
+    "$14::boolean) " + _ON_CONFLICT
+)
+
+
 def _timestamp(param: str) -> str:
     """A parameter of unix seconds as the timestamptz the time columns hold."""
     return f"to_timestamp({param}::float8)"
@@ -452,19 +481,42 @@ class PostgresStore(Store):
 
     async def _insert(self, conn: Conn, rows: Sequence[NewJob]) -> list[Enqueued]:
         # The INSERT trigger notifies engines (at commit) of queues with available jobs.
-        got = await conn.fetch(
-            "INSERT INTO fiefdom_jobs (kind, queue, state, priority, args, domain_key, "
-            "max_attempts, unique_key, unique_states, run_at, unique_digest, domain, partition, "
-            "ordered) "
-            "SELECT k, q, s, p, a::jsonb, dk, m, u, us, coalesce(to_timestamp(r), now()), ud, "
-            "dn, pt, od "
-            "FROM unnest($1::text[], $2::text[], $3::text[], $4::smallint[], $5::text[], "
-            "$6::text[], $7::integer[], $8::bytea[], $9::smallint[], $10::float8[], "
-            "$11::bytea[], $12::text[], $13::smallint[], $14::boolean[]) "
-            "WITH ORDINALITY AS t(k, q, s, p, a, dk, m, u, us, r, ud, dn, pt, od, ord) "
-            "ORDER BY ord "
-            "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING "
-            "RETURNING id, unique_key",
+        if len(rows) == 1:
+            r = rows[0]
+            got = await conn.fetch(
+                _INSERT_ONE_SQL,
+                r.kind,
+                r.queue,
+                r.state.value,
+                r.priority,
+                r.args.decode(),
+                r.key,
+                r.max_attempts,
+                r.unique_key,
+                r.unique_states,
+                r.run_at,
+                r.unique_digest,
+                r.domain,
+                r.partition,
+                r.ordered,
+            )
+        else:
+            got = await self._insert_many(conn, rows)
+        inserted = [(r[0], r[1]) for r in got]
+        existing: dict[bytes, int] = {}
+        if len(inserted) < len(rows):
+            taken = {key for _, key in inserted if key is not None}
+            wanted = list({r.unique_key for r in rows if r.unique_key is not None} - taken)
+            found = await conn.fetch(
+                "SELECT unique_key, id FROM fiefdom_jobs WHERE unique_key = ANY($1::bytea[])",
+                wanted,
+            )
+            existing = {r[0]: r[1] for r in found}
+        return self._match_inserted(rows, inserted, existing)
+
+    async def _insert_many(self, conn: Conn, rows: Sequence[NewJob]) -> list[asyncpg.Record]:
+        return await conn.fetch(
+            _INSERT_MANY_SQL,
             [r.kind for r in rows],
             [r.queue for r in rows],
             [r.state.value for r in rows],
@@ -480,17 +532,6 @@ class PostgresStore(Store):
             [r.partition for r in rows],
             [r.ordered for r in rows],
         )
-        inserted = [(r[0], r[1]) for r in got]
-        existing: dict[bytes, int] = {}
-        if len(inserted) < len(rows):
-            taken = {key for _, key in inserted if key is not None}
-            wanted = list({r.unique_key for r in rows if r.unique_key is not None} - taken)
-            found = await conn.fetch(
-                "SELECT unique_key, id FROM fiefdom_jobs WHERE unique_key = ANY($1::bytea[])",
-                wanted,
-            )
-            existing = {r[0]: r[1] for r in found}
-        return self._match_inserted(rows, inserted, existing)
 
     # -- the engine's side -----------------------------------------------------------
 
