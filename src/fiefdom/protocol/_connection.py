@@ -7,7 +7,6 @@ that dispatches every request."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Coroutine
 from typing import Any, Final, Protocol, assert_never
 
@@ -209,8 +208,11 @@ class Connection:
         data = codec.encode(frame)
         opcode = WSMsgType.TEXT if codec is SERVER_JSON else WSMsgType.BINARY
         # The peer may go away between its request and our reply; nothing to tell then.
-        with contextlib.suppress(ConnectionError, RuntimeError):
+        # (A try statement: a context manager per reply costs more on this path.)
+        try:  # noqa: SIM105
             await self.ws.send_frame(data, opcode)
+        except (ConnectionError, RuntimeError):
+            pass
 
     # -- reading frames --------------------------------------------------------------
 
@@ -316,6 +318,8 @@ class Connection:
     async def _dispatch(self, msg: ClientMessage, codec: Codec[ClientMessage]) -> Reply:
         host = self.host
         match msg:
+            case Call():  # first: by far the most frequent request
+                return await requests.call(host, msg, codec)
             case Hello():
                 return self._hello(msg)
             case Ping():
@@ -326,8 +330,6 @@ class Connection:
                 return self._unsubscribe(msg)
             case GetStatus():
                 return await requests.status(host, msg, self.server.connections)
-            case Call():
-                return await requests.call(host, msg, codec)
             case PauseActor() | ResumeActor() | StopActor():
                 return await requests.operate(host, msg)
             case ListJobs():
