@@ -51,11 +51,15 @@ def test_job_benchmark_prints_figures_with_baselines() -> None:
 @pytest.mark.slow
 def test_control_benchmark_prints_figures_with_baselines() -> None:
     """bench/control.py: 1 and 50 clients through the daemon beside a bare echo server."""
-    (report,) = run("control.py", "--seconds", "0.2")
-    results = report["results"]
-    assert isinstance(results, dict)
-    for clients in ("1_client", "50_clients"):
-        assert {"fiefdom_calls_per_s", "bare_echo_per_s", "ratio"} <= results[clients].keys()
+    lines = run("control.py", "--seconds", "0.2", "--rounds", "1")
+    figures = [line for line in lines if "figure" in line]
+    assert [f["figure"] for f in figures] == [
+        "control channel call, 1 client",
+        "control channel call, 50 clients",
+    ]
+    for figure in figures:
+        assert {"fiefdom_calls_per_s", "bare_echo_per_s", "ratio"} <= figure.keys()
+    assert sum(1 for line in lines if "round" in line) == 2  # every round is printed
 
 
 @pytest.mark.slow
