@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import heapq
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Hashable
@@ -83,8 +84,22 @@ class DomainStatistics(msgspec.Struct, frozen=True, kw_only=True, tag="domain", 
     passivations: int
     crashes: int
     paused: bool = False  # the whole domain: every activation, present and future
-    paused_keys: tuple[str, ...] = ()  # keys paused on their own (domain not paused)
-    resumed_keys: tuple[str, ...] = ()  # keys resumed on their own in a paused domain
+    # Keys paused on their own (domain not paused), and keys resumed on their own in a
+    # paused domain: the first KEYS_LISTED of each in sorted order, and how many there
+    # are in all (0 from a domain older than these counts: then len() of the list).
+    paused_keys: tuple[str, ...] = ()
+    resumed_keys: tuple[str, ...] = ()
+    paused_keys_total: int = 0
+    resumed_keys_total: int = 0
+
+
+KEYS_LISTED = 100  # keys a domain's statistics list by name (paused or resumed ones)
+
+
+def _first_keys(keys: set[Any]) -> tuple[str, ...]:
+    """The first KEYS_LISTED of ``keys`` as strings, in sorted order (one pass over
+    them, not a sort of them all)."""
+    return tuple(heapq.nsmallest(KEYS_LISTED, (str(k) for k in keys)))
 
 
 class _KeyCell(Cell[M]):
@@ -361,8 +376,10 @@ class Domain(Generic[K, M]):
             passivations=self._passivations,
             crashes=self._crashes,
             paused=self._paused,
-            paused_keys=tuple(sorted(str(k) for k in self._paused_keys)),
-            resumed_keys=tuple(sorted(str(k) for k in self._resumed_keys)),
+            paused_keys=_first_keys(self._paused_keys),
+            resumed_keys=_first_keys(self._resumed_keys),
+            paused_keys_total=len(self._paused_keys),
+            resumed_keys_total=len(self._resumed_keys),
         )
 
     # -- activation and passivation --------------------------------------------

@@ -63,7 +63,7 @@ def _print_status(status: StatusReply) -> None:
     table(["path", "kind", "state", "mailbox", "restarts", "handled"], rows)
     if status.targets:
         print()
-        _print_targets(status.targets)
+        _print_targets(status.targets, status.tree)
     if status.queues:
         print()
         _print_queues(status.queues)
@@ -105,18 +105,63 @@ def _epochs(low: int | None, high: int | None) -> str:
     return str(low) if low == high else f"{low}-{high}"
 
 
+_KEYS_PRINTED = 10  # paused (or resumed) keys of a domain printed by name (--json: 100)
+
+
+def _keys(node: dict[str, Any], field: str) -> str:
+    """A domain's paused (or resumed) keys, the first few by name and how many in all
+    when there are more (a daemon lists at most 100 of them in its statistics)."""
+    keys: list[str] = list(node.get(field) or [])
+    total = max(int(node.get(f"{field}_total") or 0), len(keys))
+    shown = ", ".join(keys[:_KEYS_PRINTED])
+    return shown if total <= _KEYS_PRINTED else f"{shown}, ... ({total} in all)"
+
+
 def _domain_pauses(node: dict[str, Any]) -> str:
     if node.get("paused"):
-        resumed = node.get("resumed_keys") or []
-        return " (paused" + (f", except {', '.join(resumed)})" if resumed else ")")
-    keys = node.get("paused_keys") or []
-    return f" (paused keys: {', '.join(keys)})" if keys else ""
+        resumed = _keys(node, "resumed_keys")
+        return " (paused" + (f", except {resumed})" if resumed else ")")
+    keys = _keys(node, "paused_keys")
+    return f" (paused keys: {keys})" if keys else ""
 
 
-def _print_targets(targets: Sequence[TargetInfo]) -> None:
+def _domains(tree: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The domain nodes of a status tree by the last part of their path; a name two
+    domains share maps to neither."""
+    found: dict[str, dict[str, Any]] = {}
+    shared: set[str] = set()
+
+    def walk(node: dict[str, Any]) -> None:
+        if node.get("kind") == "domain":
+            name = str(node["path"]).rsplit("/", 1)[-1]
+            if name in found:
+                shared.add(name)
+            found[name] = node
+        for child in node.get("children", []):
+            walk(child)
+
+    walk(tree)
+    return {name: node for name, node in found.items() if name not in shared}
+
+
+def _target_paused(target: TargetInfo, domains: dict[str, dict[str, Any]]) -> str:
+    node = domains.get(target.name) if target.kind == "domain" else None
+    if node is None:
+        return "yes" if target.paused else "no"
+    if target.paused or node.get("paused"):
+        resumed = _keys(node, "resumed_keys")
+        return f"yes, except {resumed}" if resumed else "yes"
+    keys = _keys(node, "paused_keys")
+    return f"keys: {keys}" if keys else "no"
+
+
+def _print_targets(targets: Sequence[TargetInfo], tree: dict[str, Any] | None = None) -> None:
+    """The exposed targets; with the status ``tree``, a domain's paused column names
+    its keys paused on their own (or, paused whole, those resumed on their own)."""
+    domains = _domains(tree) if tree is not None else {}
     table(
         ["target", "kind", "paused", "messages"],
-        [[t.name, t.kind, "yes" if t.paused else "no", ", ".join(t.messages)] for t in targets],
+        [[t.name, t.kind, _target_paused(t, domains), ", ".join(t.messages)] for t in targets],
     )
 
 
