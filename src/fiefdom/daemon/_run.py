@@ -21,6 +21,7 @@ from ..supervisors import ActorSystem
 from ._config import Config
 from ._gc import tune_gc
 from ._logging import FlightRecorder, configure_logging
+from ._notify import notify
 
 log = structlog.get_logger("fiefdom.daemon")
 
@@ -84,12 +85,15 @@ async def run_daemon(daemon: Runnable, log_stream: TextIO | None) -> None:
 async def _start_wait_stop(daemon: Runnable) -> None:
     await daemon.start()
     tune_gc()  # start-up frozen, a higher young threshold (FIEFDOM_GC=default: not)
+    notify("READY=1")  # under systemd (Type=notify): started, /readyz answers 200
     try:
         mode = await _until_stop_requested(daemon)
     except BaseException:
+        notify("STOPPING=1")
         with anyio.CancelScope(shield=True):
             await daemon.stop("cancel")
         raise
+    notify("STOPPING=1")
     log.info(
         "stopping the tree in reverse order",
         mode=mode,
