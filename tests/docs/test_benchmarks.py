@@ -39,13 +39,17 @@ def test_actor_benchmark_prints_figures_with_baselines() -> None:
 
 @pytest.mark.slow
 def test_job_benchmark_prints_figures_with_baselines() -> None:
-    """bench/jobs.py on SQLite: enqueue, drain and pickup figures beside aiosqlite's."""
-    figures = run(
-        "jobs.py", "--jobs", "200", "--samples", "5", "--backend", "sqlite", "--loop", "asyncio"
+    """bench/jobs.py: a round of fiefdom on PostgreSQL and on SQLite (and pgqueuer when
+    it is installed), then a summary with medians and ratios."""
+    lines = run(
+        "jobs.py",
+        *("--rounds", "1", "--batch-jobs", "200", "--single-jobs", "20", "--samples", "3"),
+        *("--loop", "asyncio"),
     )
-    names = {str(f["figure"]) for f in figures}
-    assert {"enqueue", "drain", "pickup_latency"} <= names
-    assert any(name.startswith("baseline") for name in names)
+    systems = {str(line["system"]) for line in lines if line.get("figure") == "round"}
+    assert {"fiefdom_postgres", "fiefdom_sqlite"} <= systems
+    (summary,) = [line for line in lines if line.get("figure") == "summary"]
+    assert {"medians", "ratios", "raw"} <= summary.keys()
 
 
 @pytest.mark.slow
