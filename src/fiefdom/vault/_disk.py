@@ -6,15 +6,18 @@ blob files read back in chunks. Blocking calls run in worker threads; every
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ctypes
 import errno
 import fcntl
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import cast
 
 import anyio.to_thread
 
@@ -22,7 +25,25 @@ from .._errors import BadRange, ChecksumMismatch, LocationUnavailable, TooLarge
 from ._model import Location, VersionInfo
 
 CHUNK = 1 << 20  # bytes written or read per call to a worker thread
+SPLIT = 256 << 10  # from this many bytes on, a batch is hashed beside its write
+BATCH = 4 << 20  # bytes gathered before they are hashed and written
+IOV_MAX = os.sysconf("SC_IOV_MAX")  # buffers per writev
 TEMP_SUFFIX = ".part"
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux's ``sync_file_range`` (not in ``os``), or None where there is none."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], function)
+
+
+_sync_file_range = _libc_sync_file_range()
 
 
 def unavailable(location: Location, doing: str, path: Path, exc: OSError) -> LocationUnavailable:
@@ -64,6 +85,7 @@ class TempBlob:
         self.sha256 = ""
         self._hash = hashlib.sha256()
         self._fd: int | None = None
+        self._written = 0  # bytes written so far (size counts what is under way too)
 
     def open(self) -> None:
         while True:
@@ -82,15 +104,40 @@ class TempBlob:
             os.close(fd)
             self.path = self.location.tmp / f"{uuid.uuid4().hex}{TEMP_SUFFIX}"
 
-    def write(self, data: bytes) -> None:
+    def hash(self, pieces: Sequence[bytes]) -> None:
+        """Feed ``pieces`` to the hash (hashlib lets go of the GIL for large pieces, so
+        this runs beside ``write`` of the same pieces in another thread)."""
+        for piece in pieces:
+            self._hash.update(piece)
+
+    def write(self, pieces: Sequence[bytes]) -> None:
+        """Write ``pieces`` one after the other (``writev``, no joining copy), then
+        start the writeback of those bytes to the disk without waiting for it, so that
+        the fsync at the end has little left to do (only a hint: that fsync is what
+        makes the file durable)."""
         assert self._fd is not None
-        self._hash.update(data)
-        view = memoryview(data)
+        views = [memoryview(piece) for piece in pieces]
+        start = self._written
+        first = 0
         try:
-            while view:
-                view = view[os.write(self._fd, view) :]
+            while first < len(views):
+                written = os.writev(self._fd, views[first : first + IOV_MAX])
+                self._written += written
+                while written:
+                    size = len(views[first])
+                    if written < size:
+                        views[first] = views[first][written:]
+                        break
+                    written -= size
+                    first += 1
         except OSError as exc:
             raise unavailable(self.location, "write", self.path, exc) from exc
+        if _sync_file_range is not None:
+            _sync_file_range(self._fd, start, self._written - start, SYNC_FILE_RANGE_WRITE)
+
+    def hash_and_write(self, pieces: Sequence[bytes]) -> None:
+        self.hash(pieces)
+        self.write(pieces)
 
     def finish(self) -> None:
         """fsync (the file stays open and locked); ``sha256`` is the hash of what was
@@ -140,9 +187,12 @@ async def receive(
     """Stream ``chunks`` into a new temp file of ``location``, fsynced; its hash and
     size are set. Past ``max_size`` bytes: ``TooLarge``; a hash other than
     ``expected_sha256``: ``ChecksumMismatch``. On any failure (or cancellation) the
-    temp file is removed. At most ``CHUNK`` bytes (plus one chunk) are held."""
+    temp file is removed. Chunks are gathered into batches of about ``BATCH`` bytes;
+    a batch is hashed and written (in two worker threads at once when it is large)
+    while the next one is gathered: at most two batches (plus one chunk) are held."""
     temp = TempBlob(location)
     await anyio.to_thread.run_sync(temp.open)
+    steps: list[asyncio.Task[None]] = []  # the batch being hashed and written
     try:
         pending: list[bytes] = []
         held = 0
@@ -155,24 +205,53 @@ async def receive(
                 raise TooLarge(max_size)
             pending.append(bytes(chunk))
             held += len(chunk)
-            if held >= CHUNK:
-                data = b"".join(pending)
-                pending.clear()
+            if held >= BATCH:
+                await _finished(steps)
+                steps = _start(temp, pending, held)
+                temp.size += held
+                pending = []
                 held = 0
-                await anyio.to_thread.run_sync(temp.write, data)
-                temp.size += len(data)
+        await _finished(steps)
         if pending:
-            data = b"".join(pending)
-            await anyio.to_thread.run_sync(temp.write, data)
-            temp.size += len(data)
+            steps = _start(temp, pending, held)
+            temp.size += held
+            await _finished(steps)
         await anyio.to_thread.run_sync(temp.finish)
         if expected_sha256 is not None and temp.sha256 != expected_sha256:
             raise ChecksumMismatch(expected_sha256, temp.sha256)
     except BaseException:
         with anyio.CancelScope(shield=True):
+            # A worker thread may still be writing to the file: it is closed after.
+            if steps:
+                await asyncio.wait(steps)
+                for step in steps:  # retrieved: the first error is raised already
+                    if not step.cancelled():
+                        step.exception()
             await anyio.to_thread.run_sync(temp.discard)
         raise
     return temp
+
+
+def _start(temp: TempBlob, pieces: list[bytes], size: int) -> list[asyncio.Task[None]]:
+    """Hash and write ``pieces`` in worker threads: two at once if there are enough
+    bytes for the second thread to pay off."""
+    run = anyio.to_thread.run_sync
+    if size < SPLIT:
+        return [asyncio.ensure_future(run(temp.hash_and_write, pieces))]
+    return [
+        asyncio.ensure_future(run(temp.hash, pieces)),
+        asyncio.ensure_future(run(temp.write, pieces)),
+    ]
+
+
+async def _finished(steps: list[asyncio.Task[None]]) -> None:
+    """Wait for ``steps`` (a cancellation of the wait leaves them running), then raise
+    the first error among them."""
+    if not steps:
+        return
+    await asyncio.wait(steps)
+    for step in steps:
+        step.result()
 
 
 def publish(location: Location, sha256: str, temp: Path) -> bool:
