@@ -74,13 +74,15 @@ def _keys(daemon: DaemonProcess, keys: list[str], *, pause: bool) -> None:
 
 def test_a_paused_key_is_listed_until_resumed(daemon: DaemonProcess) -> None:
     """After ``actors pause accounts --key K``, ``status`` names K in the domain's row
-    of the tree and in the accounts row of the targets table (PAUSED: keys: K), and
+    of the tree and in the accounts row of the targets table (PAUSED: keys: K), as
+    ``actors ls`` does, and
     --json carries it with its count; after ``actors resume``, K is gone from all."""
     config = ("--config", str(daemon.config))
     fiefdom("actors", "pause", "accounts", "--key", "alice", *config)
     status = fiefdom("status", *config)
     assert "(paused keys: alice)" in _line(status, "test-daemon/accounts")
     assert "keys: alice" in _line(status, "accounts")
+    assert "keys: alice" in _line(fiefdom("actors", "ls", *config), "accounts")
     node = _accounts(json.loads(fiefdom("status", "--json", *config))["tree"])
     assert node["paused_keys"] == ["alice"]
     assert node["paused_keys_total"] == 1

@@ -129,11 +129,12 @@ async def _queues(client: Client, args: argparse.Namespace) -> int:
 async def _actors(client: Client, args: argparse.Namespace) -> int:
     command = args.actors_command
     if command == "ls":
-        targets = (await client.status()).targets
+        status = await client.status()
         if args.json:
-            emit_json(targets)
+            emit_json(status.targets)
         else:
-            _print_targets(targets)
+            # With the tree: a domain's paused column names its keys paused on their own.
+            _print_targets(status.targets, status.tree)
         return 0
     target, key = args.target, args.key
     if command == "pause":
