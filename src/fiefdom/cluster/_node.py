@@ -82,15 +82,24 @@ class Node:
     def state(self) -> State:
         return self._life.state
 
+    def _fresh(self) -> bool:
+        """Whether the leases held are still this node's on its own monotonic clock:
+        a process stopped past its fence time (SIGSTOP, a long pause) learns on
+        resuming that they are not, before its lease loop has had a turn."""
+        settings = self.settings
+        return time.monotonic() < self._renewed_at + settings.lease - settings.margin
+
     def claimable(self) -> Collection[int] | None:
+        if not self._fresh():
+            return frozenset()
         return None if self._all else frozenset(self._held)
 
     def owns(self, partition: int) -> bool:
-        return self._all or partition in self._held
+        return (self._all or partition in self._held) and self._fresh()
 
     def is_local(self, key: Hashable) -> bool:
         """Whether this node owns ``key`` now (the actors' Placement port)."""
-        return self._all or partition_of(key) in self._held
+        return (self._all or partition_of(key) in self._held) and self._fresh()
 
     def serve(self, name: str, domain: Domain[Any, Any]) -> Callable[[], None]:
         """Activate only the keys of ``domain`` (known to the cluster as ``name``) this

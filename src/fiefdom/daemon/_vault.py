@@ -72,7 +72,8 @@ class DaemonVault:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # (A failure of the tree may have closed the store under it already.)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
     async def _background(self) -> None:
@@ -87,16 +88,17 @@ class DaemonVault:
                 removed = await self.http.uploads.expire()
                 if removed:
                     log.info("expired resumable uploads removed", removed=removed)
-            except FiefdomError as exc:
-                log.warning("removing expired uploads failed", error=str(exc))
+            except (FiefdomError, OSError, ValueError) as exc:
+                log.warning("removing expired uploads failed", error=str(exc) or type(exc).__name__)
             await asyncio.sleep(every)
 
     async def _fsck(self) -> None:
         assert self.vault is not None
         try:
             report = await self.vault.fsck(repair=False)
-        except FiefdomError as exc:
-            log.warning("vault fsck at start failed", error=str(exc))
+        except (FiefdomError, OSError, ValueError) as exc:
+            # ValueError: the store was closed under it (the daemon is stopping).
+            log.warning("vault fsck at start failed", error=str(exc) or type(exc).__name__)
             return
         log.info(
             "vault checked",

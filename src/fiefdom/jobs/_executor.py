@@ -122,6 +122,17 @@ async def execute(core: Core, held: Held) -> Outcome | None:
     )
     if kind.domain is not None:
         assert kind.options.key is not None
+        ownership = core.ownership
+        if (
+            job.partition is not None
+            and ownership is not None
+            and not ownership.owns(job.partition)
+        ):
+            # Claimed while the partition was ours, and no longer is (lost, or the
+            # process was stopped past its lease while the job waited for a worker):
+            # another node may run the key now. Back unrun.
+            held.given_back = "given back unrun: its key's partition is no longer held"
+            return given_back(core, lease)
         if kind.domain.is_paused(getattr(payload, kind.options.key)):
             # A paused key takes no message: handed to it, the job would hold a
             # slot of its queue (its lease kept alive by the heartbeat) until the
