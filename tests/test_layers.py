@@ -18,6 +18,7 @@ LAYERS = [
     "_errors",
     "_lifecycle",
     "_throttle",
+    "_address",
     "actors",
     "supervisors",
     "storage",

@@ -29,11 +29,11 @@ import anyio
 import msgspec
 import structlog
 
+from .._address import host_port
 from .._errors import (
     ActorStopped,
     AskTimeout,
     CallCycleError,
-    ConfigurationError,
     OwnerUnavailable,
     RemoteHandlerError,
     StoreError,
@@ -55,13 +55,6 @@ _OWNERS_FRESH = 1.0
 TELL_TIMEOUT = 10.0
 
 
-def split_address(address: str, what: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigurationError(f"{what} must be HOST:PORT, got {address!r}")
-    return host.strip("[]"), int(port)
-
-
 class Peers:
     """This node's side of forwarding: its peer server, its links to the other nodes,
     and the domains it delivers forwarded messages to (see the module doc)."""
@@ -71,7 +64,7 @@ class Peers:
     ) -> None:
         self.node = node
         self._leases = leases(store)
-        self._listen = split_address(listen, "cluster listen address")
+        self._listen = host_port(listen, "cluster listen address", "127.0.0.1:7001")
         self._advertise = advertise
         self.address: str | None = None
         self.domains: dict[str, Domain[Any, Any]] = {}

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import msgspec
 
+from .._address import host_port
 from ._messages import Role
 
 # Bounds checked when the configuration is decoded; the message names the key.
@@ -79,17 +80,7 @@ class ControlSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     probe_connections: _AtLeastOne = 16
 
     def host_port(self) -> tuple[str, int]:
-        host, sep, port = self.listen.rpartition(":")
-        if not sep or not port.isdigit():
-            raise ValueError(
-                "control.listen must be HOST:PORT (for example 127.0.0.1:8765), "
-                f"got {self.listen!r}"
-            )
-        number = int(port)
-        if number > 65535:
-            # Left unchecked, the OS would take the port modulo 65536.
-            raise ValueError(f"control.listen: the port must be 0-65535, got {number}")
-        return host.strip("[]") or "127.0.0.1", number
+        return host_port(self.listen, "control.listen", "127.0.0.1:8765")
 
     def metrics_auth_required(self) -> bool:
         """Whether ``/metrics`` asks for a token: ``metrics_auth`` when it is set, else
