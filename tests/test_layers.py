@@ -16,6 +16,7 @@ ROOT = Path(fiefdom.__file__).parent
 # DESIGN.md "Layers", top to bottom: each may import the ones before it.
 LAYERS = [
     "_errors",
+    "_log",
     "_lifecycle",
     "_throttle",
     "_address",

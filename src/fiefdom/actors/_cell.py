@@ -13,11 +13,11 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, cast
 
 import anyio
 import msgspec
-import structlog
 from structlog.typing import FilteringBoundLogger
 
 from .._errors import ActivationFailed, ActorStopped, AskTimeout, CallCycleError, MailboxFull
 from .._lifecycle import StopMode as StopMode
+from .._log import get_logger
 from .._throttle import exc_fields
 from ._envelope import DONE, QUEUED, RUNNING, Ask, AskHost
 from ._mailbox import EMPTY, Mailbox
@@ -202,7 +202,7 @@ class Cell(Generic[M]):
     def log(self) -> FilteringBoundLogger:
         # Bound lazily: a domain may create a million cells that never log.
         if self._log is None:
-            log = structlog.get_logger("fiefdom.actor").bind(actor=self.path)
+            log = get_logger("fiefdom.actor").bind(actor=self.path)
             self._log = log.bind(key=str(self.key)) if self.key is not None else log
         return cast(FilteringBoundLogger, self._log)
 

@@ -23,10 +23,10 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 
 import anyio
 import msgspec
-import structlog
 
 from .._errors import ActorStopped, MailboxFull, OwnerUnavailable
 from .._lifecycle import StopMode
+from .._log import get_logger
 from .._throttle import exc_fields
 from ._actor import Actor
 from ._cell import (
@@ -64,7 +64,7 @@ class Forwarder(Protocol):
 M = TypeVar("M")
 R = TypeVar("R")
 
-log = structlog.get_logger("fiefdom.domain")
+log = get_logger("fiefdom.domain")
 
 DEFAULT_MAX_ACTIVE = 100_000
 """Live actors a domain keeps by default; past it, the least recently used idle one

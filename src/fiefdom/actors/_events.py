@@ -8,11 +8,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import msgspec
-import structlog
 
+from .._log import get_logger
 from .._throttle import exc_fields
 
-log = structlog.get_logger("fiefdom.events")
+log = get_logger("fiefdom.events")
 
 
 class ActorCrashed(msgspec.Struct, frozen=True, kw_only=True, tag="actor_crashed"):

@@ -27,7 +27,6 @@ from typing import Any
 import aiohttp
 import anyio
 import msgspec
-import structlog
 
 from .._address import host_port
 from .._errors import (
@@ -38,6 +37,7 @@ from .._errors import (
     RemoteHandlerError,
     StoreError,
 )
+from .._log import get_logger
 from ..actors import DEFAULT_CANCEL_GRACE, Domain, Request
 from ..actors._cell import chain_paths
 from ..actors._message import Invoke
@@ -46,7 +46,7 @@ from ._peer_link import Link, LinkLost
 from ._peer_server import PeerServer
 from ._peer_wire import AskFrame, ErrorFrame, ReplyFrame, TellFrame, reply_type, type_name
 
-log = structlog.get_logger("fiefdom.cluster")
+log = get_logger("fiefdom.cluster")
 
 # How long the owners read from the store are trusted before they are read again.
 _OWNERS_FRESH = 1.0

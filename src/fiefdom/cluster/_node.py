@@ -18,17 +18,17 @@ from collections.abc import Awaitable, Callable, Collection, Hashable
 from typing import Any
 
 import anyio
-import structlog
 
 from .._errors import ConfigurationError, StoreError
 from .._lifecycle import Lifecycle, State, StopMode
+from .._log import get_logger
 from .._throttle import Throttle
 from ..actors import Domain
 from ..jobs._ownership import ClusterView
 from ..storage import PARTITIONS, Store, leases, partition_of
 from ._view import Ledger, Row
 
-log = structlog.get_logger("fiefdom.cluster")
+log = get_logger("fiefdom.cluster")
 
 _ALL = frozenset(range(PARTITIONS))
 

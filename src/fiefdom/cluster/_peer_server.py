@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from typing import Any, Protocol, cast
 
 import msgspec
-import structlog
 from aiohttp import WSMsgType, web
 
 from .._errors import ActorStopped, AskTimeout, CallCycleError, OwnerUnavailable
+from .._log import get_logger
 from ..actors import Domain, Request
 from ..actors._cell import forwarded_from
 from ..jobs._kinds import safe_text
@@ -46,7 +46,7 @@ class PeerHost(Protocol):
     def authorized(self, header: str) -> bool: ...
 
 
-log = structlog.get_logger("fiefdom.cluster")
+log = get_logger("fiefdom.cluster")
 
 _TEXT_LIMIT = 2000
 

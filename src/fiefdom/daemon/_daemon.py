@@ -43,10 +43,10 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-import structlog
 
 from .._errors import ConfigurationError, FiefdomError
 from .._lifecycle import Lifecycle, State, StopMode
+from .._log import get_logger
 from ..protocol import (
     ControlMetrics,
     ControlServer,
@@ -72,7 +72,7 @@ from ._storage import SCHEMA_VERSION, Store
 from ._tokens import token_table
 from ._vault import DaemonVault
 
-log = structlog.get_logger("fiefdom.daemon")
+log = get_logger("fiefdom.daemon")
 
 # How long /readyz trusts its last reading of the schema version: a load balancer's
 # probes then cost at most one extra read per interval, and a migration run from

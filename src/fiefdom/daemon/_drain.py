@@ -23,12 +23,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import structlog
-
+from .._log import get_logger
 from ..jobs import JobEngine
 from ..storage import JobEvent, JobState
 
-log = structlog.get_logger("fiefdom.daemon")
+log = get_logger("fiefdom.daemon")
 
 # Seconds between two progress lines of a drain that has jobs running.
 PROGRESS_EVERY = 2.0

@@ -22,12 +22,12 @@ import gc
 import os
 from collections.abc import Callable, Mapping
 
-import structlog
+from .._log import get_logger
 
 ENV = "FIEFDOM_GC"
 THRESHOLD = 10_000
 
-log = structlog.get_logger("fiefdom.daemon")
+log = get_logger("fiefdom.daemon")
 
 
 def gc_threshold(environ: Mapping[str, str]) -> int | None:

@@ -13,17 +13,17 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import anyio
-import structlog
 
 from .._errors import ControlError, JobError, StoreUnavailable, UnknownJobKind
 from .._lifecycle import State
+from .._log import get_logger
 from ..actors import Domain, StopMode
 from ..jobs import JobContext, JobEngine, Retention
 from ..protocol import ClusterInfo, ControlMetrics, ErrorCode, EventHub, NotFound, QueueInfo
 from ..storage import PARTITIONS, Enqueued, Job, JobEvent, JobInfo, JobState, Store
 from ._config import Config
 
-log = structlog.get_logger("fiefdom.daemon.jobs")
+log = get_logger("fiefdom.daemon.jobs")
 
 J = TypeVar("J", bound=Job)
 Handler = Callable[[J, JobContext[Any]], Awaitable[object]]

@@ -12,11 +12,11 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
 import anyio
-import structlog
 
 from .._lifecycle import StopMode
+from .._log import get_logger
 
-log = structlog.get_logger("fiefdom.daemon")
+log = get_logger("fiefdom.daemon")
 
 
 @runtime_checkable

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar, overload
 
 import msgspec
-import structlog
 from structlog.typing import FilteringBoundLogger
 
 from .._errors import ConfigurationError, FiefdomError
+from .._log import get_logger
 from ..actors import ActorRef, Domain
 from ..protocol import Registry
 from ..supervisors import ActorSystem, Backoff, Restart, ServiceSpec, SupervisorSpec
@@ -30,7 +30,7 @@ from ._jobs import JobRegistrar, JobsAdapter
 from ._module_services import HostedService, ServiceTarget
 from ._storage import Store
 
-log = structlog.get_logger("fiefdom.daemon")
+log = get_logger("fiefdom.daemon")
 
 # How long a service's supervisor waits beyond the service's own deadline.
 _STOP_MARGIN = 5.0
@@ -81,7 +81,7 @@ class ModuleHost:
         self._daemon = daemon
         self._module = module
         self._section = module.rsplit(".", 1)[-1]
-        self._log: FilteringBoundLogger = structlog.get_logger(module)
+        self._log: FilteringBoundLogger = get_logger(module)
 
     @property
     def module(self) -> str:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 import socket
 
-import structlog
+from .._log import get_logger
 
-log = structlog.get_logger("fiefdom.daemon")
+log = get_logger("fiefdom.daemon")
 
 _SEND_TIMEOUT = 5.0  # a bound on a blocked send, not a wait: the manager reads at once
 

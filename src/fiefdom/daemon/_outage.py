@@ -10,12 +10,12 @@ import time
 from collections.abc import Callable
 
 import anyio
-import structlog
 
 from .._errors import StoreError
+from .._log import get_logger
 from ._storage import Store
 
-log = structlog.get_logger("fiefdom.daemon")
+log = get_logger("fiefdom.daemon")
 
 _POOL_LOGGER = "asyncpg.pool"
 _POOL_RECONNECT = "Failed to restore the pool connection floor"

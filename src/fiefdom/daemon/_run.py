@@ -12,10 +12,10 @@ from collections.abc import Callable
 from typing import Protocol, TextIO
 
 import anyio
-import structlog
 
 from .._errors import FiefdomError
 from .._lifecycle import StopMode
+from .._log import get_logger
 from ..protocol import EventHub
 from ..supervisors import ActorSystem
 from ._config import Config
@@ -23,7 +23,7 @@ from ._gc import tune_gc
 from ._logging import FlightRecorder, configure_logging
 from ._notify import notify
 
-log = structlog.get_logger("fiefdom.daemon")
+log = get_logger("fiefdom.daemon")
 
 
 class Runnable(Protocol):

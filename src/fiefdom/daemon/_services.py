@@ -8,13 +8,13 @@ from collections.abc import Callable
 from types import TracebackType
 
 import anyio
-import structlog
 
 from .._lifecycle import Lifecycle, State, StopMode
+from .._log import get_logger
 from ..storage import Store
 from ._outage import OutageLog
 
-log = structlog.get_logger("fiefdom.daemon")
+log = get_logger("fiefdom.daemon")
 
 # Closing a store joins its connections (a thread on SQLite, a pool on PostgreSQL):
 # quick, but bounded so that a wedged database cannot hold up the process's exit.

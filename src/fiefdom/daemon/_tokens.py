@@ -8,13 +8,12 @@ import os
 import secrets
 from pathlib import Path
 
-import structlog
-
 from .._errors import ConfigurationError
+from .._log import get_logger
 from ..protocol import Credential, TokenTable
 from ._config import Config
 
-log = structlog.get_logger("fiefdom.daemon")
+log = get_logger("fiefdom.daemon")
 
 
 def ensure_admin_token(path: Path) -> str:

@@ -9,9 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import structlog
-
 from .._errors import ConfigurationError, FiefdomError
+from .._log import get_logger
 from ..jobs import JobEngine
 from ..protocol._server import HttpMount
 from ..vault import Location, Vault, VaultHttp
@@ -19,7 +18,7 @@ from ..vault._disk import prepare
 from ._config import Config
 from ._storage import Store
 
-log = structlog.get_logger("fiefdom.vault")
+log = get_logger("fiefdom.vault")
 
 
 class DaemonVault:

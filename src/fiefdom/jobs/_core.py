@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 import anyio
 import msgspec
-import structlog
 
+from .._log import get_logger
 from .._throttle import Throttle, exc_fields
 from ..actors import Domain
 from ..storage import (
@@ -35,7 +35,7 @@ from ..storage import (
 from ._kinds import JobContext
 from ._ownership import Ownership
 
-log = structlog.get_logger("fiefdom.jobs")
+log = get_logger("fiefdom.jobs")
 
 # Seconds between retries of an unreachable store, at most: short, so that work
 # resumes within about this long of the database coming back.

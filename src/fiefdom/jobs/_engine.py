@@ -13,10 +13,10 @@ from typing import Any, Literal, TypeVar
 import anyio
 import anyio.abc
 import msgspec
-import structlog
 
 from .._errors import ConfigurationError, JobError
 from .._lifecycle import Lifecycle, State
+from .._log import get_logger
 from ..actors import Domain
 from ..storage import Job, JobEvent, JobState, Store
 from ._core import Core, Kind, Runner, Timing
@@ -26,7 +26,7 @@ from ._periodic import Periodic
 from ._pruner import PruneJobs, Retention, pruner
 from ._running import EngineRunner
 
-log = structlog.get_logger("fiefdom.jobs")
+log = get_logger("fiefdom.jobs")
 
 J = TypeVar("J", bound=Job)
 H = TypeVar("H", bound=Callable[..., Awaitable[object]])

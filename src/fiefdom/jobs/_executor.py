@@ -12,14 +12,14 @@ from typing import Any
 
 import anyio
 import msgspec
-import structlog
 
+from .._log import get_logger
 from .._throttle import Throttle, exc_fields
 from ..storage import AttemptError, ClaimedJob, Job, JobOptions, JobState, Lease, Outcome
 from ._core import Core, Held, Kind, Runner
 from ._kinds import Cancel, Discard, JobContext, JobOutcome, Snooze, describe_error, note
 
-log = structlog.get_logger("fiefdom.jobs")
+log = get_logger("fiefdom.jobs")
 
 # A failed attempt that will be retried is logged at warning level, at most once per
 # interval per kind: a kind whose every job fails (a dependency down) must not

@@ -8,15 +8,15 @@ import time
 
 import anyio
 import msgspec
-import structlog
 
 from .._errors import StoreUnavailable
+from .._log import get_logger
 from ..storage import JobState, Outcome, StoreError
 from ._core import Held
 from ._kinds import note
 from ._service import Service
 
-log = structlog.get_logger("fiefdom.jobs")
+log = get_logger("fiefdom.jobs")
 
 Item = tuple[Held, Outcome | None]
 

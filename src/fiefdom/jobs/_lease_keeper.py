@@ -4,12 +4,12 @@ the handler of a job whose lease was lost or whose cancel was asked."""
 from __future__ import annotations
 
 import anyio
-import structlog
 
+from .._log import get_logger
 from ..storage import Lease, StoreError
 from ._service import Service
 
-log = structlog.get_logger("fiefdom.jobs")
+log = get_logger("fiefdom.jobs")
 
 
 class LeaseKeeper(Service):

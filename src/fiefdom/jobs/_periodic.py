@@ -10,13 +10,13 @@ import time
 from collections.abc import Callable
 
 import anyio
-import structlog
 
+from .._log import get_logger
 from ..storage import Job, StoreError, periodic_row
 from ._core import Core
 from ._service import Service
 
-log = structlog.get_logger("fiefdom.jobs")
+log = get_logger("fiefdom.jobs")
 
 
 @dataclasses.dataclass(slots=True)

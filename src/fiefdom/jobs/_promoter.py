@@ -4,12 +4,12 @@ come, every poll interval (the store wakes this process's fetchers)."""
 from __future__ import annotations
 
 import anyio
-import structlog
 
+from .._log import get_logger
 from ..storage import StoreError
 from ._service import Service
 
-log = structlog.get_logger("fiefdom.jobs")
+log = get_logger("fiefdom.jobs")
 
 
 class Promoter(Service):

@@ -6,12 +6,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import structlog
-
+from .._log import get_logger
 from ..storage import EngineQueries, Job, JobOptions
 from ._kinds import JobContext
 
-log = structlog.get_logger("fiefdom.jobs")
+log = get_logger("fiefdom.jobs")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

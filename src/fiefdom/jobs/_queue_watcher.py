@@ -5,12 +5,12 @@ that every engine on it honours them; without notifications across processes
 from __future__ import annotations
 
 import anyio
-import structlog
 
+from .._log import get_logger
 from ..storage import StoreError
 from ._service import Service
 
-log = structlog.get_logger("fiefdom.jobs")
+log = get_logger("fiefdom.jobs")
 
 
 class QueueWatcher(Service):

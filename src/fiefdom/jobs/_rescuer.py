@@ -6,12 +6,12 @@ from __future__ import annotations
 import time
 
 import anyio
-import structlog
 
+from .._log import get_logger
 from ..storage import JobEvent, JobState, StoreError
 from ._service import Service
 
-log = structlog.get_logger("fiefdom.jobs")
+log = get_logger("fiefdom.jobs")
 
 
 class Rescuer(Service):

@@ -12,10 +12,10 @@ from types import TracebackType
 from typing import Self
 
 import anyio
-import structlog
 
 from .._errors import JobError
 from .._lifecycle import Lifecycle, State, StopMode
+from .._log import get_logger
 from ..storage import Notifications
 from ._core import Core
 from ._executor import work
@@ -30,7 +30,7 @@ from ._queue_watcher import QueueWatcher
 from ._rescuer import Rescuer
 from ._service import Service
 
-log = structlog.get_logger("fiefdom.jobs")
+log = get_logger("fiefdom.jobs")
 
 # At shutdown, outcomes are written for as long as the store records some; the
 # engine gives up (leaving those jobs to be rescued) only after this long without

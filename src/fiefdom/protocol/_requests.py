@@ -14,7 +14,6 @@ from typing import Any, Final
 
 import anyio
 import msgspec
-import structlog
 
 from .._errors import (
     ActorStopped,
@@ -26,6 +25,7 @@ from .._errors import (
     StoreError,
     UnknownJobKind,
 )
+from .._log import get_logger
 from .._throttle import exc_fields
 from ..actors import ActorRef, Domain, Request
 from ..storage import Job, JobState
@@ -69,7 +69,7 @@ from ._replies import (
     StatusReply,
 )
 
-log = structlog.get_logger("fiefdom.control")
+log = get_logger("fiefdom.control")
 
 _CODES: Final = frozenset(ErrorCode)
 _NULL = msgspec.Raw(b"null")

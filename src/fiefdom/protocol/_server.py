@@ -20,11 +20,11 @@ from types import TracebackType
 
 import anyio
 import msgspec
-import structlog
 from aiohttp import WSCloseCode, web
 
 from .._errors import FiefdomError
 from .._lifecycle import Lifecycle, State
+from .._log import get_logger
 from ..actors import StopMode
 from ._admission import Admission, CappedSite, loud_repeats, quiet_repeats
 from ._codec import json_schema
@@ -36,7 +36,7 @@ from ._registry import ControlHost
 from ._replies import QueueInfo
 from ._settings import ControlSettings, TokenTable
 
-log = structlog.get_logger("fiefdom.control")
+log = get_logger("fiefdom.control")
 
 # What a mounted set of routes gets to authenticate a request: None when its token
 # holds the role, else the 401 or 403 to answer with.

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 import anyio
 import asyncpg
 import msgspec
-import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from .._errors import StoreError, StoreUnavailable, UniqueConflict
+from .._log import get_logger
 from . import _migrations
 from ._jobs import STATE_BITS, AttemptError, Enqueued, JobInfo, JobState, QueueCount
 from ._rows import NewJob
@@ -45,7 +45,7 @@ from ._store import (
     read_only_write,
 )
 
-log = structlog.get_logger("fiefdom.storage.postgres")
+log = get_logger("fiefdom.storage.postgres")
 
 if TYPE_CHECKING:
     Conn: TypeAlias = PoolConnectionProxy[Any]

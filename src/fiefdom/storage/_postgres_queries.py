@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 
 import anyio
 import asyncpg
-import structlog
 
 from .._errors import StoreUnavailable
+from .._log import get_logger
 from ._jobs import STATE_BITS, ClaimedJob, JobState, Lease, Outcome
 from ._postgres import (
     _CLOSE_ERRORS,
@@ -29,7 +29,7 @@ from ._store import Notifications
 if TYPE_CHECKING:
     from ._postgres import Conn
 
-log = structlog.get_logger("fiefdom.storage.postgres")
+log = get_logger("fiefdom.storage.postgres")
 
 # The claim: one statement; SKIP LOCKED lets concurrent claimers pass each other. It
 # skips jobs of a domain key that has a job running (that job holds no worker slot

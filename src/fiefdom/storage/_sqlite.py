@@ -17,9 +17,9 @@ from urllib.parse import parse_qs, urlsplit
 import aiosqlite
 import anyio
 import msgspec
-import structlog
 
 from .._errors import StoreError, StoreUnavailable, UniqueConflict
+from .._log import get_logger
 from . import _migrations
 from ._jobs import STATE_BITS, Enqueued, JobInfo, JobState, QueueCount
 from ._rows import NewJob
@@ -44,7 +44,7 @@ from ._store import (
     read_only_write,
 )
 
-log = structlog.get_logger("fiefdom.storage.sqlite")
+log = get_logger("fiefdom.storage.sqlite")
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 _CHUNK = 500  # rows per INSERT: 15 parameters each stays under SQLite's 32766

@@ -12,10 +12,10 @@ from typing import Any, Protocol
 
 import anyio
 import msgspec
-import structlog
 from anyio.abc import TaskGroup
 
 from .._errors import RestartIntensityExceeded, SupervisorError
+from .._log import get_logger
 from .._throttle import exc_fields
 from ..actors import (
     ActorCrashed,
@@ -42,7 +42,7 @@ from ._spec import (
     SupervisorSpec,
 )
 
-log = structlog.get_logger("fiefdom.supervisor")
+log = get_logger("fiefdom.supervisor")
 
 
 class SupervisorStatistics(

@@ -12,10 +12,10 @@ from types import TracebackType
 from typing import Any, TypeVar, cast
 
 import anyio
-import structlog
 
 from .._errors import SupervisorError
 from .._lifecycle import Lifecycle, State, StopMode
+from .._log import get_logger
 from ..actors import (
     DEFAULT_CANCEL_GRACE,
     DEFAULT_CAPACITY,
@@ -32,7 +32,7 @@ from ._supervisor import Supervisor, SupervisorRef, SupervisorStatistics
 M = TypeVar("M")
 K = TypeVar("K", bound=Hashable)
 
-log = structlog.get_logger("fiefdom.system")
+log = get_logger("fiefdom.system")
 
 
 class ActorSystem:

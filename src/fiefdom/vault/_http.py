@@ -31,7 +31,6 @@ from typing import Any, Literal
 
 import anyio
 import msgspec
-import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -45,12 +44,13 @@ from .._errors import (
     NotFound,
     TooLarge,
 )
+from .._log import get_logger
 from ._model import VersionInfo
 from ._names import validate_name
 from ._tus import Refusal, TusUploads, UploadState, parse_checksum, parse_metadata
 from ._vault import MAX_PAGE, Vault
 
-log = structlog.get_logger("fiefdom.vault.http")
+log = get_logger("fiefdom.vault.http")
 
 Role = Literal["read", "operate", "admin"]
 # The server's check of a request's token: None when it may go on, else the refusal.

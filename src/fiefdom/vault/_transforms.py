@@ -29,7 +29,6 @@ from typing import Any, Literal
 import anyio
 import anyio.to_thread
 import msgspec
-import structlog
 
 from .._errors import (
     BlobMissing,
@@ -38,6 +37,7 @@ from .._errors import (
     NotFound,
     VaultError,
 )
+from .._log import get_logger
 from ..actors import run_process
 from ..jobs import Discard, JobContext, JobEngine
 from ..storage import Job, JobOptions, Transaction
@@ -46,7 +46,7 @@ from ._model import VersionInfo
 from ._names import validate_name
 from ._vault import VAULT_DOMAIN, Vault
 
-log = structlog.get_logger("fiefdom.vault")
+log = get_logger("fiefdom.vault")
 
 _TRANSFORM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
