@@ -15,12 +15,14 @@ import logging
 from typing import Any, cast
 
 import structlog
-from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
+from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
 logging.getLogger("fiefdom").addHandler(logging.NullHandler())
 
 
-def _to_stdlib(logger: WrappedLogger, method: str, event_dict: EventDict) -> tuple[tuple[str], dict[str, Any]]:
+def _to_stdlib(
+    logger: WrappedLogger, method: str, event_dict: EventDict
+) -> tuple[tuple[str], dict[str, Any]]:
     """The last processor on the standard-library path: ``event key=value ...`` as the
     record's message (never a format string), the exception as ``exc_info``."""
     exc_info = event_dict.pop("exc_info", None)
@@ -30,7 +32,7 @@ def _to_stdlib(logger: WrappedLogger, method: str, event_dict: EventDict) -> tup
     return (message,), ({"exc_info": exc_info} if exc_info else {})
 
 
-_STDLIB_PROCESSORS = [structlog.stdlib.filter_by_level, _to_stdlib]
+_STDLIB_PROCESSORS: list[Processor] = [structlog.stdlib.filter_by_level, _to_stdlib]
 
 
 class _LibraryLogger:
