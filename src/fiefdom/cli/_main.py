@@ -130,7 +130,8 @@ def _parser() -> argparse.ArgumentParser:
     command(sub, "status", "the daemon's actors and queues").set_defaults(func=remote(_status))
     _jobs_parser(sub, command)
 
-    queues = sub.add_parser("queues", help="list, pause, resume and drain queues")
+    queues_text = "list, pause, resume and drain queues"
+    queues = sub.add_parser("queues", help=queues_text, description=queues_text)
     queues_sub = queues.add_subparsers(dest="queues_command", required=True, metavar="ACTION")
     command(queues_sub, "ls", "jobs per queue and state").set_defaults(func=remote(_queues))
     for name, text in (
@@ -139,11 +140,12 @@ def _parser() -> argparse.ArgumentParser:
         ("drain", "stop claiming and wait for running jobs"),
     ):
         p = command(queues_sub, name, text)
-        p.add_argument("queue")
+        p.add_argument("queue", help="the queue's name")
         p.add_argument("--wait", type=finite, default=None, help="seconds to wait (drain)")
         p.set_defaults(func=remote(_queues))
 
-    actors = sub.add_parser("actors", help="list, pause, resume and stop exposed actors")
+    actors_text = "list, pause, resume and stop exposed actors"
+    actors = sub.add_parser("actors", help=actors_text, description=actors_text)
     actors_sub = actors.add_subparsers(dest="actors_command", required=True, metavar="ACTION")
     command(actors_sub, "ls", "the exposed actors and domains").set_defaults(func=remote(_actors))
     for name, text in (
@@ -228,13 +230,14 @@ _FINAL_STATES = [str(s) for s in (JobState.DISCARDED, JobState.CANCELLED, JobSta
 def _jobs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], command: object) -> None:
     add = command  # (parent, name, text) -> parser, with the global options
     assert callable(add)
-    jobs = sub.add_parser("jobs", help="list, inspect, enqueue, retry, cancel and prune jobs")
+    jobs_text = "list, inspect, enqueue, retry, cancel and prune jobs"
+    jobs = sub.add_parser("jobs", help=jobs_text, description=jobs_text)
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
 
     ls = add(jobs_sub, "ls", "list jobs, newest first, with how many match in all")
-    ls.add_argument("--queue")
-    ls.add_argument("--state", choices=_STATES)
-    ls.add_argument("--kind")
+    ls.add_argument("--queue", help="only jobs of this queue")
+    ls.add_argument("--state", choices=_STATES, help="only jobs in this state")
+    ls.add_argument("--kind", help="only jobs of this kind")
     ls.add_argument("--key", help="a domain job's key")
     ls.add_argument(
         "--since", type=moment, help="created since: a duration ago (1h, 7d) or an ISO time"
@@ -253,7 +256,7 @@ def _jobs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], comma
     ls.set_defaults(func=remote(jobs_ls))
 
     show = add(jobs_sub, "show", "a job with every attempt's error and traceback")
-    show.add_argument("job_id", type=int)
+    show.add_argument("job_id", type=int, help="the job's id")
     show.set_defaults(func=remote(jobs_show))
 
     retry = add(
@@ -263,20 +266,22 @@ def _jobs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], comma
         "--state instead of an id, every such job (with --kind, --queue), after a count "
         "and a confirmation",
     )
-    retry.add_argument("job_id", type=int, nargs="?")
-    retry.add_argument("--state", choices=_FINAL_STATES)
-    retry.add_argument("--kind")
-    retry.add_argument("--queue")
+    retry.add_argument("job_id", type=int, nargs="?", help="the job's id (or --state instead)")
+    retry.add_argument(
+        "--state", choices=_FINAL_STATES, help="retry every job in this state instead of one"
+    )
+    retry.add_argument("--kind", help="with --state: only jobs of this kind")
+    retry.add_argument("--queue", help="with --state: only jobs of this queue")
     retry.add_argument("--force", action="store_true", help="also rerun completed jobs")
     retry.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     retry.set_defaults(func=remote(jobs_retry))
 
     cancel = add(jobs_sub, "cancel", "cancel a waiting job, or stop a running one")
-    cancel.add_argument("job_id", type=int)
+    cancel.add_argument("job_id", type=int, help="the job's id")
     cancel.set_defaults(func=remote(jobs_cancel))
 
     enqueue = add(jobs_sub, "enqueue", "enqueue a job")
-    enqueue.add_argument("kind")
+    enqueue.add_argument("kind", help="a registered job kind (see 'fiefdom jobs kinds')")
     enqueue.add_argument("args", nargs="?", default="{}", help="the job's arguments as JSON")
     enqueue.add_argument("--queue", help="instead of the kind's queue")
     enqueue.add_argument("--priority", type=int, help="lower runs first")
@@ -302,8 +307,8 @@ def _jobs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], comma
     prune.add_argument(
         "--state", action="append", choices=_FINAL_STATES, help="only these (repeatable)"
     )
-    prune.add_argument("--kind")
-    prune.add_argument("--queue")
+    prune.add_argument("--kind", help="only jobs of this kind")
+    prune.add_argument("--queue", help="only jobs of this queue")
     prune.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     prune.set_defaults(func=remote(jobs_prune))
 

@@ -36,16 +36,17 @@ def register(
 ) -> None:
     """Add ``vault`` and its actions to the command line; ``command(parent, name,
     text)`` makes a parser with the global options."""
-    vault = sub.add_parser("vault", help="store and fetch files in the daemon's vault")
+    vault_text = "store and fetch files in the daemon's vault"
+    vault = sub.add_parser("vault", help=vault_text, description=vault_text)
     actions = vault.add_subparsers(dest="vault_command", required=True, metavar="ACTION")
 
     put = command(actions, "put", "upload files (resumable: run it again to resume)")
-    put.add_argument("files", nargs="+", metavar="FILE")
+    put.add_argument("files", nargs="+", metavar="FILE", help="the files to upload")
     put.add_argument("--name", help="the resource's name (one FILE only; default: its name)")
     put.set_defaults(func=_run(_put))
 
     get = command(actions, "get", "download NAME (its latest version) or NAME@N")
-    get.add_argument("target", metavar="NAME[@N]")
+    get.add_argument("target", metavar="NAME[@N]", help="a resource, or one of its versions")
     get.add_argument("-o", "--output", help="the file to write (default: NAME; - for stdout)")
     get.set_defaults(func=_run(_get))
 
@@ -55,11 +56,11 @@ def register(
     ls.set_defaults(func=_run(_ls))
 
     versions = command(actions, "versions", "the versions of NAME")
-    versions.add_argument("name")
+    versions.add_argument("name", help="a resource's name")
     versions.set_defaults(func=_run(_versions))
 
     rm = command(actions, "rm", "delete NAME (every version) or NAME@N")
-    rm.add_argument("targets", nargs="+", metavar="NAME[@N]")
+    rm.add_argument("targets", nargs="+", metavar="NAME[@N]", help="resources, or versions of them")
     rm.set_defaults(func=_run(_rm))
 
     command(actions, "stats", "counts of resources, versions, blobs and bytes").set_defaults(
