@@ -1,6 +1,7 @@
 """kill -9 during ingest and delete, on both dialects (GUARANTEES 001/1, 001/2, 001/5): a
 process putting and deleting in a loop is killed with SIGKILL at seeded random instants,
-20 times. After fsck: no version without its file, no blob file without its row, no temp
+100 times (each a process forked from a server that imported everything once).
+After fsck: no version without its file, no blob file without its row, no temp
 file, and every acknowledged put reads back its bytes (unless a delete of it was
 started). ``FIEFDOM_VAULT_SEED=<seed>`` replays a run; the seed is in every failure."""
 
@@ -10,12 +11,12 @@ import hashlib
 import os
 import random
 import signal
-import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
-import anyio.abc
+import anyio.streams.text
 import pytest
 from vault_helpers import files_under, wait_until
 
@@ -23,7 +24,17 @@ from fiefdom.storage import Store
 from fiefdom.vault import Location, Vault
 
 HERE = Path(__file__).resolve().parent
-TRIALS = 20
+TRIALS = 100
+
+
+async def _lines(stream: anyio.streams.text.TextReceiveStream) -> AsyncIterator[str]:
+    """The lines of ``stream`` as they come."""
+    pending = ""
+    async for text in stream:
+        pending += text
+        while "\n" in pending:
+            line, pending = pending.split("\n", 1)
+            yield line
 
 
 def read_log(path: Path) -> list[list[str]]:
@@ -36,7 +47,7 @@ def read_log(path: Path) -> list[list[str]]:
 async def test_kill_9_during_ingest_loses_no_acknowledged_put_and_leaves_no_debris(
     store: Store, store_url: str, tmp_path: Path
 ) -> None:
-    """20 SIGKILLs at random instants of a put/delete loop; then every acknowledged put
+    """100 SIGKILLs at random instants of a put/delete loop; then every acknowledged put
     is there with its bytes, and fsck finds no version without its file and leaves no
     file without its row and no temp file."""
     seed = int(os.environ.get("FIEFDOM_VAULT_SEED") or random.SystemRandom().randrange(2**32))
@@ -44,33 +55,42 @@ async def test_kill_9_during_ingest_loses_no_acknowledged_put_and_leaves_no_debr
     location = Location("main", tmp_path / "location")
     log = tmp_path / "ingest.log"
     log.touch()
-    for trial in range(TRIALS):
-        before = len(read_log(log))
-        wanted = before + rng.randint(1, 4)
-        command = [
-            sys.executable,
-            str(HERE / "vault_ingester.py"),
-            store_url,
-            str(location.path),
-            str(log),
-            str(rng.randrange(2**32)),
-        ]
-        with (tmp_path / f"ingester-{trial}.err").open("wb") as errors:
-            child = await anyio.open_process(command, stdout=subprocess.DEVNULL, stderr=errors)
-        async with child:
+    command = [
+        sys.executable,
+        str(HERE / "vault_ingester.py"),
+        store_url,
+        str(location.path),
+        str(log),
+    ]
+    with (tmp_path / "ingesters.err").open("wb") as errors:
+        server = await anyio.open_process(command, stderr=errors)
+    async with server:
+        assert server.stdin is not None
+        assert server.stdout is not None
+        replies = anyio.streams.text.TextReceiveStream(server.stdout)
+        lines = _lines(replies)
+        for trial in range(TRIALS):
+            before = len(read_log(log))
+            wanted = before + rng.randint(1, 4)
+            await server.stdin.send(f"{rng.randrange(2**32)}\n".encode())
+            pid = int(await anext(lines))
             try:
 
-                async def progressed(target: int = wanted, proc: anyio.abc.Process = child) -> bool:
-                    assert proc.returncode is None, f"the ingester exited (seed {seed})"
+                async def progressed(target: int = wanted, pid: int = pid) -> bool:
+                    try:
+                        os.kill(pid, 0)  # the fork server reaps an ingester that exits
+                    except ProcessLookupError:
+                        raise AssertionError(f"an ingester exited (seed {seed})") from None
                     return len(read_log(log)) >= target
 
                 await wait_until(progressed, what=f"trial {trial} making progress (seed {seed})")
                 # A random instant after that: inside a put, a commit or a delete.
                 await anyio.sleep(rng.uniform(0.0, 0.05))
             finally:
-                child.send_signal(signal.SIGKILL)
-                await child.wait()
-        assert child.returncode == -signal.SIGKILL
+                os.kill(pid, signal.SIGKILL)
+            assert int(await anext(lines)) == -signal.SIGKILL, f"trial {trial} (seed {seed})"
+        await server.stdin.aclose()
+        assert await server.wait() == 0
 
     vault = Vault(store, location, grace=0.0)
     report = await vault.fsck()

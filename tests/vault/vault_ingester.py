@@ -3,14 +3,21 @@ repeated, so deduplicated) to a few resources, and now and then a delete. It app
 ``ACK <name> <version> <sha256>`` once a put is acknowledged, ``DELETING <name>
 <version>`` before a delete and ``DEL <name> <version>`` once it is acknowledged.
 
-    python vault_ingester.py STORE_URL LOCATION_DIR LOG_FILE SEED
+    python vault_ingester.py STORE_URL LOCATION_DIR LOG_FILE
+
+starts a fork server: it imports everything once, then for each seed read from
+stdin forks an ingester (a real process of its own, started in milliseconds rather
+than the interpreter's start-up), prints its pid, waits for it to die and prints its
+exit code (``-9`` after a SIGKILL). That lets a test kill hundreds of ingesters.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import sys
+import traceback
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TextIO
@@ -55,6 +62,30 @@ async def main(url: str, directory: str, out: TextIO, seed: int) -> None:
         await store.close()
 
 
+def ingest(url: str, directory: str, log_path: str, seed: int) -> None:
+    """The forked child: ingest until killed; never returns into the fork server."""
+    try:
+        with open(log_path, "a", encoding="utf-8") as log:
+            asyncio.run(main(url, directory, log, seed))
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    os._exit(0)
+
+
+def serve(url: str, directory: str, log_path: str) -> None:
+    for line in sys.stdin:
+        seed = int(line)
+        pid = os.fork()
+        if pid == 0:
+            ingest(url, directory, log_path, seed)
+        sys.stdout.write(f"{pid}\n")
+        sys.stdout.flush()
+        _, status = os.waitpid(pid, 0)
+        sys.stdout.write(f"{os.waitstatus_to_exitcode(status)}\n")
+        sys.stdout.flush()
+
+
 if __name__ == "__main__":
-    with open(sys.argv[3], "a", encoding="utf-8") as log:
-        asyncio.run(main(sys.argv[1], sys.argv[2], log, int(sys.argv[4])))
+    serve(sys.argv[1], sys.argv[2], sys.argv[3])
