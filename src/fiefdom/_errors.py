@@ -36,6 +36,7 @@
         │                             was committed
         ├── InvalidName               a resource name that is not allowed (also ValueError)
         ├── TooLarge                  an upload past its size limit
+        ├── QuotaExceeded             a new blob would take a location past its quota
         ├── ChecksumMismatch          the bytes do not have the checksum the caller gave
         ├── BadRange                  a byte range outside the version (also ValueError)
         ├── NotFound                  no such resource or version (also LookupError)
@@ -295,6 +296,22 @@ class TooLarge(VaultError):
         super().__init__(
             f"the upload is larger than the limit of {limit} bytes; it was stopped and "
             "nothing was stored"
+        )
+
+
+class QuotaExceeded(VaultError):
+    """A new blob does not fit its storage location's quota (the bytes its blobs may
+    take, each counted once however many versions share it); nothing was committed."""
+
+    def __init__(self, location: str, quota: int, used: int, size: int) -> None:
+        self.location = location
+        self.quota = quota
+        self.used = used
+        self.size = size
+        super().__init__(
+            f"storage location {location!r} holds {used} of its quota of {quota} bytes; "
+            f"{size} more do not fit, so nothing was stored (raise the location's quota, "
+            "or delete versions: their blobs stop counting once swept)"
         )
 
 

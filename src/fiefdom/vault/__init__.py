@@ -28,6 +28,7 @@ from .._errors import ChecksumMismatch as ChecksumMismatch
 from .._errors import InvalidName as InvalidName
 from .._errors import LocationUnavailable as LocationUnavailable
 from .._errors import NotFound as NotFound
+from .._errors import QuotaExceeded as QuotaExceeded
 from .._errors import TooLarge as TooLarge
 from .._errors import VaultError as VaultError
 from ._client import Stored as Stored
@@ -37,6 +38,7 @@ from ._http import VaultHttp as VaultHttp
 from ._model import FsckReport as FsckReport
 from ._model import Location as Location
 from ._model import MissingBlob as MissingBlob
+from ._model import PutResult as PutResult
 from ._model import ResourceInfo as ResourceInfo
 from ._model import ResourcePage as ResourcePage
 from ._model import VaultStats as VaultStats
@@ -71,6 +73,8 @@ __all__ = [
     "MissingBlob",
     "NotFound",
     "Progress",
+    "PutResult",
+    "QuotaExceeded",
     "ResourceInfo",
     "ResourcePage",
     "Stored",

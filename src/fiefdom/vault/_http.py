@@ -3,6 +3,7 @@ the server's tokens and roles (``read`` for ``GET``/``HEAD``/``OPTIONS``,
 ``operate`` for uploads and deletes, ``admin`` for ``fsck``). Routes::
 
     PUT    /vault/resources/{name}                  the body becomes the next version
+    POST   /vault/batch                             many files (multipart), a result each
     GET    /vault/resources/{name}[/versions/{n}]   the bytes (Range, ETag, If-None-Match)
     HEAD   (the same, without the body)
     DELETE /vault/resources/{name}[/versions/{n}]
@@ -20,11 +21,8 @@ memory nor the control channel's ``client_max_size`` bounds an upload: the vault
 
 from __future__ import annotations
 
-import base64
-import binascii
 import email.utils
 import json
-import re
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
@@ -36,16 +34,21 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from .._errors import (
     BadRange,
-    BlobMissing,
     ChecksumMismatch,
-    FiefdomError,
     InvalidName,
-    LocationUnavailable,
-    NotFound,
+    QuotaExceeded,
     TooLarge,
 )
 from .._log import get_logger
-from ._model import VersionInfo
+from ._batch import read_batch
+from ._headers import (
+    DIGITS,
+    content_disposition,
+    etag_matches,
+    parse_content_digest,
+    parse_range,
+)
+from ._model import VersionInfo, error_status
 from ._names import validate_name
 from ._tus import Refusal, TusUploads, UploadState, parse_checksum, parse_metadata
 from ._vault import MAX_PAGE, Vault
@@ -60,7 +63,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,creation-with-upload,checksum,termination,expiration"
 _OFFSET_STREAM = "application/offset+octet-stream"
-_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 def _error(
@@ -87,107 +89,26 @@ def error_response(exc: BaseException) -> web.Response:
     """The JSON error reply for what a vault operation raised."""
     if isinstance(exc, Refusal):
         return _error(exc.status, exc.code, exc.message, exc.details)
+    known = error_status(exc)
+    if known is None:
+        log.exception("vault request failed", error=repr(exc))
+        return _error(500, "internal", f"the request failed: {type(exc).__name__}")
+    status, code = known
+    details: dict[str, object] = {}
+    headers: dict[str, str] | None = None
     if isinstance(exc, InvalidName):
-        return _error(400, "invalid_name", str(exc), {"reason": exc.reason})
-    if isinstance(exc, TooLarge):
-        return _error(413, "too_large", str(exc), {"limit": exc.limit})
-    if isinstance(exc, ChecksumMismatch):
-        details: dict[str, object] = {"expected": exc.expected, "actual": exc.actual}
-        return _error(400, "checksum_mismatch", str(exc), details)
-    if isinstance(exc, BadRange):
+        details = {"reason": exc.reason}
+    elif isinstance(exc, TooLarge):
+        details = {"limit": exc.limit}
+    elif isinstance(exc, QuotaExceeded):
+        details = {"location": exc.location, "quota": exc.quota, "used": exc.used}
+        details["size"] = exc.size
+    elif isinstance(exc, ChecksumMismatch):
+        details = {"expected": exc.expected, "actual": exc.actual}
+    elif isinstance(exc, BadRange):
+        details = {"size": exc.size}
         headers = {"Content-Range": f"bytes */{exc.size}"}
-        return _error(416, "bad_range", str(exc), {"size": exc.size}, headers)
-    if isinstance(exc, NotFound):
-        return _error(404, "not_found", str(exc))
-    if isinstance(exc, BlobMissing):
-        return _error(500, "blob_missing", str(exc))
-    if isinstance(exc, LocationUnavailable):
-        return _error(503, "location_unavailable", str(exc))
-    if isinstance(exc, FiefdomError):
-        return _error(503, "unavailable", str(exc) or type(exc).__name__)
-    if isinstance(exc, ValueError):
-        return _error(400, "invalid_request", str(exc))
-    log.exception("vault request failed", error=repr(exc))
-    return _error(500, "internal", f"the request failed: {type(exc).__name__}")
-
-
-def parse_content_digest(header: str | None) -> str | None:
-    """The sha-256 of ``Content-Digest`` (RFC 9530) as hex, None when the header is
-    absent or names only other algorithms; a malformed sha-256 entry is a 400."""
-    if header is None:
-        return None
-    for member in header.split(","):
-        key, sep, value = member.strip().partition("=")
-        if key.strip().lower() != "sha-256":
-            continue
-        value = value.strip()
-        if not sep or len(value) < 2 or value[0] != ":" or value[-1] != ":":
-            raise Refusal(
-                400, "invalid_header", "Content-Digest: sha-256 must be a byte sequence :<base64>:"
-            )
-        try:
-            digest = base64.b64decode(value[1:-1], validate=True)
-        except binascii.Error:
-            raise Refusal(400, "invalid_header", "Content-Digest: sha-256 is not base64") from None
-        if len(digest) != 32:
-            raise Refusal(400, "invalid_header", "Content-Digest: a sha-256 digest is 32 bytes")
-        return digest.hex()
-    return None
-
-
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """The one byte range of ``Range`` as (offset, length), or None to send the whole
-    (no header, another unit, several ranges, or a malformed one: RFC 9110 lets a
-    server ignore those). A range past the end is ``BadRange`` (416)."""
-    if header is None:
-        return None
-    unit, sep, specs = header.partition("=")
-    if not sep or unit.strip().lower() != "bytes":
-        return None
-    parts = [p.strip() for p in specs.split(",") if p.strip()]
-    if len(parts) != 1:
-        return None
-    first, dash, last = parts[0].partition("-")
-    first, last = first.strip(), last.strip()
-    if not dash:
-        return None
-    if not first:
-        if not _DIGITS.fullmatch(last):
-            return None
-        suffix = int(last)
-        if suffix == 0 or size == 0:
-            raise BadRange(f"range {header!r} selects no byte of {size}", size)
-        return max(0, size - suffix), min(suffix, size)
-    if not _DIGITS.fullmatch(first) or (last and not _DIGITS.fullmatch(last)):
-        return None
-    start = int(first)
-    end = int(last) if last else size - 1
-    if last and end < start:
-        return None
-    if start >= size:
-        raise BadRange(f"range {header!r} starts past the end ({size} bytes)", size)
-    end = min(end, size - 1)
-    return start, end - start + 1
-
-
-def _etag_matches(header: str, etag: str) -> bool:
-    if header.strip() == "*":
-        return True
-    for candidate in header.split(","):
-        tag = candidate.strip()
-        if tag.startswith("W/"):
-            tag = tag[2:]
-        if tag == etag:
-            return True
-    return False
-
-
-def content_disposition(name: str) -> str:
-    """``attachment`` with the name: an ASCII fallback and RFC 6266's ``filename*``."""
-    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name)
-    return (
-        f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{urllib.parse.quote(name, safe='')}"
-    )
+    return _error(status, code, str(exc) or type(exc).__name__, details, headers)
 
 
 class VaultHttp:
@@ -269,6 +190,8 @@ class VaultHttp:
                         "DELETE": lambda: self._delete(name, number),
                     },
                 )
+        elif kind == "batch" and not rest:
+            return await self._call(method, {"POST": lambda: self._batch(request)})
         elif kind == "stats" and not rest:
             return await self._call(method, {"GET": self._stats})
         elif kind == "fsck" and not rest:
@@ -333,6 +256,27 @@ class VaultHttp:
             },
         )
 
+    async def _batch(self, request: web.Request) -> web.StreamResponse:
+        if not request.content_type.startswith("multipart/"):
+            raise Refusal(
+                415,
+                "unsupported_media_type",
+                "POST /vault/batch takes multipart/form-data: one part per file, its "
+                f"filename the resource's name (got {request.content_type!r})",
+            )
+        try:
+            reader = await request.multipart()
+        except (ValueError, AssertionError) as exc:
+            raise Refusal(400, "invalid_request", f"a malformed multipart body: {exc}") from exc
+        results = await read_batch(
+            self.vault,
+            reader,
+            request.content,
+            max_upload=self.max_upload,
+            idle_timeout=self.idle_timeout,
+        )
+        return _json({"results": results})
+
     async def _body(self, request: web.Request) -> AsyncIterator[bytes]:
         """The request's body as it arrives; a stall of ``idle_timeout`` seconds is a
         ``TimeoutError``, a client gone mid-body a ``ConnectionResetError``."""
@@ -361,7 +305,7 @@ class VaultHttp:
             else "private, max-age=31536000, immutable",
         }
         match = request.headers.get("If-None-Match")
-        if match is not None and _etag_matches(match, etag):
+        if match is not None and etag_matches(match, etag):
             return web.Response(status=304, headers=headers)
         selected = parse_range(request.headers.get("Range"), info.size)
         if_range = request.headers.get("If-Range")
@@ -395,7 +339,7 @@ class VaultHttp:
     async def _list(self, request: web.Request) -> web.StreamResponse:
         query = request.query
         limit_text = query.get("limit", "100")
-        if not _DIGITS.fullmatch(limit_text) or not 1 <= int(limit_text) <= MAX_PAGE:
+        if not DIGITS.fullmatch(limit_text) or not 1 <= int(limit_text) <= MAX_PAGE:
             raise Refusal(400, "invalid_request", f"limit must be a number from 1 to {MAX_PAGE}")
         page = await self.vault.list(limit=int(limit_text), after=query.get("after"))
         return _json(page)
@@ -453,7 +397,7 @@ class VaultHttp:
         if "Upload-Defer-Length" in request.headers:
             raise Refusal(400, "invalid_header", "Upload-Defer-Length is not supported")
         length_text = request.headers.get("Upload-Length", "")
-        if not _DIGITS.fullmatch(length_text):
+        if not DIGITS.fullmatch(length_text):
             raise Refusal(400, "invalid_header", "Upload-Length must be a number of bytes")
         metadata = parse_metadata(request.headers.get("Upload-Metadata"))
         await self.uploads.expire()
@@ -478,7 +422,7 @@ class VaultHttp:
                 415, "unsupported_media_type", f"a PATCH's Content-Type must be {_OFFSET_STREAM}"
             )
         offset_text = request.headers.get("Upload-Offset", "")
-        if not _DIGITS.fullmatch(offset_text):
+        if not DIGITS.fullmatch(offset_text):
             raise Refusal(400, "invalid_header", "Upload-Offset must be a number of bytes")
         checksum = parse_checksum(request.headers.get("Upload-Checksum"))
         state = await self.uploads.append(upload, int(offset_text), self._body(request), checksum)
@@ -502,7 +446,7 @@ def _segments(raw_path: str) -> list[str]:
 
 
 def _version_number(text: str) -> int:
-    if not _DIGITS.fullmatch(text) or not 1 <= int(text) < 2**63:
+    if not DIGITS.fullmatch(text) or not 1 <= int(text) < 2**63:
         raise Refusal(400, "invalid_request", f"a version is a number from 1, got {text!r}")
     return int(text)
 

@@ -10,7 +10,18 @@ from typing import Literal
 
 import msgspec
 
-from .._errors import ConfigurationError
+from .._errors import (
+    BadRange,
+    BlobMissing,
+    ChecksumMismatch,
+    ConfigurationError,
+    FiefdomError,
+    InvalidName,
+    LocationUnavailable,
+    NotFound,
+    QuotaExceeded,
+    TooLarge,
+)
 
 VersionState = Literal["live", "damaged"]
 
@@ -23,11 +34,15 @@ class Location:
     ``blobs/ab/cd/<sha256>`` (one file per blob, its path made from its hash only).
     ``name`` is what the database records for each blob (1-64 letters, digits,
     ``_.-``), so the directory may move as long as the name stays. ``max_size``
-    caps one upload into it (None: no cap)."""
+    caps one upload into it (None: no cap). ``quota`` caps the bytes its blobs take
+    together (each blob counted once, however many versions share it; a blob
+    marked for its sweep counts until its file is removed): a version whose new
+    blob would pass it is refused with ``QuotaExceeded`` (None: no quota)."""
 
     name: str
     path: Path
     max_size: int | None = None
+    quota: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _LOCATION_NAME.fullmatch(self.name):
@@ -38,6 +53,8 @@ class Location:
         object.__setattr__(self, "path", Path(self.path))
         if self.max_size is not None and self.max_size < 0:
             raise ConfigurationError(f"Location max_size must be >= 0, got {self.max_size}")
+        if self.quota is not None and self.quota < 0:
+            raise ConfigurationError(f"Location quota must be >= 0, got {self.quota}")
 
     @property
     def tmp(self) -> Path:
@@ -66,6 +83,42 @@ class VersionInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     location: str
     created_at: float
     state: VersionState = "live"
+
+
+class PutResult(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One item of a batch (``Vault.put_many``, ``POST /vault/batch``): the version
+    it became, or why it did not (``code`` as the HTTP API names it, and
+    ``error``, the message); an item with an error stored nothing."""
+
+    name: str
+    version: VersionInfo | None = None
+    code: str | None = None
+    error: str | None = None
+
+
+def error_status(exc: BaseException) -> tuple[int, str] | None:
+    """The HTTP status and code the vault answers ``exc`` with; None for an
+    exception that is not one of its refusals (a bug: ``internal``)."""
+    for kind, status, code in _ERROR_STATUS:
+        if isinstance(exc, kind):
+            return status, code
+    return None
+
+
+_ERROR_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
+    (InvalidName, 400, "invalid_name"),
+    (TooLarge, 413, "too_large"),
+    (QuotaExceeded, 413, "quota_exceeded"),
+    (ChecksumMismatch, 400, "checksum_mismatch"),
+    (BadRange, 416, "bad_range"),
+    (NotFound, 404, "not_found"),
+    (BlobMissing, 500, "blob_missing"),
+    (LocationUnavailable, 503, "location_unavailable"),
+    (FiefdomError, 503, "unavailable"),
+    (ValueError, 400, "invalid_request"),
+    (TimeoutError, 408, "body_timeout"),
+    (ConnectionError, 400, "body_incomplete"),
+)
 
 
 class ResourceInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

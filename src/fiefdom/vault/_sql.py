@@ -40,6 +40,9 @@ class Statements:
     mark_damaged: str
     known_blobs: str
     adopt_orphan: str
+    lock_quota: str
+    blob_known: str
+    location_usage: str
 
 
 def statements(backend: Literal["sqlite", "postgres"]) -> Statements:
@@ -184,4 +187,14 @@ def statements(backend: Literal["sqlite", "postgres"]) -> Statements:
             f"VALUES ($1, $2, $3, 0, {t('$4')}, {t('$5')}) "
             "ON CONFLICT (location, sha256) DO NOTHING RETURNING id"
         ),
+        # Commits into a location with a quota take this lock (till the end of their
+        # transaction; a SQLite write transaction holds the database's lock anyway),
+        # so that two of them cannot both fit into the same free bytes.
+        lock_quota=(
+            "SELECT pg_advisory_xact_lock(hashtext('fiefdom.vault.quota'), hashtext($1))"
+            if pg
+            else ""
+        ),
+        blob_known="SELECT 1 FROM fiefdom_blobs WHERE location = $1 AND sha256 = $2",
+        location_usage="SELECT coalesce(sum(size), 0) FROM fiefdom_blobs WHERE location = $1",
     )

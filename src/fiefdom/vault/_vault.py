@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import AsyncIterable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,11 @@ import msgspec
 from .._errors import (
     BlobMissing,
     ConfigurationError,
+    FiefdomError,
     LocationUnavailable,
     NotFound,
     OwnerUnavailable,
+    QuotaExceeded,
     VaultError,
 )
 from ..actors import Actor, Domain, Request
@@ -41,7 +43,16 @@ from ..supervisors import ActorSystem
 from . import _disk
 from ._disk import Download
 from ._fsck import fsck
-from ._model import FsckReport, Location, ResourceInfo, ResourcePage, VaultStats, VersionInfo
+from ._model import (
+    FsckReport,
+    Location,
+    PutResult,
+    ResourceInfo,
+    ResourcePage,
+    VaultStats,
+    VersionInfo,
+    error_status,
+)
 from ._names import validate_name
 from ._sql import statements
 
@@ -202,12 +213,56 @@ class Vault:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(temp.discard)
 
+    async def put_many(
+        self,
+        items: Iterable[tuple[str, bytes | AsyncIterable[bytes]]],
+        *,
+        concurrency: int = 4,
+        location: str | None = None,
+        max_size: int | None = None,
+    ) -> list[PutResult]:
+        """Store each ``(name, bytes or chunks)`` item as the next version of its
+        resource, up to ``concurrency`` at a time, each committed on its own: one
+        result per item, in order, with the version it became or the error that kept
+        it out (``code`` and message, as ``put`` would have raised it;
+        ``source_failed`` when the item's own chunks raised). An item's error never
+        holds back another item; items of one name get consecutive
+        versions in the order they finish."""
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be a whole number >= 1, got {concurrency!r}")
+        batch = list(items)
+        results: list[PutResult | None] = [None] * len(batch)
+        limiter = anyio.CapacityLimiter(concurrency)
+
+        async def one(index: int, name: str, data: bytes | AsyncIterable[bytes]) -> None:
+            async with limiter:
+                chunks = _slices(data) if isinstance(data, bytes) else _source(data)
+                try:
+                    info = await self.put(name, chunks, location=location, max_size=max_size)
+                except _SourceFailed as exc:
+                    error = f"reading the item failed: {exc.__cause__!r}"
+                    results[index] = PutResult(name=str(name), code="source_failed", error=error)
+                except (FiefdomError, ValueError) as exc:
+                    status = error_status(exc)
+                    code = "unavailable" if status is None else status[1]
+                    error = str(exc) or type(exc).__name__
+                    results[index] = PutResult(name=str(name), code=code, error=error)
+                else:
+                    results[index] = PutResult(name=info.resource, version=info)
+
+        async with anyio.create_task_group() as tg:
+            for index, (name, data) in enumerate(batch):
+                tg.start_soon(one, index, name, data)
+        return [r for r in results if r is not None]
+
     async def _commit(self, msg: _Commit) -> VersionInfo:
         sql = self._sql
         loc = self._location(msg.location)
         now = round(time.time(), 6)  # what PostgreSQL's timestamptz keeps
         async with self.store.transaction() as tx:
             await self._fence(tx, msg.name)
+            if loc.quota is not None:
+                await self._check_quota(tx, loc, loc.quota, msg.sha256, msg.size)
             rows = await tx.fetch(sql.upsert_resource, msg.name, msg.metadata, now)
             resource, number = rows[0]
             rows = await tx.fetch(sql.upsert_blob, loc.name, msg.sha256, msg.size, now)
@@ -232,6 +287,20 @@ class Vault:
             location=loc.name,
             created_at=now,
         )
+
+    async def _check_quota(
+        self, tx: Transaction, loc: Location, quota: int, sha256: str, size: int
+    ) -> None:
+        """Refuse a new blob that would take ``loc`` past ``quota`` (a blob already
+        there costs nothing more)."""
+        sql = self._sql
+        if sql.lock_quota:
+            await tx.execute(sql.lock_quota, loc.name)
+        if await tx.fetchval(sql.blob_known, loc.name, sha256) is not None:
+            return
+        used = int(await tx.fetchval(sql.location_usage, loc.name))
+        if used + size > quota:
+            raise QuotaExceeded(loc.name, quota, used, size)
 
     async def _fence(self, tx: Transaction, name: str) -> None:
         if self._ownership is None:
@@ -473,6 +542,23 @@ def _version(row: tuple[Any, ...]) -> VersionInfo:
         created_at=float(row[5]),
         state=row[6],
     )
+
+
+class _SourceFailed(Exception):
+    """An item's own chunks raised (its ``__cause__``): that item's failure."""
+
+
+async def _source(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except Exception as exc:
+        raise _SourceFailed() from exc
+
+
+async def _slices(data: bytes, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
 
 
 def _check_sha256(value: str | None) -> str | None:
