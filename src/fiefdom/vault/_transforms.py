@@ -305,16 +305,6 @@ class Transforms:
         self.workdir = workdir
         self.progress_interval = progress_interval
         self._running: dict[int, Progress] = {}
-        # The ingest path of put, committing directly: a transform already runs in
-        # its resource's actor, which an ask from inside it would wait on for ever.
-        self._ingest = Vault(
-            vault.store,
-            list(vault.locations.values()),
-            ownership=vault._ownership,
-            grace=vault.grace,
-            max_size=vault.max_size,
-            commit_timeout=vault.commit_timeout,
-        )
 
     def register(self, engine: JobEngine) -> None:
         """Run transform jobs on ``engine``. The engine must have the vault's domain:
@@ -444,12 +434,16 @@ class Transforms:
         metadata.update(
             {DERIVED_FROM: str(job.version), TRANSFORM: job.transform, DERIVED_SHA256: sha256}
         )
-        info = await self._ingest.put(
+        # The transform runs in the resource's actor (or where no actor exists): the
+        # commit runs here, fenced as every commit is.
+        info = await self.vault._put(
             job.name,
             _read_chunks(target, progress, size),
             expected_sha256=sha256,
+            max_size=None,
             location=source.location,
             metadata=metadata,
+            in_actor=True,
         )
         log.info(
             "transform committed",

@@ -181,6 +181,30 @@ class Vault:
         (``TooLarge``, raised as soon as the limit is passed); ``metadata``
         replaces the resource's metadata. Any error means nothing was committed and
         no temp file is left."""
+        return await self._put(
+            name,
+            chunks,
+            expected_sha256=expected_sha256,
+            max_size=max_size,
+            location=location,
+            metadata=metadata,
+            in_actor=False,
+        )
+
+    async def _put(
+        self,
+        name: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        expected_sha256: str | None,
+        max_size: int | None,
+        location: str | None,
+        metadata: Mapping[str, str] | None,
+        in_actor: bool,
+    ) -> VersionInfo:
+        """``put``; ``in_actor``: the caller runs in the resource's actor already (a
+        transform), so the commit runs here instead of as an ask to that actor,
+        which would wait on its own sender for ever."""
         name = validate_name(name)
         loc = self._location(location)
         expected = _check_sha256(expected_sha256)
@@ -204,7 +228,7 @@ class Vault:
                 temp=str(temp.path),
                 metadata=meta,
             )
-            if self.domain is not None:
+            if self.domain is not None and not in_actor:
                 return await self.domain.ask(name, commit, timeout=self.commit_timeout)
             return await self._commit(commit)
         finally:
