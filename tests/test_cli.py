@@ -260,6 +260,7 @@ def test_jobs_show_prints_every_field_and_the_errors(daemon: DaemonProcess) -> N
         "key              -",
         "attempt          1",
         "max_attempts     1",
+        "snoozes          0",
         "worker           -",
         "cancel_requested no",
         f"created_at       {_when(job['created_at'])}",
@@ -277,6 +278,44 @@ def test_jobs_show_prints_every_field_and_the_errors(daemon: DaemonProcess) -> N
         "job failed its last attempt: discarded" in line and f"job_id={job_id}" in line
         for line in daemon.log().splitlines()
     ), daemon.log()
+
+
+def test_jobs_show_prints_the_snoozes_of_a_job_discarded_for_them(tmp_path: Path) -> None:
+    """A daemon with ``[jobs] max_snoozes = 3`` discards a job whose handler always
+    snoozes at its fourth snooze: jobs show prints its 3 snoozes on its one attempt
+    and the error naming the setting, --json carries them, /metrics counts 3
+    ``snoozed`` outcomes and one ``discarded``, and the log has the warning."""
+    extra = "[jobs]\nmax_snoozes = 3\n"
+    with DaemonProcess(write_config(tmp_path, modules=("snoozing_app",), extra=extra)) as daemon:
+        config = ("--config", str(daemon.config))
+        job_id = _until(daemon, "snoozer", {}, JobState.DISCARDED)
+        job = json.loads(fiefdom("jobs", "show", str(job_id), "--json", *config).stdout)
+        assert (job["state"], job["attempt"], job["snoozes"]) == ("discarded", 1, 3)
+        (error,) = job["errors"]
+        assert error["type"] == "fiefdom.TooManySnoozes"
+        assert error["message"].startswith("snoozed 3 times and max_snoozes is 3: discarded")
+        printed = fiefdom("jobs", "show", str(job_id), *config).stdout.splitlines()
+        assert printed[6:9] == [
+            "attempt          1",
+            "max_attempts     1",
+            "snoozes          3",
+        ]
+        assert printed[-1] == (
+            f"errors           attempt 1 at {_when(error['at'])}: "
+            f"fiefdom.TooManySnoozes: {error['message']}"
+        )
+        status, body = daemon.http("/metrics")
+        assert status == 200, body
+        outcomes = {
+            line.split("outcome=")[1].split('"')[1]: float(line.rsplit(" ", 1)[1])
+            for line in body.decode().splitlines()
+            if line.startswith("fiefdom_job_outcomes_total{") and 'kind="snoozer"' in line
+        }
+        assert outcomes == {"snoozed": 3.0, "discarded": 1.0}
+        assert any(
+            "job snoozed too many times: discarded" in line and f"job_id={job_id}" in line
+            for line in daemon.log().splitlines()
+        ), daemon.log()
 
 
 def test_queues_pause_and_resume_print_and_show_it(daemon: DaemonProcess) -> None:

@@ -195,6 +195,7 @@ EXPECTED_COLUMNS: dict[str, dict[str, dict[str, str]]] = {
             "domain": "text",
             "partition": "smallint",
             "ordered": "boolean",
+            "snoozes": "integer",
         },
         "fiefdom_queues": {
             "name": "text",
@@ -228,6 +229,7 @@ EXPECTED_COLUMNS: dict[str, dict[str, dict[str, str]]] = {
             "domain": "TEXT",
             "partition": "INTEGER",
             "ordered": "INTEGER",
+            "snoozes": "INTEGER",
         },
         "fiefdom_queues": {
             "name": "TEXT",

@@ -27,7 +27,17 @@ def _print_jobs(jobs: Sequence[JobInfo]) -> None:
 
 
 # The fields of a job that ``jobs show`` prints, by their names in JobInfo.
-_JOB_FIELDS = ("id", "kind", "queue", "state", "priority", "key", "attempt", "max_attempts")
+_JOB_FIELDS = (
+    "id",
+    "kind",
+    "queue",
+    "state",
+    "priority",
+    "key",
+    "attempt",
+    "max_attempts",
+    "snoozes",
+)
 _JOB_TIMES = ("created_at", "run_at", "attempted_at", "finished_at")
 _WIDTH = len("cancel_requested")
 _INDENT = " " * (_WIDTH + 3)

@@ -86,6 +86,9 @@ class JobsSection(_Section):
     # finish before cancelling them and giving them back (no attempt used). Default:
     # daemon.shutdown_timeout.
     drain_timeout: Seconds | None = None
+    # How many times a job may be snoozed (a handler's Snooze, which uses no attempt)
+    # before the next snooze discards it; "unlimited": never.
+    max_snoozes: Annotated[int, msgspec.Meta(ge=0)] | Literal["unlimited"] = 100
     retention: RetentionSection = msgspec.field(default_factory=RetentionSection)
 
 

@@ -18,7 +18,7 @@ from .._errors import ControlError, JobError, StoreUnavailable, UnknownJobKind
 from .._lifecycle import State
 from .._log import get_logger
 from ..actors import Domain, StopMode
-from ..jobs import JobContext, JobEngine, Retention
+from ..jobs import JobContext, JobEngine, Retention, is_snooze
 from ..protocol import ClusterInfo, ControlMetrics, ErrorCode, EventHub, NotFound, QueueInfo
 from ..storage import PARTITIONS, Enqueued, Job, JobEvent, JobInfo, JobState, Store
 from ._config import Config
@@ -27,7 +27,8 @@ log = get_logger("fiefdom.daemon.jobs")
 
 J = TypeVar("J", bound=Job)
 Handler = Callable[[J, JobContext[Any]], Awaitable[object]]
-# States that end an attempt (its outcome and duration are counted).
+# States that end an attempt (its outcome and duration are counted; a snooze, which
+# leaves its job scheduled or available, counts as the outcome "snoozed").
 _ENDED = frozenset({JobState.RETRYABLE, JobState.COMPLETED, JobState.CANCELLED, JobState.DISCARDED})
 _STARTS_KEPT = 100_000  # start times of running jobs, for their duration
 # A listing's total is counted up to this many jobs (one bounded read of an index).
@@ -45,6 +46,7 @@ def engine_settings(config: Config) -> dict[str, Any]:
         "rescue_interval": jobs.rescue_interval,
         "batch_size": jobs.batch_size,
         "drain_timeout": config.drain_timeout,
+        "max_snoozes": None if jobs.max_snoozes == "unlimited" else jobs.max_snoozes,
         "cluster_listen": config.cluster.listen,
         "cluster_address": config.cluster.advertise,
         "retention": Retention(
@@ -242,8 +244,9 @@ class JobsAdapter:
                 self.metrics.job_time_in_queue.labels(event.queue, event.kind).observe(
                     event.queued_for
                 )
-        elif event.state in _ENDED:
-            outcome = str(event.state)
+        elif event.state in _ENDED or is_snooze(event):
+            # A snooze ends an attempt too: the job waits again, its attempt given back.
+            outcome = str(event.state) if event.state in _ENDED else "snoozed"
             self.metrics.job_outcomes.labels(event.queue, event.kind, outcome).inc()
             started = self._starts.pop(event.job_id, None)
             if started is not None:

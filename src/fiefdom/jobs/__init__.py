@@ -16,6 +16,7 @@ from ._kinds import Discard as Discard
 from ._kinds import JobContext as JobContext
 from ._kinds import JobOutcome as JobOutcome
 from ._kinds import Snooze as Snooze
+from ._kinds import is_snooze as is_snooze
 from ._ownership import Ownership as Ownership
 from ._ownership import register_ownership as register_ownership
 from ._pruner import PruneJobs as PruneJobs
@@ -33,5 +34,6 @@ __all__ = [
     "QueueStatistics",
     "Retention",
     "Snooze",
+    "is_snooze",
     "register_ownership",
 ]

@@ -41,6 +41,10 @@ log = get_logger("fiefdom.jobs")
 # resumes within about this long of the database coming back.
 _MAX_BACKOFF = 2.0
 
+# How many times a job may be snoozed before the next snooze discards it (an
+# engine's ``max_snoozes``; None: no limit).
+DEFAULT_MAX_SNOOZES = 100
+
 CancelReason = Literal["cancel", "lease", "shutdown", "pause"]
 
 
@@ -111,8 +115,10 @@ class Core:
         queues: dict[str, int],
         domains: dict[str, Domain[Any, Any]],
         timing: Timing,
+        max_snoozes: int | None = DEFAULT_MAX_SNOOZES,
     ) -> None:
         self.store = store
+        self.max_snoozes = max_snoozes
         self.queries: EngineQueries = engine_queries(store)
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{name or uuid.uuid4().hex[:8]}"
         self.path = f"jobs/{name or 'engine'}"

@@ -19,7 +19,7 @@ from .._lifecycle import Lifecycle, State
 from .._log import get_logger
 from ..actors import Domain
 from ..storage import Job, JobEvent, JobState, Store
-from ._core import Core, Kind, Runner, Timing
+from ._core import DEFAULT_MAX_SNOOZES, Core, Kind, Runner, Timing
 from ._kinds import JobContext
 from ._ownership import ClusterView, Ownership, default_ownership
 from ._periodic import Periodic
@@ -77,6 +77,9 @@ class JobEngine(EngineRunner):
     seconds; another engine rescues it once the lease has expired.
     ``drain_timeout`` is how long a graceful stop lets running jobs finish
     before cancelling them and giving their jobs back (no attempt used).
+    ``max_snoozes`` is how many times a job may be snoozed (``Snooze``, which
+    uses no attempt): the snooze after that discards it instead, with an error
+    saying so (None: no limit, a choice to make explicitly).
 
     An engine that serves domains joins the store's cluster (``ownership="cluster"``,
     the default): its node serves the other nodes on ``cluster_listen`` (loopback,
@@ -97,6 +100,7 @@ class JobEngine(EngineRunner):
         rescue_interval: float = 2.0,
         batch_size: int = 100,
         drain_timeout: float = 10.0,
+        max_snoozes: int | None = DEFAULT_MAX_SNOOZES,
         retention: Retention | None = _DEFAULT_RETENTION,
         ownership: Ownership | Literal["cluster"] | None = "cluster",
         cluster_listen: str = "127.0.0.1:0",
@@ -115,6 +119,10 @@ class JobEngine(EngineRunner):
             )
         if batch_size < 1:
             raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
+        if max_snoozes is not None and max_snoozes < 0:
+            raise ConfigurationError(
+                f"max_snoozes must be >= 0 (None: no limit), got {max_snoozes}"
+            )
         timing = Timing(
             lease=lease,
             heartbeat=heartbeat,
@@ -124,7 +132,12 @@ class JobEngine(EngineRunner):
             drain_timeout=drain_timeout,
         )
         self._core = core = Core(
-            store, name=name, queues=queues, domains=dict(domains or {}), timing=timing
+            store,
+            name=name,
+            queues=queues,
+            domains=dict(domains or {}),
+            timing=timing,
+            max_snoozes=max_snoozes,
         )
         self._new_ownership: Callable[[], Ownership] | None = None
         if ownership == "cluster":

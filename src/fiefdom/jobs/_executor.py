@@ -17,7 +17,16 @@ from .._log import get_logger
 from .._throttle import Throttle, exc_fields
 from ..storage import AttemptError, ClaimedJob, Job, JobOptions, JobState, Lease, Outcome
 from ._core import Core, Held, Kind, Runner
-from ._kinds import Cancel, Discard, JobContext, JobOutcome, Snooze, describe_error, note
+from ._kinds import (
+    Cancel,
+    Discard,
+    JobContext,
+    JobOutcome,
+    Snooze,
+    describe_error,
+    note,
+    snoozed_too_often,
+)
 
 log = get_logger("fiefdom.jobs")
 
@@ -119,6 +128,7 @@ async def execute(core: Core, held: Held) -> Outcome | None:
         store=core.store,
         partition=job.partition,
         epoch=core.epoch(job.partition),
+        snoozes=job.snoozes,
     )
     if kind.domain is not None:
         assert kind.options.key is not None
@@ -164,7 +174,7 @@ async def execute(core: Core, held: Held) -> Outcome | None:
         if held.cancel_reason is not None:
             return cancelled_outcome(held, lease)
         return given_back(core, lease)
-    return outcome_of(job, lease, kind.options, result)
+    return outcome_of(job, lease, kind.options, result, core.max_snoozes)
 
 
 def given_back(core: Core, lease: Lease) -> Outcome:
@@ -261,7 +271,13 @@ def cancelled_outcome(held: Held, lease: Lease) -> Outcome | None:
     return Outcome(lease=lease, state=JobState.AVAILABLE, delay=0.0, refund=True)
 
 
-def outcome_of(job: ClaimedJob, lease: Lease, options: JobOptions, result: object) -> Outcome:
+def outcome_of(
+    job: ClaimedJob,
+    lease: Lease,
+    options: JobOptions,
+    result: object,
+    max_snoozes: int | None = None,
+) -> Outcome:
     now = time.time()
     if not isinstance(result, BaseException):
         return Outcome(lease=lease, state=JobState.COMPLETED)
@@ -281,8 +297,10 @@ def outcome_of(job: ClaimedJob, lease: Lease, options: JobOptions, result: objec
             )
             return Outcome(lease=lease, state=JobState.DISCARDED, error=err)
         if isinstance(result, Snooze):
+            if max_snoozes is not None and job.snoozes >= max_snoozes:
+                return _too_many_snoozes(job, lease, max_snoozes, now)
             state = JobState.SCHEDULED if result.delay > 0 else JobState.AVAILABLE
-            return Outcome(lease=lease, state=state, delay=result.delay, refund=True)
+            return Outcome(lease=lease, state=state, delay=result.delay, refund=True, snooze=True)
     err = describe_error(result, job.attempt, now)
     if job.attempt >= job.max_attempts:
         log.warning(
@@ -305,3 +323,24 @@ def outcome_of(job: ClaimedJob, lease: Lease, options: JobOptions, result: objec
     state = JobState.RETRYABLE if delay > 0 else JobState.AVAILABLE
     _log_retry(job, err, state, delay)
     return Outcome(lease=lease, state=state, delay=delay, error=err)
+
+
+def _too_many_snoozes(job: ClaimedJob, lease: Lease, max_snoozes: int, now: float) -> Outcome:
+    """A snooze past the engine's ``max_snoozes``: the job is discarded instead (a
+    dependency that answers "later" forever must not keep it alive forever)."""
+    log.warning(
+        "job snoozed too many times: discarded",
+        kind=job.kind,
+        job_id=job.id,
+        key=job.key,
+        attempt=job.attempt,
+        snoozes=job.snoozes,
+        max_snoozes=max_snoozes,
+    )
+    err = note(
+        job.attempt,
+        now,
+        "fiefdom.TooManySnoozes",
+        snoozed_too_often(job.snoozes, max_snoozes),
+    )
+    return Outcome(lease=lease, state=JobState.DISCARDED, error=err)

@@ -13,7 +13,7 @@ from .._errors import StoreUnavailable
 from .._log import get_logger
 from ..storage import JobState, Outcome, StoreError
 from ._core import Held
-from ._kinds import note
+from ._kinds import note, snooze_detail
 from ._service import Service
 
 log = get_logger("fiefdom.jobs")
@@ -70,6 +70,8 @@ class Finisher(Service):
                     detail = held.given_back
                 elif held.cancel_reason == "pause":
                     detail = "given back unrun: its queue was paused"
+                elif outcome.snooze:
+                    detail = snooze_detail(outcome.delay or 0.0, held.job.snoozes + 1)
                 elif outcome.refund and outcome.state is JobState.AVAILABLE:
                     detail = "given back at shutdown"
                 core.emit(held.job, ended, detail)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Generic, TypeVar
 
-from ..storage import AttemptError, Store, Transaction
+from ..storage import AttemptError, JobEvent, JobState, Store, Transaction
 
 T = TypeVar("T")
 
@@ -34,7 +34,9 @@ class Discard(JobOutcome):
 
 
 class Snooze(JobOutcome):
-    """Run the job again after ``delay`` seconds without using an attempt."""
+    """Run the job again after ``delay`` seconds without using an attempt. The job
+    counts its snoozes (``JobInfo.snoozes``); once they reach the engine's
+    ``max_snoozes`` (100 by default), the next snooze discards the job instead."""
 
     def __init__(self, delay: float) -> None:
         if not delay >= 0 or math.isinf(delay):
@@ -43,13 +45,42 @@ class Snooze(JobOutcome):
         super().__init__(f"snoozed for {delay:g}s")
 
 
+_SNOOZED = "snoozed for "
+
+
+def snooze_detail(delay: float, snoozes: int) -> str:
+    """The ``detail`` of the event of a snoozed job (``snoozes``: its count now)."""
+    return f"{_SNOOZED}{delay:g}s (snooze {snoozes})"
+
+
+def is_snooze(event: JobEvent) -> bool:
+    """Whether ``event`` says that a handler snoozed its job (the job waits again,
+    its attempt given back), as opposed to a job given back unrun."""
+    return (
+        event.state in (JobState.SCHEDULED, JobState.AVAILABLE)
+        and event.detail is not None
+        and event.detail.startswith(_SNOOZED)
+    )
+
+
+def snoozed_too_often(snoozes: int, max_snoozes: int) -> str:
+    """The error recorded on a job discarded because it asked for one snooze more
+    than the engine's ``max_snoozes`` allows."""
+    return (
+        f"snoozed {snoozes} times and max_snoozes is {max_snoozes}: discarded instead of "
+        "snoozing it again (the engine's max_snoozes setting, [jobs] max_snoozes in a "
+        "daemon's config.toml; retrying the job starts its count again)"
+    )
+
+
 class JobContext(Generic[T]):
     """What a handler knows about the job it runs. ``actor`` is the instance of the
     key's actor for a job whose kind names a domain, else None. For such a job,
     ``partition`` is its key's partition and ``epoch`` the epoch under which this
     node owns it (None in a process that runs every key without a cluster):
     ``await ctx.fence(tx)`` inside a store transaction makes the transaction fail
-    with ``StaleOwner`` if ownership has moved on since."""
+    with ``StaleOwner`` if ownership has moved on since. ``snoozes`` is how many
+    times the job was snoozed before this run (``Snooze``)."""
 
     __slots__ = (
         "actor",
@@ -60,6 +91,7 @@ class JobContext(Generic[T]):
         "max_attempts",
         "partition",
         "queue",
+        "snoozes",
         "store",
     )
 
@@ -75,6 +107,7 @@ class JobContext(Generic[T]):
         actor: T | None = None,
         partition: int | None = None,
         epoch: int | None = None,
+        snoozes: int = 0,
     ) -> None:
         self.id = id
         self.kind = kind
@@ -85,6 +118,7 @@ class JobContext(Generic[T]):
         self.actor = actor
         self.partition = partition
         self.epoch = epoch
+        self.snoozes = snoozes
 
     async def fence(self, tx: Transaction) -> None:
         """Refuse ``tx`` (``StaleOwner``) unless this node still owns the job's key

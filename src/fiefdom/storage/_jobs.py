@@ -266,6 +266,10 @@ class JobInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     # unknown state, unreadable errors): the rest is shown as well as it can be,
     # and the listing it is part of still succeeds.
     damaged: str | None = None
+    # Times a handler snoozed the job (``Snooze``: run again later without using an
+    # attempt); the engine discards it once this reaches its ``max_snoozes``. Last,
+    # with a default: a reply from a daemon that does not send it still decodes.
+    snoozes: int = 0
 
 
 class QueueCount(msgspec.Struct, frozen=True, kw_only=True):
@@ -334,6 +338,7 @@ class ClaimedJob(msgspec.Struct, kw_only=True, gc=False):
     queued_for: float = 0.0  # seconds from run_at to the claim (the store's clock)
     domain: str | None = None
     partition: int | None = None
+    snoozes: int = 0  # times the job was snoozed before this claim
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> ClaimedJob:
@@ -351,6 +356,7 @@ class ClaimedJob(msgspec.Struct, kw_only=True, gc=False):
             queued_for=max(0.0, row[9]),
             domain=row[10],
             partition=row[11],
+            snoozes=row[12],
         )
 
 
@@ -366,13 +372,15 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What to record for one claimed job (the engine's batch to ``store.finish``).
 
     ``delay`` (seconds from now) sets ``run_at`` for scheduled, retryable and
-    available states; ``refund`` gives back the attempt (snooze, shutdown)."""
+    available states; ``refund`` gives back the attempt (snooze, shutdown);
+    ``snooze`` counts a snooze in the job's ``snoozes``."""
 
     lease: Lease
     state: JobState
     delay: float | None = None
     refund: bool = False
     error: AttemptError | None = None
+    snooze: bool = False
 
 
 # -- preparing rows ------------------------------------------------------------------

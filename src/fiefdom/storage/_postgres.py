@@ -229,7 +229,7 @@ _JOB_COLUMNS = (
     "extract(epoch FROM created_at)::float8 AS created_at, "
     "extract(epoch FROM run_at)::float8 AS run_at, "
     "extract(epoch FROM attempted_at)::float8 AS attempted_at, "
-    "extract(epoch FROM finished_at)::float8 AS finished_at"
+    "extract(epoch FROM finished_at)::float8 AS finished_at, snoozes"
 )
 
 
@@ -621,7 +621,7 @@ class PostgresStore(Store):
                 rows = await conn.fetch(
                     "UPDATE fiefdom_jobs AS j SET state = 'available', run_at = now(), "
                     "finished_at = NULL, max_attempts = greatest(max_attempts, attempt + 1), "
-                    "cancel_requested = false, "
+                    "snoozes = 0, cancel_requested = false, "
                     f"{unique_key_after(bit, table='j.', keep='unique_digest')} "
                     "WHERE j.id = ANY($1::bigint[]) AND (j.unique_states & "
                     f"{bit} = 0 OR j.unique_digest IS NULL OR ("
@@ -693,7 +693,7 @@ class PostgresStore(Store):
                 rows = await conn.fetch(
                     "UPDATE fiefdom_jobs SET state = 'available', run_at = now(), "
                     "finished_at = NULL, max_attempts = greatest(max_attempts, attempt + 1), "
-                    "cancel_requested = false, "
+                    "snoozes = 0, cancel_requested = false, "
                     f"{unique_key_after(bit, keep='unique_digest')} "
                     "WHERE id = $1 AND state IN ('discarded', 'cancelled', 'completed') "
                     "RETURNING queue",

@@ -56,7 +56,7 @@ _CLAIM_SQL = (
     "FROM picked WHERE j.id = picked.id "
     "RETURNING j.id, j.kind, j.queue, j.args::text, j.attempt, j.max_attempts, "
     "j.lease_token, j.domain_key, j.priority, extract(epoch FROM now() - j.run_at)::float8, "
-    "j.domain, j.partition"
+    "j.domain, j.partition, j.snoozes"
 )
 CLAIM_SQL = _CLAIM_SQL.format(partitions="")
 CLAIM_OWNED_SQL = _CLAIM_SQL.format(
@@ -100,12 +100,12 @@ _LOCK_IN_ORDER = (
 # led the planner to rescan it once per row.) Then each row is updated where its
 # lease still holds. {condition}: more of the WHERE clause. $1 ids (sorted), $2
 # tokens, $3 states, $4 delays, $5 refunds (0 or 1), $6 errors (JSON text), $7 the
-# new states' bits.
+# new states' bits, $8 snoozes (0 or 1, added to the job's count).
 _FINISH_SQL = (
     "WITH locked AS MATERIALIZED (SELECT id, lease_token, state, unique_key, unique_digest, "
     "unique_states FROM fiefdom_jobs WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE) "
     "UPDATE fiefdom_jobs AS j SET state = d.state, "
-    "attempt = j.attempt - d.refund, "
+    "attempt = j.attempt - d.refund, snoozes = j.snoozes + d.snooze, "
     "run_at = CASE WHEN d.delay IS NULL THEN j.run_at "
     "ELSE now() + make_interval(secs => d.delay) END, "
     "finished_at = CASE WHEN d.state IN ('completed', 'cancelled', 'discarded') "
@@ -115,8 +115,8 @@ _FINISH_SQL = (
     "lease_expires_at = NULL, worker = NULL, cancel_requested = false, "
     f"{unique_key_after('d.bit', table='j.')} "
     "FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::float8[], "
-    "$5::integer[], $6::text[], $7::smallint[]) "
-    "AS d(id, token, state, delay, refund, error, bit) "
+    "$5::integer[], $6::text[], $7::smallint[], $8::integer[]) "
+    "AS d(id, token, state, delay, refund, error, bit, snooze) "
     "WHERE (SELECT count(*) FROM locked) > 0 "
     "AND j.id = d.id AND j.lease_token = d.token "
     "AND j.state = 'running' {condition}RETURNING j.id, j.queue, j.state"
@@ -195,6 +195,7 @@ class PostgresQueries(EngineQueries):
                     for o in outcomes
                 ],
                 [STATE_BITS[o.state] for o in outcomes],
+                [1 if o.snooze else 0 for o in outcomes],
             )
 
         rows = await self._pg._run(run)

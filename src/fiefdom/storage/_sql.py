@@ -247,6 +247,7 @@ def job_info(row: Sequence[Any]) -> JobInfo:
         run_at=when("run_at", row[13]) or _EPOCH,
         attempted_at=when("attempted_at", row[14]),
         finished_at=when("finished_at", row[15]),
+        snoozes=row[16],
     )
     if damage:
         info = msgspec.structs.replace(info, damaged="; ".join(damage))

@@ -236,7 +236,7 @@ _SUPERSEDE_SQL = (
 
 _JOB_COLUMNS = (
     "id, kind, queue, state, priority, args, domain_key, attempt, max_attempts, errors, "
-    "worker, cancel_requested, created_at, run_at, attempted_at, finished_at"
+    "worker, cancel_requested, created_at, run_at, attempted_at, finished_at, snoozes"
 )
 
 
@@ -586,7 +586,8 @@ class SQLiteStore(Store):
                 rows = await tx.raw(
                     "UPDATE fiefdom_jobs SET state = 'available', run_at = ?, "
                     "finished_at = NULL, max_attempts = max(max_attempts, attempt + 1), "
-                    f"cancel_requested = 0, {unique_key_after(bit, keep='unique_digest')} "
+                    "snoozes = 0, cancel_requested = 0, "
+                    f"{unique_key_after(bit, keep='unique_digest')} "
                     "WHERE id = ? RETURNING queue",
                     (now, job_id),
                 )
@@ -650,7 +651,8 @@ class SQLiteStore(Store):
                 raise UniqueConflict(job_id, holder[0][0])
             rows = await tx.raw(
                 "UPDATE fiefdom_jobs SET state = 'available', run_at = ?, finished_at = NULL, "
-                "max_attempts = max(max_attempts, attempt + 1), cancel_requested = 0, "
+                "max_attempts = max(max_attempts, attempt + 1), snoozes = 0, "
+                "cancel_requested = 0, "
                 f"{unique_key_after(bit, keep='unique_digest')} "
                 "WHERE id = ? AND state IN ('discarded', 'cancelled', 'completed') "
                 "RETURNING queue",

@@ -32,7 +32,7 @@ _CLAIM_SQL = (
     "AND o.domain = j.domain AND o.domain_key = j.domain_key AND o.id < j.id)) "
     "ORDER BY j.priority, j.run_at, j.id LIMIT ?5) "
     "RETURNING id, kind, queue, args, attempt, max_attempts, lease_token, "
-    "domain_key, priority, ?2 - run_at, domain, partition"
+    "domain_key, priority, ?2 - run_at, domain, partition, snoozes"
 )
 CLAIM_SQL = _CLAIM_SQL.format(partitions="")
 CLAIM_OWNED_SQL = _CLAIM_SQL.format(
@@ -88,6 +88,7 @@ class SQLiteQueries(EngineQueries):
                     1 if o.refund else 0,
                     o.error,
                     STATE_BITS[o.state],
+                    1 if o.snooze else 0,
                 )
                 for o in outcomes
             ]
@@ -96,6 +97,7 @@ class SQLiteQueries(EngineQueries):
             now = time.time()  # once the write lock is held (see claim)
             rows = await tx.raw(
                 "UPDATE fiefdom_jobs AS j SET state = d.state, attempt = j.attempt - d.refund, "
+                "snoozes = j.snoozes + d.snooze, "
                 "run_at = CASE WHEN d.delay IS NULL THEN j.run_at ELSE ?1 + d.delay END, "
                 "finished_at = CASE WHEN d.state IN ('completed', 'cancelled', 'discarded') "
                 "THEN ?1 END, "
@@ -105,7 +107,7 @@ class SQLiteQueries(EngineQueries):
                 f"{unique_key_after('d.bit', table='j.')} "
                 "FROM (SELECT value ->> 0 AS id, value ->> 1 AS token, value ->> 2 AS state, "
                 "value ->> 3 AS delay, value ->> 4 AS refund, value ->> 5 AS error, "
-                "value ->> 6 AS bit FROM json_each(?2)) AS d "
+                "value ->> 6 AS bit, value ->> 7 AS snooze FROM json_each(?2)) AS d "
                 # +j.state: look each job up by id, never walk every running job.
                 "WHERE j.id = d.id AND j.lease_token = d.token AND +j.state = 'running' "
                 "RETURNING id, queue, state",

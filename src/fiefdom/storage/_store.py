@@ -30,7 +30,7 @@ COUNT_CAP = 100_000
 BULK_LIMIT = 100_000
 FINAL_STATES = (JobState.COMPLETED, JobState.CANCELLED, JobState.DISCARDED)
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 """The schema version this code reads and writes."""
 
 
@@ -405,7 +405,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def retry_job(self, job_id: int) -> bool:
         """Make a discarded, cancelled or completed job available again, with one
-        more attempt if it had used them all. False if it is not in such a state.
+        more attempt if it had used them all and its snooze count back at 0. False
+        if it is not in such a state.
 
         A unique job takes its unique key back when its kind counts the available
         state; if a duplicate enqueued since holds the key, the job is left as it
