@@ -256,6 +256,13 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         origin = overrides.get(("control", "listen"))
         where = f" (from the environment variable {origin[0]})" if origin else ""
         raise ConfigurationError(f"{source}: {exc}{where}") from None
+    control = config.control
+    for given, missing in (("tls_cert", "tls_key"), ("tls_key", "tls_cert")):
+        if getattr(control, given) is not None and getattr(control, missing) is None:
+            raise ConfigurationError(
+                f"{source}: control.{missing}: must be set with control.{given} "
+                "(TLS needs both the certificate and its private key); set both, or neither"
+            )
     store = config.store
     if store.pool_min_size > store.pool_max_size:
         raise ConfigurationError(

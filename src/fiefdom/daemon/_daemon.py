@@ -69,6 +69,7 @@ from ._preflight import listen_error, prepare
 from ._run import run_daemon
 from ._services import StoreService
 from ._storage import SCHEMA_VERSION, Store
+from ._tls import ServerTLS
 from ._tokens import token_table
 from ._vault import DaemonVault
 
@@ -103,6 +104,8 @@ class Daemon:
         self.store: Store | None = None
         self.jobs_adapter = JobsAdapter(config, self.hub, self.metrics)
         self.server: ControlServer | None = None
+        # The listener's TLS ([control] tls_cert, tls_key), loaded by start().
+        self.tls: ServerTLS | None = None
         # The vault ([vault]): its routes on the control server, its sweeps on the engine.
         self.vault_host = DaemonVault(config)
         self.outages = OutageLog(_redact(config.store_url))
@@ -261,6 +264,15 @@ class Daemon:
             log.info("drained: the job engine has stopped", **summary)
         return summary
 
+    def reload(self) -> None:
+        """What SIGHUP does: load the TLS certificate and key again from their files
+        (new connections get them; on a bad file the previous ones stay served, and
+        the error is logged)."""
+        if self.tls is None:
+            log.info("reload: nothing to reload (control.tls_cert and tls_key are not set)")
+            return
+        self.tls.reload()
+
     async def dump(self) -> tuple[str, int]:
         path, count = self.recorder.dump("request")
         log.info("flight recorder written", path=str(path), events=count)
@@ -297,6 +309,7 @@ class Daemon:
             config = self.config
             prepared = prepare(config)
             self._lock = prepared.lock
+            self.tls = prepared.tls
             prepared.lock.acquire()
             self._claimed = True
             # Left by a daemon that was killed: its address is not this one's.
@@ -436,7 +449,10 @@ class Daemon:
         )
         mounts = self.vault_host.open(store)
         await set_up_modules(self, modules)
-        server = ControlServer(self, config.control, tokens, self.metrics, mounts=mounts)
+        tls = self.tls.context if self.tls is not None else None
+        server = ControlServer(
+            self, config.control, tokens, self.metrics, mounts=mounts, ssl_context=tls
+        )
         try:
             await root.start_child(
                 ServiceSpec(
@@ -466,14 +482,26 @@ class Daemon:
                     )
                 )
         host, _ = config.control.host_port()
-        url = f"http://{host}:{server.port}"
+        scheme = "https" if tls is not None else "http"
+        url = f"{scheme}://{_url_host(host)}:{server.port}"
         publish_endpoint(config.data_path, url, self.name)
         self.vault_host.start_background()
         # Where the command line finds the admin token, when that is what it uses.
         token = {} if config.control.tokens else {"admin_token": str(config.admin_token_path)}
+        if tls is None and not config.control.loopback():
+            log.warning(
+                "the control channel is not encrypted: tokens and data cross the network "
+                "in clear; set control.tls_cert and control.tls_key",
+                listen=config.control.listen,
+            )
         log.info(
             "daemon ready", name=self.name, url=url, loop=self.loop_name, pid=os.getpid(), **token
         )
+
+
+def _url_host(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 def _redact(url: str) -> str:

@@ -1,7 +1,7 @@
 """What the daemon checks before it writes anything: the data folder (and that no other
-daemon holds it), the control address, the configured tokens, the store's URL and the
-user's modules. A start that fails here leaves the disk as it was, and its error is
-one line naming the setting to change."""
+daemon holds it), the control address, the configured tokens, the TLS certificate and
+key, the store's URL and the user's modules. A start that fails here leaves the disk
+as it was, and its error is one line naming the setting to change."""
 
 from __future__ import annotations
 
@@ -15,17 +15,20 @@ from ._config import Config
 from ._datadir import DataDirLock, check_data_dir
 from ._modules import UserModule, import_modules
 from ._storage import Store, open_configured_store
+from ._tls import ServerTLS, server_tls
 from ._tokens import configured_credentials
 
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
     """What the checks produced, for the start to use: the store (not yet open), the
-    imported modules, and the data folder's lock (taken already if its file existed)."""
+    imported modules, the data folder's lock (taken already if its file existed), and
+    the listener's TLS (loaded; None without it)."""
 
     store: Store
     modules: list[UserModule]
     lock: DataDirLock
+    tls: ServerTLS | None
 
 
 def prepare(config: Config) -> Prepared:
@@ -38,6 +41,7 @@ def prepare(config: Config) -> Prepared:
     try:
         check_listen(config.control)
         configured_credentials(config)
+        tls = server_tls(config)
         try:
             store = open_configured_store(config.store_url, config.store)
         except FiefdomError as exc:
@@ -46,7 +50,7 @@ def prepare(config: Config) -> Prepared:
     except BaseException:
         lock.release()
         raise
-    return Prepared(store, modules, lock)
+    return Prepared(store, modules, lock, tls)
 
 
 def check_listen(settings: ControlSettings) -> None:

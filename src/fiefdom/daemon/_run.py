@@ -1,5 +1,6 @@
 """``Daemon.run()``, what ``fiefdom serve`` does with a daemon: configure logging,
-make SIGTERM and SIGINT stop requests (the first drains, a second cancels), start,
+make SIGTERM and SIGINT stop requests (the first drains, a second cancels) and SIGHUP
+a reload (of the TLS certificate and key), start,
 wait for a stop request (or for the tree to give up), stop; on a failure, log it and
 write the flight recorder."""
 
@@ -47,6 +48,8 @@ class Runnable(Protocol):
     async def stop(self, mode: StopMode = "drain") -> None: ...
 
     def request_stop(self, mode: StopMode) -> None: ...
+
+    def reload(self) -> None: ...
 
     async def wait_stop_request(self) -> StopMode: ...
 
@@ -153,9 +156,19 @@ def _install_signals(daemon: Runnable) -> Callable[[], None]:
             log.warning("second signal received: cancelling running work", signal=name)
             daemon.request_stop("cancel")
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    def on_reload() -> None:
+        log.info("signal received: reloading", signal="SIGHUP")
+        daemon.reload()
+
+    handlers: list[tuple[signal.Signals, Callable[..., None], tuple[str, ...]]] = [
+        (signal.SIGTERM, on_signal, ("SIGTERM",)),
+        (signal.SIGINT, on_signal, ("SIGINT",)),
+        # A reload, never a stop (nor the default's abrupt end of the process).
+        (signal.SIGHUP, on_reload, ()),
+    ]
+    for sig, handler, args in handlers:
         try:
-            loop.add_signal_handler(sig, on_signal, sig.name)
+            loop.add_signal_handler(sig, handler, *args)
         except (NotImplementedError, RuntimeError, ValueError):
             continue  # not the main thread, or a platform without signals
         installed.append(sig)

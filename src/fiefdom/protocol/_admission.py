@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -137,11 +138,22 @@ class Admission:
 
 
 class CappedSite(web.TCPSite):
-    """A TCP site whose connections go through ``admission`` first."""
+    """A TCP site whose connections go through ``admission`` first; with
+    ``ssl_context``, TLS, each handshake within ``handshake_timeout`` seconds."""
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, admission: Admission) -> None:
-        super().__init__(runner, host, port, reuse_address=True)
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        admission: Admission,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout: float | None = None,
+    ) -> None:
+        super().__init__(runner, host, port, reuse_address=True, ssl_context=ssl_context)
         self._admission = admission
+        self._handshake_timeout = handshake_timeout if ssl_context is not None else None
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
@@ -153,6 +165,8 @@ class CappedSite(web.TCPSite):
             self._port,
             backlog=self._backlog,
             reuse_address=self._reuse_address,
+            ssl=self._ssl_context,
+            ssl_handshake_timeout=self._handshake_timeout,
         )
         sockets = self._server.sockets
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port

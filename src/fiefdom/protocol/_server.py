@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 
@@ -56,8 +57,12 @@ class ControlServer:
         tokens: TokenTable,
         metrics: ControlMetrics | None = None,
         mounts: Sequence[HttpMount] = (),
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
+        # TLS (https://, wss://) when given; the caller may load a new certificate
+        # into it at any time (new connections get it).
+        self.ssl_context = ssl_context
         self.mounts = tuple(mounts)
         self.settings = settings
         self.tokens = tokens
@@ -191,7 +196,15 @@ class ControlServer:
                 lingering_time=self.settings.body_timeout,
             )
             await runner.setup()
-            site = CappedSite(runner, host, port, self._admission)
+            site = CappedSite(
+                runner,
+                host,
+                port,
+                self._admission,
+                ssl_context=self.ssl_context,
+                # A TLS handshake counts as part of sending the first request's headers.
+                handshake_timeout=self.settings.header_timeout,
+            )
             try:
                 await site.start()
                 quiet_repeats()
@@ -211,7 +224,12 @@ class ControlServer:
         self._port = sockets[0].getsockname()[1] if sockets else port
         if self._lifecycle.state is State.STARTING:  # not stopped meanwhile
             self._lifecycle.started()
-        log.info("control channel listening", host=host, port=self._port)
+        log.info(
+            "control channel listening",
+            host=host,
+            port=self._port,
+            tls=self.ssl_context is not None,
+        )
 
     async def stop(self, mode: StopMode = "drain") -> None:
         """Stop listening, let every subscriber receive the events already published,

@@ -35,6 +35,11 @@ class ControlSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     listen: str = "127.0.0.1:8765"
     tokens: list[TokenSpec] = msgspec.field(default_factory=list)
+    # TLS: the certificate (chain) and its private key, PEM files (relative paths: to
+    # the configuration file's folder); both or neither. With them the listener
+    # serves https:// and wss:// only; SIGHUP loads them again from disk.
+    tls_cert: str | None = None
+    tls_key: str | None = None
     # Whether /metrics needs a token (role read). Unset: only when ``listen`` is not a
     # loopback address, so that a scraper on the same machine needs no secret while
     # one elsewhere does. /healthz and /readyz never need one.
@@ -87,13 +92,23 @@ class ControlSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         unless ``listen`` is a loopback address (a host name counts as not one)."""
         if self.metrics_auth is not None:
             return self.metrics_auth
+        return not self.loopback()
+
+    def loopback(self) -> bool:
+        """Whether ``listen`` is a loopback address (``localhost`` counts as one, any
+        other host name as not one): only this machine can reach it."""
         host, _ = self.host_port()
         if host == "localhost":
-            return False
-        try:
-            return not ipaddress.ip_address(host).is_loopback
-        except ValueError:
             return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def tls(self) -> bool:
+        """Whether the listener serves TLS (``tls_cert`` and ``tls_key`` are set)."""
+        return self.tls_cert is not None and self.tls_key is not None
 
 
 @dataclass(frozen=True, slots=True)
