@@ -1,6 +1,7 @@
-"""What every command shares: its errors, where the daemon is and which token to
-present, running a command against the daemon, and the output primitives (JSON,
-tables, cells, times with their zone, durations)."""
+"""What every command shares: its errors, where the daemon is, which token to
+present and which CA to verify its certificate with, running a command against the
+daemon, and the output primitives (JSON, tables, cells, times with their zone,
+durations)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import math
 import os
 import re
+import ssl
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from .._errors import ControlError
+from .._errors import ControlConnectionError, ControlError
 from ..daemon import Config, load_config, read_token_file
 from ..protocol import Client, connect
 
@@ -59,7 +61,73 @@ def url_of(args: argparse.Namespace, config: Config) -> str:
         except (OSError, ValueError, KeyError):
             pass
     host, port = config.control.host_port()
-    return f"http://{host}:{port}"
+    scheme = "https" if config.control.tls else "http"
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}:{port}"
+
+
+def _ca_file(args: argparse.Namespace) -> tuple[str, str] | None:
+    """The CA file given (``--ca-file``, else ``FIEFDOM_CA_FILE``) and where from."""
+    if args.ca_file:
+        return str(args.ca_file), "--ca-file"
+    if os.environ.get("FIEFDOM_CA_FILE"):
+        return os.environ["FIEFDOM_CA_FILE"], "FIEFDOM_CA_FILE"
+    return None
+
+
+def tls_of(args: argparse.Namespace, url: str) -> ssl.SSLContext | None:
+    """How to verify the daemon's certificate at ``url``: None for a plain URL, or
+    for TLS without a CA file (the system's trusted CAs); else a context trusting
+    the CA certificates of ``--ca-file`` (or ``FIEFDOM_CA_FILE``)."""
+    given = _ca_file(args)
+    if given is None or not url.startswith(("https://", "wss://")):
+        return None
+    path, source = given
+    try:
+        return ssl.create_default_context(cafile=path)
+    except ssl.SSLError as exc:
+        reason = str(exc.reason or exc).lower().replace("_", " ")
+        raise CommandError(
+            f"{source} {path}: holds no PEM certificate ({reason}); give the CA certificate "
+            "that signed the daemon's"
+        ) from exc
+    except OSError as exc:
+        raise CommandError(f"{source} {path}: cannot read it: {exc.strerror or exc}") from exc
+
+
+def unverified(
+    exc: ControlConnectionError, url: str, args: argparse.Namespace
+) -> CommandError | None:
+    """The error to print when the daemon's certificate at ``url`` failed verification
+    (saying what to do about it); None for any other failure to connect."""
+    cause: BaseException | None = exc
+    seen: set[int] = set()
+    # The ssl module's own error, under aiohttp's (which subclasses it, without its
+    # verify_code and verify_message).
+    while cause is not None and not (
+        isinstance(cause, ssl.SSLCertVerificationError) and hasattr(cause, "verify_code")
+    ):
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+        if cause is not None and id(cause) in seen:
+            cause = None
+    if cause is None:
+        return None
+    reason = (cause.verify_message or str(cause)).rstrip(".")
+    if cause.verify_code in (_HOSTNAME_MISMATCH, _IP_ADDRESS_MISMATCH):
+        remedy = "connect with a --url whose host the certificate names"
+    elif (given := _ca_file(args)) is not None:
+        remedy = (
+            f"check that {given[1]} {given[0]} holds the CA that signed the daemon's certificate"
+        )
+    else:
+        remedy = "pass --ca-file PATH (or set FIEFDOM_CA_FILE) with the CA that signed it"
+    return CommandError(f"{url}: the daemon's certificate was not verified ({reason}); {remedy}")
+
+
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH.
+_HOSTNAME_MISMATCH = 62
+_IP_ADDRESS_MISMATCH = 64
 
 
 @dataclass(frozen=True, repr=False)
@@ -156,15 +224,20 @@ def remote(action: Callable[[Client, argparse.Namespace], Awaitable[int]]) -> Ca
         config = config_of(args)
         url = url_of(args, config)
         token = token_of(args, config)
+        tls = tls_of(args, url)
 
         async def run() -> int:
-            async with connect(url, token=token.secret, timeout=args.timeout) as client:
+            async with connect(url, token=token.secret, timeout=args.timeout, ssl=tls) as client:
                 return await action(client, args)
 
         try:
             return asyncio.run(run())
         except ControlError as exc:
-            error = refused(exc, token)
+            error = (
+                unverified(exc, url, args)
+                if isinstance(exc, ControlConnectionError)
+                else refused(exc, token)
+            )
             if error is None:
                 raise
             raise error from exc

@@ -91,6 +91,13 @@ def _global_options(
         help="read the control token from this file",
     )
     parser.add_argument(
+        "--ca-file",
+        metavar="PATH",
+        default=default(None),
+        help="verify a TLS daemon's certificate (https://, wss://) against the CA "
+        "certificates in this PEM file (default: $FIEFDOM_CA_FILE, else the system's)",
+    )
+    parser.add_argument(
         "--token",
         default=default(None),
         help="a control token; other users see it in ps: prefer --token-file or FIEFDOM_TOKEN",

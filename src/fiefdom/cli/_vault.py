@@ -23,9 +23,20 @@ from typing import Any
 import anyio.to_thread
 from tqdm import tqdm
 
-from .._errors import ControlError
+from .._errors import ControlConnectionError, ControlError
 from ..vault import Stored, VaultClient
-from ._common import CommandError, cell, config_of, emit_json, table, token_of, url_of, when
+from ._common import (
+    CommandError,
+    cell,
+    config_of,
+    emit_json,
+    table,
+    tls_of,
+    token_of,
+    unverified,
+    url_of,
+    when,
+)
 
 _AT_VERSION = re.compile(r"^(?P<name>.+)@(?P<version>[0-9]+)$")
 
@@ -83,13 +94,19 @@ def _run(action: Action) -> Callable[[argparse.Namespace], int]:
         url = url_of(args, config)
         token = token_of(args, config)
         secret = str(getattr(token, "secret", token))
+        tls = tls_of(args, url)
 
         async def run() -> int:
-            async with VaultClient(url, token=secret, timeout=args.timeout) as client:
+            async with VaultClient(url, token=secret, timeout=args.timeout, ssl=tls) as client:
                 return await action(client, args)
 
         try:
             return asyncio.run(run())
+        except ControlConnectionError as exc:
+            error = unverified(exc, url, args)
+            if error is None:
+                raise
+            raise error from exc
         except ControlError as exc:
             if exc.code in ("unauthenticated", "forbidden"):
                 source = getattr(token, "source", "the token")

@@ -5,6 +5,12 @@
         async with client.subscribe(["jobs"]) as events:
             async for event in events: ...
 
+A daemon serving TLS is reached at ``wss://`` (or ``https://``): its certificate is
+verified against the system's trusted CAs, or against ``cafile`` (a PEM file of the
+CA that signed it), or as an ``ssl.SSLContext`` of the caller's says::
+
+    fiefdom.connect("wss://daemon.example:8765", token=token, cafile="ca.pem")
+
 One reader task routes replies to their requests by id and events to their
 subscriptions; a typed ``error`` frame raises ``ControlError``."""
 
@@ -16,6 +22,8 @@ import itertools
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from os import PathLike
+from ssl import SSLContext, SSLError, create_default_context
 from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
@@ -23,7 +31,7 @@ import aiohttp
 import anyio
 import msgspec
 
-from .._errors import ControlConnectionError, ControlError
+from .._errors import ConfigurationError, ControlConnectionError, ControlError
 from .._lifecycle import Lifecycle, State, StopMode
 from ..actors import Request
 from ..storage import Enqueued, JobInfo, JobState
@@ -88,6 +96,10 @@ R = TypeVar("R")
 F = TypeVar("F")
 
 
+# Seconds a stopping client waits for the daemon's side of closing TLS (one round trip
+# when it answers) before it aborts the connection.
+_TLS_CLOSE = 2.0
+
 # The client's lifecycle is the one every component shares; the old name stays.
 ClientState = State
 
@@ -100,6 +112,43 @@ def _ws_url(url: str) -> str:
     elif "://" not in url:
         url = "ws://" + url
     return url if url.rstrip("/").endswith("/ws") else url.rstrip("/") + "/ws"
+
+
+def _client_tls(
+    url: str, ssl: SSLContext | None, cafile: str | PathLike[str] | None
+) -> SSLContext | None:
+    """The context to verify the daemon's certificate with (None: aiohttp's default,
+    the system's trusted CAs, for a ``wss://`` URL)."""
+    if ssl is not None and cafile is not None:
+        raise ValueError("give ssl or cafile, not both")
+    if ssl is None and cafile is None:
+        return None
+    if not url.startswith("wss://"):
+        raise ValueError(f"ssl and cafile are for wss:// (or https://) URLs, not {url}")
+    if ssl is not None:
+        return ssl
+    try:
+        return create_default_context(cafile=cafile)
+    except SSLError as exc:
+        reason = str(exc.reason or exc).lower().replace("_", " ")
+        raise ConfigurationError(f"cafile: {cafile} holds no PEM certificate ({reason})") from None
+    except OSError as exc:
+        raise ConfigurationError(f"cafile: cannot read {cafile}: {exc.strerror or exc}") from None
+
+
+async def _tls_closed(protocol: Any) -> None:
+    """Wait until the socket of a TLS connection whose websocket has closed is closed
+    too. Closing TLS takes one more exchange with the daemon, which aiohttp leaves to
+    finish in the background: a caller whose loop ends at once (``asyncio.run``
+    around the client) would leave the socket open until it is collected. The wait is
+    one round trip; past ``_TLS_CLOSE`` the connection is aborted."""
+    closed = getattr(protocol, "closed", None)
+    if not isinstance(closed, asyncio.Future):
+        return
+    # asyncio.wait: a timeout must not cancel aiohttp's own future.
+    await asyncio.wait([closed], timeout=_TLS_CLOSE)
+    if not closed.done():
+        protocol.abort()
 
 
 def reply_type_of(message_type: type[Any]) -> Any:
@@ -206,7 +255,16 @@ class EventStream:
 
 
 class Client:
-    """A connection to a daemon's control channel. Create it with ``fiefdom.connect``."""
+    """A connection to a daemon's control channel. Create it with ``fiefdom.connect``.
+
+    ``url`` is ``ws://host:port`` (``http://`` and a bare ``host:port`` mean the
+    same), or ``wss://host:port`` (``https://``) for a daemon that serves TLS. On a
+    ``wss://`` URL the daemon's certificate is verified, its host name included:
+    against the system's trusted CAs by default, against the CA certificates of the
+    PEM file ``cafile``, or as the ``ssl.SSLContext`` given as ``ssl`` says (one of
+    the two at most; either one on a ``ws://`` URL is a ValueError, since nothing
+    would be encrypted). A ``cafile`` that cannot be read raises ConfigurationError;
+    a certificate that fails verification, ``ControlConnectionError`` on start."""
 
     def __init__(
         self,
@@ -217,8 +275,11 @@ class Client:
         timeout: float = 30.0,
         event_buffer: int = 10_000,
         max_frame_bytes: int = 16 << 20,
+        ssl: SSLContext | None = None,
+        cafile: str | PathLike[str] | None = None,
     ) -> None:
         self.url = _ws_url(url)
+        self.ssl_context = _client_tls(self.url, ssl, cafile)
         self.token = token
         self.encoding = Encoding(encoding)
         self.codec: Codec[ServerMessage] = (
@@ -268,7 +329,11 @@ class Client:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
             self._ws = await self._session.ws_connect(
-                self.url, max_msg_size=self.max_frame_bytes, autoping=True, headers=headers
+                self.url,
+                max_msg_size=self.max_frame_bytes,
+                autoping=True,
+                headers=headers,
+                ssl=True if self.ssl_context is None else self.ssl_context,
             )
         except aiohttp.WSServerHandshakeError as exc:
             if exc.status == 401:
@@ -279,6 +344,13 @@ class Client:
                 ) from exc
             raise ControlConnectionError(
                 f"cannot open the control channel at {self.url}: HTTP {exc.status}"
+            ) from exc
+        except aiohttp.ClientConnectorCertificateError as exc:
+            error = exc.certificate_error
+            reason = getattr(error, "verify_message", None) or str(error)
+            raise ControlConnectionError(
+                f"cannot connect to the control channel at {self.url}: the daemon's "
+                f"certificate was not verified: {reason}"
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise ControlConnectionError(
@@ -336,7 +408,10 @@ class Client:
         with anyio.CancelScope(shield=True):
             try:
                 if self._ws is not None:
+                    protocol = self._tls_protocol()
                     await self._ws.close()
+                    if protocol is not None:
+                        await _tls_closed(protocol)
                 if self._reader is not None:
                     self._reader.cancel()
                     await asyncio.gather(self._reader, return_exceptions=True)
@@ -345,6 +420,16 @@ class Client:
                     await self._session.close()
             finally:
                 self._lifecycle.stopped()
+
+    def _tls_protocol(self) -> Any:
+        """The protocol of a TLS connection still open (None for plain TCP), whose
+        closing ``_tls_closed`` waits for. aiohttp keeps the connection on the
+        websocket as ``_conn``: read defensively, so that another aiohttp only skips
+        the wait."""
+        assert self._ws is not None
+        if self._ws.get_extra_info("sslcontext") is None:
+            return None
+        return getattr(getattr(self._ws, "_conn", None), "protocol", None)
 
     def _fail_all(self, error: ControlConnectionError) -> None:
         self._lost = error
@@ -758,7 +843,11 @@ def connect(
     token: str | None,
     encoding: Encoding | Literal["json", "msgpack"] = Encoding.JSON,
     timeout: float = 30.0,
+    ssl: SSLContext | None = None,
+    cafile: str | PathLike[str] | None = None,
 ) -> Client:
     """A client of the daemon at ``url`` (``ws://host:port``, ``http://host:port``
-    or ``host:port``); use it as ``async with fiefdom.connect(url, token=...) as c``."""
-    return Client(url, token=token, encoding=encoding, timeout=timeout)
+    or ``host:port``; ``wss://`` or ``https://`` for TLS, verified against ``cafile``
+    or by ``ssl`` when given, see ``Client``); use it as ``async with
+    fiefdom.connect(url, token=...) as c``."""
+    return Client(url, token=token, encoding=encoding, timeout=timeout, ssl=ssl, cafile=cafile)

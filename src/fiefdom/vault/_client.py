@@ -19,6 +19,7 @@ import os
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from ssl import SSLContext
 from types import TracebackType
 from typing import Any
 
@@ -113,10 +114,14 @@ async def _raise_for(response: aiohttp.ClientResponse) -> None:
 
 
 class VaultClient:
-    """A client of the vault of the daemon at ``url`` (``http://host:port``),
+    """A client of the vault of the daemon at ``url`` (``http://host:port``, or
+    ``https://host:port`` for a daemon serving TLS: its certificate verified as the
+    ``ssl.SSLContext`` given as ``ssl`` says, else against the system's trusted CAs),
     presenting ``token`` (role read to read, operate to write, admin for fsck)."""
 
-    def __init__(self, url: str, *, token: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self, url: str, *, token: str, timeout: float = 30.0, ssl: SSLContext | None = None
+    ) -> None:
         base = url.rstrip("/")
         if base.startswith("ws://"):
             base = "http://" + base[len("ws://") :]
@@ -125,6 +130,9 @@ class VaultClient:
         elif "://" not in base:
             base = "http://" + base
         self.url = base.removesuffix("/ws")
+        if ssl is not None and not self.url.startswith("https://"):
+            raise ValueError(f"ssl is for https:// (or wss://) URLs, not {self.url}")
+        self._ssl = ssl
         self._headers = {"Authorization": f"Bearer {token}"}
         # ``timeout`` bounds connecting and each read, not a whole transfer.
         self._timeout = aiohttp.ClientTimeout(
@@ -151,7 +159,10 @@ class VaultClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
+            connector = aiohttp.TCPConnector(ssl=True if self._ssl is None else self._ssl)
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout, headers=self._headers, connector=connector
+            )
         return self._session
 
     async def _request(
