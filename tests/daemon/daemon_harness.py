@@ -1,12 +1,14 @@
 """Runs the real daemon as a subprocess from a temporary configuration: the OS picks
 its port (it writes the address to ``control.json`` in its data folder), and the
-harness waits on ``/readyz`` with a deadline instead of sleeping."""
+harness waits on ``/readyz`` with a deadline instead of sleeping. A daemon serving
+TLS is probed over https, trusting ``ssl_context``."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -74,10 +76,12 @@ class DaemonProcess:
         self.url = ""
         self.token = token or ""
         self.cwd: Path | None = None
+        # What the probes (``http``) verify a TLS daemon's certificate with.
+        self.ssl_context: ssl.SSLContext | None = None
 
     @property
     def ws_url(self) -> str:
-        return self.url.replace("http://", "ws://") + "/ws"
+        return self.url.replace("http", "ws", 1) + "/ws"
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "fiefdom.cli", "serve", "--config", str(self.config)]
@@ -149,7 +153,7 @@ class DaemonProcess:
         if presented is not None:
             request.add_header("Authorization", f"Bearer {presented}")
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
+            with urllib.request.urlopen(request, timeout=10, context=self.ssl_context) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
