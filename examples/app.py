@@ -17,8 +17,6 @@ docs/modules.md is the guide to writing such a module.
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
 import fiefdom
@@ -57,16 +55,15 @@ class Document(fiefdom.Actor[Append | Read | Words]):
         return None
 
 
-class WordCount(fiefdom.Job):
+class WordCount(fiefdom.DomainJob):
     """Count a document's words, inside the document's actor."""
 
     options = fiefdom.JobOptions(kind="wordcount", max_attempts=3, domain="documents", key="doc_id")
     doc_id: str
 
 
-async def count_words(job: WordCount, ctx: fiefdom.JobContext[Any]) -> None:
+async def count_words(job: WordCount, ctx: fiefdom.DomainJobContext[Document]) -> None:
     document = ctx.actor
-    assert isinstance(document, Document)
     document.words = len(document.text.split())
 
 

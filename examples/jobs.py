@@ -7,7 +7,6 @@ from __future__ import annotations
 import pathlib
 import sys
 import tempfile
-from typing import Any
 
 import anyio
 import msgspec
@@ -30,7 +29,7 @@ class Document(fiefdom.Actor[Indexed]):
         return self.indexed
 
 
-class Reindex(fiefdom.Job):
+class Reindex(fiefdom.DomainJob):
     """Rebuild a document's search entry. Runs inside the document's actor."""
 
     options = fiefdom.JobOptions(
@@ -39,10 +38,8 @@ class Reindex(fiefdom.Job):
     doc_id: str
 
 
-async def reindex(job: Reindex, ctx: fiefdom.JobContext[Any]) -> None:
-    actor = ctx.actor  # the job runs inside the key's actor, with its state
-    assert isinstance(actor, Document)
-    actor.indexed += 1
+async def reindex(job: Reindex, ctx: fiefdom.DomainJobContext[Document]) -> None:
+    ctx.actor.indexed += 1  # the job runs inside the key's actor, with its state
 
 
 async def main(data_dir: pathlib.Path) -> dict[str, int]:

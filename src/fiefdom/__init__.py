@@ -60,6 +60,7 @@ from .cluster import ClusterSettings as ClusterSettings
 from .daemon import ModuleHost as ModuleHost
 from .jobs import Cancel as Cancel
 from .jobs import Discard as Discard
+from .jobs import DomainJobContext as DomainJobContext
 from .jobs import EngineStatistics as EngineStatistics
 from .jobs import JobContext as JobContext
 from .jobs import JobEngine as JobEngine
@@ -67,6 +68,7 @@ from .jobs import Retention as Retention
 from .jobs import Snooze as Snooze
 from .protocol import connect as connect
 from .storage import AttemptError as AttemptError
+from .storage import DomainJob as DomainJob
 from .storage import Enqueued as Enqueued
 from .storage import ExponentialBackoff as ExponentialBackoff
 from .storage import Job as Job
@@ -119,6 +121,8 @@ __all__ = [
     "ControlError",
     "Discard",
     "Domain",
+    "DomainJob",
+    "DomainJobContext",
     "DomainSpec",
     "DomainStatistics",
     "EngineStatistics",

@@ -18,8 +18,8 @@ from kill_worker import Chunk
 from storage_helpers import engine, wait_until
 
 import fiefdom
-from fiefdom.jobs import JobContext
-from fiefdom.storage import Job, JobEvent, JobOptions, JobState, Store, open_store
+from fiefdom.jobs import DomainJobContext, JobContext
+from fiefdom.storage import DomainJob, Job, JobEvent, JobOptions, JobState, Store, open_store
 
 HERE = Path(__file__).resolve().parent
 
@@ -144,7 +144,7 @@ class Account(fiefdom.Actor[Any]):
         return None
 
 
-class Apply(Job):
+class Apply(DomainJob):
     options = JobOptions(kind="apply", domain="accounts", key="account")
     account: str
     n: int
@@ -158,9 +158,8 @@ async def test_jobs_for_one_domain_key_never_overlap(store: Store, store_url: st
     most = 0
     actors: dict[str, set[int]] = collections.defaultdict(set)
 
-    async def apply(job: Apply, ctx: JobContext[Account]) -> None:
+    async def apply(job: Apply, ctx: DomainJobContext[Account]) -> None:
         nonlocal most
-        assert ctx.actor is not None
         actors[job.account].add(id(ctx.actor))
         active[job.account] += 1
         if active[job.account] > 1:
@@ -207,6 +206,49 @@ async def test_jobs_for_one_domain_key_never_overlap(store: Store, store_url: st
 
 async def _applied(actor: Account) -> int:
     return actor.applied
+
+
+class OldApply(Job):
+    """A domain kind declared as a plain Job, as before DomainJob existed."""
+
+    options = JobOptions(kind="old-apply", domain="accounts", key="account")
+    account: str
+
+
+async def test_a_domain_jobs_context_holds_its_keys_actor(store: Store) -> None:
+    """A DomainJob's handler gets a DomainJobContext whose actor is its key's actor (as
+    does a plain Job whose options name a domain); a plain job's context is a
+    JobContext without an actor. A DomainJob kind must name its domain."""
+    seen: dict[str, tuple[type[Any], object]] = {}
+
+    async def apply(job: Apply, ctx: DomainJobContext[Account]) -> None:
+        seen["apply"] = (type(ctx), ctx.actor.key)
+
+    async def old(job: OldApply, ctx: JobContext[Account]) -> None:
+        seen["old"] = (type(ctx), ctx.actor is not None and ctx.actor.key)
+
+    async def unit(job: Unit, ctx: JobContext[Any]) -> None:
+        seen["unit"] = (type(ctx), ctx.actor)
+
+    async with fiefdom.ActorSystem(name="bank") as system:
+        accounts = system.domain("accounts", Account, idle_timeout=None)
+        eng = engine(store, domains={"accounts": accounts})
+        eng.register(Apply, apply)
+        eng.register(OldApply, old)
+        eng.register(Unit, unit)
+        await store.enqueue_many([Apply(account="a", n=1), OldApply(account="b"), Unit(n=1)])
+        async with eng:
+            await wait_until(lambda: len(seen) == 3, what="the three jobs to run")
+    assert seen == {
+        "apply": (DomainJobContext, "a"),
+        "old": (DomainJobContext, "b"),
+        "unit": (JobContext, None),
+    }
+    with pytest.raises(TypeError, match="must name the domain"):
+
+        class Homeless(DomainJob):
+            options = JobOptions(kind="homeless")
+            n: int
 
 
 async def test_cancelling_a_domain_job_cancels_it_inside_its_actor(store: Store) -> None:

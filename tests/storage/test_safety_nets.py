@@ -12,8 +12,8 @@ import pytest
 from storage_helpers import engine, wait_until
 
 import fiefdom
-from fiefdom.jobs import JobContext
-from fiefdom.storage import Job, JobEvent, JobInfo, JobOptions, JobState, Store
+from fiefdom.jobs import DomainJobContext, JobContext
+from fiefdom.storage import DomainJob, Job, JobEvent, JobInfo, JobOptions, JobState, Store
 
 # Long enough that no lease expires during a test: whatever gives a job back must be
 # the engine itself, never a rescue after the lease ran out.
@@ -107,7 +107,7 @@ def ledger_domain(system: fiefdom.ActorSystem, world: World) -> fiefdom.Domain[s
     return system.domain("ledgers", lambda key: Ledger(key, world), idle_timeout=None)
 
 
-class Post(Job):
+class Post(DomainJob):
     options = JobOptions(
         kind="safety.post",
         domain="ledgers",
@@ -129,8 +129,7 @@ async def test_a_domain_jobs_failing_handler_is_an_outcome_not_a_crash(store: St
     runs: list[tuple[int, int]] = []  # (attempt, incarnation that ran it)
     events: list[JobEvent] = []
 
-    async def post(job: Post, ctx: JobContext[Ledger]) -> None:
-        assert ctx.actor is not None
+    async def post(job: Post, ctx: DomainJobContext[Ledger]) -> None:
         runs.append((ctx.attempt, ctx.actor.incarnation))
         if ctx.attempt == 1:
             raise LedgerError("ledger out of balance")
@@ -170,8 +169,7 @@ async def test_a_domain_job_whose_keys_actor_fails_to_start_is_retried_in_a_new_
     world = World(fail_starts=frozenset({1}))
     runs: list[tuple[int, int]] = []
 
-    async def post(job: Post, ctx: JobContext[Ledger]) -> None:
-        assert ctx.actor is not None
+    async def post(job: Post, ctx: DomainJobContext[Ledger]) -> None:
         runs.append((ctx.attempt, ctx.actor.incarnation))
 
     async with fiefdom.ActorSystem(name="bank") as system:
@@ -201,8 +199,7 @@ async def test_a_domain_job_queued_behind_a_crash_runs_in_the_restarted_actor(
     busy = anyio.Event()
     crash = anyio.Event()
 
-    async def post(job: Post, ctx: JobContext[Ledger]) -> None:
-        assert ctx.actor is not None
+    async def post(job: Post, ctx: DomainJobContext[Ledger]) -> None:
         runs.append((ctx.attempt, ctx.actor.incarnation))
 
     async def crash_when_told(actor: Ledger) -> None:

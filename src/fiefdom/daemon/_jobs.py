@@ -10,7 +10,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import anyio
 
@@ -18,15 +18,19 @@ from .._errors import ControlError, JobError, StoreUnavailable, UnknownJobKind
 from .._lifecycle import State
 from .._log import get_logger
 from ..actors import Domain, StopMode
-from ..jobs import JobContext, JobEngine, Retention, is_snooze
+from ..jobs import DomainJobContext, JobContext, JobEngine, Retention, is_snooze
 from ..protocol import ClusterInfo, ControlMetrics, ErrorCode, EventHub, NotFound, QueueInfo
-from ..storage import PARTITIONS, Enqueued, Job, JobEvent, JobInfo, JobState, Store
+from ..storage import PARTITIONS, DomainJob, Enqueued, Job, JobEvent, JobInfo, JobState, Store
 from ._config import Config
 
 log = get_logger("fiefdom.daemon.jobs")
 
 J = TypeVar("J", bound=Job)
+DJ = TypeVar("DJ", bound=DomainJob)
 Handler = Callable[[J, JobContext[Any]], Awaitable[object]]
+# The handler of a DomainJob kind: its ctx's actor is typed as present.
+DomainHandler = Callable[[DJ, DomainJobContext[Any]], Awaitable[object]]
+AnyHandler = Callable[[Any, Any], Awaitable[object]]
 # States that end an attempt (its outcome and duration are counted; a snooze, which
 # leaves its job scheduled or available, counts as the outcome "snoozed").
 _ENDED = frozenset({JobState.RETRYABLE, JobState.COMPLETED, JobState.CANCELLED, JobState.DISCARDED})
@@ -65,7 +69,7 @@ class JobRegistrar:
     the domains they run in) before the engine starts."""
 
     def __init__(self) -> None:
-        self.kinds: dict[str, tuple[type[Job], Handler[Any]]] = {}
+        self.kinds: dict[str, tuple[type[Job], AnyHandler]] = {}
         self.domains: dict[str, Domain[Any, Any]] = {}
         self.periodics: list[tuple[Callable[[], Job], dict[str, Any]]] = []
         self.closed = False
@@ -74,18 +78,34 @@ class JobRegistrar:
         if self.closed:
             raise JobError("register job kinds in a module's setup hook, before the engine starts")
 
-    def register(self, kind: type[J], handler: Handler[J]) -> None:
-        """Run ``handler(job, ctx)`` for jobs of ``kind``."""
+    @overload
+    def register(self, kind: type[DJ], handler: DomainHandler[DJ]) -> None: ...
+
+    @overload
+    def register(self, kind: type[J], handler: Handler[J]) -> None: ...
+
+    def register(self, kind: type[Job], handler: AnyHandler) -> None:
+        """Run ``handler(job, ctx)`` for jobs of ``kind``. For a ``DomainJob`` kind,
+        ``ctx`` is a ``DomainJobContext`` (its ``actor`` typed as present)."""
         self._check()
         name = kind.options.kind
         if name in self.kinds:
             raise JobError(f"job kind {name!r} is already registered")
         self.kinds[name] = (kind, handler)
 
-    def handler(self, kind: type[J]) -> Callable[[Handler[J]], Handler[J]]:
+    # A DomainJob kind matches both; the first, which takes a DomainJobContext, wins.
+    @overload
+    def handler(  # type: ignore[overload-overlap]
+        self, kind: type[DJ]
+    ) -> Callable[[DomainHandler[DJ]], DomainHandler[DJ]]: ...
+
+    @overload
+    def handler(self, kind: type[J]) -> Callable[[Handler[J]], Handler[J]]: ...
+
+    def handler(self, kind: type[Job]) -> Callable[[AnyHandler], AnyHandler]:
         """Decorator form of ``register``."""
 
-        def decorate(fn: Handler[J]) -> Handler[J]:
+        def decorate(fn: AnyHandler) -> AnyHandler:
             self.register(kind, fn)
             return fn
 

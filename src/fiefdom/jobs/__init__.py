@@ -13,6 +13,7 @@ from ._engine import JobEngine as JobEngine
 from ._engine import QueueStatistics as QueueStatistics
 from ._kinds import Cancel as Cancel
 from ._kinds import Discard as Discard
+from ._kinds import DomainJobContext as DomainJobContext
 from ._kinds import JobContext as JobContext
 from ._kinds import JobOutcome as JobOutcome
 from ._kinds import Snooze as Snooze
@@ -25,6 +26,7 @@ from ._pruner import Retention as Retention
 __all__ = [
     "Cancel",
     "Discard",
+    "DomainJobContext",
     "EngineStatistics",
     "JobContext",
     "JobEngine",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import anyio
 import anyio.abc
@@ -18,9 +18,9 @@ from .._errors import ConfigurationError, JobError
 from .._lifecycle import Lifecycle, State
 from .._log import get_logger
 from ..actors import Domain
-from ..storage import Job, JobEvent, JobState, Store
+from ..storage import DomainJob, Job, JobEvent, JobState, Store
 from ._core import DEFAULT_MAX_SNOOZES, Core, Kind, Runner, Timing
-from ._kinds import JobContext
+from ._kinds import DomainJobContext, JobContext
 from ._ownership import ClusterView, Ownership, default_ownership
 from ._periodic import Periodic
 from ._pruner import PruneJobs, Retention, pruner
@@ -29,8 +29,10 @@ from ._running import EngineRunner
 log = get_logger("fiefdom.jobs")
 
 J = TypeVar("J", bound=Job)
-H = TypeVar("H", bound=Callable[..., Awaitable[object]])
+DJ = TypeVar("DJ", bound=DomainJob)
 Handler = Callable[[J, JobContext[Any]], Awaitable[object]]
+# The handler of a DomainJob kind: its ctx's actor is typed as present.
+DomainHandler = Callable[[DJ, DomainJobContext[Any]], Awaitable[object]]
 
 _DEFAULT_RETENTION = Retention()
 _FAILING = 3  # consecutive failed store operations that make the engine unhealthy
@@ -176,8 +178,15 @@ class JobEngine(EngineRunner):
 
     # -- configuration ---------------------------------------------------------------
 
-    def register(self, kind: type[J], handler: Handler[J]) -> None:
-        """Run ``handler(job, ctx)`` for jobs of ``kind``."""
+    @overload
+    def register(self, kind: type[DJ], handler: DomainHandler[DJ]) -> None: ...
+
+    @overload
+    def register(self, kind: type[J], handler: Handler[J]) -> None: ...
+
+    def register(self, kind: type[Job], handler: Callable[[Any, Any], Awaitable[object]]) -> None:
+        """Run ``handler(job, ctx)`` for jobs of ``kind``. For a ``DomainJob`` kind,
+        ``ctx`` is a ``DomainJobContext`` (its ``actor`` typed as present)."""
         if not (isinstance(kind, type) and issubclass(kind, Job)) or kind is Job:
             raise TypeError(f"register takes a fiefdom.Job subclass, got {kind!r}")
         core = self._core
@@ -201,10 +210,25 @@ class JobEngine(EngineRunner):
             )
         core.kinds[opts.kind] = Kind(kind, opts, handler, msgspec.json.Decoder(kind), domain)
 
-    def handler(self, kind: type[J]) -> Callable[[H], H]:
+    # A DomainJob kind matches both; the first, which takes a DomainJobContext, wins.
+    @overload
+    def handler(  # type: ignore[overload-overlap]
+        self, kind: type[DJ]
+    ) -> Callable[[DomainHandler[DJ]], DomainHandler[DJ]]: ...
+
+    @overload
+    def handler(self, kind: type[J]) -> Callable[[Handler[J]], Handler[J]]: ...
+
+    def handler(
+        self, kind: type[Job]
+    ) -> Callable[
+        [Callable[[Any, Any], Awaitable[object]]], Callable[[Any, Any], Awaitable[object]]
+    ]:
         """Decorator form of ``register``."""
 
-        def decorate(fn: H) -> H:
+        def decorate(
+            fn: Callable[[Any, Any], Awaitable[object]],
+        ) -> Callable[[Any, Any], Awaitable[object]]:
             self.register(kind, fn)
             return fn
 

@@ -20,6 +20,7 @@ from ._core import Core, Held, Kind, Runner
 from ._kinds import (
     Cancel,
     Discard,
+    DomainJobContext,
     JobContext,
     JobOutcome,
     Snooze,
@@ -119,7 +120,10 @@ async def execute(core: Core, held: Held) -> Outcome | None:
             state=JobState.DISCARDED,
             error=note(job.attempt, time.time(), "msgspec.ValidationError", reason),
         )
-    ctx: JobContext[Any] = JobContext(
+    # A domain job's context: its actor is set inside the key's actor (_in_actor),
+    # before its handler starts.
+    context = JobContext if kind.domain is None else DomainJobContext
+    ctx: JobContext[Any] = context(
         id=job.id,
         kind=job.kind,
         queue=job.queue,

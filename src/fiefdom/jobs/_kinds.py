@@ -131,6 +131,24 @@ class JobContext(Generic[T]):
         return f"<JobContext {self.kind} id={self.id} attempt={self.attempt}/{self.max_attempts}>"
 
 
+class DomainJobContext(JobContext[T]):
+    """The context of a job whose kind is a ``DomainJob``: it runs inside the
+    actor of its domain key, and ``actor`` is that actor's instance, typed as
+    present (``DomainJobContext[Document]``: ``ctx.actor`` is a ``Document``).
+    Register such a handler with ``engine.register`` or ``daemon.jobs.register``;
+    for a kind that is a plain ``Job``, the type checker refuses it."""
+
+    __slots__ = ()
+
+    actor: T
+
+    def __repr__(self) -> str:
+        return (
+            f"<DomainJobContext {self.kind} id={self.id} attempt={self.attempt}/"
+            f"{self.max_attempts} partition={self.partition}>"
+        )
+
+
 # A job's error text is data: any bytes, NUL, lone surrogates, megabytes. It is
 # stored escaped (what a column cannot hold becomes a visible escape) and capped.
 MAX_MESSAGE = 8192

@@ -16,6 +16,7 @@ from .._errors import StoreError as StoreError
 from ._jobs import PARTITIONS as PARTITIONS
 from ._jobs import AttemptError as AttemptError
 from ._jobs import ClaimedJob as ClaimedJob
+from ._jobs import DomainJob as DomainJob
 from ._jobs import Enqueued as Enqueued
 from ._jobs import ExponentialBackoff as ExponentialBackoff
 from ._jobs import Job as Job
@@ -46,6 +47,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "AttemptError",
     "ClaimedJob",
+    "DomainJob",
     "EngineQueries",
     "Enqueued",
     "ExponentialBackoff",

@@ -192,9 +192,14 @@ class Job(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """
 
     options: ClassVar[JobOptions]
+    # True on a base of kinds that is no kind itself (``DomainJob``): it declares no
+    # options.
+    _abstract_kind: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("_abstract_kind", False):
+            return
         opts = cls.__dict__.get("options")
         if opts is None:
             raise TypeError(
@@ -225,6 +230,37 @@ class Job(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                     f"{cls.__name__}: Unique(by_args=...) names unknown fields {missing}; "
                     f"the fields are {sorted(names)}"
                 )
+
+
+class DomainJob(Job):
+    """Base of a job kind that runs inside the actor of its domain key: its options
+    name the domain and the key field, and its handler is given a
+    ``fiefdom.DomainJobContext``, whose ``actor`` is typed as present (that key's
+    actor instance), so a handler needs no ``assert ctx.actor is not None``::
+
+        class Reindex(fiefdom.DomainJob):
+            options = fiefdom.JobOptions(kind="reindex", domain="documents", key="doc_id")
+            doc_id: str
+
+        async def reindex(job: Reindex, ctx: fiefdom.DomainJobContext[Document]) -> None:
+            ctx.actor.indexed += 1
+
+    A plain ``Job`` whose options name a domain runs the same way; only its
+    handler's ``ctx`` is typed as a ``JobContext``, whose ``actor`` may be None."""
+
+    _abstract_kind: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("_abstract_kind", False):
+            return
+        if cls.options.domain is None:
+            raise TypeError(
+                f"{cls.__name__} is a fiefdom.DomainJob: its options must name the domain "
+                "it runs in and the field holding the key "
+                f"(fiefdom.JobOptions(kind={cls.options.kind!r}, domain=..., key=...)); "
+                "a kind that runs outside any actor subclasses fiefdom.Job"
+            )
 
 
 J = TypeVar("J", bound=Job)
