@@ -19,7 +19,7 @@ import pytest
 from vault_daemon import MAX_UPLOAD, TOKENS, DaemonProcess, start
 
 from fiefdom.storage import Store
-from fiefdom.vault import Location, QuotaExceeded, Vault
+from fiefdom.vault import Location, QuotaExceeded, Vault, VaultClient
 
 
 async def read(vault: Vault, name: str, version: int | None = None) -> bytes:
@@ -278,3 +278,53 @@ async def test_a_batch_cut_off_keeps_the_parts_before(daemon: DaemonProcess) -> 
             assert await response.read() == first
         async with http.get(f"{daemon.url}/vault/resources/cut-second") as response:
             assert response.status == 404
+
+
+async def test_the_client_uploads_a_batch_and_reads_each_result(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """``VaultClient.put_many`` streams three files in one request (each with its
+    Content-Digest): the two with good names are stored and read back, the one named
+    ``..`` is refused by name, each result in the order given."""
+    files = []
+    for index in range(3):
+        path = tmp_path / f"client-{index}.bin"
+        path.write_bytes(os.urandom(50_000 + index))
+        files.append(path)
+    async with VaultClient(daemon.url, token=TOKENS["operate"]) as client:
+        results = await client.put_many([files[0], ("..", files[1]), ("client-€", files[2])])
+        assert [(r.name, r.code) for r in results] == [
+            ("client-0.bin", None),
+            ("..", "invalid_name"),
+            ("client-€", None),
+        ]
+        assert results[0].version is not None
+        assert results[0].version.sha256 == hashlib.sha256(files[0].read_bytes()).hexdigest()
+        copy = tmp_path / "copy"
+        await client.get("client-€", copy)
+        assert copy.read_bytes() == files[2].read_bytes()
+
+
+async def test_a_daemon_with_a_quota_refuses_past_it_with_413(tmp_path: Path) -> None:
+    """``[vault] quota_bytes`` on a real daemon: a PUT that fits is 201, the next new
+    bytes past the quota are 413 ``quota_exceeded`` with the figures (the client
+    raises QuotaExceeded), the same bytes again still fit (deduplicated)."""
+    proc = start(tmp_path / "d", vault="quota_bytes = 100000\n")
+    try:
+        first = tmp_path / "first.bin"
+        first.write_bytes(os.urandom(80_000))
+        second = tmp_path / "second.bin"
+        second.write_bytes(os.urandom(30_000))
+        async with VaultClient(proc.url, token=TOKENS["operate"]) as client:
+            assert (await client.put(first, "q1")).version == 1
+            with pytest.raises(QuotaExceeded) as refused:
+                await client.put(second, "q2")
+            assert (refused.value.quota, refused.value.used, refused.value.size) == (
+                100_000,
+                80_000,
+                30_000,
+            )
+            assert (await client.put(first, "q3")).version == 1
+            assert (await client.stats()).bytes == 80_000
+    finally:
+        proc.stop()

@@ -156,3 +156,27 @@ def test_put_resumes_an_upload_left_half_done(daemon: DaemonProcess, tmp_path: P
     assert json.loads(state.read_text()) == {}
     got = requests.get(daemon.url + "/vault/resources/big.bin", headers=headers, timeout=30)
     assert got.content == data
+
+
+def test_put_reports_a_refused_file_and_stores_the_others(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """``vault put`` of three files where the middle one's name is refused (a control
+    character): the other two are stored and printed, the refused one is named on
+    stderr with the reason, and the exit status is 1."""
+    good = tmp_path / "keep-one.txt"
+    good.write_text("one")
+    bad = tmp_path / "bad\x01name.txt"
+    bad.write_text("two")
+    other = tmp_path / "keep-two.txt"
+    other.write_text("three")
+    put = fiefdom(daemon, tmp_path, "vault", "put", str(good), str(bad), str(other), check=False)
+    assert put.returncode == 1, put.stderr
+    printed = put.stdout.splitlines()
+    assert [line.split("@")[0] for line in printed] == ["keep-one.txt", "keep-two.txt"]
+    assert "invalid resource name" in put.stderr
+    assert "1 of 3 files were not stored" in put.stderr
+    ls = fiefdom(daemon, tmp_path, "vault", "ls", "--json")
+    names = {r["name"] for r in json.loads(ls.stdout)}
+    assert {"keep-one.txt", "keep-two.txt"} <= names
+    assert not any(name.startswith("bad") for name in names)

@@ -24,7 +24,14 @@ import anyio.to_thread
 from tqdm import tqdm
 
 from .._errors import ControlConnectionError, ControlError
-from ..vault import Stored, VaultClient
+from ..vault import (
+    ChecksumMismatch,
+    InvalidName,
+    QuotaExceeded,
+    Stored,
+    TooLarge,
+    VaultClient,
+)
 from ._common import (
     CommandError,
     cell,
@@ -51,7 +58,12 @@ def register(
     vault = sub.add_parser("vault", help=vault_text, description=vault_text)
     actions = vault.add_subparsers(dest="vault_command", required=True, metavar="ACTION")
 
-    put = command(actions, "put", "upload files (resumable: run it again to resume)")
+    put = command(
+        actions,
+        "put",
+        "upload files (resumable: run it again to resume); a file the vault refuses (its "
+        "name, its size, the quota) is reported and the others go on, exit status 1",
+    )
     put.add_argument("files", nargs="+", metavar="FILE", help="the files to upload")
     put.add_argument("--name", help="the resource's name (one FILE only; default: its name)")
     put.set_defaults(func=_run(_put))
@@ -209,21 +221,31 @@ async def _put(client: VaultClient, args: argparse.Namespace) -> int:
     for file in files:
         if not await anyio.to_thread.run_sync(os.path.isfile, file):
             raise CommandError(f"{file}: not a file")
+    failed = 0
     for file in files:
         name = args.name or file.name
         progress = _Progress(name)
-        with _remembered(_upload_key(client.url, file, name)) as (resume, keep):
-            try:
-                result = await client.upload(
-                    file, name, resume=resume, created=keep, progress=progress
-                )
-            finally:
-                progress.end()
+        try:
+            with _remembered(_upload_key(client.url, file, name)) as (resume, keep):
+                try:
+                    result = await client.upload(
+                        file, name, resume=resume, created=keep, progress=progress
+                    )
+                finally:
+                    progress.end()
+        except (InvalidName, TooLarge, QuotaExceeded, ChecksumMismatch) as exc:
+            # This file's own refusal: the others go on (the exit status says it).
+            failed += 1
+            print(f"{file}: {exc}", file=sys.stderr)
+            continue
         stored.append(result)
         if not args.json:
             print(f"{result.resource}@{result.version}  {result.sha256}  {result.size}")
     if args.json:
         emit_json(stored)
+    if failed:
+        print(f"{failed} of {len(files)} files were not stored", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -112,6 +112,9 @@ class VaultSection(_Section):
     location: str = "vault"
     # The largest upload taken (PUT or tus), in bytes: 413 past it.
     max_upload_bytes: Annotated[int, msgspec.Meta(ge=0)] = 1 << 30
+    # The bytes the location's blobs may take together (each counted once): a new
+    # blob past it is refused with 413 quota_exceeded. None: no quota.
+    quota_bytes: Annotated[int, msgspec.Meta(ge=0)] | None = None
     # How long an unreferenced blob, an abandoned temp file or a blob file without a
     # row is kept before it is removed (longer than any upload's commit may take).
     grace: Seconds = 3600.0

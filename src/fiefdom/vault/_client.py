@@ -4,12 +4,13 @@
         stored = await vault.put("report.pdf")            # streamed from the file
         done = await vault.upload("big.iso")               # resumable (tus), in chunks
         info = await vault.get("report.pdf", "copy.pdf")   # to a file, hash checked
+        results = await vault.put_many(["a.txt", ("b", "b.txt")])  # one request, a result each
         page = await vault.ls()
         await vault.rm("report.pdf", version=1)
 
-Errors come back typed: ``NotFound``, ``InvalidName``, ``TooLarge``, ``BadRange``,
-``ChecksumMismatch``; anything else (401, 403, 503 ...) is a ``ControlError`` with
-the server's ``code``, message and ``details``."""
+Errors come back typed: ``NotFound``, ``InvalidName``, ``TooLarge``,
+``QuotaExceeded``, ``BadRange``, ``ChecksumMismatch``; anything else (401, 403,
+503 ...) is a ``ControlError`` with the server's ``code``, message and ``details``."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import base64
 import hashlib
 import os
 import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from ssl import SSLContext
 from types import TracebackType
@@ -35,9 +36,10 @@ from .._errors import (
     ControlError,
     InvalidName,
     NotFound,
+    QuotaExceeded,
     TooLarge,
 )
-from ._model import FsckReport, ResourcePage, VaultStats, VersionInfo
+from ._model import FsckReport, PutResult, ResourcePage, VaultStats, VersionInfo
 
 CHUNK = 1 << 20
 UPLOAD_CHUNK = 8 << 20  # bytes per tus PATCH
@@ -63,6 +65,18 @@ class Stored(msgspec.Struct, frozen=True, kw_only=True):
     version: int
     sha256: str
     size: int
+
+
+class _BatchReply(msgspec.Struct, frozen=True):
+    results: list[PutResult]
+
+
+def _form_file(name: str) -> str:
+    """A multipart part's ``Content-Disposition`` naming ``name``: an ASCII fallback and
+    RFC 5987's ``filename*`` (which the vault reads first)."""
+    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name)
+    quoted = urllib.parse.quote(name, safe="")
+    return f'form-data; name="file"; filename="{fallback}"; filename*=UTF-8\'\'{quoted}'
 
 
 def _quote(name: str) -> str:
@@ -106,6 +120,13 @@ async def _raise_for(response: aiohttp.ClientResponse) -> None:
         raise InvalidName(details.get("name", "?"), str(details.get("reason", message)))
     if code == "too_large":
         raise TooLarge(int(details.get("limit", 0)))
+    if code == "quota_exceeded":
+        raise QuotaExceeded(
+            str(details.get("location", "?")),
+            int(details.get("quota", 0)),
+            int(details.get("used", 0)),
+            int(details.get("size", 0)),
+        )
     if code == "bad_range":
         raise BadRange(message, int(details.get("size", 0)))
     if code == "checksum_mismatch" and "expected" in details:
@@ -210,6 +231,39 @@ class VaultClient:
             },
         )
         return msgspec.json.decode(raw, type=Stored)
+
+    async def put_many(
+        self, files: Sequence[str | Path | tuple[str, str | Path]]
+    ) -> list[PutResult]:
+        """Upload several files in one request (``POST /vault/batch``), each the next
+        version of its name (a ``(name, path)`` pair, or a path: the file's name),
+        each with its ``Content-Digest``: one ``PutResult`` per file, in order; a
+        refused file (a bad name, too large, over the quota) never holds back the
+        others. The files are streamed, never read whole."""
+        items = [
+            (f[0], Path(f[1])) if isinstance(f, tuple) else (Path(f).name, Path(f)) for f in files
+        ]
+        digests = [await anyio.to_thread.run_sync(_sha256_of, path) for _, path in items]
+        writer = aiohttp.MultipartWriter("form-data")
+        handles = []
+        try:
+            for (name, path), (sha256, _) in zip(items, digests, strict=True):
+                handle = await anyio.to_thread.run_sync(open, path, "rb")
+                handles.append(handle)
+                digest = base64.b64encode(bytes.fromhex(sha256)).decode()
+                writer.append(
+                    handle,
+                    {
+                        "Content-Type": "application/octet-stream",
+                        "Content-Disposition": _form_file(name),
+                        "Content-Digest": f"sha-256=:{digest}:",
+                    },
+                )
+            _, _, raw = await self._request("POST", "/vault/batch", data=writer)
+        finally:
+            for handle in handles:
+                handle.close()
+        return msgspec.json.decode(raw, type=_BatchReply).results
 
     async def upload(
         self,
