@@ -165,3 +165,77 @@ def test_the_dispatch_is_proven_total(tmp_path: pathlib.Path) -> None:
     stdout, _, status = api.run([*args, "--shadow-file", str(CONNECTION), str(shadow)])
     assert status == 1
     assert 'Argument 1 to "assert_never" has incompatible type "Dump"' in stdout, stdout
+
+
+def _structs_in(tp: Any, seen: set[type]) -> None:
+    """Every Struct type reachable from the annotation ``tp``."""
+    import typing
+
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        if tp in seen:
+            return
+        seen.add(tp)
+        for hint in typing.get_type_hints(tp).values():
+            _structs_in(hint, seen)
+        return
+    for arg in typing.get_args(tp):
+        _structs_in(arg, seen)
+
+
+def test_what_the_server_sends_tolerates_fields_from_a_newer_daemon() -> None:
+    """Every Struct a client decodes from the server (each reply, error and event, the
+    job records inside them) ignores a field it does not know, so that a client keeps
+    working with a daemon upgraded before it; every request a server decodes still
+    refuses one (an unknown field there is a mistake to report)."""
+    from fiefdom.protocol import ClientMessage
+    from fiefdom.protocol._replies import ServerMessage
+
+    server_side: set[type] = set()
+    _structs_in(ServerMessage, server_side)
+    assert JobInfo in server_side
+    assert JobEvent in server_side
+    strict = sorted(t.__name__ for t in server_side if t.__struct_config__.forbid_unknown_fields)
+    assert strict == []
+    import typing
+
+    lenient = [
+        t.__name__
+        for t in typing.get_args(ClientMessage)
+        if not t.__struct_config__.forbid_unknown_fields
+    ]
+    assert lenient == []
+
+
+def test_a_reply_with_a_field_this_client_does_not_know_decodes() -> None:
+    """A ``jobs.reply`` whose job carries a field added by a newer daemon decodes
+    into the same JobInfo (the field ignored); a request with an unknown field does
+    not."""
+    from fiefdom.protocol import ClientMessage
+    from fiefdom.protocol._replies import ServerMessage
+
+    job = {
+        "id": 1,
+        "kind": "k",
+        "queue": "default",
+        "state": "available",
+        "priority": 0,
+        "args": "{}",
+        "key": None,
+        "attempt": 0,
+        "max_attempts": 3,
+        "errors": [],
+        "worker": None,
+        "cancel_requested": False,
+        "created_at": "2026-01-01T00:00:00Z",
+        "run_at": "2026-01-01T00:00:00Z",
+        "attempted_at": None,
+        "finished_at": None,
+        "a_field_from_the_future": {"x": 1},
+    }
+    frame = {"type": "jobs.reply", "id": 7, "jobs": [job], "total": 1, "future_count": 2}
+    reply = msgspec.json.decode(json.dumps(frame), type=ServerMessage)
+    assert reply.jobs[0].id == 1  # type: ignore[union-attr]
+    with pytest.raises(msgspec.ValidationError, match="unknown field"):
+        msgspec.json.decode(
+            json.dumps({"type": "ping", "id": 1, "surprise": True}), type=ClientMessage
+        )

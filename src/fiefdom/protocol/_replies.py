@@ -13,6 +13,12 @@ from ..storage import Enqueued, JobEvent, JobInfo, JobState
 from ._messages import ErrorCode, Role, Topic, _Frame
 
 
+class _ServerFrame(_Frame, forbid_unknown_fields=False):
+    """A frame the server sends. Unlike a request, it may carry fields this client
+    does not know (a newer daemon's): they are ignored, so that a client keeps
+    working with a daemon upgraded before it. A request's unknown field is an error."""
+
+
 class QueueInfo(msgspec.Struct, kw_only=True):
     """A queue: whether it is paused (in the database, for every daemon on it) and
     its jobs counted by state."""
@@ -22,7 +28,7 @@ class QueueInfo(msgspec.Struct, kw_only=True):
     counts: dict[JobState, int]  # jobs by state (states with none are left out)
 
 
-class Welcome(_Frame, tag="welcome"):
+class Welcome(_ServerFrame, tag="welcome"):
     """The reply to ``hello``: the role the token carries and the server's name."""
 
     id: int
@@ -32,13 +38,13 @@ class Welcome(_Frame, tag="welcome"):
     topics: list[Topic]
 
 
-class Pong(_Frame, tag="pong"):
+class Pong(_ServerFrame, tag="pong"):
     """The reply to ``ping``."""
 
     id: int
 
 
-class Ack(_Frame, tag="ack"):
+class Ack(_ServerFrame, tag="ack"):
     """The request was done (a tell, a pause, a stop...)."""
 
     id: int
@@ -74,7 +80,7 @@ class ClusterInfo(msgspec.Struct, kw_only=True):
     events: list[ClusterEvent] = msgspec.field(default_factory=list)
 
 
-class StatusReply(_Frame, tag="status.reply"):
+class StatusReply(_ServerFrame, tag="status.reply"):
     """The daemon's state: readiness, the supervisor tree (actors, domains, services
     and supervisors with their statistics), the callable targets and the queues."""
 
@@ -93,14 +99,14 @@ class StatusReply(_Frame, tag="status.reply"):
     cluster: ClusterInfo | None = None  # None: its engine serves no domain
 
 
-class CallReply(_Frame, tag="call.reply"):
+class CallReply(_ServerFrame, tag="call.reply"):
     """The reply to ``call``."""
 
     id: int
     result: msgspec.Raw  # the actor's reply, encoded like the frame; null for a tell
 
 
-class JobsReply(_Frame, tag="jobs.reply"):
+class JobsReply(_ServerFrame, tag="jobs.reply"):
     """The reply to ``jobs.list``: a page of jobs and, when the request asked to
     ``count``, how many jobs its filters match in all (``total``, counted up to
     ``total_cap``: a total equal to it means at least that many)."""
@@ -111,7 +117,7 @@ class JobsReply(_Frame, tag="jobs.reply"):
     total_cap: int | None = None
 
 
-class JobReply(_Frame, tag="job.reply"):
+class JobReply(_ServerFrame, tag="job.reply"):
     """The reply to ``jobs.get``, ``jobs.retry`` and ``jobs.cancel``: the job as it is
     now, and (retry, cancel) the state it was in before (what the request found)."""
 
@@ -136,14 +142,14 @@ class KindInfo(msgspec.Struct, kw_only=True):
     fields: list[str]
 
 
-class KindsReply(_Frame, tag="kinds.reply"):
+class KindsReply(_ServerFrame, tag="kinds.reply"):
     """The reply to ``jobs.kinds``, sorted by kind."""
 
     id: int
     kinds: list[KindInfo]
 
 
-class RetriedReply(_Frame, tag="retried.reply"):
+class RetriedReply(_ServerFrame, tag="retried.reply"):
     """The reply to ``jobs.retry_many``: jobs made available again, and those left
     as they were because a duplicate enqueued since holds their unique key."""
 
@@ -152,7 +158,7 @@ class RetriedReply(_Frame, tag="retried.reply"):
     skipped: int
 
 
-class PrunedReply(_Frame, tag="pruned.reply"):
+class PrunedReply(_ServerFrame, tag="pruned.reply"):
     """The reply to ``jobs.prune``: how many jobs were deleted, and whether the limit
     was reached (more may match: prune again)."""
 
@@ -161,28 +167,28 @@ class PrunedReply(_Frame, tag="pruned.reply"):
     more: bool
 
 
-class EnqueueReply(_Frame, tag="enqueue.reply"):
+class EnqueueReply(_ServerFrame, tag="enqueue.reply"):
     """The reply to ``jobs.enqueue``: what the store's ``enqueue`` returned."""
 
     id: int
     enqueued: Enqueued
 
 
-class QueuesReply(_Frame, tag="queues.reply"):
+class QueuesReply(_ServerFrame, tag="queues.reply"):
     """The reply to ``queues.list``."""
 
     id: int
     queues: list[QueueInfo]
 
 
-class Subscribed(_Frame, tag="subscribed"):
+class Subscribed(_ServerFrame, tag="subscribed"):
     """The reply to ``subscribe``: the subscription that ``event`` frames name."""
 
     id: int
     subscription: int
 
 
-class DumpReply(_Frame, tag="dump.reply"):
+class DumpReply(_ServerFrame, tag="dump.reply"):
     """The reply to ``dump``: the file written and how many events it holds."""
 
     id: int
@@ -190,7 +196,7 @@ class DumpReply(_Frame, tag="dump.reply"):
     events: int
 
 
-class Error(_Frame, tag="error"):
+class Error(_ServerFrame, tag="error"):
     """A typed error. ``id`` is the request's, or null when the frame had none."""
 
     id: int | None
@@ -242,14 +248,14 @@ def topic_of(event: EventData) -> Topic:
     return "logs"
 
 
-class Event(_Frame, tag="event"):
+class Event(_ServerFrame, tag="event"):
     """An event of a subscription."""
 
     subscription: int
     data: EventData
 
 
-class Dropped(_Frame, tag="dropped"):
+class Dropped(_ServerFrame, tag="dropped"):
     """This subscriber was too slow: ``count`` events were dropped since the last notice."""
 
     subscription: int

@@ -279,7 +279,7 @@ class AttemptError(msgspec.Struct, frozen=True, kw_only=True):
     traceback: str = ""
 
 
-class JobInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class JobInfo(msgspec.Struct, frozen=True, kw_only=True):
     """One job as the store holds it (``store.get_job``, ``store.list_jobs``)."""
 
     id: int
@@ -316,7 +316,7 @@ class QueueCount(msgspec.Struct, frozen=True, kw_only=True):
     count: int
 
 
-class Enqueued(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class Enqueued(msgspec.Struct, frozen=True, kw_only=True):
     """The result of enqueueing one job: its id, or whether an existing unique job
     took its place (``duplicate``; ``id`` is then that job's, or None if it
     finished in the meantime), or, from ``enqueue_many``, why the item was invalid
@@ -338,7 +338,6 @@ class JobEvent(
     kw_only=True,
     tag="jobs",
     tag_field="topic",
-    forbid_unknown_fields=True,
 ):
     """A job changed state in an engine (what ``engine.subscribe`` delivers).
 

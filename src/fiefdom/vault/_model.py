@@ -1,5 +1,6 @@
 """The vault's records: what it hands back (msgspec Structs, one type everywhere:
-the HTTP API will serve these), and its storage locations."""
+the HTTP API serves these), and its storage locations. A record read from a newer
+daemon may carry fields this code does not know: they are ignored."""
 
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ class Location:
         return self.path / "blobs" / sha256[:2] / sha256[2:4] / sha256
 
 
-class VersionInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class VersionInfo(msgspec.Struct, frozen=True, kw_only=True):
     """One version of a resource: its number (1, 2, 3 ... per resource), the hash and
     size of its bytes, the location holding them, when it was created (unix
     seconds), and its state (``damaged``: its blob file was found missing)."""
@@ -85,7 +86,7 @@ class VersionInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     state: VersionState = "live"
 
 
-class PutResult(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class PutResult(msgspec.Struct, frozen=True, kw_only=True):
     """One item of a batch (``Vault.put_many``, ``POST /vault/batch``): the version
     it became, or why it did not (``code`` as the HTTP API names it, and
     ``error``, the message); an item with an error stored nothing."""
@@ -121,7 +122,7 @@ _ERROR_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
 )
 
 
-class ResourceInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class ResourceInfo(msgspec.Struct, frozen=True, kw_only=True):
     """A resource in a listing: how many versions it has (not counting deleted
     ones), its latest version's number and size (None when it has none left), its
     metadata, and when it was created."""
@@ -134,7 +135,7 @@ class ResourceInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
 
 
-class ResourcePage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class ResourcePage(msgspec.Struct, frozen=True, kw_only=True):
     """A page of resources by name, and the cursor of the next page (``after``), or
     None on the last page. Inserts never shift a page: the cursor is the last name."""
 
@@ -142,7 +143,7 @@ class ResourcePage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     next: str | None
 
 
-class VaultStats(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class VaultStats(msgspec.Struct, frozen=True, kw_only=True):
     """Counts: live resources and versions, blobs stored (files on disk, those
     waiting for their sweep included) and their bytes, and blobs waiting for their
     sweep. Deduplication is judged by ``blobs`` and ``bytes``."""
@@ -154,7 +155,7 @@ class VaultStats(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     pending_sweeps: int
 
 
-class MissingBlob(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class MissingBlob(msgspec.Struct, frozen=True, kw_only=True):
     """A blob whose file ``fsck`` found missing, and the versions pointing at it."""
 
     location: str
@@ -162,7 +163,7 @@ class MissingBlob(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     versions: list[tuple[str, int]]
 
 
-class FsckReport(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class FsckReport(msgspec.Struct, frozen=True, kw_only=True):
     """What ``Vault.fsck`` found and did.
 
     ``blobs_checked``: blob rows whose file was looked for; ``missing``: those whose
