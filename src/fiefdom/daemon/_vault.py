@@ -37,9 +37,7 @@ class DaemonVault:
         settings = self.config.vault
         if not settings.enabled:
             return []
-        location = Location(
-            settings.location, self.config.vault_path, quota=settings.quota_bytes
-        )
+        location = Location(settings.location, self.config.vault_path, quota=settings.quota_bytes)
         try:
             prepare(location)
             (location.path / "uploads").mkdir(exist_ok=True)
