@@ -335,3 +335,34 @@ async def test_listing_deletes_and_stats(daemon: DaemonProcess) -> None:
     counted = await stats(daemon.url)
     assert set(counted) == {"resources", "versions", "blobs", "bytes", "pending_sweeps"}
     assert counted["pending_sweeps"] >= 1
+
+
+async def test_the_daemons_commits_run_in_each_resources_actor(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """The daemon's vault runs each resource's commits and deletes in its actor: after
+    puts to two new resources and a delete, the status tree shows the vault's domain
+    with those activations (one owner per resource inside the daemon; the database's
+    row lock orders them across daemons)."""
+    import fiefdom
+
+    async def vault_domain() -> dict[str, Any]:
+        async with fiefdom.connect(daemon.url, token=TOKENS["admin"]) as client:
+            status = await client.status()
+        children = status.tree["children"]
+        found = [c for c in children if c["path"].endswith("/fiefdom.vault")]
+        assert len(found) == 1, children
+        return dict(found[0])
+
+    before = (await vault_domain())["activations"]
+    source = tmp_path / "actor.bin"
+    source.write_bytes(os.urandom(1000))
+    async with VaultClient(daemon.url, token=TOKENS["operate"]) as vault:
+        await vault.put(source, "actor-one")
+        await vault.put(source, "actor-two")
+        await vault.put(source, "actor-one")
+        await vault.rm("actor-two")
+    domain = await vault_domain()
+    assert domain["kind"] == "domain"
+    assert domain["activations"] - before == 2
+    assert domain["crashes"] == 0

@@ -447,7 +447,7 @@ class Daemon:
                 "store", lambda: store_service, restart=Restart.TEMPORARY, shutdown=_STOP_MARGIN
             )
         )
-        mounts = self.vault_host.open(store)
+        mounts = self.vault_host.open(store, self.system)
         await set_up_modules(self, modules)
         tls = self.tls.context if self.tls is not None else None
         server = ControlServer(

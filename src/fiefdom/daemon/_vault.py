@@ -1,5 +1,6 @@
 """The daemon's vault (the ``[vault]`` section): one storage location under the
-data folder, the vault on the daemon's store, its HTTP routes mounted on the
+data folder, the vault on the daemon's store (each resource's commits and deletes in
+its actor of the daemon's system, one at a time), its HTTP routes mounted on the
 control server, its sweep jobs on the daemon's engine, and a background task that
 reconciles files and rows once at start (``fsck`` without repair, one summary
 line) and removes expired resumable uploads from then on."""
@@ -13,6 +14,7 @@ from .._errors import ConfigurationError, FiefdomError
 from .._log import get_logger
 from ..jobs import JobEngine
 from ..protocol._server import HttpMount
+from ..supervisors import ActorSystem
 from ..vault import Location, Vault, VaultHttp
 from ..vault._disk import prepare
 from ._config import Config
@@ -30,10 +32,11 @@ class DaemonVault:
         self.http: VaultHttp | None = None
         self._task: asyncio.Task[None] | None = None
 
-    def open(self, store: Store) -> list[HttpMount]:
-        """Create the vault on ``store`` (its location's folders made now: a location
-        that cannot be written fails the start, naming the setting); returns the
-        routes to mount on the control server."""
+    def open(self, store: Store, system: ActorSystem) -> list[HttpMount]:
+        """Create the vault on ``store``, its commits and deletes run in per-resource
+        actors of ``system`` (its location's folders made now: a location that cannot
+        be written fails the start, naming the setting); returns the routes to mount
+        on the control server."""
         settings = self.config.vault
         if not settings.enabled:
             return []
@@ -46,7 +49,11 @@ class DaemonVault:
                 f"vault.path: cannot use {location.path} as the vault's storage: {exc}"
             ) from exc
         self.vault = Vault(
-            store, location, grace=settings.grace, max_size=settings.max_upload_bytes
+            store,
+            location,
+            system=system,
+            grace=settings.grace,
+            max_size=settings.max_upload_bytes,
         )
         self.http = VaultHttp(
             self.vault,
