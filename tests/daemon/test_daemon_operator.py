@@ -145,6 +145,7 @@ heartbeat = 6.0
 rescue_interval = 4.0
 batch_size = 50
 drain_timeout = 12.0
+max_snoozes = 7
 
 [jobs.retention]
 completed = 60.0
@@ -163,6 +164,7 @@ every = 30.0
         "heartbeat": 6.0,
         "rescue_interval": 4.0,
         "batch_size": 50,
+        "max_snoozes": 7,
         "drain_timeout": 12.0,
         "retention": Retention(completed=60.0, cancelled=120.0, discarded=180.0, every=30.0),
         "cluster_listen": "127.0.0.1:0",
