@@ -20,21 +20,26 @@ from fiefdom.protocol import ActorEvent, JobEvent, LogEvent
 
 
 async def test_status_shows_the_services_in_start_order(daemon: DaemonProcess) -> None:
-    """status lists the store, the module's actors, the control server and the engine, in order."""
+    """status lists the store, the vault's domain of resources, the module's actors, the
+    control server, the engine and the vault's background service, in order (the last
+    started is the first stopped: the vault's service before the store it uses)."""
     async with fiefdom.connect(daemon.url, token=daemon.token) as client:
         status = await client.status()
     children = status.tree["children"]
     assert [child["path"] for child in children] == [
         "test-daemon/store",
+        "test-daemon/fiefdom.vault",
         "test-daemon/counter",
         "test-daemon/accounts",
         "test-daemon/echo",
         "test-daemon/scratch",
         "test-daemon/control",
         "test-daemon/jobs",
+        "test-daemon/vault",
     ]
     services = [child for child in children if child["kind"] == "service"]
-    assert [s["path"].rsplit("/", 1)[1] for s in services] == ["store", "control", "jobs"]
+    names = [s["path"].rsplit("/", 1)[1] for s in services]
+    assert names == ["store", "control", "jobs", "vault"]
     assert all(s["running"] and s["restarts"] == 0 for s in services)
 
 

@@ -63,6 +63,7 @@ from ._drain import DrainWatch
 from ._events import forward_runtime_events
 from ._jobs import JobsAdapter
 from ._logging import FlightRecorder
+from ._module_services import HostedService
 from ._modules import UserModule, set_up_modules
 from ._outage import OutageLog
 from ._preflight import listen_error, prepare
@@ -357,7 +358,6 @@ class Daemon:
         self._note_stop(mode)
         try:
             await self._settled.wait()  # a start under way finishes first
-            await self.vault_host.stop()
             await self.system.stop(self._stop_mode or mode)
         finally:
             with anyio.CancelScope(shield=True):
@@ -394,7 +394,6 @@ class Daemon:
         if self._released:
             return
         self._released = True
-        await self.vault_host.stop()
         if self._stop_forwarding is not None:
             self._stop_forwarding()
             self._stop_forwarding = None
@@ -484,8 +483,11 @@ class Daemon:
         host, _ = config.control.host_port()
         scheme = "https" if tls is not None else "http"
         url = f"{scheme}://{_url_host(host)}:{server.port}"
+        if self.vault_host.vault is not None:
+            # Last: stopped first, before the store it uses closes.
+            vault = HostedService(f"{self.system.name}/vault", self.vault_host.background, 1.0)
+            await root.start_child(ServiceSpec("vault", lambda: vault, shutdown=_STOP_MARGIN))
         publish_endpoint(config.data_path, url, self.name)
-        self.vault_host.start_background()
         # Where the command line finds the admin token, when that is what it uses.
         token = {} if config.control.tokens else {"admin_token": str(config.admin_token_path)}
         if tls is None and not config.control.loopback():

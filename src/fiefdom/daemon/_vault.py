@@ -1,14 +1,13 @@
 """The daemon's vault (the ``[vault]`` section): one storage location under the
 data folder, the vault on the daemon's store (each resource's commits and deletes in
 its actor of the daemon's system, one at a time), its HTTP routes mounted on the
-control server, its sweep jobs on the daemon's engine, and a background task that
-reconciles files and rows once at start (``fsck`` without repair, one summary
+control server, its sweep jobs on the daemon's engine, and a supervised service
+that reconciles files and rows once at start (``fsck`` without repair, one summary
 line) and removes expired resumable uploads from then on."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from .._errors import ConfigurationError, FiefdomError
 from .._log import get_logger
@@ -30,7 +29,6 @@ class DaemonVault:
         self.config = config
         self.vault: Vault | None = None
         self.http: VaultHttp | None = None
-        self._task: asyncio.Task[None] | None = None
 
     def open(self, store: Store, system: ActorSystem) -> list[HttpMount]:
         """Create the vault on ``store``, its commits and deletes run in per-resource
@@ -68,21 +66,10 @@ class DaemonVault:
         if self.vault is not None:
             self.vault.register(engine)
 
-    def start_background(self) -> None:
-        """Start the reconciliation at start and the expiry of resumable uploads."""
-        if self.vault is not None and self._task is None:
-            self._task = asyncio.ensure_future(self._background())
-
-    async def stop(self) -> None:
-        """Cancel the background task and wait for it."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            # (A failure of the tree may have closed the store under it already.)
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-    async def _background(self) -> None:
+    async def background(self) -> None:
+        """The reconciliation at start, then the expiry of resumable uploads, until
+        cancelled: run by the daemon as its supervised service ``vault``, the last
+        child of its tree, so that it stops before the store it uses closes."""
         assert self.vault is not None
         assert self.http is not None
         if self.config.vault.fsck_at_start:
@@ -94,7 +81,7 @@ class DaemonVault:
                 removed = await self.http.uploads.expire()
                 if removed:
                     log.info("expired resumable uploads removed", removed=removed)
-            except (FiefdomError, OSError, ValueError) as exc:
+            except (FiefdomError, OSError) as exc:
                 log.warning("removing expired uploads failed", error=str(exc) or type(exc).__name__)
             await asyncio.sleep(every)
 
@@ -102,8 +89,7 @@ class DaemonVault:
         assert self.vault is not None
         try:
             report = await self.vault.fsck(repair=False)
-        except (FiefdomError, OSError, ValueError) as exc:
-            # ValueError: the store was closed under it (the daemon is stopping).
+        except (FiefdomError, OSError) as exc:
             log.warning("vault fsck at start failed", error=str(exc) or type(exc).__name__)
             return
         log.info(
