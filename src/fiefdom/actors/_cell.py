@@ -240,6 +240,37 @@ class Cell(Generic[M]):
             await self.mailbox.put(msg)
 
     async def ask(self, msg: object, timeout: float | None) -> object:
+        ask = self.new_ask(msg, timeout)
+        if not self.queue_ask(ask):
+            try:
+                with anyio.fail_after(timeout):
+                    await self.mailbox.put(ask)
+            except TimeoutError:
+                raise self.timeout_error(ask, "queued") from None
+            if ask.deadline is not None:
+                loop = asyncio.get_running_loop()
+                ask.timer = loop.call_at(ask.deadline, ask.on_deadline)
+        try:
+            return await ask.future
+        except asyncio.CancelledError:
+            ask.abandon()
+            # A cancelled caller goes on only once the handler it started has really
+            # returned (a subprocess killed and reaped), as a deadline's caller does:
+            # whoever it answers to may hand the resource to someone else at once
+            # (a job engine giving the job back). A handler ignoring its cancellation
+            # is waited on for the grace period, then reported stuck.
+            await ask.wait_exited(self.cancel_grace)
+            raise
+
+    def new_ask(self, msg: object, timeout: float | None) -> Ask:
+        """An ask of ``msg`` on behalf of the running task, not queued yet: its call
+        chain checked for a cycle, its deadline set. A ``timeout`` of 0 or less raises
+        AskTimeout ("queued") at once, or ActorStopped when the actor is gone.
+
+        ``ask`` is ``new_ask``, ``queue_ask`` and a wait on ``Ask.future``; a caller that
+        cannot wait in a task of its own (the control channel answering from a
+        callback) takes the first two and reads the future when it is done: to give
+        up, it calls ``Ask.abandon``."""
         running = handling.get()
         if running is None or running.state != RUNNING:
             # Not on behalf of a running handler (or its handler has returned, so
@@ -265,32 +296,23 @@ class Cell(Generic[M]):
                 if self.mailbox.closed:
                     self.mailbox.put_nowait(ask)  # raises ActorStopped, as any put would
                 raise self.timeout_error(ask, "queued")
-            ask.deadline = deadline = loop.time() + timeout
+            ask.deadline = loop.time() + timeout
+        return ask
+
+    def queue_ask(self, ask: Ask) -> bool:
+        """Put ``ask`` (from ``new_ask``) in the mailbox without waiting; False when the
+        mailbox is full (nothing was queued). Raises ActorStopped when it is closed."""
         mailbox = self.mailbox
+        deadline = ask.deadline
         # An actor idle in its loop starts this ask on the next turn: its queued phase
         # needs no timer of its own, and its running phase is covered by the cell's
         # shared deadline timer (see _watch_deadline). That saves a timer per ask.
-        starts_next = timeout is not None and mailbox.reader_idle()
+        starts_next = deadline is not None and mailbox.reader_idle()
         if not mailbox.put_nowait(ask):
-            starts_next = False
-            try:
-                with anyio.fail_after(timeout):
-                    await mailbox.put(ask)
-            except TimeoutError:
-                raise self.timeout_error(ask, "queued") from None
-        if timeout is not None and not starts_next:
-            ask.timer = loop.call_at(deadline, ask.on_deadline)
-        try:
-            return await ask.future
-        except asyncio.CancelledError:
-            ask.abandon()
-            # A cancelled caller goes on only once the handler it started has really
-            # returned (a subprocess killed and reaped), as a deadline's caller does:
-            # whoever it answers to may hand the resource to someone else at once
-            # (a job engine giving the job back). A handler ignoring its cancellation
-            # is waited on for the grace period, then reported stuck.
-            await ask.wait_exited(self.cancel_grace)
-            raise
+            return False
+        if deadline is not None and not starts_next:
+            ask.timer = asyncio.get_running_loop().call_at(deadline, ask.on_deadline)
+        return True
 
     def timeout_error(
         self, ask: Ask, phase: Literal["queued", "running"], **kw: bool
