@@ -7,6 +7,8 @@ that dispatches every request."""
 from __future__ import annotations
 
 import asyncio
+import struct
+from collections import deque
 from collections.abc import Coroutine
 from typing import Any, Final, Protocol, assert_never
 
@@ -14,6 +16,7 @@ import anyio
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from ..actors._envelope import Ask
 from . import _requests as requests
 from ._codec import SERVER_JSON, SERVER_MSGPACK, Codec
 from ._fairness import FairScheduler, RateLimiter, Slot
@@ -78,11 +81,22 @@ _FRAMES_PER_TURN: Final = 8
 # Every other request runs concurrently (a slow call must not hold up a status).
 _IN_ORDER: Final = (Hello, Ping, Subscribe, Unsubscribe)
 
+# Headers of the frames the server writes itself (see Connection.write): final, not
+# masked, not compressed (RFC 6455, 5.2).
+_PACK_LEN2: Final = struct.Struct("!BBH").pack
+_PACK_LEN3: Final = struct.Struct("!BBQ").pack
+_FIN_TEXT: Final = 0x80 | WSMsgType.TEXT
+_FIN_BINARY: Final = 0x80 | WSMsgType.BINARY
+
 # A refused hello closes the connection once its error is sent.
 _HELLO_CLOSES: Final[dict[ErrorCode, tuple[int, str]]] = {
     ErrorCode.UNAUTHENTICATED: (WSCloseCode.POLICY_VIOLATION, "authentication failed"),
     ErrorCode.UNAVAILABLE: (WSCloseCode.TRY_AGAIN_LATER, "too many connections"),
 }
+
+
+# What to do once a queued frame is written (see Connection.send).
+_Then = Slot["Connection"] | asyncio.Future[None]
 
 
 class ConnectionOwner(Protocol):
@@ -111,10 +125,25 @@ class ConnectionOwner(Protocol):
 class Connection:
     """One websocket client: its role, rate limit, in-flight requests and subscriptions."""
 
-    def __init__(self, server: ConnectionOwner, ws: web.WebSocketResponse, role: Role | None):
+    def __init__(
+        self,
+        server: ConnectionOwner,
+        ws: web.WebSocketResponse,
+        role: Role | None,
+        transport: asyncio.Transport | None = None,
+    ):
         self.server = server
         self.host = server.host
         self.ws = ws
+        # The socket under the websocket, written to directly (see write); without
+        # one, every frame goes through aiohttp's writer.
+        self.transport = transport
+        self.high_water = 0
+        if transport is not None:
+            try:
+                self.high_water = transport.get_write_buffer_limits()[1]
+            except NotImplementedError:
+                self.transport = None
         self.role = role
         settings = server.settings
         self.limiter = RateLimiter(settings.messages_per_second, settings.burst)
@@ -127,6 +156,14 @@ class Connection:
         self.tasks: set[asyncio.Task[None]] = set()
         self.pumps: set[asyncio.Task[None]] = set()  # the event pumps among them
         self.requests = 0
+        # Of those, the ones answered by a task (the others are calls started without
+        # one, see _start_call): a call starts without one only when none is left, so
+        # that it cannot reach an actor before a request read earlier.
+        self.in_tasks = 0
+        self.calls: set[_Call] = set()
+        # Frames waiting for the socket to drain (see send), each with what to do once
+        # it is written: end the request holding this slot, or set this future.
+        self.outbox: deque[tuple[bytes, Codec[ClientMessage], _Then]] = deque()
         self.slot_free = asyncio.Event()
         self.welcomed = role is not None
         self.evicted: str | None = None  # why it was closed to make room for another
@@ -182,12 +219,19 @@ class Connection:
             for sub in self.subscriptions.values():
                 self.host.hub.unsubscribe(sub)
             self.subscriptions.clear()
-            # The client is gone: nothing can be replied any more.
+            # The client is gone: nothing can be replied any more. Its requests are
+            # cancelled, and calls' asks abandoned as a cancelled ask's caller would
+            # (the slot is given back once the handler has returned).
             tasks = list(self.tasks)
             for task in tasks:
                 task.cancel()
+            calls, self.calls = list(self.calls), set()
+            for call in calls:
+                call.ask.abandon()
             with anyio.CancelScope(shield=True):
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.gather(
+                    *tasks, *(call.abandoned() for call in calls), return_exceptions=True
+                )
             self.server.scheduler.drop(self)
 
     def evict(self, reason: str) -> None:
@@ -202,17 +246,94 @@ class Connection:
         if self.role is None:
             await self.close(WSCloseCode.POLICY_VIOLATION, "no hello within the deadline")
 
+    # -- writing frames ---------------------------------------------------------------
+    #
+    # Frames go out in the order they are sent. One is written to the socket at once
+    # (``write``) while the socket holds nothing unsent and no earlier frame waits;
+    # otherwise it joins ``outbox``, which one task writes through aiohttp's writer,
+    # waiting for the socket to drain. Whoever sent it waits until it is written: a
+    # request stays in flight meanwhile, so a client that reads none of its replies
+    # stops being read (max_in_flight).
+
     async def send(self, codec: Codec[ClientMessage], frame: Reply | Event | Dropped) -> None:
+        """Send ``frame``: returns once it is written."""
+        data = self.encode(codec, frame)
+        if not self.outbox and self.write(data, codec):
+            return
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue(data, codec, written)
+        await written
+
+    def answer(self, codec: Codec[ClientMessage], reply: Reply, slot: Slot[Connection]) -> None:
+        """Send the reply to a request started without a task (see ``_start_call``),
+        which holds ``slot`` and stays in flight until its reply is written."""
+        data = self.encode(codec, reply)
+        if not self.outbox and self.write(data, codec):
+            self._ended(slot)
+        else:
+            self._queue(data, codec, slot)
+
+    def encode(self, codec: Codec[ClientMessage], frame: Reply | Event | Dropped) -> bytes:
         if isinstance(frame, Error):
             self.server.metrics.ws_errors.labels(code=str(frame.code)).inc()
-        data = codec.encode(frame)
-        opcode = WSMsgType.TEXT if codec is SERVER_JSON else WSMsgType.BINARY
-        # The peer may go away between its request and our reply; nothing to tell then.
-        # (A try statement: a context manager per reply costs more on this path.)
-        try:  # noqa: SIM105
-            await self.ws.send_frame(data, opcode)
-        except (ConnectionError, RuntimeError):
-            pass
+        return codec.encode(frame)
+
+    def write(self, data: bytes, codec: Codec[ClientMessage]) -> bool:
+        """Write a frame to the socket now, without a coroutine (a call's reply is
+        written from a callback): True when written, or dropped because the websocket
+        is closed (aiohttp would refuse it too). False, writing nothing, while the
+        socket holds unsent data (or for a frame past its buffer's high-water mark)."""
+        transport = self.transport
+        size = len(data)
+        if transport is None or transport.get_write_buffer_size() or size > self.high_water:
+            return False
+        if self.ws.closed or transport.is_closing():
+            return True  # the peer has gone, or is told goodbye: nothing to tell it
+        first = _FIN_TEXT if codec is SERVER_JSON else _FIN_BINARY
+        if size < 126:
+            transport.write(bytes((first, size)) + data)
+        elif size < 65536:
+            transport.write(_PACK_LEN2(first, 126, size) + data)
+        else:
+            transport.write(_PACK_LEN3(first, 127, size) + data)
+        return True
+
+    def _queue(self, data: bytes, codec: Codec[ClientMessage], then: _Then) -> None:
+        outbox = self.outbox
+        outbox.append((data, codec, then))
+        if len(outbox) == 1:
+            self.spawn(self._write_queued(), "control/writer")
+
+    async def _write_queued(self) -> None:
+        outbox = self.outbox
+        try:
+            while outbox:
+                data, codec, then = outbox[0]
+                opcode = WSMsgType.TEXT if codec is SERVER_JSON else WSMsgType.BINARY
+                # The peer may go away between its request and our reply; nothing to
+                # tell then. (A try statement: a context manager costs more.)
+                try:  # noqa: SIM105
+                    await self.ws.send_frame(data, opcode)
+                except (ConnectionError, RuntimeError):
+                    pass
+                outbox.popleft()
+                self._written(then)
+        finally:
+            # Cancelled: the connection has ended, and what is left is not sent.
+            while outbox:
+                self._written(outbox.popleft()[2])
+
+    def _written(self, then: _Then) -> None:
+        if isinstance(then, Slot):
+            self._ended(then)
+        elif not then.done():
+            then.set_result(None)
+
+    def _ended(self, slot: Slot[Connection]) -> None:
+        """A request started without a task has been answered."""
+        slot.release()
+        self.requests -= 1
+        self.slot_free.set()
 
     # -- reading frames --------------------------------------------------------------
 
@@ -256,8 +377,32 @@ class Connection:
             # In line for a slot now, in the order the requests were read (granted at
             # once, without a ticket to wait on, in the common case).
             scheduler = self.server.scheduler
-            ticket = None if scheduler.try_grant(self) else scheduler.ticket(self)
+            if scheduler.try_grant(self):
+                ticket = None
+                # A call to a spawned actor, with nothing of this connection's still in
+                # a task, is started here and answered by its ask's done callback: no
+                # task, and two turns of the event loop fewer.
+                if type(msg) is Call and not self.in_tasks and self._start_call(msg, codec):
+                    return
+            else:
+                ticket = scheduler.ticket(self)
+            self.in_tasks += 1
             self.spawn(self._answer_in_flight(msg, codec, ticket), "control/request")
+
+    def _start_call(self, msg: Call, codec: Codec[ClientMessage]) -> bool:
+        """Start ``msg`` without a task (see ``requests.start_call``), holding the slot
+        just granted: False when it has to be answered by a task."""
+        started = requests.start_call(self.host, msg, codec)
+        if started is None:
+            return False
+        slot = Slot(self.server.scheduler, self)
+        if isinstance(started, Ask):
+            call = _Call(self, msg, codec, started, slot)
+            self.calls.add(call)
+            started.future.add_done_callback(call.done)
+        else:
+            self.answer(codec, started, slot)
+        return True
 
     def _refusal(self, msg: ClientMessage) -> Error | None:
         """The error for a request this connection may not send (yet), or None."""
@@ -295,6 +440,7 @@ class Connection:
             finally:
                 slot.release()
         finally:
+            self.in_tasks -= 1
             self.requests -= 1
             self.slot_free.set()
 
@@ -417,3 +563,51 @@ class Connection:
                 return  # unsubscribed
             for event in events:
                 await self.send(codec, Event(subscription=sub.id, data=event))
+
+
+class _Call:
+    """A call to an actor started by the connection's reader, in flight until its ask's
+    future is done: its done callback answers it."""
+
+    __slots__ = ("ask", "codec", "conn", "msg", "slot")
+
+    def __init__(
+        self,
+        conn: Connection,
+        msg: Call,
+        codec: Codec[ClientMessage],
+        ask: Ask,
+        slot: Slot[Connection],
+    ) -> None:
+        self.conn = conn
+        self.msg = msg
+        self.codec = codec
+        self.ask = ask
+        self.slot = slot
+
+    def done(self, future: asyncio.Future[object]) -> None:
+        calls = self.conn.calls
+        if self not in calls:
+            return  # abandoned: the connection has ended (see abandoned)
+        calls.discard(self)
+        msg = self.msg
+        reply: Reply
+        exc = future.exception()
+        if exc is None:
+            try:
+                reply = requests.call_reply(msg, self.codec, future.result())
+            except Exception as unencodable:
+                reply = requests.error_reply(msg, unencodable)
+        else:
+            # A cell fails an ask with an Exception (see Cell._failure_of).
+            failure = exc if isinstance(exc, Exception) else Exception(repr(exc))
+            reply = requests.error_reply(msg, requests.call_failed(msg, failure))
+        self.conn.answer(self.codec, reply, self.slot)
+
+    async def abandoned(self) -> None:
+        """After ``Ask.abandon`` (the connection has ended): wait as a cancelled ask's
+        caller would, until its handler has returned, then give the slot back."""
+        try:
+            await self.ask.wait_exited(self.ask.cell.cancel_grace)
+        finally:
+            self.slot.release()

@@ -12,7 +12,7 @@ from typing import Any, Literal, Protocol
 import msgspec
 
 from .._errors import ControlError
-from ..actors import ActorRef, Domain
+from ..actors import ActorRef, Cell, CellRef, Domain
 from ..storage import Enqueued, Job, JobInfo, JobState
 from ..supervisors import ActorSystem
 from ._hub import EventHub
@@ -37,6 +37,9 @@ class Target:
     ref: ActorRef[Any] | None
     domain: Domain[Any, Any] | None
     messages: Mapping[str, type[msgspec.Struct]]
+    # The actor's cell, for a spawned actor's ref: a call to it is started without
+    # a task (see _requests.start_call).
+    cell: Cell[Any] | None = None
 
     @property
     def kind(self) -> Literal["actor", "domain"]:
@@ -92,7 +95,8 @@ class Registry:
         if isinstance(target, Domain):
             self._targets[name] = Target(name, None, target, by_name)
         else:
-            self._targets[name] = Target(name, target, None, by_name)
+            cell = target._cell() if isinstance(target, CellRef) else None
+            self._targets[name] = Target(name, target, None, by_name, cell)
 
     def get(self, name: str) -> Target | None:
         return self._targets.get(name)

@@ -28,6 +28,7 @@ from .._errors import (
 from .._log import get_logger
 from .._throttle import exc_fields
 from ..actors import ActorRef, Domain, Request
+from ..actors._envelope import Ask
 from ..storage import Job, JobState
 from ._codec import Codec, path_of
 from ._messages import (
@@ -124,18 +125,61 @@ async def call(host: ControlHost, msg: Call, codec: Codec[ClientMessage]) -> Cal
     except (FiefdomError, ControlError):
         raise
     except Exception as exc:
-        # The actor's handler raised: the caller gets it as a typed error (the
-        # actor itself crashed and is handled by its supervisor).
-        raise fail(
-            ErrorCode.ACTOR_ERROR,
-            f"{msg.target} failed on {msg.message_type}: {type(exc).__name__}: {exc}",
-            exception=type(exc).__name__,
-        ) from exc
+        raise actor_error(msg, exc) from exc
+    return call_reply(msg, codec, result)
+
+
+def start_call(host: ControlHost, msg: Call, codec: Codec[ClientMessage]) -> Ask | CallReply | None:
+    """Start ``msg`` without waiting, when it is for an exposed actor (not a domain)
+    that takes it at once: the ask queued (its outcome is read from ``Ask.future``
+    once done, with ``call_reply`` and ``call_failed``), or the reply to a message
+    told. None otherwise, nothing sent: ``call``, awaited, answers it (it waits for
+    room in the mailbox, and it answers every error)."""
+    target = host.registry.get(msg.target)
+    if target is None or target.cell is None or msg.key is not None:
+        return None
+    message_type = target.messages.get(msg.message_type)
+    if message_type is None:
+        return None
+    cell = target.cell
+    try:
+        payload = codec.decode_as(msg.message, message_type)
+        if isinstance(payload, Request):
+            ask = cell.new_ask(payload, msg.timeout)
+            return ask if cell.queue_ask(ask) else None
+        if cell.mailbox.put_nowait(payload):
+            return CallReply(id=msg.id, result=_NULL if codec.encoding == "json" else _MSGPACK_NIL)
+    except Exception:
+        pass  # the same error again from call, awaited, which answers it
+    return None
+
+
+def call_reply(msg: Call, codec: Codec[ClientMessage], result: object) -> CallReply:
+    """The reply to ``msg`` once the actor has returned ``result`` (None for a tell)."""
     if result is None:
         raw = _NULL if codec.encoding == "json" else _MSGPACK_NIL
     else:
         raw = msgspec.Raw(codec.encode(result))
     return CallReply(id=msg.id, result=raw)
+
+
+def call_failed(msg: Call, exc: Exception) -> Exception:
+    """What a call raises when its ask failed with ``exc`` (see ``call``)."""
+    if isinstance(exc, (FiefdomError, ControlError)):
+        return exc
+    error = actor_error(msg, exc)
+    error.__cause__ = exc
+    return error
+
+
+def actor_error(msg: Call, exc: Exception) -> ControlError:
+    # The actor's handler raised: the caller gets it as a typed error (the actor
+    # itself crashed and is handled by its supervisor).
+    return fail(
+        ErrorCode.ACTOR_ERROR,
+        f"{msg.target} failed on {msg.message_type}: {type(exc).__name__}: {exc}",
+        exception=type(exc).__name__,
+    )
 
 
 async def _deliver(target: Target, msg: Call, payload: msgspec.Struct) -> object:

@@ -445,7 +445,7 @@ class ControlServer:
             compress=False,
             heartbeat=30.0,
         )
-        conn = Connection(self, ws, role)
+        conn = Connection(self, ws, role, request.transport)
         # Counted before the handshake's await: concurrent upgrades see each other.
         if role is None:
             if len(self._unauthenticated) >= self.settings.max_unauthenticated:

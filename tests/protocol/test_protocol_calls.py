@@ -1,0 +1,251 @@
+"""A call to a spawned actor is started by the connection's reader and answered from
+its ask's callback, without a task of its own: what a task gave it still holds. Its
+handler is cancelled when the client leaves (and its queued calls never run), its
+deadline answers it with a timeout, a connection's calls in flight are capped, and a
+call stays in flight until its reply is written (a client that reads nothing stops
+being read). Each runs on both event loops of the daemon. Speed is measured in
+bench/control.py, never asserted here."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import pytest
+from daemon_harness import DaemonProcess, write_config
+
+HERE = Path(__file__).parent
+GUARD = 30.0  # a hang guard, never a speed requirement
+
+pytestmark = pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+
+
+def _daemon(tmp_path: Path, loop: str, control: str = "") -> DaemonProcess:
+    config = write_config(tmp_path, modules=("hosted_app", "calls_app"), control=control, loop=loop)
+    path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
+    return DaemonProcess(config, env={"PYTHONPATH": path})
+
+
+@contextlib.asynccontextmanager
+async def _client(daemon: DaemonProcess) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+    """A raw websocket that has said hello."""
+    bearer = {"Authorization": f"Bearer {daemon.token}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(daemon.ws_url, headers=bearer) as ws,
+    ):
+        await ws.send_json({"type": "hello", "id": 0})
+        assert (await ws.receive_json(timeout=GUARD))["type"] == "welcome"
+        yield ws
+
+
+def _wait(frame_id: int, n: int, timeout: float = 600) -> dict[str, Any]:
+    return {
+        "type": "call",
+        "id": frame_id,
+        "target": "waiter",
+        "message_type": "Wait",
+        "message": {"n": n},
+        "timeout": timeout,
+    }
+
+
+async def _keeper(ws: aiohttp.ClientWebSocketResponse, message_type: str, **fields: Any) -> Any:
+    frame = {"type": "call", "id": 1, "target": "keeper", "message_type": message_type}
+    await ws.send_json({**frame, "message": fields})
+    reply = await ws.receive_json(timeout=GUARD)
+    assert reply["type"] == "call.reply", reply
+    return reply["result"]
+
+
+async def _counts_until(ws: aiohttp.ClientWebSocketResponse, done: Any) -> dict[str, list[int]]:
+    """The keeper's counts, asked again until ``done(counts)`` (within the hang guard)."""
+    with anyio.fail_after(GUARD):
+        while True:
+            counts: dict[str, list[int]] = await _keeper(ws, "GetCounts")
+            if done(counts):
+                return counts
+            await asyncio.sleep(0.01)
+
+
+async def test_a_call_running_when_its_client_leaves_is_cancelled(
+    tmp_path: Path, loop: str
+) -> None:
+    """A client leaves with one call running and one queued behind it: the running
+    handler is cancelled, the queued call never starts, and the actor answers the next
+    client's call."""
+    with _daemon(tmp_path, loop) as daemon:
+        async with _client(daemon) as keeper:
+            async with _client(daemon) as leaving:
+                await leaving.send_json(_wait(1, 1))
+                await leaving.send_json(_wait(2, 2))
+                await _counts_until(keeper, lambda c: c["started"] == [1])
+            counts = await _counts_until(keeper, lambda c: c["cancelled"] == [1])
+            assert counts["finished"] == []
+            async with _client(daemon) as staying:
+                await staying.send_json(_wait(3, 3))
+                await _counts_until(keeper, lambda c: c["started"] == [1, 3])
+                assert await _keeper(keeper, "Release") == 1
+                reply = await staying.receive_json(timeout=GUARD)
+            assert reply == {"type": "call.reply", "id": 3, "result": 3}
+            counts = await _keeper(keeper, "GetCounts")
+            assert counts == {"started": [1, 3], "cancelled": [1], "finished": [3], "noted": []}
+
+
+async def test_a_call_past_its_deadline_is_answered_with_a_timeout(
+    tmp_path: Path, loop: str
+) -> None:
+    """A running call past its timeout is cancelled and answered ``timeout`` (phase
+    ``running``); one queued behind it past its own is removed unrun (``queued``)."""
+    with _daemon(tmp_path, loop) as daemon:
+        async with _client(daemon) as ws, _client(daemon) as keeper:
+            await ws.send_json(_wait(1, 1, timeout=0.5))
+            await ws.send_json(_wait(2, 2, timeout=0.25))
+            replies = {}
+            for _ in range(2):
+                reply = await ws.receive_json(timeout=GUARD)
+                replies[reply["id"]] = reply
+            assert replies[1]["code"] == "timeout", replies
+            assert replies[1]["details"] == {"phase": "running", "handler_exited": True}
+            assert replies[2]["code"] == "timeout", replies
+            assert replies[2]["details"]["phase"] == "queued"
+            counts = await _keeper(keeper, "GetCounts")
+            assert counts == {"started": [1], "cancelled": [1], "finished": [], "noted": []}
+
+
+async def test_calls_in_flight_are_capped(tmp_path: Path, loop: str) -> None:
+    """With max_in_flight = 3, six calls to one actor and a ping: the daemon reads the
+    next frame only when a call ends, so the ping is answered after exactly 6 - 3 of
+    them have ended."""
+    with _daemon(tmp_path, loop, "max_in_flight = 3") as daemon:
+        async with _client(daemon) as ws, _client(daemon) as keeper:
+            for i in range(1, 7):
+                await ws.send_json(_wait(i, i))
+            await ws.send_json({"type": "ping", "id": 99})
+            ended: list[int] = []
+            for _ in range(3):
+                assert await _keeper(keeper, "Release") == 1
+                reply = await ws.receive_json(timeout=GUARD)
+                assert reply["type"] == "call.reply", (reply, ended)  # not the pong: not read yet
+                ended.append(reply["id"])
+            assert await ws.receive_json(timeout=GUARD) == {"type": "pong", "id": 99}
+            assert await _keeper(keeper, "Release", count=3) == 3
+            for _ in range(3):
+                ended.append((await ws.receive_json(timeout=GUARD))["id"])
+    assert ended == [1, 2, 3, 4, 5, 6]
+
+
+class _RawSocket:
+    """A websocket client over a plain TCP socket with a small receive buffer: what it
+    does not read backs up in the daemon's socket."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, daemon: DaemonProcess) -> _RawSocket:
+        host, _, port = daemon.url.removeprefix("http://").partition(":")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {daemon.token}\r\n\r\n".encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        return cls(reader, writer)
+
+    def send(self, payload: bytes) -> None:
+        """One masked text frame (RFC 6455; payloads under 126 bytes here)."""
+        assert len(payload) < 126
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.writer.write(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+
+    async def receive(self) -> Any:
+        """The next server frame, decoded from JSON (servers do not mask)."""
+        _, second = await self.reader.readexactly(2)
+        n = second & 0x7F
+        if n == 126:
+            (n,) = struct.unpack("!H", await self.reader.readexactly(2))
+        elif n == 127:
+            (n,) = struct.unpack("!Q", await self.reader.readexactly(8))
+        return json.loads(await self.reader.readexactly(n))
+
+    def vanish(self) -> None:
+        """Leave with a RST."""
+        sock = self.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.writer.transport.abort()
+
+
+def _note(target: str, frame_id: int, size: int = 0) -> bytes:
+    frame = {
+        "type": "call",
+        "id": frame_id,
+        "target": target,
+        "message_type": "Note",
+        "message": {"n": frame_id, "size": size},
+    }
+    if target == "notes":
+        frame["key"] = str(frame_id)
+    return json.dumps(frame, separators=(",", ":")).encode()
+
+
+BIG = 8 * 2**20  # more than the socket buffers hold (the daemon's send buffer: 4 MiB)
+
+
+@pytest.mark.parametrize(("target", "running"), [("keeper", 2), ("keeper", 1), ("notes", 2)])
+async def test_a_call_whose_reply_cannot_be_written_stays_in_flight(
+    tmp_path: Path, loop: str, target: str, running: int
+) -> None:
+    """With max_in_flight = 2, a client that reads nothing makes two calls whose
+    replies are too large for the socket buffers, then a third: the first two stay in
+    flight until their replies are written, so the third is not started while the
+    client reads nothing (the actor never gets it); it is once the client reads. With
+    two running slots, calls to a spawned actor both start without a task; with one,
+    the first holds it until its reply is written, and the second waits for it (in a
+    task). Calls to a domain's keys run in tasks."""
+    control = f"max_in_flight = 2\nmax_running_per_connection = {running}"
+    started = [1, 2][:running]
+    with _daemon(tmp_path, loop, control) as daemon:
+        ws = await _RawSocket.connect(daemon)
+        try:
+            async with _client(daemon) as keeper:
+                with anyio.fail_after(GUARD):
+                    ws.send(b'{"type": "hello", "id": 0}')
+                    assert (await ws.receive())["type"] == "welcome"
+                    for frame in (_note(target, 1, BIG), _note(target, 2, BIG), _note(target, 3)):
+                        ws.send(frame)
+                await _counts_until(keeper, lambda c: c["noted"] == started)
+                # Time for the daemon to read on, were it to: turns of its loop.
+                for _ in range(20):
+                    assert (await _keeper(keeper, "GetCounts"))["noted"] == started
+                with anyio.fail_after(GUARD):
+                    replies = [await ws.receive() for _ in range(3)]
+                assert [(r["type"], r["id"]) for r in replies] == [
+                    ("call.reply", 1),
+                    ("call.reply", 2),
+                    ("call.reply", 3),
+                ]
+                assert replies[0]["result"] == replies[1]["result"] == "x" * BIG
+                assert replies[2]["result"] == ""
+                assert (await _keeper(keeper, "GetCounts"))["noted"] == [1, 2, 3]
+        finally:
+            ws.vanish()
