@@ -304,14 +304,17 @@ class Cell(Generic[M]):
         mailbox is full (nothing was queued). Raises ActorStopped when it is closed."""
         mailbox = self.mailbox
         deadline = ask.deadline
-        # An actor idle in its loop starts this ask on the next turn: its queued phase
-        # needs no timer of its own, and its running phase is covered by the cell's
-        # shared deadline timer (see _watch_deadline). That saves a timer per ask.
+        # No timer of its own, as a rule: the cell's deadline timer covers its running
+        # phase (see _watch_deadline), and its queued phase too when it waits behind
+        # other messages. An actor idle in its loop starts it on the next turn, where
+        # its deadline is watched.
         starts_next = deadline is not None and mailbox.reader_idle()
         if not mailbox.put_nowait(ask):
             return False
         if deadline is not None and not starts_next:
-            ask.timer = asyncio.get_running_loop().call_at(deadline, ask.on_deadline)
+            at = self._deadline_at
+            if at is None or at > deadline:
+                self._watch_deadline(deadline)
         return True
 
     def timeout_error(
@@ -320,10 +323,11 @@ class Cell(Generic[M]):
         return AskTimeout(self.path, type(ask.msg).__name__, ask.timeout or 0.0, phase, **kw)
 
     def _watch_deadline(self, deadline: float) -> None:
-        """Make sure the cell's deadline timer fires by ``deadline`` (the running ask's).
-        The timer is not cancelled when an ask finishes: when it fires it looks at the
-        ask running then and re-arms for its deadline, so with a steady stream of asks
-        it is re-armed about once per timeout instead of once per ask."""
+        """Make sure the cell's deadline timer fires by ``deadline`` (of the running ask,
+        or of one queued without a timer of its own). The timer is not cancelled when
+        an ask finishes: when it fires it looks at the asks running and queued then and
+        re-arms for the earliest deadline, so with a steady stream of asks it is
+        re-armed about once per timeout instead of once per ask."""
         at = self._deadline_at
         if at is None or at > deadline:
             if self._deadline_timer is not None:
@@ -335,14 +339,28 @@ class Cell(Generic[M]):
     def _on_deadline_timer(self) -> None:
         self._deadline_timer = None
         self._deadline_at = None
-        ask = self._running_ask
-        if ask is None or ask.deadline is None or ask.timer is not None:
-            return  # nothing running, or an ask with its own timer
         # A timer may fire a little early (uvloop counts whole milliseconds).
-        if ask.deadline > asyncio.get_running_loop().time() + 0.001:
-            self._watch_deadline(ask.deadline)
-        else:
-            ask.on_deadline()
+        now = asyncio.get_running_loop().time() + 0.001
+        later: float | None = None  # the earliest deadline still to come
+        ask = self._running_ask
+        # (An ask with a timer of its own is left to it.)
+        if ask is not None and ask.deadline is not None and ask.timer is None:
+            if ask.deadline > now:
+                later = ask.deadline
+            else:
+                ask.on_deadline()
+        if self.mailbox.depth:
+            for queued in self.mailbox.queued_asks():
+                deadline = queued.deadline
+                if deadline is None or queued.timer is not None:
+                    continue
+                if deadline > now:
+                    if later is None or deadline < later:
+                        later = deadline
+                else:
+                    queued.on_deadline()  # removed unrun
+        if later is not None:
+            self._watch_deadline(later)
 
     def _stop_deadline_timer(self) -> None:
         if self._deadline_timer is not None:
@@ -498,8 +516,9 @@ class Cell(Generic[M]):
             self.state = ActorState.STOPPING
             self._scope = None
             self._stop_deadline_timer()
-            # Asks queued for an idle actor have no timer of their own (see ask);
-            # the ones this incarnation will not start get theirs now.
+            # Queued asks have no timer of their own, as a rule (see queue_ask): the
+            # cell's, stopped above, watched them. Those this incarnation will not
+            # start get theirs now.
             for ask in mailbox.queued_asks():
                 if ask.timer is None and ask.deadline is not None:
                     loop = asyncio.get_running_loop()
@@ -535,8 +554,8 @@ class Cell(Generic[M]):
     async def _hold(self) -> None:
         """Take no message until resumed or asked to stop (the caller looks again)."""
         mailbox = self.mailbox
-        # Asks sent while the actor was idle have no timer of their own (see ask):
-        # they keep their deadlines while it is paused.
+        # Asks sent while the actor was idle have no timer of their own, nor the
+        # cell's (see queue_ask): they keep their deadlines while it is paused.
         loop = asyncio.get_running_loop()
         for ask in mailbox.queued_asks():
             if ask.timer is None and ask.deadline is not None:
