@@ -21,13 +21,19 @@ from typing import Any
 
 import aiohttp
 import anyio
+import msgspec
 import pytest
 from daemon_harness import DaemonProcess, write_config
+
+from fiefdom.protocol import _requests as requests
+from fiefdom.protocol._codec import CLIENT_JSON, SERVER_JSON, SERVER_MSGPACK, Codec
+from fiefdom.protocol._messages import Call, ClientMessage
+from fiefdom.protocol._replies import CallReply
 
 HERE = Path(__file__).parent
 GUARD = 30.0  # a hang guard, never a speed requirement
 
-pytestmark = pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+on_both_loops = pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 
 
 def _daemon(tmp_path: Path, loop: str, control: str = "") -> DaemonProcess:
@@ -78,6 +84,7 @@ async def _counts_until(ws: aiohttp.ClientWebSocketResponse, done: Any) -> dict[
             await asyncio.sleep(0.01)
 
 
+@on_both_loops
 async def test_a_call_running_when_its_client_leaves_is_cancelled(
     tmp_path: Path, loop: str
 ) -> None:
@@ -102,6 +109,7 @@ async def test_a_call_running_when_its_client_leaves_is_cancelled(
             assert counts == {"started": [1, 3], "cancelled": [1], "finished": [3], "noted": []}
 
 
+@on_both_loops
 async def test_a_call_past_its_deadline_is_answered_with_a_timeout(
     tmp_path: Path, loop: str
 ) -> None:
@@ -123,6 +131,7 @@ async def test_a_call_past_its_deadline_is_answered_with_a_timeout(
             assert counts == {"started": [1], "cancelled": [1], "finished": [], "noted": []}
 
 
+@on_both_loops
 async def test_calls_in_flight_are_capped(tmp_path: Path, loop: str) -> None:
     """With max_in_flight = 3, six calls to one actor and a ping: the daemon reads the
     next frame only when a call ends, so the ping is answered after exactly 6 - 3 of
@@ -211,6 +220,7 @@ def _note(target: str, frame_id: int, size: int = 0) -> bytes:
 BIG = 8 * 2**20  # more than the socket buffers hold (the daemon's send buffer: 4 MiB)
 
 
+@on_both_loops
 @pytest.mark.parametrize(("target", "running"), [("keeper", 2), ("keeper", 1), ("notes", 2)])
 async def test_a_call_whose_reply_cannot_be_written_stays_in_flight(
     tmp_path: Path, loop: str, target: str, running: int
@@ -249,3 +259,18 @@ async def test_a_call_whose_reply_cannot_be_written_stays_in_flight(
                 assert (await _keeper(keeper, "GetCounts"))["noted"] == [1, 2, 3]
         finally:
             ws.vanish()
+
+
+@pytest.mark.parametrize("result", [None, 7, "text", [1, {"a": 2.5}], {"nested": {"x": [True]}}])
+@pytest.mark.parametrize("codec", [SERVER_JSON, SERVER_MSGPACK])
+def test_a_result_is_written_as_the_call_reply_frame(
+    codec: Codec[ClientMessage], result: Any
+) -> None:
+    """The reply to a call started without a task is encoded in one pass, to the bytes
+    of its ``CallReply`` frame (the result encoded first, then copied in)."""
+    msg = Call(id=12, target="t", message_type="M")
+    frame = requests.call_reply(msg, codec, result)
+    assert requests.call_result(msg, codec, result) == codec.encode(frame)
+    assert CLIENT_JSON.decode(requests.call_result(msg, SERVER_JSON, result)) == CallReply(
+        id=12, result=msgspec.Raw(SERVER_JSON.encode(result))
+    )

@@ -146,6 +146,8 @@ class Connection:
                 self.transport = None
         self.role = role
         settings = server.settings
+        self.scheduler = server.scheduler
+        self.max_depth = settings.max_frame_depth
         self.limiter = RateLimiter(settings.messages_per_second, settings.burst)
         self.max_in_flight = settings.max_in_flight
         self.subscriptions: dict[int, Subscription] = {}
@@ -264,10 +266,9 @@ class Connection:
         self._queue(data, codec, written)
         await written
 
-    def answer(self, codec: Codec[ClientMessage], reply: Reply, slot: Slot[Connection]) -> None:
-        """Send the reply to a request started without a task (see ``_start_call``),
-        which holds ``slot`` and stays in flight until its reply is written."""
-        data = self.encode(codec, reply)
+    def answer(self, codec: Codec[ClientMessage], data: bytes, slot: Slot[Connection]) -> None:
+        """Send the reply (encoded: ``data``) to a request started without a task (see
+        ``_start_call``), which holds ``slot`` and stays in flight until it is written."""
         if not self.outbox and self.write(data, codec):
             self._ended(slot)
         else:
@@ -349,7 +350,7 @@ class Connection:
 
     async def _handle(self, data: bytes, codec: Codec[ClientMessage]) -> None:
         frames = self.server.metrics.frames
-        depth = self.server.settings.max_frame_depth
+        depth = self.max_depth
         if codec.too_deep(data, depth):
             frames["invalid"] = frames.get("invalid", 0) + 1
             await self.send(codec, codec.depth_error(depth))
@@ -376,7 +377,7 @@ class Connection:
             self.requests += 1
             # In line for a slot now, in the order the requests were read (granted at
             # once, without a ticket to wait on, in the common case).
-            scheduler = self.server.scheduler
+            scheduler = self.scheduler
             if scheduler.try_grant(self):
                 ticket = None
                 # A call to a spawned actor, with nothing of this connection's still in
@@ -395,13 +396,13 @@ class Connection:
         started = requests.start_call(self.host, msg, codec)
         if started is None:
             return False
-        slot = Slot(self.server.scheduler, self)
+        slot = Slot(self.scheduler, self)
         if isinstance(started, Ask):
             call = _Call(self, msg, codec, started, slot)
             self.calls.add(call)
             started.future.add_done_callback(call.done)
         else:
-            self.answer(codec, started, slot)
+            self.answer(codec, self.encode(codec, started), slot)
         return True
 
     def _refusal(self, msg: ClientMessage) -> Error | None:
@@ -590,19 +591,18 @@ class _Call:
         if self not in calls:
             return  # abandoned: the connection has ended (see abandoned)
         calls.discard(self)
-        msg = self.msg
-        reply: Reply
+        msg, codec, conn = self.msg, self.codec, self.conn
         exc = future.exception()
         if exc is None:
             try:
-                reply = requests.call_reply(msg, self.codec, future.result())
+                data = requests.call_result(msg, codec, future.result())
             except Exception as unencodable:
-                reply = requests.error_reply(msg, unencodable)
+                data = conn.encode(codec, requests.error_reply(msg, unencodable))
         else:
             # A cell fails an ask with an Exception (see Cell._failure_of).
             failure = exc if isinstance(exc, Exception) else Exception(repr(exc))
-            reply = requests.error_reply(msg, requests.call_failed(msg, failure))
-        self.conn.answer(self.codec, reply, self.slot)
+            data = conn.encode(codec, requests.error_reply(msg, requests.call_failed(msg, failure)))
+        conn.answer(codec, data, self.slot)
 
     async def abandoned(self) -> None:
         """After ``Ask.abandon`` (the connection has ended): wait as a cancelled ask's
