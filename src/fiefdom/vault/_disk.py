@@ -543,14 +543,16 @@ class Download:
         return cls(info, fd, offset, length)
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._chunks()
+        return self.chunks()
 
-    async def _chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self, size: int = CHUNK) -> AsyncIterator[bytes]:
+        """The bytes in chunks of at most ``size`` bytes, each read by a worker thread
+        (iterating the download is ``chunks()``)."""
         try:
             position, end = self.offset, self.offset + self.length
             while position < end and self._fd is not None:
                 data = await anyio.to_thread.run_sync(
-                    os.pread, self._fd, min(CHUNK, end - position), position
+                    os.pread, self._fd, min(size, end - position), position
                 )
                 if not data:
                     raise OSError(errno.EIO, "the blob file is shorter than its size")
@@ -558,6 +560,13 @@ class Download:
                 yield data
         finally:
             self._close()
+
+    def fileno(self) -> int:
+        """The open blob file, for ``loop.sendfile`` of the range (``offset``,
+        ``length``); it stays the download's, closed with it."""
+        if self._fd is None:
+            raise ValueError("the download is closed")
+        return self._fd
 
     async def read(self) -> bytes:
         """The whole range at once (for small versions: it is held in memory)."""

@@ -21,8 +21,11 @@ memory nor the control channel's ``client_max_size`` bounds an upload: the vault
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import errno
 import json
+import os
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
@@ -41,6 +44,7 @@ from .._errors import (
 )
 from .._log import get_logger
 from ._batch import read_batch
+from ._disk import Download
 from ._headers import (
     DIGITS,
     content_disposition,
@@ -63,6 +67,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,creation-with-upload,checksum,termination,expiration"
 _OFFSET_STREAM = "application/offset+octet-stream"
+SEND_CHUNK = 4 << 20  # bytes of a download read per worker-thread call without sendfile
 
 
 def _error(
@@ -322,9 +327,12 @@ class VaultHttp:
             response.content_type = "application/octet-stream"
             response.content_length = length
             await response.prepare(request)
-            if request.method != "HEAD":
-                async for chunk in download:
-                    await response.write(chunk)
+            if request.method != "HEAD" and length:
+                try:
+                    await _send(request, response, download)
+                except Exception as exc:
+                    _cut_short(request, response, info, exc)
+                    return response
             await response.write_eof()
         return response
 
@@ -432,6 +440,46 @@ class VaultHttp:
         self._tus_version(request)
         await self.uploads.terminate(upload)
         return web.Response(status=204)
+
+
+async def _send(request: web.Request, response: web.StreamResponse, download: Download) -> None:
+    """The download's bytes, after ``response``'s headers: by the event loop's
+    ``sendfile`` as ``web.FileResponse`` sends a file (from the page cache to the
+    socket in the kernel; asyncio's loop reads and writes in its stead over TLS), else
+    (uvloop has none) in chunks of ``SEND_CHUNK`` bytes read by a worker thread."""
+    transport = request.transport
+    if transport is not None:
+        with os.fdopen(download.fileno(), "rb", buffering=0, closefd=False) as file:
+            try:
+                sent = await asyncio.get_running_loop().sendfile(
+                    transport, file, download.offset, download.length
+                )
+            except NotImplementedError:
+                pass
+            else:
+                if sent != download.length:
+                    raise OSError(errno.EIO, "the blob file is shorter than its size")
+                return
+    async for chunk in download.chunks(SEND_CHUNK):
+        await response.write(chunk)
+
+
+def _cut_short(
+    request: web.Request, response: web.StreamResponse, info: VersionInfo, exc: Exception
+) -> None:
+    """A download failed after its status and headers were sent: closing the
+    connection is all that tells the client that the body is incomplete (an error
+    reply now would be read as more of the body). A client gone away is no news."""
+    response.force_close()
+    if request.transport is not None:
+        request.transport.close()
+    if not isinstance(exc, ConnectionError):
+        log.warning(
+            "vault download cut short",
+            resource=info.resource,
+            version=info.version,
+            error=str(exc) or type(exc).__name__,
+        )
 
 
 def _segments(raw_path: str) -> list[str]:
