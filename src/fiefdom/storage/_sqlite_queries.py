@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Sequence
+from typing import Any
 
 import msgspec
 
@@ -43,6 +44,13 @@ CLAIM_OWNED_SQL = _CLAIM_SQL.format(
 _LEASE_EXPIRED = LEASE_EXPIRED_SQL.format(
     cancel="cancel_requested", attempt="attempt", max_attempts="max_attempts"
 )
+
+
+def _keyed(rows: Sequence[Sequence[Any]], column: int = 3) -> list[int]:
+    """The ids (column 0) of the rows whose ``column`` says the job has a unique key:
+    only those can take a key back or be superseded (``restore_keys``), so a batch
+    without one skips its two statements."""
+    return [r[0] for r in rows if r[column]]
 
 
 class SQLiteQueries(EngineQueries):
@@ -110,10 +118,10 @@ class SQLiteQueries(EngineQueries):
                 "value ->> 6 AS bit, value ->> 7 AS snooze FROM json_each(?2)) AS d "
                 # +j.state: look each job up by id, never walk every running job.
                 "WHERE j.id = d.id AND j.lease_token = d.token AND +j.state = 'running' "
-                "RETURNING id, queue, state",
+                "RETURNING id, queue, state, unique_digest IS NOT NULL",
                 (now, batch),
             )
-            superseded = await restore_keys(tx, [r[0] for r in rows], now)
+            superseded = await restore_keys(tx, _keyed(rows), now)
             tx.wake.update(r[1] for r in rows if r[2] == "available")
         return {r[0]: JobState.CANCELLED if r[0] in superseded else JobState(r[2]) for r in rows}
 
@@ -147,12 +155,12 @@ class SQLiteQueries(EngineQueries):
                 f"{_LEASE_EXPIRED}, 'traceback', '')), "
                 f"{unique_key_after(state_bit_sql(RESCUED_STATE_SQL))} "
                 "WHERE state = 'running' AND lease_expires_at < ?1 "
-                "RETURNING id, kind, queue, state",
+                "RETURNING id, kind, queue, state, unique_digest IS NOT NULL",
                 (now,),
             )
             # A job superseded by a waiting duplicate ends cancelled: report the
             # state the table holds, not the one the first statement wrote.
-            superseded = await restore_keys(tx, [r[0] for r in rows], now)
+            superseded = await restore_keys(tx, _keyed(rows, 4), now)
             rescued = [
                 (r[0], r[1], r[2], JobState.CANCELLED if r[0] in superseded else JobState(r[3]))
                 for r in rows
@@ -169,10 +177,10 @@ class SQLiteQueries(EngineQueries):
                 "WHERE id IN (SELECT id FROM fiefdom_jobs INDEXED BY fiefdom_jobs_due "
                 "WHERE state IN "
                 "('scheduled', 'retryable') AND run_at <= ? ORDER BY run_at LIMIT 1000) "
-                "RETURNING id, queue",
+                "RETURNING id, queue, unique_digest IS NOT NULL",
                 (now,),
             )
-            await restore_keys(tx, [r[0] for r in rows], now)
+            await restore_keys(tx, _keyed(rows, 2), now)
             queues = sorted({r[1] for r in rows})
             tx.wake.update(queues)
         return queues
