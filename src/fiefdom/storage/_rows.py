@@ -45,7 +45,8 @@ _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 @dataclasses.dataclass(slots=True)
 class NewJob:
-    """A job ready to insert (the backends turn a batch of these into one statement)."""
+    """A job ready to insert (the backends turn a batch of these into one statement).
+    ``prepare`` builds it with positional arguments, in this order of the fields."""
 
     kind: str
     queue: str
@@ -61,6 +62,11 @@ class NewJob:
     domain: str | None = None
     partition: int | None = None  # of the domain key (partition_of), None without one
     ordered: bool = False
+
+
+_AVAILABLE = JobState.AVAILABLE
+_SCHEDULED = JobState.SCHEDULED
+_ALL_STATES = state_mask(frozenset(JobState))
 
 
 def prepare(
@@ -82,30 +88,9 @@ def prepare(
             "declare the kind as 'class MyJob(fiefdom.Job): options = fiefdom.JobOptions(...)'"
         )
     opts = type(job).options
-    if run_at is not None and delay is not None:
-        raise ValueError("enqueue takes run_at or delay, not both")
     when: float | None = None
-    if run_at is not None:
-        if run_at.tzinfo is None:
-            raise ValueError(
-                "enqueue(run_at=...) needs an aware datetime (e.g. datetime.now(UTC)), "
-                "got a naive one"
-            )
-        when = run_at.timestamp()
-        if not when <= now + MAX_DELAY:
-            raise ValueError(
-                f"enqueue(run_at=...) must be within {MAX_DELAY:.0f} seconds (100 years) "
-                f"from now, got {run_at.isoformat()}"
-            )
-    elif delay is not None:
-        # Non-finite and huge delays are refused before anything is written: every
-        # time a job carries must be one both databases can store and read back.
-        if not (isinstance(delay, int | float) and 0 <= delay <= MAX_DELAY):
-            raise ValueError(
-                f"enqueue(delay=...) must be finite seconds from 0 to {MAX_DELAY:.0f} "
-                f"(100 years), got {delay!r}"
-            )
-        when = now + delay
+    if run_at is not None or delay is not None:
+        when = _when(now, run_at, delay)
     attempts = opts.max_attempts if max_attempts is None else max_attempts
     if not 1 <= attempts <= MAX_ATTEMPTS:
         raise ValueError(
@@ -127,7 +112,9 @@ def prepare(
             f"the arguments of a {opts.kind} job hold text that is not valid Unicode "
             f"(a lone surrogate at position {exc.start}): encode bytes as base64 or hex"
         ) from None
-    if b"null" in args:
+    # bytes.find: the same test as ``in``, without its slower dispatch (this runs
+    # for every job of a batch).
+    if args.find(b"null") >= 0:
         # JSON has no NaN or infinity: msgspec writes them as null, which the handler
         # could not decode. Whatever holds a null must decode back as the kind.
         try:
@@ -137,7 +124,7 @@ def prepare(
                 f"the arguments of a {opts.kind} job do not survive storage ({exc}): "
                 "a float that is NaN or infinite has no JSON form; send a finite number"
             ) from None
-    if b"\\u0000" in args and _NUL_ESCAPE.search(args):
+    if args.find(b"\\u0000") >= 0 and _NUL_ESCAPE.search(args):
         # PostgreSQL's jsonb cannot hold NUL; refused on both dialects alike.
         raise ValueError(
             f"the arguments of a {opts.kind} job contain a NUL character (\\u0000), "
@@ -148,32 +135,61 @@ def prepare(
     if opts.key is not None:
         key = str(getattr(job, opts.key))
         partition = partition_of(key)
-    state = JobState.SCHEDULED if when is not None and when > now else JobState.AVAILABLE
+    state = _SCHEDULED if when is not None and when > now else _AVAILABLE
     mask = 0
-    if unique_key is None and opts.unique is not None:
-        unique_key = _unique_key(job, opts, opts.unique, q, now)
-        mask = state_mask(opts.unique.states)
-    elif unique_key is not None:
-        mask = unique_states if unique_states is not None else state_mask(frozenset(JobState))
+    if unique_key is None:
+        if opts.unique is not None:
+            unique_key = _unique_key(job, opts, opts.unique, q, now)
+            mask = state_mask(opts.unique.states)
+    else:
+        mask = unique_states if unique_states is not None else _ALL_STATES
     digest = unique_key
     if unique_key is not None and not mask & STATE_BITS[state]:
         unique_key = None  # its own first state does not count: nothing to guard
+    # Positional: about half the cost of keywords for a 14-field dataclass.
     return NewJob(
-        kind=opts.kind,
-        queue=q,
-        state=state,
-        priority=prio,
-        args=args,
-        key=key,
-        max_attempts=attempts,
-        run_at=when,
-        unique_key=unique_key,
-        unique_states=mask,
-        unique_digest=digest,
-        domain=opts.domain,
-        partition=partition,
-        ordered=opts.ordered,
+        opts.kind,
+        q,
+        state,
+        prio,
+        args,
+        key,
+        attempts,
+        when,
+        unique_key,
+        mask,
+        digest,
+        opts.domain,
+        partition,
+        opts.ordered,
     )
+
+
+def _when(now: float, run_at: datetime | None, delay: float | None) -> float:
+    """The unix time a job scheduled by ``run_at`` or ``delay`` is due."""
+    if run_at is not None and delay is not None:
+        raise ValueError("enqueue takes run_at or delay, not both")
+    if run_at is not None:
+        if run_at.tzinfo is None:
+            raise ValueError(
+                "enqueue(run_at=...) needs an aware datetime (e.g. datetime.now(UTC)), "
+                "got a naive one"
+            )
+        when = run_at.timestamp()
+        if not when <= now + MAX_DELAY:
+            raise ValueError(
+                f"enqueue(run_at=...) must be within {MAX_DELAY:.0f} seconds (100 years) "
+                f"from now, got {run_at.isoformat()}"
+            )
+        return when
+    # Non-finite and huge delays are refused before anything is written: every
+    # time a job carries must be one both databases can store and read back.
+    if not (isinstance(delay, int | float) and 0 <= delay <= MAX_DELAY):
+        raise ValueError(
+            f"enqueue(delay=...) must be finite seconds from 0 to {MAX_DELAY:.0f} "
+            f"(100 years), got {delay!r}"
+        )
+    return now + delay
 
 
 def _unique_key(job: Job, opts: JobOptions, unique: Unique, queue: str, now: float) -> bytes:
