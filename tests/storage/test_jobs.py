@@ -177,6 +177,38 @@ async def test_batch_enqueue_returns_one_result_per_job_in_order(store: Store) -
     assert len(stored) == len(jobs) - 4
 
 
+async def test_a_batch_records_the_domain_of_its_keyed_jobs_only(store: Store) -> None:
+    """A batch of plain jobs and keyed, ordered ones (here only past the first 500, a
+    chunk of its own on SQLite) stores each keyed job's domain, partition and ordered
+    flag, and leaves a plain job's at NULL, NULL and false."""
+    from fiefdom.storage import partition_of
+
+    class Keyed(Job):
+        options = JobOptions(kind="keyed", domain="accounts", key="account", ordered=True)
+        account: str
+
+    jobs: list[Job] = [Ping(n=i) for i in range(550)] + [Keyed(account=f"a{i}") for i in range(3)]
+    plain_only = await store.enqueue_many([Ping(n=i) for i in range(3)])
+    results = await store.enqueue_many(jobs)
+    async with store.read() as tx:
+        rows = await tx.fetch("SELECT id, domain, domain_key, partition, ordered FROM fiefdom_jobs")
+    stored = {r[0]: tuple(r[1:]) for r in rows}
+    for result in plain_only + results[:550]:
+        assert result.id is not None
+        domain, key, partition, ordered = stored[result.id]
+        assert (domain, key, partition, bool(ordered)) == (None, None, None, False)
+    for i, result in enumerate(results[550:]):
+        assert result.id is not None
+        domain, key, partition, ordered = stored[result.id]
+        account = f"a{i}"
+        assert (domain, key, partition, bool(ordered)) == (
+            "accounts",
+            account,
+            partition_of(account),
+            True,
+        )
+
+
 # -- outcomes --------------------------------------------------------------------------
 
 

@@ -195,14 +195,14 @@ async def restore_keys(conn: Conn, ids: Sequence[int]) -> set[int]:
 # job is skipped (the unique index), and looked up afterwards.
 _INSERT_INTO = (
     "INSERT INTO fiefdom_jobs (kind, queue, state, priority, args, domain_key, "
-    "max_attempts, unique_key, unique_states, run_at, unique_digest, domain, partition, "
-    "ordered) "
+    "max_attempts, unique_key, unique_states, run_at, unique_digest"
 )
 _ON_CONFLICT = (
     "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING RETURNING id, unique_key"
 )
 _INSERT_MANY_SQL = (
-    _INSERT_INTO + "SELECT k, q, s, p, a::jsonb, dk, m, u, us, coalesce(to_timestamp(r), now()), "
+    _INSERT_INTO + ", domain, partition, ordered) "
+    "SELECT k, q, s, p, a::jsonb, dk, m, u, us, coalesce(to_timestamp(r), now()), "
     "ud, dn, pt, od "
     "FROM unnest($1::text[], $2::text[], $3::text[], $4::smallint[], $5::text[], "
     "$6::text[], $7::integer[], $8::bytea[], $9::smallint[], $10::float8[], "
@@ -210,8 +210,20 @@ _INSERT_MANY_SQL = (
     "WITH ORDINALITY AS t(k, q, s, p, a, dk, m, u, us, r, ud, dn, pt, od, ord) "
     "ORDER BY ord " + _ON_CONFLICT
 )
+# A batch without a keyed or ordered job: domain, partition and ordered keep their
+# defaults (NULL, NULL, false), and three arrays fewer travel and are encoded.
+_INSERT_MANY_PLAIN_SQL = (
+    _INSERT_INTO + ") "
+    "SELECT k, q, s, p, a::jsonb, dk, m, u, us, coalesce(to_timestamp(r), now()), ud "
+    "FROM unnest($1::text[], $2::text[], $3::text[], $4::smallint[], $5::text[], "
+    "$6::text[], $7::integer[], $8::bytea[], $9::smallint[], $10::float8[], "
+    "$11::bytea[]) "
+    "WITH ORDINALITY AS t(k, q, s, p, a, dk, m, u, us, r, ud, ord) "
+    "ORDER BY ord " + _ON_CONFLICT
+)
 _INSERT_ONE_SQL = (
-    _INSERT_INTO + "VALUES ($1::text, $2::text, $3::text, $4::smallint, $5::text::jsonb, "
+    _INSERT_INTO + ", domain, partition, ordered) "
+    "VALUES ($1::text, $2::text, $3::text, $4::smallint, $5::text::jsonb, "
     "$6::text, $7::integer, $8::bytea, $9::smallint, "
     "coalesce(to_timestamp($10::float8), now()), $11::bytea, $12::text, $13::smallint, "
     "$14::boolean) " + _ON_CONFLICT
@@ -515,8 +527,7 @@ class PostgresStore(Store):
         return self._match_inserted(rows, inserted, existing)
 
     async def _insert_many(self, conn: Conn, rows: Sequence[NewJob]) -> list[asyncpg.Record]:
-        return await conn.fetch(
-            _INSERT_MANY_SQL,
+        columns = [
             [r.kind for r in rows],
             [r.queue for r in rows],
             [r.state.value for r in rows],
@@ -528,6 +539,12 @@ class PostgresStore(Store):
             [r.unique_states for r in rows],
             [r.run_at for r in rows],
             [r.unique_digest for r in rows],
+        ]
+        if not any(r.domain is not None or r.partition is not None or r.ordered for r in rows):
+            return await conn.fetch(_INSERT_MANY_PLAIN_SQL, *columns)
+        return await conn.fetch(
+            _INSERT_MANY_SQL,
+            *columns,
             [r.domain for r in rows],
             [r.partition for r in rows],
             [r.ordered for r in rows],

@@ -235,6 +235,16 @@ _SUPERSEDE_SQL = (
 )
 
 
+# The columns an enqueue writes; a job of a domain (or an ordered kind) also its
+# domain, partition and ordered flag.
+_INSERT_COLUMNS = (
+    "kind, queue, state, priority, args, domain_key, max_attempts, unique_key, "
+    "unique_states, created_at, run_at, unique_digest"
+)
+_INSERT_COLUMNS_KEYED = _INSERT_COLUMNS + ", domain, partition, ordered"
+_ROW = "(" + ",".join("?" * 12) + ")"
+_ROW_KEYED = "(" + ",".join("?" * 15) + ")"
+
 _JOB_COLUMNS = (
     "id, kind, queue, state, priority, args, domain_key, attempt, max_attempts, errors, "
     "worker, cancel_requested, created_at, run_at, attempted_at, finished_at, snoozes"
@@ -447,6 +457,10 @@ class SQLiteStore(Store):
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
             params: list[object] = []
+            # A chunk without a keyed or ordered job leaves domain, partition and
+            # ordered to their defaults (NULL, NULL, 0): three parameters fewer per
+            # row to bind.
+            keyed = any(r.domain is not None or r.partition is not None or r.ordered for r in chunk)
             for r in chunk:
                 params += (
                     r.kind,
@@ -461,17 +475,15 @@ class SQLiteStore(Store):
                     now,
                     now if r.run_at is None else r.run_at,
                     r.unique_digest,
-                    r.domain,
-                    r.partition,
-                    1 if r.ordered else 0,
                 )
-            values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"] * len(chunk))
+                if keyed:
+                    params += (r.domain, r.partition, 1 if r.ordered else 0)
+            columns, row_sql = (
+                (_INSERT_COLUMNS_KEYED, _ROW_KEYED) if keyed else (_INSERT_COLUMNS, _ROW)
+            )
             got = await tx.raw(
-                "INSERT INTO fiefdom_jobs (kind, queue, state, priority, args, domain_key, "
-                "max_attempts, unique_key, unique_states, created_at, run_at, unique_digest, "
-                "domain, partition, ordered) "
-                "VALUES "
-                + values
+                f"INSERT INTO fiefdom_jobs ({columns}) VALUES "
+                + ",".join([row_sql] * len(chunk))
                 + " ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING "
                 "RETURNING id, unique_key",
                 params,
