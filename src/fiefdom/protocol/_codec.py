@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import enum
 import typing
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from functools import lru_cache
 from typing import Any, Final, Generic, TypeVar
 
@@ -38,7 +38,7 @@ class _Probe(msgspec.Struct):
 class Codec(Generic[T]):
     """Encodes frames, and decodes the frames of one direction (``T``), in one encoding."""
 
-    __slots__ = ("_decoder", "_encoder", "_probe", "encoding")
+    __slots__ = ("_decoder", "_encoder", "_probe", "decode", "encode", "encoding")
 
     def __init__(self, encoding: Encoding, decode_type: Any) -> None:
         self.encoding = encoding
@@ -53,12 +53,10 @@ class Codec(Generic[T]):
             self._decoder = msgspec.msgpack.Decoder(decode_type)
             self._encoder = msgspec.msgpack.Encoder()
             self._probe = msgspec.msgpack.Decoder(_Probe)
-
-    def encode(self, obj: object) -> bytes:
-        return self._encoder.encode(obj)
-
-    def decode(self, data: bytes) -> T:
-        return self._decoder.decode(data)
+        # The encoder's and decoder's own methods: no Python call around them, on the
+        # path of every frame.
+        self.encode: Callable[[object], bytes] = self._encoder.encode
+        self.decode: Callable[[bytes], T] = self._decoder.decode
 
     def decode_as(self, data: bytes, type_: type[S]) -> S:
         """Decode ``data`` (a ``msgspec.Raw`` field of a frame) as ``type_``."""

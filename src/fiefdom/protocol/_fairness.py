@@ -58,7 +58,11 @@ class RateLimiter:
         self._last = now
 
     def take(self) -> bool:
-        self._refill()
+        # (_refill, inline: this runs for every frame read.)
+        now = time.monotonic()
+        level = self._level + (now - self._last) * self._rate
+        self._level = level if level < self._burst else self._burst
+        self._last = now
         if self._level >= 1.0:
             self._level -= 1.0
             if self._resumed:
