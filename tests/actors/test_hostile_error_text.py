@@ -10,6 +10,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 PROGRAM = textwrap.dedent(
     """
     import sys
@@ -43,6 +45,14 @@ PROGRAM = textwrap.dedent(
     if sys.argv[1:] == ["control"]:
         print("bad \\ud800 text", flush=True)
     else:
+        if sys.argv[1:] == ["stdlib"]:
+            import logging
+
+            logging.basicConfig(stream=sys.stdout, level=logging.INFO)
+        else:
+            import structlog
+
+            structlog.configure()  # its default: print to stdout
         anyio.run(main)
     """
 )
@@ -55,9 +65,14 @@ def _run(*args: str) -> subprocess.CompletedProcess[bytes]:
     )
 
 
-def test_a_crash_with_a_lone_surrogate_in_its_message_is_logged_and_the_runtime_goes_on() -> None:
-    """Three crashes with a hostile message, then a normal ask answers; exit 0."""
-    done = _run()
+@pytest.mark.parametrize("logging_to", ["structlog", "stdlib"])
+def test_a_crash_with_a_lone_surrogate_in_its_message_is_logged_and_the_runtime_goes_on(
+    logging_to: str,
+) -> None:
+    """Three crashes with a hostile message, then a normal ask answers; exit 0. The
+    program's logs go to stdout through structlog or through the standard library's
+    logging (the library prints nothing until one is configured)."""
+    done = _run(logging_to)
     out = done.stdout.decode("utf-8", "replace")
     assert done.returncode == 0, (out, done.stderr.decode("utf-8", "replace"))
     assert out.count("actor crashed") == 3, out
