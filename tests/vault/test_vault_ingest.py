@@ -176,9 +176,18 @@ async def test_a_write_error_fails_the_upload_and_leaves_nothing(
         return os.write(fd, data)
 
     monkeypatch.setattr(_disk, "_direct_write", full)
-    data = body(30 * SMALL_BATCH, seed=7)
+    sent = 0
+
+    async def source() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for _ in range(60):
+            sent += 1
+            yield body(SMALL_BATCH, seed=7)
+
     with pytest.raises(LocationUnavailable, match="No space left on device"):
-        await _disk.receive(location, chunks(data), max_size=None, expected_sha256=None)
+        await _disk.receive(location, source(), max_size=None, expected_sha256=None)
+    # It stops within the batches under way (AHEAD of them), not at the end of the body.
+    assert sent <= 3 + _disk.AHEAD + 2
     assert files_under(location.tmp) == []
     await no_upload_threads()
 
