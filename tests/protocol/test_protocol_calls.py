@@ -3,8 +3,8 @@ its ask's callback, without a task of its own: what a task gave it still holds. 
 handler is cancelled when the client leaves (and its queued calls never run), its
 deadline answers it with a timeout, a connection's calls in flight are capped, and a
 call stays in flight until its reply is written (a client that reads nothing stops
-being read). Each runs on both event loops of the daemon. Speed is measured in
-bench/control.py, never asserted here."""
+being read). The daemons run on the suite's event loop (CI runs the suite on both).
+Speed is measured in bench/control.py, never asserted here."""
 
 from __future__ import annotations
 
@@ -33,7 +33,12 @@ from fiefdom.protocol._replies import CallReply
 HERE = Path(__file__).parent
 GUARD = 30.0  # a hang guard, never a speed requirement
 
-on_both_loops = pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+
+@pytest.fixture
+def daemon_loop(request: pytest.FixtureRequest) -> str:
+    """The daemon's event loop: the suite's own (``--loop``), so that the suite's pass
+    on uvloop runs these daemons on uvloop too."""
+    return str(request.config.getoption("loop"))
 
 
 def _daemon(tmp_path: Path, loop: str, control: str = "") -> DaemonProcess:
@@ -84,14 +89,13 @@ async def _counts_until(ws: aiohttp.ClientWebSocketResponse, done: Any) -> dict[
             await asyncio.sleep(0.01)
 
 
-@on_both_loops
 async def test_a_call_running_when_its_client_leaves_is_cancelled(
-    tmp_path: Path, loop: str
+    tmp_path: Path, daemon_loop: str
 ) -> None:
     """A client leaves with one call running and one queued behind it: the running
     handler is cancelled, the queued call never starts, and the actor answers the next
     client's call."""
-    with _daemon(tmp_path, loop) as daemon:
+    with _daemon(tmp_path, daemon_loop) as daemon:
         async with _client(daemon) as keeper:
             async with _client(daemon) as leaving:
                 await leaving.send_json(_wait(1, 1))
@@ -109,13 +113,12 @@ async def test_a_call_running_when_its_client_leaves_is_cancelled(
             assert counts == {"started": [1, 3], "cancelled": [1], "finished": [3], "noted": []}
 
 
-@on_both_loops
 async def test_a_call_past_its_deadline_is_answered_with_a_timeout(
-    tmp_path: Path, loop: str
+    tmp_path: Path, daemon_loop: str
 ) -> None:
     """A running call past its timeout is cancelled and answered ``timeout`` (phase
     ``running``); one queued behind it past its own is removed unrun (``queued``)."""
-    with _daemon(tmp_path, loop) as daemon:
+    with _daemon(tmp_path, daemon_loop) as daemon:
         async with _client(daemon) as ws, _client(daemon) as keeper:
             await ws.send_json(_wait(1, 1, timeout=0.5))
             await ws.send_json(_wait(2, 2, timeout=0.25))
@@ -131,12 +134,11 @@ async def test_a_call_past_its_deadline_is_answered_with_a_timeout(
             assert counts == {"started": [1], "cancelled": [1], "finished": [], "noted": []}
 
 
-@on_both_loops
-async def test_calls_in_flight_are_capped(tmp_path: Path, loop: str) -> None:
+async def test_calls_in_flight_are_capped(tmp_path: Path, daemon_loop: str) -> None:
     """With max_in_flight = 3, six calls to one actor and a ping: the daemon reads the
     next frame only when a call ends, so the ping is answered after exactly 6 - 3 of
     them have ended."""
-    with _daemon(tmp_path, loop, "max_in_flight = 3") as daemon:
+    with _daemon(tmp_path, daemon_loop, "max_in_flight = 3") as daemon:
         async with _client(daemon) as ws, _client(daemon) as keeper:
             for i in range(1, 7):
                 await ws.send_json(_wait(i, i))
@@ -220,10 +222,9 @@ def _note(target: str, frame_id: int, size: int = 0) -> bytes:
 BIG = 8 * 2**20  # more than the socket buffers hold (the daemon's send buffer: 4 MiB)
 
 
-@on_both_loops
 @pytest.mark.parametrize(("target", "running"), [("keeper", 2), ("keeper", 1), ("notes", 2)])
 async def test_a_call_whose_reply_cannot_be_written_stays_in_flight(
-    tmp_path: Path, loop: str, target: str, running: int
+    tmp_path: Path, daemon_loop: str, target: str, running: int
 ) -> None:
     """With max_in_flight = 2, a client that reads nothing makes two calls whose
     replies are too large for the socket buffers, then a third: the first two stay in
@@ -234,7 +235,7 @@ async def test_a_call_whose_reply_cannot_be_written_stays_in_flight(
     task). Calls to a domain's keys run in tasks."""
     control = f"max_in_flight = 2\nmax_running_per_connection = {running}"
     started = [1, 2][:running]
-    with _daemon(tmp_path, loop, control) as daemon:
+    with _daemon(tmp_path, daemon_loop, control) as daemon:
         ws = await _RawSocket.connect(daemon)
         try:
             async with _client(daemon) as keeper:
