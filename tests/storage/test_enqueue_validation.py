@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
+from fiefdom import StoreError
 from fiefdom.storage import Job, JobOptions, JobState, Store
 
 
@@ -84,6 +85,24 @@ async def test_enqueue_many_all_or_nothing_names_the_item_and_writes_nothing(sto
     jobs = [Note(text="ok"), Note(text="\ud800"), Note(text="ok")]
     with pytest.raises(ValueError, match="item 1"):
         await store.enqueue_many(jobs, all_or_nothing=True)
+    assert await store.count_jobs() == []
+
+
+class Odd(Job):
+    options = JobOptions(kind="odd\x00kind")
+    n: int
+
+
+@pytest.mark.dialect("postgres")  # SQLite's text holds a NUL
+async def test_a_batch_the_database_refuses_in_a_later_statement_writes_nothing(
+    store: Store,
+) -> None:
+    """A batch of several statements (past 10,000 rows) whose last one PostgreSQL
+    refuses (a kind name holding NUL) leaves none of the earlier rows behind."""
+    jobs: list[Job] = [Note(text=str(i)) for i in range(12_000)]
+    jobs.append(Odd(n=1))
+    with pytest.raises(StoreError):
+        await store.enqueue_many(jobs)
     assert await store.count_jobs() == []
 
 

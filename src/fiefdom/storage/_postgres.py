@@ -1,5 +1,6 @@
-"""The PostgreSQL backend (asyncpg): a connection pool, batches passed as arrays
-and expanded with ``unnest`` so a batch is one statement, claims with
+"""The PostgreSQL backend (asyncpg): a connection pool, the engine's batches passed
+as arrays and expanded with ``unnest`` so a batch is one statement (an enqueue's
+as one JSON array of rows), claims with
 ``FOR UPDATE SKIP LOCKED``, and LISTEN/NOTIFY for wake-ups across processes.
 Times come from the database's clock (``now()``), so engines on several
 machines agree on lease expiry."""
@@ -44,6 +45,8 @@ from ._store import (
     check_bulk,
     read_only_write,
 )
+
+_json_encoder = msgspec.json.Encoder()
 
 log = get_logger("fiefdom.storage.postgres")
 
@@ -189,45 +192,88 @@ async def restore_keys(conn: Conn, ids: Sequence[int]) -> set[int]:
     return {r[0] for r in superseded}
 
 
-# Enqueueing: one statement per batch, the rows passed as one array per column and
-# inserted in their order (ids grow in that order); a single job, the most common
-# enqueue, as plain parameters (a cheaper statement to run). A duplicate of a unique
-# job is skipped (the unique index), and looked up afterwards.
+# Enqueueing: a batch is one JSON array of rows (a positional array each, the job's
+# arguments embedded as they were encoded, unique keys in hex), one parameter the
+# server parses once (an array per column costs the driver a check per element),
+# expanded and inserted in its order (ids grow in that order); a single job, the
+# most common enqueue, as plain parameters (a cheaper statement to run). A
+# duplicate of a unique job is skipped (the unique index), and looked up afterwards.
 _INSERT_INTO = (
     "INSERT INTO fiefdom_jobs (kind, queue, state, priority, args, domain_key, "
-    "max_attempts, unique_key, unique_states, run_at, unique_digest"
+    "max_attempts, unique_key, unique_states, run_at, unique_digest, domain, partition, "
+    "ordered) "
 )
 _ON_CONFLICT = (
     "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING RETURNING id, unique_key"
 )
 _INSERT_MANY_SQL = (
-    _INSERT_INTO + ", domain, partition, ordered) "
-    "SELECT k, q, s, p, a::jsonb, dk, m, u, us, coalesce(to_timestamp(r), now()), "
-    "ud, dn, pt, od "
-    "FROM unnest($1::text[], $2::text[], $3::text[], $4::smallint[], $5::text[], "
-    "$6::text[], $7::integer[], $8::bytea[], $9::smallint[], $10::float8[], "
-    "$11::bytea[], $12::text[], $13::smallint[], $14::boolean[]) "
-    "WITH ORDINALITY AS t(k, q, s, p, a, dk, m, u, us, r, ud, dn, pt, od, ord) "
-    "ORDER BY ord " + _ON_CONFLICT
-)
-# A batch without a keyed or ordered job: domain, partition and ordered keep their
-# defaults (NULL, NULL, false), and three arrays fewer travel and are encoded.
-_INSERT_MANY_PLAIN_SQL = (
-    _INSERT_INTO + ") "
-    "SELECT k, q, s, p, a::jsonb, dk, m, u, us, coalesce(to_timestamp(r), now()), ud "
-    "FROM unnest($1::text[], $2::text[], $3::text[], $4::smallint[], $5::text[], "
-    "$6::text[], $7::integer[], $8::bytea[], $9::smallint[], $10::float8[], "
-    "$11::bytea[]) "
-    "WITH ORDINALITY AS t(k, q, s, p, a, dk, m, u, us, r, ud, ord) "
+    _INSERT_INTO + "SELECT r ->> 0, r ->> 1, r ->> 2, (r ->> 3)::smallint, r -> 4, r ->> 5, "
+    "(r ->> 6)::integer, decode(r ->> 7, 'hex'), (r ->> 8)::smallint, "
+    "coalesce(to_timestamp((r ->> 9)::float8), now()), decode(r ->> 10, 'hex'), r ->> 11, "
+    "(r ->> 12)::smallint, (r ->> 13)::boolean "
+    "FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS t(r, ord) "
     "ORDER BY ord " + _ON_CONFLICT
 )
 _INSERT_ONE_SQL = (
-    _INSERT_INTO + ", domain, partition, ordered) "
-    "VALUES ($1::text, $2::text, $3::text, $4::smallint, $5::text::jsonb, "
+    _INSERT_INTO + "VALUES ($1::text, $2::text, $3::text, $4::smallint, $5::text::jsonb, "
     "$6::text, $7::integer, $8::bytea, $9::smallint, "
     "coalesce(to_timestamp($10::float8), now()), $11::bytea, $12::text, $13::smallint, "
     "$14::boolean) " + _ON_CONFLICT
 )
+
+
+# A batch statement takes at most this many rows, or rows whose arguments and keys
+# add up to this many bytes: its JSON stays far below what a jsonb value may hold
+# (256 MiB), and the rows the server expands from it stay few (an expansion larger
+# than its work_mem goes to disk). A larger batch is several statements in one
+# transaction.
+_BATCH_ROWS = 10_000
+_BATCH_BYTES = 32 * 1024 * 1024
+
+
+def _chunks(rows: Sequence[NewJob]) -> list[Sequence[NewJob]]:
+    chunks: list[Sequence[NewJob]] = []
+    start = size = 0
+    for i, r in enumerate(rows):
+        # The arguments and the key, and a bound on the rest of the row.
+        row = len(r.args) + (0 if r.key is None else len(r.key)) + 1024
+        if i > start and (i - start >= _BATCH_ROWS or size + row > _BATCH_BYTES):
+            chunks.append(rows[start:i])
+            start, size = i, 0
+        size += row
+    chunks.append(rows[start:])
+    return chunks
+
+
+def _json_rows(rows: Sequence[NewJob]) -> str:
+    """The JSON array of rows _INSERT_MANY_SQL expands. Text that is not valid
+    Unicode (a queue name holding a lone surrogate) is refused, as the driver
+    refuses it in a statement's parameters."""
+    try:
+        encoded = _json_encoder.encode(
+            [
+                (
+                    r.kind,
+                    r.queue,
+                    r.state.value,
+                    r.priority,
+                    msgspec.Raw(r.args),
+                    r.key,
+                    r.max_attempts,
+                    None if r.unique_key is None else r.unique_key.hex(),
+                    r.unique_states,
+                    r.run_at,
+                    None if r.unique_digest is None else r.unique_digest.hex(),
+                    r.domain,
+                    r.partition,
+                    r.ordered,
+                )
+                for r in rows
+            ]
+        )
+    except UnicodeEncodeError as exc:
+        raise StoreError(f"PostgreSQL: invalid input for a batch of jobs: {exc}") from exc
+    return encoded.decode()
 
 
 def _timestamp(param: str) -> str:
@@ -527,28 +573,23 @@ class PostgresStore(Store):
         return self._match_inserted(rows, inserted, existing)
 
     async def _insert_many(self, conn: Conn, rows: Sequence[NewJob]) -> list[asyncpg.Record]:
-        columns = [
-            [r.kind for r in rows],
-            [r.queue for r in rows],
-            [r.state.value for r in rows],
-            [r.priority for r in rows],
-            [r.args.decode() for r in rows],
-            [r.key for r in rows],
-            [r.max_attempts for r in rows],
-            [r.unique_key for r in rows],
-            [r.unique_states for r in rows],
-            [r.run_at for r in rows],
-            [r.unique_digest for r in rows],
-        ]
-        if not any(r.domain is not None or r.partition is not None or r.ordered for r in rows):
-            return await conn.fetch(_INSERT_MANY_PLAIN_SQL, *columns)
-        return await conn.fetch(
-            _INSERT_MANY_SQL,
-            *columns,
-            [r.domain for r in rows],
-            [r.partition for r in rows],
-            [r.ordered for r in rows],
-        )
+        chunks = _chunks(rows)
+        if len(chunks) == 1:
+            return await conn.fetch(_INSERT_MANY_SQL, _json_rows(chunks[0]))
+        if conn.is_in_transaction():  # the caller's: all or nothing with it
+            return await self._insert_chunks(conn, chunks)
+        # Several statements: one transaction, so the batch is still all or nothing.
+        async with conn.transaction():
+            return await self._insert_chunks(conn, chunks)
+
+    @staticmethod
+    async def _insert_chunks(
+        conn: Conn, chunks: Sequence[Sequence[NewJob]]
+    ) -> list[asyncpg.Record]:
+        got: list[asyncpg.Record] = []
+        for chunk in chunks:
+            got += await conn.fetch(_INSERT_MANY_SQL, _json_rows(chunk))
+        return got
 
     # -- the engine's side -----------------------------------------------------------
 
