@@ -328,3 +328,67 @@ async def test_a_daemon_with_a_quota_refuses_past_it_with_413(tmp_path: Path) ->
             assert (await client.stats()).bytes == 80_000
     finally:
         proc.stop()
+
+
+async def test_an_item_whose_chunks_are_not_bytes_is_its_own_failure(
+    store: Store, tmp_path: Path
+) -> None:
+    """An item whose chunks are text, not bytes, is answered ``invalid_request`` with
+    the reason; the item beside it is stored all the same."""
+    vault = Vault(store, Location("main", tmp_path / "loc"))
+
+    async def text() -> AsyncIterator[Any]:
+        yield "not bytes"
+
+    results = await vault.put_many([("good", b"x" * 10), ("bad", text())])
+    assert [(r.name, r.code) for r in results] == [("good", None), ("bad", "invalid_request")]
+    assert "chunks of bytes" in (results[1].error or "")
+    assert await read(vault, "good") == b"x" * 10
+
+
+async def test_a_refusal_by_the_quota_leaves_no_file_behind(store: Store, tmp_path: Path) -> None:
+    """An upload the quota refuses is refused before its file is published: the
+    location holds exactly the files of its blob rows, and no temp file."""
+    location = Location("small", tmp_path / "small", quota=5_000)
+    vault = Vault(store, location)
+    await vault.put("a", _one(os.urandom(4_000)))
+    for attempt in range(3):
+        with pytest.raises(QuotaExceeded):
+            await vault.put(f"b{attempt}", _one(os.urandom(2_000)))
+    blob_files = [p for p in (tmp_path / "small" / "blobs").rglob("*") if p.is_file()]
+    assert len(blob_files) == (await vault.stats()).blobs == 1
+    assert not [p for p in (tmp_path / "small" / "tmp").rglob("*") if p.is_file()]
+
+
+async def test_a_batch_past_its_part_limit_answers_once_and_stops_reading(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the limit at 3 parts, a batch of 6 stores the first 3, answers the 4th
+    ``too_many_items`` and reads no further: one result more than the limit, however
+    many parts the body holds."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from fiefdom.vault import VaultHttp, _batch
+
+    monkeypatch.setattr(_batch, "MAX_ITEMS", 3)
+    vault = Vault(store, Location("main", tmp_path / "loc"))
+    app = web.Application()
+    VaultHttp(vault, max_upload=None).mount(app, lambda request, role: None)
+    writer = aiohttp.MultipartWriter("form-data")
+    for index in range(6):
+        _part(writer, f"limit-{index}", b"%d" % index)
+    async with (
+        TestServer(app, host="127.0.0.1") as server,
+        aiohttp.ClientSession() as http,
+        http.post(server.make_url("/vault/batch"), data=writer) as response,
+    ):
+        assert response.status == 200
+        results = (await response.json())["results"]
+    assert [(r["name"], r["code"]) for r in results] == [
+        ("limit-0", None),
+        ("limit-1", None),
+        ("limit-2", None),
+        ("limit-3", "too_many_items"),
+    ]
+    assert (await vault.stats()).versions == 3

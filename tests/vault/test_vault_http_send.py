@@ -103,6 +103,8 @@ async def test_over_tls_the_bytes_are_the_same(
 async def test_whole_versions_and_ranges_are_sent_exactly(
     server: tuple[Vault, str], send: list[int], request: pytest.FixtureRequest
 ) -> None:
+    """A whole version and ranges of it (the first byte, the middle, the end, a
+    suffix) come back exactly, by either way of sending the file."""
     vault, base = server
     data = os.urandom(SIZE)
     info = await vault.put("big.bin", chunks(data, 1 << 20))

@@ -86,6 +86,8 @@ async def no_upload_threads() -> None:
 async def test_long_uploads_are_written_exactly_whatever_the_chunking(
     location: Location, size: int, chunk: int
 ) -> None:
+    """Uploads around one batch and one block, in chunks of every size, are written
+    byte for byte with their hash; no temp file is left."""
     data = body(size)
     assert await receive_all(location, data, chunk) == data
     assert files_under(location.tmp) == []
@@ -118,6 +120,7 @@ async def test_many_batches_go_through_the_aligned_buffer(
 async def test_without_o_direct_the_writes_are_buffered(
     location: Location, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Where O_DIRECT does not exist, a long upload is written buffered, byte for byte."""
     monkeypatch.setattr(_disk, "O_DIRECT", 0)
     monkeypatch.setattr(_disk, "BATCH", SMALL_BATCH)
 
@@ -163,6 +166,8 @@ async def test_a_direct_write_refused_for_its_alignment_goes_on_buffered(
 async def test_a_write_error_fails_the_upload_and_leaves_nothing(
     location: Location, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A write error in the writing thread fails the upload within the batches under
+    way, and no temp file is left."""
     if not direct_supported(tmp_path):
         pytest.skip("this filesystem has no O_DIRECT")
     monkeypatch.setattr(_disk, "BATCH", SMALL_BATCH)
@@ -195,6 +200,8 @@ async def test_a_write_error_fails_the_upload_and_leaves_nothing(
 async def test_the_sources_error_fails_the_upload_and_leaves_nothing(
     location: Location, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """An error of the upload's source mid-way fails it, the threads stop, and no
+    temp file is left."""
     monkeypatch.setattr(_disk, "BATCH", SMALL_BATCH)
 
     async def broken() -> AsyncIterator[bytes]:
@@ -211,6 +218,8 @@ async def test_the_sources_error_fails_the_upload_and_leaves_nothing(
 async def test_a_cancelled_upload_leaves_nothing(
     location: Location, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A long upload cancelled while its threads work stops them and leaves no temp
+    file."""
     monkeypatch.setattr(_disk, "BATCH", SMALL_BATCH)
     stalled = anyio.Event()
 
@@ -237,6 +246,8 @@ async def test_a_cancelled_upload_leaves_nothing(
 async def test_limits_and_checksums_of_long_uploads_commit_nothing(
     store: Store, location: Location, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A long upload past its size limit, or with another checksum than announced,
+    commits nothing and leaves no temp file."""
     monkeypatch.setattr(_disk, "BATCH", SMALL_BATCH)
     vault = Vault(store, location)
     data = body(20 * SMALL_BATCH + 99, seed=8)
@@ -251,3 +262,27 @@ async def test_limits_and_checksums_of_long_uploads_commit_nothing(
     assert info.sha256 == hashlib.sha256(data).hexdigest()
     assert files_under(location.tmp) == []
     await no_upload_threads()
+
+
+async def test_past_max_lanes_a_long_upload_goes_batch_by_batch(
+    location: Location, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every slot for uploads with threads of their own taken, a long upload
+    still arrives byte for byte, hashed and written batch by batch by the shared
+    worker threads, and leaves the slots as it found them (many concurrent uploads
+    cannot start threads without bound)."""
+    monkeypatch.setattr(_disk, "BATCH", SMALL_BATCH)
+    taken = 0
+    while _disk._LANES.acquire(blocking=False):
+        taken += 1
+    assert taken == _disk.MAX_LANES
+    try:
+        data = body(7 * SMALL_BATCH + 123, seed=11)
+        before = {t.name for t in threading.enumerate()}
+        assert await receive_all(location, data, 10_000) == data
+        started = {t.name for t in threading.enumerate()} - before
+        assert not [name for name in started if name.startswith("fiefdom-vault-")]
+        assert not _disk._LANES.acquire(blocking=False)
+    finally:
+        for _ in range(taken):
+            _disk._LANES.release()

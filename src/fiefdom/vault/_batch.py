@@ -25,7 +25,8 @@ from ._tus import Refusal
 from ._vault import Vault
 
 MAX_ITEMS = 1000
-"""Parts of one batch that are stored; any after them are answered ``too_many_items``."""
+"""Parts of one batch that are stored; the next one is answered ``too_many_items`` and
+the rest of the body is not read."""
 
 _CHUNK = 1 << 20
 
@@ -55,9 +56,14 @@ async def read_batch(
             results.append(_refused("", "invalid_request", f"part {index} is a nested multipart"))
             broken = await _skip(part, idle_timeout)
         elif index >= MAX_ITEMS:
-            message = f"a batch stores at most {MAX_ITEMS} parts; part {index} was not stored"
+            # One answer for the rest, and reading stops: a body of endless tiny parts
+            # cannot grow the reply (nor the server's memory) with it.
+            message = (
+                f"a batch stores at most {MAX_ITEMS} parts; part {index} and any after it "
+                "were not read"
+            )
             results.append(_refused(part.filename or "", "too_many_items", message))
-            broken = await _skip(part, idle_timeout)
+            return results
         else:
             result = await _store(vault, part, body, index, max_upload, idle_timeout)
             results.append(result)

@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import mmap
 import os
+import threading
 import uuid
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
@@ -168,6 +169,8 @@ class TempBlob:
         try:
             while first < len(views):
                 written = os.writev(self._fd, views[first : first + IOV_MAX])
+                if written == 0:
+                    raise OSError(errno.EIO, "a write wrote nothing")
                 self._written += written
                 while written:
                     size = len(views[first])
@@ -347,7 +350,8 @@ async def receive(
     large enough for the second to pay off). A longer one gets two threads of its
     own, a hashing one and a writing one (``O_DIRECT`` where it can), each taking the
     batches in order while the next ones are gathered: at most ``AHEAD`` batches wait
-    for them, plus the one being gathered and the aligned buffer's."""
+    for them, plus the one being gathered and the aligned buffer's. At most
+    ``MAX_LANES`` uploads have such threads at once; the others go batch by batch."""
     temp = TempBlob(location)
     await anyio.to_thread.run_sync(temp.open)
     steps: list[asyncio.Task[None]] = []  # a single batch being hashed and written
@@ -365,10 +369,21 @@ async def receive(
             pending.append(bytes(chunk))
             held += len(chunk)
             if held >= BATCH:
-                if lanes is None:
-                    lanes = _Lanes(temp)
+                if lanes is None and _LANES.acquire(blocking=False):
+                    try:
+                        lanes = _Lanes(temp)
+                    except BaseException:
+                        _LANES.release()
+                        raise
                 temp.size += held
-                await lanes.put(pending)
+                if lanes is not None:
+                    await lanes.put(pending)
+                else:
+                    # MAX_LANES long uploads have threads of their own already: this
+                    # one is hashed and written batch by batch by the shared ones.
+                    steps = _start(temp, pending, held)
+                    await _finished(steps)
+                    steps = []
                 pending = []
                 held = 0
         if lanes is not None:
@@ -398,7 +413,15 @@ async def receive(
     finally:
         if lanes is not None:
             lanes.close()
+            _LANES.release()
     return temp
+
+
+MAX_LANES = 8
+"""Long uploads at once that get threads of their own (two each); any more are hashed
+and written batch by batch by the shared worker threads, so that many concurrent
+uploads cannot start threads and hold batches without bound."""
+_LANES = threading.BoundedSemaphore(MAX_LANES)
 
 
 class _Lanes:
