@@ -1,5 +1,6 @@
 """A process that ingests into a vault until it is killed: puts of random bodies (some
-repeated, so deduplicated) to a few resources, and now and then a delete. It appends
+repeated, so deduplicated; one in ten longer than the ingest's batch) to a few
+resources, and now and then a delete. It appends
 ``ACK <name> <version> <sha256>`` once a put is acknowledged, ``DELETING <name>
 <version>`` before a delete and ``DEL <name> <version>`` once it is acknowledged.
 
@@ -51,8 +52,13 @@ async def main(url: str, directory: str, out: TextIO, seed: int) -> None:
                 out.write(f"DEL {name} {latest.version}\n")
                 out.flush()
                 continue
-            if rng.random() < 0.4:
+            draw = rng.random()
+            if draw < 0.4:
                 data = rng.choice(repeated)
+            elif draw < 0.5:
+                # Longer than a batch: hashed and written by threads of its own, the
+                # whole blocks through O_DIRECT where the filesystem takes it.
+                data = rng.randbytes(rng.randrange(5 << 20, 9 << 20))
             else:
                 data = rng.randbytes(rng.randrange(0, 300_000))
             info = await vault.put(name, chunks(data, rng.choice([1000, 65536, 1 << 20])))
