@@ -116,22 +116,32 @@ async def test_a_call_running_when_its_client_leaves_is_cancelled(
 async def test_a_call_past_its_deadline_is_answered_with_a_timeout(
     tmp_path: Path, daemon_loop: str
 ) -> None:
-    """A running call past its timeout is cancelled and answered ``timeout`` (phase
-    ``running``); one queued behind it past its own is removed unrun (``queued``)."""
+    """A call queued behind a running one past its own timeout is removed unrun
+    (``queued``); a running call past its timeout is cancelled and answered
+    ``timeout`` (phase ``running``, its handler exited)."""
     with _daemon(tmp_path, daemon_loop) as daemon:
         async with _client(daemon) as ws, _client(daemon) as keeper:
-            await ws.send_json(_wait(1, 1, timeout=0.5))
+            await ws.send_json(_wait(1, 1, timeout=600))
+            await _counts_until(keeper, lambda c: c["started"] == [1])
+            # The actor is busy with call 1 until it is released: call 2 waits queued.
             await ws.send_json(_wait(2, 2, timeout=0.25))
-            replies = {}
-            for _ in range(2):
-                reply = await ws.receive_json(timeout=GUARD)
-                replies[reply["id"]] = reply
-            assert replies[1]["code"] == "timeout", replies
-            assert replies[1]["details"] == {"phase": "running", "handler_exited": True}
-            assert replies[2]["code"] == "timeout", replies
-            assert replies[2]["details"]["phase"] == "queued"
+            reply = await ws.receive_json(timeout=GUARD)
+            assert reply["id"] == 2, reply
+            assert reply["code"] == "timeout", reply
+            assert reply["details"]["phase"] == "queued"
+            assert await _keeper(keeper, "Release") == 1
+            assert await ws.receive_json(timeout=GUARD) == {
+                "type": "call.reply",
+                "id": 1,
+                "result": 1,
+            }
+            # The actor is idle: call 3 starts at once and runs past its timeout.
+            await ws.send_json(_wait(3, 3, timeout=1.0))
+            reply = await ws.receive_json(timeout=GUARD)
+            assert reply["code"] == "timeout", reply
+            assert reply["details"] == {"phase": "running", "handler_exited": True}
             counts = await _keeper(keeper, "GetCounts")
-            assert counts == {"started": [1], "cancelled": [1], "finished": [], "noted": []}
+            assert counts == {"started": [1, 3], "cancelled": [3], "finished": [1], "noted": []}
 
 
 async def test_calls_in_flight_are_capped(tmp_path: Path, daemon_loop: str) -> None:
