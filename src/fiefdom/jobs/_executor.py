@@ -280,7 +280,7 @@ def outcome_of(
     lease: Lease,
     options: JobOptions,
     result: object,
-    max_snoozes: int | None = None,
+    max_snoozes: int | None,
 ) -> Outcome:
     now = time.time()
     if not isinstance(result, BaseException):
