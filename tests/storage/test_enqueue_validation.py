@@ -30,6 +30,8 @@ BAD_ENQUEUES = [
     pytest.param({"max_attempts": 2**63}, "max_attempts", id="attempts-huge"),
     pytest.param({"max_attempts": 0}, "max_attempts", id="attempts-zero"),
     pytest.param({"queue": ""}, "queue", id="queue-empty"),
+    pytest.param({"queue": "a\x00b"}, "queue", id="queue-nul"),
+    pytest.param({"queue": "\ud800"}, "queue", id="queue-lone-surrogate"),
 ]
 
 

@@ -69,6 +69,17 @@ _SCHEDULED = JobState.SCHEDULED
 _ALL_STATES = state_mask(frozenset(JobState))
 
 
+def _storable(text: str) -> bool:
+    """Whether both dialects can store ``text``: no NUL, valid Unicode."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def prepare(
     job: Job,
     *,
@@ -101,10 +112,13 @@ def prepare(
         raise ValueError(f"enqueue(priority=...) must fit in 16 bits, got {prio}")
     if queue is None:
         q = opts.queue  # checked by JobOptions
-    elif isinstance(queue, str) and 1 <= len(queue) <= 200:
+    elif isinstance(queue, str) and 1 <= len(queue) <= 200 and _storable(queue):
         q = queue
     else:
-        raise ValueError(f"enqueue(queue=...) must be a name of 1-200 characters, got {queue!r}")
+        raise ValueError(
+            f"enqueue(queue=...) must be a name of 1-200 characters, without NUL or lone "
+            f"surrogates, got {queue!r}"
+        )
     try:
         args = _encoder.encode(job)
     except UnicodeEncodeError as exc:
