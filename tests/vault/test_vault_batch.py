@@ -20,6 +20,7 @@ from vault_daemon import MAX_UPLOAD, TOKENS, DaemonProcess, start
 
 from fiefdom.storage import Store
 from fiefdom.vault import Location, QuotaExceeded, Vault, VaultClient
+from fiefdom.vault._headers import content_disposition
 
 
 async def read(vault: Vault, name: str, version: int | None = None) -> bytes:
@@ -156,13 +157,9 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
 def _part(
     writer: aiohttp.MultipartWriter, name: str, data: bytes, digest: str | None = None
 ) -> None:
-    quoted = aiohttp.helpers.quote(name, safe="")
-    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name)
     headers = {
         "Content-Type": "application/octet-stream",
-        "Content-Disposition": (
-            f'form-data; name="file"; filename="{fallback}"; filename*=UTF-8\'\'{quoted}'
-        ),
+        "Content-Disposition": content_disposition(name, 'form-data; name="file"'),
     }
     if digest is not None:
         headers["Content-Digest"] = digest

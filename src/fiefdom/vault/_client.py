@@ -39,6 +39,7 @@ from .._errors import (
     QuotaExceeded,
     TooLarge,
 )
+from ._headers import content_disposition
 from ._model import FsckReport, PutResult, ResourcePage, VaultStats, VersionInfo
 
 CHUNK = 1 << 20
@@ -69,14 +70,6 @@ class Stored(msgspec.Struct, frozen=True, kw_only=True):
 
 class _BatchReply(msgspec.Struct, frozen=True):
     results: list[PutResult]
-
-
-def _form_file(name: str) -> str:
-    """A multipart part's ``Content-Disposition`` naming ``name``: an ASCII fallback and
-    RFC 5987's ``filename*`` (which the vault reads first)."""
-    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name)
-    quoted = urllib.parse.quote(name, safe="")
-    return f'form-data; name="file"; filename="{fallback}"; filename*=UTF-8\'\'{quoted}'
 
 
 def _quote(name: str) -> str:
@@ -255,7 +248,7 @@ class VaultClient:
                     handle,
                     {
                         "Content-Type": "application/octet-stream",
-                        "Content-Disposition": _form_file(name),
+                        "Content-Disposition": content_disposition(name, 'form-data; name="file"'),
                         "Content-Digest": f"sha-256=:{digest}:",
                     },
                 )

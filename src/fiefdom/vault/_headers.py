@@ -85,9 +85,10 @@ def etag_matches(header: str, etag: str) -> bool:
     return False
 
 
-def content_disposition(name: str) -> str:
-    """``attachment`` with the name: an ASCII fallback and RFC 6266's ``filename*``."""
+def content_disposition(name: str, disposition: str = "attachment") -> str:
+    """``disposition`` (``attachment``; ``form-data; name="file"`` for a part of a
+    multipart upload) with the name: an ASCII fallback and RFC 6266's ``filename*``,
+    which the vault reads first."""
     fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name)
-    return (
-        f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{urllib.parse.quote(name, safe='')}"
-    )
+    quoted = urllib.parse.quote(name, safe="")
+    return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{quoted}"
