@@ -98,6 +98,7 @@ def _follow(argv: list[str], cwd: Path, env: dict[str, str]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # some 25 commands, each a new interpreter
 def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     """Each command of the walk-through exits 0 against a daemon of the shipped
     configuration; ``jobs ls`` says how many it shows, the ``call`` of ``Read``
