@@ -461,8 +461,18 @@ class PostgresStore(Store):
                 with anyio.CancelScope(shield=True):
                     try:
                         await transaction.rollback()
-                    except _DRIVER_ERRORS:
-                        log.warning("rollback failed", url=self.url, exc_info=True)
+                    except _CONNECTION_ERRORS as exc:
+                        # The connection is gone, and the transaction with it: the
+                        # server rolled it back. The error being raised says why.
+                        log.debug(
+                            "rollback skipped: connection lost",
+                            url=self.url,
+                            error=str(exc) or type(exc).__name__,
+                        )
+                    except _DRIVER_ERRORS as exc:
+                        log.warning(
+                            "rollback failed", url=self.url, error=str(exc) or type(exc).__name__
+                        )
                 raise
             else:
                 # Shielded: once we start the COMMIT we wait for its answer.
