@@ -41,7 +41,9 @@
         ├── BadRange                  a byte range outside the version (also ValueError)
         ├── NotFound                  no such resource or version (also LookupError)
         ├── LocationUnavailable       a storage location cannot be written or read
-        │                             (also OSError)
+        │   │                         (also OSError)
+        │   └── LocationMismatch      the folder is not the location the store knows
+        │                             under that name
         └── BlobMissing               a version's blob file is gone from its location
 """
 
@@ -342,6 +344,13 @@ class NotFound(VaultError, LookupError):
 class LocationUnavailable(VaultError, OSError):
     """A storage location cannot be written or read (missing, read-only, full); the
     operating system's error is the ``__cause__``."""
+
+
+class LocationMismatch(LocationUnavailable):
+    """A storage location's folder is not the one the store knows under the
+    location's name (its marker file says another location, or it has none while the
+    store knows one): reading or writing it would take another folder's blobs for
+    missing."""
 
 
 class BlobMissing(VaultError):

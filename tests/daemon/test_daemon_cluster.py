@@ -18,7 +18,12 @@ GUARD = 60.0  # a hang guard, never a speed requirement
 
 
 def _daemon(folder: Path, store: Path) -> DaemonProcess:
-    extra = f'[store]\nurl = "sqlite:///{store}"\n\n[cluster]\nlisten = "127.0.0.1:0"'
+    # Daemons on one store share its vault's folder (one refuses a folder of its own).
+    vault = store.parent / "vault"
+    extra = (
+        f'[store]\nurl = "sqlite:///{store}"\n\n[cluster]\nlisten = "127.0.0.1:0"\n\n'
+        f'[vault]\npath = "{vault}"'
+    )
     return DaemonProcess(write_config(folder, extra=extra))
 
 

@@ -274,3 +274,28 @@ def test_a_killed_daemon_leaves_its_folder_free(tmp_path: Path) -> None:
         assert daemon.http("/readyz")[0] == 200
     finally:
         daemon.stop()
+
+
+def test_a_second_daemon_on_the_same_store_with_a_vault_folder_of_its_own_refuses(
+    tmp_path: Path,
+) -> None:
+    """Two daemons on one store, each with the default vault folder under its own data
+    folder: the second refuses to start (exit 2), its last line naming the location,
+    the first's folder, its own and the settings to change, since each would take the
+    other's blobs for missing. The first daemon serves on; a second daemon given the
+    first's folder starts."""
+    store = f'[store]\nurl = "sqlite:///{tmp_path / "shared.db"}"\n'
+    with DaemonProcess(write_config(tmp_path / "a", extra=store)) as first:
+        first_vault = (first.data / "vault").resolve()
+        result = serve(write_config(tmp_path / "b", extra=store))
+        assert result.returncode == EXIT_STARTUP
+        *_, last = result.stderr.splitlines()
+        assert last.startswith("fiefdom: error: vault.path: storage location 'vault' of ")
+        assert f":{first_vault} (id " in last
+        assert f"{(tmp_path / 'b' / 'data' / 'vault').resolve()} has no " in last
+        assert last.endswith("(settings vault.path and vault.location; or vault.enabled = false)")
+        assert "Traceback" not in result.stderr
+        assert first.http("/readyz")[0] == 200
+        shared = f'{store}\n[vault]\npath = "{first_vault}"\n'
+        with DaemonProcess(write_config(tmp_path / "c", extra=shared)) as third:
+            assert third.http("/readyz")[0] == 200

@@ -11,6 +11,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+from fiefdom.vault._identity import MARKER
+
 # How long a condition may take before the test calls it a hang: the tests assert that
 # progress happens, never how fast.
 HANG_GUARD = 30.0
@@ -39,8 +41,9 @@ async def wait_until(
 
 
 def files_under(path: Path) -> list[Path]:
-    """Every regular file below ``path``."""
-    return sorted(p for p in path.rglob("*") if p.is_file())
+    """Every regular file below ``path`` but a location's marker file (the folder's
+    identity, written when a vault first uses it)."""
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.name != MARKER)
 
 
 @contextlib.contextmanager

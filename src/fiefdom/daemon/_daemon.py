@@ -447,6 +447,7 @@ class Daemon:
             )
         )
         mounts = self.vault_host.open(store, self.system)
+        await self.vault_host.attach()
         await set_up_modules(self, modules)
         tls = self.tls.context if self.tls is not None else None
         server = ControlServer(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .._errors import ConfigurationError, FiefdomError
+from .._errors import ConfigurationError, FiefdomError, LocationMismatch
 from .._log import get_logger
 from ..jobs import JobEngine
 from ..protocol._server import HttpMount
@@ -60,6 +60,20 @@ class DaemonVault:
             idle_timeout=settings.idle_timeout,
         )
         return [self.http.mount]
+
+    async def attach(self) -> None:
+        """Check that the location's folder is the one the store knows under its name
+        (recording it the first time): a daemon whose folder is another one fails
+        its start with one line naming both and the settings to change."""
+        if self.vault is None:
+            return
+        try:
+            await self.vault.attach()
+        except LocationMismatch as exc:
+            raise ConfigurationError(
+                f"vault.path: {exc} (settings vault.path and vault.location; or "
+                "vault.enabled = false)"
+            ) from None
 
     def register(self, engine: JobEngine) -> None:
         """Run the vault's sweep jobs on the daemon's engine."""

@@ -26,6 +26,7 @@ from .._errors import BadRange as BadRange
 from .._errors import BlobMissing as BlobMissing
 from .._errors import ChecksumMismatch as ChecksumMismatch
 from .._errors import InvalidName as InvalidName
+from .._errors import LocationMismatch as LocationMismatch
 from .._errors import LocationUnavailable as LocationUnavailable
 from .._errors import NotFound as NotFound
 from .._errors import QuotaExceeded as QuotaExceeded
@@ -69,6 +70,7 @@ __all__ = [
     "FsckReport",
     "InvalidName",
     "Location",
+    "LocationMismatch",
     "LocationUnavailable",
     "MissingBlob",
     "NotFound",

@@ -43,6 +43,7 @@ from ..supervisors import ActorSystem
 from . import _disk
 from ._disk import Download
 from ._fsck import fsck
+from ._identity import attach
 from ._model import (
     FsckReport,
     Location,
@@ -152,7 +153,8 @@ class Vault:
         self.commit_timeout = commit_timeout
         self._ownership = ownership
         self._sql = statements(store.backend)
-        self._prepared: set[str] = set()
+        self._attached: set[str] = set()
+        self._attaching = anyio.Lock()
         self.domain: Domain[str, _Commit | _Delete] | None = None
         if system is not None:
             self.domain = system.domain(VAULT_DOMAIN, lambda name: _Resource(self, name))
@@ -212,9 +214,7 @@ class Vault:
         limits = [m for m in (max_size, loc.max_size, self.max_size) if m is not None]
         if max_size is not None and max_size < 0:
             raise ValueError(f"max_size must be >= 0, got {max_size}")
-        if loc.name not in self._prepared:
-            await anyio.to_thread.run_sync(_disk.prepare, loc)
-            self._prepared.add(loc.name)
+        await self._use(loc)
         temp = await _disk.receive(
             loc, chunks, max_size=min(limits) if limits else None, expected_sha256=expected
         )
@@ -383,6 +383,7 @@ class Vault:
                 f"version {info.version} of {name!r} is in storage location "
                 f"{info.location!r}, which this vault is not configured with"
             )
+        await self._use(loc)
         try:
             return await Download.open(loc, info, offset, length)
         except FileNotFoundError as exc:
@@ -486,6 +487,7 @@ class Vault:
         return True
 
     async def _sweep_job(self, job: SweepBlobs, ctx: JobContext[Any]) -> None:
+        await self.attach()  # never inside a blob's transaction: it uses the store
         wait = 0.0
         for blob in job.blobs:
             _, left = await self._sweep_blob(blob)
@@ -530,6 +532,7 @@ class Vault:
     async def sweep_due(self, *, limit: int = 1000) -> int:
         """Sweep now the blobs (at most ``limit``) whose grace period has passed, as
         their sweep jobs will; returns how many were removed."""
+        await self.attach()
         async with self.store.transaction() as tx:
             rows = await tx.fetch(self._sql.due_sweeps, time.time() - self.grace, limit)
         swept = 0
@@ -548,9 +551,30 @@ class Vault:
         grace period (through the sweep, so that a concurrent upload keeps its
         file); sweep blobs whose grace period has passed. Safe to run while the
         vault is in use, from any process."""
+        await self.attach()
         return await fsck(self, repair=repair)
 
+    async def attach(self) -> None:
+        """Check now that each location's folder is the one the store knows under its
+        name, recording the ones it does not know yet (their folders made if
+        missing): ``LocationMismatch`` names a folder that is not. Every operation
+        does this for the locations it touches the first time; a daemon does it at
+        start, so that a wrong folder fails the start."""
+        for loc in self.locations.values():
+            await self._use(loc)
+
     # -- helpers ---------------------------------------------------------------------
+
+    async def _use(self, loc: Location) -> None:
+        """Prepare and attach ``loc`` once (see ``attach``)."""
+        if loc.name in self._attached:
+            return
+        async with self._attaching:
+            if loc.name in self._attached:
+                return
+            await anyio.to_thread.run_sync(_disk.prepare, loc)
+            await attach(self.store, loc)
+            self._attached.add(loc.name)
 
     def _location(self, name: str | None) -> Location:
         if name is None:
