@@ -99,6 +99,12 @@ F = TypeVar("F")
 # Seconds a stopping client waits for the daemon's side of closing TLS (one round trip
 # when it answers) before it aborts the connection.
 _TLS_CLOSE = 2.0
+# Seconds a client stopped in ``cancel`` mode (its block left by an exception or a
+# cancellation, as on Ctrl-C) waits for the daemon to answer the websocket's close
+# before it aborts the connection; in ``drain`` mode it waits up to its ``timeout``.
+# (aiohttp's own wait restarts with every frame still coming, such as the events of a
+# subscription: under a stream it may not end.)
+_CANCEL_CLOSE = 2.0
 
 # The client's lifecycle is the one every component shares; the old name stays.
 ClientState = State
@@ -177,7 +183,8 @@ class EventStream:
     """A subscription: an async iterator of events (and ``Dropped`` notices).
 
     Use it as ``async with client.subscribe([...]) as events``; leaving the block
-    unsubscribes."""
+    unsubscribes (by an exception or a cancellation: without waiting for the daemon's
+    acknowledgement)."""
 
     def __init__(self, client: Client, topics: Sequence[Topic], level: LogLevel) -> None:
         self._client = client
@@ -198,17 +205,30 @@ class EventStream:
         self._client._streams[reply.subscription] = self
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose(wait=exc_type is None)
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, wait: bool = True) -> None:
+        """Unsubscribe: the daemon sends no more events. With ``wait`` (the default),
+        return once it has acknowledged; without, once the request is sent (a caller
+        on its way out, cancelled or failing, does not wait on the daemon: a daemon
+        too busy or gone to answer would hold it up to the client's ``timeout``)."""
         sub, self.subscription = self.subscription, None
         if sub is None:
             return
         self._client._streams.pop(sub, None)
-        if self._client.state is State.RUNNING:
-            with contextlib.suppress(ControlConnectionError):
-                await self._client._request(lambda i: Unsubscribe(id=i, subscription=sub), Ack)
+        if self._client.state is not State.RUNNING:
+            return
+        if not wait:
+            await self._client._send_only(lambda i: Unsubscribe(id=i, subscription=sub))
+            return
+        with contextlib.suppress(ControlConnectionError):
+            await self._client._request(lambda i: Unsubscribe(id=i, subscription=sub), Ack)
 
     def _deliver(self, item: EventData | Dropped) -> None:
         if self._queue.qsize() >= self._buffer:
@@ -316,7 +336,9 @@ class Client:
         try:
             await self._connect()
         except BaseException:
-            await self._close(ControlConnectionError("the client could not connect"))
+            await self._close(
+                ControlConnectionError("the client could not connect"), handshake=_CANCEL_CLOSE
+            )
             raise
         if self._lifecycle.state is State.STARTING:  # not stopped meanwhile
             self._lifecycle.started()
@@ -398,9 +420,15 @@ class Client:
                         # asyncio.wait: waiting must not cancel the requests' futures.
                         await asyncio.wait(list(self._pending.values()))
         finally:
-            await self._close(ControlConnectionError("the client was stopped"))
+            await self._close(
+                ControlConnectionError("the client was stopped"),
+                handshake=self.timeout if mode != "cancel" else _CANCEL_CLOSE,
+            )
 
-    async def _close(self, error: ControlConnectionError) -> None:
+    async def _close(self, error: ControlConnectionError, *, handshake: float) -> None:
+        """Fail what waits with ``error``, then close the websocket (waiting up to
+        ``handshake`` seconds for the daemon's side of its close, then aborting the
+        connection), the reader and the session."""
         # First: what is still waiting learns why (not "the daemon closed the
         # channel", which the reader reports once the socket is closed).
         self._fail_all(error)
@@ -409,7 +437,10 @@ class Client:
             try:
                 if self._ws is not None:
                     protocol = self._tls_protocol()
-                    await self._ws.close()
+                    # Past the deadline aiohttp's close is cancelled: it closes the
+                    # connection without waiting further.
+                    with anyio.move_on_after(handshake):
+                        await self._ws.close()
                     if protocol is not None:
                         await _tls_closed(protocol)
                 if self._reader is not None:
@@ -478,6 +509,22 @@ class Client:
         future = self._pending.pop(frame_id, None) if frame_id is not None else None
         if future is not None and not future.done():
             future.set_result(frame)
+
+    async def _send_only(self, make: Callable[[int], object]) -> None:
+        """Send a request without waiting for its reply (dropped when it comes): at
+        most ``timeout`` seconds for the socket to take it; nothing if the
+        connection is gone."""
+        if self._lost is not None or self._ws is None:
+            return
+        data = self.codec.encode(make(next(self._ids)))
+        with anyio.move_on_after(self.timeout):
+            try:
+                if self.encoding is Encoding.JSON:
+                    await self._ws.send_str(data.decode())
+                else:
+                    await self._ws.send_bytes(data)
+            except ConnectionError:
+                pass  # the connection is gone, and the subscription with it
 
     def _waiting(self, wait: float | None) -> float | None:
         """The reply timeout of a request the daemon answers only after waiting up to
