@@ -1,22 +1,26 @@
 """What every command shares: its errors, where the daemon is, which token to
 present and which CA to verify its certificate with, running a command against the
-daemon, and the output primitives (JSON, tables, cells, times with their zone,
-durations)."""
+daemon (and ending it on Ctrl-C), and the output primitives (JSON, tables, cells,
+times with their zone, durations)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
 import re
+import signal
 import ssl
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import msgspec
@@ -28,6 +32,11 @@ from ..protocol import Client, connect
 EXIT_ERROR = 1
 # ``serve`` could not start: nothing was created; the line names the setting to change.
 EXIT_STARTUP = 2
+# Ended by Ctrl-C (SIGINT), as a shell reports it.
+EXIT_INTERRUPTED = 130
+# Seconds a command has, after its Ctrl-C, to close its connection and end; past
+# them it exits at once (as on a second Ctrl-C).
+INTERRUPT_GRACE = 10.0
 
 
 class CommandError(Exception):
@@ -231,7 +240,7 @@ def remote(action: Callable[[Client, argparse.Namespace], Awaitable[int]]) -> Ca
                 return await action(client, args)
 
         try:
-            return asyncio.run(run())
+            return run_interruptibly(run)
         except ControlError as exc:
             error = (
                 unverified(exc, url, args)
@@ -243,6 +252,94 @@ def remote(action: Callable[[Client, argparse.Namespace], Awaitable[int]]) -> Ca
             raise error from exc
 
     return command
+
+
+class _Interrupt:
+    """Ctrl-C while a command runs: the first cancels the command (it closes its
+    connection on its way out) and arms INTERRUPT_GRACE; the second, or the end of
+    the grace, ends the process at once with EXIT_INTERRUPTED, whatever it waits on.
+
+    Installed with ``signal.signal``, not as the event loop's signal handler: it runs
+    between two bytecodes of the main thread, so that a command blocked outside the
+    loop (a write to a pipe nobody reads) still ends."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.count = 0
+        self.task: asyncio.Task[Any] | None = None
+        self._alarm: Any = None  # SIGALRM's handler before the grace was armed
+
+    def on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+        if self.count > 1:
+            os._exit(EXIT_INTERRUPTED)
+        self._alarm = signal.signal(signal.SIGALRM, _exit_interrupted)
+        signal.setitimer(signal.ITIMER_REAL, INTERRUPT_GRACE)
+        # RuntimeError: the loop is closed, the command has ended already.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.cancel)
+
+    def cancel(self) -> None:
+        if self.task is None or self.task.done():
+            return
+        print(
+            "fiefdom: interrupted: closing the connection (Ctrl-C again to quit at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.task.cancel()
+
+    def disarm(self) -> None:
+        """The command has ended: no exit at the end of the grace."""
+        if self._alarm is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._alarm)
+            self._alarm = None
+
+
+def _exit_interrupted(signum: int, frame: FrameType | None) -> None:
+    os._exit(EXIT_INTERRUPTED)
+
+
+def run_interruptibly(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run ``main()`` on a new event loop and return its status. Ctrl-C cancels it
+    and raises ``KeyboardInterrupt`` once it has ended; a second Ctrl-C, or a command
+    still running INTERRUPT_GRACE seconds after the first, exits at once.
+
+    The handler is installed whatever SIGINT's disposition was, ignored included: a
+    shell without job control (a script, CI) starts a background command with SIGINT
+    ignored, and asyncio's own handling, which keeps it so, left a follower of events
+    started there running after its Ctrl-C until it was killed."""
+    runner = asyncio.Runner()
+    interrupt = _Interrupt(runner.get_loop())
+
+    async def guarded() -> int:
+        interrupt.task = asyncio.current_task()
+        if interrupt.count:
+            # Interrupted before the command began (the cancel found no task).
+            raise asyncio.CancelledError
+        return await main()
+
+    # Signal handlers are for the main thread only (a command run from another
+    # thread, as in a test, has none).
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main_thread else None
+    if main_thread:
+        signal.signal(signal.SIGINT, interrupt.on_sigint)
+    try:
+        # The runner's close (what is left cancelled and awaited) is under the
+        # handler too.
+        with runner:
+            try:
+                return runner.run(guarded())
+            except asyncio.CancelledError:
+                if interrupt.count:
+                    raise KeyboardInterrupt from None
+                raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+            interrupt.disarm()
 
 
 # -- output ----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from .._errors import FiefdomError
 from ..storage import JobState
 from ._common import (
     EXIT_ERROR,
+    EXIT_INTERRUPTED,
     ZONE,
     CommandError,
     duration,
@@ -374,4 +375,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
         _fail(message, exc, debug)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
