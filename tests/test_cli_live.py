@@ -1,7 +1,8 @@
 """The commands of `fiefdom` that follow a real daemon subprocess as it goes: drain and
 stop print the drain's progress and its summary, `call` asks an exposed actor, `jobs
 watch` prints job events and `logs -f` log events. A command that runs until it is
-stopped is read a bounded number of lines, then terminated."""
+stopped is read a bounded number of lines, then given Ctrl-C (tests/test_cli_interrupt.py
+interrupts them at more points)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -73,9 +75,19 @@ def lines_until(stream: IO[str] | None, wanted: str, limit: int = 200) -> list[s
 
 
 def finish(proc: subprocess.Popen[str]) -> tuple[str, str]:
-    """Terminate a command that runs until stopped; what it still had to say."""
-    proc.terminate()
-    out, err = proc.communicate(timeout=30)
+    """End a command that runs until Ctrl-C with one (SIGINT): it must exit 130 without
+    a traceback (the test's timeout guards one that does not exit); what it still had
+    to say."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, f"exit {proc.returncode}: {err}"
+    assert "Traceback" not in err, err
     return out, err
 
 
