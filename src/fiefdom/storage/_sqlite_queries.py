@@ -1,19 +1,24 @@
 """The job engine's queries on SQLite (claim, finish, heartbeat, rescue, promote,
 prune): the internal port only ``fiefdom.jobs`` uses. Every write runs on the
-store's engine connection in a ``BEGIN IMMEDIATE`` transaction."""
+store's engine connection in a ``BEGIN IMMEDIATE`` transaction; claims and finishes
+that wait for it together share one (``SQLiteStore._grouped``)."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Collection, Sequence
 from typing import Any
 
 import msgspec
 
+from .._log import get_logger
 from ._jobs import STATE_BITS, ClaimedJob, JobState, Lease, Outcome
 from ._queries import EngineQueries
 from ._sql import LEASE_EXPIRED_SQL, RESCUED_STATE_SQL, state_bit_sql, unique_key_after
-from ._sqlite import SQLiteStore, restore_keys
+from ._sqlite import SQLiteStore, restore_keys, restore_keys_sync
+
+log = get_logger("fiefdom.storage.sqlite")
 
 # The claim: one statement inside BEGIN IMMEDIATE (SQLite has one writer at a time).
 # It skips jobs of a domain key that has a job running (that job holds no worker
@@ -38,6 +43,27 @@ _CLAIM_SQL = (
 CLAIM_SQL = _CLAIM_SQL.format(partitions="")
 CLAIM_OWNED_SQL = _CLAIM_SQL.format(
     partitions="AND (j.partition IS NULL OR j.partition IN (SELECT value FROM json_each(?6))) "
+)
+
+
+# The finish: every outcome of a batch in one statement (a JSON array of rows).
+# Parameters: now, the batch.
+_FINISH_SQL = (
+    "UPDATE fiefdom_jobs AS j SET state = d.state, attempt = j.attempt - d.refund, "
+    "snoozes = j.snoozes + d.snooze, "
+    "run_at = CASE WHEN d.delay IS NULL THEN j.run_at ELSE ?1 + d.delay END, "
+    "finished_at = CASE WHEN d.state IN ('completed', 'cancelled', 'discarded') "
+    "THEN ?1 END, "
+    "errors = CASE WHEN d.error IS NULL THEN j.errors "
+    "ELSE json_insert(j.errors, '$[#]', json(d.error)) END, "
+    "lease_expires_at = NULL, worker = NULL, cancel_requested = 0, "
+    f"{unique_key_after('d.bit', table='j.')} "
+    "FROM (SELECT value ->> 0 AS id, value ->> 1 AS token, value ->> 2 AS state, "
+    "value ->> 3 AS delay, value ->> 4 AS refund, value ->> 5 AS error, "
+    "value ->> 6 AS bit, value ->> 7 AS snooze FROM json_each(?2)) AS d "
+    # +j.state: look each job up by id, never walk every running job.
+    "WHERE j.id = d.id AND j.lease_token = d.token AND +j.state = 'running' "
+    "RETURNING id, queue, state, unique_digest IS NOT NULL"
 )
 
 
@@ -69,19 +95,31 @@ class SQLiteQueries(EngineQueries):
         lease: float,
         partitions: Collection[int] | None = None,
     ) -> list[ClaimedJob]:
-        async with self._sqlite._tx() as tx:
-            # Read the clock once the write lock is held: BEGIN IMMEDIATE may have
+        extra: tuple[str, ...] = ()
+        if partitions is None:
+            sql = CLAIM_SQL
+        else:
+            sql, extra = CLAIM_OWNED_SQL, (msgspec.json.encode(sorted(partitions)).decode(),)
+
+        def work(conn: sqlite3.Connection, now: float) -> list[Any]:
+            # ``now`` is read once the write lock is held: BEGIN IMMEDIATE may have
             # waited for other writers, and a lease counted from before that wait
             # could already have expired when the claim commits.
-            now = time.time()
-            if partitions is None:
-                rows = await tx.raw(CLAIM_SQL, (worker, now, now + lease, queue, limit))
-            else:
-                owned = msgspec.json.encode(sorted(partitions)).decode()
-                rows = await tx.raw(
-                    CLAIM_OWNED_SQL, (worker, now, now + lease, queue, limit, owned)
-                )
+            return conn.execute(sql, (worker, now, now + lease, queue, limit, *extra)).fetchall()
+
+        rows = await self._sqlite._grouped(work, self._give_back)
         return [ClaimedJob.from_row(r) for r in rows]
+
+    async def _give_back(self, rows: list[Any]) -> None:
+        """The jobs of a claim whose caller was cancelled once it had run: back to
+        the queue as they were (their attempt refunded, their place kept)."""
+        if rows:
+            outcomes = [
+                Outcome(lease=Lease(r[0], r[6]), state=JobState.AVAILABLE, refund=True)
+                for r in rows
+            ]
+            await self.finish(outcomes)
+            log.info("a cancelled claim gave its jobs back", ids=[r[0] for r in rows])
 
     async def finish(self, outcomes: Sequence[Outcome]) -> dict[int, JobState]:
         if not outcomes:
@@ -101,28 +139,17 @@ class SQLiteQueries(EngineQueries):
                 for o in outcomes
             ]
         ).decode()
-        async with self._sqlite._tx() as tx:
-            now = time.time()  # once the write lock is held (see claim)
-            rows = await tx.raw(
-                "UPDATE fiefdom_jobs AS j SET state = d.state, attempt = j.attempt - d.refund, "
-                "snoozes = j.snoozes + d.snooze, "
-                "run_at = CASE WHEN d.delay IS NULL THEN j.run_at ELSE ?1 + d.delay END, "
-                "finished_at = CASE WHEN d.state IN ('completed', 'cancelled', 'discarded') "
-                "THEN ?1 END, "
-                "errors = CASE WHEN d.error IS NULL THEN j.errors "
-                "ELSE json_insert(j.errors, '$[#]', json(d.error)) END, "
-                "lease_expires_at = NULL, worker = NULL, cancel_requested = 0, "
-                f"{unique_key_after('d.bit', table='j.')} "
-                "FROM (SELECT value ->> 0 AS id, value ->> 1 AS token, value ->> 2 AS state, "
-                "value ->> 3 AS delay, value ->> 4 AS refund, value ->> 5 AS error, "
-                "value ->> 6 AS bit, value ->> 7 AS snooze FROM json_each(?2)) AS d "
-                # +j.state: look each job up by id, never walk every running job.
-                "WHERE j.id = d.id AND j.lease_token = d.token AND +j.state = 'running' "
-                "RETURNING id, queue, state, unique_digest IS NOT NULL",
-                (now, batch),
-            )
-            superseded = await restore_keys(tx, _keyed(rows), now)
-            tx.wake.update(r[1] for r in rows if r[2] == "available")
+
+        def work(conn: sqlite3.Connection, now: float) -> tuple[list[Any], set[int]]:
+            rows = conn.execute(_FINISH_SQL, (now, batch)).fetchall()
+            return rows, restore_keys_sync(conn, _keyed(rows), now)
+
+        rows, superseded = await self._sqlite._grouped(work)
+        if superseded:
+            log.info("superseded jobs by waiting duplicates", ids=sorted(superseded))
+        woken = {r[1] for r in rows if r[2] == "available"}
+        if woken:
+            self._sqlite._wake_local(sorted(woken))
         return {r[0]: JobState.CANCELLED if r[0] in superseded else JobState(r[2]) for r in rows}
 
     async def heartbeat(
