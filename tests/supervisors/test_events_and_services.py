@@ -4,6 +4,7 @@ hosts services beside actors, restarting and stopping them in order."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -33,6 +34,13 @@ class Watch:
                 for event in self.seen:
                     if isinstance(event, kind):
                         return event
+                self._arrived = anyio.Event()
+                await self._arrived.wait()
+
+    async def until(self, condition: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Wait until ``condition()`` holds, looking again at each event."""
+        with anyio.fail_after(timeout):
+            while not condition():
                 self._arrived = anyio.Event()
                 await self._arrived.wait()
 
@@ -236,3 +244,58 @@ def test_a_service_factory_must_return_a_service() -> None:
 
     with pytest.raises(TypeError, match="lacks serve/request_stop"):
         Supervisor(spec, "sys/s")
+
+
+class SlowToStop(Recorder):
+    """A service whose stop waits for ``release`` once ``stopping`` is set: a test
+    acts while its supervisor is in the middle of stopping its children."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        super().__init__(name, log)
+        self.stopping = anyio.Event()
+        self.release = anyio.Event()
+
+    def request_stop(self, mode: StopMode) -> None:
+        self.stopping.set()
+
+        async def later() -> None:
+            await self.release.wait()
+            super(SlowToStop, self).request_stop(mode)
+
+        self._later = asyncio.ensure_future(later())
+
+
+async def test_a_child_added_while_its_supervisor_stops_its_children_is_refused() -> None:
+    """A supervisor that escalates stops its children; a child added meanwhile (as a
+    program still starting its tree would) is refused with SupervisorError, since
+    nothing would ever stop it, rather than left running with the supervisor's task
+    group waiting on it for ever; the escalation then completes."""
+    log: list[str] = []
+    slow = SlowToStop("slow", log)
+    fragile = Recorder("fragile", log)
+    spec = fiefdom.SupervisorSpec(
+        name="services",
+        max_restarts=0,
+        restart=fiefdom.Restart.TEMPORARY,
+        children=[
+            fiefdom.ServiceSpec("slow", lambda: slow),
+            fiefdom.ServiceSpec("fragile", lambda: fragile),
+        ],
+    )
+    watch = Watch()
+    async with fiefdom.ActorSystem(name="svc") as system:
+        system.events.subscribe(watch)
+        sup = await system.start_supervisor(spec)
+        fragile.crash.set()
+        with anyio.fail_after(10):
+            await slow.stopping.wait()
+        with pytest.raises(fiefdom.SupervisorError, match="is stopping: cannot add 'late'"):
+            await sup.start_child(fiefdom.ServiceSpec("late", lambda: Recorder("late", log)))
+        slow.release.set()
+        escalated = await watch.first(fiefdom.SupervisorEscalated)
+        assert escalated.path == "svc/services"
+        await watch.until(
+            lambda: any(e.path == "svc/services" for e in watch.all(fiefdom.ChildExited))
+        )
+        assert "stop slow" in log
+    assert "start late" not in log

@@ -9,7 +9,7 @@ import importlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from .._errors import FiefdomError
+from .._errors import FiefdomError, RestartIntensityExceeded
 from ..daemon import Config, Daemon
 from ..protocol import Client, StatusReply
 from ._common import EXIT_STARTUP, CommandError, config_of, emit_json
@@ -26,6 +26,10 @@ def _serve(args: argparse.Namespace) -> int:
     except Exception as exc:
         if daemon is not None and daemon.reached_running:
             raise  # it ran, then failed: like any other command's error
+        if isinstance(exc, RestartIntensityExceeded):
+            # Its tree gave up (a module's service kept crashing) while it started:
+            # a failure of what it runs, not of its settings.
+            raise
         raise CommandError(_startup_error(exc), status=EXIT_STARTUP) from exc
     return 0
 

@@ -151,6 +151,9 @@ class Supervisor:
         self._closed: str | None = None
         self._hurry = False  # shutdown deadlines cut to zero: cancel, do not drain
         self._stop_pending = False
+        # Stopping its children (a stop, or an escalation): a child added now would
+        # never be stopped, and its task would hold the supervisor's task group open.
+        self._stopping_all = False
         self._restarting: anyio.CancelScope | None = None  # backoff and restarts under way
         self._deadline: anyio.CancelScope | None = None  # the drain being waited on
 
@@ -194,6 +197,8 @@ class Supervisor:
     def _add(self, spec: ChildSpec) -> _Child:
         if self._closed is not None:
             raise SupervisorError(f"supervisor {self.path} is stopped: cannot add {spec.name!r}")
+        if self._stopping_all:
+            raise SupervisorError(f"supervisor {self.path} is stopping: cannot add {spec.name!r}")
         if "/" in spec.name or not spec.name:
             raise ValueError(f"child name must be non-empty and without '/', got {spec.name!r}")
         if any(c.spec.name == spec.name for c in self._children):
@@ -301,6 +306,7 @@ class Supervisor:
                         # itself rather than an exception group around it.
                         failure = exc
                     finally:
+                        self._stopping_all = True
                         with anyio.CancelScope(shield=True):
                             await self._stop_all()
         finally:
@@ -484,6 +490,7 @@ class Supervisor:
     def reset(self) -> None:
         self._hurry = False
         self._stop_pending = False
+        self._stopping_all = False
         self._events = asyncio.Queue()
         self._restart_times.clear()
         for child in self._children:
