@@ -101,7 +101,7 @@ async def test_a_sweep_between_publish_and_commit_is_undone_by_the_commit(
         assert not location.blob_path(temp.sha256).exists()
         info = await vault._commit(
             _Commit(
-                name="new", location="main", sha256=temp.sha256, size=temp.size, temp=str(temp.path)
+                name="new", location="main", sha256=temp.sha256, size=temp.size, temp=temp.path.name
             )
         )
     finally:

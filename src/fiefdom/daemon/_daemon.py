@@ -44,7 +44,7 @@ from typing import Any
 
 import anyio
 
-from .._errors import ConfigurationError, FiefdomError
+from .._errors import ConfigurationError, FiefdomError, SupervisorError
 from .._lifecycle import Lifecycle, State, StopMode
 from .._log import get_logger
 from ..protocol import (
@@ -325,16 +325,24 @@ class Daemon:
             self._stop_forwarding = forward_runtime_events(self.system.events, self.hub)
             await self.system.start()
             await self._start_tree(store, tokens, prepared.modules)
-        except BaseException:
+        except BaseException as start_error:
             # Whatever started is stopped at once (cancelled), and the error raised.
+            root_failure: Exception | None = None
             with anyio.CancelScope(shield=True):
                 try:
                     await self.system.stop("cancel")
-                except Exception as exc:  # the start's own error is the one to raise
-                    log.warning("stopping after a failed start failed too", error=repr(exc))
+                except Exception as exc:
+                    if isinstance(start_error, SupervisorError):
+                        # The tree refused a child because its root was giving up
+                        # (a module's service escalated): that is the reason.
+                        root_failure = exc
+                    else:  # the start's own error is the one to raise
+                        log.warning("stopping after a failed start failed too", error=repr(exc))
                 await self._release()
             self._lifecycle.stopped()
             self._stopped.set()
+            if root_failure is not None:
+                raise root_failure from None
             raise
         finally:
             self._settled.set()
@@ -446,7 +454,13 @@ class Daemon:
                 "store", lambda: store_service, restart=Restart.TEMPORARY, shutdown=_STOP_MARGIN
             )
         )
-        mounts = self.vault_host.open(store, self.system)
+        jobs = self.jobs_adapter
+        mounts = self.vault_host.open(
+            store,
+            self.system,
+            jobs.registrar if config.jobs.enabled else None,
+            lambda: jobs.engine,
+        )
         await self.vault_host.attach()
         await set_up_modules(self, modules)
         tls = self.tls.context if self.tls is not None else None

@@ -8,18 +8,35 @@ line) and removes expired resumable uploads from then on."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from .._errors import ConfigurationError, FiefdomError, LocationMismatch
 from .._log import get_logger
 from ..jobs import JobEngine
 from ..protocol._server import HttpMount
 from ..supervisors import ActorSystem
-from ..vault import Location, Vault, VaultHttp
+from ..vault import VAULT_DOMAIN, Location, Vault, VaultHttp
 from ..vault._disk import prepare
 from ._config import Config
+from ._jobs import JobRegistrar
 from ._storage import Store
 
 log = get_logger("fiefdom.vault")
+
+
+class _EngineNode:
+    """The fencing of the daemon's vault: the epochs of the engine's node, whichever
+    it is now (a restart of the engine gives it a new one). Before the engine has
+    started, and once it has stopped, this daemon owns nothing: a commit is refused
+    (``OwnerUnavailable``, HTTP 503) rather than run unfenced."""
+
+    def __init__(self, engine: Callable[[], JobEngine | None]) -> None:
+        self._engine = engine
+
+    def epoch(self, partition: int) -> int | None:
+        engine = self._engine()
+        node = None if engine is None else engine.ownership
+        return None if node is None else node.epoch(partition)
 
 
 class DaemonVault:
@@ -30,11 +47,23 @@ class DaemonVault:
         self.vault: Vault | None = None
         self.http: VaultHttp | None = None
 
-    def open(self, store: Store, system: ActorSystem) -> list[HttpMount]:
+    def open(
+        self,
+        store: Store,
+        system: ActorSystem,
+        registrar: JobRegistrar | None = None,
+        engine: Callable[[], JobEngine | None] = lambda: None,
+    ) -> list[HttpMount]:
         """Create the vault on ``store``, its commits and deletes run in per-resource
         actors of ``system`` (its location's folders made now: a location that cannot
         be written fails the start, naming the setting); returns the routes to mount
-        on the control server."""
+        on the control server.
+
+        ``registrar`` (the daemon's job engine is to run): the cluster places the
+        vault's domain, as it does the modules' domains, so that each resource's
+        commits and deletes run in its actor on the daemon owning it (forwarded
+        there from the others), and each is fenced with the epoch under which the
+        engine's node (``engine()``, whichever it is now) owns it."""
         settings = self.config.vault
         if not settings.enabled:
             return []
@@ -50,9 +79,13 @@ class DaemonVault:
             store,
             location,
             system=system,
+            ownership=None if registrar is None else _EngineNode(engine),
             grace=settings.grace,
             max_size=settings.max_upload_bytes,
         )
+        if registrar is not None:
+            assert self.vault.domain is not None
+            registrar.domain(VAULT_DOMAIN, self.vault.domain)
         self.http = VaultHttp(
             self.vault,
             max_upload=settings.max_upload_bytes,

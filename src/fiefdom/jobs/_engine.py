@@ -305,6 +305,12 @@ class JobEngine(EngineRunner):
     def state(self) -> State:
         return self._life.state
 
+    @property
+    def ownership(self) -> Ownership | None:
+        """The engine's current ownership (its cluster node), None if it has none. A
+        supervisor's restart gives the engine a new node: read it when needed."""
+        return self._core.ownership
+
     def statistics(self) -> EngineStatistics:
         core = self._core
         return EngineStatistics(

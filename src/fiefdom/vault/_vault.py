@@ -20,7 +20,7 @@ import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.to_thread
@@ -37,7 +37,7 @@ from .._errors import (
     VaultError,
 )
 from ..actors import Actor, Domain, Request
-from ..jobs import JobContext, JobEngine, Ownership, Snooze
+from ..jobs import JobContext, JobEngine, Snooze
 from ..storage import Job, JobOptions, Store, Transaction, partition_of
 from ..supervisors import ActorSystem
 from . import _disk
@@ -77,6 +77,11 @@ class SweepBlobs(Job):
 
 
 class _Commit(Request[VersionInfo]):
+    """Commit a version whose blob is published. It may run on another process (the
+    resource's owner in a cluster), which shares the location's folder but perhaps
+    not its path: ``temp`` is the upload's temp file's name in the location's
+    ``tmp/``."""
+
     name: str
     location: str
     sha256: str
@@ -103,6 +108,20 @@ class _Resource(Actor[_Commit | _Delete]):
         return await self.vault._delete(msg.name, msg.version)
 
 
+def _temp_path(loc: Location, msg: _Commit) -> Path:
+    name = msg.temp
+    if "/" in name or "\\" in name or not name.endswith(_disk.TEMP_SUFFIX):
+        raise VaultError(f"a commit named the temp file {name!r}, which is not one")
+    return loc.tmp / name
+
+
+class Fencing(Protocol):
+    """What the vault needs of a cluster ownership to fence its commits (a ``Node``
+    has it): the epoch under which this process owns ``partition``, or None."""
+
+    def epoch(self, partition: int) -> int | None: ...
+
+
 class Vault:
     """Resources, versions and blobs on ``store``, with their bytes in ``locations``
     (the first is where uploads go unless ``put(location=...)`` says otherwise).
@@ -124,7 +143,7 @@ class Vault:
         locations: Location | Sequence[Location],
         *,
         system: ActorSystem | None = None,
-        ownership: Ownership | None = None,
+        ownership: Fencing | None = None,
         grace: float = DEFAULT_GRACE,
         max_size: int | None = None,
         commit_timeout: float = 60.0,
@@ -231,7 +250,7 @@ class Vault:
                 location=loc.name,
                 sha256=temp.sha256,
                 size=temp.size,
-                temp=str(temp.path),
+                temp=temp.path.name,
                 metadata=meta,
             )
             if self.domain is not None and not in_actor:
@@ -308,7 +327,7 @@ class Vault:
             # The blob's row is ours until commit: a sweep cannot remove its file now,
             # and one that did before is undone by linking our temp file again. The
             # file is there from here on: versions found damaged (by fsck) are healed.
-            await anyio.to_thread.run_sync(_disk.publish, loc, msg.sha256, Path(msg.temp))
+            await anyio.to_thread.run_sync(_disk.publish, loc, msg.sha256, _temp_path(loc, msg))
             await tx.execute(sql.heal_damaged, blob)
             await tx.execute(sql.insert_version, resource, number, blob, msg.size, now)
         return VersionInfo(
