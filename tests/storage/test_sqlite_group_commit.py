@@ -222,3 +222,18 @@ async def test_a_claim_cancelled_while_queued_never_runs(store: Store, store_url
     with reader(store_url) as conn:
         assert states(conn) == dict.fromkeys(range(1, 4), ("available", 0, 0))
     assert len(await queries.claim("default", 10, worker="w", lease=30)) == 3
+
+
+async def test_only_the_engine_connection_keeps_temporary_storage_in_memory(
+    store: Store,
+) -> None:
+    """The engine's connection (claims, finishes) keeps its statement journals and
+    other temporary storage in memory; the other connections keep SQLite's default."""
+    assert isinstance(store, SQLiteStore)
+    channels = (store._engine, store._user, store._reader, store._app_reader)
+    settings: dict[str, int] = {}
+    for channel in channels:
+        assert channel.conn is not None
+        rows = await channel.conn.execute_fetchall("PRAGMA temp_store")
+        settings[channel.name] = next(iter(rows))[0]
+    assert settings == {"engine": 2, "user": 0, "reader": 0, "app-reader": 0}
