@@ -237,3 +237,55 @@ async def test_only_the_engine_connection_keeps_temporary_storage_in_memory(
         rows = await channel.conn.execute_fetchall("PRAGMA temp_store")
         settings[channel.name] = next(iter(rows))[0]
     assert settings == {"engine": 2, "user": 0, "reader": 0, "app-reader": 0}
+
+
+async def test_a_batch_of_plain_completions_writes_what_the_general_finish_writes(
+    store: Store, store_url: str
+) -> None:
+    """A finish whose outcomes are all plain completions runs a shorter statement:
+    it leaves a completed job exactly as the general statement (used for a batch
+    with any other outcome) does, and refuses a stale lease the same way."""
+    await store.enqueue_many([Note(text=str(i)) for i in range(4)])
+    queries = engine_queries(store)
+    jobs = await queries.claim("default", 4, worker="w", lease=30)
+    a, b, c, d = (Lease(j.id, j.lease_token) for j in jobs)
+    stale = Lease(a.job_id, a.token + 1)
+    plain = await queries.finish(
+        [Outcome(lease=x, state=JobState.COMPLETED) for x in (a, stale, b)]
+    )
+    mixed = await queries.finish(
+        [
+            Outcome(lease=c, state=JobState.COMPLETED),
+            Outcome(lease=d, state=JobState.AVAILABLE, refund=True),
+        ]
+    )
+    assert plain == {a.job_id: JobState.COMPLETED, b.job_id: JobState.COMPLETED}
+    assert mixed == {c.job_id: JobState.COMPLETED, d.job_id: JobState.AVAILABLE}
+    columns = (
+        "state, attempt, snoozes, errors, worker, lease_expires_at, cancel_requested, "
+        "unique_key, lease_token, run_at = created_at, finished_at IS NOT NULL"
+    )
+    with reader(store_url) as conn:
+        rows = {
+            r[0]: r[1:] for r in conn.execute(f"SELECT id, {columns} FROM fiefdom_jobs").fetchall()
+        }
+    assert rows[a.job_id] == rows[b.job_id] == rows[c.job_id]
+    assert rows[a.job_id] == ("completed", 1, 0, "[]", None, None, 0, None, 1, 1, 1)
+
+
+async def test_plain_completions_look_their_jobs_up_by_id(store: Store) -> None:
+    """The plain-completion statement finds each job by its id (the primary key),
+    never by walking the table."""
+    from fiefdom.storage._sqlite_queries import _COMPLETE_SQL
+
+    assert isinstance(store, SQLiteStore)
+    conn = store._engine.conn
+    assert conn is not None
+    plan = [
+        r[3]
+        for r in await conn.execute_fetchall(
+            "EXPLAIN QUERY PLAN " + _COMPLETE_SQL, (0.0, "[[1, 1]]")
+        )
+    ]
+    assert any(p.startswith("SEARCH fiefdom_jobs USING INTEGER PRIMARY KEY") for p in plan)
+    assert not any(p.startswith("SCAN fiefdom_jobs") for p in plan)

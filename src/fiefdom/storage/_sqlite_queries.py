@@ -67,6 +67,30 @@ _FINISH_SQL = (
 )
 
 
+# The finish of a batch whose every outcome is a plain completion (no error, delay,
+# refund or snooze: what a drain writes): the same changes, fencing and uniqueness
+# rule as _FINISH_SQL's for such rows, without extracting eight fields per row from
+# the batch (a sixth less time). Parameters: now, the batch of [id, token] pairs.
+_COMPLETE_SQL = (
+    "UPDATE fiefdom_jobs SET state = 'completed', finished_at = ?1, "
+    "lease_expires_at = NULL, worker = NULL, cancel_requested = 0, "
+    f"{unique_key_after(STATE_BITS[JobState.COMPLETED])} "
+    "WHERE +state = 'running' AND (id, lease_token) IN "
+    "(SELECT value ->> 0, value ->> 1 FROM json_each(?2)) "
+    "RETURNING id, queue, state, unique_digest IS NOT NULL"
+)
+
+
+def _plain_completion(o: Outcome) -> bool:
+    return (
+        o.state is JobState.COMPLETED
+        and o.delay is None
+        and o.error is None
+        and not o.refund
+        and not o.snooze
+    )
+
+
 _LEASE_EXPIRED = LEASE_EXPIRED_SQL.format(
     cancel="cancel_requested", attempt="attempt", max_attempts="max_attempts"
 )
@@ -124,24 +148,29 @@ class SQLiteQueries(EngineQueries):
     async def finish(self, outcomes: Sequence[Outcome]) -> dict[int, JobState]:
         if not outcomes:
             return {}
-        batch = msgspec.json.encode(
-            [
-                (
-                    o.lease.job_id,
-                    o.lease.token,
-                    o.state.value,
-                    o.delay,
-                    1 if o.refund else 0,
-                    o.error,
-                    STATE_BITS[o.state],
-                    1 if o.snooze else 0,
-                )
-                for o in outcomes
-            ]
-        ).decode()
+        sql = _COMPLETE_SQL if all(_plain_completion(o) for o in outcomes) else _FINISH_SQL
+        if sql is _COMPLETE_SQL:
+            batch = msgspec.json.encode([(o.lease.job_id, o.lease.token) for o in outcomes])
+        else:
+            batch = msgspec.json.encode(
+                [
+                    (
+                        o.lease.job_id,
+                        o.lease.token,
+                        o.state.value,
+                        o.delay,
+                        1 if o.refund else 0,
+                        o.error,
+                        STATE_BITS[o.state],
+                        1 if o.snooze else 0,
+                    )
+                    for o in outcomes
+                ]
+            )
+        text = batch.decode()
 
         def work(conn: sqlite3.Connection, now: float) -> tuple[list[Any], set[int]]:
-            rows = conn.execute(_FINISH_SQL, (now, batch)).fetchall()
+            rows = conn.execute(sql, (now, text)).fetchall()
             return rows, restore_keys_sync(conn, _keyed(rows), now)
 
         rows, superseded = await self._sqlite._grouped(work)
