@@ -350,7 +350,9 @@ class LocationMismatch(LocationUnavailable):
     """A storage location's folder is not the one the store knows under the
     location's name (its marker file says another location, or it has none while the
     store knows one): reading or writing it would take another folder's blobs for
-    missing."""
+    missing. ``location`` is the location's name."""
+
+    location: str = ""
 
 
 class BlobMissing(VaultError):

@@ -160,6 +160,28 @@ def unknown_module(folder: Path, stack: ExitStack) -> tuple[Path, str, bool]:
     )
 
 
+def vault_upload_to_unknown(folder: Path, stack: ExitStack) -> tuple[Path, str, bool]:
+    extra = '[vault]\nupload_to = "archive"\n[[vault.locations]]\nname = "old"\npath = "old"\n'
+    config = write_config(folder, extra=extra)
+    return (
+        config,
+        f"{config}: vault.upload_to: no location is named 'archive'; the vault's are "
+        "'vault', 'old'",
+        False,
+    )
+
+
+def vault_locations_sharing_a_folder(folder: Path, stack: ExitStack) -> tuple[Path, str, bool]:
+    extra = '[[vault.locations]]\nname = "old"\npath = "vault"\n'
+    config = write_config(folder, extra=extra)
+    vault = folder / "data" / "vault"
+    return (
+        config,
+        f"{config}: vault.locations[0].path: {vault} is location 'vault''s folder already",
+        False,
+    )
+
+
 def module_without_setup(folder: Path, stack: ExitStack) -> tuple[Path, str, bool]:
     return (
         write_config(folder, modules=("hosted_app", "json")),
@@ -184,6 +206,8 @@ CASES: dict[str, Case] = {
     "short-token": short_token,
     "unknown-module": unknown_module,
     "module-without-setup": module_without_setup,
+    "vault-upload-to-unknown": vault_upload_to_unknown,
+    "vault-locations-sharing-a-folder": vault_locations_sharing_a_folder,
 }
 
 

@@ -101,6 +101,17 @@ class ClusterSection(_Section):
     advertise: str | None = None
 
 
+class VaultLocationSection(_Section):
+    """A further storage location of the vault (``[[vault.locations]]``)."""
+
+    # The name the database records for its blobs, and its folder (relative paths:
+    # to data_dir).
+    name: str
+    path: str
+    # As vault.quota_bytes, for this location. None: no quota.
+    quota_bytes: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
 class VaultSection(_Section):
     """The vault (see docs/vault.md): resources with versions, stored in one location
     under the data folder and served over HTTP on the control address."""
@@ -125,6 +136,13 @@ class VaultSection(_Section):
     # Reconcile files and rows (fsck without repair) at start, in the background;
     # one summary line is logged.
     fsck_at_start: bool = True
+    # Further storage locations: their versions are served, swept and checked like
+    # the main one's (a disk being retired, the folder of a location a daemon used
+    # before). Uploads go to the location named by upload_to.
+    locations: list[VaultLocationSection] = msgspec.field(default_factory=list)
+    # The location new uploads go to: vault.location (the default) or the name of
+    # one of vault.locations.
+    upload_to: str | None = None
 
 
 class RecorderSection(_Section):
@@ -168,6 +186,44 @@ class Config(_Section):
     @property
     def vault_path(self) -> Path:
         return (self.data_path / self.vault.path).resolve()
+
+    def vault_locations(self) -> list[Location]:
+        """The vault's storage locations, the one uploads go to first; a
+        ConfigurationError names the setting that is wrong."""
+        vault = self.vault
+        try:
+            main = Location(vault.location, self.vault_path, quota=vault.quota_bytes)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"vault.location: {exc}") from None
+        found = [main]
+        for n, extra in enumerate(vault.locations):
+            where = f"vault.locations[{n}]"
+            try:
+                loc = Location(
+                    extra.name, (self.data_path / extra.path).resolve(), quota=extra.quota_bytes
+                )
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{where}.name: {exc}") from None
+            for other in found:
+                if loc.name == other.name:
+                    raise ConfigurationError(
+                        f"{where}.name: {loc.name!r} names another location already"
+                    )
+                if loc.path == other.path:
+                    raise ConfigurationError(
+                        f"{where}.path: {loc.path} is location {other.name!r}'s folder already"
+                    )
+            found.append(loc)
+        if vault.upload_to is not None:
+            chosen = [loc for loc in found if loc.name == vault.upload_to]
+            if not chosen:
+                raise ConfigurationError(
+                    f"vault.upload_to: no location is named {vault.upload_to!r}; the "
+                    "vault's are " + ", ".join(repr(loc.name) for loc in found)
+                )
+            found.remove(chosen[0])
+            found.insert(0, chosen[0])
+        return found
 
     @property
     def recorder_path(self) -> Path:
@@ -279,9 +335,9 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
             f"got {jobs.heartbeat:g}s; leave it unset for a third of the lease"
         )
     try:
-        Location(config.vault.location, config.vault_path)
+        config.vault_locations()
     except ConfigurationError as exc:
-        raise ConfigurationError(f"{source}: vault.location: {exc}") from None
+        raise ConfigurationError(f"{source}: {exc}") from None
     return config
 
 

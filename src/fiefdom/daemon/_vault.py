@@ -15,7 +15,7 @@ from .._log import get_logger
 from ..jobs import JobEngine
 from ..protocol._server import HttpMount
 from ..supervisors import ActorSystem
-from ..vault import VAULT_DOMAIN, Location, Vault, VaultHttp
+from ..vault import VAULT_DOMAIN, Vault, VaultHttp
 from ..vault._disk import prepare
 from ._config import Config
 from ._jobs import JobRegistrar
@@ -67,17 +67,19 @@ class DaemonVault:
         settings = self.config.vault
         if not settings.enabled:
             return []
-        location = Location(settings.location, self.config.vault_path, quota=settings.quota_bytes)
-        try:
-            prepare(location)
-            (location.path / "uploads").mkdir(exist_ok=True)
-        except OSError as exc:
-            raise ConfigurationError(
-                f"vault.path: cannot use {location.path} as the vault's storage: {exc}"
-            ) from exc
+        locations = self.config.vault_locations()
+        for location in locations:
+            try:
+                prepare(location)
+                (location.path / "uploads").mkdir(exist_ok=True)
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"vault.path: cannot use {location.path} as the storage of the vault's "
+                    f"location {location.name!r}: {exc}"
+                ) from exc
         self.vault = Vault(
             store,
-            location,
+            locations,
             system=system,
             ownership=None if registrar is None else _EngineNode(engine),
             grace=settings.grace,
@@ -103,9 +105,13 @@ class DaemonVault:
         try:
             await self.vault.attach()
         except LocationMismatch as exc:
+            settings = (
+                "vault.path and vault.location"
+                if exc.location == self.config.vault.location
+                else "vault.locations"
+            )
             raise ConfigurationError(
-                f"vault.path: {exc} (settings vault.path and vault.location; or "
-                "vault.enabled = false)"
+                f"{settings.split()[0]}: {exc} (settings {settings}; or vault.enabled = false)"
             ) from None
 
     def register(self, engine: JobEngine) -> None:
@@ -141,7 +147,7 @@ class DaemonVault:
             return
         log.info(
             "vault checked",
-            path=str(self.config.vault_path),
+            paths=[str(loc.path) for loc in self.vault.locations.values()],
             blobs_checked=report.blobs_checked,
             missing=len(report.missing),
             missing_versions=sum(len(m.versions) for m in report.missing),

@@ -47,6 +47,12 @@ class _Found:
     has_blobs: bool  # whether the folder holds any blob file (when it has no marker)
 
 
+def _mismatch(location: Location, message: str) -> LocationMismatch:
+    error = LocationMismatch(message)
+    error.location = location.name
+    return error
+
+
 def _read_marker(location: Location) -> Marker | None:
     path = location.path / MARKER
     try:
@@ -58,9 +64,10 @@ def _read_marker(location: Location) -> Marker | None:
     try:
         return msgspec.json.decode(data, type=Marker)
     except msgspec.DecodeError as exc:
-        raise LocationMismatch(
+        raise _mismatch(
+            location,
             f"storage location {location.name!r}: {path} is not a location marker "
-            f"({exc}); move it away if the folder is the location's"
+            f"({exc}); move it away if the folder is the location's",
         ) from None
 
 
@@ -121,19 +128,21 @@ async def attach(store: Store, location: Location) -> None:
         )
     found = await anyio.to_thread.run_sync(_look, location)
     if found.marker is not None and found.marker.name != location.name:
-        raise LocationMismatch(
+        raise _mismatch(
+            location,
             f"storage location {location.name!r}: the folder {location.path} is the "
             f"location {found.marker.name!r} (its {MARKER} says so); configure it "
-            "under that name"
+            "under that name",
         )
     if not rows:
         if found.marker is None and not found.has_blobs and blobs:
             # Blobs recorded before locations had markers, and a folder without any:
             # not theirs.
-            raise LocationMismatch(
+            raise _mismatch(
+                location,
                 f"storage location {location.name!r}: this store records {blobs} "
                 f"blob(s) in it, and the folder {location.path} holds none of them; "
-                "point this location at the folder that does"
+                "point this location at the folder that does",
             )
         marker = found.marker
         if marker is None:
@@ -159,11 +168,12 @@ async def attach(store: Store, location: Location) -> None:
             if found.marker is None
             else f"is another location (id {found.marker.id})"
         )
-        raise LocationMismatch(
+        raise _mismatch(
+            location,
             f"storage location {location.name!r} of this store is the folder first "
             f"attached at {first_path} (id {known_id}); {location.path} {what}. "
             "Processes on one store share each location's folder: point this one at "
-            "that folder, or give it a name of its own"
+            "that folder, or give it a name of its own",
         )
 
 
