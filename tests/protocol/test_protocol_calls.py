@@ -79,11 +79,22 @@ async def _keeper(ws: aiohttp.ClientWebSocketResponse, message_type: str, **fiel
     return reply["result"]
 
 
+async def _counts(ws: aiohttp.ClientWebSocketResponse) -> dict[str, list[int]]:
+    """The counts, from the tally actor: a call to the keeper (a Note) that found a
+    GetCounts in the keeper's mailbox would run in a task instead of without one."""
+    frame = {"type": "call", "id": 1, "target": "tally", "message_type": "GetCounts"}
+    await ws.send_json({**frame, "message": {}})
+    reply = await ws.receive_json(timeout=GUARD)
+    assert reply["type"] == "call.reply", reply
+    result: dict[str, list[int]] = reply["result"]
+    return result
+
+
 async def _counts_until(ws: aiohttp.ClientWebSocketResponse, done: Any) -> dict[str, list[int]]:
     """The keeper's counts, asked again until ``done(counts)`` (within the hang guard)."""
     with anyio.fail_after(GUARD):
         while True:
-            counts: dict[str, list[int]] = await _keeper(ws, "GetCounts")
+            counts = await _counts(ws)
             if done(counts):
                 return counts
             await asyncio.sleep(0.01)
@@ -109,7 +120,7 @@ async def test_a_call_running_when_its_client_leaves_is_cancelled(
                 assert await _keeper(keeper, "Release") == 1
                 reply = await staying.receive_json(timeout=GUARD)
             assert reply == {"type": "call.reply", "id": 3, "result": 3}
-            counts = await _keeper(keeper, "GetCounts")
+            counts = await _counts(keeper)
             assert counts == {"started": [1, 3], "cancelled": [1], "finished": [3], "noted": []}
 
 
@@ -140,7 +151,7 @@ async def test_a_call_past_its_deadline_is_answered_with_a_timeout(
             reply = await ws.receive_json(timeout=GUARD)
             assert reply["code"] == "timeout", reply
             assert reply["details"] == {"phase": "running", "handler_exited": True}
-            counts = await _keeper(keeper, "GetCounts")
+            counts = await _counts(keeper)
             assert counts == {"started": [1, 3], "cancelled": [3], "finished": [1], "noted": []}
 
 
@@ -257,7 +268,7 @@ async def test_a_call_whose_reply_cannot_be_written_stays_in_flight(
                 await _counts_until(keeper, lambda c: c["noted"] == started)
                 # Time for the daemon to read on, were it to: turns of its loop.
                 for _ in range(20):
-                    assert (await _keeper(keeper, "GetCounts"))["noted"] == started
+                    assert (await _counts(keeper))["noted"] == started
                 with anyio.fail_after(GUARD):
                     replies = [await ws.receive() for _ in range(3)]
                 assert [(r["type"], r["id"]) for r in replies] == [
@@ -267,7 +278,7 @@ async def test_a_call_whose_reply_cannot_be_written_stays_in_flight(
                 ]
                 assert replies[0]["result"] == replies[1]["result"] == "x" * BIG
                 assert replies[2]["result"] == ""
-                assert (await _keeper(keeper, "GetCounts"))["noted"] == [1, 2, 3]
+                assert (await _counts(keeper))["noted"] == [1, 2, 3]
         finally:
             ws.vanish()
 
