@@ -10,7 +10,6 @@ file's path, size and modification time, and the name), so running the same
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -37,6 +36,7 @@ from ._common import (
     cell,
     config_of,
     emit_json,
+    run_interruptibly,
     table,
     tls_of,
     token_of,
@@ -113,7 +113,7 @@ def _run(action: Action) -> Callable[[argparse.Namespace], int]:
                 return await action(client, args)
 
         try:
-            return asyncio.run(run())
+            return run_interruptibly(run)
         except ControlConnectionError as exc:
             error = unverified(exc, url, args)
             if error is None:
