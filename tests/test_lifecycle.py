@@ -91,11 +91,15 @@ class Context:
         """A daemon's configuration: lifecycle_app hosted, the store on ``dialect``,
         ``control`` added to its [control] section."""
         url = self.store_url(dialect)
+        extra = f'[store]\nurl = "{url}"\n'
+        if dialect == "postgresql":
+            # The run's database is every such test's store: their daemons share one
+            # vault folder, as daemons on one store must.
+            factory: pytest.TempPathFactory = self.request.getfixturevalue("tmp_path_factory")
+            base = factory.getbasetemp()
+            extra += f'\n[vault]\npath = "{base / "lifecycle-vault"}"\n'
         path = write_config(
-            self.tmp_path / "daemon",
-            modules=("lifecycle_app",),
-            extra=f'[store]\nurl = "{url}"\n',
-            control=control,
+            self.tmp_path / "daemon", modules=("lifecycle_app",), extra=extra, control=control
         )
         return load_config(path, environ={})
 
