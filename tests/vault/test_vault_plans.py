@@ -45,7 +45,7 @@ CHECKED: dict[str, tuple[str, tuple[Any, ...]]] = {
     "lock resource": (SQL.lock_resource, ("res-000123",)),
     "lock blob": (SQL.lock_blob, (77,)),
     "versions of a blob": (SQL.blob_versions, (77,)),
-    "due sweeps": (SQL.due_sweeps, (time.time() - 3600, 1000)),
+    "due sweeps": (SQL.due_sweeps, (time.time() - 3600, 1000, ["main"])),
     "blob page": (SQL.blob_page, (ROWS // 2, 500)),
     "known blobs": (SQL.known_blobs, ("main", [HASH, "1" * 64])),
 }

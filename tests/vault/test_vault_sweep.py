@@ -238,3 +238,36 @@ async def test_fsck_while_uploads_go_on_loses_nothing(store: Store, location: Lo
         async with await vault.open(name) as download:
             assert await download.read() == data
     assert (await vault.fsck()).missing == []
+
+
+async def test_a_blob_in_a_location_a_vault_lacks_is_left_to_one_that_has_it(
+    store: Store, tmp_path: Path
+) -> None:
+    """Two vaults on one store: ``both`` has locations ``main`` and ``old``, ``main_only``
+    only ``main``. A version stored in ``old`` is deleted; the sweep job, run by an
+    engine of ``main_only``, completes without touching it (the blob stays marked,
+    its file in place), and ``main_only``'s sweep_due and fsck do not fail on it. Then
+    ``both``'s sweep_due removes it: row and file."""
+    main, old = Location("main", tmp_path / "main"), Location("old", tmp_path / "old")
+    both = Vault(store, [old, main], grace=0.0)
+    main_only = Vault(store, main, grace=0.0)
+    info = await both.put("doc", chunks(b"kept in old"))
+    assert info.location == "old"
+    blob = old.blob_path(info.sha256)
+    engine = JobEngine(store, queues={"fiefdom": 1}, poll_interval=0.02, retention=None)
+    main_only.register(engine)
+    async with engine:
+        await both.delete("doc")
+
+        async def swept_by_the_job() -> bool:
+            return await sweep_jobs(store, JobState.COMPLETED) == 1
+
+        await wait_until(swept_by_the_job, what="the sweep job completed")
+    assert blob.exists()
+    assert (await main_only.stats()).pending_sweeps == 1
+    assert await main_only.sweep_due() == 0
+    assert (await main_only.fsck()).swept == 0
+    assert blob.exists()
+    assert await both.sweep_due() == 1
+    assert not blob.exists()
+    assert (await both.stats()).pending_sweeps == 0

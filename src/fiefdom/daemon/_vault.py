@@ -120,9 +120,10 @@ class DaemonVault:
             self.vault.register(engine)
 
     async def background(self) -> None:
-        """The reconciliation at start, then the expiry of resumable uploads, until
-        cancelled: run by the daemon as its supervised service ``vault``, the last
-        child of its tree, so that it stops before the store it uses closes."""
+        """The reconciliation at start, then the expiry of resumable uploads and the
+        sweep of due blobs, until cancelled: run by the daemon as its supervised
+        service ``vault``, the last child of its tree, so that it stops before the
+        store it uses closes."""
         assert self.vault is not None
         assert self.http is not None
         if self.config.vault.fsck_at_start:
@@ -136,6 +137,14 @@ class DaemonVault:
                     log.info("expired resumable uploads removed", removed=removed)
             except (FiefdomError, OSError) as exc:
                 log.warning("removing expired uploads failed", error=str(exc) or type(exc).__name__)
+            try:
+                # What the sweep jobs left (a blob in a location their daemon lacks,
+                # a job given up): swept here once due, by a daemon that has it.
+                swept = await self.vault.sweep_due()
+                if swept:
+                    log.info("due blobs swept", swept=swept)
+            except (FiefdomError, OSError) as exc:
+                log.warning("sweeping due blobs failed", error=str(exc) or type(exc).__name__)
             await asyncio.sleep(every)
 
     async def _fsck(self) -> None:

@@ -162,9 +162,12 @@ def statements(backend: Literal["sqlite", "postgres"]) -> Statements:
         ),
         purge_versions="DELETE FROM fiefdom_versions WHERE blob = $1 AND state = 'deleted'",
         purge_blob="DELETE FROM fiefdom_blobs WHERE id = $1 AND refs = 0",
+        # Of the locations named in $3: a vault sweeps only the files it can reach.
         due_sweeps=(
             "SELECT id FROM fiefdom_blobs WHERE marked_at IS NOT NULL "
-            f"AND marked_at <= {t('$1')} ORDER BY marked_at LIMIT $2"
+            f"AND marked_at <= {t('$1')} AND location "
+            + ("= ANY($3::text[])" if pg else "IN (SELECT value FROM json_each($3))")
+            + " ORDER BY marked_at LIMIT $2"
         ),
         blob_page=(
             "SELECT id, location, sha256 FROM fiefdom_blobs WHERE id > $1 AND refs > 0 "
