@@ -230,3 +230,13 @@ def test_config_struct_defaults_match_the_file() -> None:
     assert from_file.control == defaults.control
     assert from_file.jobs == defaults.jobs
     assert from_file.recorder == defaults.recorder
+
+
+def test_a_new_admin_token_never_begins_with_a_dash(tmp_path: Path) -> None:
+    """2,000 admin tokens, each written to a new file: none begins with ``-`` (one in 64
+    random URL-safe tokens would, and ``--token TOKEN`` would then be refused by the
+    command line as a missing argument); each is 43 URL-safe characters."""
+    tokens = [ensure_admin_token(tmp_path / f"token-{n}") for n in range(2000)]
+    assert not [t for t in tokens if t.startswith("-")]
+    assert all(len(t) == 43 and t.replace("-", "").replace("_", "").isalnum() for t in tokens)
+    assert len(set(tokens)) == len(tokens)

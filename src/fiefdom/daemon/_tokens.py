@@ -16,6 +16,15 @@ from ._config import Config
 log = get_logger("fiefdom.daemon")
 
 
+def new_token() -> str:
+    """A random token (256 bits, URL-safe) that does not begin with ``-``: one that did
+    (one in 64) would be taken for an option by ``fiefdom ... --token TOKEN``."""
+    while True:
+        token = secrets.token_urlsafe(32)
+        if not token.startswith("-"):
+            return token
+
+
 def ensure_admin_token(path: Path) -> str:
     """Read the admin token at ``path``, creating it (0600, never world-readable) if absent."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -24,7 +33,7 @@ def ensure_admin_token(path: Path) -> str:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return read_token_file(path)
-    token = secrets.token_urlsafe(32)
+    token = new_token()
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(token + "\n")
         out.flush()
