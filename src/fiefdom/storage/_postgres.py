@@ -198,28 +198,36 @@ async def restore_keys(conn: Conn, ids: Sequence[int]) -> set[int]:
 # expanded and inserted in its order (ids grow in that order); a single job, the
 # most common enqueue, as plain parameters (a cheaper statement to run). A
 # duplicate of a unique job is skipped (the unique index), and looked up afterwards.
+# Rows that hold no unique key cannot conflict (the only other unique index is the
+# generated id's): they take the statements without ON CONFLICT, which PostgreSQL
+# inserts directly instead of speculatively (a speculative insert takes a lock and
+# writes a second WAL record per row to confirm it): a batch of 10,000 inserts
+# about a sixth faster.
 _INSERT_INTO = (
     "INSERT INTO fiefdom_jobs (kind, queue, state, priority, args, domain_key, "
     "max_attempts, unique_key, unique_states, run_at, unique_digest, domain, partition, "
     "ordered) "
 )
-_ON_CONFLICT = (
-    "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING RETURNING id, unique_key"
-)
-_INSERT_MANY_SQL = (
+_RETURNING = "RETURNING id, unique_key"
+_ON_CONFLICT = "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING " + _RETURNING
+_INSERT_MANY = (
     _INSERT_INTO + "SELECT r ->> 0, r ->> 1, r ->> 2, (r ->> 3)::smallint, r -> 4, r ->> 5, "
     "(r ->> 6)::integer, decode(r ->> 7, 'hex'), (r ->> 8)::smallint, "
     "coalesce(to_timestamp((r ->> 9)::float8), now()), decode(r ->> 10, 'hex'), r ->> 11, "
     "(r ->> 12)::smallint, (r ->> 13)::boolean "
     "FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS t(r, ord) "
-    "ORDER BY ord " + _ON_CONFLICT
+    "ORDER BY ord "
 )
-_INSERT_ONE_SQL = (
+_INSERT_ONE = (
     _INSERT_INTO + "VALUES ($1::text, $2::text, $3::text, $4::smallint, $5::text::jsonb, "
     "$6::text, $7::integer, $8::bytea, $9::smallint, "
     "coalesce(to_timestamp($10::float8), now()), $11::bytea, $12::text, $13::smallint, "
-    "$14::boolean) " + _ON_CONFLICT
+    "$14::boolean) "
 )
+_INSERT_MANY_SQL = _INSERT_MANY + _ON_CONFLICT
+_INSERT_MANY_PLAIN_SQL = _INSERT_MANY + _RETURNING
+_INSERT_ONE_SQL = _INSERT_ONE + _ON_CONFLICT
+_INSERT_ONE_PLAIN_SQL = _INSERT_ONE + _RETURNING
 
 
 # A batch statement takes at most this many rows, or rows whose arguments and keys
@@ -552,7 +560,7 @@ class PostgresStore(Store):
         if len(rows) == 1:
             r = rows[0]
             got = await conn.fetch(
-                _INSERT_ONE_SQL,
+                _INSERT_ONE_SQL if r.unique_key is not None else _INSERT_ONE_PLAIN_SQL,
                 r.kind,
                 r.queue,
                 r.state.value,
@@ -584,21 +592,23 @@ class PostgresStore(Store):
 
     async def _insert_many(self, conn: Conn, rows: Sequence[NewJob]) -> list[asyncpg.Record]:
         chunks = _chunks(rows)
+        keyed = any(r.unique_key is not None for r in rows)
+        sql = _INSERT_MANY_SQL if keyed else _INSERT_MANY_PLAIN_SQL
         if len(chunks) == 1:
-            return await conn.fetch(_INSERT_MANY_SQL, _json_rows(chunks[0]))
+            return await conn.fetch(sql, _json_rows(chunks[0]))
         if conn.is_in_transaction():  # the caller's: all or nothing with it
-            return await self._insert_chunks(conn, chunks)
+            return await self._insert_chunks(conn, chunks, sql)
         # Several statements: one transaction, so the batch is still all or nothing.
         async with conn.transaction():
-            return await self._insert_chunks(conn, chunks)
+            return await self._insert_chunks(conn, chunks, sql)
 
     @staticmethod
     async def _insert_chunks(
-        conn: Conn, chunks: Sequence[Sequence[NewJob]]
+        conn: Conn, chunks: Sequence[Sequence[NewJob]], sql: str
     ) -> list[asyncpg.Record]:
         got: list[asyncpg.Record] = []
         for chunk in chunks:
-            got += await conn.fetch(_INSERT_MANY_SQL, _json_rows(chunk))
+            got += await conn.fetch(sql, _json_rows(chunk))
         return got
 
     # -- the engine's side -----------------------------------------------------------
