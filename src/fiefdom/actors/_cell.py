@@ -128,7 +128,9 @@ class Cell(Generic[M]):
         "_held",
         "_is_stopped",
         "_log",
+        "_loop",
         "_processes",
+        "_responders",
         "_running_ask",
         "_scope",
         "_stopped",
@@ -191,6 +193,13 @@ class Cell(Generic[M]):
         self._deadline_at: float | None = None
         self._cancel_requested_at: float | None = None
         self._log: Any = None
+        # The loop of the running incarnation, looked up once per incarnation: Python
+        # 3.11's asyncio.get_running_loop costs a getpid system call, and an ask
+        # looked it up three times.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Asks answered from the actor's own turn once their handler returns (see
+        # respond_directly): None until the first.
+        self._responders: dict[Ask, Callable[[asyncio.Future[object]], None]] | None = None
 
     def make_instance(self) -> Hosted[M]:
         """A fresh instance for the next incarnation (a domain's cell passes its key)."""
@@ -289,7 +298,7 @@ class Cell(Generic[M]):
             # The chain left this node and came back to an actor waiting on it.
             paths = [*origin, *(c.path for c in chain)]
             raise CallCycleError([*paths[paths.index(self.path) :], self.path])
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         ask = Ask(self, msg, loop.create_future(), chain, timeout, origin)
         if timeout is not None:
             if timeout <= 0:
@@ -317,6 +326,37 @@ class Cell(Generic[M]):
                 self._watch_deadline(deadline)
         return True
 
+    def respond_directly(self, ask: Ask, respond: Callable[[asyncio.Future[object]], None]) -> None:
+        """Have ``respond``, already a done callback of ``ask``'s future, called from the
+        actor's own turn when the handler of ``ask`` returns, instead of from a turn of
+        the event loop of its own (the control channel writes a call's reply then). An
+        ask ending any other way (deadline, failure, stop, abandon) still calls it as a
+        done callback; ``respond`` then calls ``forget_responder``."""
+        responders = self._responders
+        if responders is None:
+            responders = self._responders = {}
+        responders[ask] = respond
+
+    def forget_responder(self, ask: Ask) -> None:
+        """``ask`` has ended without its responder called from the actor's turn."""
+        if self._responders:
+            self._responders.pop(ask, None)
+
+    def _respond(self, ask: Ask, future: asyncio.Future[object], result: object) -> None:
+        """Set the result of ``ask``'s future, calling its responder now if it has one."""
+        responders = self._responders
+        respond = responders.pop(ask, None) if responders else None
+        if respond is None:
+            future.set_result(result)
+            return
+        # Not scheduled as a done callback: called below, in this turn.
+        future.remove_done_callback(respond)
+        future.set_result(result)
+        try:
+            respond(future)
+        except Exception:
+            self.log.error("an ask's responder raised", **exc_fields())
+
     def timeout_error(
         self, ask: Ask, phase: Literal["queued", "running"], **kw: bool
     ) -> AskTimeout:
@@ -332,7 +372,7 @@ class Cell(Generic[M]):
         if at is None or at > deadline:
             if self._deadline_timer is not None:
                 self._deadline_timer.cancel()
-            loop = asyncio.get_running_loop()
+            loop = self._loop or asyncio.get_running_loop()
             self._deadline_timer = loop.call_at(deadline, self._on_deadline_timer)
             self._deadline_at = deadline
 
@@ -382,6 +422,7 @@ class Cell(Generic[M]):
         a stop is requested, stop it. Raises what a handler raised (a crash), or
         StartFailed when the factory or on_start raised."""
         current_cell.set(self)
+        loop = self._loop = asyncio.get_running_loop()
         # The task was made in the context of whoever activated the actor, maybe a
         # forwarded ask: its chain is that ask's, not the actor's later messages'.
         if forwarded_from.get():
@@ -443,7 +484,8 @@ class Cell(Generic[M]):
                                 self.on_idle(self)
                                 if self.stop_mode is not None:
                                     continue
-                            waiter = mailbox.waiter()  # a plain future: no coroutine per wait
+                            # A plain future: no coroutine per wait.
+                            waiter = mailbox.waiter(loop)
                             if waiter is not None:
                                 await waiter
                             continue
@@ -460,7 +502,7 @@ class Cell(Generic[M]):
                         # An ask, handled inline: a coroutine less per ask on the hottest path.
                         deadline = item.deadline
                         if deadline is not None:
-                            if asyncio.get_running_loop().time() >= deadline:
+                            if loop.time() >= deadline:
                                 # Due, but its timer has not run yet: expired while
                                 # queued, so it never runs.
                                 item.finish()
@@ -497,7 +539,7 @@ class Cell(Generic[M]):
                         if not future.done():
                             # Even past its deadline: the work was done, and a timeout
                             # would tell the caller it was not (it might do it twice).
-                            future.set_result(result)
+                            self._respond(item, future, result)
                         # An idle actor holds no old reply, nor the token (the garbage
                         # collector would scan it on every live actor).
                         del result, msg, future, token
@@ -529,6 +571,7 @@ class Cell(Generic[M]):
             if inst is not None and type(inst).on_stop is not _default_on_stop:
                 await self._stop_instance(inst)
             self._cancel_requested_at = None  # whatever was cancelled has returned
+            self._loop = None  # the next incarnation looks it up again
         if self._cancelled and self._cancel_warns and scope.cancelled_caught:
             self.log.warning("actor cancelled at its shutdown deadline")
 

@@ -106,12 +106,13 @@ class Mailbox:
             return item
         return EMPTY
 
-    def waiter(self) -> asyncio.Future[None] | None:
+    def waiter(self, loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Future[None] | None:
         """None when an item is available; else a future that completes when one may
-        be, or when ``wake()`` is called."""
+        be, or when ``wake()`` is called. (The reader may pass the running loop: Python
+        3.11's get_running_loop costs a getpid system call.)"""
         if self._size:
             return None
-        getter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        getter: asyncio.Future[None] = (loop or asyncio.get_running_loop()).create_future()
         self._getter = getter
         return getter
 

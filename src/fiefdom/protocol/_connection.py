@@ -10,12 +10,18 @@ import asyncio
 import struct
 from collections import deque
 from collections.abc import Coroutine
-from typing import Any, Final, Protocol, assert_never
+from typing import Any, Final, Protocol, assert_never, cast
 
+import aiohttp
 import anyio
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp._websocket.reader import WebSocketDataQueue
+from aiohttp.helpers import DEFAULT_CHUNK_SIZE
+from aiohttp.http import WebSocketReader, WebSocketWriter
+from aiohttp.web_request import BaseRequest
 
+from ..actors._cell import Cell
 from ..actors._envelope import Ask
 from . import _requests as requests
 from ._codec import SERVER_JSON, SERVER_MSGPACK, Codec
@@ -98,6 +104,14 @@ _HELLO_CLOSES: Final[dict[ErrorCode, tuple[int, str]]] = {
 # What to do once a queued frame is written (see Connection.send).
 _Then = Slot["Connection"] | asyncio.Future[None]
 
+# The aiohttp releases whose websocket setup (WebSocketResponse._post_start) the
+# ControlSocket below repeats with a queue of its own; with any other, the connection
+# reads every frame through aiohttp's queue and the reading task (slower, the same
+# answers).
+_FRAMES_CHECKED_ON: Final = ((3, 14),)
+_AIOHTTP: Final = tuple(int(part) for part in aiohttp.__version__.split(".")[:2])
+TAKES_FRAMES: Final = _AIOHTTP in _FRAMES_CHECKED_ON
+
 
 class ConnectionOwner(Protocol):
     """What a connection needs from the server that accepted it."""
@@ -169,6 +183,12 @@ class Connection:
         self.slot_free = asyncio.Event()
         self.welcomed = role is not None
         self.evicted: str | None = None  # why it was closed to make room for another
+        # Python 3.11's asyncio.get_running_loop costs a getpid system call: the loop
+        # is looked up once (a connection is made by the request handler, in the loop).
+        self.loop = asyncio.get_running_loop()
+        # Frames handled that way since the reading task or a call's reply last ran,
+        # that is within one turn of the event loop at most (see _FRAMES_PER_TURN).
+        self.taken = 0
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -199,7 +219,11 @@ class Connection:
             if self.role is None:
                 self.spawn(self._hello_deadline(), "control/hello-deadline")
             frames = 0
-            async for msg in self.ws:
+            receive = self.ws.receive
+            while True:
+                # (While this waits, frames may be handled as they are parsed: _Frames.)
+                msg = await receive()
+                self.taken = 0
                 if msg.type is WSMsgType.TEXT:
                     codec = SERVER_JSON
                 elif msg.type is WSMsgType.BINARY:
@@ -374,21 +398,58 @@ class Connection:
             while self.requests >= self.max_in_flight:
                 self.slot_free.clear()
                 await self.slot_free.wait()
-            self.requests += 1
-            # In line for a slot now, in the order the requests were read (granted at
-            # once, without a ticket to wait on, in the common case).
-            scheduler = self.scheduler
-            if scheduler.try_grant(self):
-                ticket = None
-                # A call to a spawned actor, with nothing of this connection's still in
-                # a task, is started here and answered by its ask's done callback: no
-                # task, and two turns of the event loop fewer.
-                if type(msg) is Call and not self.in_tasks and self._start_call(msg, codec):
-                    return
-            else:
-                ticket = scheduler.ticket(self)
-            self.in_tasks += 1
-            self.spawn(self._answer_in_flight(msg, codec, ticket), "control/request")
+            self._start(msg, codec)
+
+    def take_frame(self, data: bytes, codec: Codec[ClientMessage]) -> bool:
+        """Handle a frame where aiohttp has just parsed it, without waking the reading
+        task, when the reading task would have handled it without waiting: it is
+        within the rate, not too deep, decodes, is allowed, is not answered in order
+        and finds a request free within max_in_flight. Then it is started exactly as
+        ``_handle`` starts it (a call to a spawned actor without a task, anything else
+        in a task of its own). False, with nothing counted or taken, for any other
+        frame: the reading task gets it and answers it as before. Only called while
+        the reading task waits with nothing read before this frame left to handle
+        (``_Frames.idle``), so frames are still handled in the order read; and at most
+        ``_FRAMES_PER_TURN`` between two turns of the reading task or of a reply."""
+        if (
+            self.taken >= _FRAMES_PER_TURN
+            or self.requests >= self.max_in_flight
+            or not self.limiter.ready()
+            or codec.too_deep(data, self.max_depth)
+        ):
+            return False
+        try:
+            msg = codec.decode(data)
+        except msgspec.DecodeError:
+            return False
+        if isinstance(msg, _IN_ORDER) or self._refusal(msg) is not None:
+            return False
+        if not self.limiter.take():
+            return False  # (ready said it would: never, but then nothing was taken)
+        self.taken += 1
+        self.server.count_frame(type(msg))
+        if msg.cost > 1:
+            self.limiter.charge(msg.cost - 1)
+        self._start(msg, codec)
+        return True
+
+    def _start(self, msg: ClientMessage, codec: Codec[ClientMessage]) -> None:
+        """Start a request (not one answered in order), under max_in_flight."""
+        self.requests += 1
+        # In line for a slot now, in the order the requests were read (granted at
+        # once, without a ticket to wait on, in the common case).
+        scheduler = self.scheduler
+        if scheduler.try_grant(self):
+            ticket = None
+            # A call to a spawned actor, with nothing of this connection's still in
+            # a task, is started here and answered by its ask's done callback: no
+            # task, and two turns of the event loop fewer.
+            if type(msg) is Call and not self.in_tasks and self._start_call(msg, codec):
+                return
+        else:
+            ticket = scheduler.ticket(self)
+        self.in_tasks += 1
+        self.spawn(self._answer_in_flight(msg, codec, ticket), "control/request")
 
     def _start_call(self, msg: Call, codec: Codec[ClientMessage]) -> bool:
         """Start ``msg`` without a task (see ``requests.start_call``), holding the slot
@@ -396,11 +457,16 @@ class Connection:
         started = requests.start_call(self.host, msg, codec)
         if started is None:
             return False
-        slot = Slot(self.scheduler, self)
+        slot = Slot(self.scheduler, self, self.loop)
         if isinstance(started, Ask):
-            call = _Call(self, msg, codec, started, slot)
+            cell = cast("Cell[Any]", started.cell)  # start_call asks spawned actors only
+            call = _Call(self, msg, codec, started, slot, cell)
             self.calls.add(call)
-            started.future.add_done_callback(call.done)
+            done = call.done
+            started.future.add_done_callback(done)
+            # Answered from the actor's turn when its handler returns: a turn of the
+            # event loop less than a done callback (which answers any other outcome).
+            cell.respond_directly(started, done)
         else:
             self.answer(codec, self.encode(codec, started), slot)
         return True
@@ -570,7 +636,7 @@ class _Call:
     """A call to an actor started by the connection's reader, in flight until its ask's
     future is done: its done callback answers it."""
 
-    __slots__ = ("ask", "codec", "conn", "msg", "slot")
+    __slots__ = ("ask", "cell", "codec", "conn", "msg", "slot")
 
     def __init__(
         self,
@@ -579,19 +645,26 @@ class _Call:
         codec: Codec[ClientMessage],
         ask: Ask,
         slot: Slot[Connection],
+        cell: Cell[Any],
     ) -> None:
         self.conn = conn
         self.msg = msg
         self.codec = codec
         self.ask = ask
         self.slot = slot
+        self.cell = cell
 
     def done(self, future: asyncio.Future[object]) -> None:
-        calls = self.conn.calls
+        """The ask's outcome: called from the actor's turn when its handler returned
+        (``Cell.respond_directly``), else as the future's done callback."""
+        self.cell.forget_responder(self.ask)
+        conn = self.conn
+        calls = conn.calls
         if self not in calls:
             return  # abandoned: the connection has ended (see abandoned)
         calls.discard(self)
-        msg, codec, conn = self.msg, self.codec, self.conn
+        conn.taken = 0  # a turn of the event loop has passed since the call was read
+        msg, codec = self.msg, self.codec
         exc = future.exception()
         if exc is None:
             try:
@@ -611,3 +684,77 @@ class _Call:
             await self.ask.wait_exited(self.ask.cell.cancel_grace)
         finally:
             self.slot.release()
+
+
+class _Frames(WebSocketDataQueue):
+    """aiohttp's queue of the frames it has parsed, for the reading task, which first
+    offers each data frame to its connection (``Connection.take_frame``) while the
+    reading task waits on an empty queue: a frame handled there never wakes the task,
+    a turn of the event loop less per request. Any other frame (control frames, the
+    close, errors, a frame the connection leaves to its reading task) is queued as
+    aiohttp would, behind those already queued."""
+
+    def __init__(
+        self, protocol: Any, limit: int, *, loop: asyncio.AbstractEventLoop, conn: Connection
+    ) -> None:
+        super().__init__(protocol, limit, loop=loop)
+        self.conn = conn
+        # True while the reading task waits on the empty queue, which it reads only
+        # once it has handled every frame before: a frame parsed then is the next in
+        # line. Cleared by the first frame queued (the task has that one to handle
+        # first; aiohttp may parse further frames, held back while the queue was
+        # full, while the task takes it), and once the task is woken.
+        self.idle = False
+
+    async def read(self) -> Any:
+        if not self._buffer:
+            self.idle = True
+        try:
+            return await super().read()
+        finally:
+            self.idle = False
+
+    def feed_data(self, data: Any, size: int) -> None:
+        conn = self.conn
+        # (Not once the peer's close has been read: what follows is the reading task's.)
+        if self.idle and not conn.ws._closing:
+            kind = data[0]
+            if kind is WSMsgType.TEXT:
+                if conn.take_frame(data[1], SERVER_JSON):
+                    return
+            elif kind is WSMsgType.BINARY and conn.take_frame(data[1], SERVER_MSGPACK):
+                return
+        self.idle = False
+        super().feed_data(data, size)
+
+
+class ControlSocket(web.WebSocketResponse):
+    """The websocket of one connection of the control channel: aiohttp's, but with
+    the frames it parses offered to ``connection`` first (see _Frames), on the
+    aiohttp releases this was checked against (TAKES_FRAMES)."""
+
+    connection: Connection | None = None
+
+    def _post_start(
+        self, request: BaseRequest, protocol: str | None, writer: WebSocketWriter
+    ) -> None:
+        conn = self.connection
+        if conn is None or not TAKES_FRAMES:
+            super()._post_start(request, protocol, writer)
+            return
+        # aiohttp 3.14's _post_start, with the queue replaced.
+        self._ws_protocol = protocol
+        self._writer = writer
+        self._reset_heartbeat()
+        loop = self._loop
+        assert loop is not None
+        self._reader = _Frames(request._protocol, DEFAULT_CHUNK_SIZE, loop=loop, conn=conn)
+        self._parser = WebSocketReader(
+            self._reader,
+            self._max_msg_size,
+            compress=bool(self._compress),
+            decode_text=self._decode_text,
+        )
+        callback = None if self._heartbeat is None else self._on_data_received
+        request.protocol.set_parser(self._parser, data_received_cb=callback)
+        request.protocol.keep_alive(False)

@@ -72,6 +72,12 @@ class RateLimiter:
             return True
         return False
 
+    def ready(self) -> bool:
+        """Whether ``take`` would take a frame now; nothing is taken (a frame checked
+        before it is counted: see Connection.take_frame)."""
+        level = self._level + (time.monotonic() - self._last) * self._rate
+        return min(level, self._burst) >= 1.0
+
     def charge(self, frames: int) -> None:
         """Count a request read as ``frames`` more frames (a heavy one): the bucket may
         go below empty, and the frames after it then wait until it has refilled."""
@@ -236,10 +242,17 @@ class Slot(Generic[K]):
 
     __slots__ = ("_owner", "_scheduler", "_started", "_timer")
 
-    def __init__(self, scheduler: FairScheduler[K], owner: K) -> None:
+    def __init__(
+        self,
+        scheduler: FairScheduler[K],
+        owner: K,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self._scheduler: FairScheduler[K] | None = scheduler
         self._owner = owner
-        self._started = asyncio.get_running_loop().time()
+        # The caller may pass the running loop: Python 3.11's get_running_loop costs a
+        # getpid system call.
+        self._started = (loop or asyncio.get_running_loop()).time()
         self._timer: asyncio.TimerHandle | None = None
         if scheduler._waiting:
             self.arm()

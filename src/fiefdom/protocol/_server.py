@@ -29,7 +29,7 @@ from .._log import get_logger
 from ..actors import StopMode
 from ._admission import Admission, CappedSite, loud_repeats, quiet_repeats
 from ._codec import json_schema
-from ._connection import Connection
+from ._connection import Connection, ControlSocket
 from ._fairness import FairScheduler
 from ._messages import ENDPOINT_ROLE, ErrorCode, Role, role_allows
 from ._metrics import ControlMetrics
@@ -437,7 +437,7 @@ class ControlServer:
             return web.json_response(
                 {"code": ErrorCode.UNAVAILABLE, "message": "the daemon is stopping"}, status=503
             )
-        ws = web.WebSocketResponse(
+        ws = ControlSocket(
             # aiohttp refuses a message of max_msg_size bytes or more; a frame of
             # exactly max_frame_bytes is allowed. A larger one is closed with 1009.
             max_msg_size=self.settings.max_frame_bytes + 1,
@@ -446,6 +446,7 @@ class ControlServer:
             heartbeat=30.0,
         )
         conn = Connection(self, ws, role, request.transport)
+        ws.connection = conn
         # Counted before the handshake's await: concurrent upgrades see each other.
         if role is None:
             if len(self._unauthenticated) >= self.settings.max_unauthenticated:
