@@ -267,6 +267,9 @@ def _daemon_gc() -> Any:
         assert spec is not None
         assert spec.loader is not None
         module = importlib.util.module_from_spec(spec)
+        # Its relative imports (fiefdom._log) resolve from the package it belongs to,
+        # which need not be imported for them.
+        module.__package__ = "fiefdom.daemon"
         spec.loader.exec_module(module)
         sys.modules[name] = module
     return sys.modules[name]

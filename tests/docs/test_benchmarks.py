@@ -30,11 +30,17 @@ def run(script: str, *args: str) -> list[dict[str, object]]:
 
 @pytest.mark.slow
 def test_actor_benchmark_prints_figures_with_baselines() -> None:
-    """bench/actors.py: tell and ask figures, each with its baseline and ratio."""
-    figures = run("actors.py", "--quick", "--only", "tell", "--only", "ask")
-    assert [f["figure"] for f in figures] == ["tell_throughput", "ask_round_trips"]
+    """bench/actors.py: tell, ask and activation figures, each with its baseline and
+    ratio (the activations also under the daemon's garbage collector settings)."""
+    figures = run("actors.py", "--quick", "--only", "tell", "--only", "ask", "--only", "domain")
+    assert [f["figure"] for f in figures] == [
+        "tell_throughput",
+        "ask_round_trips",
+        "domain_activations",
+    ]
     for figure in figures:
         assert {"baseline_per_s", "ratio", "loop"} <= figure.keys()
+    assert "daemon_gc_ratio" in figures[2]
 
 
 @pytest.mark.slow
