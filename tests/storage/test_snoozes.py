@@ -9,6 +9,7 @@ import asyncio
 import inspect
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -98,6 +99,8 @@ async def test_a_job_that_always_snoozes_is_discarded_after_max_snoozes(store: S
     snoozes = [e for e in run.events if is_snooze(e)]
     assert [e.detail for e in snoozes] == [f"snoozed for 0s (snooze {n})" for n in (1, 2, 3)]
     assert all(e.state is JobState.AVAILABLE for e in snoozes)
+    # The events say so in a field of their own: exactly the snoozes carry it.
+    assert [e for e in run.events if e.snoozed] == snoozes
     assert run.events[-1].state is JobState.DISCARDED
     assert run.events[-1].detail == error.message
     assert not is_snooze(run.events[-1])
@@ -180,3 +183,31 @@ def test_a_job_ends_as_its_snoozes_and_the_cap_say(
         assert run.seen == [(1, n) for n in range(allowed + 1)]
 
     asyncio.run(check())
+
+
+def test_a_snooze_from_a_daemon_without_the_field_is_still_recognised() -> None:
+    """An event of a daemon from before ``JobEvent.snoozed`` (decoded without the
+    field) is taken for a snooze by its detail; a job given back unrun is not one,
+    and the field alone is enough whatever the detail says."""
+    wire = {
+        "topic": "jobs",
+        "job_id": 7,
+        "kind": "later",
+        "queue": "default",
+        "state": "available",
+        "attempt": 1,
+        "at": 1.0,
+    }
+    old = msgspec.json.decode(
+        msgspec.json.encode({**wire, "detail": "snoozed for 5s (snooze 2)"}), type=JobEvent
+    )
+    assert not old.snoozed
+    assert is_snooze(old)
+    given_back = msgspec.json.decode(
+        msgspec.json.encode({**wire, "detail": "given back at shutdown"}), type=JobEvent
+    )
+    assert not is_snooze(given_back)
+    flagged = msgspec.json.decode(
+        msgspec.json.encode({**wire, "detail": None, "snoozed": True}), type=JobEvent
+    )
+    assert is_snooze(flagged)

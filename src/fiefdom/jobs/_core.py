@@ -244,7 +244,9 @@ class Core:
 
     # -- events ----------------------------------------------------------------------
 
-    def emit(self, job: ClaimedJob, state: JobState, detail: str | None) -> None:
+    def emit(
+        self, job: ClaimedJob, state: JobState, detail: str | None, *, snoozed: bool = False
+    ) -> None:
         self.publish(
             JobEvent(
                 job_id=job.id,
@@ -255,6 +257,7 @@ class Core:
                 at=time.time(),
                 detail=detail,
                 queued_for=job.queued_for if state is JobState.RUNNING else None,
+                snoozed=snoozed,
             )
         )
 

@@ -64,6 +64,7 @@ class Finisher(Service):
             core.outcomes[ended.value] = core.outcomes.get(ended.value, 0) + 1
             if core.subscribers:
                 detail = None if outcome.error is None else outcome.error.message
+                snoozed = False
                 if ended is not outcome.state:
                     detail = "superseded by a waiting job with its unique key"
                 elif held.given_back is not None:
@@ -72,9 +73,10 @@ class Finisher(Service):
                     detail = "given back unrun: its queue was paused"
                 elif outcome.snooze:
                     detail = snooze_detail(outcome.delay or 0.0, held.job.snoozes + 1)
+                    snoozed = True
                 elif outcome.refund and outcome.state is JobState.AVAILABLE:
                     detail = "given back at shutdown"
-                core.emit(held.job, ended, detail)
+                core.emit(held.job, ended, detail, snoozed=snoozed)
 
     async def _write(
         self, batch: list[Item]

@@ -55,7 +55,10 @@ def snooze_detail(delay: float, snoozes: int) -> str:
 
 def is_snooze(event: JobEvent) -> bool:
     """Whether ``event`` says that a handler snoozed its job (the job waits again,
-    its attempt given back), as opposed to a job given back unrun."""
+    its attempt given back), as opposed to a job given back unrun: its ``snoozed``
+    field, or, for an event of a daemon from before that field, its detail."""
+    if event.snoozed:
+        return True
     return (
         event.state in (JobState.SCHEDULED, JobState.AVAILABLE)
         and event.detail is not None

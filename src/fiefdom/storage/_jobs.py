@@ -356,6 +356,10 @@ class JobEvent(
     # On a ``running`` event: seconds the job waited from when it was due (its
     # ``run_at``) until this attempt was claimed (the store's clock).
     queued_for: float | None = None
+    # A handler snoozed the job (``Snooze``): it waits again, its attempt given back
+    # (``state`` is scheduled or available). A daemon from before this field sends
+    # none: ``fiefdom.jobs.is_snooze`` then reads ``detail``.
+    snoozed: bool = False
 
 
 class ClaimedJob(msgspec.Struct, kw_only=True, gc=False):
