@@ -5,7 +5,6 @@ and a private PostgreSQL instance the tests may stop and start."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import glob
 import json
@@ -26,6 +25,7 @@ import aiohttp
 import anyio
 import pytest
 from daemon_harness import DaemonProcess, write_config
+from raw_websocket import open_websocket, read_frame, ws_frame
 
 # How long a condition may take before the test calls it a hang. Generous on purpose:
 # the suite asserts that progress happens, never how fast.
@@ -85,22 +85,6 @@ def logged_errors(daemon: DaemonProcess) -> list[str]:
 # -- a websocket client that can disappear at any instant -----------------------------
 
 
-def ws_frame(payload: bytes, *, binary: bool = False) -> bytes:
-    """One masked client frame (RFC 6455), FIN set."""
-    opcode = 0x2 if binary else 0x1
-    head = bytes([0x80 | opcode])
-    n = len(payload)
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 1 << 16:
-        head += bytes([0x80 | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return head + mask + masked
-
-
 class RawWebSocket:
     """A websocket spoken by hand over a TCP stream, so that a test can send half a
     frame, or leave without a closing handshake (with a FIN, or a RST)."""
@@ -111,25 +95,7 @@ class RawWebSocket:
 
     @classmethod
     async def connect(cls, url: str, token: str) -> RawWebSocket:
-        host, _, port = url.removeprefix("http://").partition(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(
-            (
-                f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n"
-            ).encode()
-        )
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except BaseException:
-            writer.transport.abort()
-            raise
-        if not head.startswith(b"HTTP/1.1 101"):
-            writer.transport.abort()
-            raise ConnectionError(f"upgrade refused: {head.splitlines()[0]!r}")
-        return cls(reader, writer)
+        return cls(*await open_websocket(url, token))
 
     def send(self, frame: dict[str, object]) -> None:
         self.writer.write(ws_frame(json.dumps(frame).encode()))
@@ -138,14 +104,8 @@ class RawWebSocket:
         self.writer.write(data)
 
     async def read_frame(self) -> bytes:
-        """The payload of the next server frame (servers do not mask)."""
-        _, second = await self.reader.readexactly(2)
-        n = second & 0x7F
-        if n == 126:
-            (n,) = struct.unpack("!H", await self.reader.readexactly(2))
-        elif n == 127:
-            (n,) = struct.unpack("!Q", await self.reader.readexactly(8))
-        return await self.reader.readexactly(n)
+        """The payload of the next server frame."""
+        return await read_frame(self.reader)
 
     def vanish(self, *, reset: bool) -> None:
         """Leave at once: no closing handshake; ``reset`` sends a RST instead of a FIN."""

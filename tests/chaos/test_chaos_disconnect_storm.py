@@ -26,8 +26,8 @@ from chaos_helpers import (
     logged_errors,
     wait_until,
 )
-from chaos_helpers import ws_frame as encode_frame
 from daemon_harness import DaemonProcess
+from raw_websocket import ws_frame as encode_frame
 
 from fiefdom.storage import Job, JobOptions, JobState, Lease, engine_queries, open_store
 

@@ -9,7 +9,6 @@ Speed is measured in bench/control.py, never asserted here."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import os
@@ -24,6 +23,7 @@ import anyio
 import msgspec
 import pytest
 from daemon_harness import DaemonProcess, write_config
+from raw_websocket import open_websocket, read_frame, ws_frame
 
 from fiefdom.protocol import _requests as requests
 from fiefdom.protocol._codec import CLIENT_JSON, SERVER_JSON, SERVER_MSGPACK, Codec
@@ -187,38 +187,15 @@ class _RawSocket:
 
     @classmethod
     async def connect(cls, daemon: DaemonProcess) -> _RawSocket:
-        host, _, port = daemon.url.removeprefix("http://").partition(":")
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
-        reader, writer = await asyncio.open_connection(sock=sock)
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(
-            f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {daemon.token}\r\n\r\n".encode()
-        )
-        head = await reader.readuntil(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 101"), head
-        return cls(reader, writer)
+        return cls(*await open_websocket(daemon.url, daemon.token, rcvbuf=4096))
 
     def send(self, payload: bytes) -> None:
-        """One masked text frame (RFC 6455; payloads under 126 bytes here)."""
-        assert len(payload) < 126
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.writer.write(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+        """One masked text frame."""
+        self.writer.write(ws_frame(payload))
 
     async def receive(self) -> Any:
-        """The next server frame, decoded from JSON (servers do not mask)."""
-        _, second = await self.reader.readexactly(2)
-        n = second & 0x7F
-        if n == 126:
-            (n,) = struct.unpack("!H", await self.reader.readexactly(2))
-        elif n == 127:
-            (n,) = struct.unpack("!Q", await self.reader.readexactly(8))
-        return json.loads(await self.reader.readexactly(n))
+        """The next server frame, decoded from JSON."""
+        return json.loads(await read_frame(self.reader))
 
     def vanish(self) -> None:
         """Leave with a RST."""

@@ -9,7 +9,6 @@ bench/control_fairness.py, never asserted here."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import os
@@ -23,6 +22,7 @@ import aiohttp
 import anyio
 from daemon_harness import DaemonProcess, write_config
 from prometheus_client.parser import text_string_to_metric_families
+from raw_websocket import open_websocket, read_frame, ws_frame
 
 from fiefdom.protocol._fairness import FairScheduler
 from fiefdom.protocol._messages import HEAVY
@@ -78,38 +78,19 @@ class _RawSocket:
 
     @classmethod
     async def connect(cls, daemon: DaemonProcess) -> _RawSocket:
-        host, _, port = daemon.url.removeprefix("http://").partition(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(
-            f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {daemon.token}\r\n\r\n".encode()
-        )
-        head = await reader.readuntil(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 101"), head
-        return cls(reader, writer)
+        return cls(*await open_websocket(daemon.url, daemon.token))
 
     def send(self, payload: bytes) -> None:
-        """One masked text frame (RFC 6455; payloads under 126 bytes here)."""
-        assert len(payload) < 126
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.writer.write(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+        """One masked text frame."""
+        self.writer.write(ws_frame(payload))
 
     def unsent(self) -> int:
         """Bytes written that the kernel has not taken yet (its send buffer is full)."""
         return self.writer.transport.get_write_buffer_size()
 
     async def receive(self) -> Any:
-        """The next server frame, decoded from JSON (servers do not mask)."""
-        _, second = await self.reader.readexactly(2)
-        n = second & 0x7F
-        if n == 126:
-            (n,) = struct.unpack("!H", await self.reader.readexactly(2))
-        elif n == 127:
-            (n,) = struct.unpack("!Q", await self.reader.readexactly(8))
-        return json.loads(await self.reader.readexactly(n))
+        """The next server frame, decoded from JSON."""
+        return json.loads(await read_frame(self.reader))
 
     def vanish(self) -> None:
         """Leave with a RST: the daemon has megabytes of this client still to read."""

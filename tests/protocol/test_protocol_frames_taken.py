@@ -10,11 +10,8 @@ event loop. Speed is measured in bench/control.py, never asserted here."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
-import socket
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +19,7 @@ import aiohttp
 import anyio
 import pytest
 from daemon_harness import DaemonProcess, write_config
+from raw_websocket import open_websocket, read_frame, ws_frame
 
 from fiefdom.protocol import _connection
 
@@ -44,25 +42,6 @@ def _daemon(tmp_path: Path, loop: str, control: str = "", rate: str = "") -> Dae
     return DaemonProcess(config, env={"PYTHONPATH": path})
 
 
-def _frame(payload: bytes) -> bytes:
-    """One masked text frame (RFC 6455)."""
-    mask = os.urandom(4)
-    n = len(payload)
-    if n < 126:
-        head = bytes([0x81, 0x80 | n])
-    elif n < 65536:
-        head = bytes([0x81, 0x80 | 126]) + struct.pack("!H", n)
-    else:
-        head = bytes([0x81, 0x80 | 127]) + struct.pack("!Q", n)
-    return head + mask + _masked(payload, mask)
-
-
-def _masked(payload: bytes, mask: bytes) -> bytes:
-    n = len(payload)
-    key = (mask * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
-
-
 class _RawSocket:
     """A websocket client over a plain TCP socket, to send many frames in one write."""
 
@@ -72,33 +51,16 @@ class _RawSocket:
 
     @classmethod
     async def connect(cls, daemon: DaemonProcess) -> _RawSocket:
-        host, _, port = daemon.url.removeprefix("http://").partition(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(
-            f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {daemon.token}\r\n\r\n".encode()
-        )
-        head = await reader.readuntil(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 101"), head
-        return cls(reader, writer)
+        return cls(*await open_websocket(daemon.url, daemon.token, nodelay=True))
 
     async def send(self, *frames: dict[str, Any]) -> None:
         """The frames, in one write."""
-        self.writer.write(b"".join(_frame(json.dumps(f).encode()) for f in frames))
+        self.writer.write(b"".join(ws_frame(json.dumps(f).encode()) for f in frames))
         await self.writer.drain()
 
     async def receive(self) -> Any:
-        """The next server frame, decoded from JSON (servers do not mask)."""
-        _, second = await self.reader.readexactly(2)
-        n = second & 0x7F
-        if n == 126:
-            (n,) = struct.unpack("!H", await self.reader.readexactly(2))
-        elif n == 127:
-            (n,) = struct.unpack("!Q", await self.reader.readexactly(8))
-        return json.loads(await self.reader.readexactly(n))
+        """The next server frame, decoded from JSON."""
+        return json.loads(await read_frame(self.reader))
 
     def close(self) -> None:
         self.writer.transport.abort()
