@@ -149,16 +149,6 @@ FINISH_COMPLETED_SQL = (
 )
 
 
-def _plain_completion(o: Outcome) -> bool:
-    return (
-        o.state is JobState.COMPLETED
-        and o.error is None
-        and o.delay is None
-        and not o.refund
-        and not o.snooze
-    )
-
-
 _LEASE_EXPIRED = LEASE_EXPIRED_SQL.format(
     cancel="j.cancel_requested", attempt="j.attempt", max_attempts="j.max_attempts"
 )
@@ -204,7 +194,7 @@ class PostgresQueries(EngineQueries):
             # also restores the keys: all or nothing, so a failure cannot leave
             # part of the batch committed, which the engine's retry would then
             # report as stale leases (no event, no outcome count, no NOTIFY).
-            if all(_plain_completion(o) for o in outcomes):
+            if all(o.plain_completion for o in outcomes):
                 ordered = sorted(outcomes, key=lambda o: o.lease.job_id)
                 rows = list(
                     await conn.fetch(

@@ -81,16 +81,6 @@ _COMPLETE_SQL = (
 )
 
 
-def _plain_completion(o: Outcome) -> bool:
-    return (
-        o.state is JobState.COMPLETED
-        and o.delay is None
-        and o.error is None
-        and not o.refund
-        and not o.snooze
-    )
-
-
 _LEASE_EXPIRED = LEASE_EXPIRED_SQL.format(
     cancel="cancel_requested", attempt="attempt", max_attempts="max_attempts"
 )
@@ -148,7 +138,7 @@ class SQLiteQueries(EngineQueries):
     async def finish(self, outcomes: Sequence[Outcome]) -> dict[int, JobState]:
         if not outcomes:
             return {}
-        sql = _COMPLETE_SQL if all(_plain_completion(o) for o in outcomes) else _FINISH_SQL
+        sql = _COMPLETE_SQL if all(o.plain_completion for o in outcomes) else _FINISH_SQL
         if sql is _COMPLETE_SQL:
             batch = msgspec.json.encode([(o.lease.job_id, o.lease.token) for o in outcomes])
         else:
