@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from fiefdom.jobs import JobEngine, Retention
-from fiefdom.storage import Store
+from fiefdom.storage import JobState, Store
 
 
 def engine(store: Store, **overrides: Any) -> JobEngine:
@@ -48,3 +48,19 @@ async def wait_until(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
         await anyio.sleep(0.01)
+
+
+async def state_of(store: Store, job_id: int | None) -> JobState | None:
+    """The job's state, None if it is gone."""
+    assert job_id is not None
+    info = await store.get_job(job_id)
+    return None if info is None else info.state
+
+
+async def reaches(store: Store, job_id: int | None, state: JobState) -> None:
+    """Wait until the job is in ``state`` (within the hang guard)."""
+
+    async def check() -> bool:
+        return await state_of(store, job_id) == state
+
+    await wait_until(check, what=f"job {job_id} to be {state}")

@@ -15,7 +15,7 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from storage_helpers import engine, wait_until
+from storage_helpers import engine, reaches, state_of, wait_until
 
 import fiefdom
 from fiefdom.jobs import Cancel, Discard, JobContext, Retention, Snooze
@@ -45,19 +45,6 @@ class Ping(Job):
 class Other(Job):
     options = JobOptions(kind="other", queue="other", backoff=no_backoff)
     n: int
-
-
-async def state_of(store: Store, job_id: int | None) -> JobState | None:
-    assert job_id is not None
-    info = await store.get_job(job_id)
-    return None if info is None else info.state
-
-
-async def reaches(store: Store, job_id: int | None, state: JobState) -> None:
-    async def check() -> bool:
-        return await state_of(store, job_id) == state
-
-    await wait_until(check, what=f"job {job_id} to be {state}")
 
 
 # -- options ---------------------------------------------------------------------------

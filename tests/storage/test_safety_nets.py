@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio
 import pytest
-from storage_helpers import engine, wait_until
+from storage_helpers import engine, reaches, wait_until
 
 import fiefdom
 from fiefdom.jobs import DomainJobContext, JobContext
@@ -25,13 +25,6 @@ async def job_info(store: Store, job_id: int | None) -> JobInfo:
     info = await store.get_job(job_id)
     assert info is not None
     return info
-
-
-async def reaches(store: Store, job_id: int | None, state: JobState) -> None:
-    async def check() -> bool:
-        return (await job_info(store, job_id)).state == state
-
-    await wait_until(check, what=f"job {job_id} to be {state}")
 
 
 # -- a kind's own backoff ------------------------------------------------------------

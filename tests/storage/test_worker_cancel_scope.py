@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
-from storage_helpers import engine, wait_until
+from storage_helpers import engine, reaches, state_of
 
 from fiefdom.jobs import JobContext
 from fiefdom.storage import Job, JobOptions, JobState, Store
@@ -26,19 +26,6 @@ class Step(Job):
 
 class Timed(Job):
     options = JobOptions(kind="scope.timed", timeout=0.05, max_attempts=1)
-
-
-async def state_of(store: Store, job_id: int | None) -> JobState | None:
-    assert job_id is not None
-    info = await store.get_job(job_id)
-    return None if info is None else info.state
-
-
-async def reaches(store: Store, job_id: int | None, state: JobState) -> None:
-    async def check() -> bool:
-        return await state_of(store, job_id) == state
-
-    await wait_until(check, what=f"job {job_id} to be {state}")
 
 
 def one_worker(store: Store, **overrides: Any) -> Any:
