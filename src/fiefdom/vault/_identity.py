@@ -21,7 +21,6 @@ import os
 import socket
 import time
 import uuid
-from pathlib import Path
 
 import anyio.to_thread
 import msgspec
@@ -32,6 +31,7 @@ from ._disk import fsync_dir, unavailable
 from ._model import Location
 
 MARKER = "fiefdom-location.json"
+_KNOWN = "SELECT id, first_path FROM fiefdom_vault_locations WHERE name = $1"
 
 
 class Marker(msgspec.Struct, frozen=True):
@@ -119,13 +119,7 @@ async def attach(store: Store, location: Location) -> None:
     # The store first, then the folder: a process that recorded the location wrote
     # its marker before, so a record read here has its marker in place by now.
     async with store.read() as tx:
-        rows = await tx.fetch(
-            "SELECT id, first_path FROM fiefdom_vault_locations WHERE name = $1",
-            location.name,
-        )
-        blobs = await tx.fetchval(
-            "SELECT count(*) FROM fiefdom_blobs WHERE location = $1", location.name
-        )
+        rows = await tx.fetch(_KNOWN, location.name)
     found = await anyio.to_thread.run_sync(_look, location)
     if found.marker is not None and found.marker.name != location.name:
         raise _mismatch(
@@ -135,7 +129,15 @@ async def attach(store: Store, location: Location) -> None:
             "under that name",
         )
     if not rows:
-        if found.marker is None and not found.has_blobs and blobs:
+        blobs = 0
+        if found.marker is None and not found.has_blobs:
+            async with store.read() as tx:
+                blobs = int(
+                    await tx.fetchval(
+                        "SELECT count(*) FROM fiefdom_blobs WHERE location = $1", location.name
+                    )
+                )
+        if blobs:
             # Blobs recorded before locations had markers, and a folder without any:
             # not theirs.
             raise _mismatch(
@@ -156,10 +158,7 @@ async def attach(store: Store, location: Location) -> None:
                 _where(location),
                 time.time(),
             )
-            rows = await tx.fetch(
-                "SELECT id, first_path FROM fiefdom_vault_locations WHERE name = $1",
-                location.name,
-            )
+            rows = await tx.fetch(_KNOWN, location.name)
         found = _Found(marker, True)
     known_id, first_path = rows[0]
     if found.marker is None or found.marker.id != known_id:
@@ -175,8 +174,3 @@ async def attach(store: Store, location: Location) -> None:
             "Processes on one store share each location's folder: point this one at "
             "that folder, or give it a name of its own",
         )
-
-
-def marker_path(location: Location) -> Path:
-    """Where ``location``'s marker file is."""
-    return location.path / MARKER
