@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
@@ -84,12 +85,13 @@ class _SQLiteTransaction(Transaction):
         self,
         store: SQLiteStore,
         conn: aiosqlite.Connection,
+        channel: _Channel,
         *,
         begin: str | None = None,
-        read_only: bool = False,
     ) -> None:
         self.store = store
-        self.read_only = read_only
+        self.channel = channel
+        self.read_only = channel.read_only
         self._conn = conn
         self.wake: set[str] = set()
         # The BEGIN still to run before the first statement (a user transaction
@@ -103,7 +105,7 @@ class _SQLiteTransaction(Transaction):
         assert self.begin is not None
         begin, self.begin = self.begin, None
         self.begun = True
-        await _begin(self.store, self._conn, begin)
+        await _begin(self.store, self._conn, begin, self.channel)
 
     async def execute(self, sql: str, *args: object) -> None:
         if self.begin is not None:
@@ -148,25 +150,91 @@ class _SQLiteTransaction(Transaction):
 # after it), the end of a transaction runs in a task of its own that no
 # cancellation reaches, and a BEGIN that still finds a transaction open (left by
 # anything else) rolls it back and begins again.
+#
+# The one wait that must not hold a cancellation off is the wait for the write
+# lock: another connection, maybe another process, may hold it for up to
+# busy_timeout, and SQLite's own busy wait cannot be interrupted. A handler whose
+# key was taken from its process is cancelled, and it must end before the key's
+# next owner runs, not once the lock is free. So a BEGIN IMMEDIATE waits in short
+# steps (``_LOCK_STEP_MS`` of SQLite's busy wait each), and between two steps it
+# gives up if its caller was cancelled meanwhile: no transaction was begun.
 _NO_TRANSACTION = "no transaction is active"
 _NESTED = "within a transaction"
+_LOCK_STEP_MS = 50
 
 
-async def _begin(store: Store, conn: aiosqlite.Connection, begin: str) -> None:
+class _Abandoned(Exception):
+    """A BEGIN IMMEDIATE given up between two steps of its wait for the write lock,
+    its caller cancelled: no transaction was begun."""
+
+
+def _begin_on_thread(
+    conn: sqlite3.Connection, begin: str, abandon: threading.Event, channel: _Channel
+) -> None:
+    """On the connection's thread: run ``begin``; a BEGIN IMMEDIATE waits for the
+    write lock for up to busy_timeout in all, in steps, until ``abandon`` is set."""
+    if abandon.is_set():
+        raise _Abandoned
+    if begin != "BEGIN IMMEDIATE":  # a reader's BEGIN takes no lock
+        _begin_or_reopen(conn, begin)
+        return
+    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+    conn.execute(f"PRAGMA busy_timeout = {_LOCK_STEP_MS}")
     try:
-        with anyio.CancelScope(shield=True):
+        waited = False
+        while True:
             try:
-                await _settled(conn.execute(begin))
+                _begin_or_reopen(conn, begin)
+                return
             except sqlite3.OperationalError as exc:
-                if _NESTED not in str(exc):
+                if not _is_busy(exc) or time.monotonic() >= deadline:
                     raise
-                log.warning("found a transaction left open on a connection; rolling it back")
-                await _settled(conn.execute("ROLLBACK"))
-                await _settled(conn.execute(begin))
-    except sqlite3.Error as exc:
-        if not _is_busy(exc):
+            if not waited:
+                waited = True
+                channel.lock_waits += 1
+            if abandon.is_set():
+                raise _Abandoned
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+
+
+def _begin_or_reopen(conn: sqlite3.Connection, begin: str) -> None:
+    try:
+        conn.execute(begin)
+    except sqlite3.OperationalError as exc:
+        if _NESTED not in str(exc):
+            raise
+        log.warning("found a transaction left open on a connection; rolling it back")
+        conn.execute("ROLLBACK")
+        conn.execute(begin)
+
+
+async def _begin(store: Store, conn: aiosqlite.Connection, begin: str, channel: _Channel) -> None:
+    """Run ``begin`` on the connection's thread. A cancellation that arrives while
+    it waits for the write lock ends the wait within a step, then is raised (a
+    BEGIN that succeeded meanwhile is rolled back by the caller's way out)."""
+    abandon = threading.Event()
+    step = asyncio.ensure_future(
+        conn._execute(  # type: ignore[no-untyped-call]
+            _begin_on_thread, conn._conn, begin, abandon, channel
+        )
+    )
+    cancelled: asyncio.CancelledError | None = None
+    while not step.done():
+        try:
+            await asyncio.wait((step,))  # never cancels the step, never raises its error
+        except asyncio.CancelledError as exc:
+            cancelled = cancelled or exc
+            abandon.set()
+    error = step.exception()
+    if cancelled is not None and (error is None or isinstance(error, _Abandoned)):
+        raise cancelled
+    if isinstance(error, sqlite3.Error):
+        if not _is_busy(error):
             store._mark(False)
-        raise _wrap(exc) from exc
+        raise _wrap(error) from error
+    if error is not None:
+        raise error
 
 
 async def _settled(step: Awaitable[object]) -> None:
@@ -198,7 +266,16 @@ class _Channel:
     """One aiosqlite connection and the lock that runs one transaction at a time on
     it (a SQLite connection has one transaction at a time)."""
 
-    __slots__ = ("commits", "conn", "lock", "name", "queued", "read_only", "runner")
+    __slots__ = (
+        "commits",
+        "conn",
+        "lock",
+        "lock_waits",
+        "name",
+        "queued",
+        "read_only",
+        "runner",
+    )
 
     def __init__(self, name: str, *, read_only: bool = False) -> None:
         self.name = name
@@ -210,6 +287,8 @@ class _Channel:
         self.queued: list[_Op] = []
         self.runner: asyncio.Task[None] | None = None
         self.commits = 0
+        # BEGIN IMMEDIATEs that found the write lock held and waited for it.
+        self.lock_waits = 0
 
 
 # -- grouped transactions ---------------------------------------------------------------
@@ -259,14 +338,7 @@ class _BeginFailed(Exception):
 
 def _begin_sync(conn: sqlite3.Connection) -> None:
     try:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if _NESTED not in str(exc):
-                raise
-            log.warning("found a transaction left open on a connection; rolling it back")
-            conn.execute("ROLLBACK")
-            conn.execute("BEGIN IMMEDIATE")
+        _begin_or_reopen(conn, "BEGIN IMMEDIATE")
     except sqlite3.Error as exc:
         raise _BeginFailed(exc) from exc
 
@@ -497,7 +569,7 @@ class SQLiteStore(Store):
             conn = channel.conn
             assert conn is not None
             begin = "BEGIN IMMEDIATE" if write else "BEGIN"
-            tx = _SQLiteTransaction(self, conn, begin=begin, read_only=channel.read_only)
+            tx = _SQLiteTransaction(self, conn, channel, begin=begin)
             try:
                 if not lazy:
                     await tx._begin()
