@@ -537,10 +537,10 @@ async def test_sqlite_lock_contention_is_a_clear_error_not_an_outage(
 
     from structlog.testing import capture_logs
 
-    from fiefdom.storage import _sqlite
+    from fiefdom.storage import _sqlite_tx
 
     # Short enough that the test does not wait the default 30 s for the lock.
-    monkeypatch.setattr(_sqlite, "_BUSY_TIMEOUT_MS", 50)
+    monkeypatch.setattr(_sqlite_tx, "BUSY_TIMEOUT_MS", 50)
     contended = open_store(store_url)
     await contended.open()
     holder = sqlite3.connect(store_url.removeprefix("sqlite:///"), isolation_level=None)

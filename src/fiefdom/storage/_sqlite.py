@@ -4,24 +4,21 @@ writers queue on the database lock instead of failing half way through."""
 
 from __future__ import annotations
 
-import asyncio
-import re
 import sqlite3
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
-from typing import Any, Literal, TypeVar, cast
+from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 import aiosqlite
 import anyio
 import msgspec
 
-from .._errors import StoreError, StoreNotOpen, StoreUnavailable, UniqueConflict
+from .._errors import StoreError, StoreUnavailable, UniqueConflict
 from .._log import get_logger
-from . import _migrations
+from . import _migrations, _sqlite_tx
 from ._jobs import STATE_BITS, Enqueued, JobInfo, JobState, QueueCount
 from ._rows import NewJob
 from ._sql import (
@@ -35,6 +32,16 @@ from ._sql import (
     state_bit_sql,
     unique_key_after,
 )
+from ._sqlite_tx import (
+    Channel,
+    SQLiteTransaction,
+    T,
+    Work,
+    grouped,
+    rollback,
+    settled,
+    wrap,
+)
 from ._store import (
     BULK_LIMIT,
     COUNT_CAP,
@@ -42,348 +49,11 @@ from ._store import (
     Store,
     Transaction,
     check_bulk,
-    read_only_write,
 )
 
 log = get_logger("fiefdom.storage.sqlite")
 
-_PLACEHOLDER = re.compile(r"\$(\d+)")
 _CHUNK = 500  # rows per INSERT: 15 parameters each stays under SQLite's 32766
-_BUSY_TIMEOUT_MS = 30_000
-
-
-def _is_busy(exc: sqlite3.Error) -> bool:
-    """SQLITE_BUSY (any extended form): another connection held the write lock for
-    all of ``busy_timeout``."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_BUSY
-
-
-# What SQLite says of a write on a query_only connection.
-_READ_ONLY = "readonly database"
-
-
-def _first_word(sql: str) -> str:
-    words = sql.split(maxsplit=1)
-    return words[0].upper() if words else "the statement"
-
-
-def _wrap(exc: sqlite3.Error) -> StoreError:
-    if _is_busy(exc):
-        # Contention, not an outage: the database answered, so this is no
-        # StoreUnavailable and the store stays healthy.
-        return StoreError(
-            f"SQLite database is locked: a transaction held the write lock longer than "
-            f"busy_timeout ({_BUSY_TIMEOUT_MS / 1000:g}s); keep write transactions short "
-            f"({exc})"
-        )
-    return StoreError(f"SQLite: {exc}")
-
-
-class _SQLiteTransaction(Transaction):
-    def __init__(
-        self,
-        store: SQLiteStore,
-        conn: aiosqlite.Connection,
-        channel: _Channel,
-        *,
-        begin: str | None = None,
-    ) -> None:
-        self.store = store
-        self.channel = channel
-        self.read_only = channel.read_only
-        self._conn = conn
-        self.wake: set[str] = set()
-        # The BEGIN still to run before the first statement (a user transaction
-        # takes SQLite's write lock only when it first touches the database).
-        self.begin = begin
-        # Whether a BEGIN was handed to the connection's thread: from then on the
-        # way out must roll back, even if the await on it was cancelled.
-        self.begun = False
-
-    async def _begin(self) -> None:
-        assert self.begin is not None
-        begin, self.begin = self.begin, None
-        self.begun = True
-        await _begin(self.store, self._conn, begin, self.channel)
-
-    async def execute(self, sql: str, *args: object) -> None:
-        if self.begin is not None:
-            await self._begin()
-        try:
-            await self._conn.execute(_PLACEHOLDER.sub(r"?\1", sql), args)
-        except sqlite3.Error as exc:
-            raise self._error(exc, sql) from exc
-
-    async def fetch(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
-        if self.begin is not None:
-            await self._begin()
-        try:
-            rows = await self._conn.execute_fetchall(_PLACEHOLDER.sub(r"?\1", sql), args)
-        except sqlite3.Error as exc:
-            raise self._error(exc, sql) from exc
-        return [tuple(r) for r in rows]
-
-    def _error(self, exc: sqlite3.Error, sql: str) -> StoreError:
-        if self.read_only and _READ_ONLY in str(exc):
-            return read_only_write(_first_word(sql), f"SQLite: {exc}")
-        return _wrap(exc)
-
-    async def raw(self, sql: str, args: Sequence[object] = ()) -> list[sqlite3.Row]:
-        """Run with SQLite's own ``?`` placeholders (the store's internal queries).
-        The statement and the fetch of its rows are one call on the connection's
-        thread (not three: execute, fetch, close)."""
-        if self.begin is not None:
-            await self._begin()
-        try:
-            return list(await self._conn.execute_fetchall(sql, args))
-        except sqlite3.Error as exc:
-            raise _wrap(exc) from exc
-
-
-# Transaction bookkeeping must survive any cancellation. aiosqlite runs statements
-# in order on one thread per connection, and a statement handed to it runs to its
-# end even when the await on it is cancelled: an anyio shield keeps anyio's
-# cancellation out, but not a native ``task.cancel()`` (a server cancelling the
-# request of a client that left). So: a BEGIN that may have been handed over is
-# always followed by a ROLLBACK on the way out (queued behind it, so it runs
-# after it), the end of a transaction runs in a task of its own that no
-# cancellation reaches, and a BEGIN that still finds a transaction open (left by
-# anything else) rolls it back and begins again.
-#
-# The one wait that must not hold a cancellation off is the wait for the write
-# lock: another connection, maybe another process, may hold it for up to
-# busy_timeout, and SQLite's own busy wait cannot be interrupted. A handler whose
-# key was taken from its process is cancelled, and it must end before the key's
-# next owner runs, not once the lock is free. So a BEGIN IMMEDIATE waits in short
-# steps (``_LOCK_STEP_MS`` of SQLite's busy wait each), and between two steps it
-# gives up if its caller was cancelled meanwhile: no transaction was begun.
-_NO_TRANSACTION = "no transaction is active"
-_NESTED = "within a transaction"
-_LOCK_STEP_MS = 50
-
-
-class _Abandoned(Exception):
-    """A BEGIN IMMEDIATE given up between two steps of its wait for the write lock,
-    its caller cancelled: no transaction was begun."""
-
-
-def _begin_on_thread(
-    conn: sqlite3.Connection, begin: str, abandon: threading.Event, channel: _Channel
-) -> None:
-    """On the connection's thread: run ``begin``; a BEGIN IMMEDIATE waits for the
-    write lock for up to busy_timeout in all, in steps, until ``abandon`` is set."""
-    if abandon.is_set():
-        raise _Abandoned
-    if begin != "BEGIN IMMEDIATE":  # a reader's BEGIN takes no lock
-        _begin_or_reopen(conn, begin)
-        return
-    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
-    conn.execute(f"PRAGMA busy_timeout = {_LOCK_STEP_MS}")
-    try:
-        waited = False
-        while True:
-            try:
-                _begin_or_reopen(conn, begin)
-                return
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or time.monotonic() >= deadline:
-                    raise
-            if not waited:
-                waited = True
-                channel.lock_waits += 1
-            if abandon.is_set():
-                raise _Abandoned
-    finally:
-        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-
-
-def _begin_or_reopen(conn: sqlite3.Connection, begin: str) -> None:
-    try:
-        conn.execute(begin)
-    except sqlite3.OperationalError as exc:
-        if _NESTED not in str(exc):
-            raise
-        log.warning("found a transaction left open on a connection; rolling it back")
-        conn.execute("ROLLBACK")
-        conn.execute(begin)
-
-
-async def _begin(store: Store, conn: aiosqlite.Connection, begin: str, channel: _Channel) -> None:
-    """Run ``begin`` on the connection's thread. A cancellation that arrives while
-    it waits for the write lock ends the wait within a step, then is raised (a
-    BEGIN that succeeded meanwhile is rolled back by the caller's way out)."""
-    abandon = threading.Event()
-    step = asyncio.ensure_future(
-        conn._execute(  # type: ignore[no-untyped-call]
-            _begin_on_thread, conn._conn, begin, abandon, channel
-        )
-    )
-    cancelled: asyncio.CancelledError | None = None
-    while not step.done():
-        try:
-            await asyncio.wait((step,))  # never cancels the step, never raises its error
-        except asyncio.CancelledError as exc:
-            cancelled = cancelled or exc
-            abandon.set()
-    error = step.exception()
-    if cancelled is not None and (error is None or isinstance(error, _Abandoned)):
-        raise cancelled
-    if isinstance(error, sqlite3.Error):
-        if not _is_busy(error):
-            store._mark(False)
-        raise _wrap(error) from error
-    if error is not None:
-        raise error
-
-
-async def _settled(step: Awaitable[object]) -> None:
-    """Run ``step`` to its end in a task no cancellation reaches; a natively
-    cancelled caller still waits for it (so the connection's state is known), then
-    gets its cancellation. Callers also hold an anyio shield, which keeps anyio's
-    own cancellation out."""
-    task = asyncio.ensure_future(step)
-    cancelled: asyncio.CancelledError | None = None
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError as exc:
-            cancelled = cancelled or exc
-    task.result()  # an error of the step itself comes first
-    if cancelled is not None:
-        raise cancelled
-
-
-async def _rollback(store: SQLiteStore, conn: aiosqlite.Connection) -> None:
-    try:
-        await _settled(conn.execute("ROLLBACK"))
-    except sqlite3.Error as exc:
-        if _NO_TRANSACTION not in str(exc):  # the BEGIN itself failed: nothing to undo
-            log.exception("rollback failed", path=store.path)
-
-
-class _Channel:
-    """One aiosqlite connection and the lock that runs one transaction at a time on
-    it (a SQLite connection has one transaction at a time)."""
-
-    __slots__ = (
-        "commits",
-        "conn",
-        "lock",
-        "lock_waits",
-        "name",
-        "queued",
-        "read_only",
-        "runner",
-    )
-
-    def __init__(self, name: str, *, read_only: bool = False) -> None:
-        self.name = name
-        self.read_only = read_only
-        self.conn: aiosqlite.Connection | None = None
-        self.lock = anyio.Lock()
-        # Grouped operations (``SQLiteStore._grouped``) waiting for the connection,
-        # and the task running them; transactions they committed (a statistic).
-        self.queued: list[_Op] = []
-        self.runner: asyncio.Task[None] | None = None
-        self.commits = 0
-        # BEGIN IMMEDIATEs that found the write lock held and waited for it.
-        self.lock_waits = 0
-
-
-# -- grouped transactions ---------------------------------------------------------------
-#
-# The engine's claims and finishes are small transactions, and each commit is a
-# WAL write and (synchronous=full) an fsync. Those that wait for the engine's
-# connection together run in one transaction, in one call on the connection's
-# thread: BEGIN IMMEDIATE, each operation's statements, COMMIT. So a claim and a
-# finish cost one commit and one thread hop instead of two commits and six hops.
-# The guarantees of a transaction of their own are kept:
-#
-# - a result is handed back only once the transaction holding it has committed
-#   (the thread returns after COMMIT);
-# - an error in one operation fails only that one: the group is rolled back and
-#   each operation runs again alone, in a transaction of its own (a BEGIN that
-#   fails is no operation's doing and fails them all);
-# - once handed to the thread, an operation runs to its end whatever happens to
-#   its caller; a caller cancelled after that waits for it, and its ``undo``
-#   gives back what it took (a claim's jobs), rather than leaving them running
-#   for nobody until their leases expire.
-
-T = TypeVar("T")
-
-# What an operation runs on the connection's thread, inside the transaction, given
-# the time read once the write lock is held (so that a lease is never counted from
-# before a wait for other writers).
-Work = Callable[[sqlite3.Connection, float], T]
-
-
-class _Op:
-    __slots__ = ("future", "taken", "work")
-
-    def __init__(self, work: Work[object], future: asyncio.Future[object]) -> None:
-        self.work = work
-        self.future = future
-        # Handed to the connection's thread: it will run, come what may.
-        self.taken = False
-
-
-class _BeginFailed(Exception):
-    """The BEGIN of a group failed: no operation of it ran."""
-
-    def __init__(self, error: sqlite3.Error) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-def _begin_sync(conn: sqlite3.Connection) -> None:
-    try:
-        _begin_or_reopen(conn, "BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
-        raise _BeginFailed(exc) from exc
-
-
-def _transaction_sync(
-    conn: sqlite3.Connection, works: Sequence[Work[object]], channel: _Channel
-) -> list[object]:
-    """One transaction running ``works`` in order; rolled back on any error."""
-    _begin_sync(conn)
-    try:
-        now = time.time()
-        results = [work(conn, now) for work in works]
-        conn.execute("COMMIT")
-    except BaseException:
-        try:
-            conn.execute("ROLLBACK")
-        except sqlite3.Error as exc:
-            # Some errors (a full disk, an I/O error) end the transaction themselves.
-            if _NO_TRANSACTION not in str(exc):
-                log.exception("rollback failed")
-        raise
-    channel.commits += 1
-    return results
-
-
-def _run_group(
-    aconn: aiosqlite.Connection, works: Sequence[Work[object]], channel: _Channel
-) -> list[tuple[bool, object]]:
-    """On the connection's thread: ``works`` in one transaction, or, if one of them
-    fails, each again in one of its own. Returns (ok, result or error) per work."""
-    conn = aconn._conn
-    if len(works) > 1:
-        try:
-            return [(True, r) for r in _transaction_sync(conn, works, channel)]
-        except _BeginFailed as exc:
-            return [(False, exc)] * len(works)
-        except Exception:
-            pass  # rolled back: each runs again alone (below)
-    results: list[tuple[bool, object]] = []
-    for work in works:
-        try:
-            results.append((True, _transaction_sync(conn, [work], channel)[0]))
-        except Exception as exc:
-            results.append((False, exc))
-    return results
 
 
 # A job that re-enters a state its uniqueness counts takes its key back (one job
@@ -430,7 +100,7 @@ _JOB_COLUMNS = (
 )
 
 
-async def restore_keys(tx: _SQLiteTransaction, ids: Sequence[int], now: float) -> set[int]:
+async def restore_keys(tx: SQLiteTransaction, ids: Sequence[int], now: float) -> set[int]:
     """Give jobs that just re-entered a counted state their unique key back, or
     supersede them by the duplicate holding it (``Unique``'s docstring). The
     write lock is held, so no enqueue can take a key between the two steps."""
@@ -496,12 +166,12 @@ class SQLiteStore(Store):
         self.path = path
         self.synchronous = sync
         # See the class docstring: the engine's, applications', and readers'.
-        self._engine = _Channel("engine")
-        self._user = _Channel("user")
-        self._reader = _Channel("reader", read_only=True)
+        self._engine = Channel("engine")
+        self._user = Channel("user")
+        self._reader = Channel("reader", read_only=True)
         # Applications' read() blocks: read-only too, and apart from the store's own
         # reads, so that one kept open never holds up a readiness probe.
-        self._app_reader = _Channel("app-reader", read_only=True)
+        self._app_reader = Channel("app-reader", read_only=True)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -527,7 +197,7 @@ class SQLiteStore(Store):
         try:
             # The same settings on every connection: synchronous is per connection,
             # and each must wait for the write lock rather than fail at once.
-            await conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            await conn.execute(f"PRAGMA busy_timeout = {_sqlite_tx.BUSY_TIMEOUT_MS}")
             async with conn.execute("PRAGMA journal_mode = WAL") as cur:
                 row = await cur.fetchone()
             if row is None or str(row[0]).lower() != "wal":
@@ -559,8 +229,8 @@ class SQLiteStore(Store):
 
     @asynccontextmanager
     async def _tx(
-        self, channel: _Channel | None = None, *, write: bool = True, lazy: bool = False
-    ) -> AsyncIterator[_SQLiteTransaction]:
+        self, channel: Channel | None = None, *, write: bool = True, lazy: bool = False
+    ) -> AsyncIterator[SQLiteTransaction]:
         """A transaction on ``channel`` (the engine's by default). ``lazy`` defers
         the BEGIN to the first statement."""
         self._check_open()
@@ -569,7 +239,7 @@ class SQLiteStore(Store):
             conn = channel.conn
             assert conn is not None
             begin = "BEGIN IMMEDIATE" if write else "BEGIN"
-            tx = _SQLiteTransaction(self, conn, channel, begin=begin)
+            tx = SQLiteTransaction(self, conn, channel, begin=begin)
             try:
                 if not lazy:
                     await tx._begin()
@@ -577,17 +247,17 @@ class SQLiteStore(Store):
             except BaseException:
                 if tx.begun:
                     with anyio.CancelScope(shield=True):
-                        await _rollback(self, conn)
+                        await rollback(self, conn)
                 raise
             if tx.begun:
                 try:
                     with anyio.CancelScope(shield=True):
-                        await _settled(conn.execute("COMMIT"))
+                        await settled(conn.execute("COMMIT"))
                 except sqlite3.Error as exc:
                     with anyio.CancelScope(shield=True):
-                        await _rollback(self, conn)
-                    raise _wrap(exc) from exc
-                # A native cancellation raised from _settled comes after the COMMIT
+                        await rollback(self, conn)
+                    raise wrap(exc) from exc
+                # A native cancellation raised from settled comes after the COMMIT
                 # ended: the transaction committed, and the caller is gone.
             self._mark(True)
         if tx.wake:
@@ -599,103 +269,11 @@ class SQLiteStore(Store):
         undo: Callable[[T], Awaitable[object]] | None = None,
     ) -> T:
         """Run ``work`` in a write transaction on the engine's connection, together
-        with the other grouped operations waiting for it (see "grouped
-        transactions" above). ``undo`` takes back the result of a ``work`` whose
-        caller was cancelled after it was handed to the connection's thread."""
+        with the other grouped operations waiting for it (``grouped``)."""
         self._check_open()
-        channel = self._engine
-        loop = asyncio.get_running_loop()
-        op = _Op(cast("Work[object]", work), loop.create_future())
-        channel.queued.append(op)
-        if channel.runner is None:
-            channel.runner = loop.create_task(self._run_queued(channel))
-        try:
-            return cast(T, await asyncio.shield(op.future))
-        except asyncio.CancelledError:
-            if not op.taken:
-                channel.queued.remove(op)
-                raise
-            # Handed over: it runs to its end. Wait for it (held from any further
-            # cancellation), give back what it took, then be cancelled.
-            with anyio.CancelScope(shield=True):
-                while not op.future.done():
-                    with suppress(asyncio.CancelledError):
-                        await asyncio.shield(op.future)
-                if undo is not None and op.future.exception() is None:
-                    try:
-                        await _settled(undo(cast(T, op.future.result())))
-                    except asyncio.CancelledError:
-                        pass
-                    except Exception:
-                        log.exception("could not undo an operation whose caller was cancelled")
-            raise
+        return await grouped(self, self._engine, work, undo)
 
-    async def _run_queued(self, channel: _Channel) -> None:
-        """Run the queued grouped operations, as many at a time as are waiting, until
-        none is left."""
-        try:
-            while channel.queued:
-                async with channel.lock:
-                    ops, channel.queued = channel.queued, []
-                    if not ops:  # their callers were cancelled while they waited
-                        continue
-                    for op in ops:
-                        op.taken = True
-                    conn = channel.conn
-                    results: list[tuple[bool, object]]
-                    if conn is None:
-                        closed = StoreNotOpen("the store was closed")
-                        results = [(False, closed)] * len(ops)
-                    else:
-                        hop = asyncio.ensure_future(
-                            conn._execute(  # type: ignore[no-untyped-call]
-                                _run_group, conn, [op.work for op in ops], channel
-                            )
-                        )
-                        # Nothing cancels this task but the end of its loop; even
-                        # then the results are handed out once the thread is done.
-                        cancelled: asyncio.CancelledError | None = None
-                        while not hop.done():
-                            try:
-                                await asyncio.shield(hop)
-                            except asyncio.CancelledError as exc:
-                                cancelled = cancelled or exc
-                        error = hop.exception()
-                        if isinstance(error, ValueError):  # aiosqlite's "Connection closed"
-                            closed = StoreNotOpen(f"the store was closed ({error})")
-                            closed.__cause__ = error
-                            error = closed
-                        results = hop.result() if error is None else [(False, error)] * len(ops)
-                        if cancelled is not None:
-                            self._hand_out(ops, results)
-                            raise cancelled
-                self._hand_out(ops, results)
-        finally:
-            channel.runner = None
-
-    def _hand_out(self, ops: Sequence[_Op], results: Sequence[tuple[bool, object]]) -> None:
-        healthy: bool | None = None
-        for op, (ok, value) in zip(ops, results, strict=True):
-            if op.future.done():
-                continue
-            if ok:
-                healthy = True
-                op.future.set_result(value)
-                continue
-            if isinstance(value, _BeginFailed):
-                if not _is_busy(value.error):
-                    healthy = False
-                value = value.error
-            if isinstance(value, sqlite3.Error):
-                wrapped = _wrap(value)
-                wrapped.__cause__ = value
-                value = wrapped
-            assert isinstance(value, BaseException)
-            op.future.set_exception(value)
-        if healthy is not None:
-            self._mark(healthy)
-
-    def _read(self) -> AbstractAsyncContextManager[_SQLiteTransaction]:
+    def _read(self) -> AbstractAsyncContextManager[SQLiteTransaction]:
         """A read transaction on the read-only connection: a snapshot (WAL), which
         waits for no writer and no other connection of this store."""
         return self._tx(self._reader, write=False)
@@ -708,7 +286,7 @@ class SQLiteStore(Store):
 
     # -- migrations ------------------------------------------------------------------
 
-    async def _version_in(self, tx: _SQLiteTransaction) -> int:
+    async def _version_in(self, tx: SQLiteTransaction) -> int:
         rows = await tx.raw(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'fiefdom_schema'"
         )
@@ -750,10 +328,10 @@ class SQLiteStore(Store):
         if tx is None:
             async with self._tx() as own:
                 return await self._insert(own, rows)
-        assert isinstance(tx, _SQLiteTransaction)
+        assert isinstance(tx, SQLiteTransaction)
         return await self._insert(tx, rows)
 
-    async def _insert(self, tx: _SQLiteTransaction, rows: Sequence[NewJob]) -> list[Enqueued]:
+    async def _insert(self, tx: SQLiteTransaction, rows: Sequence[NewJob]) -> list[Enqueued]:
         now = time.time()
         inserted: list[tuple[int, bytes | None]] = []
         for start in range(0, len(rows), _CHUNK):
