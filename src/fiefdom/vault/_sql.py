@@ -118,8 +118,8 @@ def statements(backend: Literal["sqlite", "postgres"]) -> Statements:
         stats=(
             "SELECT (SELECT count(*) FROM fiefdom_resources WHERE deleted_at IS NULL), "
             "(SELECT count(*) FROM fiefdom_versions WHERE state <> 'deleted'), "
-            "(SELECT count(*) FROM fiefdom_blobs), "
-            "(SELECT coalesce(sum(size), 0) FROM fiefdom_blobs), "
+            "(SELECT coalesce(sum(blobs), 0) FROM fiefdom_vault_usage), "
+            "(SELECT coalesce(sum(bytes), 0) FROM fiefdom_vault_usage), "
             "(SELECT count(*) FROM fiefdom_blobs WHERE marked_at IS NOT NULL)"
         ),
         resource_id="SELECT id FROM fiefdom_resources WHERE name = $1 AND deleted_at IS NULL",
@@ -199,5 +199,8 @@ def statements(backend: Literal["sqlite", "postgres"]) -> Statements:
             else ""
         ),
         blob_known="SELECT 1 FROM fiefdom_blobs WHERE location = $1 AND sha256 = $2",
-        location_usage="SELECT coalesce(sum(size), 0) FROM fiefdom_blobs WHERE location = $1",
+        # Kept by the database's triggers as blob rows come and go (migration 0010).
+        location_usage=(
+            "SELECT coalesce((SELECT bytes FROM fiefdom_vault_usage WHERE location = $1), 0)"
+        ),
     )

@@ -451,7 +451,7 @@ class Vault:
 
     async def stats(self) -> VaultStats:
         """Counts of resources, versions, blobs, bytes and pending sweeps."""
-        async with self.store.transaction() as tx:
+        async with self.store.read() as tx:
             row = (await tx.fetch(self._sql.stats))[0]
         return VaultStats(
             resources=int(row[0]),
