@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 from ..actors import ActorStatistics, DomainStatistics
 from ..jobs import JobEngine
 from ..jobs._ownership import ClusterCounters
-from ..storage._postgres import ACQUIRE_BUCKETS, PoolStatistics
+from ..storage._postgres_pool import ACQUIRE_BUCKETS, PoolStatistics
 from ..supervisors import ActorSystem, ServiceStatistics, SupervisorStatistics
 from ._replies import QueueInfo
 

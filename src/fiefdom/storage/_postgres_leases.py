@@ -10,7 +10,7 @@ from ._postgres import PostgresStore
 from ._queries import Leases
 
 if TYPE_CHECKING:
-    from ._postgres import Conn
+    from ._postgres_pool import Conn
 
 
 class PostgresLeases(Leases):

@@ -13,21 +13,14 @@ import asyncpg
 from .._errors import StoreUnavailable
 from .._log import get_logger
 from ._jobs import STATE_BITS, ClaimedJob, JobState, Lease, Outcome
-from ._postgres import (
-    _CLOSE_ERRORS,
-    _DRIVER_ERRORS,
-    _PING_EVERY,
-    PostgresStore,
-    _error_encoder,
-    _wrap,
-    restore_keys,
-)
+from ._postgres import PostgresStore, _error_encoder, restore_keys
+from ._postgres_pool import CLOSE_ERRORS, DRIVER_ERRORS, PING_EVERY, wrap
 from ._queries import EngineQueries
 from ._sql import LEASE_EXPIRED_SQL, RESCUED_STATE_SQL, state_bit_sql, unique_key_after
 from ._store import Notifications
 
 if TYPE_CHECKING:
-    from ._postgres import Conn
+    from ._postgres_pool import Conn
 
 log = get_logger("fiefdom.storage.postgres")
 
@@ -337,9 +330,9 @@ class PostgresQueries(EngineQueries):
         self._pg._check_open()
         try:
             conn = await asyncpg.connect(self._pg._dsn, timeout=10)
-        except _DRIVER_ERRORS as exc:
+        except DRIVER_ERRORS as exc:
             self._pg._mark(False)
-            raise _wrap(exc, self._pg.url) from exc
+            raise wrap(exc, self._pg.url) from exc
         lost = asyncio.Event()
 
         def on_jobs(_c: object, _pid: int, _channel: str, payload: object) -> None:
@@ -360,22 +353,22 @@ class PostgresQueries(EngineQueries):
             self._pg._mark(True)
             ready()
             while True:
-                with anyio.move_on_after(_PING_EVERY):
+                with anyio.move_on_after(PING_EVERY):
                     await lost.wait()
                 if lost.is_set():
                     break
                 # A connection can die without a word (a network cut): ask it.
-                await conn.execute("SELECT 1", timeout=_PING_EVERY)
-        except _DRIVER_ERRORS as exc:
+                await conn.execute("SELECT 1", timeout=PING_EVERY)
+        except DRIVER_ERRORS as exc:
             self._pg._mark(False)
-            raise _wrap(exc, self._pg.url) from exc
+            raise wrap(exc, self._pg.url) from exc
         finally:
             with anyio.CancelScope(shield=True):
                 if not conn.is_closed():
                     try:
                         with anyio.fail_after(2):
                             await conn.close()
-                    except _CLOSE_ERRORS:
+                    except CLOSE_ERRORS:
                         conn.terminate()
         self._pg._mark(False)
         raise StoreUnavailable(f"the notification connection to {self._pg.url} was lost")

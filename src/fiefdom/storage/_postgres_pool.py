@@ -1,0 +1,305 @@
+"""PostgreSQL's connection pool: the pooled connection that skips asyncpg's session
+reset, acquires counted into ``PoolStatistics``, transactions on a pooled connection,
+and asyncpg's errors as ``StoreError``. ``PostgresStore`` is built on ``PostgresPool``."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
+
+import anyio
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from .._errors import StoreError, StoreUnavailable
+from .._log import get_logger
+from ._store import Store, Transaction, read_only_write
+
+log = get_logger("fiefdom.storage.postgres")
+
+if TYPE_CHECKING:
+    Conn: TypeAlias = PoolConnectionProxy[Any]
+PING_EVERY = 5.0
+
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown
+    asyncpg.exceptions.InterfaceError,
+    # Raised when a connection the server dropped is used mid-protocol.
+    asyncpg.exceptions.InternalClientError,
+)
+
+
+DRIVER_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, *_CONNECTION_ERRORS)
+
+CLOSE_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *DRIVER_ERRORS)
+
+
+def wrap(exc: BaseException, url: str) -> StoreError:
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return StoreUnavailable(f"PostgreSQL at {url} is unavailable: {exc!r}")
+    return StoreError(f"PostgreSQL: {exc}")
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password (it ends up in logs and errors)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class _PooledConnection(asyncpg.Connection):
+    """A pooled connection that skips asyncpg's session reset on release (advisory
+    unlock, CLOSE ALL, UNLISTEN, RESET ALL: a round trip on every release) unless an
+    application's transaction ran on it. The store's own statements leave no session
+    state: no SET, no session advisory lock, no cursor, no LISTEN (notifications have
+    a connection of their own). An open transaction is rolled back on release either
+    way (asyncpg always does that)."""
+
+    _fiefdom_reset = False
+
+    def needs_reset(self) -> None:
+        self._fiefdom_reset = True
+
+    def get_reset_query(self) -> str:
+        if self._fiefdom_reset:
+            self._fiefdom_reset = False
+            return str(super().get_reset_query())
+        return ""
+
+
+class PostgresTransaction(Transaction):
+    def __init__(self, store: PostgresPool, conn: Conn, *, read_only: bool = False) -> None:
+        self.store = store
+        self.conn = conn
+        self.read_only = read_only
+
+    async def execute(self, sql: str, *args: object) -> None:
+        try:
+            await self.conn.execute(sql, *args)
+        except DRIVER_ERRORS as exc:
+            raise self._error(exc, sql) from exc
+
+    async def fetch(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        try:
+            return [tuple(r) for r in await self.conn.fetch(sql, *args)]
+        except DRIVER_ERRORS as exc:
+            raise self._error(exc, sql) from exc
+
+    def _error(self, exc: BaseException, sql: str) -> StoreError:
+        if isinstance(exc, asyncpg.ReadOnlySQLTransactionError):
+            words = sql.split(maxsplit=1)
+            statement = words[0].upper() if words else "the statement"
+            return read_only_write(statement, f"PostgreSQL: {exc}")
+        return wrap(exc, self.store.url)
+
+
+# Upper bounds (seconds) of the acquire-time histogram's buckets.
+ACQUIRE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PoolStatistics:
+    """A PostgreSQL store's connection pool: its size, the connections in use, the
+    callers waiting for one, and how long getting one took (``acquire_buckets[i]``
+    counts the acquires that took at most ``ACQUIRE_BUCKETS[i]`` seconds)."""
+
+    max_size: int
+    size: int
+    in_use: int
+    waiting: int
+    acquires: int
+    acquire_seconds: float
+    acquire_buckets: tuple[int, ...]
+
+
+class PostgresPool(Store):
+    """A store on an asyncpg pool (``PostgresStore``): opening and closing the pool,
+    getting a connection from it, one operation or one transaction on that connection,
+    every driver error raised as ``StoreError`` (``StoreUnavailable`` when the database
+    cannot be reached)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        pool_min_size: int = 1,
+        statement_timeout: float | None = None,
+    ) -> None:
+        super().__init__(_safe_url(url))
+        if pool_size < 2:
+            raise StoreError(f"pool_size must be at least 2, got {pool_size}")
+        if not 0 <= pool_min_size <= pool_size:
+            raise StoreError(
+                f"pool_min_size must be 0 to pool_size ({pool_size}), got {pool_min_size}"
+            )
+        if statement_timeout is not None and not statement_timeout > 0:
+            raise StoreError(f"statement_timeout must be positive seconds, got {statement_timeout}")
+        self._dsn = url
+        self._pool_size = pool_size
+        self._pool_min_size = pool_min_size
+        self._statement_timeout = statement_timeout
+        self._pool: asyncpg.Pool[Any] | None = None
+        self._waiting = 0  # callers waiting for a pooled connection
+        self._acquires = 0
+        self._acquire_seconds = 0.0
+        self._acquire_buckets = [0] * len(ACQUIRE_BUCKETS)
+
+    def pool_statistics(self) -> PoolStatistics:
+        """The connection pool now (what ``/metrics`` exposes)."""
+        pool = self._pool
+        size = 0 if pool is None else pool.get_size()
+        idle = 0 if pool is None else pool.get_idle_size()
+        return PoolStatistics(
+            max_size=self._pool_size,
+            size=size,
+            in_use=max(0, size - idle),
+            waiting=self._waiting,
+            acquires=self._acquires,
+            acquire_seconds=self._acquire_seconds,
+            acquire_buckets=tuple(self._acquire_buckets),
+        )
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        try:
+            settings: dict[str, str] = {}
+            if self._statement_timeout is not None:
+                # In milliseconds: PostgreSQL cancels a statement running longer.
+                settings["statement_timeout"] = str(max(1, round(self._statement_timeout * 1000)))
+            self._pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=self._pool_min_size,
+                max_size=self._pool_size,
+                connection_class=_PooledConnection,
+                server_settings=settings or None,
+            )
+        except DRIVER_ERRORS as exc:
+            raise wrap(exc, self.url) from exc
+
+    async def _disconnect(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            with anyio.CancelScope(shield=True):
+                try:
+                    with anyio.fail_after(10):
+                        await pool.close()
+                except TimeoutError:
+                    pool.terminate()
+
+    @asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[Conn]:
+        self._check_open()
+        assert self._pool is not None
+        began = time.monotonic()
+        self._waiting += 1
+        try:
+            conn = await self._pool.acquire()
+        except DRIVER_ERRORS as exc:
+            self._mark(False)
+            raise wrap(exc, self.url) from exc
+        finally:
+            self._waiting -= 1
+        self._count_acquire(time.monotonic() - began)
+        try:
+            yield conn
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._pool.release(conn)
+                except DRIVER_ERRORS:
+                    # Resetting a connection the server dropped fails; the pool has
+                    # already discarded it and opens a new one when needed.
+                    self._mark(False)
+                    log.warning("a broken connection was dropped from the pool", url=self.url)
+
+    def _count_acquire(self, took: float) -> None:
+        self._acquires += 1
+        self._acquire_seconds += took
+        for i, bound in enumerate(ACQUIRE_BUCKETS):
+            if took <= bound:
+                self._acquire_buckets[i] += 1
+
+    async def _run(self, fn: Callable[[Conn], Any]) -> Any:
+        """Run one operation on a pooled connection, wrapping driver errors."""
+        async with self._acquire() as conn:
+            try:
+                result = await fn(conn)
+            except DRIVER_ERRORS as exc:
+                if isinstance(exc, _CONNECTION_ERRORS):
+                    self._mark(False)
+                raise wrap(exc, self.url) from exc
+        self._mark(True)
+        return result
+
+    @asynccontextmanager
+    async def _tx(
+        self, *, application: bool = False, read_only: bool = False
+    ) -> AsyncIterator[PostgresTransaction]:
+        async with self._acquire() as conn:
+            if application:
+                # Its statements are the application's (a SET, say): reset the session
+                # when the connection goes back to the pool.
+                # (The pool's proxy forwards to its _PooledConnection.)
+                cast(_PooledConnection, conn).needs_reset()
+            try:
+                if read_only:
+                    # One snapshot for all its statements, as SQLite's WAL reads have
+                    # (a read-only transaction never fails to serialize).
+                    transaction = conn.transaction(isolation="repeatable_read", readonly=True)
+                else:
+                    transaction = conn.transaction()
+                await transaction.start()
+            except DRIVER_ERRORS as exc:
+                self._mark(False)
+                raise wrap(exc, self.url) from exc
+            tx = PostgresTransaction(self, conn, read_only=read_only)
+            try:
+                yield tx
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await transaction.rollback()
+                    except _CONNECTION_ERRORS as exc:
+                        # The connection is gone, and the transaction with it: the
+                        # server rolled it back. The error being raised says why.
+                        log.debug(
+                            "rollback skipped: connection lost",
+                            url=self.url,
+                            error=str(exc) or type(exc).__name__,
+                        )
+                    except DRIVER_ERRORS as exc:
+                        log.warning(
+                            "rollback failed", url=self.url, error=str(exc) or type(exc).__name__
+                        )
+                raise
+            else:
+                # Shielded: once we start the COMMIT we wait for its answer.
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await transaction.commit()
+                    except DRIVER_ERRORS as exc:
+                        self._mark(not isinstance(exc, _CONNECTION_ERRORS))
+                        raise wrap(exc, self.url) from exc
+        self._mark(True)
+
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
+        return self._tx(application=True)
+
+    def read(self) -> AbstractAsyncContextManager[Transaction]:
+        return self._tx(application=True, read_only=True)
