@@ -18,9 +18,9 @@ Constants and type aliases:
 # Jobs travel as the library's own Structs: one JobInfo and one JobEvent everywhere.
 from ..storage import JobEvent as JobEvent
 from ..storage import JobInfo as JobInfo
+from ._channel import EventStream as EventStream
 from ._client import Client as Client
 from ._client import ClientState as ClientState
-from ._client import EventStream as EventStream
 from ._client import connect as connect
 from ._codec import Encoding as Encoding
 from ._codec import json_schema as json_schema
