@@ -13,12 +13,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
 import asyncpg
-import msgspec
 
 from .._errors import UniqueConflict
 from .._log import get_logger
 from . import _migrations
-from ._jobs import STATE_BITS, AttemptError, Enqueued, JobInfo, JobState, QueueCount
+from ._jobs import STATE_BITS, Enqueued, JobInfo, JobState, QueueCount
 from ._postgres_enqueue import INSERT_ONE_PLAIN_SQL, INSERT_ONE_SQL, insert_many
 from ._postgres_pool import DRIVER_ERRORS, PostgresPool, PostgresTransaction, wrap
 from ._rows import NewJob
@@ -47,11 +46,6 @@ if TYPE_CHECKING:
 log = get_logger("fiefdom.storage.postgres")
 
 _MIGRATION_LOCK = 0x6669_6566_646F_6D  # an arbitrary constant: "fiefdom" in hex
-_error_encoder = msgspec.json.Encoder()
-
-
-def _error_json(error: AttemptError) -> str:
-    return _error_encoder.encode(error).decode()
 
 
 # A job that re-enters a state its uniqueness counts takes its key back (one job
@@ -218,8 +212,6 @@ class PostgresStore(PostgresPool):
             )
             existing = {r[0]: r[1] for r in found}
         return self._match_inserted(rows, inserted, existing)
-
-    # -- the engine's side -----------------------------------------------------------
 
     # -- administration --------------------------------------------------------------
 

@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING
 
 import anyio
 import asyncpg
+import msgspec
 
 from .._errors import StoreUnavailable
 from .._log import get_logger
 from ._jobs import STATE_BITS, ClaimedJob, JobState, Lease, Outcome
-from ._postgres import PostgresStore, _error_encoder, restore_keys
+from ._postgres import PostgresStore, restore_keys
 from ._postgres_pool import CLOSE_ERRORS, DRIVER_ERRORS, PING_EVERY, wrap
 from ._queries import EngineQueries
 from ._sql import LEASE_EXPIRED_SQL, RESCUED_STATE_SQL, state_bit_sql, unique_key_after
@@ -21,6 +22,9 @@ from ._store import Notifications
 
 if TYPE_CHECKING:
     from ._postgres_pool import Conn
+
+# Attempt errors, as the finish statement stores them (JSON).
+_error_encoder = msgspec.json.Encoder()
 
 log = get_logger("fiefdom.storage.postgres")
 
