@@ -1,6 +1,7 @@
 """The connection under a ``Client``: its websocket, the one reader task that routes
-replies to their requests and events to their ``EventStream``, and how requests fail
-when it closes. Apart from the typed requests, which only build frames and read replies."""
+replies to their requests by id and events to their ``EventStream``, and how requests
+fail when it closes. Kept apart from the typed requests, which only build frames and
+read replies."""
 
 from __future__ import annotations
 

@@ -11,8 +11,9 @@ CA that signed it), or as an ``ssl.SSLContext`` of the caller's says::
 
     fiefdom.connect("wss://daemon.example:8765", token=token, cafile="ca.pem")
 
-One reader task routes replies to their requests by id and events to their
-subscriptions; a typed ``error`` frame raises ``ControlError``."""
+Each typed request builds its frame and reads its reply; a typed ``error`` frame
+raises ``ControlError``. The connection under it (``_channel.ClientChannel``) routes
+replies and events."""
 
 from __future__ import annotations
 
