@@ -257,42 +257,47 @@ class PostgresPool(Store):
                 # when the connection goes back to the pool.
                 # (The pool's proxy forwards to its _PooledConnection.)
                 cast(_PooledConnection, conn).needs_reset()
+            if read_only:
+                # One snapshot for all its statements, as SQLite's WAL reads have
+                # (a read-only transaction never fails to serialize).
+                transaction = conn.transaction(isolation="repeatable_read", readonly=True)
+            else:
+                transaction = conn.transaction()
+            # Entered and left as a context manager, not with start() and commit():
+            # a BEGIN cancelled in flight then leaves a transaction the pool's reset
+            # rolls back quietly, instead of one it reports as an error of the loop.
             try:
-                if read_only:
-                    # One snapshot for all its statements, as SQLite's WAL reads have
-                    # (a read-only transaction never fails to serialize).
-                    transaction = conn.transaction(isolation="repeatable_read", readonly=True)
-                else:
-                    transaction = conn.transaction()
-                await transaction.start()
+                await transaction.__aenter__()
             except DRIVER_ERRORS as exc:
                 self._mark(False)
                 raise wrap(exc, self.url) from exc
             tx = PostgresTransaction(self, conn, read_only=read_only)
             try:
                 yield tx
-            except BaseException:
+            except BaseException as exc:
                 with anyio.CancelScope(shield=True):
                     try:
-                        await transaction.rollback()
-                    except _CONNECTION_ERRORS as exc:
+                        await transaction.__aexit__(type(exc), exc, exc.__traceback__)
+                    except _CONNECTION_ERRORS as lost:
                         # The connection is gone, and the transaction with it: the
                         # server rolled it back. The error being raised says why.
                         log.debug(
                             "rollback skipped: connection lost",
                             url=self.url,
-                            error=str(exc) or type(exc).__name__,
+                            error=str(lost) or type(lost).__name__,
                         )
-                    except DRIVER_ERRORS as exc:
+                    except DRIVER_ERRORS as failed:
                         log.warning(
-                            "rollback failed", url=self.url, error=str(exc) or type(exc).__name__
+                            "rollback failed",
+                            url=self.url,
+                            error=str(failed) or type(failed).__name__,
                         )
                 raise
             else:
                 # Shielded: once we start the COMMIT we wait for its answer.
                 with anyio.CancelScope(shield=True):
                     try:
-                        await transaction.commit()
+                        await transaction.__aexit__(None, None, None)
                     except DRIVER_ERRORS as exc:
                         self._mark(not isinstance(exc, _CONNECTION_ERRORS))
                         raise wrap(exc, self.url) from exc
