@@ -26,9 +26,11 @@ Usage: python chaos_node.py STORE_URL LOG_PATH [--lease SECONDS]
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import random
 import signal
+import sys
 from typing import Any
 
 import anyio
@@ -43,6 +45,24 @@ TABLES = (
     "attempt bigint NOT NULL, epoch bigint, previous_epoch bigint NOT NULL, "
     "partition_epoch bigint, fenced_ns bigint NOT NULL)",
 )
+
+
+class _Monotonic(logging.Formatter):
+    """Library log lines stamped with the monotonic clock the handler lines use, so that
+    an overlap can be read against what the node's cluster layer did and when."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{now_ns()} {os.getpid()} {record.levelname} {record.name} {record.getMessage()}"
+
+
+def log_the_library() -> None:
+    """The library's events at INFO and above (leases gained, lost, fenced; jobs given
+    back) to stderr, which the test keeps in the node's ``.out`` file."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Monotonic())
+    root = logging.getLogger("fiefdom")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
 
 
 async def main(url: str, log_path: str, lease: float) -> None:
@@ -132,4 +152,5 @@ if __name__ == "__main__":
     parser.add_argument("log_path")
     parser.add_argument("--lease", type=float, default=15.0)
     args = parser.parse_args()
+    log_the_library()
     anyio.run(main, args.store_url, args.log_path, args.lease)

@@ -70,6 +70,7 @@ ACTIONS = 8
 DEFAULT_SEED = 20_250_611
 # Every wait for an outcome polls under this guard: a hang fails, naming what hung.
 DRAIN_GUARD = 150.0
+SECOND_NS = 1_000_000_000
 
 
 def chaos_seed() -> int:
@@ -90,6 +91,36 @@ def describe(pairs: list[tuple[Run, Run]], limit: int = 5) -> str:
         f"[{b.start_ns}, {b.stop_ns}]{' (resumed)' if b.after_pause else ''}"
         for a, b in pairs[:limit]
     )
+
+
+def what_the_nodes_did(
+    pairs: list[tuple[Run, Run]], nodes: list[Node], pauses: dict[int, list[tuple[int, int]]]
+) -> str:
+    """For a failure message: the library's log lines (``chaos_node.log_the_library``)
+    of the processes of the first overlap, from 3 s before it to 1 s after, with their
+    pauses, all on the shared monotonic clock."""
+    if not pairs:
+        return ""
+    a, b = pairs[0]
+    since, until = (
+        min(a.start_ns, b.start_ns) - 3 * SECOND_NS,
+        max(a.stop_ns, b.stop_ns) + SECOND_NS,
+    )
+    lines: list[str] = []
+    for node in nodes:
+        if node.pid not in (a.pid, b.pid) or not node.output.exists():
+            continue
+        for line in node.output.read_text(errors="replace").splitlines():
+            stamp, _, rest = line.partition(" ")
+            if stamp.isdigit() and since <= int(stamp) <= until:
+                lines.append(f"{stamp} {rest}")
+    stops = [
+        f"{stop} {pid} SIGSTOP (SIGCONT at {cont})"
+        for pid in (a.pid, b.pid)
+        for stop, cont in pauses.get(pid, [])
+        if stop <= until and cont >= since
+    ]
+    return "\nwhat those processes did meanwhile:\n" + "\n".join(sorted(lines + stops))
 
 
 @dataclass
@@ -304,6 +335,7 @@ async def test_three_nodes_under_kill_term_and_pause_never_overlap_a_key_or_lose
     assert not overlaps, (
         f"{len(overlaps)} overlapping runs of one key in different processes (seed {seed}):\n"
         + describe(overlaps)
+        + what_the_nodes_did(overlaps, chaos.every, chaos.pauses)
     )
     assert same_process_overlaps(logs.runs) == 0
     assert not wrote_after_resume, (
