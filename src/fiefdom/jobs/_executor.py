@@ -73,6 +73,9 @@ class _Queued:
 
 
 _QUEUED = _Queued()
+# The job's key's partition was no longer this node's when the key's actor took it:
+# it never ran.
+_NOT_OWNED = _Queued()
 
 
 async def work(core: Core, runner: Runner) -> None:
@@ -208,7 +211,13 @@ async def _call_in_domain(
         result = await kind.domain.call(
             key,
             _in_actor(
-                kind.handler, payload, ctx, kind.options.timeout, queued, core.stop_requested
+                kind.handler,
+                payload,
+                ctx,
+                kind.options.timeout,
+                queued,
+                core.stop_requested,
+                _owned(core, held.job.partition),
             ),
             timeout=None,
             name=f"job:{kind.options.kind}",
@@ -217,6 +226,9 @@ async def _call_in_domain(
         # The engine began stopping while the job waited for its key: like a job
         # not yet handed to a worker, it goes back unrun at once.
         held.cancel_reason = held.cancel_reason or "shutdown"
+        return _QUEUED
+    if result is _NOT_OWNED:
+        held.given_back = "given back unrun: its key's partition is no longer held"
         return _QUEUED
     if queued.cancelled_caught or type(result) is _Queued:
         log.warning(
@@ -231,6 +243,20 @@ async def _call_in_domain(
     return result
 
 
+def _owned(core: Core, partition: int | None) -> Callable[[], int | None] | None:
+    """What the key's actor asks as it starts the job: the epoch under which this
+    node owns ``partition`` now (its lease fresh), or None if it no longer does.
+    None instead of the function when no cluster decides it."""
+    ownership = core.ownership
+    if partition is None or ownership is None:
+        return None
+
+    def epoch() -> int | None:
+        return ownership.epoch(partition) if ownership.owns(partition) else None
+
+    return epoch
+
+
 def _in_actor(
     handler: Callable[[Any, JobContext[Any]], Awaitable[object]],
     payload: Job,
@@ -238,6 +264,7 @@ def _in_actor(
     timeout: float | None,
     queued: anyio.CancelScope,
     stopping: asyncio.Event,
+    owned: Callable[[], int | None] | None,
 ) -> Callable[[Any], Awaitable[object]]:
     async def run(actor: Any) -> object:
         if queued.cancel_called or stopping.is_set():
@@ -245,6 +272,16 @@ def _in_actor(
             # cancelled and gives the job back), or the engine is stopping: the
             # handler must not start.
             return _QUEUED
+        if owned is not None:
+            # The worker checked ownership when it took the job, some turns of the
+            # loop ago (or longer, behind the key's earlier messages). A process
+            # paused in between resumes with the actor about to start the job before
+            # its lease loop has run: the key may be another node's by now.
+            epoch = owned()
+            if epoch is None:
+                return _NOT_OWNED
+            # Held again under a new epoch meanwhile: its fenced writes use that one.
+            ctx.epoch = epoch
         # Started: from here only the job's own timeout applies.
         queued.deadline = math.inf
         ctx.actor = actor
