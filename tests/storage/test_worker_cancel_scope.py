@@ -1,7 +1,8 @@
-"""Consecutive jobs of one worker under each way a running job is cancelled (a cancel
-request, a lost lease, a stop, a timeout): each cancels that job and no other, a
-shield in a handler still holds off the cancellation, and the worker runs its next
-job unharmed. Every engine here has one worker."""
+"""A worker runs its jobs' handlers in one cancel scope, which it replaces once a job
+was cancelled through it. Each way a running job is cancelled (a cancel request, a
+lost lease, a stop) still cancels that job and no other, a shield in a handler
+still holds off the cancellation, and the worker runs its next job unharmed. Every
+engine here has one worker, so consecutive jobs share it."""
 
 from __future__ import annotations
 

@@ -67,6 +67,8 @@ class Held:
     def __init__(self, job: ClaimedJob, runner: Runner) -> None:
         self.job = job
         self.runner = runner
+        # Its worker's cancel scope while its handler runs (None before and after):
+        # cancelling it cancels this job's handler and nothing else.
         self.scope: anyio.CancelScope | None = None
         self.cancel_reason: CancelReason | None = None
         self.finished = False  # its outcome was handed to the finisher

@@ -1,5 +1,5 @@
 """Running claimed jobs: a queue's workers take held jobs from its inbox, run each
-handler in its own cancel scope (inside the key's actor for a job whose kind
+handler in the worker's cancel scope (inside the key's actor for a job whose kind
 names a domain) and turn what it returned or raised into an outcome."""
 
 from __future__ import annotations
@@ -79,24 +79,45 @@ _NOT_OWNED = _Queued()
 
 
 async def work(core: Core, runner: Runner) -> None:
-    """One worker of ``runner``'s queue: runs held jobs until its sentinel."""
+    """One worker of ``runner``'s queue: runs held jobs until its sentinel.
+
+    Its handlers run in one cancel scope, shared by the jobs it runs one after the
+    other, until a job is cancelled through it (``Core.cancel_held``: a cancel
+    request, a lost lease, a stop); a cancelled scope cannot serve again (its
+    cancellation holds for whatever runs in it), so the worker leaves it and enters
+    a new one. Entering and leaving a scope per job took about a quarter of the
+    event loop's time in a drain. A job's handler is the only thing the scope can
+    cancel: it is the job's (``held.scope``) only while that handler runs, and the
+    worker leaves a cancelled scope before it waits for another job."""
     inbox = runner.inbox
     while True:
-        held = await inbox.get()
-        if held is None:
-            core.idle.set()  # a stop waits for the inboxes to empty too
-            return
-        runner.running += 1
-        try:
-            outcome = await execute(core, held)
-        finally:
-            runner.running -= 1
-            if not runner.running:
-                core.idle.set()
-        core.submit(held, outcome)
+        held: Held | None = None
+        with anyio.CancelScope() as scope:
+            while not scope.cancel_called:
+                held = await inbox.get()
+                if held is None:
+                    core.idle.set()  # a stop waits for the inboxes to empty too
+                    return
+                runner.running += 1
+                try:
+                    outcome = await execute(core, held, scope)
+                finally:
+                    runner.running -= 1
+                    if not runner.running:
+                        core.idle.set()
+                core.submit(held, outcome)
+                held = None
+        if held is not None:
+            # The scope caught its own cancellation, raised in the handler (a
+            # cancellation from further out is not caught and ends the worker, as it
+            # did with a scope per job): the job was cancelled.
+            core.submit(held, cancelled_outcome(held, Lease(held.job.id, held.job.lease_token)))
 
 
-async def execute(core: Core, held: Held) -> Outcome | None:
+async def execute(core: Core, held: Held, scope: anyio.CancelScope) -> Outcome | None:
+    """Run ``held``'s handler in ``scope`` (its worker's): its outcome, or None when
+    there is nothing to record. A cancellation through ``scope`` propagates, and its
+    worker records the job as cancelled."""
     job = held.job
     lease = Lease(job.id, job.lease_token)
     if held.cancel_reason is not None or core.stop_requested.is_set():
@@ -157,25 +178,27 @@ async def execute(core: Core, held: Held) -> Outcome | None:
             held.given_back = "given back unrun: its domain key is paused"
             return given_back(core, lease)
     result: object
-    with anyio.CancelScope() as scope:
-        held.scope = scope
-        try:
-            if kind.domain is not None:
-                assert kind.options.key is not None
-                result = await _call_in_domain(
-                    core, held, kind, getattr(payload, kind.options.key), payload, ctx
-                )
-                if type(result) is _Raised:
-                    result = result.exc
-            elif kind.options.timeout is not None:
-                with anyio.fail_after(kind.options.timeout):
-                    result = await kind.handler(payload, ctx)
-            else:
+    held.scope = scope
+    try:
+        if kind.domain is not None:
+            assert kind.options.key is not None
+            result = await _call_in_domain(
+                core, held, kind, getattr(payload, kind.options.key), payload, ctx
+            )
+            if type(result) is _Raised:
+                result = result.exc
+        elif kind.options.timeout is not None:
+            with anyio.fail_after(kind.options.timeout):
                 result = await kind.handler(payload, ctx)
-        except Exception as exc:
-            result = exc
-    held.scope = None
-    if held.cancel_reason == "lease" or (held.cancel_reason is not None and scope.cancelled_caught):
+        else:
+            result = await kind.handler(payload, ctx)
+    except Exception as exc:
+        result = exc
+    finally:
+        held.scope = None
+    # A handler that returned although cancelled (it caught the cancellation): its
+    # result stands, unless the lease is lost (the job is no longer ours to record).
+    if held.cancel_reason == "lease":
         return cancelled_outcome(held, lease)
     if type(result) is _Queued:
         if held.cancel_reason is not None:
