@@ -45,8 +45,8 @@ def test_actor_benchmark_prints_figures_with_baselines() -> None:
 
 @pytest.mark.slow
 def test_job_benchmark_prints_figures_with_baselines() -> None:
-    """bench/jobs.py: a round of fiefdom on PostgreSQL and on SQLite (and pgqueuer when
-    it is installed), then a summary with medians and ratios."""
+    """bench/jobs.py: a round of fiefdom on PostgreSQL and on SQLite (and pgqueuer and
+    procrastinate when installed), then a summary with medians and ratios."""
     lines = run(
         "jobs.py",
         *("--rounds", "1", "--batch-jobs", "200", "--single-jobs", "20", "--samples", "3"),
