@@ -76,6 +76,8 @@ _QUEUED = _Queued()
 # The job's key's partition was no longer this node's when the key's actor took it:
 # it never ran.
 _NOT_OWNED = _Queued()
+# Why such a job went back, whether the worker or the key's actor found it so.
+_PARTITION_LOST = "given back unrun: its key's partition is no longer held"
 
 
 async def work(core: Core, runner: Runner) -> None:
@@ -169,7 +171,7 @@ async def execute(core: Core, held: Held, scope: anyio.CancelScope) -> Outcome |
             # Claimed while the partition was ours, and no longer is (lost, or the
             # process was stopped past its lease while the job waited for a worker):
             # another node may run the key now. Back unrun.
-            held.given_back = "given back unrun: its key's partition is no longer held"
+            held.given_back = _PARTITION_LOST
             return given_back(core, lease)
         if kind.domain.is_paused(getattr(payload, kind.options.key)):
             # A paused key takes no message: handed to it, the job would hold a
@@ -251,7 +253,7 @@ async def _call_in_domain(
         held.cancel_reason = held.cancel_reason or "shutdown"
         return _QUEUED
     if result is _NOT_OWNED:
-        held.given_back = "given back unrun: its key's partition is no longer held"
+        held.given_back = _PARTITION_LOST
         return _QUEUED
     if queued.cancelled_caught or type(result) is _Queued:
         log.warning(
