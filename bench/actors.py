@@ -8,8 +8,10 @@ measured in the same run (so the ratio holds on a noisy machine):
   clients, with max_active=10,000 (activations/s) vs a bare "activation" (a task
   started per key by a task group, answering one future; also shown: a task made
   with loop.create_task alone), in interleaved rounds: the ratio is the median of
-  the per-round ratios, and every round is printed; the domain also under the
-  garbage collector settings the daemon applies once started (docs/performance.md);
+  the per-round ratios, and every round is printed. The domain runs as a system runs
+  it by default (the garbage collector's youngest threshold raised, ``fiefdom._gc``),
+  and also opted out of that (``tune_gc=False``) and under the settings the daemon
+  applies once started (start-up frozen too; docs/performance.md);
 - peak RSS after touching 1,000,000 distinct keys with max_active=10,000, in a fresh
   process, with the RSS at 100,000 keys to show it stops growing at the cap.
 
@@ -22,10 +24,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import importlib.util
 import json
 import logging
-import pathlib
 import resource
 import subprocess
 import sys
@@ -37,6 +37,7 @@ import msgspec
 import structlog
 
 import fiefdom
+from fiefdom._gc import tune_gc
 
 
 def loop_name() -> str:
@@ -180,8 +181,10 @@ async def future_round_trips(n: int) -> float:
 # -- domain activations ---------------------------------------------------------------
 
 
-async def domain_asks(keys: int, max_active: int, clients: int) -> dict[str, float]:
-    async with fiefdom.ActorSystem(name="bench") as system:
+async def domain_asks(
+    keys: int, max_active: int, clients: int, tune: bool = True
+) -> dict[str, float]:
+    async with fiefdom.ActorSystem(name="bench", tune_gc=tune) as system:
         domain = system.domain("keys", Counter, max_active=max_active, idle_timeout=None)
         msg = Count()
 
@@ -257,28 +260,10 @@ async def bare_activations(keys: int, clients: int) -> float:
         return keys / (time.perf_counter() - start)
 
 
-def _daemon_gc() -> Any:
-    """fiefdom.daemon._gc, loaded on its own: importing the daemon package would load
-    the whole daemon, whose objects every collection measured here would then scan."""
-    name = "fiefdom_daemon_gc"
-    if name not in sys.modules:
-        path = pathlib.Path(fiefdom.__file__).parent / "daemon" / "_gc.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        # Its relative imports (fiefdom._log) resolve from the package it belongs to,
-        # which need not be imported for them.
-        module.__package__ = "fiefdom.daemon"
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
-
-
 def with_daemon_gc(main: Any, *args: Any) -> float:
     """The rate under the garbage collector settings ``fiefdom serve`` applies once
-    started (fiefdom.daemon._gc: start-up frozen, young threshold raised)."""
-    undo = _daemon_gc().tune_gc({})
+    started (``fiefdom._gc.tune_gc``: start-up frozen, young threshold raised)."""
+    undo = tune_gc({})
     try:
         return float(run(main, *args)["activations_per_s"])
     finally:
@@ -300,6 +285,10 @@ def activation_rounds(keys: int, max_active: int, clients: int, rounds: int) -> 
     for i in range(rounds):
         measures: list[tuple[str, Any]] = [
             ("domain", lambda: run(domain_asks, keys, max_active, clients)["activations_per_s"]),
+            (
+                "domain_untuned",
+                lambda: run(domain_asks, keys, max_active, clients, False)["activations_per_s"],
+            ),
             ("domain_daemon_gc", lambda: with_daemon_gc(domain_asks, keys, max_active, clients)),
             ("bare", lambda: run(bare_activations, keys, clients)),
             ("bare_task", lambda: run(bare_task_activations, keys, clients)),
@@ -314,12 +303,15 @@ def activation_rounds(keys: int, max_active: int, clients: int, rounds: int) -> 
     ratios = [r["domain"] / r["bare"] for r in raw]
     task_ratios = [r["domain"] / r["bare_task"] for r in raw]
     daemon_ratios = [r["domain_daemon_gc"] / r["bare"] for r in raw]
+    untuned_ratios = [r["domain_untuned"] / r["bare"] for r in raw]
     return {
         "activations_per_s": round(median([r["domain"] for r in raw])),
         "baseline_per_s": round(median([r["bare"] for r in raw])),
         "baseline": "a task started per key by an anyio task group, answering one future",
         "ratio": round(median(ratios), 3),
         "goal": 0.6,
+        "untuned_gc_activations_per_s": round(median([r["domain_untuned"] for r in raw])),
+        "untuned_gc_ratio": round(median(untuned_ratios), 3),
         "daemon_gc_activations_per_s": round(median([r["domain_daemon_gc"] for r in raw])),
         "daemon_gc_ratio": round(median(daemon_ratios), 3),
         "create_task_baseline_per_s": round(median([r["bare_task"] for r in raw])),
@@ -327,10 +319,12 @@ def activation_rounds(keys: int, max_active: int, clients: int, rounds: int) -> 
         "rounds": [
             {
                 "domain_per_s": round(r["domain"]),
+                "untuned_gc_domain_per_s": round(r["domain_untuned"]),
                 "daemon_gc_domain_per_s": round(r["domain_daemon_gc"]),
                 "baseline_per_s": round(r["bare"]),
                 "create_task_baseline_per_s": round(r["bare_task"]),
                 "ratio": round(r["domain"] / r["bare"], 3),
+                "untuned_gc_ratio": round(r["domain_untuned"] / r["bare"], 3),
                 "daemon_gc_ratio": round(r["domain_daemon_gc"] / r["bare"], 3),
             }
             for r in raw

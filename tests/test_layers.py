@@ -20,6 +20,7 @@ LAYERS = [
     "_lifecycle",
     "_throttle",
     "_address",
+    "_gc",
     "actors",
     "supervisors",
     "storage",

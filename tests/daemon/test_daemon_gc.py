@@ -8,7 +8,7 @@ import gc
 
 import pytest
 
-from fiefdom.daemon._gc import THRESHOLD, gc_threshold, tune_gc
+from fiefdom._gc import THRESHOLD, gc_threshold, tune_gc
 
 
 def test_the_setting_read_from_the_environment() -> None:

@@ -15,12 +15,12 @@ from typing import Protocol, TextIO
 import anyio
 
 from .._errors import FiefdomError
+from .._gc import tune_gc
 from .._lifecycle import StopMode
 from .._log import get_logger
 from ..protocol import EventHub
 from ..supervisors import ActorSystem
 from ._config import Config
-from ._gc import tune_gc
 from ._logging import FlightRecorder, configure_logging
 from ._notify import notify
 
