@@ -15,7 +15,14 @@ import anyio
 import msgspec
 from structlog.typing import FilteringBoundLogger
 
-from .._errors import ActivationFailed, ActorStopped, AskTimeout, CallCycleError, MailboxFull
+from .._errors import (
+    ActivationFailed,
+    ActorStopped,
+    AskTimeout,
+    CallCycleError,
+    MailboxFull,
+    OwnerUnavailable,
+)
 from .._lifecycle import StopMode as StopMode
 from .._log import get_logger
 from .._throttle import exc_fields
@@ -146,6 +153,7 @@ class Cell(Generic[M]):
         "on_idle",
         "path",
         "paused",
+        "placed",
         "predecessor",
         "restarts",
         "state",
@@ -170,9 +178,12 @@ class Cell(Generic[M]):
         self.state = ActorState.PENDING
         self.stop_mode: StopMode | None = None
         self.paused = False
+        # A domain's key placed by a cluster: whether this process still owns the key
+        # (one function shared by the domain's cells), asked before each message.
+        self.placed: Callable[[Any], bool] | None = None
         # True while the loop must look before taking its next message: a stop was
-        # requested or the actor is paused. The loop reads this one attribute per
-        # message, so pausing costs the hot path nothing more than stopping did.
+        # requested, the actor is paused, or its key is placed. The loop reads this
+        # one attribute per message, so none of them costs the hot path more.
         self._gate = False
         self._held: asyncio.Future[None] | None = None  # the paused loop waits on it
         self.handled = 0
@@ -467,12 +478,17 @@ class Cell(Generic[M]):
                     while True:
                         if self._gate:
                             mode = self.stop_mode
-                            if mode is None:
+                            if mode is None and self.paused:
                                 # Paused: the current message has finished; the next
                                 # waits for resume (or for a stop, which overrides).
                                 await self._hold()
                                 continue
-                            if mode != "drain":
+                            if mode is not None and mode != "drain":
+                                end = True
+                                break
+                            placed = self.placed
+                            if placed is not None and mailbox.depth and not placed(self.key):
+                                self._placed_elsewhere()
                                 end = True
                                 break
                         item = mailbox.get_nowait()
@@ -642,8 +658,35 @@ class Cell(Generic[M]):
     def resume(self) -> None:
         """Take messages again, in the order they were sent."""
         self.paused = False
-        self._gate = self.stop_mode is not None
+        self._gate = self.stop_mode is not None or self.placed is not None
         self._release()
+
+    def place(self, placed: Callable[[Any], bool] | None) -> None:
+        """Ask ``placed(key)`` before each message whether this process still owns the
+        key (None: no longer ask)."""
+        self.placed = placed
+        self._gate = self.paused or self.stop_mode is not None or placed is not None
+
+    def _placed_elsewhere(self) -> None:
+        """The key is another node's now, though no one has told this actor yet: a
+        process paused past its lease resumes with messages queued, some turns of the
+        event loop before its lease loop notices and fences it. None of them runs:
+        asks fail OwnerUnavailable (the caller may send again, to the key's owner),
+        tells are dropped, and the incarnation ends."""
+        reason = "its key is owned by another node now"
+        self.mailbox.close(reason)
+        self.stop_mode = "exit"
+        dropped = 0
+        for item in self.mailbox.drain():
+            if type(item) is Ask:
+                item.finish()
+                if not item.future.done():
+                    item.future.set_exception(
+                        OwnerUnavailable(self.path, "its lease lapsed while the ask waited")
+                    )
+            else:
+                dropped += 1
+        self.log.warning("messages not run: the key is owned elsewhere now", dropped_tells=dropped)
 
     def request_stop(self, mode: StopMode) -> None:
         """Ask the running incarnation to end: ``restart`` after the current message
@@ -668,7 +711,7 @@ class Cell(Generic[M]):
         """Prepare for a new incarnation after a restart (the mailbox is kept, and so
         is a pause)."""
         self.stop_mode = None
-        self._gate = self.paused
+        self._gate = self.paused or self.placed is not None
         self.mailbox.reopen()
         if self._is_stopped:
             self._is_stopped = False

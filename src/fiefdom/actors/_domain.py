@@ -183,6 +183,8 @@ class Domain(Generic[K, M]):
         # Who says which keys this process may activate (the cluster's nodes); none:
         # every key is local, as in a process alone.
         self._placements: list[Placement] = []
+        # Asked by each placed cell before each message: one bound method for all.
+        self._is_local_hook: Callable[[Any], bool] = self.is_local
         self._forwarder: Forwarder | None = None
 
     # -- placement ---------------------------------------------------------------
@@ -191,10 +193,15 @@ class Domain(Generic[K, M]):
         """Activate only keys that ``placement`` (or another one added) says are local;
         returns the function that removes it. A ``JobEngine`` adds its cluster node."""
         self._placements.append(placement)
+        for cell in self._cells.values():
+            cell.place(self._is_local_hook)
 
         def remove() -> None:
             if placement in self._placements:
                 self._placements.remove(placement)
+                if not self._placements:
+                    for cell in self._cells.values():
+                        cell.place(None)
 
         return remove
 
@@ -451,6 +458,8 @@ class Domain(Generic[K, M]):
             cancel_grace=self._cancel_grace,
         )
         new.on_idle = self._on_idle_hook  # one bound method shared by every cell
+        if self._placements:
+            new.place(self._is_local_hook)
         new.predecessor = cell  # a passivating activation this one must wait for
         # (Two plain tests first: most domains are never paused, and this is the
         # activation path.)

@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import msgspec
 
+from .._errors import OwnerUnavailable
 from .._log import get_logger
 from .._throttle import Throttle, exc_fields
 from ..storage import AttemptError, ClaimedJob, Job, JobOptions, JobState, Lease, Outcome
@@ -233,20 +234,28 @@ async def _call_in_domain(
     result: object = _QUEUED  # until the call returns: cut short by the bound, it never ran
     with anyio.CancelScope() as queued:
         queued.deadline = anyio.current_time() + queued_for
-        result = await kind.domain.call(
-            key,
-            _in_actor(
-                kind.handler,
-                payload,
-                ctx,
-                kind.options.timeout,
-                queued,
-                core.stop_requested,
-                _owned(core, held.job.partition),
-            ),
-            timeout=None,
-            name=f"job:{kind.options.kind}",
-        )
+        try:
+            result = await kind.domain.call(
+                key,
+                _in_actor(
+                    kind.handler,
+                    payload,
+                    ctx,
+                    kind.options.timeout,
+                    queued,
+                    core.stop_requested,
+                    _owned(core, held.job.partition),
+                ),
+                timeout=None,
+                name=f"job:{kind.options.kind}",
+            )
+        except OwnerUnavailable as exc:
+            # For this very key (not an ask the handler made): the key's actor found
+            # it another node's as the job's turn came (this process paused past its
+            # lease), or it could not be activated here. Nothing ran, as below.
+            if exc.path != f"{kind.domain.path}/{key}":
+                raise
+            result = _NOT_OWNED
     if type(result) is _Queued and core.stop_requested.is_set():
         # The engine began stopping while the job waited for its key: like a job
         # not yet handed to a worker, it goes back unrun at once.
