@@ -46,7 +46,8 @@ K = TypeVar("K", bound=Hashable)
 
 
 class Placement(Protocol):
-    """Which keys this process may activate: the port the cluster implements."""
+    """Which keys this process may activate: the port the cluster implements. Asked as
+    a key is activated and before each message its actor takes: keep it cheap."""
 
     def is_local(self, key: Hashable) -> bool: ...
 
@@ -183,8 +184,8 @@ class Domain(Generic[K, M]):
         # Who says which keys this process may activate (the cluster's nodes); none:
         # every key is local, as in a process alone.
         self._placements: list[Placement] = []
-        # Asked by each placed cell before each message: one bound method for all.
-        self._is_local_hook: Callable[[Any], bool] = self.is_local
+        # Asked by each placed cell before each message: one function for all.
+        self._is_local_hook: Callable[[Any], bool] | None = None
         self._forwarder: Forwarder | None = None
 
     # -- placement ---------------------------------------------------------------
@@ -193,17 +194,30 @@ class Domain(Generic[K, M]):
         """Activate only keys that ``placement`` (or another one added) says are local;
         returns the function that removes it. A ``JobEngine`` adds its cluster node."""
         self._placements.append(placement)
-        for cell in self._cells.values():
-            cell.place(self._is_local_hook)
+        self._placed_changed()
 
         def remove() -> None:
             if placement in self._placements:
                 self._placements.remove(placement)
-                if not self._placements:
-                    for cell in self._cells.values():
-                        cell.place(None)
+                self._placed_changed()
 
         return remove
+
+    def _placed_changed(self) -> None:
+        """What each cell asks before each message, for the placements now: nothing
+        without one, the one's own ``is_local`` (the usual case: a message's check is
+        then a single call), or ``is_local`` asking each."""
+        placements = self._placements
+        hook: Callable[[Any], bool] | None
+        if not placements:
+            hook = None
+        elif len(placements) == 1:
+            hook = placements[0].is_local
+        else:
+            hook = self.is_local
+        self._is_local_hook = hook
+        for cell in self._cells.values():
+            cell.place(hook)
 
     def set_forwarder(self, forwarder: Forwarder | None) -> None:
         """Send messages for keys owned elsewhere through ``forwarder`` (a cluster
@@ -458,7 +472,7 @@ class Domain(Generic[K, M]):
             cancel_grace=self._cancel_grace,
         )
         new.on_idle = self._on_idle_hook  # one bound method shared by every cell
-        if self._placements:
+        if self._is_local_hook is not None:
             new.place(self._is_local_hook)
         new.predecessor = cell  # a passivating activation this one must wait for
         # (Two plain tests first: most domains are never paused, and this is the

@@ -69,6 +69,7 @@ class Node:
         )
         self._held: dict[int, int] = {}  # partition -> epoch
         self._all = False
+        self._fresh_until = -math.inf  # set with _renewed_at
         self._renewed_at = -math.inf  # monotonic time the last successful round began
         self._callbacks: list[Callable[[frozenset[int], bool], Awaitable[None] | None]] = []
         self._task: asyncio.Task[None] | None = None
@@ -82,12 +83,21 @@ class Node:
     def state(self) -> State:
         return self._life.state
 
+    @property
+    def _renewed_at(self) -> float:
+        return self._renewed
+
+    @_renewed_at.setter
+    def _renewed_at(self, at: float) -> None:
+        # The fence time with it: a domain's actors ask is_local before each message.
+        self._renewed = at
+        self._fresh_until = at + self.settings.lease - self.settings.margin
+
     def _fresh(self) -> bool:
         """Whether the leases held are still this node's on its own monotonic clock:
         a process stopped past its fence time (SIGSTOP, a long pause) learns on
         resuming that they are not, before its lease loop has had a turn."""
-        settings = self.settings
-        return time.monotonic() < self._renewed_at + settings.lease - settings.margin
+        return time.monotonic() < self._fresh_until
 
     def claimable(self) -> Collection[int] | None:
         if not self._fresh():
@@ -99,7 +109,9 @@ class Node:
 
     def is_local(self, key: Hashable) -> bool:
         """Whether this node owns ``key`` now (the actors' Placement port)."""
-        return (self._all or partition_of(key) in self._held) and self._fresh()
+        return (self._all or partition_of(key) in self._held) and (
+            time.monotonic() < self._fresh_until
+        )
 
     def serve(self, name: str, domain: Domain[Any, Any]) -> Callable[[], None]:
         """Activate only the keys of ``domain`` (known to the cluster as ``name``) this
