@@ -1,15 +1,23 @@
 """PostgreSQL's enqueue picks its statement by the rows it inserts: rows that hold no
 unique key take an INSERT without ON CONFLICT (nothing can conflict), any row with
 a key takes the statement that skips duplicates. These tests show that the choice
-never loses a duplicate, a key's digest, the order of ids, or all-or-nothing."""
+never loses a duplicate, a key's digest, the order of ids, or all-or-nothing. (A
+large batch without keys is copied instead: the tests of the split statements turn
+that off; the copy has tests of its own, test_postgres_enqueue_copy.py.)"""
 
 from __future__ import annotations
 
 import pytest
 
-from fiefdom.storage import Job, JobOptions, JobState, Store, StoreError, Unique
+from fiefdom.storage import Job, JobOptions, JobState, Store, StoreError, Unique, _postgres_enqueue
 
 pytestmark = pytest.mark.dialect("postgres")
+
+
+@pytest.fixture
+def no_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every batch takes the INSERT statements, however large."""
+    monkeypatch.setattr(_postgres_enqueue, "COPY_ROWS", 10**9)
 
 
 class Plain(Job):
@@ -36,7 +44,7 @@ async def column(store: Store, sql: str, *args: object) -> list[object]:
         return [r[0] for r in await tx.fetch(sql, *args)]
 
 
-async def test_a_batch_without_keys_gets_its_ids_in_order(store: Store) -> None:
+async def test_a_batch_without_keys_gets_its_ids_in_order(store: Store, no_copy: None) -> None:
     """Each result's id is the row holding that job's arguments, across the
     statements a large batch is split into (one transaction)."""
     jobs = [Plain(n=n) for n in range(10_001)]
@@ -88,7 +96,7 @@ async def test_a_job_holding_only_its_digest_keeps_it(store: Store) -> None:
     assert digests == [True, True]
 
 
-async def test_a_failing_batch_inserts_nothing(store: Store) -> None:
+async def test_a_failing_batch_inserts_nothing(store: Store, no_copy: None) -> None:
     """All or nothing across the statements of a split batch, on the plain path: the
     last row, in the second statement, breaks a check added for the test, and the
     first statement's 10,000 rows are rolled back with it."""

@@ -1,6 +1,6 @@
 """The PostgreSQL backend (asyncpg): a connection pool, the engine's batches passed
 as arrays and expanded with ``unnest`` so a batch is one statement (an enqueue's
-as one JSON array of rows), claims with
+as one JSON array of rows, or a COPY when large), claims with
 ``FOR UPDATE SKIP LOCKED``, and LISTEN/NOTIFY for wake-ups across processes.
 Times come from the database's clock (``now()``), so engines on several
 machines agree on lease expiry. The pool and its connections are in
@@ -182,7 +182,7 @@ class PostgresStore(PostgresPool):
         # The INSERT trigger notifies engines (at commit) of queues with available jobs.
         if len(rows) == 1:
             r = rows[0]
-            got = await conn.fetch(
+            one = await conn.fetch(
                 INSERT_ONE_SQL if r.unique_key is not None else INSERT_ONE_PLAIN_SQL,
                 r.kind,
                 r.queue,
@@ -199,9 +199,9 @@ class PostgresStore(PostgresPool):
                 r.partition,
                 r.ordered,
             )
+            inserted = [(r[0], r[1]) for r in one]
         else:
-            got = await insert_many(conn, rows)
-        inserted = [(r[0], r[1]) for r in got]
+            inserted = await insert_many(conn, rows)
         existing: dict[bytes, int] = {}
         if len(inserted) < len(rows):
             taken = {key for _, key in inserted if key is not None}

@@ -1,10 +1,13 @@
-"""PostgreSQL's enqueue statements: an INSERT of one job, and of a batch as one JSON
-array of rows the server expands, split into several statements by size. The store
-(``_postgres.py``) runs them and matches what they return to the jobs it was given."""
+"""PostgreSQL's enqueue statements: an INSERT of one job; a large batch whose rows
+hold no unique key as a binary COPY of rows whose ids were taken beforehand; any
+other batch as one JSON array of rows the server expands, split into several
+statements by size. The store (``_postgres.py``) runs them and matches what they
+return to the jobs it was given."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -110,17 +113,100 @@ def _json_rows(rows: Sequence[NewJob]) -> str:
     return encoded.decode()
 
 
-async def insert_many(conn: Conn, rows: Sequence[NewJob]) -> list[asyncpg.Record]:
-    chunks = _chunks(rows)
+# A batch of at least this many rows, none holding a unique key, is copied: COPY
+# skips the JSON the server would parse and expand, and inserts the rows in pages
+# (a batch of 20,000 takes about a fifth less of the server's time). It cannot
+# return the ids, so they are taken first from the table's sequence, in order, and
+# written into the rows (COPY writes an identity column's given values); it cannot
+# skip a duplicate either, so a batch with any unique key takes the JSON statement
+# with ON CONFLICT. Below this size the two more round trips cost about what COPY
+# saves (measured even at 2,000 to 5,000 rows, about 1.2x faster from 9,000).
+COPY_ROWS = 5000
+_TAKE_IDS_SQL = (
+    "SELECT now(), array(SELECT nextval((SELECT pg_get_serial_sequence('fiefdom_jobs', 'id'))) "
+    "FROM generate_series(1, $1::integer))"
+)
+_COPY_COLUMNS = (
+    "id",
+    "kind",
+    "queue",
+    "state",
+    "priority",
+    "args",
+    "domain_key",
+    "max_attempts",
+    "unique_states",
+    "run_at",
+    "created_at",
+    "unique_digest",
+    "domain",
+    "partition",
+    "ordered",
+)
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_PG_EPOCH_UNIX = 946_684_800.0
+
+
+def timestamp(unix: float) -> datetime:
+    """``to_timestamp(unix)`` as the statements compute it (the microseconds since
+    PostgreSQL's epoch, rounded half to even as ``rint`` does), so a copied row's
+    time is the one an INSERT of the same job stores."""
+    return _PG_EPOCH + timedelta(microseconds=round((unix - _PG_EPOCH_UNIX) * 1_000_000.0))
+
+
+async def _copy(conn: Conn, rows: Sequence[NewJob]) -> list[tuple[int, bytes | None]]:
+    # The ids in the order nextval gave them (each one larger than the last), and
+    # the database's now() for the rows' created_at and a run_at left to now:
+    # within a caller's transaction it is the transaction's now(), as an INSERT's.
+    taken = await conn.fetchrow(_TAKE_IDS_SQL, len(rows))
+    assert taken is not None
+    now: datetime = taken[0]
+    ids: list[int] = sorted(taken[1])
+    records = [
+        (
+            id_,
+            r.kind,
+            r.queue,
+            r.state.value,
+            r.priority,
+            r.args.decode(),
+            r.key,
+            r.max_attempts,
+            r.unique_states,
+            now if r.run_at is None else timestamp(r.run_at),
+            now,
+            r.unique_digest,
+            r.domain,
+            r.partition,
+            r.ordered,
+        )
+        for id_, r in zip(ids, rows, strict=True)
+    ]
+    try:
+        # One statement: all or nothing on its own, and inside a caller's
+        # transaction part of it.
+        await conn.copy_records_to_table("fiefdom_jobs", records=records, columns=_COPY_COLUMNS)
+    except UnicodeEncodeError as exc:
+        raise StoreError(f"PostgreSQL: invalid input for a batch of jobs: {exc}") from exc
+    return [(id_, None) for id_ in ids]
+
+
+async def insert_many(conn: Conn, rows: Sequence[NewJob]) -> list[tuple[int, bytes | None]]:
+    """Insert a batch: the (id, unique key) of each row inserted, in input order."""
     keyed = any(r.unique_key is not None for r in rows)
+    if not keyed and len(rows) >= COPY_ROWS:
+        return await _copy(conn, rows)
+    chunks = _chunks(rows)
     sql = _INSERT_MANY_SQL if keyed else _INSERT_MANY_PLAIN_SQL
     if len(chunks) == 1:
-        return await conn.fetch(sql, _json_rows(chunks[0]))
-    if conn.is_in_transaction():  # the caller's: all or nothing with it
-        return await _insert_chunks(conn, chunks, sql)
-    # Several statements: one transaction, so the batch is still all or nothing.
-    async with conn.transaction():
-        return await _insert_chunks(conn, chunks, sql)
+        got = await conn.fetch(sql, _json_rows(chunks[0]))
+    elif conn.is_in_transaction():  # the caller's: all or nothing with it
+        got = await _insert_chunks(conn, chunks, sql)
+    else:
+        # Several statements: one transaction, so the batch is still all or nothing.
+        async with conn.transaction():
+            got = await _insert_chunks(conn, chunks, sql)
+    return [(r[0], r[1]) for r in got]
 
 
 async def _insert_chunks(
