@@ -327,16 +327,25 @@ async def _prepare(server: str, big: str, small: str) -> Plans:
         assert "init" not in kwargs, "the store now sets up its connections: chain its init"
         return real_create_pool(*args, init=log_queries, **kwargs)
 
+    real_connect = asyncpg.connect
+
+    async def logging_connect(*args: Any, **kwargs: Any) -> Any:
+        conn = await real_connect(*args, **kwargs)
+        await log_queries(conn)
+        return conn
+
     # Instrumentation, not a stand-in: the store's real pool, whose connections also
-    # log what they execute.
+    # log what they execute, and its connection outside the pool (the enqueue's).
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(asyncpg, "create_pool", logging_pool)
+        patch.setattr(asyncpg, "connect", logging_connect)
         store = open_store(_schema_url(server, small))
         await store.open(migrate=True)
-    try:
-        await run_operations(store, captured)
-    finally:
-        await store.close()
+        # Inside: the store opens its own connection at its first enqueue.
+        try:
+            await run_operations(store, captured)
+        finally:
+            await store.close()
     return Plans(url=_schema_url(server, big), statements=captured.statements)
 
 

@@ -166,7 +166,9 @@ class PostgresStore(PostgresPool):
         if not rows:
             return []
         if tx is None:
-            result: list[Enqueued] = await self._run(lambda conn: self._insert(conn, rows))
+            # No transaction of its own but that of a batch split into statements,
+            # which it commits: the lane's contract.
+            result: list[Enqueued] = await self._run_lane(lambda conn: self._insert(conn, rows))
         else:
             assert isinstance(tx, PostgresTransaction)
             try:
