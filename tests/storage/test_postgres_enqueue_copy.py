@@ -151,26 +151,32 @@ def _rows(now: float) -> list[NewJob]:
     ]
 
 
+@pytest.mark.parametrize("times", [True, False], ids=["with times", "all due now"])
 async def test_copied_rows_are_the_rows_an_insert_stores(
-    store: Store, monkeypatch: pytest.MonkeyPatch, copies: list[int]
+    store: Store, monkeypatch: pytest.MonkeyPatch, copies: list[int], times: bool
 ) -> None:
     """Every column of a copied row, the scheduled times to the microsecond, equals
     that of the same job inserted by the INSERT statement; a job due now gets the
-    database's now() as run_at and created_at, as the column defaults give it. Both
-    batches run inside a transaction so that now() is one value."""
+    database's now() as run_at and created_at, as the column defaults give it. A
+    batch without a time of its own leaves both columns to their defaults, one with
+    any time writes them. Both batches run inside a transaction so that now() is
+    one value."""
     now = time.time()
+    rows = _rows(now) if times else [r for r in _rows(now) if r.run_at is None]
     got: list[list[tuple[Any, ...]]] = []
     for copy_rows in (2, 10**9):
         monkeypatch.setattr(_postgres_enqueue, "COPY_ROWS", copy_rows)
         async with store.transaction() as tx:
             await tx.execute("DELETE FROM fiefdom_jobs")
-            await store._insert_rows(_rows(now), tx=tx)
+            await store._insert_rows(rows, tx=tx)
             got.append(await tx.fetch(f"SELECT {_COLUMNS} FROM fiefdom_jobs ORDER BY id"))
-    assert copies == [len(_rows(now))]
+    assert copies == [len(rows)]
     copied, inserted = got
     assert copied == inserted
     assert [r[-1] for r in copied] == [True] * len(copied)
-    assert sum(1 for r in copied if r[-3] is not None) == 5  # the explicit times
+    # The explicit times: five of them, or none.
+    assert sum(1 for r in copied if r[-3] is not None) == (5 if times else 0)
+    assert len(rows) == (10 if times else 5)
 
 
 @settings(

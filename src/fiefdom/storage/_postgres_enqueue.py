@@ -143,6 +143,7 @@ _COPY_COLUMNS = (
     "partition",
     "ordered",
 )
+_COPY_COLUMNS_NOW = tuple(c for c in _COPY_COLUMNS if c not in ("run_at", "created_at"))
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _PG_EPOCH_UNIX = 946_684_800.0
 
@@ -155,37 +156,62 @@ def timestamp(unix: float) -> datetime:
 
 
 async def _copy(conn: Conn, rows: Sequence[NewJob]) -> list[tuple[int, bytes | None]]:
-    # The ids in the order nextval gave them (each one larger than the last), and
-    # the database's now() for the rows' created_at and a run_at left to now:
-    # within a caller's transaction it is the transaction's now(), as an INSERT's.
+    # The ids in the order nextval gave them (each one larger than the last).
     taken = await conn.fetchrow(_TAKE_IDS_SQL, len(rows))
     assert taken is not None
-    now: datetime = taken[0]
     ids: list[int] = sorted(taken[1])
-    records = [
-        (
-            id_,
-            r.kind,
-            r.queue,
-            r.state.value,
-            r.priority,
-            r.args.decode(),
-            r.key,
-            r.max_attempts,
-            r.unique_states,
-            now if r.run_at is None else timestamp(r.run_at),
-            now,
-            r.unique_digest,
-            r.domain,
-            r.partition,
-            r.ordered,
-        )
-        for id_, r in zip(ids, rows, strict=True)
-    ]
+    records: list[tuple[object, ...]]
+    if all(r.run_at is None for r in rows):
+        # The columns' defaults: the COPY's now() for created_at and run_at (the
+        # times cost the driver more to encode than the rest of the row).
+        columns = _COPY_COLUMNS_NOW
+        records = [
+            (
+                id_,
+                r.kind,
+                r.queue,
+                r.state.value,
+                r.priority,
+                r.args.decode(),
+                r.key,
+                r.max_attempts,
+                r.unique_states,
+                r.unique_digest,
+                r.domain,
+                r.partition,
+                r.ordered,
+            )
+            for id_, r in zip(ids, rows, strict=True)
+        ]
+    else:
+        # created_at, and the run_at of a job due now: the database's now() when
+        # the ids were taken (within a caller's transaction, the transaction's).
+        now: datetime = taken[0]
+        columns = _COPY_COLUMNS
+        records = [
+            (
+                id_,
+                r.kind,
+                r.queue,
+                r.state.value,
+                r.priority,
+                r.args.decode(),
+                r.key,
+                r.max_attempts,
+                r.unique_states,
+                now if r.run_at is None else timestamp(r.run_at),
+                now,
+                r.unique_digest,
+                r.domain,
+                r.partition,
+                r.ordered,
+            )
+            for id_, r in zip(ids, rows, strict=True)
+        ]
     try:
         # One statement: all or nothing on its own, and inside a caller's
         # transaction part of it.
-        await conn.copy_records_to_table("fiefdom_jobs", records=records, columns=_COPY_COLUMNS)
+        await conn.copy_records_to_table("fiefdom_jobs", records=records, columns=columns)
     except UnicodeEncodeError as exc:
         raise StoreError(f"PostgreSQL: invalid input for a batch of jobs: {exc}") from exc
     return [(id_, None) for id_ in ids]
