@@ -15,7 +15,9 @@ database of its own, emptied before each round):
 The systems: fiefdom on PostgreSQL, pgqueuer and procrastinate (each when installed:
 ``pip install -e '.[bench]'``; otherwise it is reported as skipped) on PostgreSQL, and
 fiefdom on SQLite (batch enqueue and drain: the one-process SQLite drain against the
-PostgreSQL one). The order of the systems alternates from round to round. Each round
+PostgreSQL one). ``--warmup`` rounds (one by default) run first, every system in turn,
+and are left out of the figures (a first round pays for cold connections and tables).
+The order of the systems alternates from round to round. Each round
 prints one JSON object per system; the summary gives each figure's median and every
 ratio as the median of the per-round ratios (fiefdom / peer for rates; fiefdom's p50 /
 the peer's for pickup, lower is better), with every round's values.
@@ -23,7 +25,7 @@ the peer's for pickup, lower is better), with every round's values.
 ``--baseline`` also prints the bare driver's figures (asyncpg, aiosqlite) for the
 same row counts.
 
-    .venv/bin/python bench/jobs.py [--rounds 5] [--batch-jobs 20000]
+    .venv/bin/python bench/jobs.py [--rounds 5] [--warmup 1] [--batch-jobs 20000]
         [--single-jobs 2000] [--samples 200] [--loop uvloop|asyncio]
         [--postgres URL] [--no-sqlite] [--baseline]
 """
@@ -594,6 +596,11 @@ async def main(args: argparse.Namespace, loop: str) -> None:
             runs["fiefdom_sqlite"] = lambda: fiefdom_round(lite, args, full=False)
         rounds: list[dict[str, Figures]] = []
         order = list(runs)
+        for i in range(args.warmup):
+            # Unrecorded: every system's first round pays for its connections' first
+            # statements (parsing, planning, catalog caches) and a cold table.
+            for name in order:
+                emit(figure="warmup", round=i, system=name, loop=loop, **await runs[name]())
         for i in range(args.rounds):
             # Alternate the order, so that neither system always runs on a warm server.
             names = order if i % 2 == 0 else order[::-1]
@@ -608,6 +615,9 @@ async def main(args: argparse.Namespace, loop: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="rounds run first and left out of the figures"
+    )
     parser.add_argument("--batch-jobs", type=int, default=20_000)
     parser.add_argument("--single-jobs", type=int, default=2_000)
     parser.add_argument("--samples", type=int, default=200)
