@@ -288,7 +288,10 @@ class PostgresPool(Store):
             try:
                 result = await fn(cast("Conn", lane))
             except BaseException as exc:
-                if not isinstance(exc, asyncpg.PostgresError) or lane.is_in_transaction():
+                kept = isinstance(exc, asyncpg.PostgresError) and not isinstance(
+                    exc, _CONNECTION_ERRORS
+                )
+                if not kept or lane.is_in_transaction():
                     await self._retire_lane(lane)
                 if isinstance(exc, DRIVER_ERRORS):
                     if isinstance(exc, _CONNECTION_ERRORS):
