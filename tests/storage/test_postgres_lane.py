@@ -8,10 +8,12 @@ lane has the pool's session settings and that closing the store closes it."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import asyncpg
 import pytest
+from storage_helpers import wait_until
 
 from fiefdom.storage import Job, JobOptions, Store, StoreError, open_store
 from fiefdom.storage._postgres import PostgresStore
@@ -151,3 +153,39 @@ async def test_closing_the_store_closes_the_lane(store_url: str) -> None:
     await store.close()
     assert lane.is_closed()
     assert lane_of(store) is None
+
+
+async def test_the_store_never_holds_more_than_pool_size_connections(store_url: str) -> None:
+    """The lane is one of pool_size: with every pooled connection held by a
+    transaction and enqueues waiting, the server sees pool_size connections of the
+    store, not one more."""
+    name = f"budget_{uuid.uuid4().hex[:8]}"
+    store = open_store(f"{store_url}&application_name={name}", pool_size=3)
+    await store.open(migrate=True)
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with store.transaction() as tx:
+            await tx.execute("SELECT 1")
+            await release.wait()
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(4):
+                group.create_task(hold())
+            enqueues = [group.create_task(store.enqueue(Plain(n=n))) for n in range(10)]
+            await wait_until(lambda: any(t.done() for t in enqueues), what="the lane's enqueue")
+            assert isinstance(store, PostgresStore)
+            await wait_until(
+                lambda: store.pool_statistics().waiting > 0, what="callers waiting for the pool"
+            )
+            held = await value(
+                store_url,
+                f"SELECT count(*) FROM pg_stat_activity WHERE application_name = '{name}'",
+            )
+            assert held == 3
+            release.set()
+        assert await count(store_url) == 10
+    finally:
+        release.set()
+        await store.close()

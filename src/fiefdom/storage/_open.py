@@ -24,7 +24,9 @@ def open_store(
 
     ``synchronous`` is SQLite's setting in WAL mode: ``full`` (the default) makes
     every commit durable at a power loss; ``normal`` may lose the last commits then
-    (never corrupts). ``pool_size`` is the number of PostgreSQL connections."""
+    (never corrupts). ``pool_size`` is the number of PostgreSQL connections
+    the store opens at most (one of them for enqueues outside a transaction; the job
+    engine's notifications take one more)."""
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
         from ._sqlite import SQLiteStore

@@ -159,8 +159,9 @@ class PostgresPool(Store):
         # operation at a time that runs no transaction of its own (an enqueue):
         # the pool's acquire and release take about as much of the client's CPU as
         # the INSERT (a single enqueue about 110 us with them, 60 us without). A
-        # caller that finds it busy takes the pool. So a store may hold one
-        # connection more than pool_size.
+        # caller that finds it busy takes the pool. It is one of pool_size: the
+        # pool opens at most pool_size - 1, so that the store never holds more
+        # connections than it was given.
         self._lane: asyncpg.Connection[Any] | None = None
         self._lane_busy = False
         self._waiting = 0  # callers waiting for a pooled connection
@@ -173,10 +174,15 @@ class PostgresPool(Store):
         pool = self._pool
         size = 0 if pool is None else pool.get_size()
         idle = 0 if pool is None else pool.get_idle_size()
+        in_use = max(0, size - idle)
+        lane = self._lane
+        if lane is not None and not lane.is_closed():  # counted as one of pool_size
+            size += 1
+            in_use += self._lane_busy
         return PoolStatistics(
             max_size=self._pool_size,
             size=size,
-            in_use=max(0, size - idle),
+            in_use=in_use,
             waiting=self._waiting,
             acquires=self._acquires,
             acquire_seconds=self._acquire_seconds,
@@ -193,8 +199,9 @@ class PostgresPool(Store):
                 settings["statement_timeout"] = str(max(1, round(self._statement_timeout * 1000)))
             self._pool = await asyncpg.create_pool(
                 self._dsn,
-                min_size=self._pool_min_size,
-                max_size=self._pool_size,
+                # The lane is the last of pool_size (pool_size is at least 2).
+                min_size=min(self._pool_min_size, self._pool_size - 1),
+                max_size=self._pool_size - 1,
                 connection_class=_PooledConnection,
                 server_settings=settings or None,
             )
