@@ -21,7 +21,7 @@ import pytest
 from daemon_harness import DaemonProcess, write_config
 from raw_websocket import open_websocket, read_frame, ws_frame
 
-from fiefdom.protocol import _connection
+from fiefdom.protocol import _socket
 
 HERE = Path(__file__).parent
 GUARD = 30.0  # a hang guard, never a speed requirement
@@ -108,7 +108,7 @@ def test_the_installed_aiohttp_is_one_the_frame_queue_was_checked_against() -> N
     (ControlSocket._post_start); with an aiohttp it was not checked against, every
     frame goes through the reading task instead. This fails on an upgrade, so that
     the copy is checked against the new release (then listed in _FRAMES_CHECKED_ON)."""
-    assert _connection.TAKES_FRAMES, aiohttp.__version__
+    assert _socket.TAKES_FRAMES, aiohttp.__version__
 
 
 async def test_frames_read_together_are_handled_in_the_order_sent(

@@ -12,14 +12,9 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import Any, Final, Protocol, assert_never, cast
 
-import aiohttp
 import anyio
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
-from aiohttp._websocket.reader import WebSocketDataQueue
-from aiohttp.helpers import DEFAULT_CHUNK_SIZE
-from aiohttp.http import WebSocketReader, WebSocketWriter
-from aiohttp.web_request import BaseRequest
 
 from ..actors._cell import Cell
 from ..actors._envelope import Ask
@@ -103,14 +98,6 @@ _HELLO_CLOSES: Final[dict[ErrorCode, tuple[int, str]]] = {
 
 # What to do once a queued frame is written (see Connection.send).
 _Then = Slot["Connection"] | asyncio.Future[None]
-
-# The aiohttp releases whose websocket setup (WebSocketResponse._post_start) the
-# ControlSocket below repeats with a queue of its own; with any other, the connection
-# reads every frame through aiohttp's queue and the reading task (slower, the same
-# answers).
-_FRAMES_CHECKED_ON: Final = ((3, 14),)
-_AIOHTTP: Final = tuple(int(part) for part in aiohttp.__version__.split(".")[:2])
-TAKES_FRAMES: Final = _AIOHTTP in _FRAMES_CHECKED_ON
 
 
 class ConnectionOwner(Protocol):
@@ -221,7 +208,7 @@ class Connection:
             frames = 0
             receive = self.ws.receive
             while True:
-                # (While this waits, frames may be handled as they are parsed: _Frames.)
+                # (While this waits, frames may be handled as they are parsed: _socket.py.)
                 msg = await receive()
                 self.taken = 0
                 if msg.type is WSMsgType.TEXT:
@@ -409,7 +396,7 @@ class Connection:
         in a task of its own). False, with nothing counted or taken, for any other
         frame: the reading task gets it and answers it as before. Only called while
         the reading task waits with nothing read before this frame left to handle
-        (``_Frames.idle``), so frames are still handled in the order read; and at most
+        (``_socket._Frames.idle``), so frames are still handled in the order read; and at most
         ``_FRAMES_PER_TURN`` between two turns of the reading task or of a reply."""
         if (
             self.taken >= _FRAMES_PER_TURN
@@ -684,77 +671,3 @@ class _Call:
             await self.ask.wait_exited(self.ask.cell.cancel_grace)
         finally:
             self.slot.release()
-
-
-class _Frames(WebSocketDataQueue):
-    """aiohttp's queue of the frames it has parsed, for the reading task, which first
-    offers each data frame to its connection (``Connection.take_frame``) while the
-    reading task waits on an empty queue: a frame handled there never wakes the task,
-    a turn of the event loop less per request. Any other frame (control frames, the
-    close, errors, a frame the connection leaves to its reading task) is queued as
-    aiohttp would, behind those already queued."""
-
-    def __init__(
-        self, protocol: Any, limit: int, *, loop: asyncio.AbstractEventLoop, conn: Connection
-    ) -> None:
-        super().__init__(protocol, limit, loop=loop)
-        self.conn = conn
-        # True while the reading task waits on the empty queue, which it reads only
-        # once it has handled every frame before: a frame parsed then is the next in
-        # line. Cleared by the first frame queued (the task has that one to handle
-        # first; aiohttp may parse further frames, held back while the queue was
-        # full, while the task takes it), and once the task is woken.
-        self.idle = False
-
-    async def read(self) -> Any:
-        if not self._buffer:
-            self.idle = True
-        try:
-            return await super().read()
-        finally:
-            self.idle = False
-
-    def feed_data(self, data: Any, size: int) -> None:
-        conn = self.conn
-        # (Not once the peer's close has been read: what follows is the reading task's.)
-        if self.idle and not conn.ws._closing:
-            kind = data[0]
-            if kind is WSMsgType.TEXT:
-                if conn.take_frame(data[1], SERVER_JSON):
-                    return
-            elif kind is WSMsgType.BINARY and conn.take_frame(data[1], SERVER_MSGPACK):
-                return
-        self.idle = False
-        super().feed_data(data, size)
-
-
-class ControlSocket(web.WebSocketResponse):
-    """The websocket of one connection of the control channel: aiohttp's, but with
-    the frames it parses offered to ``connection`` first (see _Frames), on the
-    aiohttp releases this was checked against (TAKES_FRAMES)."""
-
-    connection: Connection | None = None
-
-    def _post_start(
-        self, request: BaseRequest, protocol: str | None, writer: WebSocketWriter
-    ) -> None:
-        conn = self.connection
-        if conn is None or not TAKES_FRAMES:
-            super()._post_start(request, protocol, writer)
-            return
-        # aiohttp 3.14's _post_start, with the queue replaced.
-        self._ws_protocol = protocol
-        self._writer = writer
-        self._reset_heartbeat()
-        loop = self._loop
-        assert loop is not None
-        self._reader = _Frames(request._protocol, DEFAULT_CHUNK_SIZE, loop=loop, conn=conn)
-        self._parser = WebSocketReader(
-            self._reader,
-            self._max_msg_size,
-            compress=bool(self._compress),
-            decode_text=self._decode_text,
-        )
-        callback = None if self._heartbeat is None else self._on_data_received
-        request.protocol.set_parser(self._parser, data_received_cb=callback)
-        request.protocol.keep_alive(False)

@@ -29,13 +29,14 @@ from .._log import get_logger
 from ..actors import StopMode
 from ._admission import Admission, CappedSite, loud_repeats, quiet_repeats
 from ._codec import json_schema
-from ._connection import Connection, ControlSocket
+from ._connection import Connection
 from ._fairness import FairScheduler
 from ._messages import ENDPOINT_ROLE, ErrorCode, Role, role_allows
 from ._metrics import ControlMetrics
 from ._registry import ControlHost
 from ._replies import QueueInfo
 from ._settings import ControlSettings, TokenTable
+from ._socket import ControlSocket
 
 log = get_logger("fiefdom.control")
 
