@@ -51,6 +51,10 @@ HttpMount = Callable[[web.Application, Refuse], None]
 class ControlServer:
     """Serves the control channel for one daemon (``host``)."""
 
+    # Seconds a websocket may stay silent before it is pinged; it is closed when
+    # nothing comes back within half of that (a peer gone without a word).
+    heartbeat: float = 30.0
+
     def __init__(
         self,
         host: ControlHost,
@@ -444,7 +448,7 @@ class ControlServer:
             max_msg_size=self.settings.max_frame_bytes + 1,
             decode_text=False,
             compress=False,
-            heartbeat=30.0,
+            heartbeat=self.heartbeat,
         )
         conn = Connection(self, ws, role, request.transport)
         ws.connection = conn
