@@ -10,7 +10,7 @@ import asyncio
 import struct
 from collections import deque
 from collections.abc import Coroutine
-from typing import Any, Final, Protocol, assert_never, cast
+from typing import Any, Final, Protocol, assert_never, get_args
 
 import anyio
 import msgspec
@@ -20,9 +20,11 @@ from ..actors._cell import Cell
 from ..actors._envelope import Ask
 from . import _requests as requests
 from ._codec import SERVER_JSON, SERVER_MSGPACK, Codec
+from ._depth import json_too_deep
 from ._fairness import FairScheduler, RateLimiter, Slot
 from ._hub import Subscription
 from ._messages import (
+    CLIENT_TYPES,
     PROTOCOL_VERSION,
     Call,
     CancelJob,
@@ -81,6 +83,20 @@ _FRAMES_PER_TURN: Final = 8
 # ``subscribed`` reply, and a ping measures the connection, not the daemon's load.
 # Every other request runs concurrently (a slow call must not hold up a status).
 _IN_ORDER: Final = (Hello, Ping, Subscribe, Unsubscribe)
+
+# The request types a connection may start where they are parsed (take_frame), by
+# the role it was welcomed with: those its role allows, other than _IN_ORDER's.
+_DIRECT: Final[dict[Role, frozenset[type]]] = {
+    role: frozenset(
+        t
+        for t in CLIENT_TYPES.values()
+        if not issubclass(t, _IN_ORDER) and role_allows(role, t.role)
+    )
+    for role in get_args(Role)
+}
+_NONE: Final[frozenset[type]] = frozenset()
+# The name each request type is counted under (ControlServer.count_frame's).
+_TAGS: Final[dict[type, str]] = {t: tag for tag, t in CLIENT_TYPES.items()}
 
 # Headers of the frames the server writes itself (see Connection.write): final, not
 # masked, not compressed (RFC 6455, 5.2).
@@ -167,8 +183,12 @@ class Connection:
         # Frames waiting for the socket to drain (see send), each with what to do once
         # it is written: end the request holding this slot, or set this future.
         self.outbox: deque[tuple[bytes, Codec[ClientMessage], _Then]] = deque()
-        self.slot_free = asyncio.Event()
+        # Set while the reading task waits for a request to end (max_in_flight).
+        self.slot_waiter: asyncio.Future[None] | None = None
         self.welcomed = role is not None
+        # The request types take_frame may start (see _DIRECT).
+        self.direct = _NONE if role is None else _DIRECT[role]
+        self.frames = server.metrics.frames  # frames received by type
         self.evicted: str | None = None  # why it was closed to make room for another
         # Python 3.11's asyncio.get_running_loop costs a getpid system call: the loop
         # is looked up once (a connection is made by the request handler, in the loop).
@@ -299,7 +319,8 @@ class Connection:
         size = len(data)
         if transport is None or transport.get_write_buffer_size() or size > self.high_water:
             return False
-        if self.ws.closed or transport.is_closing():
+        # (The websocket's ``closed``, read without its property's call.)
+        if self.ws._closed or transport.is_closing():
             return True  # the peer has gone, or is told goodbye: nothing to tell it
         first = _FIN_TEXT if codec is SERVER_JSON else _FIN_BINARY
         if size < 126:
@@ -345,7 +366,14 @@ class Connection:
         """A request started without a task has been answered."""
         slot.release()
         self.requests -= 1
-        self.slot_free.set()
+        if self.slot_waiter is not None:
+            self._slot_freed()
+
+    def _slot_freed(self) -> None:
+        """A request has ended: wake the reading task if it waits for one to."""
+        waiter = self.slot_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # -- reading frames --------------------------------------------------------------
 
@@ -383,8 +411,11 @@ class Connection:
         else:
             # At most max_in_flight at once: reading stops while they are all taken.
             while self.requests >= self.max_in_flight:
-                self.slot_free.clear()
-                await self.slot_free.wait()
+                waiter = self.slot_waiter = self.loop.create_future()
+                try:
+                    await waiter
+                finally:
+                    self.slot_waiter = None
             self._start(msg, codec)
 
     def take_frame(self, data: bytes, codec: Codec[ClientMessage]) -> bool:
@@ -402,19 +433,31 @@ class Connection:
             self.taken >= _FRAMES_PER_TURN
             or self.requests >= self.max_in_flight
             or not self.limiter.ready()
-            or codec.too_deep(data, self.max_depth)
         ):
+            return False
+        depth = self.max_depth
+        if codec is SERVER_JSON:
+            # (json_too_deep's first test, inline: a frame with fewer openers than
+            # the limit cannot nest deeper.)
+            if data.count(b"[") + data.count(b"{") > depth and json_too_deep(data, depth):
+                return False
+        elif codec.too_deep(data, depth):
             return False
         try:
             msg = codec.decode(data)
         except msgspec.DecodeError:
             return False
-        if isinstance(msg, _IN_ORDER) or self._refusal(msg) is not None:
+        # Allowed to this connection, and not answered in order (see _DIRECT).
+        kind = type(msg)
+        if kind not in self.direct:
             return False
         if not self.limiter.take():
             return False  # (ready said it would: never, but then nothing was taken)
         self.taken += 1
-        self.server.count_frame(type(msg))
+        # (ControlServer.count_frame, inline.)
+        frames = self.frames
+        tag = _TAGS[kind]
+        frames[tag] = frames.get(tag, 0) + 1
         if msg.cost > 1:
             self.limiter.charge(msg.cost - 1)
         self._start(msg, codec)
@@ -446,7 +489,8 @@ class Connection:
             return False
         slot = Slot(self.scheduler, self, self.loop)
         if isinstance(started, Ask):
-            cell = cast("Cell[Any]", started.cell)  # start_call asks spawned actors only
+            # start_call asks spawned actors only. (Not typing.cast: a call at run time.)
+            cell: Cell[Any] = started.cell  # type: ignore[assignment]
             call = _Call(self, msg, codec, started, slot, cell)
             self.calls.add(call)
             done = call.done
@@ -496,7 +540,7 @@ class Connection:
         finally:
             self.in_tasks -= 1
             self.requests -= 1
-            self.slot_free.set()
+            self._slot_freed()
 
     async def _answer(self, msg: ClientMessage, codec: Codec[ClientMessage]) -> None:
         try:
@@ -586,6 +630,7 @@ class Connection:
             )
         self.role = role
         self.welcomed = True
+        self.direct = _DIRECT[role]
         return Welcome(
             id=msg.id,
             version=PROTOCOL_VERSION,
@@ -662,7 +707,15 @@ class _Call:
             # A cell fails an ask with an Exception (see Cell._failure_of).
             failure = exc if isinstance(exc, Exception) else Exception(repr(exc))
             data = conn.encode(codec, requests.error_reply(msg, requests.call_failed(msg, failure)))
-        conn.answer(codec, data, self.slot)
+        # (Connection.answer and _ended, inline.)
+        slot = self.slot
+        if not conn.outbox and conn.write(data, codec):
+            slot.release()
+            conn.requests -= 1
+            if conn.slot_waiter is not None:
+                conn._slot_freed()
+        else:
+            conn._queue(data, codec, slot)
 
     async def abandoned(self) -> None:
         """After ``Ask.abandon`` (the connection has ended): wait as a cancelled ask's

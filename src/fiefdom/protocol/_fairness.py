@@ -76,7 +76,7 @@ class RateLimiter:
         """Whether ``take`` would take a frame now; nothing is taken (a frame checked
         before it is counted: see Connection.take_frame)."""
         level = self._level + (time.monotonic() - self._last) * self._rate
-        return min(level, self._burst) >= 1.0
+        return (level if level < self._burst else self._burst) >= 1.0
 
     def charge(self, frames: int) -> None:
         """Count a request read as ``frames`` more frames (a heavy one): the bucket may
