@@ -5,7 +5,6 @@ One reusable decoder per direction; a frame that fails to decode becomes a typed
 from __future__ import annotations
 
 import enum
-import typing
 from collections.abc import Callable, Hashable
 from functools import lru_cache
 from typing import Any, Final, Generic, TypeVar
@@ -38,7 +37,7 @@ class _Probe(msgspec.Struct):
 class Codec(Generic[T]):
     """Encodes frames, and decodes the frames of one direction (``T``), in one encoding."""
 
-    __slots__ = ("_decoder", "_encoder", "_probe", "decode", "encode", "encoding")
+    __slots__ = ("_decoder", "_decoders", "_encoder", "_probe", "decode", "encode", "encoding")
 
     def __init__(self, encoding: Encoding, decode_type: Any) -> None:
         self.encoding = encoding
@@ -57,11 +56,22 @@ class Codec(Generic[T]):
         # path of every frame.
         self.encode: Callable[[object], bytes] = self._encoder.encode
         self.decode: Callable[[bytes], T] = self._decoder.decode
+        # decode_as's decoders by type, looked up without _decoder_for's cache (whose
+        # key hashes the encoding, an enum, with a Python call): a call decodes its
+        # message with one.
+        self._decoders: dict[Hashable, msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]]
+        self._decoders = {}
 
     def decode_as(self, data: bytes, type_: type[S]) -> S:
         """Decode ``data`` (a ``msgspec.Raw`` field of a frame) as ``type_``."""
         # Types are hashable; mypy cannot tell for a type variable's.
-        decoded: S = _decoder_for(self.encoding, typing.cast(Hashable, type_)).decode(data)
+        key: Hashable = type_  # type: ignore[assignment]
+        decoder = self._decoders.get(key)
+        if decoder is None:
+            decoder = _decoder_for(self.encoding, key)
+            if len(self._decoders) < _DECODERS:
+                self._decoders[key] = decoder
+        decoded: S = decoder.decode(data)
         return decoded
 
     def too_deep(self, data: bytes, limit: int) -> bool:
@@ -126,7 +136,10 @@ def request_id(value: object) -> int | None:
     return None
 
 
-@lru_cache(maxsize=512)
+_DECODERS: Final = 512  # decoders kept per codec, as _decoder_for's cache keeps
+
+
+@lru_cache(maxsize=_DECODERS)
 def _decoder_for(
     encoding: Encoding, type_: Hashable
 ) -> msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]:
