@@ -4,7 +4,7 @@ interface (``ControlHost``) the server drives."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -73,6 +73,9 @@ class Registry:
 
     def __init__(self) -> None:
         self._targets: dict[str, Target] = {}
+        # The target exposed as a name, or None: the dict's own method, without a
+        # Python call around it (every call to an actor looks its target up).
+        self.get: Callable[[str], Target | None] = self._targets.get
 
     def expose(
         self,
@@ -97,9 +100,6 @@ class Registry:
         else:
             cell = target._cell() if isinstance(target, CellRef) else None
             self._targets[name] = Target(name, target, None, by_name, cell)
-
-    def get(self, name: str) -> Target | None:
-        return self._targets.get(name)
 
     def target(self, name: str) -> Target:
         """The target exposed as ``name``; ``NotFound`` (listing the known ones) if none."""
