@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 import uuid
@@ -82,6 +83,17 @@ def _runner_name(request: pytest.FixtureRequest) -> str | None:
     synchronous test."""
     names = [n for n in request.fixturenames if n.endswith("_scoped_runner")]
     return names[0] if names else None
+
+
+@pytest.fixture(autouse=True)
+def _gc_thresholds_restored() -> Iterator[None]:
+    """Each test starts with the garbage collector's thresholds the one before it
+    started with: mypy, which the typing tests run in the test process, raises them
+    for good, and the thresholds are what a running ActorSystem changes
+    (tests/supervisors/test_system_gc.py, tests/daemon/test_daemon_gc.py)."""
+    before = gc.get_threshold()
+    yield
+    gc.set_threshold(*before)
 
 
 @pytest.fixture(autouse=True)
