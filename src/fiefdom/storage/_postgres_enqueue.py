@@ -160,54 +160,33 @@ async def _copy(conn: Conn, rows: Sequence[NewJob]) -> list[tuple[int, bytes | N
     taken = await conn.fetchrow(_TAKE_IDS_SQL, len(rows))
     assert taken is not None
     ids: list[int] = sorted(taken[1])
-    records: list[tuple[object, ...]]
-    if all(r.run_at is None for r in rows):
-        # The columns' defaults: the COPY's now() for created_at and run_at (the
-        # times cost the driver more to encode than the rest of the row).
-        columns = _COPY_COLUMNS_NOW
-        records = [
-            (
-                id_,
-                r.kind,
-                r.queue,
-                r.state.value,
-                r.priority,
-                r.args.decode(),
-                r.key,
-                r.max_attempts,
-                r.unique_states,
-                r.unique_digest,
-                r.domain,
-                r.partition,
-                r.ordered,
-            )
-            for id_, r in zip(ids, rows, strict=True)
-        ]
-    else:
-        # created_at, and the run_at of a job due now: the database's now() when
-        # the ids were taken (within a caller's transaction, the transaction's).
-        now: datetime = taken[0]
-        columns = _COPY_COLUMNS
-        records = [
-            (
-                id_,
-                r.kind,
-                r.queue,
-                r.state.value,
-                r.priority,
-                r.args.decode(),
-                r.key,
-                r.max_attempts,
-                r.unique_states,
-                now if r.run_at is None else timestamp(r.run_at),
-                now,
-                r.unique_digest,
-                r.domain,
-                r.partition,
-                r.ordered,
-            )
-            for id_, r in zip(ids, rows, strict=True)
-        ]
+    # When no job sets its own time, created_at and run_at are left to the columns'
+    # defaults, the COPY's now() (the times cost the driver more to encode than the
+    # rest of the row). Otherwise created_at, and the run_at of a job due now, are
+    # the database's now() when the ids were taken (in a caller's transaction, the
+    # transaction's).
+    timed = any(r.run_at is not None for r in rows)
+    columns = _COPY_COLUMNS if timed else _COPY_COLUMNS_NOW
+    now: datetime = taken[0]
+    records = [
+        (
+            id_,
+            r.kind,
+            r.queue,
+            r.state.value,
+            r.priority,
+            r.args.decode(),
+            r.key,
+            r.max_attempts,
+            r.unique_states,
+            *((now if r.run_at is None else timestamp(r.run_at), now) if timed else ()),
+            r.unique_digest,
+            r.domain,
+            r.partition,
+            r.ordered,
+        )
+        for id_, r in zip(ids, rows, strict=True)
+    ]
     try:
         # One statement: all or nothing on its own, and inside a caller's
         # transaction part of it.
