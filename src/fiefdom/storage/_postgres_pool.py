@@ -43,6 +43,19 @@ DRIVER_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, *_CONNE
 CLOSE_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *DRIVER_ERRORS)
 
 
+async def close_gracefully(
+    closeable: asyncpg.Pool[Any] | asyncpg.Connection[Any], within: float
+) -> None:
+    """Close a pool or a connection, shielded from cancellation: one that does not
+    close within ``within`` seconds, or fails to, is terminated."""
+    with anyio.CancelScope(shield=True):
+        try:
+            with anyio.fail_after(within):
+                await closeable.close()
+        except CLOSE_ERRORS:
+            closeable.terminate()
+
+
 def wrap(exc: BaseException, url: str) -> StoreError:
     if isinstance(exc, _CONNECTION_ERRORS):
         return StoreUnavailable(f"PostgreSQL at {url} is unavailable: {exc!r}")
@@ -215,12 +228,7 @@ class PostgresPool(Store):
             await self._retire_lane(self._lane)
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            with anyio.CancelScope(shield=True):
-                try:
-                    with anyio.fail_after(10):
-                        await pool.close()
-                except TimeoutError:
-                    pool.terminate()
+            await close_gracefully(pool, 10)
 
     @asynccontextmanager
     async def _acquire(self) -> AsyncIterator[Conn]:
@@ -315,12 +323,7 @@ class PostgresPool(Store):
     async def _retire_lane(self, lane: asyncpg.Connection[Any]) -> None:
         if self._lane is lane:
             self._lane = None
-        with anyio.CancelScope(shield=True):
-            try:
-                with anyio.fail_after(10):
-                    await lane.close()
-            except CLOSE_ERRORS:
-                lane.terminate()
+        await close_gracefully(lane, 10)
 
     @asynccontextmanager
     async def _tx(

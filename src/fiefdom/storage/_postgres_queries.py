@@ -15,7 +15,7 @@ from .._errors import StoreUnavailable
 from .._log import get_logger
 from ._jobs import STATE_BITS, ClaimedJob, JobState, Lease, Outcome
 from ._postgres import PostgresStore, restore_keys
-from ._postgres_pool import CLOSE_ERRORS, DRIVER_ERRORS, PING_EVERY, wrap
+from ._postgres_pool import DRIVER_ERRORS, PING_EVERY, close_gracefully, wrap
 from ._queries import EngineQueries
 from ._sql import LEASE_EXPIRED_SQL, RESCUED_STATE_SQL, state_bit_sql, unique_key_after
 from ._store import Notifications
@@ -367,12 +367,7 @@ class PostgresQueries(EngineQueries):
             self._pg._mark(False)
             raise wrap(exc, self._pg.url) from exc
         finally:
-            with anyio.CancelScope(shield=True):
-                if not conn.is_closed():
-                    try:
-                        with anyio.fail_after(2):
-                            await conn.close()
-                    except CLOSE_ERRORS:
-                        conn.terminate()
+            if not conn.is_closed():
+                await close_gracefully(conn, 2)
         self._pg._mark(False)
         raise StoreUnavailable(f"the notification connection to {self._pg.url} was lost")
