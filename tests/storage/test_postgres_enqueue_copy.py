@@ -15,41 +15,21 @@ from typing import Any
 
 import asyncpg
 import pytest
+from enqueue_jobs import CompletedOnly, Keyed, Plain
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fiefdom.storage import (
     Job,
     JobOptions,
-    JobState,
     Store,
     StoreError,
-    Unique,
     _postgres_enqueue,
     open_store,
 )
 from fiefdom.storage._rows import NewJob, prepare
 
 pytestmark = pytest.mark.dialect("postgres")
-
-
-class Plain(Job):
-    options = JobOptions(kind="copy.plain")
-    n: int
-
-
-class Keyed(Job):
-    options = JobOptions(kind="copy.keyed", unique=Unique())
-    account: str
-
-
-class CompletedOnly(Job):
-    """Unique once completed: enqueued, it holds only its digest, no key."""
-
-    options = JobOptions(
-        kind="copy.completed", unique=Unique(states=frozenset({JobState.COMPLETED}))
-    )
-    account: str
 
 
 class Delivery(Job):

@@ -8,8 +8,9 @@ that off; the copy has tests of its own, test_postgres_enqueue_copy.py.)"""
 from __future__ import annotations
 
 import pytest
+from enqueue_jobs import CompletedOnly, Keyed, Plain
 
-from fiefdom.storage import Job, JobOptions, JobState, Store, StoreError, Unique, _postgres_enqueue
+from fiefdom.storage import Job, Store, StoreError, _postgres_enqueue
 
 pytestmark = pytest.mark.dialect("postgres")
 
@@ -18,25 +19,6 @@ pytestmark = pytest.mark.dialect("postgres")
 def no_copy(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every batch takes the INSERT statements, however large."""
     monkeypatch.setattr(_postgres_enqueue, "COPY_ROWS", 10**9)
-
-
-class Plain(Job):
-    options = JobOptions(kind="stmt.plain")
-    n: int
-
-
-class Keyed(Job):
-    options = JobOptions(kind="stmt.keyed", unique=Unique())
-    account: str
-
-
-class CompletedOnly(Job):
-    """Unique once completed: enqueued, it holds no key yet (only its digest)."""
-
-    options = JobOptions(
-        kind="stmt.completed", unique=Unique(states=frozenset({JobState.COMPLETED}))
-    )
-    account: str
 
 
 async def column(store: Store, sql: str, *args: object) -> list[object]:
