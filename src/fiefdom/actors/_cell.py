@@ -673,19 +673,11 @@ class Cell(Generic[M]):
         event loop before its lease loop notices and fences it. None of them runs:
         asks fail OwnerUnavailable (the caller may send again, to the key's owner),
         tells are dropped, and the incarnation ends."""
-        reason = "its key is owned by another node now"
-        self.mailbox.close(reason)
+        self.mailbox.close("its key is owned by another node now")
         self.stop_mode = "exit"
-        dropped = 0
-        for item in self.mailbox.drain():
-            if type(item) is Ask:
-                item.finish()
-                if not item.future.done():
-                    item.future.set_exception(
-                        OwnerUnavailable(self.path, "its lease lapsed while the ask waited")
-                    )
-            else:
-                dropped += 1
+        dropped = self._fail_queued_asks(
+            lambda: OwnerUnavailable(self.path, "its lease lapsed while the ask waited")
+        )
         self.log.warning("messages not run: the key is owned elsewhere now", dropped_tells=dropped)
 
     def request_stop(self, mode: StopMode) -> None:
@@ -734,27 +726,33 @@ class Cell(Generic[M]):
         """The actor is gone for good: refuse messages; queued asks fail, tells are dropped."""
         self.mailbox.close(reason)
         self.state = ActorState.STOPPED
-        dropped = 0
-        for item in self.mailbox.drain():
-            if type(item) is Ask:
-                item.finish()
-                if not item.future.done():
-                    item.future.set_exception(ActorStopped(self.path, reason))
-            else:
-                dropped += 1
+        dropped = self._fail_queued_asks(lambda: ActorStopped(self.path, reason))
         if dropped:
             self.log.warning("dropped messages of a stopped actor", dropped=dropped)
         self._set_stopped()
 
     def fail_queued(self, exc: BaseException) -> None:
         """Fail every queued ask with ``exc`` (the actor could not be activated)."""
+
+        def error() -> BaseException:
+            err = ActivationFailed(f"actor {self.path} could not be activated: {exc!r}")
+            err.__cause__ = exc
+            return err
+
+        self._fail_queued_asks(error)
+
+    def _fail_queued_asks(self, error: Callable[[], BaseException]) -> int:
+        """Empty the mailbox: each queued ask fails with an ``error()`` of its own;
+        returns how many tells were dropped."""
+        dropped = 0
         for item in self.mailbox.drain():
             if type(item) is Ask:
                 item.finish()
                 if not item.future.done():
-                    err = ActivationFailed(f"actor {self.path} could not be activated: {exc!r}")
-                    err.__cause__ = exc
-                    item.future.set_exception(err)
+                    item.future.set_exception(error())
+            else:
+                dropped += 1
+        return dropped
 
     def statistics(self) -> ActorStatistics:
         now = time.monotonic()
