@@ -107,16 +107,15 @@ async def test_a_cancelled_enqueue_is_cancelled_on_the_server(store: Store, stor
         await tr.start()
         await locker.execute("LOCK TABLE fiefdom_jobs IN EXCLUSIVE MODE")
         task = asyncio.create_task(store.enqueue(Plain(n=1)))
-        for _ in range(10_000):
+
+        async def waits_on_the_lock() -> bool:
             waiting = await locker.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                 "AND query LIKE 'INSERT INTO fiefdom_jobs%' AND datname = current_database()"
             )
-            if waiting:
-                break
-            await asyncio.sleep(0.01)
-        else:
-            raise AssertionError("the enqueue never waited on the lock")
+            return bool(waiting)
+
+        await wait_until(waits_on_the_lock, what="the enqueue to wait on the lock")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
