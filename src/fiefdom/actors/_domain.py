@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import heapq
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any, Generic, Protocol, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 import anyio
-import msgspec
 
 from .._errors import ActorStopped, MailboxFull, OwnerUnavailable
 from .._lifecycle import StopMode
@@ -37,29 +35,17 @@ from ._cell import (
     Cell,
     StartFailed,
 )
+from ._domain_ports import KEYS_LISTED as KEYS_LISTED
+from ._domain_ports import DomainStatistics as DomainStatistics
+from ._domain_ports import Forwarder as Forwarder
+from ._domain_ports import Placement as Placement
+from ._domain_ports import _first_keys
 from ._events import ActorCrashed, ActorRestarted, EventBus
 from ._mailbox import MailboxClosed
 from ._message import Request
 from ._ref import ActorRef
 
 K = TypeVar("K", bound=Hashable)
-
-
-class Placement(Protocol):
-    """Which keys this process may activate: the port the cluster implements. Asked as
-    a key is activated and before each message its actor takes: keep it cheap."""
-
-    def is_local(self, key: Hashable) -> bool: ...
-
-
-class Forwarder(Protocol):
-    """Delivers a message for a key of one domain owned by another node of the
-    cluster to that node (the cluster implements it). An ask keeps its deadline and
-    call chain."""
-
-    async def forward_ask(self, key: Hashable, msg: Request[Any], timeout: float | None) -> Any: ...
-
-    async def forward_tell(self, key: Hashable, msg: object) -> None: ...
 
 
 M = TypeVar("M")
@@ -70,37 +56,6 @@ log = get_logger("fiefdom.domain")
 DEFAULT_MAX_ACTIVE = 100_000
 """Live actors a domain keeps by default; past it, the least recently used idle one
 is passivated to make room. Pass ``max_active=None`` for no cap at all."""
-
-
-class DomainStatistics(msgspec.Struct, frozen=True, kw_only=True, tag="domain", tag_field="kind"):
-    """A snapshot of a domain, as ``domain.statistics()`` returns it."""
-
-    path: str
-    live: int  # activations holding a slot (starting, running or stopping)
-    idle: int  # live activations with nothing to do
-    waiting: int  # activations not holding a slot yet (waiting for one, or for a predecessor)
-    max_active: int | None
-    idle_timeout: float | None
-    activations: int
-    passivations: int
-    crashes: int
-    paused: bool = False  # the whole domain: every activation, present and future
-    # Keys paused on their own (domain not paused), and keys resumed on their own in a
-    # paused domain: the first KEYS_LISTED of each in sorted order, and how many there
-    # are in all (0 from a domain older than these counts: then len() of the list).
-    paused_keys: tuple[str, ...] = ()
-    resumed_keys: tuple[str, ...] = ()
-    paused_keys_total: int = 0
-    resumed_keys_total: int = 0
-
-
-KEYS_LISTED = 100  # keys a domain's statistics list by name (paused or resumed ones)
-
-
-def _first_keys(keys: set[Any]) -> tuple[str, ...]:
-    """The first KEYS_LISTED of ``keys`` as strings, in sorted order (one pass over
-    them, not a sort of them all)."""
-    return tuple(heapq.nsmallest(KEYS_LISTED, (str(k) for k in keys)))
 
 
 class _KeyCell(Cell[M]):
