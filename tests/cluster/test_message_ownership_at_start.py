@@ -135,3 +135,56 @@ async def test_a_placement_added_to_live_actors_is_asked_before_their_next_messa
         remove()
         assert await res.ask(KEY, Note(text="after")) == "after"
         assert Owner.ran == ["before", "after"]
+
+
+class Starter(fiefdom.Actor[Note]):
+    started: list[str]
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    async def on_start(self) -> None:
+        Starter.started.append(self.key)
+
+    async def receive(self, msg: Note) -> str:
+        if msg.text == "hold":
+            await Owner.gate.wait()
+        return msg.text
+
+
+async def test_an_activation_whose_key_moved_while_it_waited_does_not_start() -> None:
+    """on_start acts as the key's owner too: an activation that waited for a slot
+    while its key became another node's never runs it. Its ask fails OwnerUnavailable
+    (nothing ran) and the key's actor is not left active."""
+
+    class Placement:
+        elsewhere: set[str] = set()
+
+        def is_local(self, key: object) -> bool:
+            return key not in self.elsewhere
+
+    Owner.gate = anyio.Event()
+    Starter.started = []
+    placement = Placement()
+    async with fiefdom.ActorSystem(name="start-placement") as system:
+        res = system.domain("res", Starter, idle_timeout=None, max_active=1)
+        res.add_placement(placement)
+        async with anyio.create_task_group() as group:
+            group.start_soon(res.ask, "a", Note(text="hold"))
+            await wait_until(lambda: Starter.started == ["a"], what="a to hold the one slot")
+            outcome: list[object] = []
+
+            async def ask_b() -> None:
+                try:
+                    outcome.append(await res.ask("b", Note(text="b")))
+                except fiefdom.OwnerUnavailable as exc:
+                    outcome.append(exc)
+
+            group.start_soon(ask_b)
+            await wait_until(lambda: res.statistics().waiting >= 1, what="b to wait for the slot")
+            placement.elsewhere.add("b")
+            Owner.gate.set()
+            await wait_until(lambda: outcome != [], what="b's ask to be answered")
+        assert isinstance(outcome[0], fiefdom.OwnerUnavailable), outcome
+        assert Starter.started == ["a"]
+        assert not res.is_active("b")

@@ -432,6 +432,14 @@ class Cell(Generic[M]):
         """Run one incarnation: create the instance, start it, handle messages until
         a stop is requested, stop it. Raises what a handler raised (a crash), or
         StartFailed when the factory or on_start raised."""
+        placed = self.placed
+        if placed is not None and not placed(self.key):
+            # The key became another node's while this activation waited (for a slot,
+            # for its predecessor to stop, or to restart): on_start does not run either,
+            # since it may act on the key's resource as its owner.
+            self._placed_elsewhere()
+            self.state = ActorState.STOPPING
+            return
         current_cell.set(self)
         loop = self._loop = asyncio.get_running_loop()
         # The task was made in the context of whoever activated the actor, maybe a
