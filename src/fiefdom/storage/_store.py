@@ -303,6 +303,8 @@ class Store(abc.ABC):
                     ) from exc
                 rows.append(str(exc))
         valid = [r for r in rows if not isinstance(r, str)]
+        if len(valid) == len(rows):  # every item valid: the results as they are
+            return await self._insert_rows(valid, tx=tx) if valid else []
         inserted = iter(await self._insert_rows(valid, tx=tx) if valid else [])
         return [
             Enqueued(id=None, duplicate=False, error=r) if isinstance(r, str) else next(inserted)
@@ -342,6 +344,8 @@ class Store(abc.ABC):
     ) -> list[Enqueued]:
         # Ids grow in insertion order, so sorted ids line up with the rows that
         # were inserted; unique rows are matched by key instead.
+        if not existing and len(inserted) == len(rows) and all(k is None for _, k in inserted):
+            return [Enqueued(id=id_, duplicate=False) for id_ in sorted(i for i, _ in inserted)]
         by_key = {key: id_ for id_, key in inserted if key is not None}
         existing = {**existing, **by_key}  # a later row may duplicate an earlier one
         plain = iter(sorted(id_ for id_, key in inserted if key is None))
