@@ -290,6 +290,24 @@ async def test_text_the_database_cannot_hold_commits_nothing(
     assert await count(store) == 2
 
 
+async def test_a_bad_row_after_rows_already_sent_commits_nothing(
+    store: Store, copies: list[int]
+) -> None:
+    """The rows of a copy are built and sent in pieces while the server inserts the
+    first ones: a row that cannot be encoded, last of a batch several pieces long,
+    ends the copy with nothing stored, and the store's connection still works."""
+    now = time.time()
+    n = 20_000  # about 2 MB of rows: the driver sends them 512 KiB at a time
+    rows = [prepare(Plain(n=i), now=now) for i in range(n)]
+    rows[-1].queue = "lone \ud800 surrogate"
+    with pytest.raises(StoreError, match="PostgreSQL"):
+        await store._insert_rows(rows)
+    assert copies == [n]
+    assert await count(store) == 0
+    await store.enqueue_many([Plain(n=i) for i in range(_postgres_enqueue.COPY_ROWS)])
+    assert await count(store) == _postgres_enqueue.COPY_ROWS
+
+
 async def test_a_failing_copy_inserts_nothing(store: Store, copies: list[int]) -> None:
     """All or nothing: the last row of a copied batch breaks a check added for the
     test, and none of the batch's rows is stored."""
