@@ -104,6 +104,9 @@ _PACK_LEN2: Final = struct.Struct("!BBH").pack
 _PACK_LEN3: Final = struct.Struct("!BBQ").pack
 _FIN_TEXT: Final = 0x80 | WSMsgType.TEXT
 _FIN_BINARY: Final = 0x80 | WSMsgType.BINARY
+# (Read from WSMsgType once: see _socket._TEXT.)
+_TEXT: Final = WSMsgType.TEXT
+_BINARY: Final = WSMsgType.BINARY
 
 # A refused hello closes the connection once its error is sent.
 _HELLO_CLOSES: Final[dict[ErrorCode, tuple[int, str]]] = {
@@ -231,9 +234,10 @@ class Connection:
                 # (While this waits, frames may be handled as they are parsed: _socket.py.)
                 msg = await receive()
                 self.taken = 0
-                if msg.type is WSMsgType.TEXT:
+                kind = msg.type
+                if kind is _TEXT:
                     codec = SERVER_JSON
-                elif msg.type is WSMsgType.BINARY:
+                elif kind is _BINARY:
                     codec = SERVER_MSGPACK
                 else:
                     # An error (a frame over max_frame_bytes: aiohttp has closed the
@@ -342,7 +346,7 @@ class Connection:
         try:
             while outbox:
                 data, codec, then = outbox[0]
-                opcode = WSMsgType.TEXT if codec is SERVER_JSON else WSMsgType.BINARY
+                opcode = _TEXT if codec is SERVER_JSON else _BINARY
                 # The peer may go away between its request and our reply; nothing to
                 # tell then. (A try statement: a context manager costs more.)
                 try:  # noqa: SIM105

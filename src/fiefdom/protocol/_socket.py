@@ -30,6 +30,12 @@ _FRAMES_CHECKED_ON: Final = ((3, 14),)
 _AIOHTTP: Final = tuple(int(part) for part in aiohttp.__version__.split(".")[:2])
 TAKES_FRAMES: Final = _AIOHTTP in _FRAMES_CHECKED_ON
 
+# The data frames' types, looked up once: reading an enum member from its class costs
+# a few times a plain attribute (Python 3.11's EnumType has a __getattr__, which
+# slows every attribute lookup on an enum class), and this runs for every frame.
+_TEXT: Final = WSMsgType.TEXT
+_BINARY: Final = WSMsgType.BINARY
+
 
 class _Frames(WebSocketDataQueue):
     """aiohttp's queue of the frames it has parsed, for the reading task, which first
@@ -64,10 +70,10 @@ class _Frames(WebSocketDataQueue):
         # (Not once the peer's close has been read: what follows is the reading task's.)
         if self.idle and not conn.ws._closing:
             kind = data[0]
-            if kind is WSMsgType.TEXT:
+            if kind is _TEXT:
                 if conn.take_frame(data[1], SERVER_JSON):
                     return
-            elif kind is WSMsgType.BINARY and conn.take_frame(data[1], SERVER_MSGPACK):
+            elif kind is _BINARY and conn.take_frame(data[1], SERVER_MSGPACK):
                 return
         self.idle = False
         super().feed_data(data, size)
