@@ -1,8 +1,8 @@
-"""An ask given a responder (``Cell.respond_directly``, what the control channel uses to
+"""An ask given a responder (``Ask.respond``, what the control channel uses to
 write a call's reply) has it called exactly once whatever the outcome: from the
 actor's own task when the handler returns a result, as a done callback of the ask's
 future otherwise (the handler raised, the deadline passed while queued, the caller
-gave up); and the cell keeps no responder once the ask has ended."""
+gave up); and no ask keeps its responder once it has ended."""
 
 from __future__ import annotations
 
@@ -46,17 +46,17 @@ class Subject(fiefdom.Actor[Echo | Fail | Hold]):
 
 
 class Recorder:
-    """A responder as the control channel's: it forgets itself, then records who
-    called it (the task running then, None for a done callback) and the outcome."""
+    """A responder as the control channel's: it clears itself from its ask, then
+    records who called it (the task running then, None for a done callback) and the
+    outcome."""
 
-    def __init__(self, cell: Cell[Any], ask: Ask) -> None:
-        self.cell = cell
+    def __init__(self, ask: Ask) -> None:
         self.ask = ask
         self.calls: list[tuple[asyncio.Task[Any] | None, str]] = []
         self.called = anyio.Event()
 
     def __call__(self, future: asyncio.Future[object]) -> None:
-        self.cell.forget_responder(self.ask)
+        self.ask.respond = None
         if future.cancelled():
             outcome = "cancelled"
         elif future.exception() is not None:
@@ -70,9 +70,9 @@ class Recorder:
 def _send(cell: Cell[Any], msg: object, timeout: float | None) -> Recorder:
     """Ask ``msg`` the way the control channel starts a call: no task waits on it."""
     ask = cell.new_ask(msg, timeout)
-    recorder = Recorder(cell, ask)
+    recorder = Recorder(ask)
     ask.future.add_done_callback(recorder)
-    cell.respond_directly(ask, recorder)
+    ask.respond = recorder
     assert cell.queue_ask(ask)
     return recorder
 
@@ -110,7 +110,8 @@ async def test_a_responder_is_called_once_for_every_outcome() -> None:
     assert failed.calls == [(None, "ValueError")]
     assert expiring.calls == [(None, "AskTimeout")]
     assert abandoned.calls == [(None, "cancelled")]
-    assert not cell._responders
+    for recorder in (answered, holding, failed, expiring, abandoned):
+        assert recorder.ask.respond is None
 
 
 async def test_an_ask_without_a_responder_is_answered_as_before() -> None:
@@ -125,4 +126,4 @@ async def test_an_ask_without_a_responder_is_answered_as_before() -> None:
             assert await ref.ask(Echo(text="b")) == "b"
             await recorder.called.wait()
     assert [outcome for _, outcome in recorder.calls] == ["result a"]
-    assert not cell._responders
+    assert recorder.ask.respond is None

@@ -137,7 +137,6 @@ class Cell(Generic[M]):
         "_log",
         "_loop",
         "_processes",
-        "_responders",
         "_running_ask",
         "_scope",
         "_stopped",
@@ -208,9 +207,6 @@ class Cell(Generic[M]):
         # 3.11's asyncio.get_running_loop costs a getpid system call, and an ask
         # looked it up three times.
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Asks answered from the actor's own turn once their handler returns (see
-        # respond_directly): None until the first.
-        self._responders: dict[Ask, Callable[[asyncio.Future[object]], None]] | None = None
 
     def make_instance(self) -> Hosted[M]:
         """A fresh instance for the next incarnation (a domain's cell passes its key)."""
@@ -337,29 +333,14 @@ class Cell(Generic[M]):
                 self._watch_deadline(deadline)
         return True
 
-    def respond_directly(self, ask: Ask, respond: Callable[[asyncio.Future[object]], None]) -> None:
-        """Have ``respond``, already a done callback of ``ask``'s future, called from the
-        actor's own turn when the handler of ``ask`` returns, instead of from a turn of
-        the event loop of its own (the control channel writes a call's reply then). An
-        ask ending any other way (deadline, failure, stop, abandon) still calls it as a
-        done callback; ``respond`` then calls ``forget_responder``."""
-        responders = self._responders
-        if responders is None:
-            responders = self._responders = {}
-        responders[ask] = respond
-
-    def forget_responder(self, ask: Ask) -> None:
-        """``ask`` has ended without its responder called from the actor's turn."""
-        if self._responders:
-            self._responders.pop(ask, None)
-
     def _respond(self, ask: Ask, future: asyncio.Future[object], result: object) -> None:
-        """Set the result of ``ask``'s future, calling its responder now if it has one."""
-        responders = self._responders
-        respond = responders.pop(ask, None) if responders else None
+        """Set the result of ``ask``'s future, calling its responder (``Ask.respond``)
+        now if it has one."""
+        respond = ask.respond
         if respond is None:
             future.set_result(result)
             return
+        ask.respond = None
         # Not scheduled as a done callback: called below, in this turn.
         future.remove_done_callback(respond)
         future.set_result(result)

@@ -4,6 +4,7 @@ timer, and whether its running handler was cancelled."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Literal, Protocol
 
 import anyio
@@ -50,6 +51,7 @@ class Ask:
         "future",
         "msg",
         "origin",
+        "respond",
         "state",
         "timeout",
         "timer",
@@ -80,6 +82,14 @@ class Ask:
         # Made only for a caller cancelled while the handler runs: it waits on this
         # until the handler has really returned (see Cell.ask).
         self.exited: asyncio.Event | None = None
+        # A caller that waits in no task of its own (the control channel, which writes
+        # a call's reply then) may set this to a callable that is already a done
+        # callback of ``future``: when the handler returns a result, the cell clears it
+        # and calls it from the actor's own turn, instead of in a turn of the event
+        # loop of its own. An ask that ends any other way (deadline, failure, stop,
+        # abandon) calls it as a done callback only, and it then sets this back to
+        # None itself (it would otherwise keep itself alive through the ask).
+        self.respond: Callable[[asyncio.Future[object]], None] | None = None
 
     def on_deadline(self) -> None:
         """Timer callback: remove the message if it has not started, else cancel it."""

@@ -16,7 +16,6 @@ import anyio
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..actors._cell import Cell
 from ..actors._envelope import Ask
 from . import _requests as requests
 from ._codec import SERVER_JSON, SERVER_MSGPACK, Codec
@@ -493,15 +492,13 @@ class Connection:
             return False
         slot = Slot(self.scheduler, self, self.loop)
         if isinstance(started, Ask):
-            # start_call asks spawned actors only. (Not typing.cast: a call at run time.)
-            cell: Cell[Any] = started.cell  # type: ignore[assignment]
-            call = _Call(self, msg, codec, started, slot, cell)
+            call = _Call(self, msg, codec, started, slot)
             self.calls.add(call)
             done = call.done
             started.future.add_done_callback(done)
             # Answered from the actor's turn when its handler returns: a turn of the
             # event loop less than a done callback (which answers any other outcome).
-            cell.respond_directly(started, done)
+            started.respond = done
         else:
             self.answer(codec, self.encode(codec, started), slot)
         return True
@@ -672,7 +669,7 @@ class _Call:
     """A call to an actor started by the connection's reader, in flight until its ask's
     future is done: its done callback answers it."""
 
-    __slots__ = ("ask", "cell", "codec", "conn", "msg", "slot")
+    __slots__ = ("ask", "codec", "conn", "msg", "slot")
 
     def __init__(
         self,
@@ -681,19 +678,17 @@ class _Call:
         codec: Codec[ClientMessage],
         ask: Ask,
         slot: Slot[Connection],
-        cell: Cell[Any],
     ) -> None:
         self.conn = conn
         self.msg = msg
         self.codec = codec
         self.ask = ask
         self.slot = slot
-        self.cell = cell
 
     def done(self, future: asyncio.Future[object]) -> None:
         """The ask's outcome: called from the actor's turn when its handler returned
-        (``Cell.respond_directly``), else as the future's done callback."""
-        self.cell.forget_responder(self.ask)
+        (``Ask.respond``), else as the future's done callback."""
+        self.ask.respond = None  # (already None when called from the actor's turn)
         conn = self.conn
         calls = conn.calls
         if self not in calls:
