@@ -37,7 +37,7 @@ class _Probe(msgspec.Struct):
 class Codec(Generic[T]):
     """Encodes frames, and decodes the frames of one direction (``T``), in one encoding."""
 
-    __slots__ = ("_decoder", "_decoders", "_encoder", "_probe", "decode", "encode", "encoding")
+    __slots__ = ("_decoder", "_encoder", "_probe", "decode", "decoders", "encode", "encoding")
 
     def __init__(self, encoding: Encoding, decode_type: Any) -> None:
         self.encoding = encoding
@@ -56,22 +56,22 @@ class Codec(Generic[T]):
         # path of every frame.
         self.encode: Callable[[object], bytes] = self._encoder.encode
         self.decode: Callable[[bytes], T] = self._decoder.decode
-        # decode_as's decoders by type, looked up without _decoder_for's cache (whose
-        # key hashes the encoding, an enum, with a Python call): a call decodes its
-        # message with one.
-        self._decoders: dict[Hashable, msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any]]
-        self._decoders = {}
+        # decode_as's decoders by type (their decode methods), looked up without
+        # _decoder_for's cache (whose key hashes the encoding, an enum, with a Python
+        # call). A call decodes its message with one, read from here directly once
+        # decode_as has added it (see _requests.start_call).
+        self.decoders: dict[Hashable, Callable[[bytes], Any]] = {}
 
     def decode_as(self, data: bytes, type_: type[S]) -> S:
         """Decode ``data`` (a ``msgspec.Raw`` field of a frame) as ``type_``."""
         # Types are hashable; mypy cannot tell for a type variable's.
         key: Hashable = type_  # type: ignore[assignment]
-        decoder = self._decoders.get(key)
-        if decoder is None:
-            decoder = _decoder_for(self.encoding, key)
-            if len(self._decoders) < _DECODERS:
-                self._decoders[key] = decoder
-        decoded: S = decoder.decode(data)
+        decode = self.decoders.get(key)
+        if decode is None:
+            decode = _decoder_for(self.encoding, key).decode
+            if len(self.decoders) < _DECODERS:
+                self.decoders[key] = decode
+        decoded: S = decode(data)
         return decoded
 
     def too_deep(self, data: bytes, limit: int) -> bool:

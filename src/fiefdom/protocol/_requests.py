@@ -144,7 +144,12 @@ def start_call(host: ControlHost, msg: Call, codec: Codec[ClientMessage]) -> Ask
         return None
     cell = target.cell
     try:
-        payload = codec.decode_as(msg.message, message_type)
+        # (Codec.decode_as, without its call once it holds the type's decoder.)
+        decode = codec.decoders.get(message_type)
+        if decode is not None:
+            payload = decode(msg.message)
+        else:
+            payload = codec.decode_as(msg.message, message_type)
         if isinstance(payload, Request):
             ask = cell.new_ask(payload, msg.timeout)
             return ask if cell.queue_ask(ask) else None
