@@ -103,6 +103,11 @@ _PACK_LEN2: Final = struct.Struct("!BBH").pack
 _PACK_LEN3: Final = struct.Struct("!BBQ").pack
 _FIN_TEXT: Final = 0x80 | WSMsgType.TEXT
 _FIN_BINARY: Final = 0x80 | WSMsgType.BINARY
+# The headers of the frames shorter than 126 bytes (two bytes: the first, the size),
+# by first byte and size, made once instead of for every reply.
+_HEADERS: Final[dict[int, tuple[bytes, ...]]] = {
+    first: tuple(bytes((first, size)) for size in range(126)) for first in (_FIN_TEXT, _FIN_BINARY)
+}
 # (Read from WSMsgType once: see _socket._TEXT.)
 _TEXT: Final = WSMsgType.TEXT
 _BINARY: Final = WSMsgType.BINARY
@@ -327,7 +332,7 @@ class Connection:
             return True  # the peer has gone, or is told goodbye: nothing to tell it
         first = _FIN_TEXT if codec is SERVER_JSON else _FIN_BINARY
         if size < 126:
-            transport.write(bytes((first, size)) + data)
+            transport.write(_HEADERS[first][size] + data)
         elif size < 65536:
             transport.write(_PACK_LEN2(first, 126, size) + data)
         else:
