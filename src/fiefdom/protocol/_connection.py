@@ -695,10 +695,10 @@ class _Call:
         (``Ask.respond``), else as the future's done callback."""
         self.ask.respond = None  # (already None when called from the actor's turn)
         conn = self.conn
-        calls = conn.calls
-        if self not in calls:
+        try:
+            conn.calls.remove(self)
+        except KeyError:
             return  # abandoned: the connection has ended (see abandoned)
-        calls.discard(self)
         conn.taken = 0  # a turn of the event loop has passed since the call was read
         msg, codec = self.msg, self.codec
         exc = future.exception()
