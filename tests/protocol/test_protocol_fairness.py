@@ -24,7 +24,7 @@ from daemon_harness import DaemonProcess, write_config
 from prometheus_client.parser import text_string_to_metric_families
 from raw_websocket import open_websocket, read_frame, ws_frame
 
-from fiefdom.protocol._fairness import FairScheduler
+from fiefdom.protocol._fairness import FairScheduler, RateLimiter
 from fiefdom.protocol._messages import HEAVY
 
 HERE = Path(__file__).parent
@@ -188,6 +188,22 @@ async def test_the_in_flight_cap_holds(tmp_path: Path) -> None:
     assert sorted(ended) == [1, 2, 3, 4, 5, 6]
     assert report["peak"] == 3
     assert report["inside"] == 0
+
+
+def test_a_frame_given_back_leaves_the_bucket_as_it_was() -> None:
+    """A frame taken where it is parsed and then left to the reading task (try_take,
+    then untake) is not counted. While a window of dropped frames is open, try_take
+    leaves the frame to the reading task, whose take closes the window."""
+    limiter = RateLimiter(rate=1e-9, burst=3)  # (no refill within the test)
+    assert limiter.try_take()
+    limiter.untake()
+    assert [limiter.try_take() for _ in range(4)] == [True, True, True, False]
+    assert not limiter.take()
+    limiter.untake()  # one frame back, for the window below
+    assert limiter.refuse()  # a window opens (the client is told)
+    assert not limiter.try_take()
+    assert limiter.take()  # the reading task's: it closes the window
+    assert limiter.refuse()  # the next frame dropped opens a new one
 
 
 async def test_a_free_slot_goes_to_the_owner_holding_fewest() -> None:

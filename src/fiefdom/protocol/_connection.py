@@ -437,10 +437,13 @@ class Connection:
         the reading task waits with nothing read before this frame left to handle
         (``_socket._Frames.idle``), so frames are still handled in the order read; and at most
         ``_FRAMES_PER_TURN`` between two turns of the reading task or of a reply."""
+        limiter = self.limiter
         if (
             self.taken >= _FRAMES_PER_TURN
             or self.requests >= self.max_in_flight
-            or not self.limiter.ready()
+            # Counted against the rate first, as the reading task does; given back
+            # (untake) if the frame is left to the reading task after all.
+            or not limiter.try_take()
         ):
             return False
         depth = self.max_depth
@@ -448,26 +451,28 @@ class Connection:
             # (json_too_deep's first test, inline: a frame with fewer openers than
             # the limit cannot nest deeper.)
             if data.count(b"[") + data.count(b"{") > depth and json_too_deep(data, depth):
+                limiter.untake()
                 return False
         elif codec.too_deep(data, depth):
+            limiter.untake()
             return False
         try:
             msg = codec.decode(data)
         except msgspec.DecodeError:
+            limiter.untake()
             return False
         # Allowed to this connection, and not answered in order (see _DIRECT).
         kind = type(msg)
         if kind not in self.direct:
+            limiter.untake()
             return False
-        if not self.limiter.take():
-            return False  # (ready said it would: never, but then nothing was taken)
         self.taken += 1
         # (ControlServer.count_frame, inline.)
         frames = self.frames
         tag = _TAGS[kind]
         frames[tag] = frames.get(tag, 0) + 1
         if msg.cost > 1:
-            self.limiter.charge(msg.cost - 1)
+            limiter.charge(msg.cost - 1)
         self._start(msg, codec)
         return True
 

@@ -72,11 +72,29 @@ class RateLimiter:
             return True
         return False
 
-    def ready(self) -> bool:
-        """Whether ``take`` would take a frame now; nothing is taken (a frame checked
-        before it is counted: see Connection.take_frame)."""
-        level = self._level + (time.monotonic() - self._last) * self._rate
-        return (level if level < self._burst else self._burst) >= 1.0
+    def try_take(self) -> bool:
+        """``take``, for a frame that may yet be given back (``untake``: see
+        Connection.take_frame), when no window is open and the reading has not just
+        resumed after a pause (take would then change those, and untake could not
+        tell how to undo it); False, nothing taken, otherwise."""
+        if self._limited or self._resumed:
+            return False
+        now = time.monotonic()
+        level = self._level + (now - self._last) * self._rate
+        if level > self._burst:
+            level = self._burst
+        self._last = now
+        if level >= 1.0:
+            self._level = level - 1.0
+            return True
+        # (Refilled as far as now: the same level as refilling later from the old one.)
+        self._level = level
+        return False
+
+    def untake(self) -> None:
+        """Give back the frame just taken by ``try_take``: the bucket is as if it had
+        not been taken (refilling is the same whenever it is done)."""
+        self._level += 1.0
 
     def charge(self, frames: int) -> None:
         """Count a request read as ``frames`` more frames (a heavy one): the bucket may
