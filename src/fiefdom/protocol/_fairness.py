@@ -173,14 +173,12 @@ class FairScheduler(Generic[K]):
         """Grant ``owner`` a slot at once when ``ticket`` would (a slot is free, the
         owner has none of its requests waiting and holds fewer than its share): True
         then, and the caller makes its ``Slot`` without a future to wait on."""
-        if (
-            self._free > 0
-            and owner not in self._waiting
-            and self._held.get(owner, 0) < self.owner_slots
-        ):
-            self._free -= 1
-            self._held[owner] = self._held.get(owner, 0) + 1
-            return True
+        if self._free > 0 and owner not in self._waiting:
+            held = self._held.get(owner, 0)
+            if held < self.owner_slots:
+                self._free -= 1
+                self._held[owner] = held + 1
+                return True
         return False
 
     def ticket(self, owner: K) -> asyncio.Future[None]:
