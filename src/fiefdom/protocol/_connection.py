@@ -68,6 +68,7 @@ from ._replies import (
     Subscribed,
     Welcome,
 )
+from ._requests import _CallResult
 from ._settings import ControlSettings, TokenTable
 
 _TOPICS: Final[list[Topic]] = ["jobs", "actors", "logs"]
@@ -706,16 +707,20 @@ class _Call:
             return  # abandoned: the connection has ended (see abandoned)
         conn.taken = 0  # a turn of the event loop has passed since the call was read
         msg, codec = self.msg, self.codec
-        exc = future.exception()
-        if exc is None:
-            try:
-                data = requests.call_result(msg, codec, future.result())
-            except Exception as unencodable:
-                data = conn.encode(codec, requests.error_reply(msg, unencodable))
-        else:
+        try:
+            result = future.result()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
             # A cell fails an ask with an Exception (see Cell._failure_of).
             failure = exc if isinstance(exc, Exception) else Exception(repr(exc))
             data = conn.encode(codec, requests.error_reply(msg, requests.call_failed(msg, failure)))
+        else:
+            try:
+                # (requests.call_result, inline.)
+                data = codec.encode(_CallResult(id=msg.id, result=result))
+            except Exception as unencodable:
+                data = conn.encode(codec, requests.error_reply(msg, unencodable))
         # (Connection.answer and _ended, inline.)
         slot = self.slot
         if not conn.outbox and conn.write(data, codec):
