@@ -539,7 +539,12 @@ class Cell(Generic[M]):
                             self.current = None
                             self._cancel_requested_at = None
                             self.handled += 1
-                        item.finish()
+                        # (Ask.finish, inline when it has only its state to set: no
+                        # timer of its own, no caller waiting for the handler to exit.)
+                        if item.timer is None and item.exited is None:
+                            item.state = DONE
+                        else:
+                            item.finish()
                         future = item.future
                         if not future.done():
                             # Even past its deadline: the work was done, and a timeout
