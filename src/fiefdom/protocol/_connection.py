@@ -184,7 +184,7 @@ class Connection:
         self.pumps: set[asyncio.Task[None]] = set()  # the event pumps among them
         self.requests = 0
         # Of those, the ones answered by a task (the others are calls started without
-        # one, see _start_call): a call starts without one only when none is left, so
+        # one, see _start): a call starts without one only when none is left, so
         # that it cannot reach an actor before a request read earlier.
         self.in_tasks = 0
         self.calls: set[_Call] = set()
@@ -308,7 +308,7 @@ class Connection:
 
     def answer(self, codec: Codec[ClientMessage], data: bytes, slot: Slot[Connection]) -> None:
         """Send the reply (encoded: ``data``) to a request started without a task (see
-        ``_start_call``), which holds ``slot`` and stays in flight until it is written."""
+        ``_start``), which holds ``slot`` and stays in flight until it is written."""
         if not self.outbox and self.write(data, codec):
             self._ended(slot)
         else:
@@ -486,33 +486,31 @@ class Connection:
         if scheduler.try_grant(self):
             ticket = None
             # A call to a spawned actor, with nothing of this connection's still in
-            # a task, is started here and answered by its ask's done callback: no
-            # task, and two turns of the event loop fewer.
-            if type(msg) is Call and not self.in_tasks and self._start_call(msg, codec):
-                return
+            # a task, is started here (see requests.start_call) and answered by its
+            # ask's done callback: no task, and two turns of the event loop fewer.
+            if type(msg) is Call and not self.in_tasks:
+                started = requests.start_call(self.host, msg, codec)
+                if isinstance(started, Ask):
+                    # The call holds the slot just granted: it is the slot.
+                    call = _Call(scheduler, self, self.loop)
+                    call.conn, call.msg, call.codec, call.ask = self, msg, codec, started
+                    self.calls.add(call)
+                    done = call.done
+                    started.future.add_done_callback(done)
+                    # Answered from the actor's turn when its handler returns: a turn
+                    # of the event loop less than a done callback (which answers any
+                    # other outcome).
+                    started.respond = done
+                    return
+                if started is not None:  # a message told: its reply
+                    slot = Slot(scheduler, self, self.loop)
+                    self.answer(codec, self.encode(codec, started), slot)
+                    return
+                # Else answered by a task, which waits (see requests.call).
         else:
             ticket = scheduler.ticket(self)
         self.in_tasks += 1
         self.spawn(self._answer_in_flight(msg, codec, ticket), "control/request")
-
-    def _start_call(self, msg: Call, codec: Codec[ClientMessage]) -> bool:
-        """Start ``msg`` without a task (see ``requests.start_call``), holding the slot
-        just granted: False when it has to be answered by a task."""
-        started = requests.start_call(self.host, msg, codec)
-        if started is None:
-            return False
-        slot = Slot(self.scheduler, self, self.loop)
-        if isinstance(started, Ask):
-            call = _Call(self, msg, codec, started, slot)
-            self.calls.add(call)
-            done = call.done
-            started.future.add_done_callback(done)
-            # Answered from the actor's turn when its handler returns: a turn of the
-            # event loop less than a done callback (which answers any other outcome).
-            started.respond = done
-        else:
-            self.answer(codec, self.encode(codec, started), slot)
-        return True
 
     def _refusal(self, msg: ClientMessage) -> Error | None:
         """The error for a request this connection may not send (yet), or None."""
@@ -676,25 +674,17 @@ class Connection:
                 await self.send(codec, Event(subscription=sub.id, data=event))
 
 
-class _Call:
+class _Call(Slot["Connection"]):
     """A call to an actor started by the connection's reader, in flight until its ask's
-    future is done: its done callback answers it."""
+    future is done: its done callback answers it. It is the slot it holds, made with
+    the slot's arguments: ``Connection._start`` sets the rest."""
 
-    __slots__ = ("ask", "codec", "conn", "msg", "slot")
+    __slots__ = ("ask", "codec", "conn", "msg")
 
-    def __init__(
-        self,
-        conn: Connection,
-        msg: Call,
-        codec: Codec[ClientMessage],
-        ask: Ask,
-        slot: Slot[Connection],
-    ) -> None:
-        self.conn = conn
-        self.msg = msg
-        self.codec = codec
-        self.ask = ask
-        self.slot = slot
+    conn: Connection
+    msg: Call
+    codec: Codec[ClientMessage]
+    ask: Ask
 
     def done(self, future: asyncio.Future[object]) -> None:
         """The ask's outcome: called from the actor's turn when its handler returned
@@ -722,14 +712,13 @@ class _Call:
             except Exception as unencodable:
                 data = conn.encode(codec, requests.error_reply(msg, unencodable))
         # (Connection.answer and _ended, inline.)
-        slot = self.slot
         if not conn.outbox and conn.write(data, codec):
-            slot.release()
+            self.release()
             conn.requests -= 1
             if conn.slot_waiter is not None:
                 conn._slot_freed()
         else:
-            conn._queue(data, codec, slot)
+            conn._queue(data, codec, self)
 
     async def abandoned(self) -> None:
         """After ``Ask.abandon`` (the connection has ended): wait as a cancelled ask's
@@ -737,4 +726,4 @@ class _Call:
         try:
             await self.ask.wait_exited(self.ask.cell.cancel_grace)
         finally:
-            self.slot.release()
+            self.release()
