@@ -4,7 +4,6 @@ caller cancels its handler, and the actor takes no next message until it has ret
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import threading
 
@@ -264,13 +263,15 @@ async def test_an_ask_taken_by_no_incarnation_still_ends_at_its_deadline() -> No
     async with fiefdom.ActorSystem(name="t") as system:
         ref = await system.spawn(lambda: SlowRestart(world), name="s")
         cell = ref._cell()  # type: ignore[attr-defined]
-        ask = asyncio.ensure_future(ref.ask(Echo("x"), timeout=0.05))
-        await asyncio.sleep(0)  # the ask is queued; the actor has not run yet
+        # What ref.ask does before it waits, then the stop, with no await in between:
+        # the actor cannot have run, so the ask is queued and untaken when it stops.
+        ask = cell.new_ask(Echo("x"), 0.05)
+        assert cell.queue_ask(ask)
         assert cell.mailbox.depth == 1
         cell.request_stop("restart")  # what a supervisor does to restart an actor
         try:
             with anyio.fail_after(10), pytest.raises(fiefdom.AskTimeout) as info:
-                await ask
+                await ask.future
             assert info.value.phase == "queued"
         finally:
             world.release.set()
