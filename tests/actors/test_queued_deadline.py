@@ -4,14 +4,14 @@ for an ask that has no timer of its own because its actor was idle when it was s
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable, Coroutine
 from typing import Any
 
+import anyio
 import pytest
 
 import fiefdom
+from fiefdom.actors._cell import Cell
 
 
 class Note(fiefdom.Request[str]):
@@ -29,21 +29,19 @@ class Recorder(fiefdom.Actor[Note]):
         return msg.tag
 
 
-async def _expires_before_taken(
-    ask: Callable[[], Coroutine[Any, Any, str]], depth: Callable[[], int]
-) -> fiefdom.AskTimeout:
-    """Send ``ask()`` (a 10 ms deadline) and keep the loop busy past it before the
-    actor can run; return the AskTimeout the caller gets."""
-    pending = asyncio.ensure_future(ask())
-    # One turn: the ask task queues the message (its deadline starts) and waits for
-    # the reply; the actor was woken but has not run yet.
-    await asyncio.sleep(0)
-    assert depth() == 1, "the ask should be queued, not yet taken"
+async def _expires_before_taken(cell: Cell[Any], tag: str) -> fiefdom.AskTimeout:
+    """Ask ``cell``'s idle actor ``Note(tag)`` with a 10 ms deadline, queued as ``ask``
+    queues it before it waits (``new_ask``, ``queue_ask``), and keep the loop busy past
+    that deadline with no await in between, so that the actor cannot take the message
+    before its deadline has passed; return the AskTimeout the caller gets."""
+    ask = cell.new_ask(Note(tag), 0.01)
+    assert cell.queue_ask(ask)
+    assert cell.mailbox.depth == 1, "the ask should be queued, not yet taken"
     # The loop is blocked on purpose: no task runs, so the actor cannot take the
     # message before its deadline has passed.
     time.sleep(0.05)  # noqa: ASYNC251
-    with pytest.raises(fiefdom.AskTimeout) as info:
-        await pending
+    with anyio.fail_after(10), pytest.raises(fiefdom.AskTimeout) as info:
+        await ask.future
     return info.value
 
 
@@ -54,10 +52,7 @@ async def test_an_ask_past_its_deadline_before_an_idle_actor_took_it_never_start
     async with fiefdom.ActorSystem(name="t") as system:
         ref = await system.spawn(lambda: Recorder(began), name="idle")
         assert await ref.ask(Note("warm-up")) == "warm-up"  # started, now idle
-        error = await _expires_before_taken(
-            lambda: ref.ask(Note("late"), timeout=0.01),
-            lambda: ref.statistics().mailbox_depth,
-        )
+        error = await _expires_before_taken(ref._cell(), "late")
         assert error.phase == "queued"
         assert error.handler_exited
         assert "never ran" in str(error)
@@ -82,9 +77,8 @@ async def test_a_domain_keys_idle_actor_drops_an_ask_past_its_deadline() -> None
             assert stats is not None, "the key should still be active"
             return stats.mailbox_depth
 
-        error = await _expires_before_taken(
-            lambda: domain.ask("k", Note("late"), timeout=0.01), depth
-        )
+        # The key's live cell, as domain.ask finds it (and marks it busy) before it asks.
+        error = await _expires_before_taken(domain._deliverable_cell("k"), "late")
         assert error.phase == "queued"
         assert depth() == 0
         assert await domain.ask("k", Note("next")) == "next"
