@@ -273,12 +273,21 @@ async def test_a_cancelled_wait_gives_up_its_place() -> None:
     line gets the slot."""
     scheduler: FairScheduler[str] = FairScheduler(1, slice_seconds=600)
     held = await scheduler.run("a", scheduler.ticket("a"))
-    gone = asyncio.ensure_future(scheduler.run("b", scheduler.ticket("b")))
+    ticket = scheduler.ticket("b")
+    waiting = asyncio.Event()
+
+    async def wait_in_line() -> None:
+        waiting.set()  # run() then waits on the ticket in this same step
+        await scheduler.run("b", ticket)
+
+    gone = asyncio.ensure_future(wait_in_line())
     after = scheduler.ticket("c")
-    await asyncio.sleep(0)  # the waiter starts waiting
+    with anyio.fail_after(GUARD):
+        await waiting.wait()
     gone.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await gone
+    assert scheduler.statistics() == (1, 1)  # out of the line: only "c" waits
     held.release()
     assert after.done()
     (await scheduler.run("c", after)).release()
