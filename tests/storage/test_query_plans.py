@@ -175,9 +175,15 @@ class Captured:
     log: list[tuple[str, tuple[Any, ...]]] = dataclasses.field(default_factory=list)
 
     async def record(self, name: str, operation: Callable[[], Awaitable[T]]) -> T:
+        # asyncpg schedules its query loggers (loop.call_soon) as each query ends, and
+        # the loop runs scheduled callbacks in order: once this task, scheduled after
+        # them, goes on, those of every query that has ended have run. Before the mark,
+        # so that the queries run before this operation are not taken for its own
+        # (an enqueue just before it); after the operation, for all of its own.
+        await asyncio.sleep(0)
         mark = len(self.log)
         result = await operation()
-        await asyncio.sleep(0)  # asyncpg hands logged queries over on the next turn
+        await asyncio.sleep(0)
         seen = self.statements.setdefault(name, [])
         for sql, args in self.log[mark:]:
             if TOUCHES_JOBS.search(sql) and (sql, args) not in seen:
@@ -472,10 +478,19 @@ def _param(name: str) -> Any:
 
 @pytest.mark.postgres
 def test_every_operation_is_covered(plans: Plans) -> None:
-    """Each operation checked here ran statements on the jobs table, and none is unchecked."""
+    """Each operation checked here ran statements on the jobs table, none is unchecked,
+    and each holds only its own statements."""
     assert sorted(plans.statements) == sorted(OPERATIONS + SPECIAL)
     empty = [name for name, statements in plans.statements.items() if not statements]
     assert empty == []
+    # Each operation holds its own statements, not those of an enqueue run just before
+    # it: only the enqueue inserts jobs.
+    inserting = [
+        name
+        for name, statements in plans.statements.items()
+        if any(sql.lstrip().upper().startswith("INSERT") for sql, _ in statements)
+    ]
+    assert inserting == ["enqueue(a duplicate)"]
 
 
 @pytest.mark.postgres
