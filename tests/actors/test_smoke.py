@@ -67,10 +67,13 @@ async def test_ask_deadline_while_queued_never_runs() -> None:
     async with fiefdom.ActorSystem(name="t") as system:
         ref = await system.spawn(Sleeper, name="s")
         async with anyio.create_task_group() as tg:
-            tg.start_soon(ref.ask, Sleep(0.3))
+            # Ahead of it, a handler that runs until its caller gives up: the ask can
+            # only expire while queued, however long anything takes.
+            tg.start_soon(lambda: ref.ask(Sleep(3600), timeout=None))
             await anyio.wait_all_tasks_blocked()
-            with pytest.raises(fiefdom.AskTimeout) as info:
+            with anyio.fail_after(10), pytest.raises(fiefdom.AskTimeout) as info:
                 await ref.ask(Echo("never"), timeout=0.05)
+            tg.cancel_scope.cancel()  # the caller gives up: the handler is cancelled
         assert info.value.phase == "queued"
         assert await ref.ask(Echo("later")) == "later"
         stats = ref.statistics()
