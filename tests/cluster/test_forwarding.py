@@ -152,6 +152,32 @@ async def test_a_forwarded_ask_past_its_deadline_is_removed_unrun_or_cancelled(
         assert not any(entry.startswith("nap:late") for entry in journal)
 
 
+async def test_a_caller_cancelled_while_it_waits_cancels_the_ask_on_the_owner(
+    store: fiefdom.Store, store_url: str, tmp_path: Path
+) -> None:
+    """A caller cancelled while its forwarded ask runs on the owner cancels it there
+    too: the owner's handler is cancelled (its journal says so) and the key answers
+    the next ask."""
+    async with two_nodes(store, store_url, tmp_path) as cluster:
+        remote, other = cluster.keys(local=False, count=2)
+
+        async def journaled(entry: str) -> bool:
+            return entry in await cluster.acct.ask(other, Journal(), timeout=10)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(
+                lambda: cluster.acct.ask(remote, Nap(seconds=3600, tag="long"), timeout=None)
+            )
+            await wait_until(
+                lambda: journaled("nap:long:start"), what="the nap to start on the owner"
+            )
+            group.cancel_scope.cancel()
+        await wait_until(
+            lambda: journaled("nap:long:cancelled"), what="the nap to be cancelled on the owner"
+        )
+        assert await cluster.acct.ask(remote, WhereAreYou(), timeout=10) != os.getpid()
+
+
 async def test_a_call_cycle_across_nodes_fails_at_once(
     store: fiefdom.Store, store_url: str, tmp_path: Path
 ) -> None:

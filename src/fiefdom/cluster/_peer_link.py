@@ -102,8 +102,10 @@ class Link:
         try:
             return await answer
         except asyncio.CancelledError:
-            if not answer.done() and not self.closed:
-                # The caller gave up: the ask must not run on for nobody.
+            # The caller gave up (its cancellation cancelled the future it waited on;
+            # an answer that came first is done, not cancelled): the ask must not run
+            # on for nobody.
+            if answer.cancelled() and not self.closed:
                 outbox.put(CancelFrame(id=frame.id))
             raise
         finally:
