@@ -131,19 +131,28 @@ async def test_a_forwarded_ask_past_its_deadline_is_removed_unrun_or_cancelled(
     cancelled (its journal says so)."""
     async with two_nodes(store, store_url, tmp_path) as cluster:
         remote, other = cluster.keys(local=False, count=2)
+
+        async def journaled(entry: str) -> bool:
+            # (Asked of another key of the peer: this one may be busy napping.)
+            return entry in await cluster.acct.ask(other, Journal(), timeout=10)
+
         async with anyio.create_task_group() as group:
+            # A nap that runs until its caller gives up: the ask behind it can only
+            # expire while queued, however long anything takes.
             group.start_soon(
-                lambda: cluster.acct.ask(remote, Nap(seconds=3.0, tag="long"), timeout=10)
+                lambda: cluster.acct.ask(remote, Nap(seconds=3600, tag="long"), timeout=None)
             )
-
-            async def napping() -> bool:
-                # (Asked of another key of the peer: this one is busy napping.)
-                return "nap:long:start" in await cluster.acct.ask(other, Journal(), timeout=10)
-
-            await wait_until(napping, what="the long nap to start on the owner")
+            await wait_until(
+                lambda: journaled("nap:long:start"), what="the long nap to start on the owner"
+            )
             with pytest.raises(fiefdom.AskTimeout) as queued:
                 await cluster.acct.ask(remote, Nap(seconds=0, tag="late"), timeout=0.2)
+            group.cancel_scope.cancel()
         assert queued.value.phase == "queued"
+        # The caller gave up: the owner cancels the nap, and the key is free again.
+        await wait_until(
+            lambda: journaled("nap:long:cancelled"), what="the long nap to be cancelled"
+        )
         with pytest.raises(fiefdom.AskTimeout) as running:
             await cluster.acct.ask(remote, Nap(seconds=60, tag="stuck"), timeout=0.3)
         assert running.value.phase == "running"
