@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import peer_app
 import pytest
 from cluster_helpers import reap, start_nodes, stop_node, wait_until
@@ -55,6 +56,20 @@ class Cluster:
         ]
         assert len(found) >= count
         return found[:count]
+
+    async def journaled(self, entry: str, *, of: str) -> bool:
+        """Whether the peer's journal holds ``entry``, asked of its key ``of`` (not of
+        a key that may be busy napping)."""
+        return entry in await self.acct.ask(of, Journal(), timeout=10)
+
+    async def start_long_nap(self, group: anyio.abc.TaskGroup, key: str, *, other: str) -> None:
+        """A nap of ``key`` on its owner that runs until its caller gives up, once it
+        has started there (``other``: another key of the owner, to ask its journal)."""
+        group.start_soon(lambda: self.acct.ask(key, Nap(seconds=3600, tag="long"), timeout=None))
+        await wait_until(
+            lambda: self.journaled("nap:long:start", of=other),
+            what="the long nap to start on the owner",
+        )
 
 
 @contextlib.asynccontextmanager
@@ -131,27 +146,18 @@ async def test_a_forwarded_ask_past_its_deadline_is_removed_unrun_or_cancelled(
     cancelled (its journal says so)."""
     async with two_nodes(store, store_url, tmp_path) as cluster:
         remote, other = cluster.keys(local=False, count=2)
-
-        async def journaled(entry: str) -> bool:
-            # (Asked of another key of the peer: this one may be busy napping.)
-            return entry in await cluster.acct.ask(other, Journal(), timeout=10)
-
         async with anyio.create_task_group() as group:
-            # A nap that runs until its caller gives up: the ask behind it can only
+            # The ask behind a nap that runs until its caller gives up can only
             # expire while queued, however long anything takes.
-            group.start_soon(
-                lambda: cluster.acct.ask(remote, Nap(seconds=3600, tag="long"), timeout=None)
-            )
-            await wait_until(
-                lambda: journaled("nap:long:start"), what="the long nap to start on the owner"
-            )
+            await cluster.start_long_nap(group, remote, other=other)
             with pytest.raises(fiefdom.AskTimeout) as queued:
                 await cluster.acct.ask(remote, Nap(seconds=0, tag="late"), timeout=0.2)
             group.cancel_scope.cancel()
         assert queued.value.phase == "queued"
         # The caller gave up: the owner cancels the nap, and the key is free again.
         await wait_until(
-            lambda: journaled("nap:long:cancelled"), what="the long nap to be cancelled"
+            lambda: cluster.journaled("nap:long:cancelled", of=other),
+            what="the long nap to be cancelled",
         )
         with pytest.raises(fiefdom.AskTimeout) as running:
             await cluster.acct.ask(remote, Nap(seconds=60, tag="stuck"), timeout=0.3)
@@ -169,20 +175,12 @@ async def test_a_caller_cancelled_while_it_waits_cancels_the_ask_on_the_owner(
     the next ask."""
     async with two_nodes(store, store_url, tmp_path) as cluster:
         remote, other = cluster.keys(local=False, count=2)
-
-        async def journaled(entry: str) -> bool:
-            return entry in await cluster.acct.ask(other, Journal(), timeout=10)
-
         async with anyio.create_task_group() as group:
-            group.start_soon(
-                lambda: cluster.acct.ask(remote, Nap(seconds=3600, tag="long"), timeout=None)
-            )
-            await wait_until(
-                lambda: journaled("nap:long:start"), what="the nap to start on the owner"
-            )
+            await cluster.start_long_nap(group, remote, other=other)
             group.cancel_scope.cancel()
         await wait_until(
-            lambda: journaled("nap:long:cancelled"), what="the nap to be cancelled on the owner"
+            lambda: cluster.journaled("nap:long:cancelled", of=other),
+            what="the nap to be cancelled on the owner",
         )
         assert await cluster.acct.ask(remote, WhereAreYou(), timeout=10) != os.getpid()
 
