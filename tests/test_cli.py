@@ -12,9 +12,11 @@ import shlex
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -86,16 +88,30 @@ def _until(daemon: DaemonProcess, kind: str, args: dict[str, object], state: Job
     return asyncio.run(run())
 
 
+def _status_held_still(config: tuple[str, ...]) -> tuple[dict[str, Any], list[str]]:
+    """The JSON status and the printed one, taken while the queues' counts held still:
+    the jobs of the daemon's earlier tests may still be finishing, and the two are
+    taken one after the other. The printed one is taken between two JSON ones that
+    agree."""
+    deadline = time.monotonic() + 30
+    while True:
+        before = json.loads(fiefdom("status", "--json", *config).stdout)
+        lines = fiefdom("status", *config).stdout.splitlines()
+        after = json.loads(fiefdom("status", "--json", *config).stdout)
+        if before["queues"] == after["queues"]:
+            return before, lines
+        assert time.monotonic() < deadline, "the queues' counts did not hold still for 30 s"
+
+
 def test_status_prints_the_daemon_its_tree_targets_and_queues(daemon: DaemonProcess) -> None:
     """status prints a line on the daemon, the tree (one row per actor, domain and
     service, with state, mailbox, restarts and messages handled), the exposed targets,
     the queues, the cluster's nodes (partitions, epochs, this node marked) and its
     node's last events, each as the JSON of --json says."""
     config = ("--config", str(daemon.config))
-    data = json.loads(fiefdom("status", "--json", *config).stdout)
+    data, lines = _status_held_still(config)
     assert data["name"] == "test-daemon"
     assert data["ready"] is True
-    lines = fiefdom("status", *config).stdout.splitlines()
     assert re.fullmatch(
         rf"test-daemon {re.escape(data['version'])}  pid {data['pid']}  up \d+s  ready", lines[0]
     ), lines[0]
