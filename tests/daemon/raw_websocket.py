@@ -29,15 +29,20 @@ def ws_frame(payload: bytes, *, binary: bool = False) -> bytes:
     return head + mask + masked
 
 
-async def read_frame(reader: asyncio.StreamReader) -> bytes:
-    """The payload of the next server frame (servers do not mask)."""
-    _, second = await reader.readexactly(2)
+async def read_frame_with_opcode(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """The opcode and payload of the next server frame (servers do not mask)."""
+    first, second = await reader.readexactly(2)
     n = second & 0x7F
     if n == 126:
         (n,) = struct.unpack("!H", await reader.readexactly(2))
     elif n == 127:
         (n,) = struct.unpack("!Q", await reader.readexactly(8))
-    return await reader.readexactly(n)
+    return first & 0x0F, await reader.readexactly(n)
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes:
+    """The payload of the next server frame."""
+    return (await read_frame_with_opcode(reader))[1]
 
 
 async def open_websocket(

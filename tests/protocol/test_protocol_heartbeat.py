@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
 from daemon_harness import write_config
-from raw_websocket import open_websocket, ws_frame
+from raw_websocket import open_websocket, read_frame_with_opcode, ws_frame
 
 from fiefdom.daemon import Daemon, load_config, read_token_file, token_table
 from fiefdom.protocol import ControlServer
@@ -52,13 +51,7 @@ async def _peer(
 async def _frame(reader: asyncio.StreamReader) -> tuple[int, bytes] | None:
     """The opcode and payload of the server's next frame; None once the stream ends."""
     try:
-        first, second = await reader.readexactly(2)
-        n = second & 0x7F
-        if n == 126:
-            (n,) = struct.unpack("!H", await reader.readexactly(2))
-        elif n == 127:
-            (n,) = struct.unpack("!Q", await reader.readexactly(8))
-        return first & 0x0F, await reader.readexactly(n)
+        return await read_frame_with_opcode(reader)
     except (asyncio.IncompleteReadError, ConnectionError):
         return None
 
