@@ -18,7 +18,7 @@ from .._errors import UniqueConflict
 from .._log import get_logger
 from . import _migrations
 from ._jobs import STATE_BITS, Enqueued, JobInfo, JobState, QueueCount
-from ._postgres_enqueue import INSERT_ONE_PLAIN_SQL, INSERT_ONE_SQL, insert_many
+from ._postgres_enqueue import insert_rows
 from ._postgres_pool import DRIVER_ERRORS, PostgresPool, PostgresTransaction, wrap
 from ._rows import NewJob
 from ._sql import (
@@ -182,28 +182,7 @@ class PostgresStore(PostgresPool):
 
     async def _insert(self, conn: Conn, rows: Sequence[NewJob]) -> list[Enqueued]:
         # The INSERT trigger notifies engines (at commit) of queues with available jobs.
-        if len(rows) == 1:
-            r = rows[0]
-            one = await conn.fetch(
-                INSERT_ONE_SQL if r.unique_key is not None else INSERT_ONE_PLAIN_SQL,
-                r.kind,
-                r.queue,
-                r.state.value,
-                r.priority,
-                r.args.decode(),
-                r.key,
-                r.max_attempts,
-                r.unique_key,
-                r.unique_states,
-                r.run_at,
-                r.unique_digest,
-                r.domain,
-                r.partition,
-                r.ordered,
-            )
-            inserted = [(r[0], r[1]) for r in one]
-        else:
-            inserted = await insert_many(conn, rows)
+        inserted = await insert_rows(conn, rows)
         existing: dict[bytes, int] = {}
         if len(inserted) < len(rows):
             taken = {key for _, key in inserted if key is not None}

@@ -1,8 +1,10 @@
 """PostgreSQL's enqueue statements: an INSERT of one job; a large batch whose rows
 hold no unique key as a binary COPY of rows whose ids were taken beforehand; any
 other batch as one JSON array of rows the server expands, split into several
-statements by size. The store (``_postgres.py``) runs them and matches what they
-return to the jobs it was given."""
+statements by size. Each row's values follow the column list of ``_INSERT_INTO`` in
+every encoding (the single INSERT, the JSON rows, the copied records). The store
+(``_postgres.py``) calls ``insert_rows`` and matches what it returns to the jobs it
+was given."""
 
 from __future__ import annotations
 
@@ -201,8 +203,33 @@ async def _copy(conn: Conn, rows: Sequence[NewJob]) -> list[tuple[int, bytes | N
     return [(id_, None) for id_ in ids]
 
 
-async def insert_many(conn: Conn, rows: Sequence[NewJob]) -> list[tuple[int, bytes | None]]:
-    """Insert a batch: the (id, unique key) of each row inserted, in input order."""
+async def insert_rows(conn: Conn, rows: Sequence[NewJob]) -> list[tuple[int, bytes | None]]:
+    """Insert jobs: the (id, unique key) of each row inserted, in input order (a
+    duplicate of a unique job is skipped)."""
+    if len(rows) != 1:
+        return await _insert_many(conn, rows)
+    r = rows[0]
+    one = await conn.fetch(
+        INSERT_ONE_SQL if r.unique_key is not None else INSERT_ONE_PLAIN_SQL,
+        r.kind,
+        r.queue,
+        r.state.value,
+        r.priority,
+        r.args.decode(),
+        r.key,
+        r.max_attempts,
+        r.unique_key,
+        r.unique_states,
+        r.run_at,
+        r.unique_digest,
+        r.domain,
+        r.partition,
+        r.ordered,
+    )
+    return [(row[0], row[1]) for row in one]
+
+
+async def _insert_many(conn: Conn, rows: Sequence[NewJob]) -> list[tuple[int, bytes | None]]:
     keyed = any(r.unique_key is not None for r in rows)
     if not keyed and len(rows) >= COPY_ROWS:
         return await _copy(conn, rows)
