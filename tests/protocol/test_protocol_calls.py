@@ -269,7 +269,8 @@ def test_a_result_is_written_as_the_call_reply_frame(
     of its ``CallReply`` frame (the result encoded first, then copied in)."""
     msg = Call(id=12, target="t", message_type="M")
     frame = requests.call_reply(msg, codec, result)
-    assert requests.call_result(msg, codec, result) == codec.encode(frame)
-    assert CLIENT_JSON.decode(requests.call_result(msg, SERVER_JSON, result)) == CallReply(
+    assert codec.encode(requests.CallResult(id=12, result=result)) == codec.encode(frame)
+    written = SERVER_JSON.encode(requests.CallResult(id=12, result=result))
+    assert CLIENT_JSON.decode(written) == CallReply(
         id=12, result=msgspec.Raw(SERVER_JSON.encode(result))
     )

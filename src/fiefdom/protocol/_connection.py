@@ -68,7 +68,6 @@ from ._replies import (
     Subscribed,
     Welcome,
 )
-from ._requests import _CallResult
 from ._settings import ControlSettings, TokenTable
 
 _TOPICS: Final[list[Topic]] = ["jobs", "actors", "logs"]
@@ -493,7 +492,7 @@ class Connection:
                 if isinstance(started, Ask):
                     # The call holds the slot just granted: it is the slot.
                     call = _Call(scheduler, self, self.loop)
-                    call.conn, call.msg, call.codec, call.ask = self, msg, codec, started
+                    call.msg, call.codec, call.ask = msg, codec, started
                     self.calls.add(call)
                     done = call.done
                     started.future.add_done_callback(done)
@@ -679,9 +678,8 @@ class _Call(Slot["Connection"]):
     future is done: its done callback answers it. It is the slot it holds, made with
     the slot's arguments: ``Connection._start`` sets the rest."""
 
-    __slots__ = ("ask", "codec", "conn", "msg")
+    __slots__ = ("ask", "codec", "msg")
 
-    conn: Connection
     msg: Call
     codec: Codec[ClientMessage]
     ask: Ask
@@ -690,7 +688,7 @@ class _Call(Slot["Connection"]):
         """The ask's outcome: called from the actor's turn when its handler returned
         (``Ask.respond``), else as the future's done callback."""
         self.ask.respond = None  # (already None when called from the actor's turn)
-        conn = self.conn
+        conn = self._owner  # the slot's owner: the connection
         try:
             conn.calls.remove(self)
         except KeyError:
@@ -707,8 +705,7 @@ class _Call(Slot["Connection"]):
             data = conn.encode(codec, requests.error_reply(msg, requests.call_failed(msg, failure)))
         else:
             try:
-                # (requests.call_result, inline.)
-                data = codec.encode(_CallResult(id=msg.id, result=result))
+                data = codec.encode(requests.CallResult(id=msg.id, result=result))
             except Exception as unencodable:
                 data = conn.encode(codec, requests.error_reply(msg, unencodable))
         # (Connection.answer and _ended, inline.)

@@ -133,7 +133,7 @@ async def call(host: ControlHost, msg: Call, codec: Codec[ClientMessage]) -> Cal
 def start_call(host: ControlHost, msg: Call, codec: Codec[ClientMessage]) -> Ask | CallReply | None:
     """Start ``msg`` without waiting, when it is for an exposed actor (not a domain)
     that takes it at once: the ask queued (its outcome is read from ``Ask.future``
-    once done, with ``call_result`` and ``call_failed``), or the reply to a message
+    once done, as a ``CallResult`` or with ``call_failed``), or the reply to a message
     told. None otherwise, nothing sent: ``call``, awaited, answers it (it waits for
     room in the mailbox, and it answers every error)."""
     target = host.registry.get(msg.target)
@@ -169,18 +169,13 @@ def call_reply(msg: Call, codec: Codec[ClientMessage], result: object) -> CallRe
     return CallReply(id=msg.id, result=raw)
 
 
-class _CallResult(_ServerFrame, tag="call.reply"):
-    """``CallReply`` as written by ``call_result``: with the actor's reply itself as its
-    ``result``, encoded in the same pass (not encoded first, then copied in)."""
+class CallResult(_ServerFrame, tag="call.reply"):
+    """``CallReply`` as the control channel writes it for a call started without a
+    task: with the actor's reply itself as its ``result``, encoded in the same pass
+    (not encoded first, then copied in), the same bytes as ``call_reply``'s."""
 
     id: int
     result: Any
-
-
-def call_result(msg: Call, codec: Codec[ClientMessage], result: object) -> bytes:
-    """The ``call.reply`` frame answering ``msg``, encoded, once the actor has returned
-    ``result``: the same bytes as ``call_reply``'s, in one encoding pass."""
-    return codec.encode(_CallResult(id=msg.id, result=result))
 
 
 def call_failed(msg: Call, exc: Exception) -> Exception:
