@@ -166,18 +166,31 @@ async def test_a_writer_left_alone_waits_for_the_lock_and_commits(store: Store) 
     assert await writes(sqlite) == 1
 
 
+async def write_and_hold(store: Store, n: int) -> None:
+    """Write, then hold the transaction open until cancelled: it never reaches its
+    COMMIT by itself."""
+    async with store.transaction() as tx:
+        await tx.execute("INSERT INTO lock_wait_rows (n) VALUES ($1)", n)
+        await anyio.Event().wait()
+
+
 async def test_a_cancellation_racing_the_lock_s_release_leaves_no_transaction_open(
     store: Store,
 ) -> None:
     """Cancelled as the lock is released: whether its BEGIN won the lock or was given
     up, the writer ends cancelled with nothing written, and the connection is left
-    without a transaction (the next writer commits)."""
+    without a transaction (the next writer commits).
+
+    The writer holds its transaction open until cancelled. A writer that committed
+    as soon as it had the lock could finish its COMMIT before the cancellation
+    arrived (a COMMIT handed to SQLite is not undone: the caller is cancelled after
+    it), and nothing would be left to race."""
     sqlite = await prepared(store)
     for n in range(10):
         waits = sqlite._user.lock_waits
         with anyio.fail_after(GUARD):
             async with lock_held(sqlite) as holder:
-                task = asyncio.ensure_future(write(sqlite, n))
+                task = asyncio.ensure_future(write_and_hold(sqlite, n))
                 await began_waiting(sqlite, waits)
                 # Released and cancelled at once: the BEGIN may or may not take the lock
                 # before it learns of the cancellation.
