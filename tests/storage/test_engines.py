@@ -458,7 +458,17 @@ async def test_a_domain_job_stuck_behind_its_keys_work_is_given_back(store: Stor
         accounts = system.domain("accounts", Account, idle_timeout=None)
         tg.start_soon(lambda: accounts.call("a", occupy, timeout=None))
         await busy.wait()
-        eng = engine(store, domains={"accounts": accounts}, lease=0.5, heartbeat=0.1)
+        # The short lease is the bound on the key's wait. No rescue runs while the
+        # test does: a heartbeat held up past that lease (a loaded machine) would
+        # otherwise let this engine's own rescuer take the job back and charge the
+        # attempt the give-back must not use.
+        eng = engine(
+            store,
+            domains={"accounts": accounts},
+            lease=0.5,
+            heartbeat=0.1,
+            rescue_interval=UNEXPIRED_LEASE,
+        )
         eng.register(Apply, apply)
         eng.subscribe(events.append)
         queued = await store.enqueue(Apply(account="a", n=0))
