@@ -15,6 +15,11 @@ import anyio
 from fiefdom.jobs import JobContext, JobEngine
 from fiefdom.storage import Job, JobOptions, open_store
 
+# No rescue runs in this process: a heartbeat held up past the short lease (a loaded
+# machine) would otherwise let it take back one of its own running jobs, which it
+# would then run twice before the kill.
+NO_RESCUE = 3600.0
+
 
 class Chunk(Job):
     options = JobOptions(kind="chunk", max_attempts=5)
@@ -36,6 +41,7 @@ async def main(url: str, log_path: str) -> None:
             lease=1.0,
             heartbeat=0.3,
             poll_interval=0.05,
+            rescue_interval=NO_RESCUE,
             retention=None,
         )
         engine.register(Chunk, chunk)
