@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from kill_worker import Chunk
+from kill_worker import HELD_FROM, Chunk
 from storage_helpers import engine, wait_until
 
 import fiefdom
@@ -96,7 +96,12 @@ async def test_a_worker_killed_with_sigkill_loses_no_job(
             def started() -> int:
                 return len(log_path.read_text().splitlines()) if log_path.exists() else 0
 
-            await wait_until(lambda: started() >= 60, what="the worker to start 60 jobs")
+            # From its HELD_FROM-th start on, the child's handlers run until the kill:
+            # however late the kill comes, it finds jobs in their handlers (the child
+            # cannot have finished every job by then).
+            await wait_until(
+                lambda: started() >= HELD_FROM, what=f"the worker to start {HELD_FROM} jobs"
+            )
         finally:
             child.send_signal(signal.SIGKILL)
             await child.wait()
