@@ -4,10 +4,12 @@ caller leaves no child process behind."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import pathlib
 import sys
+import time
 from typing import Any
 
 import anyio
@@ -228,3 +230,48 @@ async def test_a_background_child_left_by_the_command_is_killed_on_cancellation(
             # The orphan is reaped by init, asynchronously: poll its /proc entry.
             while not is_dead(child):  # noqa: ASYNC110
                 await anyio.sleep(0.01)
+
+
+def children() -> set[int]:
+    """This process's child processes."""
+    return {
+        int(pid)
+        for task in pathlib.Path("/proc/self/task").iterdir()
+        for pid in (task / "children").read_text().split()
+    }
+
+
+async def test_a_cancellation_while_the_process_starts_leaves_no_child_process(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Cancelled while run_process is still starting the process (forked, its pipes
+    not yet connected), the call still terminates the whole group and reaps the
+    leader before the cancellation goes on: a start cancelled half way is not left
+    to the event loop's clean-up, which kills the leader alone."""
+    leader_file, child_file = tmp_path / "leader", tmp_path / "child"
+    script = f"sleep 30 & echo $! > {child_file}; echo $$ > {leader_file}; wait"
+    before = children()
+    task = asyncio.ensure_future(fiefdom.run_process(["sh", "-c", script]))
+    # The start forks the process, then connects its pipes, which takes several more
+    # turns of the event loop: it is seen forked a turn after it forked, still
+    # starting, and cannot go on while this test holds the loop.
+    with anyio.fail_after(10):
+        while not children() - before:  # noqa: ASYNC110 (no event: /proc tells)
+            await asyncio.sleep(0)
+    # Hold the loop until the shell has started its background child and written
+    # both pids (a condition polled without yielding: the start cannot finish).
+    deadline = time.monotonic() + 10
+    while not leader_file.exists() or not leader_file.read_text().endswith("\n"):
+        assert time.monotonic() < deadline, "the shell never wrote its pid"
+        time.sleep(0.005)  # noqa: ASYNC251 (holds the loop on purpose)
+    task.cancel()
+    # (A start cancelled half way and left to the event loop's clean-up would wait
+    # here for the background child, which holds the pipes, to exit on its own.)
+    with anyio.fail_after(10), pytest.raises(asyncio.CancelledError):
+        await task
+    leader, child = int(leader_file.read_text()), int(child_file.read_text())
+    assert is_gone(leader)  # killed and reaped before the cancellation went on
+    with anyio.fail_after(10):
+        # The background child is init's to reap, asynchronously: poll its /proc entry.
+        while not is_dead(child):  # noqa: ASYNC110
+            await anyio.sleep(0.01)

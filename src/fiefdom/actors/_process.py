@@ -1,15 +1,18 @@
 """Subprocesses owned by the actor that starts them. The process runs in its own
 process group; when the handler is cancelled (a deadline, a caller giving up, the
 actor stopping) the group is sent SIGTERM, then SIGKILL after a grace period, and
-the process is reaped before the cancellation goes on. No child is left behind."""
+the process is reaped before the cancellation goes on. No child is left behind, not
+even when the cancellation comes while the process is still being started."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any
 
 import anyio
 import msgspec
@@ -47,14 +50,17 @@ async def run_process(
     if not args:
         raise ValueError("run_process needs a command: got an empty sequence")
     cell = current_cell.get()
-    process = await anyio.open_process(
-        args,
-        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=cwd,
-        env=env,
-        start_new_session=True,
+    process = await _start(
+        anyio.open_process(
+            args,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        ),
+        grace,
     )
     if cell is not None:
         cell.processes.add(process.pid)
@@ -83,6 +89,30 @@ async def run_process(
     if check and returncode != 0:
         raise ProcessFailed(args, returncode, result.stderr)
     return result
+
+
+async def _start(starting: Coroutine[Any, Any, Process], grace: float) -> Process:
+    """Start the process in a task no cancellation reaches. The child exists from the
+    fork on, before the start returns: a start cancelled half way would leave it to
+    the event loop's own clean-up, which kills the leader but not its group and may
+    not wait for it. A caller cancelled meanwhile (through anyio or natively) waits
+    for the start to end, terminates and reaps the group, then gets its cancellation."""
+    task = asyncio.ensure_future(starting)
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            cancelled = cancelled or exc
+    process = task.result()  # a start that failed (no such command) raises its error
+    if cancelled is not None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await _terminate(process, grace)
+            finally:
+                await process.aclose()
+        raise cancelled
+    return process
 
 
 async def _collect(stream: ByteReceiveStream, into: bytearray) -> None:
