@@ -21,6 +21,7 @@ LAYERS = [
     "_throttle",
     "_address",
     "_gc",
+    "_shielded",
     "actors",
     "supervisors",
     "storage",

@@ -6,7 +6,6 @@ even when the cancellation comes while the process is still being started."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -19,6 +18,7 @@ import msgspec
 from anyio.abc import ByteReceiveStream, Process
 
 from .._errors import ProcessFailed
+from .._shielded import to_the_end
 from ._cell import current_cell
 
 
@@ -97,14 +97,8 @@ async def _start(starting: Coroutine[Any, Any, Process], grace: float) -> Proces
     the event loop's own clean-up, which kills the leader but not its group and may
     not wait for it. A caller cancelled meanwhile (through anyio or natively) waits
     for the start to end, terminates and reaps the group, then gets its cancellation."""
-    task = asyncio.ensure_future(starting)
-    cancelled: asyncio.CancelledError | None = None
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError as exc:
-            cancelled = cancelled or exc
-    process = task.result()  # a start that failed (no such command) raises its error
+    # A start that failed (no such command) raises its error.
+    process, cancelled = await to_the_end(starting)
     if cancelled is not None:
         with anyio.CancelScope(shield=True):
             try:

@@ -19,6 +19,7 @@ import anyio
 
 from .._errors import StoreError, StoreNotOpen
 from .._log import get_logger
+from .._shielded import to_the_end
 from ._store import Store, Transaction, read_only_write
 
 log = get_logger("fiefdom.storage.sqlite")
@@ -217,14 +218,7 @@ async def settled(step: Awaitable[object]) -> None:
     cancelled caller still waits for it (so the connection's state is known), then
     gets its cancellation. Callers also hold an anyio shield, which keeps anyio's
     own cancellation out."""
-    task = asyncio.ensure_future(step)
-    cancelled: asyncio.CancelledError | None = None
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError as exc:
-            cancelled = cancelled or exc
-    task.result()  # an error of the step itself comes first
+    _, cancelled = await to_the_end(step)  # an error of the step itself comes first
     if cancelled is not None:
         raise cancelled
 
