@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import socket
@@ -146,13 +147,22 @@ async def test_a_call_past_its_deadline_is_answered_with_a_timeout(
                 "id": 1,
                 "result": 1,
             }
-            # The actor is idle: call 3 starts at once and runs past its timeout.
-            await ws.send_json(_wait(3, 3, timeout=1.0))
-            reply = await ws.receive_json(timeout=GUARD)
-            assert reply["code"] == "timeout", reply
+            # The actor is idle: call n starts on its next turn and runs past its
+            # timeout. Its 1 s deadline starts as the daemon reads the call: a daemon
+            # held up that long before the actor took it (a loaded machine) removes it
+            # unrun, as a queued timeout, which is not the case under test. Such a
+            # call must never have started; the test calls again, with a new n, until
+            # one started before its deadline.
+            with anyio.fail_after(GUARD):
+                for n in itertools.count(3):
+                    await ws.send_json(_wait(n, n, timeout=1.0))
+                    reply = await ws.receive_json(timeout=GUARD)
+                    assert (reply["id"], reply["code"]) == (n, "timeout"), reply
+                    if reply["details"]["phase"] != "queued":
+                        break
             assert reply["details"] == {"phase": "running", "handler_exited": True}
             counts = await _counts(keeper)
-            assert counts == {"started": [1, 3], "cancelled": [3], "finished": [1], "noted": []}
+            assert counts == {"started": [1, n], "cancelled": [n], "finished": [1], "noted": []}
 
 
 async def test_calls_in_flight_are_capped(tmp_path: Path, daemon_loop: str) -> None:
