@@ -493,3 +493,55 @@ async def test_a_domain_job_stuck_behind_its_keys_work_is_given_back(store: Stor
     info = await store.get_job(queued.id or 0)
     assert info is not None
     assert info.attempt == 1, "a give-back uses no attempt"
+
+
+async def test_a_job_rescued_from_under_its_own_engine_is_cancelled_there_first(
+    store: Store,
+) -> None:
+    """GUARANTEES 000/1a ("stale owner"), within one process: a job whose lease lapsed
+    while its handler still ran here (the loop held up past the lease before the lease
+    keeper renewed it) is rescued by this engine's own rescuer, and that run is
+    cancelled at the rescue, before the job is claimed again: the two runs never
+    overlap. The heartbeat here is too far off to notice the lapse first; without the
+    rescuer's cancel, the first run would go on until it."""
+    first_started = anyio.Event()
+    first_ended = anyio.Event()
+    left = anyio.Event()
+    overlapped: list[bool] = []
+
+    async def unit(job: Unit, ctx: JobContext[Any]) -> None:
+        if ctx.attempt == 1:
+            first_started.set()
+            try:
+                await left.wait()  # set only as the test leaves: a cancel ends it before
+            finally:
+                first_ended.set()
+        overlapped.append(not first_ended.is_set())
+
+    eng = engine(store, lease=UNEXPIRED_LEASE, heartbeat=UNEXPIRED_LEASE / 2, rescue_interval=0.05)
+    eng.register(Unit, unit)
+    queued = await store.enqueue(Unit(n=1))
+    async with eng:
+        try:
+            await first_started.wait()
+            # The lease lapses as if the loop had been held up past it.
+            lapsed = "now() - interval '1 hour'" if store.backend == "postgres" else "0"
+            async with store.transaction() as tx:
+                await tx.execute(
+                    f"UPDATE fiefdom_jobs SET lease_expires_at = {lapsed} WHERE id = $1",
+                    queued.id,
+                )
+
+            async def completed() -> bool:
+                info = await store.get_job(queued.id or 0)
+                return info is not None and info.state == JobState.COMPLETED
+
+            await wait_until(completed, what="the rescued job to run again and complete")
+        finally:
+            # A stale run left going (the rescue's cancel missing) would hold up the
+            # engine's stop: it ends here, after the runs were compared.
+            left.set()
+    assert overlapped == [False], "the second run started while the first still ran"
+    info = await store.get_job(queued.id or 0)
+    assert info is not None
+    assert info.attempt == 2

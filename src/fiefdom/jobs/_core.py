@@ -198,7 +198,12 @@ class Core:
 
     def cancel_held(self, job_id: int, reason: CancelReason) -> None:
         held = self.held.get(job_id)
-        if held is None or held.finished:
+        if held is not None:
+            self.cancel(held, reason)
+
+    def cancel(self, held: Held, reason: CancelReason) -> None:
+        """Cancel ``held``'s handler (or, not started yet, its start)."""
+        if held.finished:
             return
         if held.cancel_reason is None or reason == "cancel":
             held.cancel_reason = reason
