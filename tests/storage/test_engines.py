@@ -19,7 +19,16 @@ from storage_helpers import engine, wait_until
 
 import fiefdom
 from fiefdom.jobs import DomainJobContext, JobContext
-from fiefdom.storage import DomainJob, Job, JobEvent, JobOptions, JobState, Store, open_store
+from fiefdom.storage import (
+    DomainJob,
+    Job,
+    JobEvent,
+    JobOptions,
+    JobState,
+    Store,
+    engine_queries,
+    open_store,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -495,6 +504,15 @@ async def test_a_domain_job_stuck_behind_its_keys_work_is_given_back(store: Stor
     assert info.attempt == 1, "a give-back uses no attempt"
 
 
+async def lapse(store: Store, job_id: int) -> None:
+    """The job's lease lapses now, as if its engine's loop had been held up past it."""
+    lapsed = "now() - interval '1 hour'" if store.backend == "postgres" else "0"
+    async with store.transaction() as tx:
+        await tx.execute(
+            f"UPDATE fiefdom_jobs SET lease_expires_at = {lapsed} WHERE id = $1", job_id
+        )
+
+
 async def test_a_job_rescued_from_under_its_own_engine_is_cancelled_there_first(
     store: Store,
 ) -> None:
@@ -525,12 +543,7 @@ async def test_a_job_rescued_from_under_its_own_engine_is_cancelled_there_first(
         try:
             await first_started.wait()
             # The lease lapses as if the loop had been held up past it.
-            lapsed = "now() - interval '1 hour'" if store.backend == "postgres" else "0"
-            async with store.transaction() as tx:
-                await tx.execute(
-                    f"UPDATE fiefdom_jobs SET lease_expires_at = {lapsed} WHERE id = $1",
-                    queued.id,
-                )
+            await lapse(store, queued.id or 0)
 
             async def completed() -> bool:
                 info = await store.get_job(queued.id or 0)
@@ -545,3 +558,52 @@ async def test_a_job_rescued_from_under_its_own_engine_is_cancelled_there_first(
     info = await store.get_job(queued.id or 0)
     assert info is not None
     assert info.attempt == 2
+
+
+async def test_a_job_claimed_again_while_its_stale_run_is_still_here_is_held_once(
+    store: Store,
+) -> None:
+    """A job whose lease lapsed here and that another process rescued, then this
+    engine claimed again: the stale run is cancelled as the new claim comes in, and
+    its end frees only its own slot, not the new run's (which would leave the new run
+    unrenewed and its slot counted for ever): once both outcomes are in, nothing is
+    in flight."""
+    first_started = anyio.Event()
+    left = anyio.Event()
+    second_ran = anyio.Event()
+
+    async def unit(job: Unit, ctx: JobContext[Any]) -> None:
+        if ctx.attempt == 1:
+            first_started.set()
+            await left.wait()  # set only as the test leaves: a cancel ends it before
+        else:
+            second_ran.set()
+
+    # No rescue of its own, a heartbeat too far off to notice the lapse: the job is
+    # rescued by another process (the test, through the store's engine queries).
+    eng = engine(
+        store,
+        lease=UNEXPIRED_LEASE,
+        heartbeat=UNEXPIRED_LEASE / 2,
+        rescue_interval=UNEXPIRED_LEASE,
+    )
+    eng.register(Unit, unit)
+    queued = await store.enqueue(Unit(n=1))
+    async with eng:
+        try:
+            await first_started.wait()
+            await lapse(store, queued.id or 0)
+            assert [r[0] for r in await engine_queries(store).rescue()] == [queued.id]
+            await second_ran.wait()
+
+            def both_recorded() -> bool:
+                stats = eng.statistics()
+                return stats.stale == 1 and stats.outcomes.get("completed") == 1
+
+            await wait_until(both_recorded, what="the stale outcome and the new one")
+            assert [q.in_flight for q in eng.statistics().queues] == [0]
+        finally:
+            left.set()
+    info = await store.get_job(queued.id or 0)
+    assert info is not None
+    assert (info.state, info.attempt) == (JobState.COMPLETED, 2)

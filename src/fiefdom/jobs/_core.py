@@ -62,7 +62,7 @@ class Kind:
 class Held:
     """A job this engine claimed and has not yet recorded."""
 
-    __slots__ = ("cancel_reason", "finished", "given_back", "job", "runner", "scope")
+    __slots__ = ("cancel_reason", "finished", "given_back", "job", "released", "runner", "scope")
 
     def __init__(self, job: ClaimedJob, runner: Runner) -> None:
         self.job = job
@@ -73,6 +73,7 @@ class Held:
         self.cancel_reason: CancelReason | None = None
         self.finished = False  # its outcome was handed to the finisher
         self.given_back: str | None = None  # why it went back unrun (its event's detail)
+        self.released = False  # its outcome recorded (or nothing to record): slot freed
 
 
 class Runner:
@@ -225,10 +226,16 @@ class Core:
         self.pending_event.set()
 
     def release(self, held: Held) -> None:
-        if self.held.pop(held.job.id, None) is not None:
-            held.runner.in_flight -= 1
-            held.runner.wake.set()
-            self.released.set()
+        if held.released:
+            return
+        held.released = True
+        # The job may be held anew by now (claimed again once its lease lapsed and it
+        # was rescued): only this run's entry goes.
+        if self.held.get(held.job.id) is held:
+            del self.held[held.job.id]
+        held.runner.in_flight -= 1
+        held.runner.wake.set()
+        self.released.set()
 
     # -- queue state -----------------------------------------------------------------
 

@@ -44,6 +44,12 @@ async def fetch(core: Core, runner: Runner) -> None:
             keys: set[tuple[str | None, str]] = set()
             for job in jobs:
                 held = Held(job, runner)
+                stale = core.held.get(job.id)
+                if stale is not None:
+                    # Claimed again while an earlier run of it is still here: that
+                    # run's lease lapsed and the job was rescued elsewhere. It is
+                    # stale: cancelled before this run starts.
+                    core.cancel(stale, "lease")
                 core.held[job.id] = held
                 runner.in_flight += 1
                 lease = Lease(job.id, job.lease_token)
