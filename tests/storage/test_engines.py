@@ -504,6 +504,19 @@ async def test_a_domain_job_stuck_behind_its_keys_work_is_given_back(store: Stor
     assert info.attempt == 1, "a give-back uses no attempt"
 
 
+def unheeding(store: Store, unit: Any, *, rescue_interval: float) -> fiefdom.JobEngine:
+    """An engine running ``unit`` whose heartbeat is too far off to notice a lapsed
+    lease before anything else does."""
+    eng = engine(
+        store,
+        lease=UNEXPIRED_LEASE,
+        heartbeat=UNEXPIRED_LEASE / 2,
+        rescue_interval=rescue_interval,
+    )
+    eng.register(Unit, unit)
+    return eng
+
+
 async def lapse(store: Store, job_id: int) -> None:
     """The job's lease lapses now, as if its engine's loop had been held up past it."""
     lapsed = "now() - interval '1 hour'" if store.backend == "postgres" else "0"
@@ -536,8 +549,7 @@ async def test_a_job_rescued_from_under_its_own_engine_is_cancelled_there_first(
                 first_ended.set()
         overlapped.append(not first_ended.is_set())
 
-    eng = engine(store, lease=UNEXPIRED_LEASE, heartbeat=UNEXPIRED_LEASE / 2, rescue_interval=0.05)
-    eng.register(Unit, unit)
+    eng = unheeding(store, unit, rescue_interval=0.05)
     queued = await store.enqueue(Unit(n=1))
     async with eng:
         try:
@@ -579,15 +591,9 @@ async def test_a_job_claimed_again_while_its_stale_run_is_still_here_is_held_onc
         else:
             second_ran.set()
 
-    # No rescue of its own, a heartbeat too far off to notice the lapse: the job is
-    # rescued by another process (the test, through the store's engine queries).
-    eng = engine(
-        store,
-        lease=UNEXPIRED_LEASE,
-        heartbeat=UNEXPIRED_LEASE / 2,
-        rescue_interval=UNEXPIRED_LEASE,
-    )
-    eng.register(Unit, unit)
+    # No rescue of its own: the job is rescued by another process (the test, through
+    # the store's engine queries).
+    eng = unheeding(store, unit, rescue_interval=UNEXPIRED_LEASE)
     queued = await store.enqueue(Unit(n=1))
     async with eng:
         try:
