@@ -15,7 +15,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 from kill_worker import HELD_FROM, Chunk
-from storage_helpers import engine, wait_until
+from storage_helpers import engine, reaches, wait_until
 
 import fiefdom
 from fiefdom.jobs import DomainJobContext, JobContext
@@ -427,12 +427,7 @@ async def test_a_paused_domain_keys_jobs_give_their_queue_slots_back(store: Stor
         applies = [await store.enqueue(Apply(account=a, n=0)) for a in ("a", "b")]
         plain = await store.enqueue(Unit(n=1))
         async with eng:
-
-            async def plain_done() -> bool:
-                info = await store.get_job(plain.id or 0)
-                return info is not None and info.state == JobState.COMPLETED
-
-            await wait_until(plain_done, what="the plain job to run beside the paused key's")
+            await reaches(store, plain.id, JobState.COMPLETED)  # beside the paused key's
 
             def both_given_back() -> bool:
                 return {
@@ -494,11 +489,7 @@ async def test_a_domain_job_stuck_behind_its_keys_work_is_given_back(store: Stor
             await wait_until(given_back, what="the stuck job to be given back")
             release.set()
 
-            async def done() -> bool:
-                info = await store.get_job(queued.id or 0)
-                return info is not None and info.state == JobState.COMPLETED
-
-            await wait_until(done, what="the job to run once its key is free")
+            await reaches(store, queued.id, JobState.COMPLETED)  # once its key is free
     info = await store.get_job(queued.id or 0)
     assert info is not None
     assert info.attempt == 1, "a give-back uses no attempt"
@@ -556,12 +547,7 @@ async def test_a_job_rescued_from_under_its_own_engine_is_cancelled_there_first(
             await first_started.wait()
             # The lease lapses as if the loop had been held up past it.
             await lapse(store, queued.id or 0)
-
-            async def completed() -> bool:
-                info = await store.get_job(queued.id or 0)
-                return info is not None and info.state == JobState.COMPLETED
-
-            await wait_until(completed, what="the rescued job to run again and complete")
+            await reaches(store, queued.id, JobState.COMPLETED)  # run again
         finally:
             # A stale run left going (the rescue's cancel missing) would hold up the
             # engine's stop: it ends here, after the runs were compared.

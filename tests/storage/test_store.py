@@ -7,7 +7,7 @@ from typing import Any
 import anyio
 import msgspec
 import pytest
-from storage_helpers import wait_until
+from storage_helpers import reaches, wait_until
 
 import fiefdom
 from fiefdom.storage import (
@@ -518,11 +518,7 @@ async def test_the_engine_is_not_queued_behind_an_open_user_transaction(store: S
             )
             assert alive == {by_hand.id}
 
-            async def completed() -> bool:
-                info = await store.get_job(awaited.id or 0)
-                return info is not None and info.state == JobState.COMPLETED
-
-            await wait_until(completed, what="the engine to complete the job")
+            await reaches(store, awaited.id, JobState.COMPLETED)
         finally:
             release.set()
     assert len(await store.list_jobs()) == 3
