@@ -18,10 +18,12 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-async def to_the_end(step: Awaitable[T]) -> tuple[T, asyncio.CancelledError | None]:
-    """Await ``step`` to its end, shielded; its result and the cancellation its caller
-    got meanwhile (None if none), which the caller raises once it has dealt with the
-    result. An error of the step itself is raised at once, before any cancellation."""
+async def to_the_end(
+    step: Awaitable[T],
+) -> tuple[asyncio.Future[T], asyncio.CancelledError | None]:
+    """Await ``step`` to its end, shielded. Returns it ended (its result or its error
+    for the caller to read) and the cancellation its caller got meanwhile (None if
+    none), which the caller raises once it has dealt with what the step did."""
     task = asyncio.ensure_future(step)
     cancelled: asyncio.CancelledError | None = None
     while not task.done():
@@ -29,4 +31,4 @@ async def to_the_end(step: Awaitable[T]) -> tuple[T, asyncio.CancelledError | No
             await asyncio.shield(task)
         except asyncio.CancelledError as exc:
             cancelled = cancelled or exc
-    return task.result(), cancelled
+    return task, cancelled

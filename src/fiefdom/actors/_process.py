@@ -97,8 +97,8 @@ async def _start(starting: Coroutine[Any, Any, Process], grace: float) -> Proces
     the event loop's own clean-up, which kills the leader but not its group and may
     not wait for it. A caller cancelled meanwhile (through anyio or natively) waits
     for the start to end, terminates and reaps the group, then gets its cancellation."""
-    # A start that failed (no such command) raises its error.
-    process, cancelled = await to_the_end(starting)
+    started, cancelled = await to_the_end(starting)
+    process = started.result()  # a start that failed (no such command) raises its error
     if cancelled is not None:
         with anyio.CancelScope(shield=True):
             try:

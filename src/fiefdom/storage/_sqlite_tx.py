@@ -218,7 +218,8 @@ async def settled(step: Awaitable[object]) -> None:
     cancelled caller still waits for it (so the connection's state is known), then
     gets its cancellation. Callers also hold an anyio shield, which keeps anyio's
     own cancellation out."""
-    _, cancelled = await to_the_end(step)  # an error of the step itself comes first
+    ended, cancelled = await to_the_end(step)
+    ended.result()  # an error of the step itself comes first
     if cancelled is not None:
         raise cancelled
 
@@ -409,19 +410,13 @@ async def _run_queued(store: Store, channel: Channel) -> None:
                     closed = StoreNotOpen("the store was closed")
                     results = [(False, closed)] * len(ops)
                 else:
-                    hop = asyncio.ensure_future(
+                    # Nothing cancels this task but the end of its loop; even
+                    # then the results are handed out once the thread is done.
+                    hop, cancelled = await to_the_end(
                         conn._execute(  # type: ignore[no-untyped-call]
                             run_group, conn, [op.work for op in ops], channel
                         )
                     )
-                    # Nothing cancels this task but the end of its loop; even
-                    # then the results are handed out once the thread is done.
-                    cancelled: asyncio.CancelledError | None = None
-                    while not hop.done():
-                        try:
-                            await asyncio.shield(hop)
-                        except asyncio.CancelledError as exc:
-                            cancelled = cancelled or exc
                     error = hop.exception()
                     if isinstance(error, ValueError):  # aiosqlite's "Connection closed"
                         closed = StoreNotOpen(f"the store was closed ({error})")
