@@ -188,6 +188,8 @@ class Core:
     def reset(self) -> None:
         self.stop_requested = asyncio.Event()
         self.hard_stop = False
+        for held in self.held.values():
+            held.released = True  # a previous run's: it frees no slot of this one
         self.held.clear()
         self.pending.clear()
         self.queue_state_known = False
