@@ -163,6 +163,25 @@ def listing_name(filters: tuple[str, ...], *, newest_first: bool = False) -> str
 LISTINGS = [
     tuple(f for i, f in enumerate(FILTERS) if mask & (1 << i)) for mask in range(1 << len(FILTERS))
 ]
+# Running jobs are in no listing index (migration 0011): a listing of them reads them
+# all through the lease index, and sorts them. Their number is bounded by the
+# workers' slots (here RUNNING_ROWS, 2% of the table, an exaggeration), and what
+# such a listing reads besides them is bounded as every listing's is.
+RUNNING_ROWS = ROWS * 2 // 100
+RUNNING_LISTINGS = [f for f in LISTINGS if "state" not in f]
+# What count_listed counts by (the listing filters that have an index); each count
+# stops at COUNTED rows.
+# (count_listed() of every job reads the first COUNTED rows of the table, any of them.)
+COUNTS = [f for f in LISTINGS if f and "after_id" not in f]
+COUNTED = READ_LIMIT // 2
+
+
+def running_listing_name(filters: tuple[str, ...], *, newest_first: bool = False) -> str:
+    return listing_name(("running", *filters), newest_first=newest_first)
+
+
+def count_name(filters: tuple[str, ...], *, running: bool = False) -> str:
+    return f"count_listed({','.join(('running',) * running + filters)})"
 
 
 @dataclasses.dataclass
@@ -286,6 +305,27 @@ async def run_operations(store: Store, captured: Captured) -> None:
             listing_name(filters, newest_first=True),
             functools.partial(store.list_jobs, newest_first=True, **values),
         )
+    for filters in RUNNING_LISTINGS:
+        values = {f: FILTER_VALUES[f] for f in filters}
+        for newest_first in (False, True):
+            await record(
+                running_listing_name(filters, newest_first=newest_first),
+                functools.partial(
+                    store.list_jobs, state=JobState.RUNNING, newest_first=newest_first, **values
+                ),
+            )
+    for filters in COUNTS:
+        values = {f: FILTER_VALUES[f] for f in filters}
+        await record(
+            count_name(filters), functools.partial(store.count_listed, cap=COUNTED, **values)
+        )
+        if "state" not in filters:
+            await record(
+                count_name(filters, running=True),
+                functools.partial(
+                    store.count_listed, state=JobState.RUNNING, cap=COUNTED, **values
+                ),
+            )
     await record("count_jobs", store.count_jobs)
 
 
@@ -462,7 +502,15 @@ OPERATIONS = [
     "promote",
     *(listing_name(f) for f in LISTINGS),
     *(listing_name(f, newest_first=True) for f in LISTINGS),
+    *(running_listing_name(f) for f in RUNNING_LISTINGS),
+    *(running_listing_name(f, newest_first=True) for f in RUNNING_LISTINGS),
+    *(count_name(f) for f in COUNTS),
+    *(count_name(f, running=True) for f in COUNTS if "state" not in f),
 ]
+# Statements that read the running jobs (of a listing or a count): through the lease
+# index, every one of them; the rest of what they read is bounded as for any other.
+LEASE_INDEX = "fiefdom_jobs_lease"
+READS_RUNNING = {n for n in OPERATIONS if n.startswith(("list_jobs(", "count_listed("))}
 # Statements that take the first jobs in an order (a claim batch, the due jobs): the
 # order must come straight from an index, so that a backlog of any size is never read
 # and sorted to take the first few.
@@ -499,19 +547,24 @@ async def test_a_selective_statement_reads_the_jobs_table_through_an_index(
     big_store: Store, plans: Plans, name: str
 ) -> None:
     """The statements of this operation never seq-scan fiefdom_jobs, read at most 2% of its
-    100,000 rows, and (a claim, a promotion) take their order from an index, unsorted."""
+    100,000 rows (a listing or a count besides the running jobs it reads through the
+    lease index, see RUNNING_ROWS), and (a claim, a promotion) take their order from an
+    index, unsorted."""
     problems = []
     for sql, args in plans.statements[name]:
         plan = await explain(big_store, sql, args)
         scans = job_scans(plan)
         seq = [s for s in scans if s["Node Type"] == "Seq Scan"]
-        read = sum(rows_read(s) for s in scans)
+        running = [s for s in scans if name in READS_RUNNING and s.get("Index Name") == LEASE_INDEX]
+        read = sum(rows_read(s) for s in scans if s not in running)
+        read_running = sum(rows_read(s) for s in running)
         takes_first = name in ORDERED and "ORDER BY" in sql and "LIMIT" in sql
         sorts = [n for n in nodes(plan) if "Sort" in n["Node Type"]] if takes_first else []
-        if seq or sorts or read > READ_LIMIT:
+        if seq or sorts or read > READ_LIMIT or read_running > RUNNING_ROWS:
             problems.append(
                 f"{sql}\n  args={args!r}\n  seq scans={len(seq)}, sorts={len(sorts)}, "
-                f"rows read={read} (limit {READ_LIMIT})\n{describe(plan)}"
+                f"rows read={read} (limit {READ_LIMIT}), running jobs read={read_running} "
+                f"(limit {RUNNING_ROWS})\n{describe(plan)}"
             )
     assert not problems, "\n\n".join(problems)
 
@@ -586,15 +639,25 @@ async def _sqlite_plan(store: Store, sql: str) -> list[tuple[int, int, str]]:
     return [(int(r[0]), int(r[1]), str(r[-1])) for r in rows]
 
 
+# The running jobs, read whole through the lease index (see RUNNING_ROWS).
+SQLITE_RUNNING_READ = "SCAN fiefdom_jobs USING INDEX fiefdom_jobs_lease"
+
+
 @pytest.mark.dialect("sqlite")
-@pytest.mark.parametrize("filters", [pytest.param(f, id=",".join(f) or "all") for f in LISTINGS])
+@pytest.mark.parametrize(
+    ("filters", "running"),
+    [pytest.param(f, False, id=",".join(f) or "all") for f in LISTINGS]
+    + [pytest.param(f, True, id=",".join(("running", *f))) for f in RUNNING_LISTINGS],
+)
 async def test_sqlite_lists_newest_first_through_an_index(
-    store: Store, filters: tuple[str, ...]
+    store: Store, filters: tuple[str, ...], running: bool
 ) -> None:
     """On SQLite, each newest-first listing (by queue, state, kind, below an id, and
     their combinations) reads fiefdom_jobs through an index walked downwards: it
     searches an index (the unfiltered listing walks the ids down from the top) and
-    sorts no more than the pages of its arms, never the table."""
+    sorts no more than the pages of its arms, never the table. Running jobs (a state,
+    or an arm of a queue's listing) are read whole through the lease index and
+    sorted: never the table either."""
     async with store.transaction() as tx:
         await tx.execute(SQLITE_TABLE)
         await tx.execute("ANALYZE")
@@ -605,6 +668,8 @@ async def test_sqlite_lists_newest_first_through_an_index(
     await reader.set_trace_callback(executed.append)
     values: dict[str, Any] = {f: FILTER_VALUES[f] for f in filters}
     try:
+        if running:
+            values["state"] = JobState.RUNNING
         listed = await store.list_jobs(newest_first=True, **values)
     finally:
         await reader.set_trace_callback(None)
@@ -615,16 +680,24 @@ async def test_sqlite_lists_newest_first_through_an_index(
     text = "\n".join(detail for _, _, detail in plan)
     reads = [detail for _, _, detail in plan if "fiefdom_jobs" in detail]
     assert reads, text
-    if filters:
-        assert all(SQLITE_INDEXED.match(detail) for detail in reads), text
+    if running:
+        assert reads == [SQLITE_RUNNING_READ], text
+    elif filters:
+        assert all(
+            SQLITE_INDEXED.match(detail)
+            or ("queue" in filters and "state" not in filters and detail == SQLITE_RUNNING_READ)
+            for detail in reads
+        ), text
     else:
         # All jobs, newest first: the table's own order (its ids), read down from the
         # top and stopped at the page's end.
         assert reads == ["SCAN fiefdom_jobs"], text
-    # A sort only ever orders the rows of one arm's page (a subquery's, ``s<n>``),
-    # never rows read straight from the table.
+    # A sort only ever orders the rows of one arm's page (a subquery's, ``s<n>``) or
+    # the running jobs, never rows read straight from the table.
     for node, parent, detail in plan:
         if detail.startswith("USE TEMP B-TREE"):
             siblings = [d for n, p, d in plan if p == parent and n != node]
             assert siblings, text
-            assert all(re.fullmatch(r"(CO-ROUTINE|SCAN) s\d+", d) for d in siblings), text
+            assert siblings == [SQLITE_RUNNING_READ] or all(
+                re.fullmatch(r"(CO-ROUTINE|SCAN) s\d+", d) for d in siblings
+            ), text

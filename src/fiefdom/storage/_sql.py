@@ -104,6 +104,27 @@ def _params(placeholder: Callable[[int], str]) -> tuple[list[object], Callable[[
     return args, param
 
 
+# Running jobs are in no listing index (migration 0011): every job passes through
+# running, so a claim and a finish each write two index entries fewer (on SQLite a
+# drain about a tenth faster). A statement that reads a listing index says
+# NOT_RUNNING, the condition of those partial indexes, in so many words: both
+# planners then use them whatever the state parameter. Running jobs are read through
+# the partial lease index instead, all of them (at most the workers' slots in all,
+# and the jobs of lapsed leases until their rescue), and sorted; ``RUNNING_ORDER``
+# keeps PostgreSQL's planner from walking the primary key instead (which reads every
+# job when few are running), and SQLite, which has no statistics, is told the index
+# (``running_from``).
+NOT_RUNNING = "state <> 'running'"
+RUNNING = "state = 'running'"
+RUNNING_ORDER = "id + 0"
+RUNNING_FROM = "fiefdom_jobs"
+SQLITE_RUNNING_FROM = "fiefdom_jobs INDEXED BY fiefdom_jobs_lease"
+
+
+def _where(terms: Sequence[str]) -> str:
+    return f"WHERE {' AND '.join(terms)} " if terms else ""
+
+
 def list_jobs_query(
     columns: str,
     *,
@@ -117,14 +138,16 @@ def list_jobs_query(
     since: float | None = None,
     newest_first: bool = False,
     timestamp: Callable[[str], str] = lambda p: p,
+    running_from: str = RUNNING_FROM,
 ) -> tuple[str, list[object]]:
     """The listing statement of both dialects (``placeholder(n)`` writes parameter
     ``n``, ``timestamp(p)`` turns unix seconds into the column's type) and its
     parameters: jobs after ``after_id`` in id order (newest first: before it, ids
     going down; 0 starts at either end), each filter backed by an index walked in
     either direction: (state, id), (kind, id), or, for a queue without a state, one
-    range of (queue, state, id) per state, merged in id order. ``key`` and ``since``
-    filter the rows of that walk (no index of their own)."""
+    range of (queue, state, id) per state, merged in id order; running jobs come
+    from ``running_from`` (see NOT_RUNNING). ``key`` and ``since`` filter the rows
+    of that walk (no index of their own)."""
     args, param = _params(placeholder)
     where = []
     if newest_first:
@@ -136,21 +159,28 @@ def list_jobs_query(
         queue=queue, kind=kind, key=key, since=since, param=param, timestamp=timestamp
     )
     cap = param(limit)
+    order = " DESC" if newest_first else ""
+
+    def select(source: str, terms: list[str], by: str = "id") -> str:
+        return f"SELECT {columns} FROM {source} {_where(terms)}ORDER BY {by}{order} LIMIT {cap}"
+
+    if state is JobState.RUNNING:
+        return select(running_from, [*where, RUNNING], RUNNING_ORDER), args
     if state is not None:
-        where.append(f"state = {param(state.value)}")
-    order = "DESC" if newest_first else ""
-    if state is not None or queue is None:
-        condition = f"WHERE {' AND '.join(where)} " if where else ""
-        return (
-            f"SELECT {columns} FROM fiefdom_jobs {condition}ORDER BY id {order} LIMIT {cap}",
-            args,
-        )
+        return select("fiefdom_jobs", [*where, f"state = {param(state.value)}", NOT_RUNNING]), args
+    if queue is None:
+        return select("fiefdom_jobs", where), args
     arms = " UNION ALL ".join(
-        f"SELECT * FROM (SELECT {columns} FROM fiefdom_jobs WHERE {' AND '.join(where)} "
-        f"AND state = '{s.value}' ORDER BY id {order} LIMIT {cap}) AS s{i}"
+        "SELECT * FROM ("
+        + (
+            select(running_from, [*where, RUNNING], RUNNING_ORDER)
+            if s is JobState.RUNNING
+            else select("fiefdom_jobs", [*where, f"state = '{s.value}'", NOT_RUNNING])
+        )
+        + f") AS s{i}"
         for i, s in enumerate(JobState)
     )
-    return f"SELECT * FROM ({arms}) AS u ORDER BY 1 {order} LIMIT {cap}", args
+    return f"SELECT * FROM ({arms}) AS u ORDER BY 1{order} LIMIT {cap}", args
 
 
 def count_listed_query(
@@ -163,19 +193,27 @@ def count_listed_query(
     cap: int,
     placeholder: Callable[[int], str],
     timestamp: Callable[[str], str] = lambda p: p,
+    running_from: str = RUNNING_FROM,
 ) -> tuple[str, list[object]]:
     """How many jobs a listing with these filters has in all (whatever its page),
     counted up to ``cap`` at most: a count never reads more than ``cap`` rows of an
-    index, however big the table."""
+    index, however big the table (and the running jobs, see NOT_RUNNING)."""
     args, param = _params(placeholder)
     where = _filters(queue=queue, kind=kind, key=key, since=since, param=param, timestamp=timestamp)
-    if state is not None:
-        where.append(f"state = {param(state.value)}")
-    condition = f"WHERE {' AND '.join(where)} " if where else ""
-    return (
-        f"SELECT count(*) FROM (SELECT 1 FROM fiefdom_jobs {condition}LIMIT {param(cap)}) AS c",
-        args,
+    limit = param(cap)
+    if state is JobState.RUNNING:
+        parts = [(running_from, [*where, RUNNING])]
+    elif state is not None:
+        parts = [("fiefdom_jobs", [*where, f"state = {param(state.value)}", NOT_RUNNING])]
+    elif queue is None:
+        parts = [("fiefdom_jobs", where)]
+    else:  # a queue's jobs: those of its listing index, and the running ones
+        parts = [("fiefdom_jobs", [*where, NOT_RUNNING]), (running_from, [*where, RUNNING])]
+    selects = " UNION ALL ".join(
+        f"SELECT * FROM (SELECT 1 AS one FROM {source} {_where(terms)}LIMIT {limit}) AS p{i}"
+        for i, (source, terms) in enumerate(parts)
     )
+    return f"SELECT count(*) FROM ({selects} LIMIT {limit}) AS c", args
 
 
 def retry_candidates_query(
@@ -187,9 +225,9 @@ def retry_candidates_query(
     placeholder: Callable[[int], str],
 ) -> tuple[str, list[object]]:
     """The ids a bulk retry takes (oldest first, at most ``limit``), through the
-    (state, id) index."""
+    (state, id) index (``state`` is a final one: never running)."""
     args, param = _params(placeholder)
-    where = [f"state = {param(state.value)}"]
+    where = [f"state = {param(state.value)}", NOT_RUNNING]
     where += _filters(
         queue=queue, kind=kind, key=None, since=None, param=param, timestamp=lambda p: p
     )

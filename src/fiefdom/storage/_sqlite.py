@@ -23,6 +23,7 @@ from ._jobs import STATE_BITS, Enqueued, JobInfo, JobState, QueueCount
 from ._rows import NewJob
 from ._sql import (
     CANCELLED_STATE_SQL,
+    SQLITE_RUNNING_FROM,
     SUPERSEDED_MESSAGE,
     check_bigint,
     count_listed_query,
@@ -419,6 +420,7 @@ class SQLiteStore(Store):
             since=None if since is None else since.timestamp(),
             newest_first=newest_first,
             placeholder=lambda n: f"?{n}",
+            running_from=SQLITE_RUNNING_FROM,
         )
         async with self._read() as tx:
             rows = await tx.raw(sql, args)
@@ -443,6 +445,7 @@ class SQLiteStore(Store):
             since=None if since is None else since.timestamp(),
             cap=cap,
             placeholder=lambda n: f"?{n}",
+            running_from=SQLITE_RUNNING_FROM,
         )
         async with self._read() as tx:
             rows = await tx.raw(sql, args)
