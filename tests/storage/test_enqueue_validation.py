@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from fiefdom import StoreError
-from fiefdom.storage import Job, JobOptions, JobState, Store
+from fiefdom.storage import Job, JobOptions, JobState, Store, engine_queries
 
 
 class Note(Job):
@@ -168,7 +168,8 @@ class Other(Job):
 
 async def test_every_listing_filter_pages_like_a_filter_of_the_whole_table(store: Store) -> None:
     """Each combination of queue, state and kind, paged in small pages, lists exactly the
-    jobs a filter of the whole table gives, in id order (the per-state merge included)."""
+    jobs a filter of the whole table gives, in id order (the per-state merge included,
+    and the running jobs, which no listing index holds), and counts them."""
     jobs: list[Job] = []
     for i in range(30):
         jobs.append(Note(text=str(i)) if i % 3 else Other(n=i))
@@ -176,10 +177,14 @@ async def test_every_listing_filter_pages_like_a_filter_of_the_whole_table(store
     ids = [r.id for r in results]
     for job_id in ids[::4]:
         await store.cancel_job(job_id)  # type: ignore[arg-type]
+    queries = engine_queries(store)
+    running = await queries.claim("default", 5, worker="w", lease=600.0)
+    running += await queries.claim("other", 2, worker="w", lease=600.0)
+    assert len(running) == 7
     everything = await store.list_jobs(limit=1000)
     assert [j.id for j in everything] == sorted(ids)  # type: ignore[type-var]
     for queue in (None, "default", "other"):
-        for state in (None, JobState.AVAILABLE, JobState.CANCELLED):
+        for state in (None, JobState.AVAILABLE, JobState.RUNNING, JobState.CANCELLED):
             for kind in (None, "note", "other"):
                 expected = [
                     j.id
@@ -199,3 +204,7 @@ async def test_every_listing_filter_pages_like_a_filter_of_the_whole_table(store
                         break
                     after = page[-1].id
                 assert listed == expected, (queue, state, kind)
+                counted = await store.count_listed(queue=queue, state=state, kind=kind)
+                assert counted == len(expected), (queue, state, kind)
+                capped = await store.count_listed(queue=queue, state=state, kind=kind, cap=3)
+                assert capped == min(3, len(expected)), (queue, state, kind)
