@@ -5,6 +5,7 @@ them to the queue's workers."""
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 
 from ..storage import JobState, Lease, Outcome, StoreError
 from ._core import Core, Held, Runner
@@ -76,6 +77,13 @@ async def fetch(core: Core, runner: Runner) -> None:
                 runner.inbox.put_nowait(held)
                 if core.subscribers:
                     core.emit(job, JobState.RUNNING, None)
+            if jobs:
+                # The workers start the jobs handed to them before this loop sets up
+                # its next claim: without this turn of the event loop, a claim woken
+                # meanwhile (a notification during this one) was sent first, and a
+                # job's handler started 0.3-0.4 ms later on this machine (a third of
+                # the engine's share of a pickup).
+                await anyio.lowlevel.checkpoint()
             if len(jobs) < limit:
                 with anyio.move_on_after(timing.poll):
                     await runner.wake.wait()
