@@ -4,6 +4,10 @@
   file), a child process or a PostgreSQL connection (the guard below; proven to fire by
   tests/test_suite_guards.py).
 - ``--loop=asyncio|uvloop`` picks the event loop of the whole run.
+- ``--slow=all|half`` runs every ``slow`` test (the default) or half of them, chosen by a
+  stable hash of their ids (``in_slow_half``): CI's second pass, on uvloop, takes half,
+  so that the two passes it runs at once on two cores stay within its time; every slow
+  test still runs in the first pass.
 - PostgreSQL is real (the machine's service; a missing one fails under CI and skips loudly
   elsewhere). ``store_url``, ``backend`` and ``store`` run a test on every dialect, or on the
   one named by ``@pytest.mark.dialect(...)``: the other dialect's case is never generated.
@@ -16,6 +20,7 @@ import gc
 import os
 import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,6 +52,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="asyncio",
         help="event loop for every test: asyncio's default or uvloop (the fast extra)",
     )
+    parser.addoption(
+        "--slow",
+        choices=("all", "half"),
+        default="all",
+        help="run every test marked slow, or the half of them in_slow_half picks",
+    )
+
+
+def in_slow_half(nodeid: str) -> bool:
+    """Whether ``--slow=half`` runs the slow test ``nodeid``: the same half on every run
+    and machine (a CRC of the id, not Python's salted hash)."""
+    return zlib.crc32(nodeid.encode()) % 2 == 0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("slow") == "all":
+        return
+    left_out = [i for i in items if i.get_closest_marker("slow") and not in_slow_half(i.nodeid)]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        kept = set(map(id, left_out))
+        items[:] = [i for i in items if id(i) not in kept]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -71,7 +98,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"event loop: {config.getoption('loop')}"
+    return f"event loop: {config.getoption('loop')}; slow tests: {config.getoption('slow')}"
 
 
 # -- the guard ---------------------------------------------------------------------------

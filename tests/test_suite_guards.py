@@ -302,3 +302,33 @@ def test_a_misused_dialect_marker_is_an_error(
     )
     assert result.ret != 0
     result.stdout.fnmatch_lines([message])
+
+
+def test_slow_half_runs_the_fast_tests_and_a_stable_half_of_the_slow_ones(
+    run_suite: RunSuite,
+) -> None:
+    """``--slow=half`` (CI's uvloop pass) keeps every test not marked slow and exactly the
+    slow tests ``in_slow_half`` picks, the same ones on every run; by default every slow
+    test runs."""
+    from conftest import in_slow_half
+
+    source = (
+        "import pytest\n\n"
+        "def test_fast():\n    pass\n\n"
+        "@pytest.mark.slow\n"
+        '@pytest.mark.parametrize("n", range(12))\n'
+        "def test_slow(n):\n    pass\n"
+    )
+    slow = [f"test_inner.py::test_slow[{n}]" for n in range(12)]
+    halves = []
+    for _ in range(2):
+        result = run_suite(source, "--slow=half", "--collect-only", "-q")
+        halves.append(sorted(line for line in result.outlines if "::" in line))
+    expected = sorted(["test_inner.py::test_fast", *filter(in_slow_half, slow)])
+    assert halves == [expected, expected]
+    # Some slow tests in each half (a split that kept all or none would prove nothing).
+    assert 0 < len(expected) - 1 < len(slow)
+    result = run_suite(source, "--collect-only", "-q")
+    assert sorted(line for line in result.outlines if "::" in line) == sorted(
+        ["test_inner.py::test_fast", *slow]
+    )
