@@ -80,9 +80,9 @@ async def fetch(core: Core, runner: Runner) -> None:
             if jobs:
                 # The workers start the jobs handed to them before this loop sets up
                 # its next claim: without this turn of the event loop, a claim woken
-                # meanwhile (a notification during this one) was sent first, and a
-                # job's handler started 0.3-0.4 ms later on this machine (a third of
-                # the engine's share of a pickup).
+                # meanwhile (a notification that arrived during this one) was set up
+                # first, and a job's handler started 0.3-0.4 ms later after its claim
+                # (measured on a 2-core machine; docs/performance.md).
                 await anyio.lowlevel.checkpoint()
             if len(jobs) < limit:
                 with anyio.move_on_after(timing.poll):
