@@ -5,7 +5,7 @@
   tests/test_suite_guards.py).
 - ``--loop=asyncio|uvloop`` picks the event loop of the whole run.
 - ``--slow=all|half`` runs every ``slow`` test (the default) or half of them, chosen by a
-  stable hash of their ids (``in_slow_half``): CI's second pass, on uvloop, takes half,
+  stable hash of their ids (``slow_split.in_slow_half``): CI's second pass, on uvloop, takes half,
   so that the two passes it runs at once on two cores stay within its time; every slow
   test still runs in the first pass.
 - PostgreSQL is real (the machine's service; a missing one fails under CI and skips loudly
@@ -20,7 +20,6 @@ import gc
 import os
 import time
 import uuid
-import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from leak_guard import PostgresWatch, Snapshot, wait_for_release
+from slow_split import in_slow_half
 
 if TYPE_CHECKING:
     from fiefdom.storage import Store
@@ -58,12 +58,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="all",
         help="run every test marked slow, or the half of them in_slow_half picks",
     )
-
-
-def in_slow_half(nodeid: str) -> bool:
-    """Whether ``--slow=half`` runs the slow test ``nodeid``: the same half on every run
-    and machine (a CRC of the id, not Python's salted hash)."""
-    return zlib.crc32(nodeid.encode()) % 2 == 0
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

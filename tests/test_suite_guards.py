@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from slow_split import in_slow_half
+
 TESTS = Path(__file__).parent
 RunSuite = Callable[..., pytest.RunResult]
 
@@ -20,6 +22,7 @@ def run_suite(
     """Runs the given test module in a fresh pytest process set up as this suite is."""
     pytester.makeconftest((TESTS / "conftest.py").read_text())
     pytester.makepyfile(leak_guard=(TESTS / "leak_guard.py").read_text())
+    pytester.makepyfile(slow_split=(TESTS / "slow_split.py").read_text())
     (pytester.path / "pyproject.toml").write_text((TESTS.parent / "pyproject.toml").read_text())
     # A leak is reported once the grace is over; the proofs need not wait for the default.
     monkeypatch.setenv("FIEFDOM_TEST_LEAK_GRACE", "0.5")
@@ -310,8 +313,6 @@ def test_slow_half_runs_the_fast_tests_and_a_stable_half_of_the_slow_ones(
     """``--slow=half`` (CI's uvloop pass) keeps every test not marked slow and exactly the
     slow tests ``in_slow_half`` picks, the same ones on every run; by default every slow
     test runs."""
-    from conftest import in_slow_half
-
     source = (
         "import pytest\n\n"
         "def test_fast():\n    pass\n\n"
