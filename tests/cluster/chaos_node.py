@@ -17,6 +17,12 @@ A write under a stale epoch that the store accepted shows as a row whose epoch i
 older than the key's previous one or than the partition's, or has none. A write the
 store refused logs ``refused`` (``StaleOwner``).
 
+A ``start`` line also carries the instant this process last found its key's partition
+its own (``Node.owns``): the key's actor checks it as it starts the job, in the same
+step as the handler's first line, so the test can tell a run admitted before a SIGSTOP
+that landed between the check and that line (it resumes with the process) from a run
+admitted after the resume.
+
 ``LOG_PATH.ready`` appears, holding the node's id, once the node serves; SIGTERM then
 stops it gracefully (the engine drains).
 
@@ -37,6 +43,7 @@ import anyio
 from cluster_helpers import Resource, Touch, now_ns
 
 import fiefdom
+from fiefdom.cluster import Node
 
 # The tables the test creates before it starts the nodes (one row per key in chaos_keys).
 TABLES = (
@@ -55,6 +62,21 @@ class _Monotonic(logging.Formatter):
         return f"{now_ns()} {os.getpid()} {record.levelname} {record.name} {record.getMessage()}"
 
 
+# When this process last found each partition its own (monotonic ns), noted by Node.owns.
+_confirmed: dict[int, int] = {}
+_owns = Node.owns
+
+
+def _owns_noted(self: Node, partition: int) -> bool:
+    owned = _owns(self, partition)
+    if owned:
+        _confirmed[partition] = now_ns()
+    return owned
+
+
+Node.owns = _owns_noted  # type: ignore[method-assign]
+
+
 def log_the_library() -> None:
     """The library's events at INFO and above (leases gained, lost, fenced; jobs given
     back) to stderr, which the test keeps in the node's ``.out`` file."""
@@ -71,7 +93,10 @@ async def main(url: str, log_path: str, lease: float) -> None:
 
     def line(what: str, job: Touch, ctx: fiefdom.JobContext[Any]) -> None:
         # One unbuffered write per line: a SIGKILL loses no line that was written.
-        os.write(fd, f"{what} {job.key} {ctx.id} {now_ns()} {pid}\n".encode())
+        known = what == "start" and ctx.partition is not None
+        confirmed = _confirmed.get(ctx.partition) if known else None
+        tail = "" if confirmed is None else f" {confirmed}"
+        os.write(fd, f"{what} {job.key} {ctx.id} {now_ns()} {pid}{tail}\n".encode())
 
     async def touch(job: Touch, ctx: fiefdom.JobContext[Any]) -> None:
         line("start", job, ctx)

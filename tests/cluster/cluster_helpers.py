@@ -77,6 +77,9 @@ class Run:
     # The part of a run that a paused (SIGSTOP) process went on with once resumed
     # (split_at_pauses): it starts at the SIGCONT.
     after_pause: bool = False
+    # When the process last found the key's partition its own before the run's start
+    # line (a node that notes it, chaos_node.py), else None.
+    confirmed_ns: int | None = None
 
 
 @dataclass
@@ -120,18 +123,38 @@ def read_logs(paths: Iterable[Path], *, died_at: dict[int, int] | None = None) -
             continue
         open_runs: dict[tuple[int, int], tuple[str, int]] = {}
         for line in path.read_text().splitlines():
-            what, key, job_text, stamp, pid_text = line.split()
+            what, key, job_text, stamp, pid_text, *confirmed = line.split()
             ident = (int(pid_text), int(job_text))
             if what == "start":
-                open_runs[ident] = (key, int(stamp))
+                open_runs[ident] = (key, int(stamp), int(confirmed[0]) if confirmed else None)
                 continue
             begun = open_runs.pop(ident)
             logs.runs.append(
-                Run(key, ident[1], ident[0], begun[1], int(stamp), what == "end", closed=True)
+                Run(
+                    key,
+                    ident[1],
+                    ident[0],
+                    begun[1],
+                    int(stamp),
+                    what == "end",
+                    closed=True,
+                    confirmed_ns=begun[2],
+                )
             )
-        for (pid, job_id), (key, start) in open_runs.items():
+        for (pid, job_id), (key, start, confirmed_ns) in open_runs.items():
             stop = died_at.get(pid, sys.maxsize)
-            logs.runs.append(Run(key, job_id, pid, start, max(stop, start), False, closed=False))
+            logs.runs.append(
+                Run(
+                    key,
+                    job_id,
+                    pid,
+                    start,
+                    max(stop, start),
+                    False,
+                    closed=False,
+                    confirmed_ns=confirmed_ns,
+                )
+            )
     return logs
 
 
@@ -181,10 +204,25 @@ def split_at_pauses(runs: Iterable[Run], pauses: dict[int, list[tuple[int, int]]
     ns) runs nothing meanwhile, so a run spanning a pause is cut in two, the part
     after it marked ``after_pause``. A pause should be given as the instant the process
     was seen stopped and the instant just before SIGCONT: inside the real one, so that
-    the executing intervals are never shorter than they were."""
+    the executing intervals are never shorter than they were.
+
+    A run whose ownership was confirmed before a pause and that started after it
+    (``confirmed_ns``: the stop came between the key's actor's check and the handler's
+    first line) is the resumed part of a run admitted before the pause: it is marked
+    ``after_pause``, from that pause's SIGCONT."""
     found: list[Run] = []
     for run in runs:
         rest: Run | None = run
+        confirmed = run.confirmed_ns
+        if confirmed is not None:
+            admitted_before = [
+                (stop_ns, cont_ns)
+                for stop_ns, cont_ns in pauses.get(run.pid, [])
+                if confirmed < stop_ns and cont_ns <= run.start_ns
+            ]
+            if admitted_before:
+                cont_ns = max(admitted_before)[1]
+                rest = dataclasses.replace(run, start_ns=cont_ns, after_pause=True)
         for stop_ns, cont_ns in sorted(pauses.get(run.pid, [])):
             if rest is None or not rest.start_ns < stop_ns < rest.stop_ns:
                 continue

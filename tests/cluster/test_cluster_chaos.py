@@ -10,9 +10,13 @@ executes nothing while the process is stopped, so its run is cut at the pause, a
 part after the SIGCONT is checked on its own. That resumed part may overlap the run of
 the node that took the key over meanwhile: a paused process cannot notice its lease
 ending (docs/cluster.md, "A slow disk or a paused process"), and the guarantee is then
-that what it writes is refused. Such overlaps are reported as a figure, and each must
-have made no write after the resume: every write the store accepted of such a run was
-fenced before its process was stopped. Any other overlap fails the test.
+that what it writes is refused. So may a run whose process was stopped between its
+key's actor's ownership check and the handler's first line: admitted before the pause,
+it starts after it (the node logs when the check passed, ``chaos_node.py``). Such
+overlaps are reported as a figure, and each must have made no write after the resume:
+every write the store accepted of such a run was fenced before its process was stopped.
+Any other overlap fails the test. (That the actor checks again after a pause is
+``test_ownership_at_start.py``'s.)
 
 A stale write accepted: a row of ``chaos_writes`` whose epoch is missing, older than
 the epoch of the key's write committed before it, or older than the partition's epoch
@@ -409,3 +413,28 @@ def test_a_paused_process_s_run_overlaps_only_once_it_resumes(tmp_path: Path) ->
     d = write_log(tmp_path / "d.log", [("start", "k", 4, 120, 44), ("end", "k", 4, 130, 44)])
     found = cross_process_overlaps(split_at_pauses(read_logs([a, d]).runs, pauses))
     assert [(x.job_id, y.job_id, y.after_pause) for x, y in found] == [(1, 4, False)]
+
+
+def test_a_run_admitted_before_a_pause_and_started_after_it_counts_as_resumed(
+    tmp_path: Path,
+) -> None:
+    """A start line whose ownership check (its sixth field) came before a pause of its
+    process, the line itself after the SIGCONT, is the resumed part of a run admitted
+    before the pause. Checked after the resume, it is an ordinary run: its overlap with
+    another process's run of the key fails the test."""
+    pauses = {11: [(150, 1000)]}
+    other = write_log(tmp_path / "b.log", [("start", "k", 2, 900, 22), ("end", "k", 2, 1100, 22)])
+    before = tmp_path / "a.log"
+    before.write_text("start k 1 1001 11 140\nabort k 1 1004 11\n")
+    [(_, y)] = cross_process_overlaps(split_at_pauses(read_logs([before, other]).runs, pauses))
+    assert (y.job_id, y.after_pause, y.start_ns) == (1, True, 1000)
+    after = tmp_path / "c.log"
+    after.write_text("start k 1 1001 11 1000\nabort k 1 1004 11\n")
+    [(_, y)] = cross_process_overlaps(split_at_pauses(read_logs([after, other]).runs, pauses))
+    assert (y.job_id, y.after_pause) == (1, False)
+    # A line without the field (node.py's) is never moved.
+    plain = write_log(
+        tmp_path / "d.log", [("start", "k", 1, 1001, 11), ("abort", "k", 1, 1004, 11)]
+    )
+    [(_, y)] = cross_process_overlaps(split_at_pauses(read_logs([plain, other]).runs, pauses))
+    assert (y.job_id, y.after_pause) == (1, False)
