@@ -63,11 +63,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("slow") == "all":
         return
-    left_out = [i for i in items if i.get_closest_marker("slow") and not in_slow_half(i.nodeid)]
+    kept: list[pytest.Item] = []
+    left_out: list[pytest.Item] = []
+    for item in items:
+        slow_elsewhere = item.get_closest_marker("slow") and not in_slow_half(item.nodeid)
+        (left_out if slow_elsewhere else kept).append(item)
     if left_out:
         config.hook.pytest_deselected(items=left_out)
-        kept = set(map(id, left_out))
-        items[:] = [i for i in items if id(i) not in kept]
+        items[:] = kept
 
 
 def pytest_configure(config: pytest.Config) -> None:
