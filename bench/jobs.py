@@ -22,6 +22,13 @@ prints one JSON object per system; the summary gives each figure's median and ev
 ratio as the median of the per-round ratios (fiefdom / peer for rates; fiefdom's p50 /
 the peer's for pickup, lower is better), with every round's values.
 
+The floor under fiefdom's enqueue (``postgres_floor``, in every round): the rows of
+both enqueues written into fiefdom's own table, indexes and trigger included, with no
+client work: the batch as one INSERT of rows the server generates, the single jobs as
+one prepared one-row INSERT per round trip. Its ratios to pgqueuer are the most
+fiefdom's enqueue ratios can be with that table; fiefdom's ratios to it, how much of
+its enqueue is the table's own cost.
+
 ``--baseline`` also prints the bare driver's figures (asyncpg, aiosqlite) for the
 same row counts.
 
@@ -155,6 +162,45 @@ async def fiefdom_round(store: Store, args: argparse.Namespace, *, full: bool) -
     if full:
         figures.update(latency_figures(await fiefdom_pickup(store, args.samples)))
     return figures
+
+
+# The floor under fiefdom's enqueue on PostgreSQL: the same rows written into the same
+# table (its indexes, its notification trigger) with no client work at all. Its batch
+# is one INSERT of rows the server generates itself (nothing encoded, sent or parsed);
+# its single insert, one prepared INSERT of one row per round trip on a plain
+# connection. floor / peer is the most the enqueue ratios can be with this table.
+_FLOOR_COLUMNS = "(kind, queue, state, priority, args, max_attempts, unique_states) "
+_FLOOR_BATCH_SQL = (
+    "INSERT INTO fiefdom_jobs " + _FLOOR_COLUMNS + "SELECT 'noop', 'default', 'available', "
+    "0, jsonb_build_object('n', g), 5, 0 FROM generate_series(1, $1::integer) AS g"
+)
+_FLOOR_SINGLE_SQL = (
+    "INSERT INTO fiefdom_jobs " + _FLOOR_COLUMNS + "VALUES ('noop', 'default', 'available', "
+    "0, jsonb_build_object('n', $1::integer), 5, 0) RETURNING id"
+)
+
+
+async def floor_round(url: str, args: argparse.Namespace) -> Figures:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("DELETE FROM fiefdom_jobs")  # as fiefdom's round starts
+        start = time.perf_counter()
+        await conn.execute(_FLOOR_BATCH_SQL, args.batch_jobs)
+        batch = time.perf_counter() - start
+        insert = await conn.prepare(_FLOOR_SINGLE_SQL)
+        start = time.perf_counter()
+        for j in range(args.single_jobs):
+            await insert.fetchval(j)
+        single = time.perf_counter() - start
+        await conn.execute("DELETE FROM fiefdom_jobs")
+    finally:
+        await conn.close()
+    return {
+        "batch_enqueue_per_s": round(args.batch_jobs / batch),
+        "single_enqueue_per_s": round(args.single_jobs / single),
+    }
 
 
 @contextlib.asynccontextmanager
@@ -522,6 +568,10 @@ RATIOS = {
     "batch_enqueue_vs_procrastinate": ("batch_enqueue_per_s", "fiefdom_postgres", "procrastinate"),
     "pickup_p50_vs_procrastinate": ("pickup_p50_ms", "fiefdom_postgres", "procrastinate"),
     "sqlite_drain_vs_postgres_drain": ("drain_per_s", "fiefdom_sqlite", "fiefdom_postgres"),
+    "batch_enqueue_vs_floor": ("batch_enqueue_per_s", "fiefdom_postgres", "postgres_floor"),
+    "single_enqueue_vs_floor": ("single_enqueue_per_s", "fiefdom_postgres", "postgres_floor"),
+    "batch_floor_vs_pgqueuer": ("batch_enqueue_per_s", "postgres_floor", "pgqueuer"),
+    "single_floor_vs_pgqueuer": ("single_enqueue_per_s", "postgres_floor", "pgqueuer"),
 }
 GOALS = {
     "drain_vs_pgqueuer": ">= 1.5",
@@ -534,6 +584,12 @@ GOALS = {
     "batch_enqueue_vs_procrastinate": "reported",
     "pickup_p50_vs_procrastinate": "reported (lower is better)",
     "sqlite_drain_vs_postgres_drain": ">= 1.3",
+    # The floor: what share of it fiefdom reaches, and the most its ratios to pgqueuer
+    # can be with its table (its indexes and trigger kept).
+    "batch_enqueue_vs_floor": "reported (at most 1)",
+    "single_enqueue_vs_floor": "reported (at most about 1)",
+    "batch_floor_vs_pgqueuer": "reported: the highest batch_enqueue_vs_pgqueuer can be",
+    "single_floor_vs_pgqueuer": "reported: the highest single_enqueue_vs_pgqueuer can be",
 }
 
 
@@ -586,6 +642,7 @@ async def main(args: argparse.Namespace, loop: str) -> None:
         runs: dict[str, Callable[[], Awaitable[Figures]]] = {}
         pg = await stack.enter_async_context(fiefdom_store(url))
         runs["fiefdom_postgres"] = lambda: fiefdom_round(pg, args, full=True)
+        runs["postgres_floor"] = functools.partial(floor_round, url, args)
         for name, (cls, prefix) in PEERS.items():
             if peers[name]:
                 peer_url = await stack.enter_async_context(postgres_database(args.postgres, prefix))

@@ -46,16 +46,24 @@ def test_actor_benchmark_prints_figures_with_baselines() -> None:
 @pytest.mark.slow
 def test_job_benchmark_prints_figures_with_baselines() -> None:
     """bench/jobs.py: a round of fiefdom on PostgreSQL and on SQLite (and pgqueuer and
-    procrastinate when installed), then a summary with medians and ratios."""
+    procrastinate when installed) and of the floor under fiefdom's enqueue, then a
+    summary with medians and ratios."""
     lines = run(
         "jobs.py",
         *("--rounds", "1", "--batch-jobs", "200", "--single-jobs", "20", "--samples", "3"),
         *("--loop", "asyncio"),
     )
     systems = {str(line["system"]) for line in lines if line.get("figure") == "round"}
-    assert {"fiefdom_postgres", "fiefdom_sqlite"} <= systems
+    assert {"fiefdom_postgres", "fiefdom_sqlite", "postgres_floor"} <= systems
     (summary,) = [line for line in lines if line.get("figure") == "summary"]
     assert {"medians", "ratios", "raw"} <= summary.keys()
+    # fiefdom's enqueue next to the floor under it (its table's own cost), every round.
+    ratios = summary["ratios"]
+    assert isinstance(ratios, dict)
+    assert {"batch_enqueue_vs_floor", "single_enqueue_vs_floor"} <= ratios.keys()
+    medians = summary["medians"]
+    assert isinstance(medians, dict)
+    assert medians["postgres_floor"]["batch_enqueue_per_s"] > 0
 
 
 @pytest.mark.slow
