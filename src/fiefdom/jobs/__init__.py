@@ -11,6 +11,7 @@ partitions it may run (``fiefdom.cluster`` registers its implementation with
 from ._engine import EngineStatistics as EngineStatistics
 from ._engine import JobEngine as JobEngine
 from ._engine import QueueStatistics as QueueStatistics
+from ._engine import StoreTimes as StoreTimes
 from ._kinds import Cancel as Cancel
 from ._kinds import Discard as Discard
 from ._kinds import DomainJobContext as DomainJobContext
@@ -36,6 +37,7 @@ __all__ = [
     "QueueStatistics",
     "Retention",
     "Snooze",
+    "StoreTimes",
     "is_snooze",
     "register_ownership",
 ]

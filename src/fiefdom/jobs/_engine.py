@@ -19,7 +19,7 @@ from .._lifecycle import Lifecycle, State
 from .._log import get_logger
 from ..actors import Domain
 from ..storage import DomainJob, Job, JobEvent, JobState, Store
-from ._core import DEFAULT_MAX_SNOOZES, Core, Kind, Runner, Timing
+from ._core import DEFAULT_MAX_SNOOZES, STORE_TIME_BUCKETS, Core, Durations, Kind, Runner, Timing
 from ._kinds import DomainJobContext, JobContext
 from ._ownership import ClusterView, Ownership, default_ownership
 from ._periodic import Periodic
@@ -49,6 +49,17 @@ class QueueStatistics(msgspec.Struct, frozen=True, kw_only=True):
     paused: bool
 
 
+class StoreTimes(msgspec.Struct, frozen=True, kw_only=True):
+    """How long an engine's claims, or its outcome writes, took (those that
+    succeeded), as a Prometheus histogram counts them: ``buckets[i]`` is how many
+    took at most ``bounds[i]`` seconds."""
+
+    count: int
+    seconds: float
+    bounds: tuple[float, ...]
+    buckets: tuple[int, ...]
+
+
 class EngineStatistics(msgspec.Struct, frozen=True, kw_only=True):
     """A snapshot of an engine (``engine.statistics()``)."""
 
@@ -65,6 +76,8 @@ class EngineStatistics(msgspec.Struct, frozen=True, kw_only=True):
     partitions: int | None = None  # partitions its cluster node holds (None: no cluster)
     cluster_nodes: int | None = None  # live nodes of the store's cluster
     cluster: ClusterView | None = None  # its node's view of the cluster (None: no cluster)
+    claim_times: StoreTimes | None = None  # how long its claims took
+    finish_times: StoreTimes | None = None  # how long its outcome writes took
 
 
 class JobEngine(EngineRunner):
@@ -336,6 +349,8 @@ class JobEngine(EngineRunner):
             partitions=None if core.ownership is None else core.ownership.held,
             cluster_nodes=None if core.ownership is None else len(core.ownership.live_nodes),
             cluster=None if core.ownership is None else core.ownership.view(),
+            claim_times=_store_times(core.claim_times),
+            finish_times=_store_times(core.finish_times),
         )
 
     @property
@@ -369,3 +384,12 @@ class JobEngine(EngineRunner):
 
     def __repr__(self) -> str:
         return f"<JobEngine {self.worker} {self._life.state}>"
+
+
+def _store_times(times: Durations) -> StoreTimes:
+    return StoreTimes(
+        count=times.count,
+        seconds=times.seconds,
+        bounds=STORE_TIME_BUCKETS,
+        buckets=tuple(times.buckets),
+    )

@@ -4,6 +4,8 @@ them to the queue's workers."""
 
 from __future__ import annotations
 
+import time
+
 import anyio
 import anyio.lowlevel
 
@@ -23,6 +25,7 @@ async def fetch(core: Core, runner: Runner) -> None:
                 continue
             runner.wake.clear()
             limit = min(free, timing.batch)
+            began = time.perf_counter()
             try:
                 jobs = await core.queries.claim(
                     runner.name,
@@ -36,6 +39,7 @@ async def fetch(core: Core, runner: Runner) -> None:
                 core.claim_failures += 1
                 await core.backoff("claim", exc, failures)
                 continue
+            core.claim_times.observe(time.perf_counter() - began)
             failures = 0
             core.claim_failures = 0
             core.claimed += len(jobs)

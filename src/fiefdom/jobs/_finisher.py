@@ -131,6 +131,8 @@ class Finisher(Service):
         # Shielded: an outcome write in progress is waited for, so a cancelled
         # engine knows what was recorded.
         done: dict[int, JobState] = {}
+        began = time.perf_counter()
         with anyio.CancelScope(shield=True):
             done = await self.core.queries.finish(outcomes)
+        self.core.finish_times.observe(time.perf_counter() - began)
         return done

@@ -115,6 +115,20 @@ class _TreeCollector(Collector):
             failing.add_metric(["claim"], stats.claim_failures)
             failing.add_metric(["finish"], stats.finish_failures)
             yield failing
+            took = HistogramMetricFamily(
+                "fiefdom_engine_store_seconds",
+                "Time the job engine's claims and outcome writes took (those that "
+                "succeeded), by operation",
+                labels=["operation"],
+            )
+            for operation, times in (("claim", stats.claim_times), ("finish", stats.finish_times)):
+                if times is not None:
+                    buckets = [
+                        (f"{bound:g}", count)
+                        for bound, count in zip(times.bounds, times.buckets, strict=True)
+                    ]
+                    took.add_metric([operation], [*buckets, ("+Inf", times.count)], times.seconds)
+            yield took
             if stats.partitions is not None:
                 held = GaugeMetricFamily(
                     "fiefdom_cluster_partitions_held",
