@@ -123,11 +123,11 @@ class _TreeCollector(Collector):
             )
             for operation, times in (("claim", stats.claim_times), ("finish", stats.finish_times)):
                 if times is not None:
-                    buckets = [
-                        (f"{bound:g}", count)
-                        for bound, count in zip(times.bounds, times.buckets, strict=True)
-                    ]
-                    took.add_metric([operation], [*buckets, ("+Inf", times.count)], times.seconds)
+                    took.add_metric(
+                        [operation],
+                        _buckets(times.bounds, times.buckets, times.count),
+                        times.seconds,
+                    )
             yield took
             if stats.partitions is not None:
                 held = GaugeMetricFamily(
@@ -257,9 +257,16 @@ def _pool_metrics(stats: PoolStatistics) -> Iterator[GaugeMetricFamily | Histogr
     acquire = HistogramMetricFamily(
         "fiefdom_store_pool_acquire_seconds", "Time taken to get a connection from the pool"
     )
-    buckets = [
-        (f"{bound:g}", count)
-        for bound, count in zip(ACQUIRE_BUCKETS, stats.acquire_buckets, strict=True)
-    ]
-    acquire.add_metric([], [*buckets, ("+Inf", stats.acquires)], stats.acquire_seconds)
+    acquire.add_metric(
+        [], _buckets(ACQUIRE_BUCKETS, stats.acquire_buckets, stats.acquires), stats.acquire_seconds
+    )
     yield acquire
+
+
+def _buckets(bounds: Sequence[float], counts: Sequence[int], total: int) -> list[tuple[str, float]]:
+    """A histogram's cumulative buckets (``counts[i]``: at most ``bounds[i]``), with
+    +Inf holding every observation, as ``HistogramMetricFamily`` takes them."""
+    return [
+        *((f"{bound:g}", count) for bound, count in zip(bounds, counts, strict=True)),
+        ("+Inf", total),
+    ]
