@@ -17,7 +17,13 @@ The systems: fiefdom on PostgreSQL, pgqueuer and procrastinate (each when instal
 fiefdom on SQLite (batch enqueue and drain: the one-process SQLite drain against the
 PostgreSQL one). ``--warmup`` rounds (one by default) run first, every system in turn,
 and are left out of the figures (a first round pays for cold connections and tables).
-The order of the systems alternates from round to round. Each round
+The order of the systems alternates from round to round. Before each round, outside
+the timings, fiefdom's table is emptied with DELETE and then, on PostgreSQL,
+vacuumed (the floor's too): every job leaves a dead entry in the claim index until a
+vacuum, and a claim reads past them, so without it each round would meet the dead
+entries of every round before it on a server whose autovacuum is off (as on the
+machine these figures came from), and only some of them on another. pgqueuer's
+tables are truncated. Each round
 prints one JSON object per system; the summary gives each figure's median and every
 ratio as the median of the per-round ratios (fiefdom / peer for rates; fiefdom's p50 /
 the peer's for pickup, lower is better), with every round's values.
@@ -143,9 +149,25 @@ async def fiefdom_pickup(store: Store, samples: int) -> list[float]:
     return latencies
 
 
-async def fiefdom_round(store: Store, args: argparse.Namespace, *, full: bool) -> Figures:
+async def vacuum(url: str) -> None:
+    """VACUUM fiefdom's table on PostgreSQL (outside a transaction, so on a connection
+    of its own): what autovacuum does between rounds on a server that runs it."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("VACUUM fiefdom_jobs")
+    finally:
+        await conn.close()
+
+
+async def fiefdom_round(
+    store: Store, args: argparse.Namespace, *, full: bool, postgres: str | None = None
+) -> Figures:
     async with store.transaction() as tx:
         await tx.execute("DELETE FROM fiefdom_jobs")
+    if postgres is not None:
+        await vacuum(postgres)
     figures: Figures = {}
     batch = [Noop(n=j) for j in range(args.batch_jobs)]
     start = time.perf_counter()
@@ -186,6 +208,7 @@ async def floor_round(url: str, args: argparse.Namespace) -> Figures:
     conn = await asyncpg.connect(url)
     try:
         await conn.execute("DELETE FROM fiefdom_jobs")  # as each round of fiefdom's starts
+        await conn.execute("VACUUM fiefdom_jobs")
         start = time.perf_counter()
         await conn.execute(_FLOOR_BATCH_SQL, args.batch_jobs)
         batch = time.perf_counter() - start
@@ -640,7 +663,7 @@ async def main(args: argparse.Namespace, loop: str) -> None:
                 await sqlite_baseline(Path(tmp) / "baseline.db", args.batch_jobs)
         runs: dict[str, Callable[[], Awaitable[Figures]]] = {}
         pg = await stack.enter_async_context(fiefdom_store(url))
-        runs["fiefdom_postgres"] = lambda: fiefdom_round(pg, args, full=True)
+        runs["fiefdom_postgres"] = lambda: fiefdom_round(pg, args, full=True, postgres=url)
         # The floor in a database of its own, with fiefdom's schema: its rows leave no
         # dead tuples for fiefdom's rounds (or their autovacuum) to meet.
         floor_url = await stack.enter_async_context(
