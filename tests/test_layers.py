@@ -19,6 +19,7 @@ LAYERS = [
     "_log",
     "_lifecycle",
     "_throttle",
+    "_durations",
     "_address",
     "_gc",
     "_shielded",

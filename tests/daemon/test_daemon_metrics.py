@@ -6,10 +6,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fiefdom._durations import Durations
 from fiefdom.daemon import Config
 from fiefdom.daemon._jobs import JobsAdapter
 from fiefdom.jobs import JobContext, JobEngine
-from fiefdom.jobs._core import STORE_TIME_BUCKETS, Durations
+from fiefdom.jobs._core import STORE_TIME_BUCKETS
 from fiefdom.protocol import ControlMetrics, EventHub
 from fiefdom.storage import Job, JobEvent, JobOptions, JobState, Store
 
@@ -84,7 +85,7 @@ class Tick(Job):
 def test_durations_count_each_duration_in_every_bucket_at_or_above_it() -> None:
     """Durations fills a Prometheus histogram's cumulative buckets: a duration on a
     bound counts in that bucket, one past every bound only in the count (+Inf)."""
-    times = Durations()
+    times = Durations(STORE_TIME_BUCKETS)
     for took in (0.001, 0.003, 99.0):
         times.observe(took)
     assert times.count == 3

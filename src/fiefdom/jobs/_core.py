@@ -19,6 +19,7 @@ from typing import Any, Literal
 import anyio
 import msgspec
 
+from .._durations import Durations
 from .._log import get_logger
 from .._throttle import Throttle, exc_fields
 from ..actors import Domain
@@ -145,31 +146,11 @@ class Runner:
         self.inbox = Inbox()
 
 
-# Upper bounds (seconds) of the buckets of the claim and finish time histograms.
+# Upper bounds (seconds) of the buckets of the claim and outcome-write time histograms
+# (``Durations``). A claim that slows down as the queue runs (on PostgreSQL, one that
+# reads the dead entries left in the claim index until a vacuum removes them) shows
+# there first.
 STORE_TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-
-
-class Durations:
-    """How long an engine's claims (or outcome writes) took, as the engine saw them,
-    those that succeeded: a count, their sum, and ``buckets[i]`` counting those that
-    took at most ``STORE_TIME_BUCKETS[i]`` seconds (a Prometheus histogram). A claim
-    that slows down as it runs (on PostgreSQL, one that reads the dead entries left
-    in the claim index until a vacuum removes them) shows here first."""
-
-    __slots__ = ("buckets", "count", "seconds")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.seconds = 0.0
-        self.buckets = [0] * len(STORE_TIME_BUCKETS)
-
-    def observe(self, took: float) -> None:
-        self.count += 1
-        self.seconds += took
-        buckets = self.buckets
-        for i, bound in enumerate(STORE_TIME_BUCKETS):
-            if took <= bound:
-                buckets[i] += 1
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -222,8 +203,8 @@ class Core:
         self.recorded_at = 0.0  # monotonic time of the last outcome write that succeeded
         self.finish_failures = 0  # consecutive failed outcome writes (readiness)
         self.claim_failures = 0  # consecutive failed claims, any queue (readiness)
-        self.claim_times = Durations()
-        self.finish_times = Durations()
+        self.claim_times = Durations(STORE_TIME_BUCKETS)
+        self.finish_times = Durations(STORE_TIME_BUCKETS)
         # Paused queues are shared through the store: no claims until they are known.
         self.queue_state_known = False
         self.queue_state_stale = True  # read them on the next maintenance round

@@ -14,12 +14,13 @@ import anyio
 import anyio.abc
 import msgspec
 
+from .._durations import Durations
 from .._errors import ConfigurationError, JobError
 from .._lifecycle import Lifecycle, State
 from .._log import get_logger
 from ..actors import Domain
 from ..storage import DomainJob, Job, JobEvent, JobState, Store
-from ._core import DEFAULT_MAX_SNOOZES, STORE_TIME_BUCKETS, Core, Durations, Kind, Runner, Timing
+from ._core import DEFAULT_MAX_SNOOZES, Core, Kind, Runner, Timing
 from ._kinds import DomainJobContext, JobContext
 from ._ownership import ClusterView, Ownership, default_ownership
 from ._periodic import Periodic
@@ -390,6 +391,6 @@ def _store_times(times: Durations) -> StoreTimes:
     return StoreTimes(
         count=times.count,
         seconds=times.seconds,
-        bounds=STORE_TIME_BUCKETS,
+        bounds=times.bounds,
         buckets=tuple(times.buckets),
     )

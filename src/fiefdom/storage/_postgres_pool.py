@@ -15,6 +15,7 @@ import anyio
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from .._durations import Durations
 from .._errors import StoreError, StoreUnavailable
 from .._log import get_logger
 from ._store import Store, Transaction, read_only_write
@@ -178,9 +179,7 @@ class PostgresPool(Store):
         self._lane: asyncpg.Connection[Any] | None = None
         self._lane_busy = False
         self._waiting = 0  # callers waiting for a pooled connection
-        self._acquires = 0
-        self._acquire_seconds = 0.0
-        self._acquire_buckets = [0] * len(ACQUIRE_BUCKETS)
+        self._acquire_times = Durations(ACQUIRE_BUCKETS)
 
     def pool_statistics(self) -> PoolStatistics:
         """The connection pool now (what ``/metrics`` exposes)."""
@@ -197,9 +196,9 @@ class PostgresPool(Store):
             size=size,
             in_use=in_use,
             waiting=self._waiting,
-            acquires=self._acquires,
-            acquire_seconds=self._acquire_seconds,
-            acquire_buckets=tuple(self._acquire_buckets),
+            acquires=self._acquire_times.count,
+            acquire_seconds=self._acquire_times.seconds,
+            acquire_buckets=tuple(self._acquire_times.buckets),
         )
 
     # -- lifecycle -------------------------------------------------------------------
@@ -243,7 +242,7 @@ class PostgresPool(Store):
             raise wrap(exc, self.url) from exc
         finally:
             self._waiting -= 1
-        self._count_acquire(time.monotonic() - began)
+        self._acquire_times.observe(time.monotonic() - began)
         try:
             yield conn
         finally:
@@ -255,13 +254,6 @@ class PostgresPool(Store):
                     # already discarded it and opens a new one when needed.
                     self._mark(False)
                     log.warning("a broken connection was dropped from the pool", url=self.url)
-
-    def _count_acquire(self, took: float) -> None:
-        self._acquires += 1
-        self._acquire_seconds += took
-        for i, bound in enumerate(ACQUIRE_BUCKETS):
-            if took <= bound:
-                self._acquire_buckets[i] += 1
 
     async def _run(self, fn: Callable[[Conn], Any]) -> Any:
         """Run one operation on a pooled connection, wrapping driver errors."""
