@@ -77,8 +77,8 @@ class EngineStatistics(msgspec.Struct, frozen=True, kw_only=True):
     partitions: int | None = None  # partitions its cluster node holds (None: no cluster)
     cluster_nodes: int | None = None  # live nodes of the store's cluster
     cluster: ClusterView | None = None  # its node's view of the cluster (None: no cluster)
-    claim_times: StoreTimes | None = None  # how long its claims took
-    finish_times: StoreTimes | None = None  # how long its outcome writes took
+    claim_times: StoreTimes  # how long its claims took
+    finish_times: StoreTimes  # how long its outcome writes took
 
 
 class JobEngine(EngineRunner):

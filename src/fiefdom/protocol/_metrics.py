@@ -122,12 +122,9 @@ class _TreeCollector(Collector):
                 labels=["operation"],
             )
             for operation, times in (("claim", stats.claim_times), ("finish", stats.finish_times)):
-                if times is not None:
-                    took.add_metric(
-                        [operation],
-                        _buckets(times.bounds, times.buckets, times.count),
-                        times.seconds,
-                    )
+                took.add_metric(
+                    [operation], _buckets(times.bounds, times.buckets, times.count), times.seconds
+                )
             yield took
             if stats.partitions is not None:
                 held = GaugeMetricFamily(
