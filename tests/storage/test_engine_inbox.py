@@ -22,7 +22,8 @@ async def test_items_reach_waiting_workers_in_order_one_each() -> None:
         got.append(await inbox.get())
 
     workers = [asyncio.create_task(worker()) for _ in range(3)]
-    await asyncio.sleep(0)  # all three wait
+    await asyncio.sleep(0)  # one turn: each task runs to its wait
+    assert len(inbox._waiters) == 3
     for n in range(3):
         inbox.put_nowait(_held(n))
     await asyncio.gather(*workers)
@@ -40,7 +41,8 @@ async def test_a_worker_cancelled_after_its_wake_up_passes_the_item_on() -> None
     inbox = Inbox()
     first = asyncio.create_task(inbox.get())
     second = asyncio.create_task(inbox.get())
-    await asyncio.sleep(0)  # both wait, first in line
+    await asyncio.sleep(0)  # one turn: both wait, first in line
+    assert len(inbox._waiters) == 2
     inbox.put_nowait(_held(7))  # wakes first
     first.cancel()  # before first has run again
     assert await asyncio.wait_for(second, timeout=5) == 7
@@ -52,8 +54,10 @@ async def test_a_worker_cancelled_while_waiting_takes_nothing() -> None:
     inbox = Inbox()
     waiting = asyncio.create_task(inbox.get())
     await asyncio.sleep(0)
+    assert len(inbox._waiters) == 1
     waiting.cancel()
     await asyncio.gather(waiting, return_exceptions=True)
+    assert not inbox._waiters  # its wake-up is gone with it
     inbox.put_nowait(_held(1))  # no one waits: it stays for the next worker
     assert not inbox.empty()
     assert await inbox.get() == 1
