@@ -17,6 +17,7 @@ def open_store(
     *,
     synchronous: Literal["off", "normal", "full", "extra"] = "full",
     pool_size: int = 10,
+    tune_gc: bool = True,
 ) -> Store:
     """A store for ``url``: ``sqlite:///relative.db``, ``sqlite:////absolute.db`` or
     ``postgresql://user@host:port/db``. Use it as ``async with open_store(url) as
@@ -26,16 +27,22 @@ def open_store(
     every commit durable at a power loss; ``normal`` may lose the last commits then
     (never corrupts). ``pool_size`` is the number of PostgreSQL connections
     the store opens at most (one of them for enqueues outside a transaction; the job
-    engine's notifications take one more)."""
+    engine's notifications take one more).
+
+    While the store is open, Python's garbage collector runs its young collections
+    after 10,000 net allocations instead of 700, as while an ``ActorSystem`` runs
+    (``fiefdom._gc``): with the interpreter's threshold they took a sixth of a large
+    batch enqueue. ``tune_gc=False``, or ``FIEFDOM_GC=default`` in the environment,
+    leaves the collector alone."""
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
         from ._sqlite import SQLiteStore
 
-        return SQLiteStore(url, synchronous=synchronous)
+        return SQLiteStore(url, synchronous=synchronous, tune_gc=tune_gc)
     if scheme in ("postgresql", "postgres"):
         from ._postgres import PostgresStore
 
-        return PostgresStore(url, pool_size=pool_size)
+        return PostgresStore(url, pool_size=pool_size, tune_gc=tune_gc)
     raise StoreError(
         f"unsupported store URL {url!r}: use sqlite:///path/to/file.db "
         "or postgresql://user@host:port/database"

@@ -153,8 +153,9 @@ class PostgresPool(Store):
         pool_size: int = 10,
         pool_min_size: int = 1,
         statement_timeout: float | None = None,
+        tune_gc: bool = True,
     ) -> None:
-        super().__init__(_safe_url(url))
+        super().__init__(_safe_url(url), tune_gc=tune_gc)
         if pool_size < 2:
             raise StoreError(f"pool_size must be at least 2, got {pool_size}")
         if not 0 <= pool_min_size <= pool_size:

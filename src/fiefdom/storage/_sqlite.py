@@ -147,9 +147,13 @@ class SQLiteStore(Store):
     notifies_processes = False
 
     def __init__(
-        self, url: str, *, synchronous: Literal["off", "normal", "full", "extra"] = "full"
+        self,
+        url: str,
+        *,
+        synchronous: Literal["off", "normal", "full", "extra"] = "full",
+        tune_gc: bool = True,
     ) -> None:
-        super().__init__(url)
+        super().__init__(url, tune_gc=tune_gc)
         parts = urlsplit(url)
         # sqlite:///rel.db -> "rel.db"; sqlite:////abs.db -> "/abs.db"
         path = parts.path[1:] if parts.path.startswith("/") else parts.path

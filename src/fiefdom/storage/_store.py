@@ -20,6 +20,7 @@ from .._errors import (
     StoreError,
     StoreNotOpen,
 )
+from .._gc import gc_threshold, raise_threshold
 from .._lifecycle import Lifecycle, State, StopMode
 from ._jobs import Enqueued, Job, JobInfo, JobState, QueueCount
 from ._rows import NewJob, prepare
@@ -88,11 +89,13 @@ class Store(abc.ABC):
     Without it, an engine polls what it must learn (paused queues) on its
     maintenance round."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, tune_gc: bool = True) -> None:
         self.url = url
         self._life = Lifecycle(f"store {url}", "use 'async with open_store(url) as store'")
         self._healthy = False
         self._subscribers: list[Notifications] = []
+        self._tune_gc = tune_gc
+        self._release_gc: Callable[[], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -119,6 +122,11 @@ class Store(abc.ABC):
             raise
         self._life.started()
         self._healthy = True
+        # While open, the collector's youngest threshold is raised as a running
+        # actor system raises it (fiefdom._gc): with the interpreter's 700, its young
+        # collections took a sixth of a 20,000-job batch enqueue (docs/performance.md,
+        # "The garbage collector settings").
+        self._release_gc = raise_threshold(gc_threshold() if self._tune_gc else None)
         try:
             if migrate:
                 await self.migrate()
@@ -138,6 +146,8 @@ class Store(abc.ABC):
             try:
                 await self._disconnect()
             finally:
+                if self._release_gc is not None:
+                    self._release_gc()
                 self._life.stopped()
 
     async def stop(self, mode: StopMode = "drain") -> None:
