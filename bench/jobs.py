@@ -77,6 +77,8 @@ from fiefdom.jobs import JobContext, JobEngine
 from fiefdom.storage import Job, JobOptions, Store, open_store
 
 ENQUEUE_BATCH = 1000
+# The collector's thresholds before any store of this process is open (one raises them).
+INTERPRETER_GC = gc.get_threshold()
 CLAIM_BATCH = 100
 CONCURRENCY = 200
 PROCRASTINATE_CONCURRENCY = 10
@@ -183,7 +185,7 @@ async def untuned_batch(store: Store, args: argparse.Namespace) -> float:
     otherwise."""
     batch = [Noop(n=j) for j in range(args.batch_jobs)]
     raised = gc.get_threshold()
-    gc.set_threshold(700, 10, 10)
+    gc.set_threshold(*INTERPRETER_GC)
     try:
         start = time.perf_counter()
         await store.enqueue_many(batch)
@@ -607,9 +609,8 @@ PEERS: dict[str, tuple[Any, str]] = {
     "pgqueuer": (PgQueuerPeer, "pgq_bench"),
     "procrastinate": (ProcrastinatePeer, "procrastinate_bench"),
 }
-# name: (fiefdom's figure, its system, the other's system[, the other's figure]).
+# name: (figure, numerator system, denominator system[, the denominator's figure]).
 RATIOS: dict[str, tuple[str, ...]] = {
-    # name: (figure, numerator system, denominator system)
     "drain_vs_pgqueuer": ("drain_per_s", "fiefdom_postgres", "pgqueuer"),
     "single_enqueue_vs_pgqueuer": ("single_enqueue_per_s", "fiefdom_postgres", "pgqueuer"),
     "batch_enqueue_vs_pgqueuer": ("batch_enqueue_per_s", "fiefdom_postgres", "pgqueuer"),

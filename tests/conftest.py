@@ -120,6 +120,15 @@ def _gc_thresholds_restored() -> Iterator[None]:
     gc.set_threshold(*before)
 
 
+@pytest.fixture
+def interpreter_gc_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interpreter's collector thresholds (700, 10, 10) and no FIEFDOM_GC, for a
+    test of what a system or a store changes (``_gc_thresholds_restored`` puts the
+    thresholds back after it)."""
+    monkeypatch.delenv("FIEFDOM_GC", raising=False)
+    gc.set_threshold(700, 10, 10)
+
+
 @pytest.fixture(autouse=True)
 def _no_leaked_resources(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail the test if it leaves a file descriptor (a socket, a SQLite file...), a child

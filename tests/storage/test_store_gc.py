@@ -7,7 +7,6 @@ collections."""
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,13 +20,7 @@ from fiefdom.storage import open_store
 DEFAULT = (700, 10, 10)
 
 
-@pytest.fixture(autouse=True)
-def interpreter_thresholds(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv("FIEFDOM_GC", raising=False)
-    before = gc.get_threshold()
-    gc.set_threshold(*DEFAULT)
-    yield
-    gc.set_threshold(*before)
+pytestmark = pytest.mark.usefixtures("interpreter_gc_thresholds")
 
 
 async def test_raised_while_open_and_put_back(store_url: str) -> None:

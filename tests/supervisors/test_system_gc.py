@@ -5,7 +5,6 @@ lowered, an application's own change kept, and left alone when opted out."""
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
 
 import pytest
 
@@ -15,13 +14,7 @@ from fiefdom._gc import THRESHOLD
 DEFAULT = (700, 10, 10)
 
 
-@pytest.fixture(autouse=True)
-def interpreter_thresholds(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv("FIEFDOM_GC", raising=False)
-    before = gc.get_threshold()
-    gc.set_threshold(*DEFAULT)
-    yield
-    gc.set_threshold(*before)
+pytestmark = pytest.mark.usefixtures("interpreter_gc_thresholds")
 
 
 async def test_raised_while_running_and_put_back() -> None:
