@@ -19,11 +19,13 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "daemon.md"
 
 
 def documented_metrics(text: str) -> set[str]:
-    """The metric names in the first column of the ``## Metrics`` table of ``text``."""
+    """The metric names in the first column of the ``## Metrics`` table of ``text``
+    (fiefdom's, and the process's and the interpreter's)."""
     part = ("\n" + text).split("\n## Metrics\n", 1)
     assert len(part) == 2, "docs/daemon.md has no '## Metrics' section"
     body = part[1].split("\n## ", 1)[0]
-    return set(re.findall(r"^\| `(fiefdom_[a-z0-9_]+)`", body, flags=re.MULTILINE))
+    row = r"^\| `((?:fiefdom|process|python)_[a-z0-9_]+)`"
+    return set(re.findall(row, body, flags=re.MULTILINE))
 
 
 def exported_families(exposition: str) -> dict[str, str]:
@@ -57,6 +59,8 @@ def test_every_exported_metric_is_documented(store_url: str, backend: str, tmp_p
     exposition = body.decode()
     families = exported_families(exposition)
     assert "fiefdom_jobs" in families
+    # The process's and the collector's, as a default registry exports them.
+    assert {"process_resident_memory_bytes", "python_gc_collections_total"} <= families.keys()
     if backend == "postgres":
         assert "fiefdom_store_pool_acquire_seconds" in families
     assert undocumented(exposition, DOC.read_text(encoding="utf-8")) == []

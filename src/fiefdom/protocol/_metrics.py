@@ -7,7 +7,16 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -228,6 +237,11 @@ class ControlMetrics:
             registry=self.registry,
         )
         self.registry.register(_TreeCollector(self))
+        # The process (CPU, memory, file descriptors), the interpreter and its garbage
+        # collector (collections by generation: what the raised threshold changes,
+        # fiefdom._gc), as prometheus_client's default registry would export them.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.registry.register(collector)
 
     def render(self, queues: Sequence[QueueInfo]) -> bytes:
         self.queues = queues
