@@ -6,6 +6,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import msgspec
+
+
+class StoreTimes(msgspec.Struct, frozen=True, kw_only=True):
+    """How long store operations took (an engine's claims or outcome writes, a pool's
+    acquires), as a Prometheus histogram counts them: ``buckets[i]`` is how many took
+    at most ``bounds[i]`` seconds."""
+
+    count: int
+    seconds: float
+    bounds: tuple[float, ...]
+    buckets: tuple[int, ...]
+
 
 class Durations:
     """A count of durations, their sum, and ``buckets[i]`` counting those that took
@@ -18,6 +31,11 @@ class Durations:
         self.count = 0
         self.seconds = 0.0
         self.buckets = [0] * len(self.bounds)
+
+    def snapshot(self) -> StoreTimes:
+        return StoreTimes(
+            count=self.count, seconds=self.seconds, bounds=self.bounds, buckets=tuple(self.buckets)
+        )
 
     def observe(self, took: float) -> None:
         self.count += 1

@@ -27,7 +27,7 @@ async def test_pool_settings_reach_the_connections(store_url: str) -> None:
         assert stats.size >= 2
         assert stats.waiting == 0
         assert stats.acquires >= 1
-        assert stats.acquire_buckets[-1] <= stats.acquires
+        assert stats.acquire_times.buckets[-1] <= stats.acquires
     finally:
         await store.close()
 

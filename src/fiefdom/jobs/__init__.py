@@ -8,10 +8,10 @@ internal port (``fiefdom.storage.engine_queries``), never its public face.
 partitions it may run (``fiefdom.cluster`` registers its implementation with
 ``register_ownership``)."""
 
+from .._durations import StoreTimes as StoreTimes
 from ._engine import EngineStatistics as EngineStatistics
 from ._engine import JobEngine as JobEngine
 from ._engine import QueueStatistics as QueueStatistics
-from ._engine import StoreTimes as StoreTimes
 from ._kinds import Cancel as Cancel
 from ._kinds import Discard as Discard
 from ._kinds import DomainJobContext as DomainJobContext

@@ -14,7 +14,7 @@ import anyio
 import anyio.abc
 import msgspec
 
-from .._durations import Durations
+from .._durations import StoreTimes
 from .._errors import ConfigurationError, JobError
 from .._lifecycle import Lifecycle, State
 from .._log import get_logger
@@ -48,17 +48,6 @@ class QueueStatistics(msgspec.Struct, frozen=True, kw_only=True):
     in_flight: int  # claimed and not yet recorded
     running: int  # handlers running now
     paused: bool
-
-
-class StoreTimes(msgspec.Struct, frozen=True, kw_only=True):
-    """How long an engine's claims, or its outcome writes, took (those that
-    succeeded), as a Prometheus histogram counts them: ``buckets[i]`` is how many
-    took at most ``bounds[i]`` seconds."""
-
-    count: int
-    seconds: float
-    bounds: tuple[float, ...]
-    buckets: tuple[int, ...]
 
 
 class EngineStatistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -350,8 +339,8 @@ class JobEngine(EngineRunner):
             partitions=None if core.ownership is None else core.ownership.held,
             cluster_nodes=None if core.ownership is None else len(core.ownership.live_nodes),
             cluster=None if core.ownership is None else core.ownership.view(),
-            claim_times=_store_times(core.claim_times),
-            finish_times=_store_times(core.finish_times),
+            claim_times=core.claim_times.snapshot(),
+            finish_times=core.finish_times.snapshot(),
         )
 
     @property
@@ -385,12 +374,3 @@ class JobEngine(EngineRunner):
 
     def __repr__(self) -> str:
         return f"<JobEngine {self.worker} {self._life.state}>"
-
-
-def _store_times(times: Durations) -> StoreTimes:
-    return StoreTimes(
-        count=times.count,
-        seconds=times.seconds,
-        bounds=times.bounds,
-        buckets=tuple(times.buckets),
-    )

@@ -20,10 +20,11 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from .._durations import StoreTimes
 from ..actors import ActorStatistics, DomainStatistics
 from ..jobs import JobEngine
 from ..jobs._ownership import ClusterCounters
-from ..storage._postgres_pool import ACQUIRE_BUCKETS, PoolStatistics
+from ..storage._postgres_pool import PoolStatistics
 from ..supervisors import ActorSystem, ServiceStatistics, SupervisorStatistics
 from ._replies import QueueInfo
 
@@ -131,9 +132,7 @@ class _TreeCollector(Collector):
                 labels=["operation"],
             )
             for operation, times in (("claim", stats.claim_times), ("finish", stats.finish_times)):
-                took.add_metric(
-                    [operation], _buckets(times.bounds, times.buckets, times.count), times.seconds
-                )
+                took.add_metric([operation], _buckets(times), times.seconds)
             yield took
             if stats.partitions is not None:
                 held = GaugeMetricFamily(
@@ -268,16 +267,14 @@ def _pool_metrics(stats: PoolStatistics) -> Iterator[GaugeMetricFamily | Histogr
     acquire = HistogramMetricFamily(
         "fiefdom_store_pool_acquire_seconds", "Time taken to get a connection from the pool"
     )
-    acquire.add_metric(
-        [], _buckets(ACQUIRE_BUCKETS, stats.acquire_buckets, stats.acquires), stats.acquire_seconds
-    )
+    acquire.add_metric([], _buckets(stats.acquire_times), stats.acquire_times.seconds)
     yield acquire
 
 
-def _buckets(bounds: Sequence[float], counts: Sequence[int], total: int) -> list[tuple[str, float]]:
-    """A histogram's cumulative buckets (``counts[i]``: at most ``bounds[i]``), with
+def _buckets(times: StoreTimes) -> list[tuple[str, float]]:
+    """A histogram's cumulative buckets (``buckets[i]``: at most ``bounds[i]``), with
     +Inf holding every observation, as ``HistogramMetricFamily`` takes them."""
     return [
-        *((f"{bound:g}", count) for bound, count in zip(bounds, counts, strict=True)),
-        ("+Inf", total),
+        *((f"{bound:g}", count) for bound, count in zip(times.bounds, times.buckets, strict=True)),
+        ("+Inf", times.count),
     ]

@@ -15,7 +15,7 @@ import anyio
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from .._durations import Durations
+from .._durations import Durations, StoreTimes
 from .._errors import StoreError, StoreUnavailable
 from .._log import get_logger
 from ._store import Store, Transaction, read_only_write
@@ -128,16 +128,18 @@ ACQUIRE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 @dataclasses.dataclass(frozen=True, slots=True)
 class PoolStatistics:
     """A PostgreSQL store's connection pool: its size, the connections in use, the
-    callers waiting for one, and how long getting one took (``acquire_buckets[i]``
-    counts the acquires that took at most ``ACQUIRE_BUCKETS[i]`` seconds)."""
+    callers waiting for one, and how long getting one took (``acquire_times``, over
+    ``ACQUIRE_BUCKETS``)."""
 
     max_size: int
     size: int
     in_use: int
     waiting: int
-    acquires: int
-    acquire_seconds: float
-    acquire_buckets: tuple[int, ...]
+    acquire_times: StoreTimes
+
+    @property
+    def acquires(self) -> int:
+        return self.acquire_times.count
 
 
 class PostgresPool(Store):
@@ -197,9 +199,7 @@ class PostgresPool(Store):
             size=size,
             in_use=in_use,
             waiting=self._waiting,
-            acquires=self._acquire_times.count,
-            acquire_seconds=self._acquire_times.seconds,
-            acquire_buckets=tuple(self._acquire_times.buckets),
+            acquire_times=self._acquire_times.snapshot(),
         )
 
     # -- lifecycle -------------------------------------------------------------------
