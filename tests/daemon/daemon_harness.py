@@ -61,6 +61,20 @@ burst = 100000
     return path
 
 
+_LIMITED = (
+    "import os, resource, sys; "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2]))); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[3:]])"
+)
+
+
+def with_open_files(command: list[str], soft: int, hard: int) -> list[str]:
+    """``command`` (a Python one, ``sys.executable`` first) run with its limit on open
+    files set to ``soft`` and ``hard`` (a process may lower its hard limit, not raise it)."""
+    assert command[0] == sys.executable
+    return [sys.executable, "-c", _LIMITED, str(soft), str(hard), *command[1:]]
+
+
 class DaemonProcess:
     """One daemon subprocess; ``start()`` returns once ``/readyz`` answers 200."""
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -18,17 +19,23 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from daemon_harness import READY_DEADLINE, DaemonProcess, write_config
+from daemon_harness import READY_DEADLINE, DaemonProcess, with_open_files, write_config
 
 EXIT_STARTUP = 2
 
 
 def serve(
-    config: Path, *options: str, unprivileged: bool = False
+    config: Path,
+    *options: str,
+    unprivileged: bool = False,
+    open_files: tuple[int, int] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m fiefdom serve --config config`` to its end. ``unprivileged``:
-    without the power to ignore file permissions (root's, when the tests run as root)."""
+    without the power to ignore file permissions (root's, when the tests run as root);
+    ``open_files``: with that (soft, hard) limit on open files."""
     command = [sys.executable, "-m", "fiefdom", "serve", "--config", str(config), *options]
+    if open_files is not None:
+        command = with_open_files(command, *open_files)
     if unprivileged and os.geteuid() == 0:
         setpriv = shutil.which("setpriv")
         if setpriv is None:
@@ -225,6 +232,57 @@ def test_a_start_up_failure_is_one_line_exit_2_and_creates_nothing(
     assert (result.returncode, result.stderr) == (EXIT_STARTUP, f"fiefdom: error: {expected}\n")
     assert result.stdout == ""
     assert snapshot(folder) == before
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_a_hard_limit_on_open_files_below_the_control_ports_needs_is_refused(
+    tmp_path: Path, tls: bool
+) -> None:
+    """A daemon that may open 150 files (hard limit) with 81 + 6 control connections
+    (80 + 6 and its own 64 would just fit) refuses to start in
+    one line naming the figures and the setting; over TLS, handshakes count twice."""
+    folder = tmp_path.resolve()
+    control = "max_http_connections = 81\nprobe_connections = 6"
+    if tls:
+        # Checked before the certificate is read: these files need not exist.
+        control += '\ntls_cert = "cert.pem"\ntls_key = "key.pem"'
+    config = write_config(folder, control=control)
+    before = snapshot(folder)
+    result = serve(config, open_files=(150, 150))
+    needed = 87 * (2 if tls else 1) + 64
+    twice = "twice those for TLS handshakes, " if tls else ""
+    assert (result.returncode, result.stderr) == (
+        EXIT_STARTUP,
+        "fiefdom: error: control.max_http_connections: 81 connections and 6 "
+        f"probe_connections need {needed} open files ({twice}with the daemon's own 64), "
+        "and this process may open 150 (ulimit -Hn); lower control.max_http_connections, "
+        "or raise the limit (LimitNOFILE= in a systemd unit)\n",
+    )
+    assert snapshot(folder) == before
+
+
+def test_a_soft_limit_on_open_files_below_the_control_ports_needs_is_raised(
+    tmp_path: Path,
+) -> None:
+    """A daemon whose soft limit (100) is below what 21 + 16 control connections and its
+    own 64 files need raises it to the hard limit, says so once in its log, and serves."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    control = "max_http_connections = 21\nprobe_connections = 16"
+
+    class Limited(DaemonProcess):
+        def command(self) -> list[str]:
+            return with_open_files(super().command(), 100, hard)
+
+    with Limited(write_config(tmp_path, control=control)) as daemon:
+        assert daemon.proc is not None
+        limits = Path(f"/proc/{daemon.proc.pid}/limits").read_text()
+        row = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+        assert row.split()[3:5] == [str(hard), str(hard)], row
+        log = daemon.log()
+        assert log.count("raised the limit on open files to the hard limit") == 1, log
+        assert f"after={hard}" in log, log
+        assert "before=100" in log, log
+        assert daemon.http("/readyz")[0] == 200
 
 
 def test_debug_adds_the_traceback_before_the_line(tmp_path: Path) -> None:

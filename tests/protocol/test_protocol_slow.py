@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
+import pytest
 from daemon_harness import DaemonProcess, write_config
 
 from fiefdom.protocol._admission import RepeatFilter
@@ -96,13 +97,55 @@ async def test_health_answers_while_hundreds_of_slow_sockets_are_open(tmp_path: 
         daemon.stop()
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "auto"])
+async def test_a_stalled_daemon_flooded_with_connections_stays_within_its_open_files(
+    tmp_path: Path, loop: str
+) -> None:
+    """A daemon that may open 256 files is stopped (SIGSTOP) while 600 sockets connect
+    and send half a request: resumed, it finds a full backlog with hundreds more behind
+    it. It accepts one connection at a time and admits it (closing the oldest idle one)
+    before the next, so no accept() fails for want of file descriptors, and /healthz
+    answers. (Accepted in the event loop's own bursts, asyncio's held ~3 backlogs of
+    sockets at once and ran out of them.)"""
+    control = "header_timeout = 600.0\nmax_http_connections = 50\nprobe_connections = 5"
+    daemon = DaemonProcess(write_config(tmp_path, control=control, loop=loop))
+    with _open_files(256):  # the daemon inherits the limit
+        daemon.start()
+    host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
+    writers: list[asyncio.StreamWriter] = []
+
+    async def connect() -> None:
+        _, writer = await asyncio.open_connection(host, int(port))
+        writers.append(writer)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        await writer.drain()
+
+    try:
+        with _open_files(4096):
+            daemon.signal(signal.SIGSTOP)
+            try:
+                flood = [asyncio.create_task(connect()) for _ in range(600)]
+                # The backlog is full once the kernel lists a hundred connections.
+                await anyio.to_thread.run_sync(_wait_established, daemon, 100)
+            finally:
+                daemon.signal(signal.SIGCONT)
+            with anyio.fail_after(GUARD):
+                await asyncio.gather(*flood)
+            status, body = await anyio.to_thread.run_sync(daemon.http, "/healthz", None)
+            assert status == 200, body
+            for writer in writers:
+                writer.close()
+        assert "Too many open files" not in daemon.log()
+    finally:
+        daemon.stop()
+
+
 async def test_a_probe_accepted_in_one_burst_behind_slow_sockets_is_answered(
     tmp_path: Path,
 ) -> None:
     """A probe queued behind 100 slow sockets in the listen backlog (the daemon stopped
-    with SIGSTOP while they connect) is accepted in the same burst as them, when none is
-    listed by the server yet: it still closes the oldest of them and is answered (on
-    asyncio's loop, which accepts a backlog in one burst of tasks)."""
+    with SIGSTOP while they connect) is accepted right after them, when the server may
+    not list the last of them yet: it still closes the oldest of them and is answered."""
     control = "header_timeout = 600.0\nmax_http_connections = 50\nprobe_connections = 5"
     partial = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
     answers: list[tuple[int, bytes]] = []

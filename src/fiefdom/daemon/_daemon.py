@@ -309,6 +309,14 @@ class Daemon:
         try:
             config = self.config
             prepared = prepare(config)
+            if prepared.open_files_raised is not None:
+                before, after = prepared.open_files_raised
+                log.info(
+                    "raised the limit on open files to the hard limit",
+                    before=before,
+                    after=after,
+                    needed_by="control.max_http_connections",
+                )
             self._lock = prepared.lock
             self.tls = prepared.tls
             prepared.lock.acquire()

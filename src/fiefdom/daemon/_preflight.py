@@ -6,11 +6,13 @@ as it was, and its error is one line naming the setting to change."""
 from __future__ import annotations
 
 import errno
+import resource
 import socket
 from dataclasses import dataclass
 
 from .._errors import ConfigurationError, FiefdomError
 from ..protocol import ControlSettings
+from ..protocol._listener import bind
 from ._config import Config
 from ._datadir import DataDirLock, check_data_dir
 from ._modules import UserModule, import_modules
@@ -29,6 +31,8 @@ class Prepared:
     modules: list[UserModule]
     lock: DataDirLock
     tls: ServerTLS | None
+    # The soft limit on open files, before and after it was raised (None: left as it was).
+    open_files_raised: tuple[int, int] | None = None
 
 
 def prepare(config: Config) -> Prepared:
@@ -40,6 +44,7 @@ def prepare(config: Config) -> Prepared:
     lock.acquire_existing()
     try:
         check_listen(config.control)
+        raised = check_open_files(config.control)
         configured_credentials(config)
         tls = server_tls(config)
         try:
@@ -50,7 +55,7 @@ def prepare(config: Config) -> Prepared:
     except BaseException:
         lock.release()
         raise
-    return Prepared(store, modules, lock, tls)
+    return Prepared(store, modules, lock, tls, raised)
 
 
 def check_listen(settings: ControlSettings) -> None:
@@ -64,16 +69,41 @@ def check_listen(settings: ControlSettings) -> None:
             f"control.listen: cannot resolve {host!r}: {exc.strerror}; set control.listen "
             "to an address of this machine"
         ) from None
-    for family, kind, proto, _, address in dict.fromkeys(addresses):
-        with socket.socket(family, kind, proto) as sock:
-            # The options asyncio's create_server sets, so that the answer is the same.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                sock.bind(address)
-            except OSError as exc:
-                raise ConfigurationError(listen_error(exc, settings)) from None
+    try:
+        sockets = bind(addresses, None)  # as the control server will
+    except OSError as exc:
+        raise ConfigurationError(listen_error(exc, settings)) from None
+    for sock in sockets:
+        sock.close()
+
+
+# Files kept for what is not a control connection: the store's connections and files,
+# the log, the event loop, a handler's files.
+OPEN_FILES_RESERVE = 64
+
+
+def check_open_files(settings: ControlSettings) -> tuple[int, int] | None:
+    """Make sure the process may open the control port's connections and then some:
+    a soft limit below that is raised to the hard one (returned, before and after);
+    a hard limit below it is refused, naming both settings."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    connections = settings.max_http_connections + settings.probe_connections
+    # TLS handshakes under way are at most as many again (see protocol._listener).
+    needed = connections * (2 if settings.tls else 1) + OPEN_FILES_RESERVE
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return None
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise ConfigurationError(
+            f"control.max_http_connections: {settings.max_http_connections} connections "
+            f"and {settings.probe_connections} probe_connections need {needed} open files "
+            f"({'twice those for TLS handshakes, ' if settings.tls else ''}"
+            f"with the daemon's own {OPEN_FILES_RESERVE}), and this process may open "
+            f"{hard} (ulimit -Hn); lower control.max_http_connections, or raise the limit "
+            "(LimitNOFILE= in a systemd unit)"
+        )
+    raised = needed if hard == resource.RLIM_INFINITY else hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+    return soft, raised
 
 
 def listen_error(exc: OSError, settings: ControlSettings) -> str:

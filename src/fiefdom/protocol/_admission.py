@@ -5,7 +5,8 @@ cannot use up the daemon's file descriptors nor lock out its health probes:
   past it closes the oldest connection with no request under way (one still
   sending its headers, or idle between requests), else it may only probe:
   ``probe_connections`` more are kept for ``/healthz`` and ``/readyz``, and past
-  those a connection is answered 503 and closed at once;
+  those a connection is answered 503 and closed at once (accepted one at a time,
+  see ``_listener``, so that no burst of accepts holds more sockets than that);
 - ``RepeatFilter``: a storm of one error (``accept()`` failing with EMFILE, say)
   is logged once per interval with a count, not once per occurrence.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -23,6 +25,8 @@ from typing import Final
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from ._listener import Listener, bind
+
 PROBES: Final = frozenset({"/healthz", "/readyz"})
 _REFUSAL: Final = (
     b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
@@ -30,7 +34,13 @@ _REFUSAL: Final = (
     b'{"code": "unavailable", "message": "too many connections"}      '
 )
 # The loggers of the libraries that log per connection or per accept().
-_LIBRARY_LOGGERS: Final = ("asyncio", "aiohttp.server", "aiohttp.web", "aiohttp.websocket")
+_LIBRARY_LOGGERS: Final = (
+    "asyncio",
+    "fiefdom.control.accept",
+    "aiohttp.server",
+    "aiohttp.web",
+    "aiohttp.websocket",
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -76,9 +86,9 @@ class Admission:
             self._probe_only &= known
             count = len(live) + len(self._pending) - len(self._closing)
             if count >= self.limit:
-                # The oldest first: those the server lists, then those made in this
-                # burst of accepts (a backlog is accepted many at a time, and a probe
-                # queued behind slow sockets must still find one to close).
+                # The oldest first: those the server lists, then those made since
+                # (one per listening socket: each accepts one connection at a time,
+                # and a probe behind slow sockets must still find one to close).
                 idle = next(
                     (
                         h
@@ -159,17 +169,26 @@ class CappedSite(web.TCPSite):
         await web.BaseSite.start(self)
         server = self._runner.server
         assert server is not None
-        self._server = await asyncio.get_running_loop().create_server(
-            self._admission.factory(server),
-            self._host,
-            self._port,
-            backlog=self._backlog,
-            reuse_address=self._reuse_address,
-            ssl=self._ssl_context,
-            ssl_handshake_timeout=self._handshake_timeout,
+        loop = asyncio.get_running_loop()
+        addresses = await loop.getaddrinfo(
+            self._host, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
-        sockets = self._server.sockets
+        listener = Listener(
+            bind(addresses, self._backlog),
+            self._admission.factory(server),
+            ssl_context=self._ssl_context,
+            handshake_timeout=self._handshake_timeout,
+            max_handshakes=self._admission.limit + self._admission.probes,
+        )
+        self._server = listener  # what BaseSite.stop closes
+        sockets = listener.sockets
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
+
+    async def stop(self) -> None:
+        listener = self._server
+        await super().stop()
+        if listener is not None:
+            await listener.wait_closed()  # the accept loops and handshakes are over
 
 
 class RepeatFilter(logging.Filter):

@@ -1,0 +1,146 @@
+"""The control port's accept loop on real sockets: a connection waiting while the
+process has no file descriptor left is accepted once one is free, the failure
+logged meanwhile; a TLS handshake past the limit cuts off the oldest one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import resource
+import socket
+import ssl
+from collections.abc import Iterator
+
+import anyio
+import trustme
+
+from fiefdom.protocol._listener import Listener, bind
+
+GUARD = 30.0  # a hang guard, never a speed requirement
+
+
+class Made(asyncio.Protocol):
+    """Hands over the connections made, and says when they are gone."""
+
+    made: asyncio.Queue[asyncio.BaseTransport]
+    lost: asyncio.Queue[None]
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.made, cls.lost = asyncio.Queue(), asyncio.Queue()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        Made.made.put_nowait(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        Made.lost.put_nowait(None)
+
+
+class Signal(logging.Handler):
+    """Sets ``event`` on a record of its logger."""
+
+    def __init__(self, event: asyncio.Event) -> None:
+        super().__init__()
+        self.event = event
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+        self.event.set()
+
+
+@contextlib.contextmanager
+def _no_file_descriptor_left() -> Iterator[list[int]]:
+    """Every file descriptor this process may open, open (the soft limit lowered to
+    just past the highest one in use, the gaps filled); yields those it opened."""
+    before, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    held: list[int] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(os.dup(0))
+        yield held
+    finally:
+        for fd in held:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (before, hard))
+
+
+async def test_a_connection_waiting_while_no_descriptor_is_left_is_accepted_once_one_is() -> None:
+    loop = asyncio.get_running_loop()
+    addresses = await loop.getaddrinfo("127.0.0.1", 0, type=socket.SOCK_STREAM)
+    sockets = bind(addresses, 8)
+    Made.reset()
+    failed = asyncio.Event()
+    signal = Signal(failed)
+    logger = logging.getLogger("fiefdom.control.accept")
+    logger.addHandler(signal)
+    # In the backlog before the listener runs: connected as far as the client knows.
+    client = socket.create_connection(sockets[0].getsockname()[:2])
+    listener: Listener | None = None
+    try:
+        with _no_file_descriptor_left() as held:
+            listener = Listener(
+                sockets, Made, ssl_context=None, handshake_timeout=None, max_handshakes=1
+            )
+            with anyio.fail_after(GUARD):
+                await failed.wait()
+            assert Made.made.empty()
+            os.close(held.pop())  # one descriptor free
+            with anyio.fail_after(GUARD):
+                transport = await Made.made.get()
+        assert "accepting a connection failed: Too many open files" in signal.messages
+        transport.close()
+    finally:
+        logger.removeHandler(signal)
+        client.close()
+        if listener is not None:
+            listener.close()
+            await listener.wait_closed()
+        for sock in sockets:
+            sock.close()
+
+
+async def test_past_its_handshakes_the_listener_cuts_off_the_oldest_one() -> None:
+    """With two TLS handshakes allowed, a third connection that sends nothing closes
+    the oldest silent one (its client reads the end), and the second one, still
+    waiting, completes its handshake when it starts one."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    loop = asyncio.get_running_loop()
+    sockets = bind(await loop.getaddrinfo("127.0.0.1", 0, type=socket.SOCK_STREAM), 8)
+    host, port = sockets[0].getsockname()[:2]
+    Made.reset()
+    listener = Listener(
+        sockets, Made, ssl_context=server_context, handshake_timeout=600.0, max_handshakes=2
+    )
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        with anyio.fail_after(GUARD):
+            for _ in range(3):
+                reader, writer = await asyncio.open_connection(host, port)
+                writers.append(writer)
+                if len(writers) == 1:
+                    oldest = reader
+            assert await oldest.read() == b""  # closed when the third one came
+            await writers[1].start_tls(client_context, server_hostname="127.0.0.1")
+            transport = await Made.made.get()
+            transport.close()
+            await Made.lost.get()
+    finally:
+        for writer in writers:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        listener.close()
+        await listener.wait_closed()
+        for sock in sockets:
+            sock.close()
