@@ -1,6 +1,7 @@
 """The control port's accept loop on real sockets: a connection waiting while the
 process has no file descriptor left is accepted once one is free, the failure
-logged meanwhile; a TLS handshake past the limit cuts off the oldest one."""
+logged meanwhile; TLS handshakes past the limit cut off the oldest ones, even in one
+burst; a connection whose admission fails is closed and the port goes on."""
 
 from __future__ import annotations
 
@@ -106,10 +107,11 @@ async def test_a_connection_waiting_while_no_descriptor_is_left_is_accepted_once
             sock.close()
 
 
-async def test_past_its_handshakes_the_listener_cuts_off_the_oldest_one() -> None:
-    """With two TLS handshakes allowed, a third connection that sends nothing closes
-    the oldest silent one (its client reads the end), and the second one, still
-    waiting, completes its handshake when it starts one."""
+async def test_past_its_handshakes_the_listener_cuts_off_the_oldest_ones() -> None:
+    """With two TLS handshakes allowed, five connections that send nothing, all in the
+    backlog when the listener starts, leave the two newest: the three oldest are closed
+    (their clients read the end), and the fourth completes its handshake when it
+    starts one."""
     ca = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_context)
@@ -119,28 +121,65 @@ async def test_past_its_handshakes_the_listener_cuts_off_the_oldest_one() -> Non
     sockets = bind(await loop.getaddrinfo("127.0.0.1", 0, type=socket.SOCK_STREAM), 8)
     host, port = sockets[0].getsockname()[:2]
     Made.reset()
+    clients = [await asyncio.open_connection(host, port) for _ in range(5)]
     listener = Listener(
         sockets, Made, ssl_context=server_context, handshake_timeout=600.0, max_handshakes=2
     )
-    writers: list[asyncio.StreamWriter] = []
     try:
         with anyio.fail_after(GUARD):
-            for _ in range(3):
-                reader, writer = await asyncio.open_connection(host, port)
-                writers.append(writer)
-                if len(writers) == 1:
-                    oldest = reader
-            assert await oldest.read() == b""  # closed when the third one came
-            await writers[1].start_tls(client_context, server_hostname="127.0.0.1")
+            for reader, _ in clients[:3]:
+                assert await reader.read() == b""
+            await clients[3][1].start_tls(client_context, server_hostname="127.0.0.1")
             transport = await Made.made.get()
             transport.close()
             await Made.lost.get()
     finally:
+        for _, writer in clients:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        listener.close()
+        await listener.wait_closed()
+
+
+async def test_a_connection_whose_admission_fails_is_closed_and_the_next_one_served() -> None:
+    """A bug admitting one connection (``admit`` raises) closes that connection and
+    logs it; the listener goes on and serves the next one."""
+    loop = asyncio.get_running_loop()
+    sockets = bind(await loop.getaddrinfo("127.0.0.1", 0, type=socket.SOCK_STREAM), 8)
+    host, port = sockets[0].getsockname()[:2]
+    Made.reset()
+    calls = 0
+
+    def admit() -> asyncio.BaseProtocol:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a broken admission")
+        return Made()
+
+    logged = asyncio.Event()
+    signal = Signal(logged)
+    logger = logging.getLogger("fiefdom.control.accept")
+    logger.addHandler(signal)
+    listener = Listener(sockets, admit, ssl_context=None, handshake_timeout=None, max_handshakes=1)
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        with anyio.fail_after(GUARD):
+            first, writer = await asyncio.open_connection(host, port)
+            writers.append(writer)
+            assert await first.read() == b""
+            _, writer = await asyncio.open_connection(host, port)
+            writers.append(writer)
+            transport = await Made.made.get()
+            transport.close()
+            await Made.lost.get()
+        assert signal.messages == ["admitting an accepted connection failed"]
+    finally:
+        logger.removeHandler(signal)
         for writer in writers:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
         listener.close()
         await listener.wait_closed()
-        for sock in sockets:
-            sock.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import socket
 import ssl
@@ -73,7 +74,12 @@ class Listener(asyncio.AbstractServer):
         # Oldest first (dicts keep their order): the one cut off when there are too many.
         self._handshakes: dict[asyncio.Task[None], None] = {}
         self._loop = asyncio.get_running_loop()
-        self._loops = [asyncio.create_task(self._accept(sock)) for sock in sockets]
+        self._loops: list[asyncio.Task[None]] = []
+        for sock in sockets:
+            task = asyncio.create_task(self._accept(sock))
+            # Closed once its loop is over: not while the loop still waits on it.
+            task.add_done_callback(functools.partial(_close, sock))
+            self._loops.append(task)
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
         return self._loop
@@ -91,8 +97,6 @@ class Listener(asyncio.AbstractServer):
         """Stop accepting and close the listening sockets (admitted connections stay)."""
         for task in (*self._loops, *self._handshakes):
             task.cancel()
-        for sock in self.sockets:
-            sock.close()
 
     async def wait_closed(self) -> None:
         await asyncio.gather(*self._loops, *self._handshakes, return_exceptions=True)
@@ -110,20 +114,34 @@ class Listener(asyncio.AbstractServer):
                 _log.error("accepting a connection failed: %s", exc.strerror or exc)
                 await asyncio.sleep(ACCEPT_RETRY_DELAY)
                 continue
-            protocol = self._admit()
+            try:
+                protocol = self._admit()
+            except Exception:
+                conn.close()  # a bug, but one connection's: the port goes on accepting
+                _log.exception("admitting an accepted connection failed")
+                continue
             if self._ssl is None:
                 await _connect(loop, conn, protocol, None, None)
                 continue
-            if len(self._handshakes) >= self._max_handshakes:
-                next(iter(self._handshakes)).cancel()  # the oldest; it closes its socket
             task = asyncio.create_task(
                 _connect(loop, conn, protocol, self._ssl, self._handshake_timeout)
             )
             self._handshakes[task] = None
-            task.add_done_callback(self._handshake_done)
+            task.add_done_callback(functools.partial(self._handshake_done, conn))
+            if len(self._handshakes) > self._max_handshakes:
+                oldest = next(iter(self._handshakes))
+                del self._handshakes[oldest]
+                oldest.cancel()
+                await asyncio.sleep(0)  # its socket closed before the next accept
 
-    def _handshake_done(self, task: asyncio.Task[None]) -> None:
-        del self._handshakes[task]
+    def _handshake_done(self, conn: socket.socket, task: asyncio.Task[None]) -> None:
+        self._handshakes.pop(task, None)
+        if task.cancelled():
+            conn.close()  # a task cancelled before it ran has not closed it
+
+
+def _close(sock: socket.socket, _: object) -> None:
+    sock.close()
 
 
 async def _connect(
@@ -141,6 +159,9 @@ async def _connect(
         )
     except OSError:  # refused, reset, timed out, a bad handshake
         conn.close()  # the client's failure, not the daemon's
+    except Exception:
+        conn.close()  # a bug, but one connection's: the port goes on accepting
+        _log.exception("setting up an accepted connection failed")
     except BaseException:
         conn.close()
         raise
