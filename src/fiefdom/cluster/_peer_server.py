@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import socket
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any, Protocol, cast
 
@@ -20,6 +20,7 @@ from .._log import get_logger
 from ..actors import Domain, Request
 from ..actors._cell import forwarded_from
 from ..jobs._kinds import safe_text
+from ..protocol._admission import Admission, CappedSite
 from ._peer_link import Outbox
 from ._peer_wire import (
     DECODER,
@@ -51,34 +52,57 @@ log = get_logger("fiefdom.cluster")
 _TEXT_LIMIT = 2000
 
 
+# A node has one link to each other node (and a few more while links are made again):
+# far more connections are a flood. Past this, a newcomer closes the oldest one with
+# no link up on it, as on the control port (protocol._admission).
+MAX_PEER_CONNECTIONS = 256
+# Seconds a connection has to send its request's headers (an idle one is closed too).
+PEER_HEADER_TIMEOUT = 10.0
+
+
 class PeerServer:
-    def __init__(self, peers: PeerHost) -> None:
+    """Serves the cluster's other nodes: one websocket link per node, behind the same
+    admission as the control port, so that sockets which never present the secret
+    (slow, idle or many) cannot use up the node's file descriptors nor lock its peers
+    out."""
+
+    def __init__(
+        self,
+        peers: PeerHost,
+        *,
+        max_connections: int = MAX_PEER_CONNECTIONS,
+        header_timeout: float = PEER_HEADER_TIMEOUT,
+    ) -> None:
         self._peers = peers
         self._runner: web.AppRunner | None = None
         self._sockets: set[web.WebSocketResponse] = set()
+        self._header_timeout = header_timeout
+        # Connections closed or refused by admission, by reason.
+        self.refused: Counter[str] = Counter()
+        self._admission = Admission(max_connections, 0, self._refused)
+
+    def _refused(self, reason: str) -> None:
+        self.refused[reason] += 1
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port``; returns the port bound (``port`` 0: any free one)."""
-        app = web.Application()
+        app = web.Application(middlewares=[self._admission.middleware])
         app.router.add_get(PEER_PATH, self._serve)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=None,
+            keepalive_timeout=self._header_timeout,
+        )
         await runner.setup()
+        site = CappedSite(runner, host, port, self._admission)
         try:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind((host, port))
-            except BaseException:
-                sock.close()
-                raise
-            await web.SockSite(runner, sock).start()
+            await site.start()
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
-        bound: int = sock.getsockname()[1]
-        return bound
+        return site.port
 
     async def stop(self) -> None:
         for ws in list(self._sockets):
