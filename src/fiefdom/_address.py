@@ -1,9 +1,22 @@
 """``host_port``: a ``HOST:PORT`` setting read once, for every listener of the
-project (the control server, a cluster node's peer server)."""
+project (the control server, a cluster node's peer server); ``is_loopback``."""
 
 from __future__ import annotations
 
+import ipaddress
+
 from ._errors import ConfigurationError
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (``localhost`` counts as one, any other
+    host name as not one): only this machine can reach it."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def host_port(address: str, setting: str, example: str) -> tuple[str, int]:

@@ -234,27 +234,47 @@ def test_a_start_up_failure_is_one_line_exit_2_and_creates_nothing(
     assert snapshot(folder) == before
 
 
-@pytest.mark.parametrize("tls", [False, True])
-def test_a_hard_limit_on_open_files_below_the_control_ports_needs_is_refused(
-    tmp_path: Path, tls: bool
-) -> None:
-    """A daemon that may open 150 files (hard limit) with 81 + 6 control connections
-    (80 + 6 and its own 64 would just fit) refuses to start in
-    one line naming the figures and the setting; over TLS, handshakes count twice."""
-    folder = tmp_path.resolve()
-    control = "max_http_connections = 81\nprobe_connections = 6"
-    if tls:
+# (control settings, [cluster] listen, files needed, what the line says they are for)
+OPEN_FILES_CASES = {
+    "plain": ("max_http_connections = 81", "127.0.0.1:0", 81 + 6 + 64, ""),
+    "tls": (
         # Checked before the certificate is read: these files need not exist.
-        control += '\ntls_cert = "cert.pem"\ntls_key = "key.pem"'
-    config = write_config(folder, control=control)
+        'max_http_connections = 81\ntls_cert = "cert.pem"\ntls_key = "key.pem"',
+        "127.0.0.1:0",
+        2 * (81 + 6) + 64,
+        "twice those for TLS handshakes, ",
+    ),
+    "peers-off-loopback": (
+        "max_http_connections = 10",
+        "0.0.0.0:0",
+        10 + 6 + 256 + 64,
+        "256 for the cluster's peers on 0.0.0.0:0, ",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", OPEN_FILES_CASES.values(), ids=OPEN_FILES_CASES.keys())
+def test_a_hard_limit_on_open_files_below_the_listeners_needs_is_refused(
+    tmp_path: Path, case: tuple[str, str, int, str]
+) -> None:
+    """A daemon that may open 150 files (hard limit) refuses to start in one line
+    naming the figures and the setting when its listeners need more: 81 + 6 control
+    connections (80 + 6 and its own 64 would just fit), twice those over TLS, or 10 + 6
+    and the peer server's 256 when the cluster listens off loopback."""
+    control, peers, needed, more = case
+    folder = tmp_path.resolve()
+    config = write_config(
+        folder,
+        control=control + "\nprobe_connections = 6",
+        extra=f'[cluster]\nlisten = "{peers}"',
+    )
     before = snapshot(folder)
     result = serve(config, open_files=(150, 150))
-    needed = 87 * (2 if tls else 1) + 64
-    twice = "twice those for TLS handshakes, " if tls else ""
+    connections = control.split("\n")[0].split(" = ")[1]
     assert (result.returncode, result.stderr) == (
         EXIT_STARTUP,
-        "fiefdom: error: control.max_http_connections: 81 connections and 6 "
-        f"probe_connections need {needed} open files ({twice}with the daemon's own 64), "
+        f"fiefdom: error: control.max_http_connections: {connections} connections and 6 "
+        f"probe_connections need {needed} open files (with {more}the daemon's own 64), "
         "and this process may open 150 (ulimit -Hn); lower control.max_http_connections, "
         "or raise the limit (LimitNOFILE= in a systemd unit)\n",
     )

@@ -10,7 +10,9 @@ import resource
 import socket
 from dataclasses import dataclass
 
+from .._address import host_port, is_loopback
 from .._errors import ConfigurationError, FiefdomError
+from ..cluster._peer_server import MAX_PEER_CONNECTIONS
 from ..protocol import ControlSettings
 from ..protocol._listener import bind
 from ._config import Config
@@ -44,7 +46,7 @@ def prepare(config: Config) -> Prepared:
     lock.acquire_existing()
     try:
         check_listen(config.control)
-        raised = check_open_files(config.control)
+        raised = check_open_files(config)
         configured_credentials(config)
         tls = server_tls(config)
         try:
@@ -82,24 +84,32 @@ def check_listen(settings: ControlSettings) -> None:
 OPEN_FILES_RESERVE = 64
 
 
-def check_open_files(settings: ControlSettings) -> tuple[int, int] | None:
-    """Make sure the process may open the control port's connections and then some:
-    a soft limit below that is raised to the hard one (returned, before and after);
-    a hard limit below it is refused, naming both settings."""
+def check_open_files(config: Config) -> tuple[int, int] | None:
+    """Make sure the process may open the control port's connections (and the peer
+    server's, when it listens off loopback) and then some: a soft limit below that is
+    raised to the hard one (returned, before and after); a hard limit below it is
+    refused, naming the settings."""
+    control = config.control
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    connections = settings.max_http_connections + settings.probe_connections
+    connections = control.max_http_connections + control.probe_connections
     # TLS handshakes under way are at most as many again (see protocol._listener).
-    needed = connections * (2 if settings.tls else 1) + OPEN_FILES_RESERVE
+    needed = connections * (2 if control.tls else 1) + OPEN_FILES_RESERVE
+    parts = ["twice those for TLS handshakes"] if control.tls else []
+    peer_host, _ = host_port(config.cluster.listen, "cluster.listen", "127.0.0.1:7001")
+    if not is_loopback(peer_host):
+        # Only this machine can flood a loopback peer server: one of many ways it could.
+        needed += MAX_PEER_CONNECTIONS
+        parts.append(f"{MAX_PEER_CONNECTIONS} for the cluster's peers on {config.cluster.listen}")
+    parts.append(f"the daemon's own {OPEN_FILES_RESERVE}")
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return None
     if hard != resource.RLIM_INFINITY and hard < needed:
         raise ConfigurationError(
-            f"control.max_http_connections: {settings.max_http_connections} connections "
-            f"and {settings.probe_connections} probe_connections need {needed} open files "
-            f"({'twice those for TLS handshakes, ' if settings.tls else ''}"
-            f"with the daemon's own {OPEN_FILES_RESERVE}), and this process may open "
-            f"{hard} (ulimit -Hn); lower control.max_http_connections, or raise the limit "
-            "(LimitNOFILE= in a systemd unit)"
+            f"control.max_http_connections: {control.max_http_connections} connections "
+            f"and {control.probe_connections} probe_connections need {needed} open files "
+            f"(with {', '.join(parts)}), and this process may open {hard} (ulimit -Hn); "
+            "lower control.max_http_connections, or raise the limit (LimitNOFILE= in a "
+            "systemd unit)"
         )
     raised = needed if hard == resource.RLIM_INFINITY else hard
     resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))

@@ -4,14 +4,13 @@ configuration) and the tokens it accepts."""
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
 import msgspec
 
-from .._address import host_port
+from .._address import host_port, is_loopback
 from ._messages import Role
 
 # Bounds checked when the configuration is decoded; the message names the key.
@@ -97,13 +96,7 @@ class ControlSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def loopback(self) -> bool:
         """Whether ``listen`` is a loopback address (``localhost`` counts as one, any
         other host name as not one): only this machine can reach it."""
-        host, _ = self.host_port()
-        if host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
+        return is_loopback(self.host_port()[0])
 
     @property
     def tls(self) -> bool:
