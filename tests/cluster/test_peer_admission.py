@@ -1,7 +1,8 @@
-"""The peer server's admission, on real sockets: sockets that never present the
-cluster's secret (sending half a request, or nothing) are closed oldest first once
-there are too many, a peer's link stays up and answers through the flood, and a
-connection idle past the header timeout is closed."""
+"""The peer server's admission, on real sockets (GUARANTEES 004/7, a flood of
+connections): sockets that never present the cluster's secret (sending half a
+request, or nothing) are closed oldest first once there are too many, a peer's link
+stays up and answers through the flood, and a connection idle past the header
+timeout is closed."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""The control port's accept loop on real sockets: a connection waiting while the
-process has no file descriptor left is accepted once one is free, the failure
-logged meanwhile; TLS handshakes past the limit cut off the oldest ones, even in one
-burst; a connection whose admission fails is closed and the port goes on."""
+"""The control port's accept loop on real sockets (GUARANTEES 004/7, a flood of
+connections): a connection waiting while the process has no file descriptor left is
+accepted once one is free, the failure logged meanwhile; TLS handshakes past the
+limit cut off the oldest ones, even in one burst; a connection whose admission fails
+is closed and the port goes on."""
 
 from __future__ import annotations
 

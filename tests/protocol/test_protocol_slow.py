@@ -101,12 +101,12 @@ async def test_health_answers_while_hundreds_of_slow_sockets_are_open(tmp_path: 
 async def test_a_stalled_daemon_flooded_with_connections_stays_within_its_open_files(
     tmp_path: Path, loop: str
 ) -> None:
-    """A daemon that may open 256 files is stopped (SIGSTOP) while 600 sockets connect
-    and send half a request: resumed, it finds a full backlog with hundreds more behind
-    it. It accepts one connection at a time and admits it (closing the oldest idle one)
-    before the next, so no accept() fails for want of file descriptors, and /healthz
-    answers. (Accepted in the event loop's own bursts, asyncio's held ~3 backlogs of
-    sockets at once and ran out of them.)"""
+    """GUARANTEES 004/7, a flood of connections: a daemon that may open 256 files is
+    stopped (SIGSTOP) while 600 sockets connect and send half a request. Resumed, it
+    finds a full backlog with hundreds more behind it. It accepts one connection at a
+    time and admits it (closing the oldest idle one) before the next, so no accept()
+    fails for want of file descriptors, and /healthz answers. (Accepted in the event
+    loop's own bursts, asyncio's held ~3 backlogs of sockets at once and ran out.)"""
     control = "header_timeout = 600.0\nmax_http_connections = 50\nprobe_connections = 5"
     daemon = DaemonProcess(write_config(tmp_path, control=control, loop=loop))
     with _open_files(256):  # the daemon inherits the limit
