@@ -21,6 +21,7 @@ LAYERS = [
     "_throttle",
     "_durations",
     "_address",
+    "_admission",
     "_gc",
     "_shielded",
     "actors",

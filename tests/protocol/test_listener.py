@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import anyio
 import trustme
 
-from fiefdom.protocol._listener import Listener, bind
+from fiefdom._admission import Listener, bind
 
 GUARD = 30.0  # a hang guard, never a speed requirement
 
@@ -80,7 +80,7 @@ async def test_a_connection_waiting_while_no_descriptor_is_left_is_accepted_once
     Made.reset()
     failed = asyncio.Event()
     signal = Signal(failed)
-    logger = logging.getLogger("fiefdom.control.accept")
+    logger = logging.getLogger("fiefdom.accept")
     logger.addHandler(signal)
     # In the backlog before the listener runs: connected as far as the client knows.
     client = socket.create_connection(sockets[0].getsockname()[:2])
@@ -161,7 +161,7 @@ async def test_a_connection_whose_admission_fails_is_closed_and_the_next_one_ser
 
     logged = asyncio.Event()
     signal = Signal(logged)
-    logger = logging.getLogger("fiefdom.control.accept")
+    logger = logging.getLogger("fiefdom.accept")
     logger.addHandler(signal)
     listener = Listener(sockets, admit, ssl_context=None, handshake_timeout=None, max_handshakes=1)
     writers: list[asyncio.StreamWriter] = []

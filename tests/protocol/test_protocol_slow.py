@@ -18,7 +18,7 @@ import anyio
 import pytest
 from daemon_harness import DaemonProcess, write_config
 
-from fiefdom.protocol._admission import RepeatFilter
+from fiefdom.protocol._repeats import RepeatFilter
 
 GUARD = 60.0  # a hang guard, never a speed requirement
 

@@ -15,12 +15,12 @@ from typing import Any, Protocol, cast
 import msgspec
 from aiohttp import WSMsgType, web
 
+from .._admission import Admission, CappedSite
 from .._errors import ActorStopped, AskTimeout, CallCycleError, OwnerUnavailable
 from .._log import get_logger
 from ..actors import Domain, Request
 from ..actors._cell import forwarded_from
 from ..jobs._kinds import safe_text
-from ..protocol._admission import Admission, CappedSite
 from ._peer_link import Outbox
 from ._peer_wire import (
     DECODER,
@@ -54,7 +54,7 @@ _TEXT_LIMIT = 2000
 
 # A node has one link to each other node (and a few more while links are made again):
 # far more connections are a flood. Past this, a newcomer closes the oldest one with
-# no link up on it, as on the control port (protocol._admission).
+# no link up on it, as on the control port (fiefdom._admission).
 MAX_PEER_CONNECTIONS = 256
 # Seconds a connection has to send its request's headers (an idle one is closed too).
 PEER_HEADER_TIMEOUT = 10.0

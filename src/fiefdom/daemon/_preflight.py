@@ -11,10 +11,10 @@ import socket
 from dataclasses import dataclass
 
 from .._address import host_port, is_loopback
+from .._admission import bind
 from .._errors import ConfigurationError, FiefdomError
 from ..cluster._peer_server import MAX_PEER_CONNECTIONS
 from ..protocol import ControlSettings
-from ..protocol._listener import bind
 from ._config import Config
 from ._datadir import DataDirLock, check_data_dir
 from ._modules import UserModule, import_modules
@@ -92,7 +92,7 @@ def check_open_files(config: Config) -> tuple[int, int] | None:
     control = config.control
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     connections = control.max_http_connections + control.probe_connections
-    # TLS handshakes under way are at most as many again (see protocol._listener).
+    # TLS handshakes under way are at most as many again (see fiefdom._admission).
     needed = connections * (2 if control.tls else 1) + OPEN_FILES_RESERVE
     parts = ["twice those for TLS handshakes"] if control.tls else []
     peer_host, _ = host_port(config.cluster.listen, "cluster.listen", "127.0.0.1:7001")

@@ -23,17 +23,18 @@ import anyio
 import msgspec
 from aiohttp import WSCloseCode, web
 
+from .._admission import Admission, CappedSite
 from .._errors import FiefdomError
 from .._lifecycle import Lifecycle, State
 from .._log import get_logger
 from ..actors import StopMode
-from ._admission import Admission, CappedSite, loud_repeats, quiet_repeats
 from ._codec import json_schema
 from ._connection import Connection
 from ._fairness import FairScheduler
 from ._messages import ENDPOINT_ROLE, ErrorCode, Role, role_allows
 from ._metrics import ControlMetrics
 from ._registry import ControlHost
+from ._repeats import loud_repeats, quiet_repeats
 from ._replies import QueueInfo
 from ._settings import ControlSettings, TokenTable
 from ._socket import ControlSocket
