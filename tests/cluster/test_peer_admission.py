@@ -13,10 +13,13 @@ from typing import Any
 
 import aiohttp
 import anyio
+from peer_app import Account
 
+import fiefdom
 from fiefdom.actors import Domain
-from fiefdom.cluster._peer_server import PeerServer
+from fiefdom.cluster._peer_server import MAX_PEER_CONNECTIONS, PeerServer
 from fiefdom.cluster._peer_wire import DECODER, ENCODER, PEER_PATH, AskFrame, ErrorFrame
+from fiefdom.storage import leases
 
 GUARD = 30.0  # a hang guard, never a speed requirement
 SECRET = "s3cret"
@@ -102,3 +105,36 @@ async def test_a_socket_that_sends_nothing_is_closed_after_the_header_timeout() 
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+
+
+async def test_an_engine_counts_the_connections_its_peer_server_refused(
+    store: fiefdom.Store,
+) -> None:
+    """An engine's peer server (256 connections at most) flooded with 260 sockets
+    holding half a request closes the 4 oldest, and the engine's cluster counters
+    (``fiefdom_cluster_peer_connections_refused_total`` on /metrics) count them."""
+    async with fiefdom.ActorSystem(name="flooded") as system:
+        domain = system.domain("acct", Account, idle_timeout=None)
+        engine = fiefdom.JobEngine(store, domains={"acct": domain}, name="flooded")
+        async with engine:
+            (address,) = (await leases(store).addresses()).values()
+            assert address is not None
+            host, port = address.rsplit(":", 1)
+            opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+            try:
+                for _ in range(MAX_PEER_CONNECTIONS + 4):
+                    reader, writer = await asyncio.open_connection(host, int(port))
+                    writer.write(b"GET /peer HTTP/1.1\r\nHost: x\r\n")
+                    await writer.drain()
+                    opened.append((reader, writer))
+                with anyio.fail_after(GUARD):
+                    for reader, _ in opened[:4]:
+                        assert await reader.read() == b""
+                cluster = engine.statistics().cluster
+                assert cluster is not None
+                assert cluster.counters.peer_connections_refused == 4
+            finally:
+                for _, writer in opened:
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()

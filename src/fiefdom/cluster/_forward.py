@@ -81,6 +81,11 @@ class Peers:
         self.forward_failures = 0
         self.forward_seconds = 0.0
 
+    @property
+    def peer_connections_refused(self) -> int:
+        """Connections to this node's peer server its admission closed or refused."""
+        return 0 if self._server is None else sum(self._server.refused.values())
+
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> str:

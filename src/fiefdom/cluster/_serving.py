@@ -60,6 +60,7 @@ class ServingNode(Node):
             forwarded=peers.forwarded,
             forward_failures=peers.forward_failures,
             forward_seconds=peers.forward_seconds,
+            peer_connections_refused=peers.peer_connections_refused,
         )
         return msgspec.structs.replace(view, counters=counters)
 

@@ -61,6 +61,8 @@ class ClusterCounters(msgspec.Struct, frozen=True, kw_only=True):
     forwarded: int = 0  # asks and tells sent to the node owning their key
     forward_failures: int = 0  # of those, the ones that failed (no reply, or an error)
     forward_seconds: float = 0.0  # the time the forwarded ones that succeeded took
+    # connections to its peer server that admission closed or refused (too many at once)
+    peer_connections_refused: int = 0
 
 
 class ClusterView(msgspec.Struct, frozen=True, kw_only=True):

@@ -178,6 +178,12 @@ _CLUSTER_COUNTERS = (
         "Seconds the forwarded asks and tells that succeeded took (over forwarded_total: "
         "the mean latency)",
     ),
+    (
+        "peer_connections_refused",
+        "peer_connections_refused",
+        "Connections to this node's peer server closed or refused by its admission "
+        "(too many at once)",
+    ),
 )
 
 
