@@ -20,9 +20,11 @@ from fiefdom.actors import Domain
 from fiefdom.cluster._peer_server import MAX_PEER_CONNECTIONS, PeerServer
 from fiefdom.cluster._peer_wire import DECODER, ENCODER, PEER_PATH, AskFrame, ErrorFrame
 from fiefdom.storage import leases
+from slow_sockets import close_writers, slow_sockets
 
 GUARD = 30.0  # a hang guard, never a speed requirement
 SECRET = "s3cret"
+HALF_A_REQUEST = b"GET /peer HTTP/1.1\r\nHost: x\r\n"
 
 
 class Host:
@@ -73,13 +75,7 @@ async def test_a_flood_of_silent_sockets_closes_the_oldest_and_the_peer_link_sta
         headers = {"Authorization": f"Bearer {SECRET}"}
         async with session.ws_connect(url, headers=headers) as link:
             assert (await _ask_nowhere(link, 1)).code
-            opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-            try:
-                for _ in range(9):
-                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                    writer.write(b"GET /peer HTTP/1.1\r\nHost: x\r\n")
-                    await writer.drain()
-                    opened.append((reader, writer))
+            async with slow_sockets("127.0.0.1", port, 9, HALF_A_REQUEST) as opened:
                 with anyio.fail_after(GUARD):
                     for reader, _ in opened[:5]:
                         assert await reader.read() == b""
@@ -87,11 +83,6 @@ async def test_a_flood_of_silent_sockets_closes_the_oldest_and_the_peer_link_sta
                 assert server.refused["idle_closed"] == 5
                 for reader, _ in opened[5:]:
                     assert not reader.at_eof()
-            finally:
-                for _, writer in opened:
-                    writer.close()
-                    with contextlib.suppress(OSError):
-                        await writer.wait_closed()
 
 
 async def test_a_socket_that_sends_nothing_is_closed_after_the_header_timeout() -> None:
@@ -102,9 +93,7 @@ async def test_a_socket_that_sends_nothing_is_closed_after_the_header_timeout() 
                 assert await reader.read() == b""
             assert not server.refused  # closed by the timeout, not by admission
         finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            await close_writers([writer])
 
 
 async def test_an_engine_counts_the_connections_its_peer_server_refused(
@@ -120,21 +109,11 @@ async def test_an_engine_counts_the_connections_its_peer_server_refused(
             (address,) = (await leases(store).addresses()).values()
             assert address is not None
             host, port = address.rsplit(":", 1)
-            opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-            try:
-                for _ in range(MAX_PEER_CONNECTIONS + 4):
-                    reader, writer = await asyncio.open_connection(host, int(port))
-                    writer.write(b"GET /peer HTTP/1.1\r\nHost: x\r\n")
-                    await writer.drain()
-                    opened.append((reader, writer))
+            flood = MAX_PEER_CONNECTIONS + 4
+            async with slow_sockets(host, int(port), flood, HALF_A_REQUEST) as opened:
                 with anyio.fail_after(GUARD):
                     for reader, _ in opened[:4]:
                         assert await reader.read() == b""
                 cluster = engine.statistics().cluster
                 assert cluster is not None
                 assert cluster.counters.peer_connections_refused == 4
-            finally:
-                for _, writer in opened:
-                    writer.close()
-                    with contextlib.suppress(OSError):
-                        await writer.wait_closed()

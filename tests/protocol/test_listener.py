@@ -19,6 +19,7 @@ import anyio
 import trustme
 
 from fiefdom._admission import Listener, bind
+from slow_sockets import close_writers
 
 GUARD = 30.0  # a hang guard, never a speed requirement
 
@@ -135,10 +136,7 @@ async def test_past_its_handshakes_the_listener_cuts_off_the_oldest_ones() -> No
             transport.close()
             await Made.lost.get()
     finally:
-        for _, writer in clients:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+        await close_writers([writer for _, writer in clients])
         listener.close()
         await listener.wait_closed()
 
@@ -178,9 +176,6 @@ async def test_a_connection_whose_admission_fails_is_closed_and_the_next_one_ser
         assert signal.messages == ["admitting an accepted connection failed"]
     finally:
         logger.removeHandler(signal)
-        for writer in writers:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+        await close_writers(writers)
         listener.close()
         await listener.wait_closed()

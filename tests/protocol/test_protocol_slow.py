@@ -11,7 +11,8 @@ import logging
 import resource
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import anyio
@@ -19,6 +20,7 @@ import pytest
 from daemon_harness import DaemonProcess, write_config
 
 from fiefdom.protocol._repeats import RepeatFilter
+from slow_sockets import Stream, close_writers, slow_sockets
 
 GUARD = 60.0  # a hang guard, never a speed requirement
 
@@ -34,26 +36,12 @@ def _open_files(soft: int) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (before, hard))
 
 
-@contextlib.asynccontextmanager
-async def _slow_sockets(
+def _slow_sockets(
     daemon: DaemonProcess, count: int, partial: bytes
-) -> AsyncIterator[list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]:
+) -> AbstractAsyncContextManager[list[Stream]]:
     """``count`` connections to the daemon, each having sent ``partial`` and nothing more."""
     host, port = daemon.url.removeprefix("http://").rsplit(":", 1)
-    opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-    try:
-        for _ in range(count):
-            reader, writer = await asyncio.open_connection(host, int(port))
-            opened.append((reader, writer))
-            writer.write(partial)
-            await writer.drain()
-        yield opened
-    finally:
-        for _, writer in opened:
-            writer.close()
-        for _, writer in opened:
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+    return slow_sockets(host, int(port), count, partial)
 
 
 async def test_partial_requests_are_closed_after_the_timeouts(tmp_path: Path) -> None:
@@ -133,8 +121,7 @@ async def test_a_stalled_daemon_flooded_with_connections_stays_within_its_open_f
                 await asyncio.gather(*flood)
             status, body = await anyio.to_thread.run_sync(daemon.http, "/healthz", None)
             assert status == 200, body
-            for writer in writers:
-                writer.close()
+            await close_writers(writers)
         assert "Too many open files" not in daemon.log()
     finally:
         daemon.stop()
