@@ -315,7 +315,7 @@ class Daemon:
                     "raised the limit on open files to the hard limit",
                     before=before,
                     after=after,
-                    needed_by="control.max_http_connections",
+                    needed_by="control.max_http_connections and [cluster] listen",
                 )
             self._lock = prepared.lock
             self.tls = prepared.tls

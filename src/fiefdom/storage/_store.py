@@ -146,8 +146,9 @@ class Store(abc.ABC):
             try:
                 await self._disconnect()
             finally:
-                if self._release_gc is not None:
-                    self._release_gc()
+                release, self._release_gc = self._release_gc, None
+                if release is not None:
+                    release()
                 self._life.stopped()
 
     async def stop(self, mode: StopMode = "drain") -> None:
