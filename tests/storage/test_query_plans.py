@@ -685,7 +685,11 @@ async def test_sqlite_lists_newest_first_through_an_index(
     elif filters:
         assert all(
             SQLITE_INDEXED.match(detail)
-            or ("queue" in filters and "state" not in filters and detail == SQLITE_RUNNING_READ)
+            or (
+                ("queue" in filters or "kind" in filters)
+                and "state" not in filters
+                and detail == SQLITE_RUNNING_READ
+            )
             for detail in reads
         ), text
     else:

@@ -104,13 +104,14 @@ def _params(placeholder: Callable[[int], str]) -> tuple[list[object], Callable[[
     return args, param
 
 
-# Running jobs are in no listing index (migration 0011): every job passes through
-# running, so a claim and a finish each write two index entries fewer (on SQLite a
-# drain about a tenth faster). A statement that reads a listing index says
-# NOT_RUNNING, the condition of those partial indexes, in so many words: both
-# planners then use them whatever the state parameter. Running jobs are read through
-# the partial lease index instead, all of them (at most the workers' slots in all,
-# and the jobs of lapsed leases until their rescue), and sorted; ``RUNNING_ORDER``
+# Running jobs are in no listing index (migrations 0011 and 0012): every job passes
+# through running, so a claim writes three index entries fewer (on SQLite a finish
+# too, which puts back the entries a claim deletes; docs/performance.md has the
+# figures). A statement that reads a listing index says NOT_RUNNING, the condition
+# of those partial indexes, in so many words: both planners then use them whatever
+# the state parameter. Running jobs are read through the partial lease index
+# instead, all of them (at most the workers' slots in all, and the jobs of lapsed
+# leases until their rescue), and sorted; ``RUNNING_ORDER``
 # keeps PostgreSQL's planner from walking the primary key instead (which reads every
 # job when few are running), and SQLite, which has no statistics, is told the index
 # (``running_from``).
@@ -168,18 +169,19 @@ def list_jobs_query(
         return select(running_from, [*where, RUNNING], RUNNING_ORDER), args
     if state is not None:
         return select("fiefdom_jobs", [*where, f"state = {param(state.value)}", NOT_RUNNING]), args
-    if queue is None:
+    if queue is None and kind is None:
         return select("fiefdom_jobs", where), args
-    arms = " UNION ALL ".join(
-        "SELECT * FROM ("
-        + (
-            select(running_from, [*where, RUNNING], RUNNING_ORDER)
+    running = select(running_from, [*where, RUNNING], RUNNING_ORDER)
+    if queue is None:  # a kind's jobs: those of its listing index, and the running ones
+        parts = [select("fiefdom_jobs", [*where, NOT_RUNNING]), running]
+    else:
+        parts = [
+            running
             if s is JobState.RUNNING
             else select("fiefdom_jobs", [*where, f"state = '{s.value}'", NOT_RUNNING])
-        )
-        + f") AS s{i}"
-        for i, s in enumerate(JobState)
-    )
+            for s in JobState
+        ]
+    arms = " UNION ALL ".join(f"SELECT * FROM ({part}) AS s{i}" for i, part in enumerate(parts))
     return f"SELECT * FROM ({arms}) AS u ORDER BY 1{order} LIMIT {cap}", args
 
 
@@ -205,9 +207,9 @@ def count_listed_query(
         parts = [(running_from, [*where, RUNNING])]
     elif state is not None:
         parts = [("fiefdom_jobs", [*where, f"state = {param(state.value)}", NOT_RUNNING])]
-    elif queue is None:
+    elif queue is None and kind is None:
         parts = [("fiefdom_jobs", where)]
-    else:  # a queue's jobs: those of its listing index, and the running ones
+    else:  # a queue's or a kind's jobs: those of its listing index, and the running ones
         parts = [("fiefdom_jobs", [*where, NOT_RUNNING]), (running_from, [*where, RUNNING])]
     selects = " UNION ALL ".join(
         f"SELECT * FROM (SELECT 1 AS one FROM {source} {_where(terms)}LIMIT {limit}) AS p{i}"
