@@ -104,17 +104,17 @@ def _params(placeholder: Callable[[int], str]) -> tuple[list[object], Callable[[
     return args, param
 
 
-# Running jobs are in no listing index (migrations 0011 and 0012): every job passes
-# through running, so a claim writes three index entries fewer (on SQLite a finish
-# too, which puts back the entries a claim deletes; docs/performance.md has the
-# figures). A statement that reads a listing index says NOT_RUNNING, the condition
-# of those partial indexes, in so many words: both planners then use them whatever
-# the state parameter. Running jobs are read through the partial lease index
-# instead, all of them (at most the workers' slots in all, and the jobs of lapsed
-# leases until their rescue), and sorted; ``RUNNING_ORDER``
-# keeps PostgreSQL's planner from walking the primary key instead (which reads every
-# job when few are running), and SQLite, which has no statistics, is told the index
-# (``running_from``).
+# Running jobs are in no listing index (migration 0011; on PostgreSQL also 0012, the
+# kind's): every job passes through running, so a claim writes fewer index entries
+# (on SQLite a finish too, which puts back the entries a claim deletes; SQLite keeps
+# (kind, id) whole, which neither writes; docs/performance.md has the figures). A
+# statement that reads a listing index says NOT_RUNNING, the condition of those
+# partial indexes, in so many words: both planners then use them whatever the state
+# parameter. Running jobs are read through the partial lease index instead, all of
+# them (at most the workers' slots in all, and the jobs of lapsed leases until their
+# rescue), and sorted; ``RUNNING_ORDER`` keeps PostgreSQL's planner from walking the
+# primary key instead (which reads every job when few are running), and SQLite,
+# which has no statistics, is told the index (``running_from``).
 NOT_RUNNING = "state <> 'running'"
 RUNNING = "state = 'running'"
 RUNNING_ORDER = "id + 0"
