@@ -9,9 +9,10 @@ file descriptors nor lock out the connections that matter:
   sockets more than it admits. TLS handshakes run beside the loop, at most as many
   as admission allows connections; past that, the oldest one still in its
   handshake is cut off.
-- ``Admission``: at most ``limit`` connections (websockets included); a newcomer
-  past it closes the oldest connection with no request under way (one still sending
-  its headers, or idle between requests), else it may only probe: ``probes`` more
+- ``Admission``: at most ``limit`` connections (websockets included, and TLS ones
+  still in their handshake); a newcomer past it closes the oldest connection with no
+  request under way (one still sending its headers, idle between requests, or in its
+  handshake, closed as soon as that completes), else it may only probe: ``probes`` more
   are kept for ``/healthz`` and ``/readyz``, and past those a connection is
   answered 503 and closed at once.
 
@@ -75,7 +76,9 @@ def bind(addresses: Addresses, backlog: int | None) -> list[socket.socket]:
 
 class Listener(asyncio.AbstractServer):
     """Accepts on ``sockets`` one connection at a time; ``admit()`` gives each one's
-    protocol. It serves from creation (in a running loop) until ``close()``."""
+    protocol, and ``settled(protocol)`` is told when its connection is made (its
+    ``connection_made`` called) or has failed (a handshake refused or cut off). It
+    serves from creation (in a running loop) until ``close()``."""
 
     def __init__(
         self,
@@ -85,9 +88,11 @@ class Listener(asyncio.AbstractServer):
         ssl_context: ssl.SSLContext | None,
         handshake_timeout: float | None,
         max_handshakes: int,
+        settled: Callable[[asyncio.BaseProtocol], None] | None = None,
     ) -> None:
         self.sockets = sockets
         self._admit = admit
+        self._settled = settled
         self._ssl = ssl_context
         self._handshake_timeout = handshake_timeout
         self._max_handshakes = max(1, max_handshakes)
@@ -141,23 +146,36 @@ class Listener(asyncio.AbstractServer):
                 _log.exception("admitting an accepted connection failed")
                 continue
             if self._ssl is None:
-                await _connect(loop, conn, protocol, None, None)
+                try:
+                    await _connect(loop, conn, protocol, None, None)
+                finally:
+                    self._settle(protocol)
                 continue
             task = asyncio.create_task(
                 _connect(loop, conn, protocol, self._ssl, self._handshake_timeout)
             )
             self._handshakes[task] = None
-            task.add_done_callback(functools.partial(self._handshake_done, conn))
+            task.add_done_callback(functools.partial(self._handshake_done, conn, protocol))
             if len(self._handshakes) > self._max_handshakes:
                 oldest = next(iter(self._handshakes))
                 del self._handshakes[oldest]
                 oldest.cancel()
                 await asyncio.sleep(0)  # its socket closed before the next accept
 
-    def _handshake_done(self, conn: socket.socket, task: asyncio.Task[None]) -> None:
+    def _handshake_done(
+        self, conn: socket.socket, protocol: asyncio.BaseProtocol, task: asyncio.Task[None]
+    ) -> None:
         self._handshakes.pop(task, None)
         if task.cancelled():
             conn.close()  # a task cancelled before it ran has not closed it
+        self._settle(protocol)
+
+    def _settle(self, protocol: asyncio.BaseProtocol) -> None:
+        if self._settled is not None:
+            try:
+                self._settled(protocol)
+            except Exception:
+                _log.exception("settling an accepted connection failed")
 
 
 def _close(sock: socket.socket, _: object) -> None:
@@ -196,15 +214,6 @@ class _Refused(asyncio.Protocol):
         transport.close()
 
 
-def _close_once_made(handler: RequestHandler, server: web.Server, tries: int = 10) -> None:
-    """Close ``handler`` now if its connection is made, else once it is (a handler
-    closed before its ``connection_made`` would leave the socket open)."""
-    if handler.transport is not None:
-        handler.force_close()
-    elif handler not in server.connections and tries > 0:
-        asyncio.get_running_loop().call_soon(_close_once_made, handler, server, tries - 1)
-
-
 class Admission:
     """Counts the connections of one server and decides who gets in."""
 
@@ -215,33 +224,44 @@ class Admission:
         self._busy: set[RequestHandler] = set()  # a request (or websocket) under way
         self._probe_only: set[RequestHandler] = set()
         self._closing: set[RequestHandler] = set()  # closed here, not yet gone
-        # Made by the factory, connection_made not yet called (it is scheduled soon).
-        self._pending: list[RequestHandler] = []
+        # Made by the factory and not yet settled (see ``Listener``): a connection
+        # being made, a TLS one for as long as its handshake lasts. Oldest first.
+        self._pending: dict[RequestHandler, None] = {}
+        # Pending ones chosen to be closed: closed as soon as their connection is
+        # made (a handler closed before its ``connection_made`` would leave its
+        # socket open), forgotten if it never is.
+        self._doomed: set[RequestHandler] = set()
 
     def factory(self, server: web.Server) -> Callable[[], asyncio.BaseProtocol]:
         """The protocol factory to listen with, in place of aiohttp's ``server``."""
 
         def accept() -> asyncio.BaseProtocol:
             live = server.connections
-            known = set(live) | set(self._pending)
+            made = set(live)
+            waiting = [h for h in self._pending if h not in made]
+            known = made.union(waiting)
             self._closing &= known
             self._probe_only &= known
-            count = len(live) + len(self._pending) - len(self._closing)
+            count = len(live) + len(waiting) - len(self._closing)
             if count >= self.limit:
-                # The oldest first: those the server lists, then those made since
-                # (one per listening socket: each accepts one connection at a time,
-                # and a probe behind slow sockets must still find one to close).
+                # The oldest first: those the server lists, then those being made
+                # (one per listening socket at least: each accepts one connection at
+                # a time, and a probe behind slow sockets must still find one to
+                # close; a TLS handshake for as long as it lasts).
                 idle = next(
                     (
                         h
-                        for h in (*live, *self._pending)
+                        for h in (*live, *waiting)
                         if h not in self._busy and h not in self._closing
                     ),
                     None,
                 )
                 if idle is not None:
                     self._closing.add(idle)
-                    _close_once_made(idle, server)
+                    if idle.transport is not None:
+                        idle.force_close()
+                    else:
+                        self._doomed.add(idle)
                     self._on_refused("idle_closed")
                 elif count < self.limit + self.probes:
                     handler = self._made(server())
@@ -255,12 +275,19 @@ class Admission:
         return accept
 
     def _made(self, handler: RequestHandler) -> RequestHandler:
-        if not self._pending:
-            # connection_made is called soon after the factory: by then, the handler
-            # is in the server's own list.
-            asyncio.get_running_loop().call_soon(self._pending.clear)
-        self._pending.append(handler)
+        self._pending[handler] = None
         return handler
+
+    def settled(self, protocol: asyncio.BaseProtocol) -> None:
+        """``protocol``'s connection is made, or failed (the listener's
+        ``settled``): no longer pending; closed now if it was chosen to be."""
+        if not isinstance(protocol, RequestHandler):
+            return
+        self._pending.pop(protocol, None)
+        if protocol in self._doomed:
+            self._doomed.discard(protocol)
+            if protocol.transport is not None:
+                protocol.force_close()
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -321,6 +348,7 @@ class CappedSite(web.TCPSite):
             ssl_context=self._ssl_context,
             handshake_timeout=self._handshake_timeout,
             max_handshakes=self._admission.limit + self._admission.probes,
+            settled=self._admission.settled,
         )
         self._server = listener  # what BaseSite.stop closes
         sockets = listener.sockets

@@ -2,11 +2,14 @@
 connections): a connection waiting while the process has no file descriptor left is
 accepted once one is free, the failure logged meanwhile; TLS handshakes past the
 limit cut off the oldest ones, even in one burst; a connection whose admission fails
-is closed and the port goes on."""
+is closed and the port goes on; a TLS connection still in its handshake counts
+against the admission's limit, and when it is the one chosen to make room, it is
+closed as soon as its handshake completes."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -15,10 +18,13 @@ import socket
 import ssl
 from collections.abc import Iterator
 
+import aiohttp
 import anyio
 import trustme
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
-from fiefdom._admission import Listener, bind
+from fiefdom._admission import Admission, CappedSite, Listener, bind
 from slow_sockets import close_writers
 
 GUARD = 30.0  # a hang guard, never a speed requirement
@@ -179,3 +185,62 @@ async def test_a_connection_whose_admission_fails_is_closed_and_the_next_one_ser
         await close_writers(writers)
         listener.close()
         await listener.wait_closed()
+
+
+class Watched(Admission):
+    """An admission that hands over each connection it lets in."""
+
+    def __init__(self, limit: int, probes: int) -> None:
+        self.refused: collections.Counter[str] = collections.Counter()
+        super().__init__(limit, probes, lambda reason: self.refused.update([reason]))
+        self.admitted: asyncio.Queue[RequestHandler] = asyncio.Queue()
+
+    def _made(self, handler: RequestHandler) -> RequestHandler:
+        self.admitted.put_nowait(handler)
+        return super()._made(handler)
+
+
+async def test_a_connection_chosen_to_make_room_during_its_tls_handshake_is_closed_once_made() -> (
+    None
+):
+    """Room for one connection (and one probe), TLS: a client that connects and does
+    not start its handshake holds the one place. The next client's request is served,
+    and the first, which has no request under way, is the one chosen to make room:
+    as it cannot be closed before its connection is made, it is closed as soon as its
+    handshake completes (its client reads the end) instead of staying open for good."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    admission = Watched(limit=1, probes=1)
+    app = web.Application(middlewares=[admission.middleware])
+    app.router.add_get("/", ok)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = CappedSite(
+        runner, "127.0.0.1", 0, admission, ssl_context=server_context, handshake_timeout=600.0
+    )
+    await site.start()
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        with anyio.fail_after(GUARD):
+            first, writer = await asyncio.open_connection("127.0.0.1", site.port)
+            writers.append(writer)
+            await admission.admitted.get()  # in its handshake, which it has not begun
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"https://127.0.0.1:{site.port}/", ssl=client_context) as response,
+            ):
+                assert response.status == 200
+                assert await response.text() == "ok"
+            assert admission.refused == {"idle_closed": 1}
+            await writer.start_tls(client_context, server_hostname="127.0.0.1")
+            assert await first.read() == b""
+    finally:
+        await close_writers(writers)
+        await runner.cleanup()
