@@ -145,10 +145,11 @@ def list_jobs_query(
     ``n``, ``timestamp(p)`` turns unix seconds into the column's type) and its
     parameters: jobs after ``after_id`` in id order (newest first: before it, ids
     going down; 0 starts at either end), each filter backed by an index walked in
-    either direction: (state, id), (kind, id), or, for a queue without a state, one
-    range of (queue, state, id) per state, merged in id order; running jobs come
-    from ``running_from`` (see NOT_RUNNING). ``key`` and ``since`` filter the rows
-    of that walk (no index of their own)."""
+    either direction: (state, id); for a queue without a state, one range of
+    (queue, state, id) per state; for a kind without either, (kind, id). Running
+    jobs come from ``running_from`` (see NOT_RUNNING), as an arm of their own where
+    a listing by queue or kind takes every state, the arms merged in id order.
+    ``key`` and ``since`` filter the rows of that walk (no index of their own)."""
     args, param = _params(placeholder)
     where = []
     if newest_first:
