@@ -244,10 +244,9 @@ class Admission:
             self._probe_only &= known
             count = len(live) + len(waiting) - len(self._closing)
             if count >= self.limit:
-                # The oldest first: those the server lists, then those being made
-                # (one per listening socket at least: each accepts one connection at
-                # a time, and a probe behind slow sockets must still find one to
-                # close; a TLS handshake for as long as it lasts).
+                # The oldest first: those the server lists, then those still being
+                # made (a TLS one for as long as its handshake lasts), so that a
+                # probe behind slow sockets still finds one to close.
                 idle = next(
                     (
                         h
