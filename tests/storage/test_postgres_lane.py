@@ -111,7 +111,7 @@ async def test_a_cancelled_enqueue_is_cancelled_on_the_server(store: Store, stor
         async def waits_on_the_lock() -> bool:
             waiting = await locker.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND query LIKE 'INSERT INTO fiefdom_jobs%' AND datname = current_database()"
+                "AND query LIKE '%INSERT INTO fiefdom_jobs%' AND datname = current_database()"
             )
             return bool(waiting)
 

@@ -18,7 +18,7 @@ from .._errors import UniqueConflict
 from .._log import get_logger
 from . import _migrations
 from ._jobs import STATE_BITS, Enqueued, JobInfo, JobState, QueueCount
-from ._postgres_enqueue import insert_rows
+from ._postgres_enqueue import insert_rows, notify_queues
 from ._postgres_pool import DRIVER_ERRORS, PostgresPool, PostgresTransaction, wrap
 from ._rows import NewJob
 from ._sql import (
@@ -152,10 +152,7 @@ class PostgresStore(PostgresPool):
             return max(current, len(migrations))
 
     async def _notify_queues(self, conn: Conn, queues: Sequence[str]) -> None:
-        if queues:
-            await conn.execute(
-                "SELECT pg_notify('fiefdom_jobs', q) FROM unnest($1::text[]) AS q", list(queues)
-            )
+        await notify_queues(conn, queues)
 
     # -- enqueueing ------------------------------------------------------------------
 
@@ -181,7 +178,7 @@ class PostgresStore(PostgresPool):
         return result
 
     async def _insert(self, conn: Conn, rows: Sequence[NewJob]) -> list[Enqueued]:
-        # The INSERT trigger notifies engines (at commit) of queues with available jobs.
+        # The insert notifies engines (at commit) of queues with available jobs.
         inserted = await insert_rows(conn, rows)
         existing: dict[bytes, int] = {}
         if len(inserted) < len(rows):

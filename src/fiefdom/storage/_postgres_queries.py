@@ -15,6 +15,7 @@ from .._errors import StoreUnavailable
 from .._log import get_logger
 from ._jobs import STATE_BITS, ClaimedJob, JobState, Lease, Outcome
 from ._postgres import PostgresStore, restore_keys
+from ._postgres_enqueue import NOTIFY_CHANNEL
 from ._postgres_pool import DRIVER_ERRORS, PING_EVERY, close_gracefully, wrap
 from ._queries import EngineQueries
 from ._sql import LEASE_EXPIRED_SQL, RESCUED_STATE_SQL, state_bit_sql, unique_key_after
@@ -351,7 +352,7 @@ class PostgresQueries(EngineQueries):
 
         try:
             conn.add_termination_listener(lambda _c: lost.set())
-            await conn.add_listener("fiefdom_jobs", on_jobs)
+            await conn.add_listener(NOTIFY_CHANNEL, on_jobs)
             await conn.add_listener("fiefdom_cancel", on_cancel)
             await conn.add_listener("fiefdom_queues", on_queue)
             self._pg._mark(True)

@@ -1,0 +1,3 @@
+-- Nothing changes on SQLite: PostgreSQL's 0013 drops the trigger that notified
+-- other processes of new jobs. On SQLite the store wakes the engines of its own
+-- process, and no trigger is involved.
