@@ -119,6 +119,43 @@ async def test_retry_jobs_retries_one_state_of_a_kind_and_skips_held_keys(store:
     assert await store.retry_jobs(state=JobState.DISCARDED, kind="work", limit=1) == (1, 0)
 
 
+async def test_one_state_of_every_queue_is_listed_counted_and_retried_in_id_order(
+    store: Store,
+) -> None:
+    """A state without a queue or a kind takes the jobs of every queue, merged in id
+    order both ways (on PostgreSQL each queue's range of its listing index, the
+    queues found in that index), and its count and bulk retry take the oldest of all
+    queues; a queue holding only jobs of other states adds nothing."""
+    queues = ["b-queue", "a-queue", "c-queue"]
+    for round_ in range(4):
+        for q in queues:
+            await store.enqueue_many([Work(n=round_)] * 2, queue=q)
+    await store.enqueue(Work(n=99), queue="only-available")
+    discarded = sorted([i for q in queues for i in await _discard(store, q)])
+    assert len(discarded) == 24
+    for newest_first in (False, True):
+        seen: list[int] = []
+        after = 0
+        while True:
+            page = await store.list_jobs(
+                state=JobState.DISCARDED, after_id=after, limit=5, newest_first=newest_first
+            )
+            seen += [j.id for j in page]
+            if len(page) < 5:
+                break
+            after = page[-1].id
+        assert seen == (sorted(discarded, reverse=True) if newest_first else discarded)
+    assert await store.count_listed(state=JobState.DISCARDED) == 24
+    assert await store.count_listed(state=JobState.DISCARDED, cap=7) == 7
+    assert await store.count_listed(state=JobState.COMPLETED) == 0
+    assert await store.retry_jobs(state=JobState.DISCARDED, limit=10) == (10, 0)
+    left = [j.id for j in await store.list_jobs(state=JobState.DISCARDED, limit=100)]
+    assert left == discarded[10:]
+    available = {j.id for j in await store.list_jobs(state=JobState.AVAILABLE, limit=100)}
+    assert set(discarded[:10]) <= available
+    assert len(available) == 11  # and the one that was never claimed
+
+
 async def test_prune_jobs_deletes_old_final_jobs_only(store: Store) -> None:
     """prune_jobs deletes final jobs that finished longer ago than asked, of the
     states, queue and kind asked, and never a waiting one; bad input is refused by

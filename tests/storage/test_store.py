@@ -159,7 +159,8 @@ _JOB_INDEXES = {
 # rowid and has no index of its own, a TEXT one gets an automatic index).
 EXPECTED_INDEXES: dict[str, dict[str, set[str]]] = {
     "postgres": {
-        "fiefdom_jobs": _JOB_INDEXES | {"fiefdom_jobs_pkey"},
+        # A state's listing reads (queue, state, id) queue by queue (migration 0014).
+        "fiefdom_jobs": (_JOB_INDEXES - {"fiefdom_jobs_list_state"}) | {"fiefdom_jobs_pkey"},
         "fiefdom_queues": {"fiefdom_queues_pkey"},
     },
     "sqlite": {

@@ -227,6 +227,7 @@ class PostgresStore(PostgresPool):
             newest_first=newest_first,
             placeholder=lambda n: f"${n}",
             timestamp=_timestamp,
+            state_by_queue=True,
         )
         rows = await self._run(lambda conn: conn.fetch(sql, *args))
         return [job_info(r) for r in rows]
@@ -251,6 +252,7 @@ class PostgresStore(PostgresPool):
             cap=cap,
             placeholder=lambda n: f"${n}",
             timestamp=_timestamp,
+            state_by_queue=True,
         )
         return int(await self._run(lambda conn: conn.fetchval(sql, *args)))
 
@@ -266,7 +268,12 @@ class PostgresStore(PostgresPool):
         check_bigint(limit=limit)
         bit = STATE_BITS[JobState.AVAILABLE]
         sql, args = retry_candidates_query(
-            state=state, queue=queue, kind=kind, limit=limit, placeholder=lambda n: f"${n}"
+            state=state,
+            queue=queue,
+            kind=kind,
+            limit=limit,
+            placeholder=lambda n: f"${n}",
+            state_by_queue=True,
         )
 
         async def run(conn: Conn) -> tuple[list[str], int]:

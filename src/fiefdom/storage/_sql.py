@@ -126,6 +126,26 @@ def _where(terms: Sequence[str]) -> str:
     return f"WHERE {' AND '.join(terms)} " if terms else ""
 
 
+# PostgreSQL has no (state, id) listing index (migration 0014: one index entry fewer
+# for every job enqueued and every state change). A statement over one state of
+# every queue reads, for each queue, its range of (queue, state, id), at most a page
+# of it, and merges them. The queues come from the same index, one descent per queue
+# (its first entry past the last queue found: a loose index scan), so the statement
+# reads a page and a descent per queue whatever the number of jobs. ``per_queue``
+# selects from ``fiefdom_jobs`` and names the queue as ``q.queue``.
+_QUEUES = (
+    "WITH RECURSIVE q(queue) AS ("
+    f"(SELECT queue FROM fiefdom_jobs WHERE {NOT_RUNNING} ORDER BY queue LIMIT 1) "
+    "UNION ALL SELECT (SELECT j.queue FROM fiefdom_jobs AS j "
+    f"WHERE j.{NOT_RUNNING} AND j.queue > q.queue ORDER BY j.queue LIMIT 1) "
+    "FROM q WHERE q.queue IS NOT NULL) "
+)
+
+
+def _each_queue(per_queue: str, then: str) -> str:
+    return f"{_QUEUES}SELECT s.* FROM q CROSS JOIN LATERAL ({per_queue}) AS s {then}"
+
+
 def list_jobs_query(
     columns: str,
     *,
@@ -140,16 +160,19 @@ def list_jobs_query(
     newest_first: bool = False,
     timestamp: Callable[[str], str] = lambda p: p,
     running_from: str = RUNNING_FROM,
+    state_by_queue: bool = False,
 ) -> tuple[str, list[object]]:
     """The listing statement of both dialects (``placeholder(n)`` writes parameter
     ``n``, ``timestamp(p)`` turns unix seconds into the column's type) and its
     parameters: jobs after ``after_id`` in id order (newest first: before it, ids
     going down; 0 starts at either end), each filter backed by an index walked in
-    either direction: (state, id); for a queue without a state, one range of
-    (queue, state, id) per state; for a kind without either, (kind, id). Running
-    jobs come from ``running_from`` (see NOT_RUNNING), as an arm of their own where
-    a listing by queue or kind takes every state, the arms merged in id order.
-    ``key`` and ``since`` filter the rows of that walk (no index of their own)."""
+    either direction: a state's, (state, id) (``state_by_queue``, PostgreSQL's:
+    (queue, state, id) queue by queue, see ``_QUEUES``); for a queue without a
+    state, one range of (queue, state, id) per state; for a kind without either,
+    (kind, id). Running jobs come from ``running_from`` (see NOT_RUNNING), as an arm
+    of their own where a listing by queue or kind takes every state, the arms merged
+    in id order. ``key`` and ``since`` filter the rows of that walk (no index of
+    their own)."""
     args, param = _params(placeholder)
     where = []
     if newest_first:
@@ -169,7 +192,11 @@ def list_jobs_query(
     if state is JobState.RUNNING:
         return select(running_from, [*where, RUNNING], RUNNING_ORDER), args
     if state is not None:
-        return select("fiefdom_jobs", [*where, f"state = {param(state.value)}", NOT_RUNNING]), args
+        terms = [*where, f"state = {param(state.value)}", NOT_RUNNING]
+        if state_by_queue and queue is None and kind is None:
+            per_queue = select("fiefdom_jobs", ["queue = q.queue", *terms])
+            return _each_queue(per_queue, f"ORDER BY 1{order} LIMIT {cap}"), args
+        return select("fiefdom_jobs", terms), args
     if queue is None and kind is None:
         return select("fiefdom_jobs", where), args
     running = select(running_from, [*where, RUNNING], RUNNING_ORDER)
@@ -197,17 +224,24 @@ def count_listed_query(
     placeholder: Callable[[int], str],
     timestamp: Callable[[str], str] = lambda p: p,
     running_from: str = RUNNING_FROM,
+    state_by_queue: bool = False,
 ) -> tuple[str, list[object]]:
     """How many jobs a listing with these filters has in all (whatever its page),
     counted up to ``cap`` at most: a count never reads more than ``cap`` rows of an
-    index, however big the table (and the running jobs, see NOT_RUNNING)."""
+    index, however big the table (and the running jobs, see NOT_RUNNING; a state's
+    count with ``state_by_queue``, ``cap`` rows of each queue)."""
     args, param = _params(placeholder)
     where = _filters(queue=queue, kind=kind, key=key, since=since, param=param, timestamp=timestamp)
     limit = param(cap)
     if state is JobState.RUNNING:
         parts = [(running_from, [*where, RUNNING])]
     elif state is not None:
-        parts = [("fiefdom_jobs", [*where, f"state = {param(state.value)}", NOT_RUNNING])]
+        terms = [*where, f"state = {param(state.value)}", NOT_RUNNING]
+        if state_by_queue and queue is None and kind is None:
+            per_queue = f"SELECT 1 AS one FROM fiefdom_jobs {_where(['queue = q.queue', *terms])}"
+            counted = _each_queue(f"{per_queue}LIMIT {limit}", f"LIMIT {limit}")
+            return f"SELECT count(*) FROM ({counted}) AS c", args
+        parts = [("fiefdom_jobs", terms)]
     elif queue is None and kind is None:
         parts = [("fiefdom_jobs", where)]
     else:  # a queue's or a kind's jobs: those of its listing index, and the running ones
@@ -226,18 +260,24 @@ def retry_candidates_query(
     kind: str | None,
     limit: int,
     placeholder: Callable[[int], str],
+    state_by_queue: bool = False,
 ) -> tuple[str, list[object]]:
     """The ids a bulk retry takes (oldest first, at most ``limit``), through the
-    (state, id) index (``state`` is a final one: never running)."""
+    (state, id) index (``state`` is a final one: never running), or with
+    ``state_by_queue`` and no queue or kind, (queue, state, id) queue by queue. The
+    statement selects from the table itself, so that ``FOR UPDATE`` may follow it
+    (and a row changed meanwhile is checked again against its conditions)."""
     args, param = _params(placeholder)
     where = [f"state = {param(state.value)}", NOT_RUNNING]
     where += _filters(
         queue=queue, kind=kind, key=None, since=None, param=param, timestamp=lambda p: p
     )
-    return (
-        f"SELECT id FROM fiefdom_jobs WHERE {' AND '.join(where)} ORDER BY id LIMIT {param(limit)}",
-        args,
-    )
+    cap = param(limit)
+    if state_by_queue and queue is None and kind is None:
+        per_queue = f"SELECT id FROM fiefdom_jobs {_where(['queue = q.queue', *where])}"
+        taken = _each_queue(f"{per_queue}ORDER BY id LIMIT {cap}", f"ORDER BY 1 LIMIT {cap}")
+        where.append(f"id IN ({taken})")
+    return f"SELECT id FROM fiefdom_jobs {_where(where)}ORDER BY id LIMIT {cap}", args
 
 
 _errors_decoder = msgspec.json.Decoder(list[AttemptError])

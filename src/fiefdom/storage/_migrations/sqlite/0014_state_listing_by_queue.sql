@@ -1,0 +1,3 @@
+-- Nothing changes on SQLite: PostgreSQL's 0014 drops the (state, id) listing index
+-- and lists a state queue by queue. SQLite keeps it: it writes the index only when a
+-- job's state changes, and its statements have no LATERAL join to merge the queues.
