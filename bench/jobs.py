@@ -30,9 +30,9 @@ the peer's for pickup, lower is better), with every round's values.
 
 The floor under fiefdom's enqueue (``postgres_floor``, in every round): the rows of
 both enqueues written into a table of fiefdom's schema (in a database of its own),
-indexes and trigger included, with no client work: the batch as one INSERT of rows
-the server generates, the single jobs as one prepared one-row INSERT per round
-trip. Its ratios to pgqueuer are the most fiefdom's enqueue ratios can be with that
+indexes included, with no client work, and the same notifications sent: the batch
+as one INSERT of rows the server generates and one notification, the single jobs as
+one prepared one-row INSERT per round trip that notifies its queue. Its ratios to pgqueuer are the most fiefdom's enqueue ratios can be with that
 table; fiefdom's ratios to it, how much of its enqueue is the table's own cost.
 
 The garbage collector: an open store raises its youngest threshold (``fiefdom._gc``),
@@ -221,18 +221,22 @@ async def fiefdom_round(
 
 
 # The floor under fiefdom's enqueue on PostgreSQL: the same rows written into the same
-# table (its indexes, its notification trigger) with no client work at all. Its batch
-# is one INSERT of rows the server generates itself (nothing encoded, sent or parsed);
-# its single insert, one prepared INSERT of one row per round trip on a plain
-# connection. floor / peer is the most the enqueue ratios can be with this table.
+# table (its indexes) with no client work at all, and the notifications fiefdom's
+# enqueue sends (engines of other processes listen for them). Its batch is one INSERT
+# of rows the server generates itself (nothing encoded, sent or parsed) and then one
+# notification, as fiefdom's COPY sends it; its single insert, one prepared INSERT of
+# one row per round trip on a plain connection, notifying in the same statement.
+# floor / peer is the most the enqueue ratios can be with this table.
 _FLOOR_COLUMNS = "(kind, queue, state, priority, args, max_attempts, unique_states) "
 _FLOOR_BATCH_SQL = (
     "INSERT INTO fiefdom_jobs " + _FLOOR_COLUMNS + "SELECT 'noop', 'default', 'available', "
     "0, jsonb_build_object('n', g), 5, 0 FROM generate_series(1, $1::integer) AS g"
 )
+_FLOOR_NOTIFY_SQL = "SELECT pg_notify('fiefdom_jobs', 'default')"
 _FLOOR_SINGLE_SQL = (
-    "INSERT INTO fiefdom_jobs " + _FLOOR_COLUMNS + "VALUES ('noop', 'default', 'available', "
-    "0, jsonb_build_object('n', $1::integer), 5, 0) RETURNING id"
+    "WITH j AS (INSERT INTO fiefdom_jobs " + _FLOOR_COLUMNS + "VALUES ('noop', 'default', "
+    "'available', 0, jsonb_build_object('n', $1::integer), 5, 0) RETURNING id, queue) "
+    "SELECT id, pg_notify('fiefdom_jobs', queue) FROM j"
 )
 
 
@@ -245,6 +249,7 @@ async def floor_round(url: str, args: argparse.Namespace) -> Figures:
         await conn.execute("VACUUM fiefdom_jobs")
         start = time.perf_counter()
         await conn.execute(_FLOOR_BATCH_SQL, args.batch_jobs)
+        await conn.execute(_FLOOR_NOTIFY_SQL)
         batch = time.perf_counter() - start
         insert = await conn.prepare(_FLOOR_SINGLE_SQL)
         start = time.perf_counter()
