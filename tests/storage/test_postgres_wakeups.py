@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -23,7 +23,7 @@ from enqueue_jobs import Keyed, Plain
 from storage_helpers import wait_until
 
 from fiefdom.jobs import JobContext, JobEngine
-from fiefdom.storage import Store, _postgres_enqueue, open_store
+from fiefdom.storage import Store, StoreError, _postgres_enqueue, open_store
 from fiefdom.storage._postgres_enqueue import NOTIFY_CHANNEL
 
 pytestmark = pytest.mark.dialect("postgres")
@@ -124,6 +124,30 @@ async def test_a_copied_batch_notifies_its_queue_once_after_it_is_stored(
     assert await heard.until_sentinel(store_url, set(q)) == q
     async with store.read() as tx:
         assert await tx.fetchval("SELECT count(*) FROM fiefdom_jobs WHERE queue = $1", q[0]) == 5
+
+
+async def test_a_copied_batch_whose_notification_fails_stores_nothing(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The COPY and its notification are one transaction: when the notification
+    fails after the rows were copied, the enqueue fails and no job is stored (an
+    error means nothing was committed)."""
+    monkeypatch.setattr(_postgres_enqueue, "COPY_ROWS", 2)
+    real = _postgres_enqueue.notify_queues
+    calls: list[list[str]] = []
+
+    async def fails_after_sending(conn: Any, queues: Sequence[str]) -> None:
+        await real(conn, queues)
+        calls.append(list(queues))
+        raise StoreError("the connection was lost after the notification")
+
+    monkeypatch.setattr(_postgres_enqueue, "notify_queues", fails_after_sending)
+    q = queues(1)
+    with pytest.raises(StoreError, match="after the notification"):
+        await store.enqueue_many([Plain(n=i) for i in range(5)], queue=q[0])
+    assert calls == [q]
+    async with store.read() as tx:
+        assert await tx.fetchval("SELECT count(*) FROM fiefdom_jobs WHERE queue = $1", q[0]) == 0
 
 
 async def test_jobs_that_are_not_available_notify_nobody(

@@ -257,14 +257,21 @@ async def insert_rows(conn: Conn, rows: Sequence[NewJob]) -> list[tuple[int, byt
     return [(row[0], row[1]) for row in one]
 
 
+async def _copy_and_notify(conn: Conn, rows: Sequence[NewJob]) -> list[tuple[int, bytes | None]]:
+    copied = await _copy(conn, rows)
+    await notify_queues(conn, sorted({r.queue for r in rows if r.state is JobState.AVAILABLE}))
+    return copied
+
+
 async def _insert_many(conn: Conn, rows: Sequence[NewJob]) -> list[tuple[int, bytes | None]]:
     keyed = any(r.unique_key is not None for r in rows)
     if not keyed and len(rows) >= COPY_ROWS:
-        copied = await _copy(conn, rows)
-        # After the COPY: outside a transaction it has committed by now, so an
-        # engine woken finds the jobs.
-        await notify_queues(conn, sorted({r.queue for r in rows if r.state is JobState.AVAILABLE}))
-        return copied
+        if conn.is_in_transaction():  # the caller's: notified at its commit
+            return await _copy_and_notify(conn, rows)
+        # The COPY and its notification in one transaction: an error (the connection
+        # lost between the two) means that nothing was stored.
+        async with conn.transaction():
+            return await _copy_and_notify(conn, rows)
     chunks = _chunks(rows)
     sql = _INSERT_MANY_SQL if keyed else _INSERT_MANY_PLAIN_SQL
     if len(chunks) == 1:
