@@ -4,10 +4,10 @@ and the row of a periodic job's slot."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -43,10 +43,11 @@ def _decoder(kind: type[Job]) -> msgspec.json.Decoder[Any]:
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
-@dataclasses.dataclass(slots=True)
-class NewJob:
+class NewJob(msgspec.Struct, gc=False):
     """A job ready to insert (the backends turn a batch of these into one statement).
-    ``prepare`` builds it with positional arguments, in this order of the fields."""
+    ``prepare`` builds it with positional arguments, in this order of the fields. A
+    Struct the garbage collector does not track (it holds no container): a third of
+    a slotted dataclass's time to build, which a batch pays for every job."""
 
     kind: str
     queue: str
@@ -177,6 +178,73 @@ def prepare(
         partition,
         opts.ordered,
     )
+
+
+def prepare_many(
+    jobs: Sequence[Job],
+    *,
+    now: float,
+    queue: str | None = None,
+    priority: int | None = None,
+    run_at: datetime | None = None,
+    delay: float | None = None,
+) -> list[NewJob | TypeError | ValueError]:
+    """``prepare`` of each job with the same overrides: its row, or the error
+    ``prepare`` raises for it. What a row holds beyond the job's arguments and key
+    depends only on its class and the overrides, so the first job of a class that
+    takes no unique key goes through ``prepare`` and the others of its class reuse
+    its row, checking only their own arguments (encoded, and through ``prepare``
+    whenever they hold a null or a NUL escape, or cannot be encoded): a batch of
+    plain jobs costs about a third of ``prepare`` per job."""
+    rows: list[NewJob | TypeError | ValueError] = []
+    shared: dict[type[Job], NewJob | None] = {}  # None: every job through prepare
+    encode = _encoder.encode
+    for job in jobs:
+        cls = type(job)
+        first = shared.get(cls, _UNSEEN)
+        if first is not None and first is not _UNSEEN:
+            try:
+                args = encode(job)
+            except UnicodeEncodeError:
+                args = b"null"  # prepare says what is wrong
+            if args.find(b"null") < 0 and args.find(b"\\u0000") < 0:
+                opts = cls.options
+                key: str | None = None
+                partition: int | None = None
+                if opts.key is not None:
+                    key = str(getattr(job, opts.key))
+                    partition = partition_of(key)
+                rows.append(
+                    NewJob(
+                        first.kind,
+                        first.queue,
+                        first.state,
+                        first.priority,
+                        args,
+                        key,
+                        first.max_attempts,
+                        first.run_at,
+                        None,
+                        0,
+                        None,
+                        first.domain,
+                        partition,
+                        first.ordered,
+                    )
+                )
+                continue
+        try:
+            row = prepare(job, now=now, queue=queue, priority=priority, run_at=run_at, delay=delay)
+        except (TypeError, ValueError) as exc:
+            rows.append(exc)
+            continue
+        if first is _UNSEEN:
+            shared[cls] = row if cls.options.unique is None else None
+        rows.append(row)
+    return rows
+
+
+_UNSEEN: Any = object()
 
 
 def _when(now: float, run_at: datetime | None, delay: float | None) -> float:

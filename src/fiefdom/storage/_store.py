@@ -23,7 +23,7 @@ from .._errors import (
 from .._gc import gc_threshold, raise_threshold
 from .._lifecycle import Lifecycle, State, StopMode
 from ._jobs import Enqueued, Job, JobInfo, JobState, QueueCount
-from ._rows import NewJob, prepare
+from ._rows import NewJob, prepare, prepare_many
 
 # At most this many jobs are counted for a listing's total, and changed by one bulk
 # retry or prune: each stays one bounded statement, and says when more are left.
@@ -298,27 +298,20 @@ class Store(abc.ABC):
         its ``error`` and is not enqueued; the others are. With
         ``all_or_nothing=True`` one invalid item raises ``ValueError`` naming it
         and nothing is enqueued."""
-        now = time.time()
-        rows: list[NewJob | str] = []
-        for index, job in enumerate(jobs):
-            try:
-                rows.append(
-                    prepare(
-                        job, now=now, queue=queue, priority=priority, run_at=run_at, delay=delay
-                    )
-                )
-            except (TypeError, ValueError) as exc:
-                if all_or_nothing:
-                    raise ValueError(
-                        f"enqueue_many: item {index}: {exc}; nothing was enqueued"
-                    ) from exc
-                rows.append(str(exc))
-        valid = [r for r in rows if not isinstance(r, str)]
+        rows = prepare_many(
+            jobs, now=time.time(), queue=queue, priority=priority, run_at=run_at, delay=delay
+        )
+        valid = [r for r in rows if isinstance(r, NewJob)]
         if len(valid) == len(rows):  # every item valid: the results as they are
             return await self._insert_rows(valid, tx=tx) if valid else []
+        if all_or_nothing:
+            index, exc = next((i, r) for i, r in enumerate(rows) if not isinstance(r, NewJob))
+            raise ValueError(f"enqueue_many: item {index}: {exc}; nothing was enqueued") from exc
         inserted = iter(await self._insert_rows(valid, tx=tx) if valid else [])
         return [
-            Enqueued(id=None, duplicate=False, error=r) if isinstance(r, str) else next(inserted)
+            next(inserted)
+            if isinstance(r, NewJob)
+            else Enqueued(id=None, duplicate=False, error=str(r))
             for r in rows
         ]
 
