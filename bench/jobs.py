@@ -32,8 +32,9 @@ The floor under fiefdom's enqueue (``postgres_floor``, in every round): the rows
 both enqueues written into a table of fiefdom's schema (in a database of its own),
 indexes included, with no client work, and the same notifications sent: the batch
 as one INSERT of rows the server generates and one notification, the single jobs as
-one prepared one-row INSERT per round trip that notifies its queue. Its ratios to pgqueuer are the most fiefdom's enqueue ratios can be with that
-table; fiefdom's ratios to it, how much of its enqueue is the table's own cost.
+one prepared one-row INSERT per round trip that notifies its queue. Its ratios to
+pgqueuer are the most fiefdom's enqueue ratios can be with that table; fiefdom's
+ratios to it, how much of its enqueue is the table's own cost.
 
 The garbage collector: an open store raises its youngest threshold (``fiefdom._gc``),
 and every system here runs in one process with fiefdom's stores open, so under that
