@@ -653,7 +653,7 @@ GOALS = {
     "pickup_p50_vs_procrastinate": "reported (lower is better)",
     "sqlite_drain_vs_postgres_drain": ">= 1.3",
     # The floor: what share of it fiefdom reaches, and the most its ratios to pgqueuer
-    # can be with its table (its indexes and trigger kept).
+    # can be with its table (its indexes, and the notifications fiefdom sends).
     "batch_enqueue_vs_floor": "reported (at most 1)",
     "single_enqueue_vs_floor": "reported (at most about 1)",
     "batch_floor_vs_pgqueuer": "reported: the highest batch_enqueue_vs_pgqueuer can be",

@@ -102,10 +102,11 @@ ENQUEUES: dict[str, Callable[[Store, list[str]], Awaitable[None]]] = {
 
 
 @pytest.mark.parametrize("path", sorted(ENQUEUES))
-async def test_each_enqueue_statement_notifies_its_queues_once(
+async def test_each_enqueue_statement_notifies_its_queues(
     store: Store, store_url: str, heard: Heard, path: str
 ) -> None:
-    """Each statement notifies each queue it gave available jobs, once (003/4)."""
+    """Each statement notifies each queue it gave available jobs (once as heard: the
+    server merges equal notifications of one transaction) and no other."""
     q = queues(2)
     await ENQUEUES[path](store, q)
     got = await heard.until_sentinel(store_url, set(q))
@@ -151,13 +152,16 @@ async def test_a_copied_batch_whose_notification_fails_stores_nothing(
 
 
 async def test_jobs_that_are_not_available_notify_nobody(
-    store: Store, store_url: str, heard: Heard
+    store: Store, store_url: str, heard: Heard, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A scheduled job and a duplicate that was skipped send nothing; a batch that
-    mixes queues notifies only those given available jobs."""
+    """Scheduled jobs send nothing, whichever statement inserts them (the single
+    INSERT, the JSON batch, the COPY), and neither does a duplicate that was
+    skipped."""
+    monkeypatch.setattr(_postgres_enqueue, "COPY_ROWS", 5)
     q = queues(3)
     await store.enqueue(Plain(n=1), queue=q[0], delay=3600)
     await store.enqueue_many([Plain(n=i) for i in range(3)], queue=q[0], delay=3600)
+    await store.enqueue_many([Plain(n=i) for i in range(5)], queue=q[0], delay=3600)
     account = uuid.uuid4().hex
     await store.enqueue(Keyed(account=account), queue=q[1])
     assert await heard.until_sentinel(store_url, set(q)) == [q[1]]
@@ -201,23 +205,27 @@ async def test_an_idle_engine_on_another_store_wakes_for_a_new_job(
     ran = asyncio.Event()
     q = queues(1)[0]
 
-    async def handle(job: Plain, ctx: JobContext) -> None:
+    async def handle(job: Plain, ctx: JobContext[Any]) -> None:
         ran.set()
 
     async def listening() -> bool:
-        # The engine's notification connection has run its LISTENs (its last
-        # statement is one of them, or the ping it sends only after them): a job
-        # enqueued from now on is found through its notification alone.
+        # The engine's notification connection (opened after ``since``) has run its
+        # LISTENs: its last statement is one of them, or the ping it sends only after
+        # them. A job enqueued from now on is found through its notification alone.
         async with store.read() as tx:
             return bool(
                 await tx.fetchval(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND pid <> pg_backend_pid() AND (query LIKE 'LISTEN %' OR query = 'SELECT 1')"
+                    "AND backend_start >= $1 AND pid <> pg_backend_pid() "
+                    "AND (query LIKE 'LISTEN %' OR query = 'SELECT 1')",
+                    since,
                 )
             )
 
     engine = JobEngine(other, queues={q: 1}, poll_interval=3600, ownership=None, retention=None)
     engine.register(Plain, handle)
+    async with store.read() as tx:
+        since = await tx.fetchval("SELECT clock_timestamp()")
     try:
         async with engine:
             await wait_until(listening, what="the engine to listen")

@@ -26,6 +26,13 @@ class Plain(Job):
     n: int
 
 
+class Child(Plain):
+    """A subclass: a class of its own, with its own options."""
+
+    options = JobOptions(kind="batch.child", queue="children")
+    extra: str = ""
+
+
 class Text(Job):
     options = JobOptions(kind="batch.text", queue="texts", priority=3, max_attempts=2)
     text: str
@@ -49,8 +56,12 @@ class Once(Job):
 
 
 texts = st.text(max_size=8) | st.sampled_from(["\x00", "a\x00b", "\ud800", "null", "\\u0000"])
+# Structs do not validate when built: a field may hold what cannot be encoded (an
+# object, an integer too long to write), which enqueue refuses for that job alone.
+unencodable = st.sampled_from([object(), 10**5000, {1, 2}])
 jobs = st.one_of(
-    st.builds(Plain, n=st.integers(-(2**40), 2**40)),
+    st.builds(Plain, n=st.integers(-(2**40), 2**40) | unencodable),
+    st.builds(Child, n=st.integers(0, 3), extra=texts),
     st.builds(Text, text=texts),
     st.builds(
         Measure,

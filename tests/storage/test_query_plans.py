@@ -54,6 +54,9 @@ READ_LIMIT = ROWS // 50
 RARE_QUEUE = "rare"  # 1% of the rows
 RARE_KIND = "rare-kind"  # 0.2%
 RARE_STATE = JobState.DISCARDED  # 0.5%
+# A state most jobs are in: listed across every queue (migration 0014 lists a state
+# queue by queue), it must still be read a page at a time, for the rare queue too.
+COMMON_STATE = JobState.COMPLETED  # 85%
 AFTER_ID = ROWS // 2  # the second half of the table (keyset pagination)
 CLAIM_QUEUE = "q1"  # one of ten busy queues, with thousands of available jobs
 
@@ -178,6 +181,10 @@ COUNTED = READ_LIMIT // 2
 
 def running_listing_name(filters: tuple[str, ...], *, newest_first: bool = False) -> str:
     return listing_name(("running", *filters), newest_first=newest_first)
+
+
+def common_state_name(*, newest_first: bool = False) -> str:
+    return listing_name(("common state",), newest_first=newest_first)
 
 
 def count_name(filters: tuple[str, ...], *, running: bool = False) -> str:
@@ -305,6 +312,16 @@ async def run_operations(store: Store, captured: Captured) -> None:
             listing_name(filters, newest_first=True),
             functools.partial(store.list_jobs, newest_first=True, **values),
         )
+    for newest_first in (False, True):
+        await record(
+            common_state_name(newest_first=newest_first),
+            functools.partial(store.list_jobs, state=COMMON_STATE, newest_first=newest_first),
+        )
+    await record(
+        "count_listed(common state)",
+        functools.partial(store.count_listed, state=COMMON_STATE, cap=COUNTED),
+    )
+    await record("retry_jobs(state)", functools.partial(store.retry_jobs, state=RARE_STATE))
     for filters in RUNNING_LISTINGS:
         values = {f: FILTER_VALUES[f] for f in filters}
         for newest_first in (False, True):
@@ -506,6 +523,10 @@ OPERATIONS = [
     *(running_listing_name(f, newest_first=True) for f in RUNNING_LISTINGS),
     *(count_name(f) for f in COUNTS),
     *(count_name(f, running=True) for f in COUNTS if "state" not in f),
+    common_state_name(),
+    common_state_name(newest_first=True),
+    "count_listed(common state)",
+    "retry_jobs(state)",
 ]
 # Statements that read the running jobs (of a listing or a count): through the lease
 # index, every one of them; the rest of what they read is bounded as for any other.

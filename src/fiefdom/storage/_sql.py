@@ -130,9 +130,12 @@ def _where(terms: Sequence[str]) -> str:
 # for every job enqueued and every state change). A statement over one state of
 # every queue reads, for each queue, its range of (queue, state, id), at most a page
 # of it, and merges them. The queues come from the same index, one descent per queue
-# (its first entry past the last queue found: a loose index scan), so the statement
-# reads a page and a descent per queue whatever the number of jobs. ``per_queue``
-# selects from ``fiefdom_jobs`` and names the queue as ``q.queue``.
+# (its first entry past the last queue found: a loose index scan; the recursion ends
+# on a NULL queue, which is not joined). Each queue's range is ordered as the index
+# is, so that the planner reads it through the index whatever the state's share of
+# the table (by id alone, it may walk the primary key and filter, reading most of the
+# table for a small queue). So the statement reads at most a page and a descent per
+# queue whatever the number of jobs (the key and since filters filter that walk).
 _QUEUES = (
     "WITH RECURSIVE q(queue) AS ("
     f"(SELECT queue FROM fiefdom_jobs WHERE {NOT_RUNNING} ORDER BY queue LIMIT 1) "
@@ -142,8 +145,31 @@ _QUEUES = (
 )
 
 
-def _each_queue(per_queue: str, then: str) -> str:
-    return f"{_QUEUES}SELECT s.* FROM q CROSS JOIN LATERAL ({per_queue}) AS s {then}"
+def _each_queue(
+    columns: str,
+    where: Sequence[str],
+    state: str,
+    limit: str,
+    then: str,
+    *,
+    newest_first: bool = False,
+) -> str:
+    """``columns`` of the first ``limit`` jobs in ``state`` (a parameter) of each
+    queue that meet ``where`` (in id order, or going down), then ``then`` (their
+    order and limit in all). The state is written as a range of one value: with
+    ``state =``, the planner takes the queue and the state for constants, finds the
+    primary key in the order asked for too, and may walk it, filtering, for a state
+    most jobs are in (reading most of the table for a small queue); no other index
+    gives (state, id) order, so it walks (queue, state, id)."""
+    d = " DESC" if newest_first else ""
+    terms = ["queue = q.queue", f"state >= {state}", f"state <= {state}", NOT_RUNNING, *where]
+    per_queue = (
+        f"SELECT {columns} FROM fiefdom_jobs {_where(terms)}ORDER BY state{d}, id{d} LIMIT {limit}"
+    )
+    return (
+        f"{_QUEUES}SELECT s.* FROM q CROSS JOIN LATERAL ({per_queue}) AS s "
+        f"WHERE q.queue IS NOT NULL {then}"
+    )
 
 
 def list_jobs_query(
@@ -192,11 +218,11 @@ def list_jobs_query(
     if state is JobState.RUNNING:
         return select(running_from, [*where, RUNNING], RUNNING_ORDER), args
     if state is not None:
-        terms = [*where, f"state = {param(state.value)}", NOT_RUNNING]
+        value = param(state.value)
         if state_by_queue and queue is None and kind is None:
-            per_queue = select("fiefdom_jobs", ["queue = q.queue", *terms])
-            return _each_queue(per_queue, f"ORDER BY 1{order} LIMIT {cap}"), args
-        return select("fiefdom_jobs", terms), args
+            then = f"ORDER BY 1{order} LIMIT {cap}"
+            return _each_queue(columns, where, value, cap, then, newest_first=newest_first), args
+        return select("fiefdom_jobs", [*where, f"state = {value}", NOT_RUNNING]), args
     if queue is None and kind is None:
         return select("fiefdom_jobs", where), args
     running = select(running_from, [*where, RUNNING], RUNNING_ORDER)
@@ -229,19 +255,18 @@ def count_listed_query(
     """How many jobs a listing with these filters has in all (whatever its page),
     counted up to ``cap`` at most: a count never reads more than ``cap`` rows of an
     index, however big the table (and the running jobs, see NOT_RUNNING; a state's
-    count with ``state_by_queue``, ``cap`` rows of each queue)."""
+    count with ``state_by_queue`` also descends once per queue, until ``cap``)."""
     args, param = _params(placeholder)
     where = _filters(queue=queue, kind=kind, key=key, since=since, param=param, timestamp=timestamp)
     limit = param(cap)
     if state is JobState.RUNNING:
         parts = [(running_from, [*where, RUNNING])]
     elif state is not None:
-        terms = [*where, f"state = {param(state.value)}", NOT_RUNNING]
+        value = param(state.value)
         if state_by_queue and queue is None and kind is None:
-            per_queue = f"SELECT 1 AS one FROM fiefdom_jobs {_where(['queue = q.queue', *terms])}"
-            counted = _each_queue(f"{per_queue}LIMIT {limit}", f"LIMIT {limit}")
+            counted = _each_queue("1 AS one", where, value, limit, f"LIMIT {limit}")
             return f"SELECT count(*) FROM ({counted}) AS c", args
-        parts = [("fiefdom_jobs", terms)]
+        parts = [("fiefdom_jobs", [*where, f"state = {value}", NOT_RUNNING])]
     elif queue is None and kind is None:
         parts = [("fiefdom_jobs", where)]
     else:  # a queue's or a kind's jobs: those of its listing index, and the running ones
@@ -268,15 +293,17 @@ def retry_candidates_query(
     statement selects from the table itself, so that ``FOR UPDATE`` may follow it
     (and a row changed meanwhile is checked again against its conditions)."""
     args, param = _params(placeholder)
-    where = [f"state = {param(state.value)}", NOT_RUNNING]
+    value = param(state.value)
+    where = [f"state = {value}", NOT_RUNNING]
     where += _filters(
         queue=queue, kind=kind, key=None, since=None, param=param, timestamp=lambda p: p
     )
     cap = param(limit)
     if state_by_queue and queue is None and kind is None:
-        per_queue = f"SELECT id FROM fiefdom_jobs {_where(['queue = q.queue', *where])}"
-        taken = _each_queue(f"{per_queue}ORDER BY id LIMIT {cap}", f"ORDER BY 1 LIMIT {cap}")
-        where.append(f"id IN ({taken})")
+        # The ids, looked up through the primary key (the state is checked again on
+        # each row, which FOR UPDATE checks again on a row changed meanwhile).
+        taken = _each_queue("id", [], value, cap, f"ORDER BY 1 LIMIT {cap}")
+        where.append(f"id = ANY(ARRAY({taken}))")
     return f"SELECT id FROM fiefdom_jobs {_where(where)}ORDER BY id LIMIT {cap}", args
 
 
