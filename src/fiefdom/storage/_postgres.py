@@ -20,7 +20,7 @@ from . import _migrations
 from ._jobs import STATE_BITS, Enqueued, JobInfo, JobState, QueueCount
 from ._postgres_enqueue import insert_rows, notify_queues
 from ._postgres_pool import DRIVER_ERRORS, PostgresPool, PostgresTransaction, wrap
-from ._rows import NewJob
+from ._rows import NewJob, available_queues
 from ._sql import (
     CANCELLED_STATE_SQL,
     SUPERSEDED_MESSAGE,
@@ -151,9 +151,6 @@ class PostgresStore(PostgresPool):
                 log.info("migrated", url=self.url, version=migration.version)
             return max(current, len(migrations))
 
-    async def _notify_queues(self, conn: Conn, queues: Sequence[str]) -> None:
-        await notify_queues(conn, queues)
-
     # -- enqueueing ------------------------------------------------------------------
 
     async def _insert_rows(
@@ -174,7 +171,7 @@ class PostgresStore(PostgresPool):
                 raise wrap(exc, self.url) from exc
         if tx is None:
             # Committed: wake this process's engines without waiting for NOTIFY.
-            self._wake_local(sorted({r.queue for r in rows if r.state is JobState.AVAILABLE}))
+            self._wake_local(available_queues(rows))
         return result
 
     async def _insert(self, conn: Conn, rows: Sequence[NewJob]) -> list[Enqueued]:
@@ -299,7 +296,7 @@ class PostgresStore(PostgresPool):
                     ids,
                 )
                 queues = [r[0] for r in rows]
-                await self._notify_queues(conn, queues)
+                await notify_queues(conn, queues)
                 return queues, len(ids) - len(rows)
 
         queues, skipped = await self._run(run)
@@ -370,7 +367,7 @@ class PostgresStore(PostgresPool):
                     job_id,
                 )
                 raise UniqueConflict(job_id, holder) from exc
-            await self._notify_queues(conn, [r[0] for r in rows])
+            await notify_queues(conn, [r[0] for r in rows])
             return rows
 
         rows = await self._run(run)

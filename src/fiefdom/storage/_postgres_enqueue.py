@@ -8,19 +8,20 @@ was given."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import asyncpg
 import msgspec
 
 from .._errors import StoreError
-from ._jobs import JobState
-from ._rows import NewJob
+from ._rows import NewJob, available_queues
 
 if TYPE_CHECKING:
     from ._postgres_pool import Conn
+
+T = TypeVar("T")
 
 _json_encoder = msgspec.json.Encoder()
 
@@ -257,31 +258,33 @@ async def insert_rows(conn: Conn, rows: Sequence[NewJob]) -> list[tuple[int, byt
     return [(row[0], row[1]) for row in one]
 
 
+async def _atomically(conn: Conn, work: Callable[[], Awaitable[T]]) -> T:
+    """``work`` (several statements) all or nothing: in the caller's transaction
+    (committed with it), or in one of its own."""
+    if conn.is_in_transaction():
+        return await work()
+    async with conn.transaction():
+        return await work()
+
+
 async def _copy_and_notify(conn: Conn, rows: Sequence[NewJob]) -> list[tuple[int, bytes | None]]:
     copied = await _copy(conn, rows)
-    await notify_queues(conn, sorted({r.queue for r in rows if r.state is JobState.AVAILABLE}))
+    await notify_queues(conn, available_queues(rows))
     return copied
 
 
 async def _insert_many(conn: Conn, rows: Sequence[NewJob]) -> list[tuple[int, bytes | None]]:
     keyed = any(r.unique_key is not None for r in rows)
     if not keyed and len(rows) >= COPY_ROWS:
-        if conn.is_in_transaction():  # the caller's: notified at its commit
-            return await _copy_and_notify(conn, rows)
-        # The COPY and its notification in one transaction: an error (the connection
-        # lost between the two) means that nothing was stored.
-        async with conn.transaction():
-            return await _copy_and_notify(conn, rows)
+        # With its notification: an error between the two (the connection lost)
+        # means that nothing was stored.
+        return await _atomically(conn, lambda: _copy_and_notify(conn, rows))
     chunks = _chunks(rows)
     sql = _INSERT_MANY_SQL if keyed else _INSERT_MANY_PLAIN_SQL
     if len(chunks) == 1:
         got = await conn.fetch(sql, _json_rows(chunks[0]))
-    elif conn.is_in_transaction():  # the caller's: all or nothing with it
-        got = await _insert_chunks(conn, chunks, sql)
     else:
-        # Several statements: one transaction, so the batch is still all or nothing.
-        async with conn.transaction():
-            got = await _insert_chunks(conn, chunks, sql)
+        got = await _atomically(conn, lambda: _insert_chunks(conn, chunks, sql))
     return [(r[0], r[1]) for r in got]
 
 

@@ -15,7 +15,7 @@ from .._errors import StoreUnavailable
 from .._log import get_logger
 from ._jobs import STATE_BITS, ClaimedJob, JobState, Lease, Outcome
 from ._postgres import PostgresStore, restore_keys
-from ._postgres_enqueue import NOTIFY_CHANNEL
+from ._postgres_enqueue import NOTIFY_CHANNEL, notify_queues
 from ._postgres_pool import DRIVER_ERRORS, PING_EVERY, close_gracefully, wrap
 from ._queries import EngineQueries
 from ._sql import LEASE_EXPIRED_SQL, RESCUED_STATE_SQL, state_bit_sql, unique_key_after
@@ -209,7 +209,7 @@ class PostgresQueries(EngineQueries):
                     superseded.update(await restore_keys(conn, [r[0] for r in rows]))
             # Rows missing from a non-empty first result lost their lease between the
             # check and the row lock (a rescue): stale, nothing left to record.
-            await self._pg._notify_queues(conn, sorted({r[1] for r in rows if r[2] == "available"}))
+            await notify_queues(conn, sorted({r[1] for r in rows if r[2] == "available"}))
             return rows
 
         async def update(conn: Conn, outcomes: Sequence[Outcome], sql: str) -> list[asyncpg.Record]:
@@ -283,7 +283,7 @@ class PostgresQueries(EngineQueries):
                 (r[0], r[1], r[2], JobState.CANCELLED if r[0] in superseded else JobState(r[3]))
                 for r in rows
             ]
-            await self._pg._notify_queues(conn, _available_queues(rescued))
+            await notify_queues(conn, _available_queues(rescued))
             return rescued
 
         rescued: list[tuple[int, str, str, JobState]] = await self._pg._run(run)
@@ -306,7 +306,7 @@ class PostgresQueries(EngineQueries):
             )
             await restore_keys(conn, [r[0] for r in rows])
             queues = sorted({r[1] for r in rows})
-            await self._pg._notify_queues(conn, queues)
+            await notify_queues(conn, queues)
             return queues
 
         queues: list[str] = await self._pg._run(run)

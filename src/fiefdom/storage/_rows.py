@@ -180,6 +180,15 @@ def prepare(
     )
 
 
+def available_queues(rows: Sequence[NewJob]) -> list[str]:
+    """The queues ``rows`` give available jobs (to wake their engines), sorted."""
+    return sorted({r.queue for r in rows if r.state is _AVAILABLE})
+
+
+# A class prepare_many has not met yet.
+_UNSEEN: Any = object()
+
+
 def prepare_many(
     jobs: Sequence[Job],
     *,
@@ -242,9 +251,6 @@ def prepare_many(
             shared[cls] = row if cls.options.unique is None else None
         rows.append(row)
     return rows
-
-
-_UNSEEN: Any = object()
 
 
 def _when(now: float, run_at: datetime | None, delay: float | None) -> float:

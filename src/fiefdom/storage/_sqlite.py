@@ -20,7 +20,7 @@ from .._errors import StoreError, StoreUnavailable, UniqueConflict
 from .._log import get_logger
 from . import _migrations, _sqlite_tx
 from ._jobs import STATE_BITS, Enqueued, JobInfo, JobState, QueueCount
-from ._rows import NewJob
+from ._rows import NewJob, available_queues
 from ._sql import (
     CANCELLED_STATE_SQL,
     SQLITE_RUNNING_FROM,
@@ -387,7 +387,7 @@ class SQLiteStore(Store):
                     part,
                 )
                 existing.update((r[0], r[1]) for r in got)
-        tx.wake.update(r.queue for r in rows if r.state is JobState.AVAILABLE)
+        tx.wake.update(available_queues(rows))
         return self._match_inserted(rows, inserted, existing)
 
     # -- the engine's side -----------------------------------------------------------
