@@ -647,9 +647,10 @@ SELECT
 FROM g
 """
 # A plan's line reading fiefdom_jobs through an index: the primary key (a range of
-# ids) or one of the listing indexes.
+# ids) or one of the listing indexes, searched (a seek: a range, or a first entry,
+# as a loose scan's first queue, which SQLite reads as min(queue)), never scanned.
 SQLITE_INDEXED = re.compile(
-    r"SEARCH fiefdom_jobs USING (INTEGER PRIMARY KEY|(COVERING )?INDEX \w+) \("
+    r"SEARCH fiefdom_jobs USING (INTEGER PRIMARY KEY|(COVERING )?INDEX \w+)( \(|$)"
 )
 
 

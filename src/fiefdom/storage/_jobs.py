@@ -33,6 +33,9 @@ class JobState(enum.StrEnum):
 # Each state's bit in ``unique_states``: a transition into a state whose bit is not
 # set releases the job's unique key, so a new job with the same key may be queued.
 STATE_BITS: Mapping[JobState, int] = {state: 1 << i for i, state in enumerate(JobState)}
+# A state from its column's value: a lookup, where JobState(value) goes through the
+# enum's machinery (a finish reads one per job).
+STATE_OF: Mapping[str, JobState] = {state.value: state for state in JobState}
 FINAL_STATES = frozenset({JobState.COMPLETED, JobState.CANCELLED, JobState.DISCARDED})
 DEFAULT_UNIQUE_STATES = frozenset(
     {

@@ -224,7 +224,7 @@ class PostgresStore(PostgresPool):
             newest_first=newest_first,
             placeholder=lambda n: f"${n}",
             timestamp=_timestamp,
-            state_by_queue=True,
+            lateral=True,
         )
         rows = await self._run(lambda conn: conn.fetch(sql, *args))
         return [job_info(r) for r in rows]
@@ -249,7 +249,7 @@ class PostgresStore(PostgresPool):
             cap=cap,
             placeholder=lambda n: f"${n}",
             timestamp=_timestamp,
-            state_by_queue=True,
+            lateral=True,
         )
         return int(await self._run(lambda conn: conn.fetchval(sql, *args)))
 
@@ -270,7 +270,7 @@ class PostgresStore(PostgresPool):
             kind=kind,
             limit=limit,
             placeholder=lambda n: f"${n}",
-            state_by_queue=True,
+            lateral=True,
         )
 
         async def run(conn: Conn) -> tuple[list[str], int]:

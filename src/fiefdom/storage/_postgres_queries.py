@@ -13,7 +13,7 @@ import msgspec
 
 from .._errors import StoreUnavailable
 from .._log import get_logger
-from ._jobs import STATE_BITS, ClaimedJob, JobState, Lease, Outcome
+from ._jobs import STATE_BITS, STATE_OF, ClaimedJob, JobState, Lease, Outcome
 from ._postgres import PostgresStore, restore_keys
 from ._postgres_enqueue import NOTIFY_CHANNEL, notify_queues
 from ._postgres_pool import DRIVER_ERRORS, PING_EVERY, close_gracefully, wrap
@@ -232,7 +232,7 @@ class PostgresQueries(EngineQueries):
 
         rows = await self._pg._run(run)
         self._pg._wake_local(sorted({r[1] for r in rows if r[2] == "available"}))
-        return {r[0]: JobState.CANCELLED if r[0] in superseded else JobState(r[2]) for r in rows}
+        return {r[0]: JobState.CANCELLED if r[0] in superseded else STATE_OF[r[2]] for r in rows}
 
     async def heartbeat(
         self, leases: Sequence[Lease], *, lease: float

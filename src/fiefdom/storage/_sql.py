@@ -126,23 +126,51 @@ def _where(terms: Sequence[str]) -> str:
     return f"WHERE {' AND '.join(terms)} " if terms else ""
 
 
-# PostgreSQL has no (state, id) listing index (migration 0014: one index entry fewer
-# for every job enqueued and every state change). A statement over one state of
-# every queue reads, for each queue, its range of (queue, state, id), at most a page
-# of it, and merges them. The queues come from the same index, one descent per queue
-# (its first entry past the last queue found: a loose index scan; the recursion ends
-# on a NULL queue, which is not joined). Each queue's range is ordered as the index
-# is, so that the planner reads it through the index whatever the state's share of
-# the table (by id alone, it may walk the primary key and filter, reading most of the
-# table for a small queue). So the statement reads at most a page and a descent per
-# queue whatever the number of jobs (the key and since filters filter that walk).
-_QUEUES = (
-    "WITH RECURSIVE q(queue) AS ("
-    f"(SELECT queue FROM fiefdom_jobs WHERE {NOT_RUNNING} ORDER BY queue LIMIT 1) "
-    "UNION ALL SELECT (SELECT j.queue FROM fiefdom_jobs AS j "
-    f"WHERE j.{NOT_RUNNING} AND j.queue > q.queue ORDER BY j.queue LIMIT 1) "
-    "FROM q WHERE q.queue IS NOT NULL) "
-)
+# Neither dialect has a (state, id) listing index (migration 0014 on PostgreSQL, 0015
+# on SQLite: one index entry fewer for every job enqueued and every state change). A
+# statement over one state of every queue reads, for each queue, its range of
+# (queue, state, id), at most a page of it, and merges them. The queues come from the
+# same index, one descent per queue (its first entry past the last queue found: a
+# loose index scan; the recursion ends on a NULL queue, which is not joined). Each
+# queue's range is ordered as the index is, so that the planner reads it through the
+# index whatever the state's share of the table (by id alone, it may walk the primary
+# key and filter, reading most of the table for a small queue). So the statement
+# reads at most a page and a descent per queue whatever the number of jobs (the key
+# and since filters filter that walk). PostgreSQL joins each queue's page LATERAL;
+# SQLite, which has no LATERAL join, gathers each queue's page of ids into a JSON
+# array (a correlated subquery) and reads the rows by id.
+def _first_queue(past: str | None, *, lateral: bool) -> str:
+    """The first queue (past ``past``, a queue) with a job in a listing index: one
+    descent of (queue, state, id). SQLite reads it as min() (it allows no ORDER BY
+    in a member of a compound select)."""
+    after = "" if past is None else f" AND queue > {past}"
+    if lateral:
+        where = f"WHERE {NOT_RUNNING}{after} ORDER BY queue LIMIT 1"
+        return f"(SELECT queue FROM fiefdom_jobs {where})"
+    return f"(SELECT min(queue) FROM fiefdom_jobs WHERE {NOT_RUNNING}{after})"
+
+
+def _queues(*, lateral: bool) -> str:
+    return (
+        f"WITH RECURSIVE q(queue) AS (SELECT {_first_queue(None, lateral=lateral)} "
+        f"UNION ALL SELECT {_first_queue('q.queue', lateral=lateral)} "
+        "FROM q WHERE q.queue IS NOT NULL) "
+    )
+
+
+def _queue_page(
+    columns: str, where: Sequence[str], state: str, limit: str, d: str, queue: str = "q.queue"
+) -> str:
+    """``columns`` of the first ``limit`` jobs in ``state`` of the queue ``queue``
+    that meet ``where``. The state is written as a range of one value: with
+    ``state =``, the planner takes the queue and the state for constants, finds the
+    primary key in the order asked for too, and may walk it, filtering, for a state
+    most jobs are in (reading most of the table for a small queue); no other index
+    gives (state, id) order, so it walks (queue, state, id)."""
+    terms = [f"queue = {queue}", f"state >= {state}", f"state <= {state}", NOT_RUNNING, *where]
+    return (
+        f"SELECT {columns} FROM fiefdom_jobs {_where(terms)}ORDER BY state{d}, id{d} LIMIT {limit}"
+    )
 
 
 def _each_queue(
@@ -152,23 +180,40 @@ def _each_queue(
     limit: str,
     then: str,
     *,
+    lateral: bool,
     newest_first: bool = False,
 ) -> str:
     """``columns`` of the first ``limit`` jobs in ``state`` (a parameter) of each
     queue that meet ``where`` (in id order, or going down), then ``then`` (their
-    order and limit in all). The state is written as a range of one value: with
-    ``state =``, the planner takes the queue and the state for constants, finds the
-    primary key in the order asked for too, and may walk it, filtering, for a state
-    most jobs are in (reading most of the table for a small queue); no other index
-    gives (state, id) order, so it walks (queue, state, id)."""
+    order and limit in all; ``columns`` starts with the id)."""
     d = " DESC" if newest_first else ""
-    terms = ["queue = q.queue", f"state >= {state}", f"state <= {state}", NOT_RUNNING, *where]
-    per_queue = (
-        f"SELECT {columns} FROM fiefdom_jobs {_where(terms)}ORDER BY state{d}, id{d} LIMIT {limit}"
+    if lateral:
+        page = _queue_page(columns, where, state, limit, d)
+        return (
+            f"{_queues(lateral=True)}SELECT s.* FROM q CROSS JOIN LATERAL ({page}) AS s "
+            f"WHERE q.queue IS NOT NULL {then}"
+        )
+    page = _queue_page("id", where, state, limit, d)
+    ids = (
+        "SELECT e.value FROM q, json_each((SELECT json_group_array(id) "
+        f"FROM ({page}))) AS e WHERE q.queue IS NOT NULL"
     )
+    return f"{_queues(lateral=False)}SELECT {columns} FROM fiefdom_jobs WHERE id IN ({ids}) {then}"
+
+
+def _count_each_queue(where: Sequence[str], state: str, cap: str, *, lateral: bool) -> str:
+    """How many jobs in ``state`` meet ``where``, counted up to ``cap``: queue by
+    queue, each counted up to ``cap``, until ``cap`` is reached."""
+    if lateral:
+        counted = _each_queue("1 AS one", where, state, cap, f"LIMIT {cap}", lateral=True)
+        return f"SELECT count(*) FROM ({counted}) AS c"
+    # SQLite: the loose scan carries the count so far and stops once it reaches cap.
+    page = _queue_page("1", where, state, cap, "", queue="c.queue")
     return (
-        f"{_QUEUES}SELECT s.* FROM q CROSS JOIN LATERAL ({per_queue}) AS s "
-        f"WHERE q.queue IS NOT NULL {then}"
+        f"WITH RECURSIVE c(queue, n) AS (SELECT {_first_queue(None, lateral=False)}, 0 "
+        f"UNION ALL SELECT {_first_queue('c.queue', lateral=False)}, "
+        f"c.n + (SELECT count(*) FROM ({page})) "
+        f"FROM c WHERE c.queue IS NOT NULL AND c.n < {cap}) SELECT min(max(n), {cap}) FROM c"
     )
 
 
@@ -186,15 +231,15 @@ def list_jobs_query(
     newest_first: bool = False,
     timestamp: Callable[[str], str] = lambda p: p,
     running_from: str = RUNNING_FROM,
-    state_by_queue: bool = False,
+    lateral: bool,
 ) -> tuple[str, list[object]]:
     """The listing statement of both dialects (``placeholder(n)`` writes parameter
-    ``n``, ``timestamp(p)`` turns unix seconds into the column's type) and its
-    parameters: jobs after ``after_id`` in id order (newest first: before it, ids
-    going down; 0 starts at either end), each filter backed by an index walked in
-    either direction: a state's, (state, id) (``state_by_queue``, PostgreSQL's:
-    (queue, state, id) queue by queue, see ``_QUEUES``); for a queue without a
-    state, one range of (queue, state, id) per state; for a kind without either,
+    ``n``, ``timestamp(p)`` turns unix seconds into the column's type, ``lateral``:
+    the dialect joins LATERAL, see ``_queues``) and its parameters: jobs after
+    ``after_id`` in id order (newest first: before it, ids going down; 0 starts at
+    either end), each filter backed by an index walked in either direction: a
+    state's, (queue, state, id) queue by queue (see ``_queues``); for a queue, one
+    range of (queue, state, id) per state or the state's; for a kind without either,
     (kind, id). Running jobs come from ``running_from`` (see NOT_RUNNING), as an arm
     of their own where a listing by queue or kind takes every state, the arms merged
     in id order. ``key`` and ``since`` filter the rows of that walk (no index of
@@ -219,9 +264,12 @@ def list_jobs_query(
         return select(running_from, [*where, RUNNING], RUNNING_ORDER), args
     if state is not None:
         value = param(state.value)
-        if state_by_queue and queue is None and kind is None:
+        if queue is None and kind is None:
             then = f"ORDER BY 1{order} LIMIT {cap}"
-            return _each_queue(columns, where, value, cap, then, newest_first=newest_first), args
+            sql = _each_queue(
+                columns, where, value, cap, then, lateral=lateral, newest_first=newest_first
+            )
+            return sql, args
         return select("fiefdom_jobs", [*where, f"state = {value}", NOT_RUNNING]), args
     if queue is None and kind is None:
         return select("fiefdom_jobs", where), args
@@ -250,12 +298,13 @@ def count_listed_query(
     placeholder: Callable[[int], str],
     timestamp: Callable[[str], str] = lambda p: p,
     running_from: str = RUNNING_FROM,
-    state_by_queue: bool = False,
+    lateral: bool,
 ) -> tuple[str, list[object]]:
     """How many jobs a listing with these filters has in all (whatever its page),
     counted up to ``cap`` at most: a count never reads more than ``cap`` rows of an
     index, however big the table (and the running jobs, see NOT_RUNNING; a state's
-    count with ``state_by_queue`` also descends once per queue, until ``cap``)."""
+    count across queues also descends once per queue, until ``cap``; on SQLite it
+    reads up to ``cap`` rows of the queue that reaches it)."""
     args, param = _params(placeholder)
     where = _filters(queue=queue, kind=kind, key=key, since=since, param=param, timestamp=timestamp)
     limit = param(cap)
@@ -263,9 +312,8 @@ def count_listed_query(
         parts = [(running_from, [*where, RUNNING])]
     elif state is not None:
         value = param(state.value)
-        if state_by_queue and queue is None and kind is None:
-            counted = _each_queue("1 AS one", where, value, limit, f"LIMIT {limit}")
-            return f"SELECT count(*) FROM ({counted}) AS c", args
+        if queue is None and kind is None:
+            return _count_each_queue(where, value, limit, lateral=lateral), args
         parts = [("fiefdom_jobs", [*where, f"state = {value}", NOT_RUNNING])]
     elif queue is None and kind is None:
         parts = [("fiefdom_jobs", where)]
@@ -285,11 +333,11 @@ def retry_candidates_query(
     kind: str | None,
     limit: int,
     placeholder: Callable[[int], str],
-    state_by_queue: bool = False,
+    lateral: bool,
 ) -> tuple[str, list[object]]:
-    """The ids a bulk retry takes (oldest first, at most ``limit``), through the
-    (state, id) index (``state`` is a final one: never running), or with
-    ``state_by_queue`` and no queue or kind, (queue, state, id) queue by queue. The
+    """The ids a bulk retry takes (oldest first, at most ``limit``; ``state`` is a
+    final one: never running), through (queue, state, id), queue by queue without a
+    queue (see ``_queues``), or the kind's (kind, id) with a kind alone. The
     statement selects from the table itself, so that ``FOR UPDATE`` may follow it
     (and a row changed meanwhile is checked again against its conditions)."""
     args, param = _params(placeholder)
@@ -299,11 +347,11 @@ def retry_candidates_query(
         queue=queue, kind=kind, key=None, since=None, param=param, timestamp=lambda p: p
     )
     cap = param(limit)
-    if state_by_queue and queue is None and kind is None:
+    if queue is None and kind is None:
         # The ids, looked up through the primary key (the state is checked again on
         # each row, which FOR UPDATE checks again on a row changed meanwhile).
-        taken = _each_queue("id", [], value, cap, f"ORDER BY 1 LIMIT {cap}")
-        where.append(f"id = ANY(ARRAY({taken}))")
+        taken = _each_queue("id", [], value, cap, f"ORDER BY 1 LIMIT {cap}", lateral=lateral)
+        where.append(f"id = ANY(ARRAY({taken}))" if lateral else f"id IN ({taken})")
     return f"SELECT id FROM fiefdom_jobs {_where(where)}ORDER BY id LIMIT {cap}", args
 
 

@@ -425,6 +425,7 @@ class SQLiteStore(Store):
             newest_first=newest_first,
             placeholder=lambda n: f"?{n}",
             running_from=SQLITE_RUNNING_FROM,
+            lateral=False,
         )
         async with self._read() as tx:
             rows = await tx.raw(sql, args)
@@ -450,6 +451,7 @@ class SQLiteStore(Store):
             cap=cap,
             placeholder=lambda n: f"?{n}",
             running_from=SQLITE_RUNNING_FROM,
+            lateral=False,
         )
         async with self._read() as tx:
             rows = await tx.raw(sql, args)
@@ -467,7 +469,12 @@ class SQLiteStore(Store):
         check_bigint(limit=limit)
         bit = STATE_BITS[JobState.AVAILABLE]
         sql, args = retry_candidates_query(
-            state=state, queue=queue, kind=kind, limit=limit, placeholder=lambda n: f"?{n}"
+            state=state,
+            queue=queue,
+            kind=kind,
+            limit=limit,
+            placeholder=lambda n: f"?{n}",
+            lateral=False,
         )
         retried = skipped = 0
         async with self._tx() as tx:

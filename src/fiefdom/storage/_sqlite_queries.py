@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from .._log import get_logger
-from ._jobs import STATE_BITS, ClaimedJob, JobState, Lease, Outcome
+from ._jobs import STATE_BITS, STATE_OF, ClaimedJob, JobState, Lease, Outcome
 from ._queries import EngineQueries
 from ._sql import LEASE_EXPIRED_SQL, RESCUED_STATE_SQL, state_bit_sql, unique_key_after
 from ._sqlite import SQLiteStore, restore_keys, restore_keys_sync
@@ -169,7 +169,7 @@ class SQLiteQueries(EngineQueries):
         woken = {r[1] for r in rows if r[2] == "available"}
         if woken:
             self._sqlite._wake_local(sorted(woken))
-        return {r[0]: JobState.CANCELLED if r[0] in superseded else JobState(r[2]) for r in rows}
+        return {r[0]: JobState.CANCELLED if r[0] in superseded else STATE_OF[r[2]] for r in rows}
 
     async def heartbeat(
         self, leases: Sequence[Lease], *, lease: float

@@ -31,7 +31,7 @@ COUNT_CAP = 100_000
 BULK_LIMIT = 100_000
 FINAL_STATES = (JobState.COMPLETED, JobState.CANCELLED, JobState.DISCARDED)
 
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
 """The schema version this code reads and writes."""
 
 
