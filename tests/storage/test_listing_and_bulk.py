@@ -158,6 +158,19 @@ async def test_one_state_of_every_queue_is_listed_counted_and_retried_in_id_orde
     assert len(available) == 11  # and the one that was never claimed
 
 
+async def test_a_negative_page_or_cap_is_refused_by_name(store: Store) -> None:
+    """A listing's limit and a count's cap below 0 are refused by name, for every
+    form of the statement (SQLite would read a negative LIMIT as none at all)."""
+    await store.enqueue(Work(n=0))
+    for filters in ({}, {"state": JobState.AVAILABLE}, {"queue": "default"}, {"kind": "work"}):
+        with pytest.raises(ValueError, match="limit must be at least 0"):
+            await store.list_jobs(limit=-1, **filters)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="cap must be at least 0"):
+            await store.count_listed(cap=-1, **filters)  # type: ignore[arg-type]
+        assert await store.list_jobs(limit=0, **filters) == []  # type: ignore[arg-type]
+        assert await store.count_listed(cap=0, **filters) == 0  # type: ignore[arg-type]
+
+
 async def test_prune_jobs_deletes_old_final_jobs_only(store: Store) -> None:
     """prune_jobs deletes final jobs that finished longer ago than asked, of the
     states, queue and kind asked, and never a waiting one; bad input is refused by

@@ -718,6 +718,13 @@ async def test_sqlite_lists_newest_first_through_an_index(
         # All jobs, newest first: the table's own order (its ids), read down from the
         # top and stopped at the page's end.
         assert reads == ["SCAN fiefdom_jobs"], text
+    if not running and "after_id" in filters and {"queue", "state", "kind"} & set(filters):
+        # Below an id, every read of a listing index by its queue or kind seeks to the
+        # id (after a range of the state, SQLite would walk the state's entries of
+        # each queue up to it: a page deep in a common state read most of them).
+        seeks = [d for d in reads if re.search(r"INDEX fiefdom_jobs_list\w* \((queue|kind)=", d)]
+        assert seeks, text
+        assert all("id<?" in d for d in seeks), text
     # A sort only ever orders the rows of one arm's page (a subquery's, ``s<n>``) or
     # the running jobs, never rows read straight from the table.
     for node, parent, detail in plan:

@@ -24,6 +24,14 @@ def check_bigint(**values: int) -> None:
             raise StoreError(f"{name} must fit in a signed 64-bit integer, got {value}")
 
 
+def check_not_negative(**values: int) -> None:
+    """Refuse (ValueError naming it) a page size or a count's cap below 0 (which
+    SQLite would read as no limit at all, and PostgreSQL refuse)."""
+    for name, value in values.items():
+        if value < 0:
+            raise ValueError(f"{name} must be at least 0, got {value}")
+
+
 def state_bit_sql(column: str) -> str:
     """SQL for the ``STATE_BITS`` bit of the state in ``column`` (both backends)."""
     whens = " ".join(f"WHEN '{state.value}' THEN {bit}" for state, bit in STATE_BITS.items())
@@ -141,8 +149,8 @@ def _where(terms: Sequence[str]) -> str:
 # array (a correlated subquery) and reads the rows by id.
 def _first_queue(past: str | None, *, lateral: bool) -> str:
     """The first queue (past ``past``, a queue) with a job in a listing index: one
-    descent of (queue, state, id). SQLite reads it as min() (it allows no ORDER BY
-    in a member of a compound select)."""
+    descent of (queue, state, id). On SQLite, as min(), which its planner reads as
+    one search of the index."""
     after = "" if past is None else f" AND queue > {past}"
     if lateral:
         where = f"WHERE {NOT_RUNNING}{after} ORDER BY queue LIMIT 1"
@@ -159,15 +167,26 @@ def _queues(*, lateral: bool) -> str:
 
 
 def _queue_page(
-    columns: str, where: Sequence[str], state: str, limit: str, d: str, queue: str = "q.queue"
+    columns: str,
+    where: Sequence[str],
+    state: str,
+    limit: str,
+    d: str,
+    *,
+    lateral: bool,
+    queue: str = "q.queue",
 ) -> str:
     """``columns`` of the first ``limit`` jobs in ``state`` of the queue ``queue``
-    that meet ``where``. The state is written as a range of one value: with
-    ``state =``, the planner takes the queue and the state for constants, finds the
-    primary key in the order asked for too, and may walk it, filtering, for a state
-    most jobs are in (reading most of the table for a small queue); no other index
-    gives (state, id) order, so it walks (queue, state, id)."""
-    terms = [f"queue = {queue}", f"state >= {state}", f"state <= {state}", NOT_RUNNING, *where]
+    that meet ``where``, read in the index's order. On PostgreSQL the state is
+    written as a range of one value: with ``state =``, the planner takes the queue
+    and the state for constants, finds the primary key in the order asked for too,
+    and may walk it, filtering, for a state most jobs are in (reading most of the
+    table for a small queue); no other index gives (state, id) order, so it walks
+    (queue, state, id). SQLite needs ``state =``: after a range it uses no further
+    column of the index, and would walk the state's entries up to ``after_id``
+    instead of seeking to it."""
+    states = [f"state >= {state}", f"state <= {state}"] if lateral else [f"state = {state}"]
+    terms = [f"queue = {queue}", *states, NOT_RUNNING, *where]
     return (
         f"SELECT {columns} FROM fiefdom_jobs {_where(terms)}ORDER BY state{d}, id{d} LIMIT {limit}"
     )
@@ -188,12 +207,12 @@ def _each_queue(
     order and limit in all; ``columns`` starts with the id)."""
     d = " DESC" if newest_first else ""
     if lateral:
-        page = _queue_page(columns, where, state, limit, d)
+        page = _queue_page(columns, where, state, limit, d, lateral=True)
         return (
             f"{_queues(lateral=True)}SELECT s.* FROM q CROSS JOIN LATERAL ({page}) AS s "
             f"WHERE q.queue IS NOT NULL {then}"
         )
-    page = _queue_page("id", where, state, limit, d)
+    page = _queue_page("id", where, state, limit, d, lateral=False)
     ids = (
         "SELECT e.value FROM q, json_each((SELECT json_group_array(id) "
         f"FROM ({page}))) AS e WHERE q.queue IS NOT NULL"
@@ -208,7 +227,7 @@ def _count_each_queue(where: Sequence[str], state: str, cap: str, *, lateral: bo
         counted = _each_queue("1 AS one", where, state, cap, f"LIMIT {cap}", lateral=True)
         return f"SELECT count(*) FROM ({counted}) AS c"
     # SQLite: the loose scan carries the count so far and stops once it reaches cap.
-    page = _queue_page("1", where, state, cap, "", queue="c.queue")
+    page = _queue_page("1", where, state, cap, "", lateral=False, queue="c.queue")
     return (
         f"WITH RECURSIVE c(queue, n) AS (SELECT {_first_queue(None, lateral=False)}, 0 "
         f"UNION ALL SELECT {_first_queue('c.queue', lateral=False)}, "
@@ -244,6 +263,7 @@ def list_jobs_query(
     of their own where a listing by queue or kind takes every state, the arms merged
     in id order. ``key`` and ``since`` filter the rows of that walk (no index of
     their own)."""
+    check_not_negative(limit=limit)
     args, param = _params(placeholder)
     where = []
     if newest_first:
@@ -305,6 +325,7 @@ def count_listed_query(
     index, however big the table (and the running jobs, see NOT_RUNNING; a state's
     count across queues also descends once per queue, until ``cap``; on SQLite it
     reads up to ``cap`` rows of the queue that reaches it)."""
+    check_not_negative(cap=cap)
     args, param = _params(placeholder)
     where = _filters(queue=queue, kind=kind, key=key, since=since, param=param, timestamp=timestamp)
     limit = param(cap)

@@ -191,7 +191,7 @@ class SQLiteQueries(EngineQueries):
             now = time.time()  # once the write lock is held (see claim)
             rows = await tx.raw(
                 # INDEXED BY: SQLite has no statistics to prefer the partial index
-                # of running jobs by lease expiry over the listing's (state, id).
+                # of running jobs by lease expiry over a listing index.
                 "UPDATE fiefdom_jobs INDEXED BY fiefdom_jobs_lease SET "
                 f"state = {RESCUED_STATE_SQL}, "
                 "finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts "

@@ -4,4 +4,4 @@
 -- LATERAL join) instead of its own (state, id) index. Every job enqueued, claimed
 -- and finished writes one index entry fewer each time. Such a listing reads at most
 -- a page of each queue.
-DROP INDEX fiefdom_jobs_list_state;
+DROP INDEX IF EXISTS fiefdom_jobs_list_state;
