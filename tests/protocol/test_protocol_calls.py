@@ -241,7 +241,12 @@ async def test_a_call_whose_reply_cannot_be_written_stays_in_flight(
     two running slots, calls to a spawned actor both start without a task; with one,
     the first holds it until its reply is written, and the second waits for it (in a
     task). Calls to a domain's keys run in tasks."""
-    control = f"max_in_flight = 2\nmax_running_per_connection = {running}"
+    # A slice longer than the test: a request past its slice gives its slot back while
+    # another waits (fairness), and on a slow machine the checks below can outlast the
+    # default 0.1 s, which would start the second call with the first's reply unwritten.
+    control = (
+        f"max_in_flight = 2\nmax_running_per_connection = {running}\nrunning_request_slice = 600.0"
+    )
     started = [1, 2][:running]
     with _daemon(tmp_path, daemon_loop, control) as daemon:
         ws = await _RawSocket.connect(daemon)
