@@ -117,8 +117,48 @@ async def test_a_partition_taken_behind_a_node_s_back_counts_as_lost(store: Stor
         (took,) = _events(a.view(), "took_over")
         assert (took.partitions, took.nodes) == (3, ["thief"])
         assert {a.epoch(p) for p in (5, 6, 7)} == {3}
+
+        def alone() -> bool:
+            # Its own partitions show under epoch 1, unless the run stalled past a
+            # lease (or the clock stepped): then they lapsed, counted, and show under 2.
+            view = a.view()
+            return _shares(view) == {"a": (PARTITIONS, 1 + bool(view.counters.lapsed), 3)}
+
+        await wait_until(alone, what="the view of it all")
+
+
+async def test_a_lease_that_ran_out_under_its_holder_lapses_and_its_work_stops(
+    store: Store,
+) -> None:
+    """Leases that run out while their node holds them (by the store's clock: a stall
+    past the lease, a clock step) and that no other node took are held again at the
+    next round under a new epoch, and count as lapsed: the work begun under the old
+    epoch is stopped at once (the lost-partitions callbacks hear of them, urgent),
+    since another node could have run their keys meanwhile."""
+    told: list[tuple[frozenset[int], bool]] = []
+    async with Node(store, "a", FAST) as a:
+        a.on_lost(lambda partitions, urgent: told.append((partitions, urgent)))
+        before = {p: a.epoch(p) for p in range(PARTITIONS)}
+        assert set(before.values()) == {1}
+        ran_out = "now() - interval '1 hour'" if store.backend == "postgres" else "0"
+        async with store.transaction() as tx:
+            await tx.execute(
+                f"UPDATE fiefdom_partitions SET lease_expires_at = {ran_out} "
+                "WHERE partition IN (8, 9)"
+            )
+        await wait_until(lambda: a.view().counters.lapsed >= 2, what="the lapse to be counted")
+        view = a.view()
+        assert view.counters.lapsed == 2, "only the leases that ran out lapse"
+        assert (a.epoch(8), a.epoch(9)) == (2, 2)
+        assert {a.epoch(p) for p in range(PARTITIONS) if p not in (8, 9)} == {1}
+        assert told == [(frozenset({8, 9}), True)]
+        (lapsed,) = _events(view, "lapsed")
+        assert lapsed.partitions == 2
+        assert view.counters.lost == view.counters.fences == view.counters.took_over == 0
+        assert view.counters.claimed == PARTITIONS + 2, "taken again as its own"
+        assert a.held == PARTITIONS
         await wait_until(
-            lambda: _shares(a.view()) == {"a": (PARTITIONS, 1, 3)}, what="the view of it all"
+            lambda: _shares(a.view()) == {"a": (PARTITIONS, 1, 2)}, what="the view after it"
         )
 
 
@@ -188,7 +228,13 @@ async def test_an_engine_s_takeover_shows_in_its_statistics_and_metrics(store: S
             renewals = sample("fiefdom_cluster_lease_renewals_total")
             assert renewals is not None
             assert renewals >= 2
-            for name in ("lease_failures", "partitions_lost", "handoffs", "fences"):
+            for name in (
+                "lease_failures",
+                "partitions_lost",
+                "partitions_lapsed",
+                "handoffs",
+                "fences",
+            ):
                 assert sample(f"fiefdom_cluster_{name}_total") == 0, name
 
 

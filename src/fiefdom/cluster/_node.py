@@ -247,6 +247,11 @@ class Node:
         got = await self._leases.hold(self.id, wanted, settings.lease)
         extra = frozenset(self._held) - frozenset(wanted)
         lost = frozenset(self._held) - frozenset(got) - extra
+        # Held again, but under a new epoch: the lease ran out by the store's clock
+        # (the process stalled past it, or a clock stepped) and nobody took it first.
+        # Another node may have run its keys meanwhile, so the work begun under the
+        # old epoch is stopped as for a loss; the partition counts as claimed anew.
+        lapsed = frozenset(p for p, epoch in got.items() if self._held.get(p, epoch) != epoch)
         if extra:
             # No longer this node's share (a node joined): stop their work, wait until
             # it has stopped (while the leases still last), then hand over.
@@ -269,6 +274,14 @@ class Node:
             log.warning("partition leases taken over", node=self.id, partitions=sorted(lost))
             self._ledger.lost(len(lost))
             _forget(self._lose(lost, urgent=True))
+        if lapsed:
+            log.warning(
+                "partition leases lapsed: held again under a new epoch",
+                node=self.id,
+                partitions=len(lapsed),
+            )
+            self._ledger.lapsed(len(lapsed))
+            _forget(self._lose(lapsed, urgent=True))
         gained = frozenset(got) - frozenset(self._held)
         self._held = dict(got)
         self._all = frozenset(got) == _ALL

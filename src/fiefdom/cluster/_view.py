@@ -29,6 +29,7 @@ class _Counts:
     handed_over: int = 0
     handoffs: int = 0
     lost: int = 0
+    lapsed: int = 0
     fences: int = 0
 
 
@@ -109,6 +110,10 @@ class Ledger:
     def lost(self, partitions: int) -> None:
         self.counts.lost += partitions
         self.note("lost", partitions)
+
+    def lapsed(self, partitions: int) -> None:
+        self.counts.lapsed += partitions
+        self.note("lapsed", partitions)
 
     def fenced(self, partitions: int) -> None:
         self.counts.fences += 1

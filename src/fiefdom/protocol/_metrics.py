@@ -164,6 +164,11 @@ _CLUSTER_COUNTERS = (
         "lost",
         "Partitions another node took over while this node held them",
     ),
+    (
+        "partitions_lapsed",
+        "lapsed",
+        "Partitions whose lease ran out while this node held them, held again under a new epoch",
+    ),
     ("handoffs", "handed_over", "Partitions this node handed over to a node that joined"),
     (
         "fences",
