@@ -23,6 +23,7 @@ from ._postgres_pool import DRIVER_ERRORS, PostgresPool, PostgresTransaction, wr
 from ._rows import NewJob, available_queues
 from ._sql import (
     CANCELLED_STATE_SQL,
+    POSTGRES,
     SUPERSEDED_MESSAGE,
     check_bigint,
     count_listed_query,
@@ -96,11 +97,6 @@ async def restore_keys(conn: Conn, ids: Sequence[int]) -> set[int]:
     if superseded:
         log.info("superseded jobs by waiting duplicates", ids=[r[0] for r in superseded])
     return {r[0] for r in superseded}
-
-
-def _timestamp(param: str) -> str:
-    """A parameter of unix seconds as the timestamptz the time columns hold."""
-    return f"to_timestamp({param}::float8)"
 
 
 _JOB_COLUMNS = (
@@ -211,7 +207,6 @@ class PostgresStore(PostgresPool):
         since: datetime | None = None,
         newest_first: bool = False,
     ) -> list[JobInfo]:
-        check_bigint(after_id=after_id, limit=limit)
         sql, args = list_jobs_query(
             _JOB_COLUMNS,
             queue=queue,
@@ -222,9 +217,7 @@ class PostgresStore(PostgresPool):
             key=key,
             since=None if since is None else since.timestamp(),
             newest_first=newest_first,
-            placeholder=lambda n: f"${n}",
-            timestamp=_timestamp,
-            lateral=True,
+            dialect=POSTGRES,
         )
         rows = await self._run(lambda conn: conn.fetch(sql, *args))
         return [job_info(r) for r in rows]
@@ -239,7 +232,6 @@ class PostgresStore(PostgresPool):
         since: datetime | None = None,
         cap: int = COUNT_CAP,
     ) -> int:
-        check_bigint(cap=cap)
         sql, args = count_listed_query(
             queue=queue,
             state=state,
@@ -247,9 +239,7 @@ class PostgresStore(PostgresPool):
             key=key,
             since=None if since is None else since.timestamp(),
             cap=cap,
-            placeholder=lambda n: f"${n}",
-            timestamp=_timestamp,
-            lateral=True,
+            dialect=POSTGRES,
         )
         return int(await self._run(lambda conn: conn.fetchval(sql, *args)))
 
@@ -262,15 +252,13 @@ class PostgresStore(PostgresPool):
         limit: int = BULK_LIMIT,
     ) -> tuple[int, int]:
         check_bulk(states=[state], limit=limit)
-        check_bigint(limit=limit)
         bit = STATE_BITS[JobState.AVAILABLE]
         sql, args = retry_candidates_query(
             state=state,
             queue=queue,
             kind=kind,
             limit=limit,
-            placeholder=lambda n: f"${n}",
-            lateral=True,
+            dialect=POSTGRES,
         )
 
         async def run(conn: Conn) -> tuple[list[str], int]:

@@ -4,6 +4,7 @@ row (robust to a value this code cannot read), and the bounds of numbers."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -122,12 +123,37 @@ def _params(placeholder: Callable[[int], str]) -> tuple[list[object], Callable[[
 # them (at most the workers' slots in all, and the jobs of lapsed leases until their
 # rescue), and sorted; ``RUNNING_ORDER`` keeps PostgreSQL's planner from walking the
 # primary key instead (which reads every job when few are running), and SQLite,
-# which has no statistics, is told the index (``running_from``).
+# which has no statistics, is told the index (``Dialect.running_from``).
 NOT_RUNNING = "state <> 'running'"
 RUNNING = "state = 'running'"
 RUNNING_ORDER = "id + 0"
-RUNNING_FROM = "fiefdom_jobs"
-SQLITE_RUNNING_FROM = "fiefdom_jobs INDEXED BY fiefdom_jobs_lease"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Dialect:
+    """Where the statements built here differ between the stores: how parameter
+    ``n`` is written, how a parameter of unix seconds becomes the time columns' type,
+    where running jobs are read from (see above), and whether the dialect joins
+    LATERAL (see ``_queues``)."""
+
+    placeholder: Callable[[int], str]
+    timestamp: Callable[[str], str]
+    running_from: str
+    lateral: bool
+
+
+POSTGRES = Dialect(
+    placeholder=lambda n: f"${n}",
+    timestamp=lambda p: f"to_timestamp({p}::float8)",
+    running_from="fiefdom_jobs",
+    lateral=True,
+)
+SQLITE = Dialect(
+    placeholder=lambda n: f"?{n}",
+    timestamp=lambda p: p,
+    running_from="fiefdom_jobs INDEXED BY fiefdom_jobs_lease",
+    lateral=False,
+)
 
 
 def _where(terms: Sequence[str]) -> str:
@@ -244,27 +270,24 @@ def list_jobs_query(
     kind: str | None,
     after_id: int,
     limit: int,
-    placeholder: Callable[[int], str],
     key: str | None = None,
     since: float | None = None,
     newest_first: bool = False,
-    timestamp: Callable[[str], str] = lambda p: p,
-    running_from: str = RUNNING_FROM,
-    lateral: bool,
+    dialect: Dialect,
 ) -> tuple[str, list[object]]:
-    """The listing statement of both dialects (``placeholder(n)`` writes parameter
-    ``n``, ``timestamp(p)`` turns unix seconds into the column's type, ``lateral``:
-    the dialect joins LATERAL, see ``_queues``) and its parameters: jobs after
+    """The listing statement in ``dialect`` and its parameters: jobs after
     ``after_id`` in id order (newest first: before it, ids going down; 0 starts at
     either end), each filter backed by an index walked in either direction: a
     state's, (queue, state, id) queue by queue (see ``_queues``); for a queue, one
     range of (queue, state, id) per state or the state's; for a kind without either,
-    (kind, id). Running jobs come from ``running_from`` (see NOT_RUNNING), as an arm
-    of their own where a listing by queue or kind takes every state, the arms merged
-    in id order. ``key`` and ``since`` filter the rows of that walk (no index of
-    their own)."""
+    (kind, id). Running jobs come from the dialect's ``running_from`` (see
+    NOT_RUNNING), as an arm of their own where a listing by queue or kind takes every
+    state, the arms merged in id order. ``key`` and ``since`` filter the rows of that
+    walk (no index of their own)."""
+    check_bigint(after_id=after_id, limit=limit)
     check_not_negative(limit=limit)
-    args, param = _params(placeholder)
+    args, param = _params(dialect.placeholder)
+    running_from, lateral = dialect.running_from, dialect.lateral
     where = []
     if newest_first:
         if after_id:
@@ -272,7 +295,7 @@ def list_jobs_query(
     else:
         where.append(f"id > {param(after_id)}")
     where += _filters(
-        queue=queue, kind=kind, key=key, since=since, param=param, timestamp=timestamp
+        queue=queue, kind=kind, key=key, since=since, param=param, timestamp=dialect.timestamp
     )
     cap = param(limit)
     order = " DESC" if newest_first else ""
@@ -315,26 +338,27 @@ def count_listed_query(
     key: str | None,
     since: float | None,
     cap: int,
-    placeholder: Callable[[int], str],
-    timestamp: Callable[[str], str] = lambda p: p,
-    running_from: str = RUNNING_FROM,
-    lateral: bool,
+    dialect: Dialect,
 ) -> tuple[str, list[object]]:
     """How many jobs a listing with these filters has in all (whatever its page),
     counted up to ``cap`` at most: a count never reads more than ``cap`` rows of an
     index, however big the table (and the running jobs, see NOT_RUNNING; a state's
     count across queues also descends once per queue, until ``cap``; on SQLite it
     reads up to ``cap`` rows of the queue that reaches it)."""
+    check_bigint(cap=cap)
     check_not_negative(cap=cap)
-    args, param = _params(placeholder)
-    where = _filters(queue=queue, kind=kind, key=key, since=since, param=param, timestamp=timestamp)
+    args, param = _params(dialect.placeholder)
+    where = _filters(
+        queue=queue, kind=kind, key=key, since=since, param=param, timestamp=dialect.timestamp
+    )
+    running_from = dialect.running_from
     limit = param(cap)
     if state is JobState.RUNNING:
         parts = [(running_from, [*where, RUNNING])]
     elif state is not None:
         value = param(state.value)
         if queue is None and kind is None:
-            return _count_each_queue(where, value, limit, lateral=lateral), args
+            return _count_each_queue(where, value, limit, lateral=dialect.lateral), args
         parts = [("fiefdom_jobs", [*where, f"state = {value}", NOT_RUNNING])]
     elif queue is None and kind is None:
         parts = [("fiefdom_jobs", where)]
@@ -353,15 +377,15 @@ def retry_candidates_query(
     queue: str | None,
     kind: str | None,
     limit: int,
-    placeholder: Callable[[int], str],
-    lateral: bool,
+    dialect: Dialect,
 ) -> tuple[str, list[object]]:
     """The ids a bulk retry takes (oldest first, at most ``limit``; ``state`` is a
     final one: never running), through (queue, state, id), queue by queue without a
     queue (see ``_queues``), or the kind's (kind, id) with a kind alone. The
     statement selects from the table itself, so that ``FOR UPDATE`` may follow it
     (and a row changed meanwhile is checked again against its conditions)."""
-    args, param = _params(placeholder)
+    check_bigint(limit=limit)
+    args, param = _params(dialect.placeholder)
     value = param(state.value)
     where = [f"state = {value}", NOT_RUNNING]
     where += _filters(
@@ -371,6 +395,7 @@ def retry_candidates_query(
     if queue is None and kind is None:
         # The ids, looked up through the primary key (the state is checked again on
         # each row, which FOR UPDATE checks again on a row changed meanwhile).
+        lateral = dialect.lateral
         taken = _each_queue("id", [], value, cap, f"ORDER BY 1 LIMIT {cap}", lateral=lateral)
         where.append(f"id = ANY(ARRAY({taken}))" if lateral else f"id IN ({taken})")
     return f"SELECT id FROM fiefdom_jobs {_where(where)}ORDER BY id LIMIT {cap}", args

@@ -23,7 +23,7 @@ from ._jobs import STATE_BITS, Enqueued, JobInfo, JobState, QueueCount
 from ._rows import NewJob, available_queues
 from ._sql import (
     CANCELLED_STATE_SQL,
-    SQLITE_RUNNING_FROM,
+    SQLITE,
     SUPERSEDED_MESSAGE,
     check_bigint,
     count_listed_query,
@@ -412,7 +412,6 @@ class SQLiteStore(Store):
         since: datetime | None = None,
         newest_first: bool = False,
     ) -> list[JobInfo]:
-        check_bigint(after_id=after_id, limit=limit)
         sql, args = list_jobs_query(
             _JOB_COLUMNS,
             queue=queue,
@@ -423,9 +422,7 @@ class SQLiteStore(Store):
             key=key,
             since=None if since is None else since.timestamp(),
             newest_first=newest_first,
-            placeholder=lambda n: f"?{n}",
-            running_from=SQLITE_RUNNING_FROM,
-            lateral=False,
+            dialect=SQLITE,
         )
         async with self._read() as tx:
             rows = await tx.raw(sql, args)
@@ -441,7 +438,6 @@ class SQLiteStore(Store):
         since: datetime | None = None,
         cap: int = COUNT_CAP,
     ) -> int:
-        check_bigint(cap=cap)
         sql, args = count_listed_query(
             queue=queue,
             state=state,
@@ -449,9 +445,7 @@ class SQLiteStore(Store):
             key=key,
             since=None if since is None else since.timestamp(),
             cap=cap,
-            placeholder=lambda n: f"?{n}",
-            running_from=SQLITE_RUNNING_FROM,
-            lateral=False,
+            dialect=SQLITE,
         )
         async with self._read() as tx:
             rows = await tx.raw(sql, args)
@@ -466,15 +460,13 @@ class SQLiteStore(Store):
         limit: int = BULK_LIMIT,
     ) -> tuple[int, int]:
         check_bulk(states=[state], limit=limit)
-        check_bigint(limit=limit)
         bit = STATE_BITS[JobState.AVAILABLE]
         sql, args = retry_candidates_query(
             state=state,
             queue=queue,
             kind=kind,
             limit=limit,
-            placeholder=lambda n: f"?{n}",
-            lateral=False,
+            dialect=SQLITE,
         )
         retried = skipped = 0
         async with self._tx() as tx:
