@@ -183,6 +183,7 @@ class PostgresQueries(EngineQueries):
         if not outcomes:
             return {}
         superseded: set[int] = set()
+        woken: list[str] = []
 
         async def run(conn: Conn) -> list[asyncpg.Record]:
             # One statement, outside a transaction, records the whole batch when no
@@ -209,7 +210,8 @@ class PostgresQueries(EngineQueries):
                     superseded.update(await restore_keys(conn, [r[0] for r in rows]))
             # Rows missing from a non-empty first result lost their lease between the
             # check and the row lock (a rescue): stale, nothing left to record.
-            await notify_queues(conn, sorted({r[1] for r in rows if r[2] == "available"}))
+            woken[:] = sorted({r[1] for r in rows if r[2] == "available"})
+            await notify_queues(conn, woken)
             return rows
 
         async def update(conn: Conn, outcomes: Sequence[Outcome], sql: str) -> list[asyncpg.Record]:
@@ -231,7 +233,7 @@ class PostgresQueries(EngineQueries):
             )
 
         rows = await self._pg._run(run)
-        self._pg._wake_local(sorted({r[1] for r in rows if r[2] == "available"}))
+        self._pg._wake_local(woken)
         return {r[0]: JobState.CANCELLED if r[0] in superseded else STATE_OF[r[2]] for r in rows}
 
     async def heartbeat(
