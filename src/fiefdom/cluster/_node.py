@@ -246,12 +246,30 @@ class Node:
         table = await self._table()
         got = await self._leases.hold(self.id, wanted, settings.lease)
         extra = frozenset(self._held) - frozenset(wanted)
-        lost = frozenset(self._held) - frozenset(got) - extra
-        # Held again, but under a new epoch: the lease ran out by the store's clock
-        # (the process stalled past it, or a clock stepped) and nobody took it first.
-        # Another node may have run its keys meanwhile, so the work begun under the
-        # old epoch is stopped as for a loss; the partition counts as claimed anew.
-        lapsed = frozenset(p for p, epoch in got.items() if self._held.get(p, epoch) != epoch)
+        gone = frozenset(self._held) - frozenset(got) - extra
+        # Expired under this node: held again under a new epoch, or passed over while
+        # a transaction held its row (PostgreSQL) with the table still naming this
+        # node. Its lease ran out by the store's clock (the process stalled past it,
+        # or a clock stepped), and whoever held it meanwhile may have run its keys:
+        # the work begun under the old epoch stops as for a loss.
+        mine = frozenset() if table is None else frozenset(r[0] for r in table if r[1] == self.id)
+        expired = (gone & mine) | frozenset(
+            p for p, epoch in got.items() if self._held.get(p, epoch) != epoch
+        )
+        lost = gone - expired
+        # Work that may no longer be this node's stops first, before a handoff waits.
+        if lost:
+            log.warning("partition leases taken over", node=self.id, partitions=sorted(lost))
+            self._ledger.lost(len(lost))
+            _forget(self._lose(lost, urgent=True))
+        if expired:
+            log.warning(
+                "partition leases expired while held: their work stops",
+                node=self.id,
+                partitions=sorted(expired),
+            )
+            self._ledger.expired(len(expired))
+            _forget(self._lose(expired, urgent=True))
         if extra:
             # No longer this node's share (a node joined): stop their work, wait until
             # it has stopped (while the leases still last), then hand over.
@@ -270,18 +288,6 @@ class Node:
                 _forget(stopping)
             await self._leases.release(self.id, sorted(extra))
             self._ledger.handed_over(len(extra), {live[p % count] for p in extra})
-        if lost:
-            log.warning("partition leases taken over", node=self.id, partitions=sorted(lost))
-            self._ledger.lost(len(lost))
-            _forget(self._lose(lost, urgent=True))
-        if lapsed:
-            log.warning(
-                "partition leases lapsed: held again under a new epoch",
-                node=self.id,
-                partitions=len(lapsed),
-            )
-            self._ledger.lapsed(len(lapsed))
-            _forget(self._lose(lapsed, urgent=True))
         gained = frozenset(got) - frozenset(self._held)
         self._held = dict(got)
         self._all = frozenset(got) == _ALL

@@ -29,7 +29,7 @@ class _Counts:
     handed_over: int = 0
     handoffs: int = 0
     lost: int = 0
-    lapsed: int = 0
+    expired: int = 0
     fences: int = 0
 
 
@@ -111,9 +111,9 @@ class Ledger:
         self.counts.lost += partitions
         self.note("lost", partitions)
 
-    def lapsed(self, partitions: int) -> None:
-        self.counts.lapsed += partitions
-        self.note("lapsed", partitions)
+    def expired(self, partitions: int) -> None:
+        self.counts.expired += partitions
+        self.note("expired", partitions)
 
     def fenced(self, partitions: int) -> None:
         self.counts.fences += 1

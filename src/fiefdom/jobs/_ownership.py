@@ -35,8 +35,8 @@ class ClusterEvent(msgspec.Struct, frozen=True, kw_only=True):
     before, or its own back), ``received`` (partitions another node released: a
     handoff), ``took_over`` (partitions whose owner's lease had expired),
     ``handed_over`` (released to a node that joined), ``lost`` (taken over by another
-    node while this one held them), ``lapsed`` (leases that ran out while this node
-    held them, held again under a new epoch: their work was stopped), ``fenced``
+    node while this one held them), ``expired`` (leases that expired while this node
+    held them, by the store's clock: their work was stopped), ``fenced``
     (given up because the leases could not be renewed), ``peer_joined``,
     ``peer_gone``. ``nodes`` names the other nodes concerned, where known."""
 
@@ -58,9 +58,9 @@ class ClusterCounters(msgspec.Struct, frozen=True, kw_only=True):
     handed_over: int = 0  # partitions released to a node that joined
     handoffs: int = 0  # rounds that handed partitions over
     lost: int = 0  # partitions another node took over while this one held them
-    # partitions whose lease ran out while this node held them, held again under a
-    # new epoch (the process stalled past its lease, or a clock stepped)
-    lapsed: int = 0
+    # partitions whose lease expired while this node held them (it stalled past the
+    # lease, or a clock stepped), their work stopped
+    expired: int = 0
     fences: int = 0  # times it gave up every partition for want of renewing
     forwarded: int = 0  # asks and tells sent to the node owning their key
     forward_failures: int = 0  # of those, the ones that failed (no reply, or an error)

@@ -165,9 +165,9 @@ _CLUSTER_COUNTERS = (
         "Partitions another node took over while this node held them",
     ),
     (
-        "partitions_lapsed",
-        "lapsed",
-        "Partitions whose lease ran out while this node held them, held again under a new epoch",
+        "partitions_expired",
+        "expired",
+        "Partitions whose lease expired while this node held them (their work stopped)",
     ),
     ("handoffs", "handed_over", "Partitions this node handed over to a node that joined"),
     (

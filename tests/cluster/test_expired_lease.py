@@ -1,13 +1,14 @@
-"""A lease that runs out under its own node (DESIGN rule 2, "Cluster"): the node's
-process stalled past it, or the store's clock stepped, and no other node took the
-partition. The node holds it again at its next round, under a new epoch; another node
-could have held it and run its keys meanwhile, so the work begun under the old epoch
-is stopped as for a loss: the key's running job is cancelled and goes back to the
-queue, its actor stops, and the job runs again under the new epoch.
+"""A lease that expires under its own node (DESIGN rule 2, "Cluster"): the node's
+process stalled past it, or the store's clock stepped. The node holds the partition
+again at its next round, under a new epoch; another node could have held it and run
+its keys meanwhile, so the work begun under the old epoch is stopped as for a loss:
+the key's running job is cancelled and goes back to the queue, its actor stops, and
+the job runs again under the new epoch.
 
-The lapse is made the way the store sees one: the partition's lease expiry moved into
+The expiry is made the way the store sees one: the partition's lease expiry moved into
 the past, on both dialects; nothing else (the job's own lease stays live, so nothing
-but the lapse can stop its run)."""
+but the expiry can stop its run; the lease is long, so that a stalled test run does
+not expire it too)."""
 
 from __future__ import annotations
 
@@ -53,10 +54,10 @@ class Long(fiefdom.Job):
     key: str
 
 
-async def test_a_lapsed_partition_s_running_job_and_actor_stop_and_the_job_runs_again(
+async def test_an_expired_partition_s_running_job_and_actor_stop_and_the_job_runs_again(
     store: Store,
 ) -> None:
-    """The first run, under epoch e, is cancelled once the lease lapses; the key's actor
+    """The first run, under epoch e, is cancelled once the lease expires; the key's actor
     stops; the job runs again, under e + 1, with its attempt given back."""
     Keeper.starts = Keeper.stops = 0
     runs: list[tuple[int | None, int]] = []  # (epoch, attempt) of each run, as it starts
@@ -71,10 +72,10 @@ async def test_a_lapsed_partition_s_running_job_and_actor_stop_and_the_job_runs_
             cancelled.append(ctx.epoch)
             raise
 
-    async with fiefdom.ActorSystem(name="lapse") as system:
+    async with fiefdom.ActorSystem(name="expiry") as system:
         res = system.domain("res", Keeper, idle_timeout=None)
         engine = fiefdom.JobEngine(
-            store, domains={"res": res}, lease=3.0, poll_interval=0.05, retention=None
+            store, domains={"res": res}, lease=6.0, poll_interval=0.05, retention=None
         )
         engine.register(Long, long)
         async with engine:
@@ -97,10 +98,10 @@ async def test_a_lapsed_partition_s_running_job_and_actor_stop_and_the_job_runs_
             await wait_until(lambda: len(runs) == 2, what="the job to run again")
             assert runs[1] == (first_epoch + 1, first_attempt), "new epoch, attempt given back"
             assert node.epoch(partition) == first_epoch + 1
-            assert Keeper.stops >= 1, "the key's actor stopped with the lapse"
+            assert Keeper.stops >= 1, "the key's actor stopped with the expiry"
             assert Keeper.starts == Keeper.stops + 1, "and started afresh for the second run"
             view = node.view()
-            assert view.counters.lapsed == 1
+            assert view.counters.expired == 1
             assert view.counters.lost == view.counters.fences == 0
             release.set()
 
