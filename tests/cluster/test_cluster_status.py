@@ -22,9 +22,10 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "storage"))
 
 from storage_helpers import wait_until
 
+# For the tests that wait for a lease to expire.
 FAST = ClusterSettings(lease=1.5, renew=0.3, margin=0.4)
 # Renewed as often, but lasting long enough that a stalled test run does not let
-# the node's leases expire: for the tests that expire or move leases by hand.
+# the node's leases expire: for the tests that need no expiry, or make one by hand.
 LONG = ClusterSettings(lease=10.0, renew=0.3, margin=2.0)
 HALF = PARTITIONS // 2
 
@@ -43,7 +44,7 @@ async def test_a_node_joining_shows_in_both_views_with_the_handoff(store: Store)
     come to show both nodes with half each (the newcomer's under epoch 2), the first
     counts a handoff of half to the newcomer and the newcomer counts them received,
     with neither counting a takeover."""
-    async with Node(store, "a", FAST) as a:
+    async with Node(store, "a", LONG) as a:
         alone = a.view()
         assert _shares(alone) == {"a": (PARTITIONS, 1, 1)}
         assert (alone.node, alone.partitions, alone.min_epoch, alone.max_epoch) == ("a", 256, 1, 1)
@@ -52,7 +53,7 @@ async def test_a_node_joining_shows_in_both_views_with_the_handoff(store: Store)
         assert alone.counters.claimed == PARTITIONS
         assert alone.counters.renewals >= 1
         assert alone.as_of is not None
-        async with Node(store, "b", FAST) as b:
+        async with Node(store, "b", LONG) as b:
             split = {"a": (HALF, 1, 1), "b": (HALF, 2, 2)}
             await wait_until(
                 lambda: _shares(a.view()) == split == _shares(b.view()),
