@@ -18,18 +18,15 @@ from .._errors import UniqueConflict
 from .._log import get_logger
 from . import _migrations
 from ._jobs import STATE_BITS, Enqueued, JobInfo, JobState, QueueCount
+from ._listing import POSTGRES, count_listed_query, list_jobs_query, retry_candidates_query
 from ._postgres_enqueue import insert_rows, notify_queues
 from ._postgres_pool import DRIVER_ERRORS, PostgresPool, PostgresTransaction, wrap
 from ._rows import NewJob, available_queues
 from ._sql import (
     CANCELLED_STATE_SQL,
-    POSTGRES,
     SUPERSEDED_MESSAGE,
     check_bigint,
-    count_listed_query,
     job_info,
-    list_jobs_query,
-    retry_candidates_query,
     state_bit_sql,
     unique_key_after,
 )

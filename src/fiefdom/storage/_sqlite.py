@@ -20,16 +20,13 @@ from .._errors import StoreError, StoreUnavailable, UniqueConflict
 from .._log import get_logger
 from . import _migrations, _sqlite_tx
 from ._jobs import STATE_BITS, Enqueued, JobInfo, JobState, QueueCount
+from ._listing import SQLITE, count_listed_query, list_jobs_query, retry_candidates_query
 from ._rows import NewJob, available_queues
 from ._sql import (
     CANCELLED_STATE_SQL,
-    SQLITE,
     SUPERSEDED_MESSAGE,
     check_bigint,
-    count_listed_query,
     job_info,
-    list_jobs_query,
-    retry_candidates_query,
     state_bit_sql,
     unique_key_after,
 )
