@@ -6,6 +6,7 @@ ClusterInfo stays readable by clients of either age."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "storage"))
 
 from storage_helpers import wait_until
 
-# For the tests that wait for a lease to expire.
+# For a test that waits for a node to fence itself (a lease, less its margin).
 FAST = ClusterSettings(lease=1.5, renew=0.3, margin=0.4)
 # Renewed as often, but lasting long enough that a stalled test run does not let
 # the node's leases expire: for the tests that need no expiry, or make one by hand.
@@ -77,14 +78,25 @@ async def test_a_node_joining_shows_in_both_views_with_the_handoff(store: Store)
 async def test_a_silent_node_s_partitions_are_taken_over_and_counted(store: Store) -> None:
     """A node whose loop stops (a paused process: it neither renews nor releases) has
     its partitions taken over once its leases expire: the survivor counts them as a
-    takeover from it, under a new epoch, and sees it go."""
-    async with Node(store, "a", FAST) as a:
-        b = Node(store, "b", FAST)
+    takeover from it, under a new epoch, and sees it go. (The silent node's heartbeat
+    and leases are moved into the past, as the store's clock finds them a lease
+    later: the survivor's own leases, long ones, stay live whatever the test run's
+    stalls.)"""
+    async with Node(store, "a", LONG) as a:
+        b = Node(store, "b", LONG)
         await b.start()
         try:
             await wait_until(lambda: a.held == b.held == HALF, what="a fair split")
-            assert b._task is not None
-            b._task.cancel()  # b stops renewing, and keeps its leases until they expire
+            task = b._task
+            assert task is not None
+            task.cancel()  # b stops renewing, and keeps its leases until they expire
+            await asyncio.wait([task])
+            past = "now() - interval '1 hour'" if store.backend == "postgres" else "0"
+            async with store.transaction() as tx:
+                await tx.execute(f"UPDATE fiefdom_nodes SET heartbeat_at = {past} WHERE id = 'b'")
+                await tx.execute(
+                    f"UPDATE fiefdom_partitions SET lease_expires_at = {past} WHERE owner = 'b'"
+                )
             await wait_until(lambda: a.held == PARTITIONS, what="a to take b's partitions")
             await wait_until(
                 lambda: _shares(a.view()) == {"a": (PARTITIONS, 1, 3)},
