@@ -1,6 +1,7 @@
-"""A lease that expires under its own node (DESIGN rule 2, "Cluster"): the node's
-process stalled past it, or the store's clock stepped. The node holds the partition
-again at its next round, under a new epoch; another node could have held it and run
+"""A lease that expires under its own node (DESIGN rule 2, "Cluster") by the store's
+clock, not by the node's (its machine was suspended, or the store's clock stepped:
+else the node fences itself). The node holds the partition again at its
+next round, under a new epoch; another node could have held it and run
 its keys meanwhile, so the work begun under the old epoch is stopped as for a loss:
 the key's running job is cancelled and goes back to the queue, its actor stops, and
 the job runs again under the new epoch.

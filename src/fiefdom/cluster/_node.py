@@ -249,9 +249,10 @@ class Node:
         gone = frozenset(self._held) - frozenset(got) - extra
         # Expired under this node: held again under a new epoch, or passed over while
         # a transaction held its row (PostgreSQL) with the table still naming this
-        # node. Its lease ran out by the store's clock (the process stalled past it,
-        # or a clock stepped), and whoever held it meanwhile may have run its keys:
-        # the work begun under the old epoch stops as for a loss.
+        # node. Its lease ran out by the store's clock, not by this node's monotonic
+        # one (a machine suspended and resumed, a clock step: else the node had
+        # fenced itself), and whoever held it meanwhile may have run its keys: the work
+        # begun under the old epoch stops as for a loss.
         mine = frozenset() if table is None else frozenset(r[0] for r in table if r[1] == self.id)
         expired = (gone & mine) | frozenset(
             p for p, epoch in got.items() if self._held.get(p, epoch) != epoch

@@ -58,8 +58,8 @@ class ClusterCounters(msgspec.Struct, frozen=True, kw_only=True):
     handed_over: int = 0  # partitions released to a node that joined
     handoffs: int = 0  # rounds that handed partitions over
     lost: int = 0  # partitions another node took over while this one held them
-    # partitions whose lease expired while this node held them (it stalled past the
-    # lease, or a clock stepped), their work stopped
+    # partitions whose lease expired while this node held them, by the store's clock
+    # (a suspended machine, a clock step), their work stopped
     expired: int = 0
     fences: int = 0  # times it gave up every partition for want of renewing
     forwarded: int = 0  # asks and tells sent to the node owning their key
